@@ -1,0 +1,3 @@
+from leukodx.cli import main
+
+main()

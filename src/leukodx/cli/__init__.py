@@ -1,0 +1,74 @@
+"""The `leukodx` command. Thin commands over importable functions; torch is imported inside commands.
+
+Every error a user can cause ends in one line saying what is wrong and what to do, with a non-zero exit
+status and no traceback unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from leukodx import __version__
+from leukodx.cli import bench, data, demo, evaluate, export, predict, serve, study, train
+from leukodx.cli._common import err_console
+
+app = typer.Typer(
+    name="leukodx",
+    help="AI-assisted workbench for Acute Lymphoblastic Leukemia from peripheral blood smear images.\n\n"
+    "Decision support only: a clinician reviews every result.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
+app.add_typer(study.app, name="study")
+app.add_typer(export.app, name="export")
+for module in (evaluate, predict, bench, serve, demo):
+    module.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"leukodx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """leukodx: inspect, split, train, evaluate, export, predict and serve."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
+    from leukodx.errors import LeukodxError
+
+    try:
+        app(args=args, prog_name="leukodx")
+    except LeukodxError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted.")
+        sys.exit(130)
+    except Exception as exc:  # a bug, not the user's doing
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {exc.__class__.__name__}: {exc}. "
+            "Run again with --debug for the traceback, and report it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -1,0 +1,9 @@
+"""`leukodx demo` (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

@@ -1,0 +1,7 @@
+"""`leukodx export` (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="export", no_args_is_help=True)

@@ -1,0 +1,1 @@
+"""Data: layouts, safe image reading, checks, splits, transforms, datasets, synthetic smears."""

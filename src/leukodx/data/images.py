@@ -1,0 +1,131 @@
+"""Safe image reading: allowlisted formats, decompression-bomb guard, size limits, mode conversion."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from leukodx.errors import ImageError
+
+ALLOWED_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "MPO"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+MIN_SIDE = 32
+MAX_PIXELS = 64_000_000  # 64 MP: a large whole-field microscope photo still fits; bombs do not
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def is_image_name(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Greyscale, palette, RGBA, CMYK and 16-bit images to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0))
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def open_image(source: str | Path | bytes, name: str | None = None, *, min_side: int = MIN_SIDE) -> Image.Image:
+    """Open an image as 8-bit RGB, or raise ImageError naming the file and the reason.
+
+    `source` is a path or the raw bytes of an upload (then `name` is used in messages).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "upload")
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageError(label, "the file is empty (0 bytes)", "Upload the image again.")
+            fp: io.BytesIO | str = io.BytesIO(source)
+        else:
+            p = Path(source)
+            if not p.exists():
+                raise ImageError(label, "no such file", "Check the path.")
+            if p.is_dir():
+                raise ImageError(label, "is a folder, not an image", "Give an image file.")
+            if p.stat().st_size == 0:
+                raise ImageError(label, "the file is empty (0 bytes)", "Replace it with the original image.")
+            fp = str(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                if img.format not in ALLOWED_FORMATS:
+                    raise ImageError(
+                        label,
+                        f"format {img.format} is not accepted",
+                        "Use JPEG, PNG, TIFF or BMP.",
+                    )
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ImageError(
+                        label,
+                        f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit",
+                        "Downscale it, or crop the field of interest.",
+                    )
+                if min(w, h) < min_side:
+                    raise ImageError(
+                        label,
+                        f"image is {w}x{h}, smaller than the {min_side} px minimum side",
+                        "Use the full microscope field, not a thumbnail.",
+                    )
+                img.load()
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(
+            label,
+            f"looks like a decompression bomb ({exc.__class__.__name__})",
+            f"Images over {MAX_PIXELS / 1e6:.0f} MP are refused; downscale it first.",
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            label, "not an image (cannot identify the format)", "Use JPEG, PNG, TIFF or BMP files."
+        ) from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or "broken data stream" in text.lower():
+            raise ImageError(label, "the image is truncated", "Copy or export the image again.") from None
+        raise ImageError(label, f"cannot be read ({text})", "Check the file, or export it again.") from None
+    except (ValueError, SyntaxError) as exc:
+        raise ImageError(label, f"cannot be decoded ({exc})", "Export the image again as JPEG or PNG.") from None
+
+
+def read_rgb(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """An image as an HxWx3 uint8 array (see `open_image`)."""
+    return np.asarray(open_image(source, name))
+
+
+def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The study's reference mask: grayscale(Segmented image) > threshold, as a bool HxW array.
+
+    When `size` (W, H) is given and differs, the mask is resized (nearest) and a warning is issued.
+    """
+    img = open_image(path).convert("L")
+    if size is not None and img.size != tuple(size):
+        warnings.warn(
+            f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}; "
+            "the mask was resized (nearest neighbour) to match.",
+            MaskSizeWarning,
+            stacklevel=2,
+        )
+        img = img.resize(tuple(size), Image.NEAREST)
+    return np.asarray(img) > threshold
+
+
+class MaskSizeWarning(UserWarning):
+    """A reference mask whose size differs from its image (it is resized to match)."""

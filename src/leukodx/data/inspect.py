@@ -1,0 +1,103 @@
+"""`leukodx data inspect`: what a data folder holds and what is wrong with it."""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from leukodx.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE, find_duplicate_groups, perceptual_hash, pixel_digest
+from leukodx.data.images import read_reference_mask, read_rgb
+from leukodx.data.layout import Dataset, Sample, load_dataset
+from leukodx.errors import ImageError
+
+NEAR_EMPTY_FRACTION = 0.001
+"""A reference mask with less than 0.1 % foreground is near-empty: the colour thresholding failed."""
+
+
+@dataclass
+class _Scan:
+    sample: Sample
+    size: tuple[int, int] | None = None
+    digest: str | None = None
+    phash: int | None = None
+    error: str | None = None
+    mask_fraction: float | None = None
+    mask_error: str | None = None
+    mask_resized: bool = False
+
+
+def _scan(sample: Sample, mask_threshold: int) -> _Scan:
+    out = _Scan(sample)
+    try:
+        rgb = read_rgb(sample.image, sample.path)
+    except ImageError as exc:
+        out.error = exc.reason
+        return out
+    out.size = (rgb.shape[1], rgb.shape[0])
+    out.digest = pixel_digest(rgb)
+    out.phash = perceptual_hash(rgb)
+    if sample.mask is not None:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                mask = read_reference_mask(sample.mask, mask_threshold, size=out.size)
+            out.mask_resized = bool(caught)
+            out.mask_fraction = float(mask.mean())
+        except ImageError as exc:
+            out.mask_error = exc.reason
+    return out
+
+
+def scan_dataset(ds: Dataset, mask_threshold: int = 128, workers: int = 4) -> list[_Scan]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: _scan(s, mask_threshold), ds.samples))
+
+
+def inspect_dataset(
+    data: str, mask_threshold: int = 128, near_distance: int = NEAR_DUPLICATE_MAX_DISTANCE
+) -> dict:
+    """Counts, sizes, unreadable files, duplicate groups and mask problems, as the JSON contract says."""
+    ds = load_dataset(data)
+    scans = scan_dataset(ds, mask_threshold)
+    ok = [s for s in scans if s.error is None]
+    sizes: dict[str, int] = {}
+    for s in ok:
+        key = f"{s.size[0]}x{s.size[1]}"
+        sizes[key] = sizes.get(key, 0) + 1
+    exact, near, _ = find_duplicate_groups([s.digest for s in ok], [s.phash for s in ok], near_distance)
+    paths = [s.sample.path for s in ok]
+    near_empty = {c: 0 for c in ds.classes}
+    mask_fraction_median = {}
+    if ds.has_masks:
+        for c in ds.classes:
+            fr = [s.mask_fraction for s in ok if s.sample.label == c and s.mask_fraction is not None]
+            near_empty[c] = sum(f < NEAR_EMPTY_FRACTION for f in fr)
+            mask_fraction_median[c] = round(float(np.median(fr)), 4) if fr else None
+    report = {
+        "data": str(ds.root),
+        "layout": ds.layout,
+        "n_images": len(ds.samples),
+        "n_readable": len(ok),
+        "classes": ds.counts(),
+        "empty_classes": ds.empty_classes,
+        "image_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+        "unreadable": [{"path": s.sample.path, "reason": s.error} for s in scans if s.error],
+        "ignored_files": ds.ignored,
+        "exact_duplicate_groups": [sorted(paths[i] for i in g) for g in exact],
+        "near_duplicate_groups": [sorted(paths[i] for i in g) for g in near],
+        "near_duplicate_rule": f"64-bit DCT perceptual hash, Hamming distance <= {near_distance}",
+        "masks": {
+            "present": ds.has_masks,
+            "missing": sum(1 for s in ds.samples if s.mask is None) if ds.has_masks else len(ds.samples),
+            "near_empty": near_empty,
+            "near_empty_rule": f"grayscale(Segmented) > {mask_threshold} covers < {NEAR_EMPTY_FRACTION:.1%} of the field",
+            "median_foreground": mask_fraction_median,
+            "unreadable": [{"path": s.sample.mask.relative_to(ds.root).as_posix(), "reason": s.mask_error}
+                           for s in scans if s.mask_error],
+            "size_mismatch_resized": [s.sample.path for s in scans if s.mask_resized],
+        },
+    }
+    return report

@@ -1,0 +1,77 @@
+"""What the analysis returns: shared by the analysis pipeline, `leukodx predict` and the web application."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+FLAGS = ("ok", "low_confidence", "out_of_distribution", "unreadable")
+
+
+@dataclass
+class CellInstance:
+    """One segmented leukocyte: pixel area, centroid (row, col) and bounding box (row0, col0, row1, col1)."""
+
+    id: int
+    area_px: int
+    centroid: tuple[float, float]
+    bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class FieldResult:
+    """The analysis of one smear field. Arrays are in the coordinates of the input image."""
+
+    path: str | None
+    label: str | None  # None when the image could not be read
+    probabilities: dict[str, float] = field(default_factory=dict)
+    confidence: float = 0.0
+    malignant_probability: float = 0.0
+    cell_count: int = 0
+    cells: list[CellInstance] = field(default_factory=list)
+    flag: str = "ok"
+    flag_reason: str = ""
+    mask: np.ndarray | None = None  # HxW bool: leukocyte pixels
+    instances: np.ndarray | None = None  # HxW int32: 0 background, k for cell k
+    heatmap: np.ndarray | None = None  # HxW float in [0, 1], Grad-CAM of the predicted class
+    ood_score: float | None = None
+    size_note: str = ""  # how the field was resized or tiled for the models
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: everything but the arrays."""
+        d = asdict(self)
+        for k in ("mask", "instances", "heatmap"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class CaseSummary:
+    """Several fields of one smear summarised: mean probabilities, total blast count, the case call."""
+
+    n_fields: int
+    n_analysed: int
+    label: str | None
+    confidence: float
+    malignant_probability: float
+    mean_probabilities: dict[str, float]
+    total_cell_count: int
+    flags: dict[str, int]
+    needs_review: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+class Analyzer(Protocol):
+    """The analysis pipeline's interface (see leukodx.inference.pipeline)."""
+
+    classes: list[str]
+
+    def analyze(
+        self, image: np.ndarray | bytes | str | Path, *, name: str | None = None, heatmap: bool = False
+    ) -> FieldResult: ...
+
+    def summarize(self, results: list[FieldResult]) -> CaseSummary: ...

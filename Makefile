@@ -1,0 +1,35 @@
+# The README's two commands: `make run` (install, then start the clinicians' web app) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install install-test browser run demo test lint
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Debian's Chromium for the real-browser tests (skipped with a reason when it cannot be installed)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is not installed and this is not root: browser tests will be skipped"; fi; }
+
+run: install
+	$(BIN)/leukodx serve --demo
+
+demo: install
+	$(BIN)/leukodx demo --out demo-output
+
+lint: install-test
+	$(BIN)/ruff check src tests
+
+test: install-test browser
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest

@@ -1,0 +1,113 @@
+"""Synthetic lab-to-lab variation: deterministic, really changes the field, keeps shape, keeps masks aligned."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from leukodx.data.synthetic import synthetic_field
+from leukodx.evaluation.shift import (
+    RGB_FROM_HED,
+    apply_params,
+    describe,
+    lab_shift,
+    magnify,
+    restain,
+    rng_for,
+    sample_params,
+)
+
+
+@pytest.fixture(scope="module")
+def field():
+    return synthetic_field("Pre", 96, seed=3)
+
+
+def test_deterministic_per_seed_and_field(field):
+    rgb, mask = field
+    a, ma = lab_shift(rgb, rng_for(7, "Original/Pre/x.jpg"), mask=mask)
+    b, mb = lab_shift(rgb, rng_for(7, "Original/Pre/x.jpg"), mask=mask)
+    assert np.array_equal(a, b) and np.array_equal(ma, mb)
+    c = lab_shift(rgb, rng_for(8, "Original/Pre/x.jpg"))
+    d = lab_shift(rgb, rng_for(7, "Original/Pre/y.jpg"))
+    assert not np.array_equal(a, c) and not np.array_equal(a, d)
+    assert np.array_equal(lab_shift(rgb, 5), lab_shift(rgb, 5))
+
+
+def test_changes_the_image_and_keeps_shape_and_dtype(field):
+    rgb, _ = field
+    for k in range(5):
+        out = lab_shift(rgb, rng_for(0, k))
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - rgb.astype(int)).mean() > 1.0
+
+
+def test_severity_zero_is_identity_and_severity_scales_the_change(field):
+    rgb, mask = field
+    out, m = lab_shift(rgb, 1, mask=mask, severity=0)
+    assert np.array_equal(out, rgb) and np.array_equal(m, mask)
+    diffs = {s: np.mean([np.abs(lab_shift(rgb, rng_for(1, k), severity=s).astype(int) - rgb).mean()
+                         for k in range(6)]) for s in (0.3, 1.5)}
+    assert diffs[1.5] > diffs[0.3]
+
+
+def test_restain_is_exact_identity_without_change(field):
+    rgb, _ = field
+    assert np.array_equal(restain(rgb, (1, 1, 1), (0, 0, 0), RGB_FROM_HED), rgb)
+    stronger = restain(rgb, (1.3, 1.3, 1.0), (0, 0, 0), RGB_FROM_HED)
+    assert stronger.astype(int).sum() < rgb.astype(int).sum()  # more stain, darker
+
+
+def test_mask_follows_the_geometry(field):
+    rgb, mask = field
+    for scale in (0.8, 1.2):
+        out, m = magnify(rgb, scale, mask)
+        assert out.shape == rgb.shape and m.shape == mask.shape
+        assert abs(m.sum() / mask.sum() - scale**2) < 0.15 * scale**2 + 0.05  # area scales ~ scale^2
+        # leukocytes are the darkest structures: inside the mask is darker than outside
+        grey = out.mean(axis=2)
+        assert grey[m].mean() < grey[~m].mean() - 20
+    # an image that is the mask painted black on white: after the geometry, image and mask still agree
+    # everywhere but at the one-pixel rim where bilinear and nearest interpolation differ
+    painted = np.where(mask[..., None], 0, 255).astype(np.uint8).repeat(3, axis=2)
+    for scale in (0.8, 0.9, 1.1, 1.2):
+        out, m = magnify(painted, scale, mask)
+        dark = out[..., 0] < 128
+        rim = ndi.binary_dilation(m) & ~ndi.binary_erosion(m)
+        assert np.array_equal(dark & ~rim, m & ~rim)
+        assert (dark != m).sum() <= 0.5 * rim.sum()
+
+
+def test_full_shift_keeps_mask_on_the_cells():
+    for seed in range(4):
+        rgb, mask = synthetic_field("Early", 96, seed=seed)
+        out, m = lab_shift(rgb, rng_for(seed, "f"), mask=mask)
+        assert m.dtype == bool and m.shape == mask.shape and m.any()
+        p = sample_params(rng_for(seed, "f"))
+        _, m2 = apply_params(rgb, p, mask)
+        assert np.array_equal(m, m2)  # the drawn parameters reproduce the variation
+        grey = out.astype(float).mean(axis=2)
+        assert grey[m].mean() < grey[~m].mean()
+
+
+def test_description_is_json_and_documents_the_ranges():
+    d = describe(1.0)
+    json.dumps(d)
+    assert d["magnification"] == pytest.approx([0.8, 1.2])
+    assert d["jpeg_quality"] == [40, 90]
+    p = sample_params(np.random.default_rng(0), 1.0)
+    assert 0.8 <= p.scale <= 1.2 and 40 <= p.jpeg_quality <= 90 and 0 <= p.blur_sigma <= 1.5
+    json.dumps(p.to_dict())
+
+
+def test_bad_inputs(field):
+    rgb, mask = field
+    with pytest.raises(ValueError):
+        lab_shift(rgb.astype(np.float32), 0)
+    with pytest.raises(ValueError):
+        lab_shift(rgb, 0, mask=mask[:10])
+    with pytest.raises(ValueError):
+        lab_shift(rgb, 0, severity=-1)

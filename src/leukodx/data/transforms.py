@@ -1,0 +1,220 @@
+"""Training augmentation and evaluation transforms (torchvision.transforms.v2).
+
+Images come in as HxWx3 uint8 arrays and leave as float32 3xHxW tensors in 0..255: normalisation lives inside
+the model. For segmentation, image and mask move together (tv_tensors), and the mask leaves as float 1xHxW in
+{0, 1}.
+
+The augmentation targets what changes from one laboratory to another, because on the Taleqani data colour alone
+separates the classes (a colour shortcut that collapses on another lab's smears):
+
+- magnification +-20 % (random resized crop / zoom-out), flips and 90 degree rotations;
+- stain: hue and strength of haematoxylin and eosin, perturbed in optical-density (HED) space;
+- white balance (per-channel gains), brightness, contrast, saturation, hue;
+- focus blur and random greyscale.
+
+Strengths: ``none`` (resize only), ``light``, ``strong``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+AUGMENTATIONS = ("none", "light", "strong")
+
+# Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as skimage's rgb2hed
+_HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+
+def _stain_matrix() -> torch.Tensor:
+    m = _HED_FROM_RGB_INV.clone()
+    return m / m.norm(dim=1, keepdim=True)
+
+
+class _ImageOnly(v2.Transform):
+    """A random transform applied to tv_tensors.Image (float 0..1) only; masks pass through unchanged."""
+
+    def __init__(self, p: float = 1.0):
+        super().__init__()
+        self.p = p
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"apply": torch.rand(()) < self.p}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"] or not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        return tv_tensors.wrap(self.apply_image(inpt.as_subclass(torch.Tensor), params), like=inpt)
+
+    def apply_image(self, img: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class StainJitter(_ImageOnly):
+    """Perturb stain strength and hue in optical-density (HED) space.
+
+    RGB -> OD = -log(I) -> stain concentrations via the H&E(-DAB) matrix; each concentration is scaled by
+    U(1 - strength, 1 + strength) and shifted by U(-shift, shift); the stain vectors themselves are rotated a
+    little (hue: `hue` is the std of the noise added to each unit stain vector); then back to RGB.
+    """
+
+    def __init__(self, strength: float = 0.2, shift: float = 0.03, hue: float = 0.05, p: float = 0.8):
+        super().__init__(p)
+        self.strength, self.shift, self.hue = strength, shift, hue
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        params["alpha"] = 1 + (torch.rand(3) * 2 - 1) * self.strength
+        params["beta"] = (torch.rand(3) * 2 - 1) * self.shift
+        params["noise"] = torch.randn(3, 3) * self.hue
+        return params
+
+    def apply_image(self, img, params):
+        m = _stain_matrix()
+        m2 = (m + params["noise"]).clamp_min(1e-3)
+        m2 = m2 / m2.norm(dim=1, keepdim=True)
+        od = -torch.log(img.clamp(1 / 255, 1.0))  # 3 x H x W
+        conc = torch.einsum("chw,cs->shw", od, torch.linalg.inv(m))
+        conc = conc * params["alpha"].view(3, 1, 1) + params["beta"].view(3, 1, 1)
+        od2 = torch.einsum("shw,sc->chw", conc, m2)
+        return torch.exp(-od2).clamp(0, 1)
+
+
+class WhiteBalance(_ImageOnly):
+    """Per-channel gains U(1 - amount, 1 + amount): a camera's white balance."""
+
+    def __init__(self, amount: float = 0.1, p: float = 0.8):
+        super().__init__(p)
+        self.amount = amount
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        params["gain"] = 1 + (torch.rand(3) * 2 - 1) * self.amount
+        return params
+
+    def apply_image(self, img, params):
+        return (img * params["gain"].view(3, 1, 1)).clamp(0, 1)
+
+
+class RandomRot90(v2.Transform):
+    """Rotate image and mask together by a random multiple of 90 degrees (square inputs keep their size)."""
+
+    def make_params(self, flat_inputs):
+        return {"k": int(torch.randint(0, 4, ()))}
+
+    def transform(self, inpt, params):
+        if params["k"] == 0 or not isinstance(inpt, torch.Tensor):
+            return inpt
+        out = torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1))
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+class To255(v2.Transform):
+    """Image float 0..1 -> float 0..255; mask -> float {0, 1}."""
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Image):
+            return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).float() * 255.0, like=inpt)
+        if isinstance(inpt, tv_tensors.Mask):
+            return tv_tensors.wrap((inpt.as_subclass(torch.Tensor) > 0).float(), like=inpt)
+        return inpt
+
+
+def _augment_list(size: int, strength: str) -> list[v2.Transform]:
+    if strength == "light":
+        mag, stain, wb, jitter, blur_p, grey_p = 0.2, (0.15, 0.02, 0.03), 0.08, 0.15, 0.1, 0.05
+    else:  # strong
+        mag, stain, wb, jitter, blur_p, grey_p = 0.2, (0.3, 0.05, 0.08), 0.15, 0.3, 0.25, 0.1
+    lo = 1 / (1 + mag) ** 2  # crop area for up to +mag magnification
+    fill = {tv_tensors.Image: 0.93, tv_tensors.Mask: 0}  # zoom-out fills with pale smear background
+    return [
+        v2.RandomChoice([
+            v2.RandomResizedCrop(size, scale=(lo, 1.0), ratio=(0.85, 1.18), antialias=True),
+            v2.Compose([v2.Resize((size, size), antialias=True),
+                        v2.RandomAffine(degrees=0, scale=(1 - mag, 1.0), interpolation=v2.InterpolationMode.BILINEAR,
+                                        fill=fill)]),
+        ], p=[0.7, 0.3]),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        RandomRot90(),
+        StainJitter(*stain),
+        WhiteBalance(wb),
+        v2.RandomApply([v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 6)], p=0.8),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=max(3, (size // 32) | 1), sigma=(0.3, 1.5))], p=blur_p),
+        v2.RandomGrayscale(p=grey_p),
+    ]
+
+
+def _check(strength: str) -> None:
+    if strength not in AUGMENTATIONS:
+        from leukodx.errors import LeukodxError
+
+        raise LeukodxError(f"Unknown augmentation strength {strength!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}.")
+
+
+def build_transform(size: int | tuple[int, int], augment: str = "none") -> v2.Compose:
+    """The v2 pipeline on tv_tensors (Image uint8 [+ Mask]) -> float 0..255 image [+ {0,1} mask]."""
+    _check(augment)
+    side = size if isinstance(size, int) else size[0]
+    ops: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)]
+    if augment == "none" or (not isinstance(size, int) and size[0] != size[1]):
+        ops.append(v2.Resize(size if not isinstance(size, int) else (size, size), antialias=True))
+    else:
+        ops += _augment_list(side, augment)
+    ops.append(To255())
+    return v2.Compose(ops)
+
+
+def _as_image(rgb: np.ndarray | torch.Tensor) -> tv_tensors.Image:
+    t = torch.as_tensor(np.ascontiguousarray(rgb)) if isinstance(rgb, np.ndarray) else rgb
+    if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
+        t = t.permute(2, 0, 1)
+    return tv_tensors.Image(t)
+
+
+class ClassificationTransform:
+    """Callable: HxWx3 uint8 array -> float32 3xHxW tensor in 0..255 (augmented when `augment` != none)."""
+
+    def __init__(self, size: int | tuple[int, int], augment: str = "none"):
+        self.size, self.augment = size, augment
+        self.pipeline = build_transform(size, augment)
+
+    def __call__(self, rgb) -> torch.Tensor:
+        return self.pipeline(_as_image(rgb)).as_subclass(torch.Tensor).contiguous()
+
+    def __repr__(self) -> str:
+        return f"ClassificationTransform(size={self.size}, augment={self.augment!r})"
+
+
+class SegmentationTransform:
+    """Callable: (HxWx3 uint8, HxW bool/uint8 mask) -> (float32 3xHxW in 0..255, float32 1xHxW in {0, 1})."""
+
+    def __init__(self, size: int | tuple[int, int], augment: str = "none"):
+        self.size, self.augment = size, augment
+        self.pipeline = build_transform(size, augment)
+
+    def __call__(self, rgb, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.as_tensor(np.ascontiguousarray(mask)).to(torch.uint8)
+        if m.ndim == 2:
+            m = m[None]
+        img, msk = self.pipeline(_as_image(rgb), tv_tensors.Mask(m))
+        return img.as_subclass(torch.Tensor).contiguous(), msk.as_subclass(torch.Tensor).contiguous()
+
+    def __repr__(self) -> str:
+        return f"SegmentationTransform(size={self.size}, augment={self.augment!r})"
+
+
+def classification_transforms(size: int, augment: str = "light") -> tuple[ClassificationTransform,
+                                                                           ClassificationTransform]:
+    """(train transform, eval transform) for classification."""
+    return ClassificationTransform(size, augment), ClassificationTransform(size, "none")
+
+
+def segmentation_transforms(size: int, augment: str = "light") -> tuple[SegmentationTransform, SegmentationTransform]:
+    """(train transform, eval transform) for segmentation: image and mask move together."""
+    return SegmentationTransform(size, augment), SegmentationTransform(size, "none")
+

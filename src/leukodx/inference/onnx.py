@@ -1,0 +1,261 @@
+"""ONNX export of a model directory, verified against PyTorch, with optional int8 static quantisation.
+
+    >>> report = export_onnx("runs/cls", "runs/cls/model.onnx")          # fp32, checked against PyTorch
+    >>> report = export_onnx("runs/cls", "runs/cls/model.onnx", int8=True, calibration="data/")
+
+The file takes one input ``image`` (float32 N x 3 x H x W, RGB 0..255, dynamic batch) and returns ``logits``
+(classifiers: N x C, plus ``features`` N x D, the penultimate features used by the out-of-distribution score;
+segmenters: N x 1 x H x W). When the file is written inside the model directory, the export is recorded in its
+config.json under ``onnx`` (file, opset, checksums, max_abs_diff, int8).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from leukodx.errors import DatasetError, ModelError
+from leukodx.inference.engines import INPUT_NAME, INT8_FILE, file_sha256, session_options, with_features
+
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 1e-3  # max abs difference of logits, relative to max(1, |logits|)
+INT8_MAX_DROP_POINTS = 0.3
+
+
+def _export_module(net, example, path: Path, output_names: list[str], opset: int) -> None:
+    import torch
+
+    dyn = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter: fast, and fine for these plain CNNs
+            torch.onnx.export(net, (example,), str(tmp), input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_axes=dyn, opset_version=opset, dynamo=False, do_constant_folding=True)
+        except Exception:  # noqa: BLE001 - fall back to the dynamo exporter
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            torch.onnx.export(net, (example,), str(tmp), input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                              external_data=False)
+    tmp.replace(path)
+
+
+def _ort_session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int = 0) -> np.ndarray:
+    """A verification batch: real fields from `data` when given, else synthetic smear fields."""
+    h, w = config["input_size"]
+    imgs = []
+    if data is not None:
+        items = _dataset_items(data, config)
+        for it in items[:n]:
+            imgs.append(_prep(it[0], h, w))
+    if not imgs:
+        from leukodx.data.synthetic import synthetic_field
+
+        classes = ("Benign", "Early", "Pre", "Pro")
+        imgs = [_prep(synthetic_field(classes[i % 4], max(h, w), seed=seed + i)[0], h, w) for i in range(n)]
+    return np.stack(imgs)
+
+
+def _prep(image, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    from leukodx.data.images import open_image
+
+    img = image if isinstance(image, Image.Image) else (
+        Image.fromarray(image) if isinstance(image, np.ndarray) else open_image(image))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
+
+
+def _dataset_items(data: str | Path, config: dict) -> list[tuple[Path, str, Path | None]]:
+    from leukodx.data.layout import load_dataset
+
+    ds = load_dataset(data)
+    items = [(s.image, s.label, s.mask) for s in ds.samples]
+    if not items:
+        raise DatasetError(f"{data} holds no images.", "Give the data folder the model was trained on.")
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(items))
+    return [items[i] for i in order]
+
+
+def verify_against_torch(net, path: Path, example: np.ndarray, output_names: list[str]) -> float:
+    """Run PyTorch and ONNX Runtime on the same batch (and a different batch size); max abs difference of logits."""
+    import torch
+
+    sess = _ort_session(path)
+    worst = 0.0
+    for batch in (example, example[:1]):
+        with torch.inference_mode():
+            ref = net(torch.from_numpy(batch))
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        got = sess.run(output_names, {INPUT_NAME: batch})
+        for name, r, g in zip(output_names, ref, got, strict=True):
+            if r.shape != g.shape:
+                raise ModelError(f"{path}: output {name} has shape {g.shape} in ONNX Runtime but {tuple(r.shape)} "
+                                 "in PyTorch.", "Report this export failure with the architecture name.")
+        worst = max(worst, float(np.abs(ref[0].numpy() - got[0]).max()))
+    return worst
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
+                calibration: str | Path | None = None, eval_data: str | Path | None = None,
+                tolerance: float = DEFAULT_TOLERANCE, n_calibration: int = 200, n_eval: int = 400,
+                progress=None) -> dict:
+    """Export `model_dir` to `out`, verify it against PyTorch, optionally add an int8 model; returns a report."""
+    import torch
+
+    from leukodx.models.checkpoint import CONFIG, load_model
+
+    d = Path(model_dir)
+    model, config = load_model(d)
+    out = Path(out)
+    task = config["task"]
+    if "input_size" not in config:
+        raise ModelError(f"{d / CONFIG} has no input_size.", "Retrain the model with this version of leukodx.")
+    torch.manual_seed(0)
+    net = with_features(model) if task == "classify" else model
+    net.eval()
+    output_names = ["logits", "features"] if task == "classify" else ["logits"]
+    example = _sample_inputs(config, calibration, n=4)
+    t0 = time.perf_counter()
+    _export_module(net, torch.from_numpy(example), out, output_names, opset)
+    net.eval()
+    max_diff = verify_against_torch(net, out, example, output_names)
+    with torch.inference_mode():
+        scale = float(net(torch.from_numpy(example))[0].abs().max()) if task == "classify" else float(
+            net(torch.from_numpy(example)).abs().max())
+    allowed = tolerance * max(1.0, scale)
+    report = {
+        "file": out.name, "path": str(out), "task": task, "opset": opset, "inputs": [INPUT_NAME],
+        "outputs": output_names, "dynamic_batch": True, "input_size": config["input_size"],
+        "max_abs_diff": max_diff, "tolerance": allowed, "export_seconds": round(time.perf_counter() - t0, 2),
+        "sha256": file_sha256(out), "weights_sha256": file_sha256(d / "model.safetensors"),
+        "size_mb": round(out.stat().st_size / 1e6, 2),
+    }
+    if not np.isfinite(max_diff) or max_diff > allowed:
+        out.unlink(missing_ok=True)
+        raise ModelError(f"The ONNX export of {d} differs from PyTorch by {max_diff:.3g} (> tolerance {allowed:.3g}); "
+                         "the file was not kept.", "Try another --opset, or report the architecture.")
+    if int8:
+        if calibration is None:
+            raise DatasetError("--int8 needs --calibration DATA (real images to calibrate the int8 ranges).",
+                               "Give the data folder the model was trained on.")
+        report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress)
+    if out.resolve().parent == d.resolve():
+        cfg_path = d / CONFIG
+        cfg = json.loads(cfg_path.read_text())
+        cfg["onnx"] = {k: v for k, v in report.items() if k != "path"}
+        tmp = cfg_path.with_name(CONFIG + ".tmp")
+        tmp.write_text(json.dumps(cfg, indent=2, default=str))
+        tmp.replace(cfg_path)
+        report["recorded_in"] = str(cfg_path)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# int8
+
+
+def _eval_onnx(path: Path, items, config: dict, batch: int = 32) -> float:
+    """Classification: accuracy in %; segmentation: global Dice in % against the reference masks."""
+    from leukodx.data.images import read_reference_mask
+
+    sess = _ort_session(path)
+    h, w = config["input_size"]
+    task = config["task"]
+    classes = list(config.get("classes") or [])
+    correct = total = 0
+    inter = denom = 0.0
+    thr = float((config.get("thresholds") or {}).get("mask", 0.5))
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        x = np.stack([_prep(p, h, w) for p, _, _ in chunk])
+        logits = sess.run(["logits"], {INPUT_NAME: x})[0]
+        if task == "classify":
+            pred = logits.argmax(1)
+            for (_, label, _), p in zip(chunk, pred, strict=True):
+                correct += int(classes[int(p)] == label)
+                total += 1
+        else:
+            prob = 1 / (1 + np.exp(-logits[:, 0]))
+            for (_, _, mpath), pr in zip(chunk, prob, strict=True):
+                ref = read_reference_mask(mpath, size=(w, h))
+                pm = pr > thr
+                inter += float((pm & ref).sum())
+                denom += float(pm.sum() + ref.sum())
+    if task == "classify":
+        return 100.0 * correct / max(total, 1)
+    return 100.0 * 2 * inter / max(denom, 1.0)
+
+
+def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
+                  n_calibration: int = 200, n_eval: int = 400, progress=None) -> dict:
+    """Static int8 quantisation (QDQ, per-channel) calibrated on real images; kept only when accuracy
+    (classification) or Dice (segmentation) drops by at most 0.3 points against fp32 on held-out images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    task = config["task"]
+    h, w = config["input_size"]
+    items = _dataset_items(calibration, config)
+    if task == "segment":
+        items = [it for it in items if it[2] is not None]
+        if not items:
+            raise DatasetError(f"{calibration} has no reference masks (Segmented/) to check the int8 Dice.",
+                               "Give a data folder in the public layout with Segmented/.")
+    if eval_data is not None:
+        calib_items = items[:n_calibration]
+        eval_items = _dataset_items(eval_data, config)[:n_eval]
+        eval_source = str(eval_data)
+    else:  # disjoint parts of the same folder: calibrate on one, judge on the other
+        half = len(items) // 2
+        calib_items = items[:min(n_calibration, half)]
+        eval_items = items[half:half + n_eval]
+        eval_source = f"held-out part of {calibration}"
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(calib_items)
+
+        def get_next(self):
+            nxt = next(self._it, None)
+            return None if nxt is None else {INPUT_NAME: _prep(nxt[0], h, w)[None]}
+
+    out = fp32_path.with_name(INT8_FILE) if fp32_path.name == "model.onnx" else fp32_path.with_suffix(".int8.onnx")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    metric = "accuracy" if task == "classify" else "dice"
+    fp32 = _eval_onnx(fp32_path, eval_items, config)
+    q = _eval_onnx(out, eval_items, config)
+    drop = fp32 - q
+    kept = bool(drop <= INT8_MAX_DROP_POINTS)
+    rec = {
+        "file": out.name, "kept": kept, "metric": metric, f"{metric}_fp32": round(fp32, 3),
+        f"{metric}_int8": round(q, 3), "drop_points": round(drop, 3), "max_drop_points": INT8_MAX_DROP_POINTS,
+        "n_calibration": len(calib_items), "n_eval": len(eval_items), "eval_data": eval_source,
+        "calibration_data": str(calibration), "quant_format": "QDQ", "per_channel": True,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    if kept:
+        rec["sha256"] = file_sha256(out)
+        rec["size_mb"] = round(out.stat().st_size / 1e6, 2)
+    else:
+        out.unlink(missing_ok=True)
+        rec["file"] = None
+        rec["rejected_file"] = out.name
+    return rec

@@ -1,0 +1,112 @@
+"""Pictures of an analysis: cell outlines with count and label (overlay), and the Grad-CAM heat map.
+
+Used by `leukodx predict` and the web application:
+
+    >>> png = overlay_png(rgb, result)      # bytes of a PNG
+    >>> png = heatmap_png(rgb, result)      # bytes of a PNG (the field when no heat map was computed)
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+OUTLINE = (0, 230, 90)
+FLAG_COLOURS = {"ok": (20, 120, 40), "low_confidence": (200, 120, 0), "out_of_distribution": (190, 30, 30),
+                "unreadable": (120, 120, 120)}
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=3)
+    return buf.getvalue()
+
+
+def _outline(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """Boundary pixels of an instance label image (or a bool mask)."""
+    lab = labels.astype(np.int64)
+    edge = np.zeros(lab.shape, bool)
+    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge &= lab > 0
+    if width > 1:
+        from scipy import ndimage as ndi
+
+        edge = ndi.binary_dilation(edge, iterations=width - 1) & (lab > 0)
+    return edge
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - old Pillow
+        return ImageFont.load_default()
+
+
+def _caption(img: Image.Image, text: str, colour) -> Image.Image:
+    w, h = img.size
+    size = max(10, min(24, w // 22))
+    band = size + 8
+    out = Image.new("RGB", (w, h + band), (255, 255, 255))
+    out.paste(img, (0, band))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, 0, w, band], fill=colour)
+    draw.text((4, 3), text, fill=(255, 255, 255), font=_font(size))
+    return out
+
+
+def caption_text(result) -> str:
+    if result.label is None:
+        return f"unreadable: {result.flag_reason}"[:120]
+    txt = f"{result.label} {result.confidence:.0%} | {result.cell_count} cell{'s' if result.cell_count != 1 else ''}"
+    if result.flag != "ok":
+        txt += f" | {result.flag.replace('_', ' ')}"
+    return txt
+
+
+def overlay_image(rgb: np.ndarray, result) -> Image.Image:
+    img = np.asarray(rgb, dtype=np.uint8).copy()
+    labels = result.instances if result.instances is not None else result.mask
+    if labels is not None and labels.shape == img.shape[:2]:
+        width = max(1, round(min(img.shape[:2]) / 224))
+        img[_outline(labels, width)] = OUTLINE
+    pil = Image.fromarray(img)
+    if result.cells:
+        draw = ImageDraw.Draw(pil)
+        font = _font(max(10, min(img.shape[:2]) // 20))
+        for c in result.cells:
+            y, x = c.centroid
+            draw.text((x, y), str(c.id), fill=(255, 255, 0), font=font, anchor="mm",
+                      stroke_width=1, stroke_fill=(0, 0, 0))
+    return _caption(pil, caption_text(result), FLAG_COLOURS.get(result.flag, (60, 60, 60)))
+
+
+def overlay_png(rgb: np.ndarray, result) -> bytes:
+    """The field with cell outlines and numbers, and a caption: label, confidence, cell count, flag."""
+    return _png(overlay_image(rgb, result))
+
+
+def colormap(v: np.ndarray) -> np.ndarray:
+    """A jet-like colour map: HxW in [0, 1] -> HxWx3 uint8 (blue low, red high)."""
+    v = np.clip(v, 0, 1)[..., None]
+    r = np.clip(1.5 - np.abs(4 * v - 3), 0, 1)
+    g = np.clip(1.5 - np.abs(4 * v - 2), 0, 1)
+    b = np.clip(1.5 - np.abs(4 * v - 1), 0, 1)
+    return (np.concatenate([r, g, b], axis=-1) * 255).astype(np.uint8)
+
+
+def heatmap_png(rgb: np.ndarray, result, alpha: float = 0.45) -> bytes:
+    """The field blended with the Grad-CAM heat map of the predicted class (the field alone when none)."""
+    img = np.asarray(rgb, dtype=np.uint8)
+    if result.heatmap is not None and result.heatmap.shape == img.shape[:2]:
+        heat = colormap(result.heatmap).astype(np.float32)
+        a = alpha * (0.3 + 0.7 * np.clip(result.heatmap, 0, 1))[..., None]
+        img = (img.astype(np.float32) * (1 - a) + heat * a).astype(np.uint8)
+        text = f"Grad-CAM: {result.label}"
+    else:
+        text = "no heat map"
+    return _png(_caption(Image.fromarray(img), text, (40, 40, 90)))

@@ -140,11 +140,17 @@ def check_onnx_session(sess, path: Path, config: dict) -> None:
                          redo)
     if "logits" not in outputs:
         raise ModelError(f"{path} has outputs {outputs}, no 'logits'.", redo)
+    out_shape = sess.get_outputs()[outputs.index("logits")].shape
     if config.get("task") == "classify":
         n_cls = len(config.get("classes") or [])
-        out_shape = sess.get_outputs()[outputs.index("logits")].shape
+        if len(out_shape) != 2:
+            raise ModelError(f"{path} returns logits of shape {out_shape}, not N x classes: it is not a "
+                             "classifier's export.", redo)
         if n_cls and isinstance(out_shape[-1], int) and out_shape[-1] != n_cls:
             raise ModelError(f"{path} returns {out_shape[-1]} classes but config.json lists {n_cls}.", redo)
+    elif len(out_shape) != 4:
+        raise ModelError(f"{path} returns logits of shape {out_shape}, not N x 1 x H x W: it is not a "
+                         "segmenter's export.", redo)
 
 
 class OnnxEngine:

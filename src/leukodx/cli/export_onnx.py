@@ -1,0 +1,51 @@
+"""`leukodx export onnx --model RUN --out FILE [--int8 --calibration DATA] [--opset N]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leukodx.cli._common import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("onnx")
+    def export_onnx_cmd(
+        model: Path = typer.Option(..., "--model", help="Model directory (config.json + model.safetensors)."),
+        out: Path = typer.Option(None, "--out", help="ONNX file to write [default: RUN/model.onnx]."),
+        int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (static quantisation), kept "
+                                  "only if accuracy/Dice drops by <= 0.3 points."),
+        calibration: Path = typer.Option(None, "--calibration", help="DATA folder of real images to calibrate "
+                                         "int8 on (half calibrates, the other half judges the accuracy)."),
+        eval_data: Path = typer.Option(None, "--eval-data", help="Labelled DATA to judge int8 on instead of the "
+                                       "held-out half of --calibration."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+        tolerance: float = typer.Option(1e-3, "--tolerance", help="Max abs logit difference to PyTorch allowed, "
+                                        "relative to max(1, |logits|)."),
+        n_calibration: int = typer.Option(200, "--n-calibration", help="Images used to calibrate int8."),
+        n_eval: int = typer.Option(400, "--n-eval", help="Images used to compare int8 with fp32."),
+    ) -> None:
+        """Export a model directory to ONNX ("image" -> "logits" [+ "features"], dynamic batch), verified
+        against PyTorch; recorded in RUN/config.json when the file is written inside RUN."""
+        from leukodx.inference.onnx import export_onnx
+
+        target = out or (model / "model.onnx")
+        with console.status(f"exporting {model} to {target} ..."):
+            rep = export_onnx(model, target, opset=opset, int8=int8, calibration=calibration,
+                              eval_data=eval_data, tolerance=tolerance, n_calibration=n_calibration,
+                              n_eval=n_eval)
+        console.print(f"[green]wrote[/] {target} ({rep['size_mb']} MB, opset {rep['opset']}, inputs "
+                      f"{rep['inputs']} -> outputs {rep['outputs']}, dynamic batch)")
+        console.print(f"verified against PyTorch: max abs difference {rep['max_abs_diff']:.3g} "
+                      f"(tolerance {rep['tolerance']:.3g})")
+        q = rep.get("int8")
+        if q:
+            m = q["metric"]
+            verdict = "[green]kept[/]" if q["kept"] else "[yellow]not kept[/] (file removed)"
+            console.print(f"int8: {m} fp32 {q[f'{m}_fp32']:.2f} % vs int8 {q[f'{m}_int8']:.2f} % on {q['n_eval']} "
+                          f"images ({q['eval_data']}), drop {q['drop_points']:.2f} points "
+                          f"(limit {q['max_drop_points']}): {verdict}"
+                          + (f" -> {Path(target).parent / q['file']}" if q["kept"] else ""))
+        if rep.get("recorded_in"):
+            console.print(f"recorded in {rep['recorded_in']} under 'onnx'")

@@ -1,0 +1,139 @@
+"""ONNX export: named inputs/outputs, dynamic batch, ONNX Runtime == PyTorch, mismatches caught clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from _tiny_models import make_tiny_models
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from leukodx.inference.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("onnx")
+    cdir, sdir = make_tiny_models(root)
+    reps = {d.name: export_onnx(d, d / "model.onnx") for d in (cdir, sdir)}
+    return cdir, sdir, reps
+
+
+def test_export_recorded_and_close_to_torch(exported):
+    cdir, sdir, reps = exported
+    for d in (cdir, sdir):
+        rep = reps[d.name]
+        assert (d / "model.onnx").is_file()
+        assert rep["max_abs_diff"] < 1e-3
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["onnx"]["file"] == "model.onnx"
+        assert cfg["onnx"]["inputs"] == ["image"]
+        assert cfg["onnx"]["max_abs_diff"] == rep["max_abs_diff"]
+    assert reps["cls"]["outputs"] == ["logits", "features"]
+    assert reps["seg"]["outputs"] == ["logits"]
+
+
+def test_onnx_runtime_matches_torch_any_batch(exported):
+    import onnxruntime as ort
+    import torch
+
+    from leukodx.inference.engines import with_features
+    from leukodx.models import load_model
+
+    cdir, sdir, _ = exported
+    rng = np.random.default_rng(0)
+    for d in (cdir, sdir):
+        model, cfg = load_model(d)
+        sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == ["image"]
+        for n in (1, 3, 7):  # dynamic batch
+            x = (rng.random((n, 3, 64, 64)) * 255).astype(np.float32)
+            got = sess.run(["logits"], {"image": x})[0]
+            with torch.inference_mode():
+                ref = (with_features(model)(torch.from_numpy(x))[0] if cfg["task"] == "classify"
+                       else model(torch.from_numpy(x))).numpy()
+            assert got.shape == ref.shape and got.shape[0] == n
+            assert np.abs(got - ref).max() < 1e-3
+
+
+def test_engines_agree(exported):
+    from leukodx.data.synthetic import synthetic_field
+    from leukodx.inference.pipeline import load_analyzer
+
+    cdir, sdir, _ = exported
+    img = synthetic_field("Pro", 64, seed=3)[0]
+    a = load_analyzer(cdir, sdir, engine="onnx", threads=1)
+    b = load_analyzer(cdir, sdir, engine="torch", threads=1)
+    assert "ONNX" in a.classifier.source and "ONNX" in a.segmenter.source
+    ra, rb = a.analyze(img), b.analyze(img)
+    for c in ra.probabilities:
+        assert abs(ra.probabilities[c] - rb.probabilities[c]) < 1e-4
+    assert (ra.mask != rb.mask).mean() < 0.01
+
+
+def test_mismatching_onnx_is_a_clear_error(exported, tmp_path):
+    from leukodx.errors import ModelError
+    from leukodx.inference.pipeline import load_analyzer
+
+    cdir, sdir, _ = exported
+    # an ONNX file of another model (the segmenter's) dropped into the classifier's directory
+    bad = tmp_path / "cls"
+    shutil.copytree(cdir, bad)
+    shutil.copy(sdir / "model.onnx", bad / "model.onnx")
+    with pytest.raises(ModelError, match=r"model\.onnx.*(checksum|re-export|Re-export)"):
+        load_analyzer(bad, sdir, engine="onnx")
+    # same, without the export record: the input/output check still catches it
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.pop("onnx")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"features|classes|logits|Re-export"):
+        load_analyzer(bad, sdir, engine="onnx")
+    # an input size that disagrees with config.json
+    cfg["input_size"] = [96, 96]
+    shutil.copy(cdir / "model.onnx", bad / "model.onnx")
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match=r"input_size \[96, 96\].*Re-export"):
+        load_analyzer(bad, sdir, engine="onnx")
+    # not an ONNX file at all
+    (bad / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="cannot be loaded by ONNX Runtime"):
+        load_analyzer(bad, sdir, engine="onnx")
+
+
+def test_model_dir_problems_are_clear(exported, tmp_path):
+    from leukodx.errors import ModelError
+    from leukodx.inference.pipeline import load_analyzer
+
+    cdir, sdir, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(cdir, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["format_version"] = 0
+    (old / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="model format"):
+        load_analyzer(old, sdir)
+    missing = tmp_path / "missing"
+    shutil.copytree(cdir, missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="model.safetensors"):
+        load_analyzer(missing, sdir)
+    with pytest.raises(ModelError, match="not a 'classify'"):
+        load_analyzer(sdir, sdir)
+
+
+def test_int8_on_synthetic_data(exported, tmp_path, synthetic_data):
+    from leukodx.inference.onnx import export_onnx
+
+    cdir, _, _ = exported
+    d = tmp_path / "cls"
+    shutil.copytree(cdir, d)
+    (d / "model.onnx").unlink()
+    rep = export_onnx(d, d / "model.onnx", int8=True, calibration=synthetic_data, n_calibration=8, n_eval=16)
+    q = rep["int8"]
+    assert q["metric"] == "accuracy" and q["n_eval"] > 0
+    assert q["kept"] == (q["drop_points"] <= 0.3)
+    assert (d / "model.int8.onnx").is_file() == q["kept"]
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["onnx"]["int8"]["kept"] == q["kept"]

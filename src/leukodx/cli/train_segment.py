@@ -1,0 +1,124 @@
+"""`leukodx train segment`: train a leukocyte segmenter (U-Net or U-Net-FPN-GELU); writes a model directory.
+
+Settings resolve as: defaults -> --preset -> --config YAML -> flags. Heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leukodx.cli._common import console, err_console
+
+EXAMPLE = (
+    "Examples:\n\n"
+    "  leukodx train segment --data DATA --out runs/unet16\n\n"
+    "  leukodx train segment --data DATA --arch unet-fpn-gelu --base-channels 16 --image-size 224 --out runs/fpn\n\n"
+    "  leukodx train segment --data DATA --arch unet:resnet18 --out runs/unet-r18   (timm encoder)\n\n"
+    "  leukodx train segment --data DATA --preset paper --device cuda --out runs/unet-paper"
+)
+
+# the preset's base channels when --base-channels is not given: small on CPU, the study's 64 for --preset paper
+BASE_CHANNELS = {"cpu": 16, "paper": 64}
+
+
+def segment_overrides(**kw) -> dict:
+    """Flag values -> TrainConfig overrides (None = not given); --base-channels/--encoder go to arch_kwargs."""
+    base, encoder, depth = kw.pop("base_channels"), kw.pop("encoder"), kw.pop("depth")
+    arch_kwargs = {}
+    if base is not None:
+        arch_kwargs["base_channels"] = base
+    if depth is not None:
+        arch_kwargs["depth"] = depth
+    if encoder:
+        arch_kwargs["encoder"] = encoder
+    kw["arch_kwargs"] = arch_kwargs or None
+    return kw
+
+
+def resolve_segment_config(yaml_path=None, **flags):
+    """resolve_config("segment", ...) with the preset's base channels filled in when none were given."""
+    from leukodx.config import resolve_config
+
+    overrides = segment_overrides(**flags)
+    cfg = resolve_config("segment", yaml_path=yaml_path, overrides=overrides)
+    if "base_channels" not in cfg.arch_kwargs and "encoder" not in cfg.arch_kwargs and ":" not in cfg.arch:
+        cfg.arch_kwargs = {**cfg.arch_kwargs, "base_channels": BASE_CHANNELS.get(cfg.preset, 16)}
+    return cfg
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("segment", help="Train a leukocyte segmenter on a data folder with Segmented/ reference masks.\n\n"
+                 + EXAMPLE)
+    def segment(
+        data: Path = typer.Option(..., "--data", help="Data folder with Original/<class>/ and Segmented/<class>/."),
+        out: Path = typer.Option(..., "--out", help="Run / model directory to write."),
+        split: Path | None = typer.Option(None, "--split", help="Split CSV (leukodx data split); default: a fresh "
+                                          "group-aware split."),
+        arch: str | None = typer.Option(None, "--arch", help="unet, unet-fpn-gelu, or unet:<timm encoder> / "
+                                        "unet-fpn-gelu:<timm encoder> (e.g. unet:resnet18). [default: unet]"),
+        base_channels: int | None = typer.Option(None, "--base-channels", help="Filters of the first U-Net level "
+                                                 "(the study: 64). [default: 16 with --preset cpu, 64 with paper]"),
+        depth: int | None = typer.Option(None, "--depth", help="U-Net levels. [default: 4]"),
+        encoder: str | None = typer.Option(None, "--encoder", help="A timm features_only encoder instead of the "
+                                           "classic one (random init; nothing is downloaded)."),
+        image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. [default: 128]"),
+        epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. [default: 15]"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate. [default: 1e-3]"),
+        mask_threshold: int | None = typer.Option(None, "--mask-threshold", help="Reference mask = grayscale("
+                                                  "Segmented) > this. [default: 128]"),
+        include_near_empty: bool = typer.Option(False, "--include-near-empty", help="Also train on reference "
+                                                "masks under 0.1 % foreground (left out by default: the "
+                                                "thresholding failed on them)."),
+        augment: str | None = typer.Option(None, "--augment", help="none, light or strong (stain and colour "
+                                           "changes on the image only). [default: light]"),
+        preset: str | None = typer.Option(None, "--preset", help="cpu (default) or paper (the study: 224 px, "
+                                          "batch 32, 35 epochs, lr 1e-3, base 64)."),
+        config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. a run's "
+                                           "run_config.yaml)."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or adam."),
+        schedule: str | None = typer.Option(None, "--schedule", help="cosine, plateau or none."),
+        weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
+        normalization: str | None = typer.Option(None, "--normalization", help="per_image (default) or imagenet."),
+        patience: int | None = typer.Option(None, "--patience", help="Early stopping on validation Dice: epochs "
+                                            "without improvement; 0 = off. [default: 5]"),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). [default: 0]"),
+        workers: int | None = typer.Option(None, "--workers", help="Data loader processes. [default: 0]"),
+        max_train_images: int | None = typer.Option(None, "--max-train-images", help="Train on a stratified "
+                                                    "subset of at most N fields."),
+        max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N fields."),
+        max_test_images: int | None = typer.Option(None, "--max-test-images", help="Score at most N test fields."),
+        shift_lab: bool = typer.Option(False, "--eval-lab-shift", help="Also score the test split under a "
+                                       "synthetic lab-to-lab shift."),
+        amp: str | None = typer.Option(None, "--amp", help="Mixed precision on CUDA: auto, bf16, fp16 or off."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in OUT/checkpoints."),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        from leukodx.training.segment import train_segmenter
+
+        cfg = resolve_segment_config(
+            config, data=str(data), out=str(out), split=str(split) if split else None, arch=arch,
+            base_channels=base_channels, depth=depth, encoder=encoder, image_size=image_size, epochs=epochs,
+            batch_size=batch_size, lr=lr, mask_threshold=mask_threshold,
+            skip_near_empty=False if include_near_empty else None, augment=augment, preset=preset,
+            optimizer=optimizer, schedule=schedule, weight_decay=weight_decay, normalization=normalization,
+            patience=patience, seed=seed, workers=workers, max_train_images=max_train_images,
+            max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,
+            resume=True if resume else None, quiet=True if quiet else None,
+        )
+        result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False),
+                                 evaluate_shift=shift_lab)
+        if "config" not in result:  # a non-zero rank under torchrun
+            return
+        test = result.get("test_metrics")
+        if test and not cfg.quiet:
+            def f(v, pct=False):
+                return "n/a" if v is None else (f"{100 * v:.2f} %" if pct else f"{v:.4f}")
+
+            console.print(f"dice_global {f(test['dice_global'])}  pixel accuracy {f(test['pixel_accuracy'], True)}  "
+                          f"count MAE {f(test['count_mae'])}  on {test['n_images']} test fields "
+                          f"({test['n_reference_failed']} failed references)  ->  {out}/metrics.json",
+                          highlight=False)

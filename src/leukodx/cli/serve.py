@@ -1,9 +1,193 @@
-"""`leukodx serve` (see DESIGN.md)."""
+"""`leukodx serve`, `leukodx token create`, `leukodx user add|passwd` (see DESIGN.md)."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import typer
+
+from leukodx.cli._common import console, err_console
+
+DB_HELP = "SQLite database file (created if missing), or a database URL such as postgresql+psycopg://..."
+DEFAULT_DB = os.environ.get("LEUKODX_DB", "leukodx.db")
+
+token_app = typer.Typer(help="API tokens for the HTTP API.", no_args_is_help=True)
+user_app = typer.Typer(help="Users of the web application.", no_args_is_help=True)
+
+
+def _open(db: str):
+    from leukodx.web.db import open_database
+    from leukodx.web.settings import database_url_for
+
+    return open_database(database_url_for(db))
+
+
+def _load_factory(spec: str):
+    """`module:attr` -> the object (called when callable), for a test or demo analyzer."""
+    import importlib
+
+    from leukodx.errors import LeukodxError
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise LeukodxError(f"--analyzer {spec!r} is not module:attribute.", "Example: leukodx.web.testing:FakeAnalyzer")
+    obj = getattr(importlib.import_module(module), attr)
+    return obj() if callable(obj) else obj
+
+
+def _first_admin(sessions, demo: bool) -> None:
+    """Make the application usable on first start: an admin (password from LEUKODX_ADMIN_PASSWORD or printed
+    once) when there is no user; a demo/demo clinician with --demo."""
+    import secrets
+
+    from sqlalchemy import func, select
+
+    from leukodx.web.auth import add_user, hash_password
+    from leukodx.web.db import User, audit
+
+    with sessions() as db:
+        if demo and db.scalar(select(User).where(User.username == "demo")) is None:
+            db.add(User(username="demo", password_hash=hash_password("demo"), role="clinician"))
+            audit(db, "serve", "user.add", "user:demo", role="clinician", demo=True)
+            db.commit()
+            err_console.print("[bold yellow]--demo:[/] user [bold]demo[/], password [bold]demo[/] "
+                              "(for trying leukodx only; never use --demo with real patients' smears).")
+        if db.scalar(select(func.count(User.id)).where(User.role == "admin")):
+            return
+        password = os.environ.get("LEUKODX_ADMIN_PASSWORD") or ""
+        printed = not password
+        if printed:
+            password = secrets.token_urlsafe(12)
+        add_user(db, "admin", password, "admin", actor="serve")
+        db.commit()
+    if printed:
+        console.print(
+            "\n[bold]First start: an administrator was created.[/]\n"
+            f"  user name: [bold]admin[/]\n  password:  [bold]{password}[/]\n"
+            "This password is shown only now. Log in, then change it under your name (top right).\n",
+            highlight=False,
+        )
+    else:
+        console.print("First start: user [bold]admin[/] created with the password in LEUKODX_ADMIN_PASSWORD.")
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Only this computer can connect unless "
+                             "you give 0.0.0.0 (then put it behind HTTPS)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port."),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
+    classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+    engine: str = typer.Option("onnx", help="Inference engine: onnx or torch."),
+    max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest accepted image, MB."),
+    max_files: int = typer.Option(50, "--max-files", min=1, help="Most images per upload request."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Analyses run at once [default: CPU cores, max 4]."),
+    queue: int = typer.Option(32, "--queue", min=0, help="Analyses allowed to wait; more are answered 503."),
+    demo: bool = typer.Option(False, "--demo", help="Also create user demo / password demo. For trying only."),
+    analyzer: str = typer.Option(None, "--analyzer", hidden=True, help="module:factory of a test analyzer."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the clinicians' web application and its HTTP API (open http://HOST:PORT in a browser)."""
+    import uvicorn
+
+    from leukodx.errors import LeukodxError
+    from leukodx.web.app import create_app
+    from leukodx.web.settings import MB, Settings, database_url_for
+
+    if engine not in ("onnx", "torch"):
+        raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx or torch.")
+    fake = _load_factory(analyzer) if analyzer else None
+    if fake is None:
+        from leukodx.assets import default_model_dir
+
+        if classifier is None:
+            default_model_dir("classify")
+        if segmenter is None:
+            default_model_dir("segment")
+        for d in (classifier, segmenter):
+            if d is not None and not (Path(d) / "config.json").is_file():
+                raise LeukodxError(f"{d} is not a model directory (no config.json).", "Give a RUN folder from `leukodx train`.")
+    settings = Settings.from_env(
+        database_url=database_url_for(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
+        engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=workers,
+        analysis_queue=queue,
+    )
+    app = create_app(settings, analyzer=fake)
+    _first_admin(app.state.ctx.sessions, demo)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[bold yellow]warning:[/] listening on {host}: other computers can reach leukodx. "
+                          "Use HTTPS (a reverse proxy) on a shared network.")
+    console.print(f"leukodx is starting: open [bold]http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}[/] "
+                  f"(database {settings.database_url}, images in {settings.resolved_files_dir()}). Ctrl+C stops it.",
+                  highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=256, timeout_keep_alive=5,
+                timeout_graceful_shutdown=10)
+
+
+@token_app.command("create")
+def token_create(
+    name: str = typer.Option(..., "--name", help="Who or what will use the token, e.g. lab-pc-1."),
+    role: str = typer.Option("clinician", "--role", help="clinician or admin."),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+) -> None:
+    """Create an API token. It is printed once, on the last line; only its hash is stored."""
+    from leukodx.web.auth import create_token
+
+    _, sessions = _open(db)
+    with sessions() as s:
+        _, secret = create_token(s, name, role, actor="cli")
+        s.commit()
+    err_console.print(f"Token {name!r} ({role}) created. It is shown only once; keep it secret. "
+                      "Send it as 'Authorization: Bearer <token>'.")
+    typer.echo(secret)
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+@user_app.command("add")
+def user_add(
+    name: str = typer.Argument(..., help="User name (letters, digits, _ . @ -)."),
+    role: str = typer.Option("clinician", "--role", help="clinician or admin."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+) -> None:
+    """Add a user of the web application (the password is asked for, or read with --password-stdin)."""
+    from leukodx.web.auth import add_user, check_role
+
+    check_role(role)
+    _, sessions = _open(db)
+    password = _read_password(password_stdin)
+    with sessions() as s:
+        add_user(s, name, password, role, actor="cli")
+        s.commit()
+    console.print(f"User [bold]{name}[/] ({role}) added.")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: str = typer.Argument(..., help="User name."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+) -> None:
+    """Set a user's password (their login sessions end)."""
+    from leukodx.web.auth import set_password
+
+    _, sessions = _open(db)
+    password = _read_password(password_stdin)
+    with sessions() as s:
+        set_password(s, name, password, actor="cli")
+        s.commit()
+    console.print(f"Password of [bold]{name}[/] changed.")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("serve")(serve)
+    app.add_typer(token_app, name="token")
+    app.add_typer(user_app, name="user")

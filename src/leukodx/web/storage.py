@@ -1,0 +1,66 @@
+"""Upload storage: every file is kept under the SHA-256 of its content, never under the client's name.
+
+Writes go to a temporary file in the same folder, are fsynced and renamed into place, so a crash leaves
+either the whole file or a `.tmp-*` leftover that `sweep` removes at the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[0-9a-f]{64}\.(jpg|png|tif|bmp)$")
+EXT_FOR_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp"}
+MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "tif": "image/tiff", "bmp": "image/bmp"}
+
+
+class FileStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def put(self, data: bytes, ext: str) -> str:
+        """Store `data`; returns its name `<sha256>.<ext>`. Storing the same bytes twice is a no-op."""
+        name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
+        target = self.root / name
+        if target.exists() and target.stat().st_size == len(data):
+            return name
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return name
+
+    def path(self, name: str) -> Path | None:
+        """The path of a stored file, or None for a name that is not a stored file's name."""
+        if not NAME_RE.match(name):
+            return None
+        p = self.root / name
+        return p if p.is_file() else None
+
+    def delete(self, name: str) -> None:
+        if NAME_RE.match(name):
+            (self.root / name).unlink(missing_ok=True)
+
+    def sweep(self, referenced: set[str]) -> list[str]:
+        """Remove leftovers of interrupted writes and files no database row refers to."""
+        removed = []
+        for p in self.root.iterdir():
+            if p.is_file() and (p.name.startswith(".tmp-") or (NAME_RE.match(p.name) and p.name not in referenced)):
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+        return removed

@@ -1,0 +1,121 @@
+"""A fake analyzer for tests and UI work: deterministic, fast, needs no trained model.
+
+NOT for clinical use: its classes are derived from a hash of the pixels. Pages show a "Test mode" banner
+whenever it is in use (it has `is_fake = True`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from leukodx import CLASSES, MALIGNANT_CLASSES
+from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
+
+
+class FakeAnalyzer:
+    is_fake = True
+
+    def __init__(self, delay_s: float = 0.0):
+        self.classes = list(CLASSES)
+        self.delay_s = delay_s
+        self.calls = 0
+
+    def analyze(self, image, *, name: str | None = None, heatmap: bool = False) -> FieldResult:
+        from leukodx.data.images import read_rgb
+
+        rgb = image if isinstance(image, np.ndarray) else read_rgb(image if not isinstance(image, Path) else str(image))
+        self.calls += 1
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        digest = hashlib.sha256(np.ascontiguousarray(rgb).tobytes()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        # "nuclei": dark, bluish pixels (the stain of leukocyte nuclei in Wright/Giemsa smears)
+        mask = ndi.binary_opening(rgb[..., 1].astype(int) < 120, iterations=1)
+        mask = ndi.binary_fill_holes(ndi.binary_dilation(mask, iterations=2))
+        instances, n = ndi.label(mask)
+        cells = []
+        for k, obj in enumerate(ndi.find_objects(instances), start=1):
+            area = int((instances[obj] == k).sum())
+            cy, cx = ndi.center_of_mass(instances == k)
+            cells.append(CellInstance(k, area, (float(cy), float(cx)),
+                                      (obj[0].start, obj[1].start, obj[0].stop, obj[1].stop)))
+        logits = rng.normal(0, 1, len(CLASSES))
+        logits[rng.integers(len(CLASSES))] += 2.5
+        p = np.exp(logits) / np.exp(logits).sum()
+        probs = {c: float(v) for c, v in zip(CLASSES, p, strict=True)}
+        label = max(probs, key=probs.get)
+        heat = None
+        if heatmap:
+            heat = ndi.gaussian_filter(mask.astype(np.float32), sigma=max(2.0, rgb.shape[0] / 30))
+            heat = heat / heat.max() if heat.max() > 0 else heat
+        flag, reason = "ok", ""
+        if probs[label] < 0.5:
+            flag, reason = "low_confidence", f"confidence {probs[label]:.0%} is under 50 %; review this field closely"
+        return FieldResult(
+            path=name, label=label, probabilities=probs, confidence=probs[label],
+            malignant_probability=float(sum(probs[c] for c in MALIGNANT_CLASSES)), cell_count=len(cells),
+            cells=cells, flag=flag, flag_reason=reason, mask=mask, instances=instances.astype(np.int32),
+            heatmap=heat, size_note="fake analyzer: no resizing", timings_ms={"total": 0.0},
+        )
+
+    def summarize(self, results: list[FieldResult]) -> CaseSummary:
+        from leukodx.web.cases import fallback_summary
+
+        return fallback_summary(results)
+
+
+def field_bytes(label: str = "Pre", seed: int = 0, size: int = 128, fmt: str = "JPEG") -> bytes:
+    """A synthetic smear field encoded as an image file (for tests and demos)."""
+    import io
+
+    from PIL import Image
+
+    from leukodx.data.synthetic import synthetic_field
+
+    rgb, _ = synthetic_field(label, size, seed)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread (for browser and load tests).
+
+    >>> with LiveServer(app) as url: ...
+    """
+
+    def __init__(self, app, port: int = 0):
+        self.app, self.port = app, port
+        self.server = None
+        self.thread = None
+
+    def __enter__(self) -> str:
+        import socket
+        import threading
+
+        import uvicorn
+
+        if not self.port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                limit_concurrency=256)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)

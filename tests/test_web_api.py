@@ -1,0 +1,410 @@
+"""The web application's HTTP API and pages through TestClient, with a fake analyzer (no trained model)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import struct
+import subprocess
+import sys
+import zlib
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import func, select, text
+
+from leukodx.web.app import create_app
+from leukodx.web.auth import add_user, create_token
+from leukodx.web.db import AuditEntry, Case, Field, open_database
+from leukodx.web.settings import Settings, database_url_for
+from leukodx.web.testing import FakeAnalyzer, field_bytes
+
+
+def make_app(tmp_path, analyzer=None, **kw):
+    settings = Settings(database_url=database_url_for(tmp_path / "web.db"), **kw)
+    app = create_app(settings, analyzer=analyzer or FakeAnalyzer())
+    with app.state.ctx.sessions() as db:
+        _, clin = create_token(db, "clinic-pc", "clinician")
+        _, admin = create_token(db, "admin-pc", "admin")
+        add_user(db, "alice", "alice-password", "clinician")
+        db.commit()
+    return app, {"Authorization": f"Bearer {clin}"}, {"Authorization": f"Bearer {admin}"}
+
+
+@pytest.fixture()
+def web(tmp_path):
+    app, clin, admin = make_app(tmp_path)
+    return TestClient(app), clin, admin, app
+
+
+def jpg(label="Pre", seed=0):
+    return ("files", (f"{label}-{seed}.jpg", field_bytes(label, seed), "image/jpeg"))
+
+
+def stored_files(app) -> list[str]:
+    return sorted(p.name for p in app.state.ctx.store.root.iterdir())
+
+
+def field_rows(app) -> int:
+    with app.state.ctx.sessions() as db:
+        return db.scalar(select(func.count(Field.id)))
+
+
+def new_case(client, headers, ref="S-2026-0001") -> int:
+    r = client.post("/api/v1/cases", headers=headers, json={"reference": ref})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+# --- access -----------------------------------------------------------------------------------------------
+
+def test_no_token_wrong_token_and_wrong_scheme_are_401(web):
+    client, _, _, _ = web
+    assert client.get("/api/v1/cases").status_code == 401
+    r = client.get("/api/v1/cases", headers={"Authorization": "Bearer ldx_not-a-real-token"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/api/v1/cases", headers={"Authorization": "Basic YTpi"}).status_code == 401
+    assert client.post("/api/v1/analyze", files=[jpg()]).status_code == 401
+
+
+def test_clinician_cannot_delete_admin_can(web):
+    client, clin, admin, app = web
+    cid = new_case(client, clin)
+    client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
+    assert client.delete(f"/api/v1/cases/{cid}", headers=clin).status_code == 403
+    assert client.delete(f"/api/v1/cases/{cid}", headers=admin).status_code == 204
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).status_code == 404
+    assert stored_files(app) == []  # the case's images went with it
+    with app.state.ctx.sessions() as db:
+        actions = db.scalars(select(AuditEntry.action)).all()
+    assert "case.delete" in actions
+
+
+def test_revoked_token_is_refused(web):
+    client, clin, _, app = web
+    from leukodx.web.db import ApiToken, utcnow
+
+    with app.state.ctx.sessions() as db:
+        for row in db.scalars(select(ApiToken).where(ApiToken.name == "clinic-pc")):
+            row.revoked_at = utcnow()
+        db.commit()
+    assert client.get("/api/v1/cases", headers=clin).status_code == 401
+
+
+# --- analyze ----------------------------------------------------------------------------------------------
+
+def test_analyze_answers_each_image_and_stores_nothing(web):
+    client, clin, _, app = web
+    r = client.post("/api/v1/analyze", headers=clin, files=[jpg("Pre", 1), jpg("Pro", 2)])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["results"]) == 2
+    for res in body["results"]:
+        assert res["label"] in ("Benign", "Early", "Pre", "Pro")
+        assert set(res["probabilities"]) == {"Benign", "Early", "Pre", "Pro"}
+        assert abs(sum(res["probabilities"].values()) - 1) < 1e-6
+        assert 0 <= res["confidence"] <= 1 and res["cell_count"] >= 1 and res["flag"] in ("ok", "low_confidence")
+    assert body["summary"]["n_fields"] == 2
+    assert stored_files(app) == [] and field_rows(app) == 0
+
+
+@pytest.mark.parametrize(
+    "name,data,ctype,status,words",
+    [
+        ("notes.txt", b"just some text", "text/plain", 415, "not an image type"),
+        ("fake.jpg", b"just some text, named like a JPEG", "image/jpeg", 415, "not an image"),
+        ("empty.png", b"", "image/png", 415, "empty"),
+        ("anim.gif", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "application/octet-stream", 415, "not"),
+    ],
+)
+def test_non_images_are_415_and_nothing_is_stored(web, name, data, ctype, status, words):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg(), ("files", (name, data, ctype))])
+    assert r.status_code == status, r.text
+    assert words in r.text.lower() and "Nothing was stored" in r.json()["message"]
+    assert stored_files(app) == [] and field_rows(app) == 0
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_and_truncated_image_get_clear_messages(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    bomb = _png_header_only(100_000, 100_000)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[("files", ("bomb.png", bomb, "image/png"))])
+    assert r.status_code == 413 and "downscale" in r.text.lower()
+    whole = field_bytes("Pre", 3)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin,
+                    files=[("files", ("cut.jpg", whole[: len(whole) // 2], "image/jpeg"))])
+    assert r.status_code == 422 and "truncated" in r.text
+    assert stored_files(app) == [] and field_rows(app) == 0
+
+
+def test_too_big_and_too_many_are_413(tmp_path):
+    app, clin, _ = make_app(tmp_path, max_file_bytes=20_000, max_files=2)
+    client = TestClient(app)
+    big = field_bytes("Pro", 1, size=256, fmt="PNG")
+    assert len(big) > 20_000
+    r = client.post("/api/v1/analyze", headers=clin, files=[("files", ("big.png", big, "image/png"))])
+    assert r.status_code == 413 and "MB limit" in r.text
+    r = client.post("/api/v1/analyze", headers=clin, files=[jpg("Pre", i) for i in range(3)])
+    assert r.status_code == 413 and "at most 2" in r.text
+    # a body over the whole-request limit is refused before it is read
+    r = client.post("/api/v1/analyze", headers={**clin, "Content-Length": str(10**9)}, content=b"x")
+    assert r.status_code == 413
+
+
+def test_path_like_names_are_stored_by_content_hash(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    data = field_bytes("Early", 5)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin,
+                    files=[("files", ("../../../etc/passwd.jpg", data, "image/jpeg")),
+                           ("files", ("..\\..\\win\\field 7.jpg", field_bytes("Pro", 6), "image/jpeg"))])
+    assert r.status_code == 201, r.text
+    names = [a["name"] for a in r.json()["added"]]
+    assert names == ["passwd.jpg", "field 7.jpg"]
+    import hashlib
+
+    digest = hashlib.sha256(data).hexdigest()
+    assert f"{digest}.jpg" in stored_files(app)
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.(jpg|png)", n) for n in stored_files(app))
+    assert client.get("/files/..%2F..%2Fweb.db").status_code in (401, 404)
+
+
+# --- cases and review -------------------------------------------------------------------------------------
+
+def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin, "S-77")
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1), jpg("Pro", 2)])
+    assert r.status_code == 201, r.text
+    case = r.json()["case"]
+    assert case["ai"]["n_fields"] == 2 and case["status"] == "unreviewed"
+    fields = case["fields"]
+    assert all(f["overlay_url"] and f["heatmap_url"] for f in fields)
+    f0 = fields[0]
+    other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != f0["label"])
+    ai_case_label = case["ai"]["label"]
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={
+        "case": {"decision": "confirm", "note": "agree"},
+        "fields": [{"field_id": f0["id"], "decision": "override", "label": other, "note": "nuclear outline"}],
+    })
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["status"] == "reviewed" and out["review"]["label"] == ai_case_label
+    assert out["review"]["reviewed_by"] == "token:clinic-pc"
+    g0 = next(f for f in out["fields"] if f["id"] == f0["id"])
+    assert g0["label"] == f0["label"] and g0["review"]["label"] == other and g0["review"]["decision"] == "override"
+    # overriding needs a class; an unknown field is 404
+    bad = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override"}})
+    assert bad.status_code == 422
+    missing = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
+                           json={"fields": [{"field_id": 99999, "decision": "confirm"}]})
+    assert missing.status_code == 404
+    # the failed reviews changed nothing
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["review"]["label"] == ai_case_label
+
+
+def test_case_list_filters_and_csv(web):
+    client, clin, _, _ = web
+    a = new_case(client, clin, "ALPHA-1")
+    b = new_case(client, clin, "=cmd|' /C calc'!A0")
+    client.post(f"/api/v1/cases/{a}/images", headers=clin, files=[jpg("Pre", 1)])
+    client.patch(f"/api/v1/cases/{a}/review", headers=clin, json={"case": {"decision": "confirm"}})
+    r = client.get("/api/v1/cases", headers=clin, params={"status": "unreviewed"})
+    assert [c["id"] for c in r.json()["cases"]] == [b]
+    r = client.get("/api/v1/cases", headers=clin, params={"q": "alpha"})
+    assert [c["id"] for c in r.json()["cases"]] == [a]
+    r = client.get("/api/v1/cases", headers=clin, params={"format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert "attachment" in r.headers["content-disposition"]
+    import csv
+
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert {row["reference"] for row in rows} == {"ALPHA-1", "'=cmd|' /C calc'!A0"}  # no formula injection
+    assert next(row for row in rows if row["case_id"] == str(a))["status"] == "reviewed"
+
+
+def test_bad_case_input_is_422(web):
+    client, clin, _, _ = web
+    assert client.post("/api/v1/cases", headers=clin, json={"reference": ""}).status_code == 422
+    assert client.post("/api/v1/cases", headers=clin, json={"reference": "   "}).status_code == 422
+    assert client.post("/api/v1/cases", headers=clin, json={}).status_code == 422
+    assert client.get("/api/v1/cases/424242", headers=clin).status_code == 404
+
+
+# --- storage ----------------------------------------------------------------------------------------------
+
+def test_audit_log_is_append_only_and_migrations_are_idempotent(web, tmp_path):
+    client, clin, _, app = web
+    new_case(client, clin)
+    engine = app.state.ctx.engine
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar() > 0
+        for stmt in ("UPDATE audit_log SET actor='x'", "DELETE FROM audit_log"):
+            with pytest.raises(Exception, match="append-only"):
+                conn.execute(text(stmt))
+            conn.rollback()
+    engine2, _ = open_database(database_url_for(tmp_path / "web.db"))  # again: nothing to apply
+    with engine2.connect() as conn:
+        assert conn.execute(text("SELECT version FROM schema_migrations")).scalars().all() == [1]
+        assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+
+
+def test_sweep_removes_files_without_rows(tmp_path):
+    app, clin, _ = make_app(tmp_path)
+    store = app.state.ctx.store
+    orphan = store.put(b"leftover of a crash", "png")
+    (store.root / ".tmp-abc").write_bytes(b"half")
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
+    kept = set(stored_files(app)) - {orphan, ".tmp-abc"}
+    app2 = create_app(app.state.ctx.settings, analyzer=FakeAnalyzer())
+    assert set(stored_files(app2)) == kept
+
+
+# --- service ----------------------------------------------------------------------------------------------
+
+def test_health_and_readiness(tmp_path):
+    app, _, _ = make_app(tmp_path)
+    client = TestClient(app)
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").status_code == 200
+    svc = app.state.ctx.service
+    svc.state, svc.error = "failed", "no models"
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["error"] == "no models"
+
+
+def test_saturated_server_answers_503(tmp_path):
+    app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=0.5), analysis_workers=1, analysis_queue=0)
+    body = field_bytes("Pre", 1)
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            return await asyncio.gather(*[
+                ac.post("/api/v1/analyze", headers=clin, files=[("files", ("a.jpg", body, "image/jpeg"))])
+                for _ in range(3)
+            ])
+
+    answers = asyncio.run(burst())
+    codes = sorted(r.status_code for r in answers)
+    assert codes[0] == 200 and 503 in codes
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers["retry-after"] and "busy" in busy.json()["detail"]
+
+
+def test_analysis_timeout_is_504(tmp_path):
+    app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=1.0), analysis_timeout_s=0.2)
+    r = TestClient(app).post("/api/v1/analyze", headers=clin, files=[jpg()])
+    assert r.status_code == 504 and "longer than" in r.text
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+
+def _login(client, user="alice", password="alice-password"):
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return client.post("/login", data={"username": user, "password": password, "csrf_token": csrf,
+                                       "next": "/cases"}, follow_redirects=False)
+
+
+def test_pages_need_login_and_forms_need_csrf(web):
+    client, _, _, app = web
+    r = client.get("/cases/1", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+    assert _login(client, password="wrong-password").status_code == 401
+    r = _login(client)
+    assert r.status_code == 303 and r.headers["location"] == "/cases"
+    page = client.get("/cases")
+    assert page.status_code == 200 and "AI suggests" in page.text
+    assert 'src="http' not in page.text and 'href="http' not in page.text  # nothing from the internet
+    # a form without its CSRF token is refused, and nothing is created
+    r = client.post("/cases", data={"reference": "S-1"})
+    assert r.status_code == 403
+    with app.state.ctx.sessions() as db:
+        assert db.scalar(select(func.count(Case.id))) == 0
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post("/cases", data={"reference": "S-1", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    cid = int(r.headers["location"].split("/")[2].split("?")[0])
+    # the API through the login session: unsafe methods need the X-CSRF-Token header
+    up = client.post(f"/api/v1/cases/{cid}/images", files=[jpg()])
+    assert up.status_code == 403
+    up = client.post(f"/api/v1/cases/{cid}/images", files=[jpg()], headers={"X-CSRF-Token": csrf})
+    assert up.status_code == 201
+    fid = up.json()["added"][0]["id"]
+    page = client.get(f"/cases/{cid}")
+    assert "Heat map" in page.text and "Sign off case" in page.text
+    r = client.post(f"/cases/{cid}/fields/{fid}/review",
+                    data={"label": "Benign", "note": "looks reactive", "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    r = client.post(f"/cases/{cid}/review", data={"label": "Pro", "note": "signed", "csrf_token": csrf},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    report = client.get(f"/cases/{cid}/report")
+    assert report.status_code == 200 and "Signed off" not in report.text and "alice" in report.text
+    assert "print.css" in report.text
+    # a clinician cannot open the admin page or delete
+    assert client.get("/admin").status_code == 403
+    assert client.post(f"/cases/{cid}/delete", data={"csrf_token": csrf}).status_code == 403
+
+
+def test_login_form_needs_its_csrf_cookie(web):
+    client, _, _, _ = web
+    r = client.post("/login", data={"username": "alice", "password": "alice-password", "csrf_token": "forged"})
+    assert r.status_code == 403 and "expired" in r.text
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+def test_cli_token_and_user(tmp_path):
+    db = tmp_path / "cli.db"
+    run = [sys.executable, "-m", "leukodx"]
+    out = subprocess.run([*run, "token", "create", "--name", "lab-pc-1", "--db", str(db)],
+                         capture_output=True, text=True, check=True)
+    token = out.stdout.strip().splitlines()[-1]
+    assert token.startswith("ldx_") and len(token) > 30
+    assert token not in db.read_bytes().decode("latin-1")  # only the hash is stored
+    out = subprocess.run([*run, "user", "add", "bob", "--role", "admin", "--password-stdin", "--db", str(db)],
+                         input="bob-password\n", capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    bad = subprocess.run([*run, "user", "add", "bob", "--password-stdin", "--db", str(db)],
+                         input="another-password\n", capture_output=True, text=True)
+    assert bad.returncode == 2 and "already exists" in bad.stderr
+    short = subprocess.run([*run, "user", "add", "carol", "--password-stdin", "--db", str(db)],
+                           input="short\n", capture_output=True, text=True)
+    assert short.returncode == 2 and "shorter" in short.stderr
+    app = create_app(Settings(database_url=database_url_for(db)), analyzer=FakeAnalyzer())
+    client = TestClient(app)
+    assert client.get("/api/v1/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert _login(client, "bob", "bob-password").status_code == 303
+    assert client.get("/admin").status_code == 200
+
+
+def test_images_are_kept_only_as_real_image_bytes(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    data = field_bytes("Benign", 9, fmt="PNG")
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[("files", ("x.png", data, "image/png"))])
+    assert r.status_code == 201
+    # the stored original is byte-identical, and served only to a logged-in user
+    url = r.json()["added"][0]["image_url"]
+    assert client.get(url).status_code == 401
+    _login(client)
+    got = client.get(url)
+    assert got.status_code == 200 and got.content == data and got.headers["content-type"] == "image/png"
+    Image.open(io.BytesIO(client.get(r.json()["added"][0]["overlay_url"]).content)).verify()

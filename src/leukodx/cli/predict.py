@@ -1,9 +1,68 @@
-"""`leukodx predict` (see DESIGN.md)."""
+"""`leukodx predict PATH... --out DIR` and `leukodx calibrate --model RUN --data DATA` (see DESIGN.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from leukodx.cli._common import console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("predict")
+    def predict_cmd(
+        paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+        out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, predictions.json, PNGs."),
+        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
+        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+        heatmap: bool = typer.Option(True, "--heatmap/--no-heatmap", help="Grad-CAM heat-map PNGs (slower)."),
+        workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads that read images and write PNGs."),
+        engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime), onnx-int8 or torch (eager)."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, max=512, help="Fields per model call."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads per model call [default: all]."),
+        overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
+    ) -> None:
+        """Analyse smear fields: class, calibrated confidence, malignant probability, cells counted, flag.
+
+        Writes DIR/predictions.csv (path,label,confidence,malignant_probability,cell_count,flag,overlay, then
+        extra columns), DIR/predictions.json (every field + the case summary), overlay and heat-map PNGs.
+        An unreadable file becomes a row with flag `unreadable`; the batch goes on."""
+        from leukodx.inference.predict import run_predict
+
+        res = run_predict(paths, out, classifier_dir=classifier, segmenter_dir=segmenter, heatmap=heatmap,
+                          workers=workers, engine=engine, batch_size=batch_size, threads=threads,
+                          overlays=overlays, console=console)
+        case = res["case"]
+        flags = ", ".join(f"{n} {f}" for f, n in case["flags"].items() if n)
+        console.print(f"[green]{res['n_fields']} field(s)[/] -> {res['csv']} ({flags})")
+        if res["skipped"]:
+            shown = ", ".join(res["skipped"][:5]) + (" ..." if len(res["skipped"]) > 5 else "")
+            err_console.print(f"skipped {len(res['skipped'])} file(s) without an image extension: {shown}",
+                              highlight=False)
+        if case["label"] is not None:
+            console.print(f"case: {case['label']} ({case['confidence']:.0%}), malignant probability "
+                          f"{case['malignant_probability']:.2f}, {case['total_cell_count']} cells in "
+                          f"{case['n_analysed']} field(s)" + (" - [yellow]needs review[/]: " + "; ".join(
+                              case["reasons"]) if case["needs_review"] else ""), highlight=False)
+
+    @app.command("calibrate")
+    def calibrate_cmd(
+        model: Path = typer.Option(..., "--model", help="Classifier model directory to (re)calibrate in place."),
+        data: Path = typer.Option(..., "--data", help="DATA folder (public or flat layout)."),
+        split: Path = typer.Option(None, "--split", help="Split CSV: train fits the OOD check, val the rest."),
+        max_images: int = typer.Option(2000, "--max-images", help="At most this many training fields for OOD."),
+    ) -> None:
+        """Refit temperature, low-confidence threshold and the out-of-distribution check on validation data,
+        and store them in RUN/config.json. Re-export ONNX afterwards is not needed (the file is unchanged)."""
+        from leukodx.inference.calibrate import calibrate_model
+
+        with console.status(f"calibrating {model} on {data} ..."):
+            rep = calibrate_model(model, data, split, max_images=max_images)
+        console.print(f"fields: {rep['n_train']} train (OOD fit), {rep['n_val']} validation; {rep['division']}",
+                      highlight=False)
+        console.print(f"temperature {rep['temperature']:.3f}; low_confidence threshold {rep['low_confidence']:.3f} "
+                      f"(flags {rep['val_flagged_low_confidence']:.1%} of validation fields; accuracy "
+                      f"{rep['val_accuracy']:.2%} overall)")
+        console.print(f"OOD thresholds: feature distance {rep['ood_feature_threshold']:.3g}, image statistics "
+                      f"{rep['ood_stats_threshold']:.3g}; written to {model / 'config.json'}")

@@ -85,6 +85,11 @@ def array_to_rgb(arr: np.ndarray, name: str = "array") -> Image.Image:
     return _to_rgb(Image.fromarray(np.ascontiguousarray(a), mode=mode))
 
 
+def _reason(exc: ImageError) -> str:
+    """What is wrong with an image and what to do, without the file name (the row already has it)."""
+    return f"{exc.reason}. {exc.hint}".strip() if exc.hint else exc.reason
+
+
 def read_field(image: ImageInput, name: str | None = None) -> np.ndarray:
     """Any accepted input as HxWx3 uint8 RGB; raises ImageError with the reason."""
     from leukodx.data.images import open_image
@@ -325,7 +330,7 @@ class Analysis:
             try:
                 rgb = read_field(image, label)
             except ImageError as exc:
-                r = FieldResult(path=label, label=None, flag="unreadable", flag_reason=exc.reason)
+                r = FieldResult(path=label, label=None, flag="unreadable", flag_reason=_reason(exc))
                 r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
                 results.append(r)
                 continue

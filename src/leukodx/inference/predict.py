@@ -1,0 +1,181 @@
+"""Batch prediction over files, folders and globs: the engine of `leukodx predict`.
+
+Inputs are streamed in chunks (any folder size); rows are appended to predictions.csv as they are done, so an
+interrupted run keeps what it finished. Folders are walked recursively without following symbolic links to
+folders (no loops); files whose names are not images are skipped and listed; an explicitly named file is always
+tried. Unreadable files become rows with flag `unreadable` and their reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from leukodx.errors import ImageError, LeukodxError
+from leukodx.inference.pipeline import _reason
+
+CONTRACT_COLUMNS = ("path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay")
+
+
+def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(files to analyse, files skipped for their name). Order: as given, folders sorted."""
+    from leukodx.data.images import is_image_name
+
+    files: list[str] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        if p not in seen:
+            seen.add(p)
+            files.append(p)
+
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for root, dirs, names in os.walk(p, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for n in sorted(names):
+                    full = os.path.join(root, n)
+                    if n.startswith("."):
+                        continue
+                    if is_image_name(n):
+                        add(full)
+                    else:
+                        skipped.append(full)
+        elif p.exists() or p.is_symlink():
+            add(str(p))
+        elif glob.has_magic(raw):
+            for m in sorted(glob.glob(raw, recursive=True)):
+                if os.path.isdir(m):
+                    f2, s2 = collect_inputs([m])
+                    for f in f2:
+                        add(f)
+                    skipped += s2
+                elif is_image_name(m):
+                    add(m)
+                else:
+                    skipped.append(m)
+        else:
+            add(raw)  # becomes an `unreadable` row: no such file
+    return files, skipped
+
+
+def output_stem(path: str) -> str:
+    """A file-name-safe stem unique per input path (same names in different folders do not collide)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem)[:60] or "field"
+    digest = hashlib.sha1(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def _decode(path: str):
+    from leukodx.inference.pipeline import read_field
+
+    try:
+        return read_field(path, path)
+    except ImageError as exc:
+        return exc
+    except LeukodxError as exc:  # pragma: no cover - other user errors while reading
+        return ImageError(path, exc.message)
+    except OSError as exc:  # e.g. a symlink loop, permission denied
+        return ImageError(path, f"cannot be read ({exc.strerror or exc})")
+
+
+def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segmenter_dir=None, heatmap: bool = True,
+                workers: int = 2, engine: str = "onnx", batch_size: int = 16, threads: int | None = None,
+                overlays: bool = True, console=None) -> dict:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from leukodx.inference.pipeline import load_analyzer
+    from leukodx.inference.render import heatmap_png, overlay_png
+    from leukodx.inference.types import FieldResult
+
+    files, skipped = collect_inputs(paths)
+    if not files:
+        raise LeukodxError(f"No images found in {', '.join(paths)}" + (
+            f" ({len(skipped)} file(s) skipped: not image names)" if skipped else "") + ".",
+            "Give image files (JPEG, PNG, TIFF, BMP), folders holding them, or a glob like 'smears/*.jpg'.")
+    analysis = load_analyzer(classifier_dir, segmenter_dir, engine=engine, threads=threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if overlays:
+        (out / "overlays").mkdir(exist_ok=True)
+    if heatmap:
+        (out / "heatmaps").mkdir(exist_ok=True)
+    classes = analysis.classes
+    columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score"] + [
+        f"prob_{c}" for c in classes] + ["analysis_ms"]
+    csv_path, json_path = out / "predictions.csv", out / "predictions.json"
+    results: list[dict] = []
+    all_results: list[FieldResult] = []
+    chunk_size = max(batch_size, 1) * 4
+    t_start = time.perf_counter()
+
+    def write_pngs(r: FieldResult, rgb, stem: str) -> tuple[str, str]:
+        ov = hm = ""
+        if overlays:
+            ov = f"overlays/{stem}_overlay.png"
+            (out / ov).write_bytes(overlay_png(rgb, r))
+        if heatmap and r.heatmap is not None:
+            hm = f"heatmaps/{stem}_heatmap.png"
+            (out / hm).write_bytes(heatmap_png(rgb, r))
+        return ov, hm
+
+    with open(csv_path, "w", newline="") as fh, ThreadPoolExecutor(max_workers=workers) as pool, Progress(
+            TextColumn("[bold]analysing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"), console=console, transient=False,
+            disable=console is None) as progress:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        task = progress.add_task("predict", total=len(files), last="")
+        for i in range(0, len(files), chunk_size):
+            chunk = files[i:i + chunk_size]
+            decoded = list(pool.map(_decode, chunk))
+            good = [(p, d) for p, d in zip(chunk, decoded, strict=True) if not isinstance(d, Exception)]
+            analysed = iter(analysis.analyze_many([d for _, d in good], names=[p for p, _ in good],
+                                                  batch_size=batch_size, heatmap=heatmap))
+            rows_futs = []
+            for p, d in zip(chunk, decoded, strict=True):
+                if isinstance(d, Exception):
+                    r = FieldResult(path=p, label=None, flag="unreadable", flag_reason=_reason(d))
+                    rows_futs.append((r, None))
+                else:
+                    r = next(analysed)
+                    rows_futs.append((r, pool.submit(write_pngs, r, d, output_stem(p))))
+            for r, fut in rows_futs:
+                ov, hm = fut.result() if fut is not None else ("", "")
+                row = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason, "size_note": r.size_note,
+                       "overlay": ov, "heatmap": hm}
+                if r.label is not None:
+                    row.update({"label": r.label, "confidence": f"{r.confidence:.4f}",
+                                "malignant_probability": f"{r.malignant_probability:.4f}",
+                                "cell_count": r.cell_count,
+                                "ood_score": "" if r.ood_score is None else f"{r.ood_score:.4f}",
+                                "analysis_ms": f"{r.timings_ms.get('total', 0):.1f}"})
+                    row.update({f"prob_{c}": f"{r.probabilities.get(c, 0.0):.4f}" for c in classes})
+                writer.writerow(row)
+                d = r.to_dict()
+                d.update({"overlay": ov, "heatmap": hm})
+                results.append(d)
+                r.mask = r.instances = r.heatmap = None  # keep memory flat on big folders
+                all_results.append(r)
+                progress.update(task, advance=1, last=Path(r.path or "").name[:40])
+            fh.flush()
+    case = asdict(analysis.summarize(all_results))
+    doc = {"n_fields": len(files), "seconds": round(time.perf_counter() - t_start, 2),
+           "models": analysis.describe(), "case": case, "fields": results, "skipped": skipped,
+           "columns": columns}
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    tmp.replace(json_path)
+    return {"n_fields": len(files), "csv": str(csv_path), "json": str(json_path), "case": case,
+            "skipped": skipped}

@@ -1,0 +1,117 @@
+"""`leukodx predict` on a folder of mixed junk: every file gets a row, the good ones are analysed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _tiny_models import make_tiny_models
+from leukodx.data.synthetic import synthetic_field
+
+CONTRACT = ["path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def junk_folder(tmp_path):
+    d = tmp_path / "smears"
+    (d / "a").mkdir(parents=True)
+    (d / "b").mkdir()
+    for i, sub in enumerate(("a", "b")):  # same file name in two folders
+        Image.fromarray(synthetic_field("Benign", 64, seed=i)[0]).save(d / sub / "field.jpg")
+    Image.fromarray(synthetic_field("Pre", 96, seed=5)[0]).convert("L").save(d / "grey.png")
+    (d / "notes.txt").write_text("not an image, not an image name")
+    (d / "fake.jpg").write_text("not really a JPEG")
+    (d / "empty.jpg").write_bytes(b"")
+    good = (d / "a" / "field.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    Image.new("1", (9000, 8000)).save(d / "huge.png")  # 72 MP: over the limit, rejected from the header
+    os.symlink(d, d / "loop")  # a symlink loop back to the folder itself
+    os.symlink(d / "gone.jpg", d / "dangling.jpg")
+    return d
+
+
+def test_predict_junk_folder(models, junk_folder, tmp_path):
+    from leukodx.cli import main
+
+    cdir, sdir = models
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(junk_folder), "--out", str(out), "--classifier", str(cdir), "--segmenter",
+              str(sdir), "--engine", "torch", "--workers", "2", "--batch-size", "2"])
+    assert exc.value.code in (0, None)
+    with open(out / "predictions.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames[:7] == CONTRACT
+        rows = {os.path.relpath(r["path"], junk_folder): r for r in reader}
+    assert set(rows) == {"a/field.jpg", "b/field.jpg", "grey.png", "fake.jpg", "empty.jpg", "truncated.jpg",
+                         "huge.png", "dangling.jpg"}
+    for bad, why in (("fake.jpg", "not an image"), ("empty.jpg", "empty"), ("truncated.jpg", "truncated"),
+                     ("huge.png", "64 MP"), ("dangling.jpg", "no such file")):
+        assert rows[bad]["flag"] == "unreadable", bad
+        assert why in rows[bad]["flag_reason"], rows[bad]["flag_reason"]
+        assert rows[bad]["label"] == ""
+    for good in ("a/field.jpg", "b/field.jpg", "grey.png"):
+        r = rows[good]
+        assert r["flag"] in ("ok", "low_confidence", "out_of_distribution")
+        assert r["label"] in ("Benign", "Early", "Pre", "Pro")
+        assert 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["malignant_probability"]) <= 1
+        assert int(r["cell_count"]) >= 0
+        assert (out / r["overlay"]).is_file() and (out / r["heatmap"]).is_file()
+    assert rows["a/field.jpg"]["overlay"] != rows["b/field.jpg"]["overlay"]  # no collision
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["case"]["n_fields"] == 8 and doc["case"]["n_analysed"] == 3
+    assert doc["case"]["flags"]["unreadable"] == 5 and doc["case"]["needs_review"]
+    assert any(s.endswith("notes.txt") for s in doc["skipped"])
+    assert len(doc["fields"]) == 8
+
+
+def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):
+    from leukodx.inference.predict import run_predict
+
+    cdir, sdir = models
+    res = run_predict([str(junk_folder / "[ab]" / "*.jpg")], tmp_path / "o2", classifier_dir=cdir,
+                      segmenter_dir=sdir, heatmap=False, engine="torch", workers=1, batch_size=4)
+    assert res["n_fields"] == 2
+    assert not any((tmp_path / "o2" / "heatmaps").glob("*")) if (tmp_path / "o2" / "heatmaps").exists() else True
+
+
+def test_predict_nothing_found_is_a_clear_error(models, tmp_path, capsys):
+    from leukodx.cli import main
+
+    cdir, sdir = models
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--classifier", str(cdir),
+              "--segmenter", str(sdir)])
+    assert exc.value.code == 2
+    assert "No images found" in capsys.readouterr().err
+
+
+def test_predict_bad_model_dir_is_a_clear_error(models, junk_folder, tmp_path, capsys):
+    from leukodx.cli import main
+
+    _, sdir = models
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(junk_folder), "--out", str(tmp_path / "o"), "--classifier", str(tmp_path / "nope"),
+              "--segmenter", str(sdir)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def test_output_stems_unique():
+    from leukodx.inference.predict import output_stem
+
+    assert output_stem("x/a/field.jpg") != output_stem("x/b/field.jpg")
+    assert output_stem("we ird/na me?.jpg").startswith("na_me_")
+    assert np.all([c.isalnum() or c in "._-" for c in output_stem("ü/ß é.png")])

@@ -1,0 +1,146 @@
+"""Segmentation training through the CLI on tiny synthetic smears, its loss and metric, and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leukodx.cli import main
+from leukodx.data.synthetic import make_synthetic_dataset
+from leukodx.errors import DatasetError
+from leukodx.training.segment import DiceBCELoss, DiceScore
+
+TINY = ["--base-channels", "4", "--depth", "2", "--image-size", "48", "--epochs", "1", "--batch-size", "8",
+        "--quiet"]
+CONTRACT = ("n_images", "dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy",
+            "n_reference_failed", "count_mae")
+
+
+def cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def smears(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("seg"), per_class=6, size=64, seed=3)
+
+
+def _blank_masks(root, names):
+    for p in names:
+        m = root / "Segmented" / p
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(m)
+
+
+def test_train_segment_cli_writes_a_model_directory(smears, tmp_path):
+    from leukodx.models.checkpoint import load_model
+
+    run = tmp_path / "run"
+    assert cli("train", "segment", "--data", str(smears), "--arch", "unet-fpn-gelu", "--out", str(run),
+               "--eval-lab-shift", *TINY) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["task"] == "segment" and cfg["arch"] == "unet-fpn-gelu"
+    assert cfg["arch_kwargs"]["base_channels"] == 4 and cfg["input_size"] == [48, 48]
+    assert cfg["thresholds"]["probability"] == 0.5 and "min_area" in cfg["thresholds"]["instances"]
+    assert cfg["mask_threshold"] == 128
+    assert cfg["training"]["masks"]["train"]["n_used"] > 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    seg = metrics["segmentation"]
+    assert all(k in seg for k in CONTRACT)
+    assert seg["n_images"] > 0 and 0 <= seg["dice_global"] <= 1
+    assert metrics["segmentation_lab_shift"]["shift"] == "lab"
+    model, _ = load_model(run)
+    assert model(torch.rand(1, 3, 48, 48) * 255).shape == (1, 1, 48, 48)
+
+
+def test_near_empty_and_missing_masks_are_left_out_and_counted(smears, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(smears, data)
+    pro = sorted((data / "Segmented" / "Pro").iterdir())
+    _blank_masks(data, [f"Pro/{p.name}" for p in pro[:3]])  # failed references
+    for p in sorted((data / "Segmented" / "Early").iterdir())[:2]:  # missing references
+        p.unlink()
+    split = tmp_path / "split.csv"
+    # everything in train, so the counts are known exactly
+    rows = ["path,label,split,group"]
+    for i, f in enumerate(sorted((data / "Original").rglob("*.jpg"))):
+        rel = f.relative_to(data).as_posix()
+        rows.append(f"{rel},{f.parent.name},{'val' if i % 8 == 0 else 'train'},g{i}")
+    split.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert cli("train", "segment", "--data", str(data), "--split", str(split), "--out", str(run), *TINY) == 0
+    masks = json.loads((run / "config.json").read_text())["training"]["masks"]
+    assert masks["train"]["n_near_empty"] + masks["val"]["n_near_empty"] == 3
+    assert masks["train"]["n_missing_masks"] + masks["val"]["n_missing_masks"] == 2
+    assert masks["train"]["near_empty_left_out"] is True
+    used = masks["train"]["n_used"] + masks["val"]["n_used"]
+    assert used == 24 - 3 - 2
+
+    run2 = tmp_path / "run2"
+    assert cli("train", "segment", "--data", str(data), "--split", str(split), "--out", str(run2),
+               "--include-near-empty", *TINY) == 0
+    masks2 = json.loads((run2 / "config.json").read_text())["training"]["masks"]
+    assert masks2["train"]["n_used"] + masks2["val"]["n_used"] == 24 - 2
+
+
+def test_flat_layout_has_no_masks_one_clear_error(tmp_path, capsys):
+    flat = make_synthetic_dataset(tmp_path / "flat", per_class=3, size=64, layout="flat")
+    code = cli("train", "segment", "--data", str(flat), "--out", str(tmp_path / "run"), *TINY)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no reference masks" in err and "Segmented" in err and "Traceback" not in err
+
+
+def test_all_masks_near_empty_is_one_clear_error(smears, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(smears, data)
+    _blank_masks(data, [p.relative_to(data / "Segmented").as_posix()
+                        for p in (data / "Segmented").rglob("*.png")])
+    code = cli("train", "segment", "--data", str(data), "--out", str(tmp_path / "run"), *TINY)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "No usable reference mask" in err and "near-empty" in err
+
+
+def test_unknown_arch_is_one_clear_error(smears, tmp_path, capsys):
+    code = cli("train", "segment", "--data", str(smears), "--arch", "unet-xl", "--out", str(tmp_path / "r"), *TINY)
+    assert code == 2
+    assert "Valid names" in capsys.readouterr().err
+
+
+def test_dice_bce_loss_and_score():
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:12, 4:12] = 1
+    good = (target * 2 - 1) * 20  # confident and right
+    bad = -good
+    loss = DiceBCELoss()
+    assert float(loss(good, target)) < 0.01
+    assert float(loss(bad, target)) > 1.5
+    d = DiceScore()
+    d.update(good, target)
+    assert d.compute() == 1.0
+    d.reset()
+    half = good.clone()
+    half[:, :, 4:8] = -20  # predicts half of the square
+    d.update(half, target)
+    assert d.compute() == pytest.approx(2 * 32 / (32 + 64))
+    empty = DiceScore()
+    empty.update(-torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert empty.compute() == 1.0
+
+
+def test_require_masks_message(tmp_path):
+    from leukodx.data.layout import load_dataset
+    from leukodx.training.segment import require_masks
+
+    flat = make_synthetic_dataset(tmp_path / "flat", per_class=2, size=64, layout="flat")
+    with pytest.raises(DatasetError, match="no reference masks"):
+        require_masks(load_dataset(flat), flat)

@@ -1,0 +1,207 @@
+"""Training configuration: dataclass defaults -> preset -> YAML (--config) -> command-line flags.
+
+Plain dataclasses (no pydantic), so training runs on machines with only torch installed. The resolved config
+is saved with every run (RUN/run_config.yaml and config.json's "training" entry).
+
+Example::
+
+    cfg = resolve_config("classify", preset="paper", yaml_path=None, overrides={"epochs": 5})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from leukodx.errors import LeukodxError
+
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "plateau", "none")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Task-specific keys are ignored by the other task."""
+
+    task: str = "classify"
+    # data
+    data: str | None = None
+    split: str | None = None  # split CSV; None: a fresh group-aware split
+    split_strategy: str = "sgdc"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    common_test: bool = False
+    test_seed: int = 0
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    max_test_images: int | None = None
+    # model
+    arch: str = "smearnet"
+    image_size: int = 128
+    pretrained: str | None = None
+    normalization: str = "per_image"
+    drop_rate: float | None = None  # None: the architecture's default
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments (e.g. segmenter encoder)
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    balance: str = "oversample"
+    augment: str = "strong"
+    patience: int = 6  # early stopping: epochs without improvement of the validation metric; 0 = off
+    grad_clip: float | None = 5.0
+    # segmentation
+    mask_threshold: int = 128
+    skip_near_empty: bool = True
+    # run
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # on CUDA only: auto = bf16 when supported, else fp16
+    resume: bool = False
+    out: str | None = None
+    quiet: bool = False
+    preset: str = "cpu"
+    low_confidence_target: float = 0.99  # accuracy wanted among fields not flagged low_confidence (validation)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> TrainConfig:
+        def bad(name, value, hint):
+            raise LeukodxError(f"Invalid setting {name}={value!r}.", hint)
+
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", self.optimizer, f"Use one of: {', '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", self.schedule, f"Use one of: {', '.join(SCHEDULES)}.")
+        if self.device not in DEVICES:
+            bad("device", self.device, f"Use one of: {', '.join(DEVICES)}.")
+        if self.amp not in AMP_MODES:
+            bad("amp", self.amp, f"Use one of: {', '.join(AMP_MODES)}.")
+        from leukodx.data.datasets import BALANCING
+        from leukodx.data.transforms import AUGMENTATIONS
+
+        if self.balance not in BALANCING:
+            bad("balance", self.balance, f"Use one of: {', '.join(BALANCING)}.")
+        if self.augment not in AUGMENTATIONS:
+            bad("augment", self.augment, f"Use one of: {', '.join(AUGMENTATIONS)}.")
+        if self.normalization not in ("per_image", "imagenet"):
+            bad("normalization", self.normalization, "Use per_image or imagenet.")
+        if self.epochs < 1:
+            bad("epochs", self.epochs, "Give at least 1 epoch.")
+        if self.batch_size < 1:
+            bad("batch_size", self.batch_size, "Give a batch size of at least 1.")
+        if not self.lr > 0:
+            bad("lr", self.lr, "Give a positive learning rate, e.g. 1e-3.")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", self.label_smoothing, "Give a value in [0, 1), e.g. 0.1.")
+        if self.image_size < 16 or self.image_size > 1024:
+            bad("image_size", self.image_size, "Give an image size between 16 and 1024 px.")
+        if self.workers < 0:
+            bad("workers", self.workers, "Give 0 (load in the main process) or more worker processes.")
+        if self.split_strategy not in ("sgdc", "per-class"):
+            bad("split_strategy", self.split_strategy, "Use sgdc or per-class.")
+        for name in ("max_train_images", "max_val_images", "max_test_images"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                bad(name, v, "Give a positive number of images, or leave it out for all.")
+        return self
+
+
+# Presets: "cpu" trains a useful model on a laptop; "paper" is the reference study's recipe (for GPUs).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "classify": {
+        "cpu": {},
+        "paper": {
+            "arch": "inception_resnet_v2", "image_size": 224, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
+            "batch_size": 32, "epochs": 60, "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0,
+            "patience": 10, "augment": "light", "balance": "oversample", "workers": 4,
+        },
+    },
+    "segment": {
+        "cpu": {"arch": "unet", "image_size": 128, "batch_size": 16, "epochs": 15, "lr": 1e-3, "optimizer": "adamw",
+                "weight_decay": 1e-4, "label_smoothing": 0.0, "balance": "none", "augment": "light", "patience": 5},
+        "paper": {"arch": "unet", "image_size": 224, "batch_size": 32, "epochs": 35, "lr": 1e-3, "optimizer": "adam",
+                  "weight_decay": 0.0, "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0,
+                  "balance": "none", "augment": "light", "patience": 10, "workers": 4},
+    },
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """YAML gives ints for floats and strings for paths; make them the dataclass's types."""
+    default = getattr(TrainConfig(), name)
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise LeukodxError(f"Setting {name}={value!r} is not a {type(default).__name__}.",
+                           "Fix the value in the YAML file or on the command line.") from None
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise LeukodxError(f"Config file {p} does not exist.", "Give a YAML file written by a previous run "
+                           "(RUN/run_config.yaml) or by hand.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise LeukodxError(f"Config file {p} is not valid YAML ({str(exc).splitlines()[0]}).",
+                           "Fix the file; keys are the option names with underscores, e.g. image_size: 128.") from None
+    if not isinstance(data, dict):
+        raise LeukodxError(f"Config file {p} holds no mapping of settings.", "Write one `key: value` per line.")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def resolve_config(task: str = "classify", preset: str | None = None, yaml_path: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults -> preset -> YAML -> overrides (flags given on the command line; None values are ignored)."""
+    if task not in PRESETS:
+        raise LeukodxError(f"Unknown task {task!r}.", f"Use one of: {', '.join(PRESETS)}.")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    from_yaml = read_yaml(yaml_path) if yaml_path else {}
+    preset = overrides.get("preset") or preset or from_yaml.get("preset") or "cpu"
+    if preset not in PRESETS[task]:
+        raise LeukodxError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS[task])}.")
+    merged: dict[str, Any] = {**PRESETS[task][preset], **from_yaml, **overrides, "preset": preset, "task": task}
+    unknown = sorted(set(merged) - set(field_names()))
+    if unknown:
+        raise LeukodxError(f"Unknown setting(s) {', '.join(unknown)}" + (f" in {yaml_path}" if yaml_path else "") + ".",
+                           f"Valid settings: {', '.join(field_names())}.")
+    return TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()}).validate()
+
+
+def save_run_config(cfg: TrainConfig, path: str | Path) -> Path:
+    import yaml
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("# resolved training config (defaults -> preset -> YAML -> flags); reuse with --config\n"
+                 + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return p

@@ -1,0 +1,220 @@
+"""Speed of the analysis on this machine: PyTorch eager vs ONNX Runtime fp32 vs ONNX int8, per stage.
+
+All engines are measured in the same run on the same fields (encoded JPEG bytes, so decoding is measured):
+one field at a time for latency (p50/p95 of the full analysis without heat map: decode, classify, segment,
+cell instances, quality checks), a few fields with Grad-CAM for the heat-map stage, and the batch API
+(`analyze_many`) for throughput.
+
+    >>> res = run_bench(n=50, batch_size=16)     # synthetic 224 x 224 fields when no images are given
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENGINE_KEYS = {"eager": "torch", "onnx": "onnx", "onnx_int8": "onnx-int8"}
+STAGES = ("decode", "classify", "segment", "instances", "quality", "heatmap")
+TARGETS = {"analysis_p50_ms_max": 40.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0}
+
+
+def machine_info(threads: int) -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        usable = os.cpu_count()
+    return {"cpu": cpu, "cores_logical": os.cpu_count(), "cores_usable": usable, "threads": threads,
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+def bench_fields(images: str | Path | None, n: int, size: int = 224, seed: int = 0) -> tuple[list[bytes], str]:
+    """n encoded fields: from a data folder (first n, sorted) or synthetic size x size JPEGs."""
+    from PIL import Image
+
+    if images is not None:
+        from leukodx.data.images import is_image_name
+
+        files = sorted(p for p in Path(images).rglob("*") if p.is_file() and is_image_name(p)
+                       and "Segmented" not in p.parts)
+        if not files:
+            from leukodx.errors import DatasetError
+
+            raise DatasetError(f"No images found under {images}.", "Give a folder of smear fields.")
+        rng = np.random.default_rng(seed)
+        pick = sorted(rng.choice(len(files), min(n, len(files)), replace=False))
+        return [files[i].read_bytes() for i in pick], f"{len(pick)} fields from {images}"
+    from leukodx.data.synthetic import synthetic_field
+
+    classes = ("Benign", "Early", "Pre", "Pro")
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(synthetic_field(classes[i % 4], size, seed=seed + i)[0]).save(buf, format="JPEG", quality=92)
+        out.append(buf.getvalue())
+    return out, f"{n} synthetic {size}x{size} JPEG fields"
+
+
+def _ensure_onnx(model_dir: Path, tmp: Path) -> tuple[Path, str]:
+    """The model dir itself when it has model.onnx; else a temporary copy with a fresh export."""
+    if (model_dir / "model.onnx").is_file():
+        return model_dir, "model.onnx shipped in the model directory"
+    from leukodx.inference.onnx import export_onnx
+
+    dst = tmp / model_dir.name
+    shutil.copytree(model_dir, dst, ignore=shutil.ignore_patterns("*.onnx"))
+    export_onnx(dst, dst / "model.onnx")
+    return dst, "model.onnx exported for this benchmark (the model directory has none)"
+
+
+def _pct(v, q):
+    return round(float(np.percentile(v, q)), 3) if len(v) else None
+
+
+def bench_engine(analysis, fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
+                 repeats: int = 1) -> dict:
+    for f in fields[:warmup]:
+        analysis.analyze(f)
+    totals, stages = [], {s: [] for s in STAGES}
+    for _ in range(repeats):
+        for f in fields:
+            t0 = time.perf_counter()
+            r = analysis.analyze(f)
+            totals.append((time.perf_counter() - t0) * 1000)
+            for s in STAGES[:-1]:
+                stages[s].append(r.timings_ms.get(s, 0.0))
+    for f in fields[:heatmap_n]:
+        r = analysis.analyze(f, heatmap=True)
+        stages["heatmap"].append(r.timings_ms.get("heatmap", 0.0))
+    analysis.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes
+    t0 = time.perf_counter()
+    done = analysis.analyze_many(fields, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    res = {
+        "analysis_p50_ms": _pct(totals, 50), "analysis_p95_ms": _pct(totals, 95),
+        "analysis_mean_ms": round(float(np.mean(totals)), 3),
+        **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages.items()},
+        "throughput_fields_per_s": round(len(done) / dt, 2), "throughput_batch_size": batch_size,
+        "n_fields": len(fields), "n_heatmap": len(stages["heatmap"]),
+        "classifier_engine": analysis.classifier.source, "segmenter_engine": analysis.segmenter.source,
+        "flags": {f: sum(r.flag == f for r in done) for f in ("ok", "low_confidence", "out_of_distribution",
+                                                                 "unreadable")},
+    }
+    return res
+
+
+def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 16, threads: int | None = None,
+              classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,
+              heatmap_n: int = 10, repeats: int = 1, engines: tuple[str, ...] = ("eager", "onnx", "onnx_int8"),
+              log=None) -> dict:
+    from leukodx.assets import default_model_dir
+    from leukodx.inference.engines import INT8_FILE, default_threads
+    from leukodx.inference.pipeline import Analysis
+    from leukodx.models.checkpoint import read_config
+
+    threads = threads or default_threads()
+    cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
+    sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
+    size = int(read_config(cdir)["input_size"][0])
+    fields, source = bench_fields(images, n, size=224 if images is None else size)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="leukodx-bench-") as tmp:
+        notes = {}
+        for key in engines:
+            engine = ENGINE_KEYS[key]
+            if key == "onnx_int8" and not ((cdir / INT8_FILE).is_file() or (sdir / INT8_FILE).is_file()):
+                notes[key] = "no model.int8.onnx in either model directory (none exported, or int8 not kept)"
+                continue
+            c, s = cdir, sdir
+            if key == "onnx":
+                c, notes["onnx_classifier"] = _ensure_onnx(cdir, Path(tmp))
+                s, notes["onnx_segmenter"] = _ensure_onnx(sdir, Path(tmp))
+            if log:
+                log(f"measuring {key} ...")
+            analysis = Analysis(c, s, engine=engine, threads=threads)
+            out[key] = bench_engine(analysis, fields, batch_size, heatmap_n, repeats=repeats)
+            del analysis
+    out["machine"] = machine_info(threads)
+    out["setup"] = {"fields": source, "n": len(fields), "batch_size": batch_size, "heatmap_n": heatmap_n,
+                    "repeats": repeats, "classifier_dir": str(cdir), "segmenter_dir": str(sdir),
+                    "classifier_arch": read_config(cdir).get("arch"), "segmenter_arch": read_config(sdir).get("arch"),
+                    "notes": notes,
+                    "analysis": "decode + classify + segment + cell instances + quality/OOD checks, no heat map; "
+                                "one field at a time; throughput via analyze_many"}
+    if "eager" in out and "onnx" in out:
+        e, o = out["eager"], out["onnx"]
+        out["comparison"] = {"onnx_speedup_p50": round(e["analysis_p50_ms"] / o["analysis_p50_ms"], 2),
+                             "onnx_speedup_model_stages": round(
+                                 (e["classify_p50_ms"] + e["segment_p50_ms"])
+                                 / max(o["classify_p50_ms"] + o["segment_p50_ms"], 1e-9), 2),
+                             "onnx_speedup_throughput": round(o["throughput_fields_per_s"]
+                                                              / e["throughput_fields_per_s"], 2)}
+        if "onnx_int8" in out:
+            q = out["onnx_int8"]
+            out["comparison"]["int8_speedup_p50_vs_eager"] = round(e["analysis_p50_ms"] / q["analysis_p50_ms"], 2)
+    best = min((k for k in ENGINE_KEYS if k in out), key=lambda k: out[k]["analysis_p50_ms"], default=None)
+    if best:
+        out["targets"] = {
+            **TARGETS, "fastest_engine": best,
+            "analysis_p50_ms_met": out[best]["analysis_p50_ms"] <= TARGETS["analysis_p50_ms_max"],
+            "throughput_met": max(out[k]["throughput_fields_per_s"] for k in ENGINE_KEYS if k in out)
+            >= TARGETS["throughput_fields_per_s_min"],
+            "onnx_speedup_met": (out.get("comparison", {}).get("onnx_speedup_p50", 0) >= TARGETS["onnx_speedup_min"])
+            if "comparison" in out else None,
+        }
+    return out
+
+
+ROWS = [("analysis p50 (ms)", "analysis_p50_ms"), ("analysis p95 (ms)", "analysis_p95_ms"),
+        ("  decode p50", "decode_p50_ms"), ("  classify p50", "classify_p50_ms"),
+        ("  segment p50", "segment_p50_ms"), ("  instances p50", "instances_p50_ms"),
+        ("  quality/OOD p50", "quality_p50_ms"), ("heat map p50 (ms)", "heatmap_p50_ms"),
+        ("throughput (fields/s)", "throughput_fields_per_s")]
+
+
+def bench_markdown(res: dict, command: str) -> str:
+    keys = [k for k in ENGINE_KEYS if k in res]
+    m = res["machine"]
+    lines = ["# Analysis speed benchmark", "", f"Command: `{command}`", "",
+             f"Machine: {m['cpu']}, {m['cores_usable']} usable cores, {m['threads']} threads; torch {m['torch']}, "
+             f"onnxruntime {m['onnxruntime']}; load average at start {m.get('load_average_at_start')}.", "",
+             f"Fields: {res['setup']['fields']}; batch size {res['setup']['batch_size']}; models: classifier "
+             f"`{res['setup']['classifier_arch']}` ({res['setup']['classifier_dir']}), segmenter "
+             f"`{res['setup']['segmenter_arch']}` ({res['setup']['segmenter_dir']}).", "",
+             "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for label, k in ROWS:
+        lines.append(f"| {label.strip()} | " + " | ".join(str(res[e].get(k)) for e in keys) + " |")
+    lines.append("")
+    for e in keys:
+        lines.append(f"- {e}: classifier {res[e]['classifier_engine']}; segmenter {res[e]['segmenter_engine']}")
+    if res["setup"].get("notes"):
+        lines += ["", "Notes: " + "; ".join(f"{k}: {v}" for k, v in res["setup"]["notes"].items())]
+    if "comparison" in res:
+        lines += ["", "Comparison: " + ", ".join(f"{k} {v}" for k, v in res["comparison"].items())]
+    if "targets" in res:
+        t = res["targets"]
+        lines += ["", f"Targets: analysis p50 <= {t['analysis_p50_ms_max']} ms: "
+                      f"{'met' if t['analysis_p50_ms_met'] else 'NOT met'} (fastest engine {t['fastest_engine']}); "
+                      f"ONNX >= {t['onnx_speedup_min']}x eager: "
+                      f"{'met' if t['onnx_speedup_met'] else 'NOT met'}; throughput >= "
+                      f"{t['throughput_fields_per_s_min']} fields/s: {'met' if t['throughput_met'] else 'NOT met'}."]
+    return "\n".join(lines) + "\n"

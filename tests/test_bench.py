@@ -1,0 +1,34 @@
+"""`leukodx bench`: the JSON has the contract keys (timings are measured, never asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _tiny_models import make_tiny_models
+
+
+def test_bench_json_keys(tmp_path):
+    from leukodx.cli import main
+
+    cdir, sdir = make_tiny_models(tmp_path / "models")
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--out", str(out), "--n", "4", "--batch-size", "2", "--heatmap-n", "1", "--classifier",
+              str(cdir), "--segmenter", str(sdir), "--threads", "1"])
+    assert exc.value.code in (0, None)
+    res = json.loads(out.read_text())
+    assert {"eager", "onnx", "machine"} <= set(res)
+    assert "onnx_int8" not in res  # no int8 model exists here
+    for key in ("eager", "onnx"):
+        r = res[key]
+        for k in ("analysis_p50_ms", "analysis_p95_ms", "decode_p50_ms", "classify_p50_ms", "segment_p50_ms",
+                  "instances_p50_ms", "heatmap_p50_ms", "throughput_fields_per_s"):
+            assert isinstance(r[k], float) and r[k] >= 0, (key, k)
+        assert r["analysis_p95_ms"] >= r["analysis_p50_ms"]
+    assert "ONNX" in res["onnx"]["classifier_engine"] and "eager" in res["eager"]["classifier_engine"]
+    for k in ("cpu", "cores_usable", "threads", "torch", "onnxruntime"):
+        assert k in res["machine"]
+    assert (tmp_path / "bench.md").read_text().startswith("# Analysis speed benchmark")
+    assert not (cdir / "model.onnx").exists()  # the export for the benchmark went to a temporary copy

@@ -124,7 +124,7 @@ def test_cli_writes_contract_metrics_report_and_lab_shift(capsys, tmp_path, data
     assert "data:image/png;base64," in report and "lab-shifted" in report and "patient" in report
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert {"clf_confusion.png", "clf_roc.png", "clf_reliability.png", "seg_overlays.png",
-            "clf_confusion_lab_shift.png"} <= plots
+            "clf_confusion_lab_shift.png", "lab_shift_examples.png"} <= plots
     preds = list(csv.DictReader(open(out / "classification_predictions_clf.csv")))
     assert len(preds) == 16 and "predicted_lab_shift" in preds[0]
     assert "accuracy" in text and "dice_global" in text  # the printed summary

@@ -415,6 +415,26 @@ def evaluate_segmenter(lm: LoadedModel, samples: list[Sample], batch_size: int =
             "examples": examples}
 
 
+def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> Path | None:
+    """Up to `n` fields, spread over the classes, before and after their lab shift."""
+    from leukodx.evaluation.report import plot_shift_examples
+
+    by_class: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(s.label, []).append(s)
+    picked: list[Sample] = []
+    while len(picked) < n and any(by_class.values()):
+        for label in list(by_class):
+            if by_class[label] and len(picked) < n:
+                picked.append(by_class[label].pop(0))
+    pairs = []
+    for s in picked:
+        rgb = _read(s, [])
+        if rgb is not None:
+            pairs.append((f"{s.label}: {Path(s.path).name}", rgb, shift_fn(rgb, s.path)))
+    return plot_shift_examples(pairs, path) if pairs else None
+
+
 def _skipped_section(section: str, reason: str, lm: LoadedModel | None = None) -> dict:
     keys = CLASSIFICATION_KEYS if section == "classification" else SEGMENTATION_KEYS
     out: dict = dict.fromkeys(keys)
@@ -528,6 +548,8 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         elif shift:
             result[f"{section}_lab_shift"] = _skipped_section(
                 section, result[section].get("skipped") or "nothing to shift")
+    if shift and plots:
+        figures["lab_shift"] = {"examples": _shift_examples(samples, shift_fn, plot_dir / "lab_shift_examples.png")}
     result["notes"] = notes
     write_json(result, out_dir / "metrics.json")
     R.write_report(result, out_dir, figures)

@@ -116,6 +116,24 @@ def plot_dice_histogram(series: dict[str, list[float]], path: Path, title: str =
     return _save(fig, path)
 
 
+def plot_shift_examples(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """`pairs`: [(title, original, shifted), ...] shown as two rows."""
+    plt = _plt()
+    n = max(len(pairs), 1)
+    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
+    for k in range(n):
+        for r in range(2):
+            axes[r][k].axis("off")
+        if k < len(pairs):
+            title, a, b = pairs[k]
+            axes[0][k].imshow(a)
+            axes[0][k].set_title(title, fontsize=8)
+            axes[1][k].imshow(b)
+    axes[0][0].text(-0.05, 0.5, "original", transform=axes[0][0].transAxes, rotation=90, va="center", ha="right")
+    axes[1][0].text(-0.05, 0.5, "lab-shifted", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right")
+    return _save(fig, path)
+
+
 def overlay(rgb: np.ndarray, pred: np.ndarray, ref: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Agreement colours: both (green), predicted only (red), reference only (blue)."""
     out = rgb.astype(np.float32).copy()
@@ -165,10 +183,10 @@ def _fmt(v, pct: bool = False) -> str:
     return html.escape(str(v))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[str]]) -> str:
+    head = "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
 CLASSIFICATION_ROWS = [("n_images", "fields", False), ("accuracy", "accuracy", True),
@@ -234,8 +252,8 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
             ["leukodx", _fmt(metrics.get("leukodx_version"))]]
     if metrics.get("lab_shift"):
         ls = metrics["lab_shift"]
-        info.append(["lab shift", f"severity {_fmt(ls.get('severity'))}, seed {_fmt(ls.get('seed'))}"])
-    parts.append(_table(["", ""], info))
+        info.append(["lab shift", f"severity {ls.get('severity')}, seed {ls.get('seed')}"])
+    parts.append(_table(None, info))
     for note in metrics.get("notes", []):
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
 
@@ -277,6 +295,8 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
                      "brightness/contrast, focus, JPEG compression and magnification. This is a stress test of "
                      "colour and acquisition shortcuts, not a replacement for smears from a real second lab.</p>"
                      + _table(["part", "range"], rows))
+        parts.append(_img(figures.get("lab_shift", {}).get("examples"), "fields before (top) and after (bottom) "
+                          "the lab shift"))
     parts.append("</body></html>")
     path = out_dir / "report.html"
     path.write_text("\n".join(p for p in parts if p), encoding="utf-8")

@@ -1,0 +1,158 @@
+"""The analysis pipeline on synthetic fields with tiny random models: every result field, flags, any size."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _tiny_models import make_tiny_models
+from leukodx.data.synthetic import synthetic_field
+
+
+@pytest.fixture(scope="module")
+def analysis(tmp_path_factory):
+    from leukodx.inference.pipeline import load_analyzer
+
+    train = [synthetic_field(c, 64, seed=s)[0] for c in ("Benign", "Early", "Pre", "Pro") for s in range(24)]
+    cdir, sdir = make_tiny_models(tmp_path_factory.mktemp("models"), ood_images=train)
+    return load_analyzer(cdir, sdir, engine="torch", threads=1)
+
+
+def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_result_fields_filled(analysis):
+    img, _ = synthetic_field("Pre", 64, seed=100)
+    r = analysis.analyze(img, name="f.png")
+    assert r.path == "f.png" and r.label in analysis.classes
+    assert set(r.probabilities) == set(analysis.classes)
+    assert abs(sum(r.probabilities.values()) - 1) < 1e-4
+    assert r.confidence == max(r.probabilities.values())
+    assert abs(r.malignant_probability - (1 - r.probabilities["Benign"])) < 1e-5
+    assert r.mask.shape == (64, 64) and r.mask.dtype == bool
+    assert r.instances.shape == (64, 64) and r.cell_count == len(r.cells) == int(r.instances.max())
+    assert r.flag in ("ok", "low_confidence", "out_of_distribution")
+    assert r.heatmap is None and r.ood_score is not None
+    for stage in ("decode", "classify", "segment", "instances", "total"):
+        assert stage in r.timings_ms
+    assert r.size_note == "used as is (64x64)"
+    d = r.to_dict()
+    assert "mask" not in d and d["label"] == r.label
+
+
+def test_temperature_is_applied(analysis):
+    import torch
+
+    img, _ = synthetic_field("Early", 64, seed=7)
+    r = analysis.analyze(img)
+    with torch.inference_mode():
+        logits = analysis.torch_classifier()(torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1)[None]))[0]
+    p = torch.softmax(logits / 1.5, 0).numpy()
+    assert np.allclose([r.probabilities[c] for c in analysis.classes], p, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(700, 1000), (1000, 700), (100, 100), (300, 120)])
+def test_any_size(analysis, shape):
+    img = np.asarray(Image.fromarray(synthetic_field("Benign", 224, seed=1)[0]).resize(shape[::-1]))
+    r = analysis.analyze(img, heatmap=True)
+    assert r.mask.shape == shape and r.instances.shape == shape and r.heatmap.shape == shape
+    assert 0 <= r.heatmap.min() and r.heatmap.max() <= 1
+    h, w = shape
+    if max(h, w) / min(h, w) > 1.25:
+        assert r.size_note.startswith(f"tiled {w}x{h}")
+    else:
+        assert r.size_note == f"resized from {w}x{h} to 64x64"
+    for c in r.cells:
+        r0, c0, r1, c1 = c.bbox
+        assert 0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w
+
+
+def test_greyscale_rgba_16bit(analysis):
+    rgb = synthetic_field("Pro", 96, seed=3)[0]
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])
+    g16 = (grey.astype(np.uint16) * 257)
+    inputs = {"grey png": _png(grey), "rgba png": _png(rgba), "16-bit png": _png(g16),
+              "grey array": grey, "16-bit array": g16, "float array": rgb / 255.0, "rgb16 array": rgb.astype(np.uint16) * 257}
+    for name, x in inputs.items():
+        r = analysis.analyze(x, name=name)
+        assert r.flag != "unreadable", (name, r.flag_reason)
+        assert r.mask.shape == (96, 96), name
+
+
+def test_unreadable_never_raises(analysis):
+    rs = analysis.analyze_many([b"", b"junk", np.zeros((5, 5, 3), np.uint8), "/no/such.jpg",
+                                synthetic_field("Benign", 64, seed=4)[0]], batch_size=2)
+    assert [r.flag for r in rs[:4]] == ["unreadable"] * 4
+    assert "empty" in rs[0].flag_reason and "not an image" in rs[1].flag_reason
+    assert "minimum side" in rs[2].flag_reason and "no such file" in rs[3].flag_reason
+    assert rs[4].label is not None and rs[0].label is None
+
+
+def test_batch_equals_single(analysis):
+    imgs = [synthetic_field(c, 64, seed=20 + i)[0] for i, c in enumerate(("Benign", "Pre", "Pro"))]
+    many = analysis.analyze_many(imgs, batch_size=3)
+    for img, m in zip(imgs, many, strict=True):
+        one = analysis.analyze(img)
+        assert one.label == m.label and abs(one.confidence - m.confidence) < 1e-4
+        assert one.cell_count == m.cell_count
+
+
+def test_flags(analysis):
+    from leukodx.inference.pipeline import Analysis
+
+    # a field nothing like the training smears: out_of_distribution, with a reason
+    weird = np.zeros((64, 64, 3), np.uint8)
+    weird[:, :, 1] = 255
+    weird[::8] = 0
+    r = analysis.analyze(weird)
+    assert r.flag == "out_of_distribution" and r.flag_reason and r.ood_score > 1
+    # low confidence: raise the threshold above any possible confidence
+    a2 = Analysis.__new__(Analysis)
+    a2.__dict__.update(analysis.__dict__)
+    a2.low_confidence = 1.01
+    a2.ood = type(analysis.ood)(None)
+    r = a2.analyze(synthetic_field("Benign", 64, seed=9)[0])
+    assert r.flag == "low_confidence" and "below" in r.flag_reason
+    a2.low_confidence = 0.0
+    assert a2.analyze(synthetic_field("Benign", 64, seed=9)[0]).flag == "ok"
+
+
+def test_ood_in_distribution_mostly_ok(analysis):
+    imgs = [synthetic_field(c, 64, seed=500 + i)[0] for i, c in enumerate(("Benign", "Early", "Pre", "Pro") * 3)]
+    rs = analysis.analyze_many(imgs)
+    assert sum(r.flag == "out_of_distribution" for r in rs) <= 4
+
+
+def test_summary(analysis):
+    from leukodx.inference.types import FieldResult
+
+    imgs = [synthetic_field("Benign", 64, seed=40 + i)[0] for i in range(3)]
+    rs = analysis.analyze_many(imgs) + [FieldResult(path="bad.jpg", label=None, flag="unreadable")]
+    s = analysis.summarize(rs)
+    assert s.n_fields == 4 and s.n_analysed == 3
+    assert s.total_cell_count == sum(r.cell_count for r in rs[:3])
+    mean = np.mean([[r.probabilities[c] for c in analysis.classes] for r in rs[:3]], axis=0)
+    assert np.allclose([s.mean_probabilities[c] for c in analysis.classes], mean, atol=1e-5)
+    assert s.label == analysis.classes[int(mean.argmax())]
+    assert abs(s.malignant_probability - (1 - mean[0])) < 1e-5
+    assert s.flags["unreadable"] == 1 and s.needs_review
+    assert any("flagged" in x for x in s.reasons)
+    empty = analysis.summarize([])
+    assert empty.label is None and empty.needs_review
+
+
+def test_render(analysis):
+    from leukodx.inference.render import heatmap_png, overlay_png
+
+    img = synthetic_field("Pre", 64, seed=2)[0]
+    r = analysis.analyze(img, heatmap=True)
+    for png in (overlay_png(img, r), heatmap_png(img, r)):
+        out = Image.open(io.BytesIO(png))
+        assert out.format == "PNG" and out.size[0] == 64 and out.size[1] > 64

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
             max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,
             resume=True if resume else None, quiet=True if quiet else None,
         )
-        result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False),
+        result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False, markup=False),
                                  evaluate_shift=shift_lab)
         if "config" not in result:  # a non-zero rank under torchrun
             return

@@ -111,3 +111,32 @@ def test_bad_inputs(field):
         lab_shift(rgb, 0, mask=mask[:10])
     with pytest.raises(ValueError):
         lab_shift(rgb, 0, severity=-1)
+
+
+@pytest.mark.slow
+def test_colour_shortcut_does_not_survive_the_lab_shift(real_data):
+    """A colour-histogram classifier separates the real classes, and collapses under the lab shift (a shift too
+    weak to break a colour shortcut would not test robustness)."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+
+    from leukodx.data.images import read_rgb
+    from leukodx.data.layout import load_dataset
+
+    ds = load_dataset(real_data)
+
+    def hist(rgb, bins=8):
+        q = (rgb.reshape(-1, 3) // (256 // bins)).astype(int)
+        h = np.bincount(q[:, 0] * bins * bins + q[:, 1] * bins + q[:, 2], minlength=bins**3).astype(float)
+        return h / h.sum()
+
+    imgs = [read_rgb(s.image) for s in ds.samples]
+    y = np.array([ds.classes.index(s.label) for s in ds.samples])
+    tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=y, random_state=0)
+    x = np.stack([hist(im) for im in imgs])
+    x_shift = np.stack([hist(lab_shift(imgs[i], rng_for(0, ds.samples[i].path))) for i in te])
+    clf = RandomForestClassifier(200, random_state=0, n_jobs=1).fit(x[tr], y[tr])
+    clean = np.mean(clf.predict(x[te]) == y[te])
+    shifted = np.mean(clf.predict(x_shift) == y[te])
+    assert clean > 0.95
+    assert shifted < 0.75

@@ -156,6 +156,8 @@ def _as_model_inputs(images, size: Sequence[int]) -> Iterable[np.ndarray]:
     for item in images:
         if isinstance(item, tuple):  # (path, label) pairs
             item = item[0]
+        if hasattr(item, "detach"):  # one torch tensor 3 x H x W (or H x W x 3)
+            item = item.detach().cpu().numpy()
         if isinstance(item, np.ndarray):
             arr = item
             if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
@@ -187,7 +189,7 @@ def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, 
     classes = list(config.get("classes") or [])
     train = list(_as_model_inputs(train_images, size))
     if labels is not None:
-        labels = [classes.index(lab) if isinstance(lab, str) else int(lab) for lab in labels]
+        labels = [classes.index(lab) if isinstance(lab, str) else int(lab) for lab in list(labels)]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))[:max_images]
     if val_images is None:

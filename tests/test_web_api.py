@@ -191,7 +191,7 @@ def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
     assert r.status_code == 201, r.text
     case = r.json()["case"]
     assert case["ai"]["n_fields"] == 2 and case["status"] == "unreviewed"
-    fields = case["fields"]
+    fields = r.json()["added"]
     assert all(f["overlay_url"] and f["heatmap_url"] for f in fields)
     f0 = fields[0]
     other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != f0["label"])

@@ -81,10 +81,11 @@ def serve(
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
-    engine: str = typer.Option("onnx", help="Inference engine: onnx or torch."),
+    engine: str = typer.Option("onnx", help="Inference engine: onnx, onnx-int8 or torch."),
     max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest accepted image, MB."),
     max_files: int = typer.Option(50, "--max-files", min=1, help="Most images per upload request."),
     workers: int = typer.Option(None, "--workers", min=1, help="Analyses run at once [default: CPU cores, max 4]."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per analysis [default: cores / workers]."),
     queue: int = typer.Option(32, "--queue", min=0, help="Analyses allowed to wait; more are answered 503."),
     demo: bool = typer.Option(False, "--demo", help="Also create user demo / password demo. For trying only."),
     analyzer: str = typer.Option(None, "--analyzer", hidden=True, help="module:factory of a test analyzer."),
@@ -97,8 +98,8 @@ def serve(
     from leukodx.web.app import create_app
     from leukodx.web.settings import MB, Settings, database_url_for
 
-    if engine not in ("onnx", "torch"):
-        raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx or torch.")
+    if engine not in ("onnx", "onnx-int8", "torch"):
+        raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx, onnx-int8 or torch.")
     fake = _load_factory(analyzer) if analyzer else None
     if fake is None:
         from leukodx.assets import default_model_dir
@@ -113,7 +114,7 @@ def serve(
     settings = Settings.from_env(
         database_url=database_url_for(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
         engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=workers,
-        analysis_queue=queue,
+        analysis_threads=threads, analysis_queue=queue,
     )
     app = create_app(settings, analyzer=fake)
     _first_admin(app.state.ctx.sessions, demo)

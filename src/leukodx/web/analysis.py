@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -61,8 +62,9 @@ class AnalysisService:
             from leukodx.inference.pipeline import load_analyzer
 
             s = self.settings
+            threads = s.analysis_threads or max(1, (os.cpu_count() or 1) // s.analysis_workers)
             self.analyzer = load_analyzer(
-                classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir, engine=s.engine
+                classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir, engine=s.engine, threads=threads
             )
             self.load_seconds = time.perf_counter() - t0
             self.state = "ready"

@@ -132,7 +132,7 @@ class CaseList(BaseModel):
 
 
 class UploadOut(BaseModel):
-    case: CaseOut
+    case: CaseOut = Field(description="The case with its updated AI summary (its fields: GET /api/v1/cases/{id}).")
     added: list[FieldOut]
 
 
@@ -280,15 +280,19 @@ async def upload_images(
     done = await analyse(request, images, heatmap=s.heatmap_on_upload, render=True)
 
     def store():
+        blobs: list[tuple[bytes, str]] = []
+        for img, _, ov, hm in done:
+            blobs += [(img.data, img.ext)] + ([(ov, "png")] if ov else []) + ([(hm, "png")] if hm else [])
+        names = iter(ctx.store.put_all(blobs))
         items = []
         for img, r, ov, hm in done:
             d = result_dict(img.name, r)
-            image_file = ctx.store.put(img.data, img.ext)
+            image_file = next(names)
             items.append({
                 "sha256": image_file.split(".")[0],
                 "image_file": image_file,
-                "overlay_file": ctx.store.put(ov, "png") if ov else None,
-                "heatmap_file": ctx.store.put(hm, "png") if hm else None,
+                "overlay_file": next(names) if ov else None,
+                "heatmap_file": next(names) if hm else None,
                 "display_name": img.name,
                 "width": int(img.rgb.shape[1]),
                 "height": int(img.rgb.shape[0]),
@@ -303,10 +307,10 @@ async def upload_images(
                 "result": d,
             })
         with ctx.sessions() as db:
-            case = case_logic.get_case(db, case_id)
+            case = case_logic.lock_case(db, case_id)
             new = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name)
-            case = case_logic.get_case(db, case_id)
-            return {"case": case_logic.case_dict(case), "added": [case_logic.field_dict(f) for f in new]}
+            return {"case": case_logic.case_dict(case, with_fields=False),
+                    "added": [case_logic.field_dict(f) for f in new]}
 
     return await run_in_threadpool(store)
 
@@ -315,7 +319,7 @@ async def upload_images(
 def review_case(case_id: int, body: ReviewIn, who: ApiUser, db: Db):
     """Confirm or override the AI's call for the case and/or for single fields, with a note.
     The AI's output is kept unchanged beside the reviewer's decision."""
-    case = case_logic.get_case(db, case_id)
+    case = case_logic.lock_case(db, case_id)
     case_logic.review(
         db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields]
     )

@@ -228,6 +228,8 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     def readyz():
         body = {"ready": service.ready, "state": service.state, "error": service.error or None,
                 "pending_analyses": service.pending}
+        if service.ready and hasattr(service.analyzer, "describe"):
+            body["models"] = service.analyzer.describe()
         if getattr(service.analyzer, "is_fake", False):
             body["warning"] = "a test analyzer is in use; results are not real"
         return JSONResponse(body, status_code=200 if service.ready else 503)

@@ -10,7 +10,7 @@ import io
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from leukodx import CLASSES, MALIGNANT_CLASSES
@@ -47,8 +47,20 @@ def create_case(db: Session, reference: str, note: str, actor: str) -> Case:
     return case
 
 
-def get_case(db: Session, case_id: int) -> Case:
-    case = db.scalar(select(Case).where(Case.id == case_id).options(selectinload(Case.fields)))
+def lock_case(db: Session, case_id: int) -> Case:
+    """Start a write transaction on the case BEFORE reading it, so concurrent uploads to one case are
+    serialised (SQLite: the write lock; PostgreSQL: the row lock) and its summary never loses a field."""
+    done = db.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow()))
+    if done.rowcount == 0:
+        raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
+    return get_case(db, case_id, fresh=True)
+
+
+def get_case(db: Session, case_id: int, fresh: bool = False) -> Case:
+    stmt = select(Case).where(Case.id == case_id).options(selectinload(Case.fields))
+    if fresh:
+        stmt = stmt.execution_options(populate_existing=True)
+    case = db.scalar(stmt)
     if case is None:
         raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
     return case

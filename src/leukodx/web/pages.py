@@ -23,6 +23,7 @@ router = APIRouter(include_in_schema=False)
 
 NOTICES = {
     "created": "Case created. Now add the field images of this smear.",
+    "uploaded": "The new fields are analysed. Check each AI suggestion below, then sign off the case.",
     "field-reviewed": "Your decision for the field was saved.",
     "case-reviewed": "The case is signed off. You can print the report.",
     "password": "Your password was changed.",
@@ -150,7 +151,7 @@ def review_field(
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
 ):
-    case = case_logic.get_case(db, case_id)
+    case = case_logic.lock_case(db, case_id)
     f = next((f for f in case.fields if f.id == field_id), None)
     if f is None:
         raise case_logic.NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
@@ -170,7 +171,7 @@ def review_case(
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
 ):
-    case = case_logic.get_case(db, case_id)
+    case = case_logic.lock_case(db, case_id)
     decision = "confirm" if label and label == case.ai_label else "override"
     try:
         case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [])

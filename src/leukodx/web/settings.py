@@ -26,12 +26,15 @@ class Settings(BaseModel):
     files_dir: Path | None = Field(
         default=None, description="Where uploads, overlays and heat maps are kept (content-hash names)."
     )
-    engine: Literal["onnx", "torch"] = "onnx"
+    engine: Literal["onnx", "onnx-int8", "torch"] = "onnx"
     classifier_dir: Path | None = None
     segmenter_dir: Path | None = None
     max_file_bytes: int = Field(default=20 * MB, gt=0)
     max_files: int = Field(default=50, gt=0)
     analysis_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), gt=0)
+    analysis_threads: int | None = Field(
+        default=None, gt=0, description="CPU threads per analysis [default: cores / analysis_workers]."
+    )
     analysis_queue: int = Field(default=32, ge=0, description="Analyses allowed to wait; beyond it: 503.")
     analysis_timeout_s: float = Field(default=60.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)

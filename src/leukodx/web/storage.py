@@ -22,7 +22,20 @@ class FileStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def put(self, data: bytes, ext: str) -> str:
+    def put_all(self, items: list[tuple[bytes, str]]) -> list[str]:
+        """Store several files, then make their names durable with one fsync of the folder."""
+        names = [self.put(data, ext, sync_folder=False) for data, ext in items]
+        self._sync_folder()
+        return names
+
+    def _sync_folder(self) -> None:
+        dir_fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def put(self, data: bytes, ext: str, sync_folder: bool = True) -> str:
         """Store `data`; returns its name `<sha256>.<ext>`. Storing the same bytes twice is a no-op."""
         name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
         target = self.root / name
@@ -38,11 +51,8 @@ class FileStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        if sync_folder:
+            self._sync_folder()
         return name
 
     def path(self, name: str) -> Path | None:

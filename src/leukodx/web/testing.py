@@ -119,3 +119,74 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=15)
+
+
+class ServeProcess:
+    """`leukodx serve` in a child process on 127.0.0.1 (for load, crash and benchmark runs).
+
+    >>> with ServeProcess(db, fake=True) as url: ...
+    """
+
+    def __init__(self, db: Path, *, fake: bool = True, port: int = 0, extra: list[str] | None = None,
+                 ready_timeout: float = 180.0):
+        self.db, self.fake, self.port, self.extra = Path(db), fake, port, list(extra or [])
+        self.ready_timeout = ready_timeout
+        self.proc = None
+
+    def start(self) -> str:
+        import os
+        import socket
+        import subprocess
+        import sys
+
+        import httpx
+
+        if not self.port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "leukodx", "serve", "--db", str(self.db), "--port", str(self.port),
+               "--log-level", "warning", *self.extra]
+        if self.fake:
+            cmd += ["--analyzer", "leukodx.web.testing:FakeAnalyzer"]
+        env = {**os.environ, "LEUKODX_ADMIN_PASSWORD": os.environ.get("LEUKODX_ADMIN_PASSWORD", "admin-password")}
+        self.log = open(self.db.with_suffix(".serve.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + self.ready_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"leukodx serve exited with {self.proc.returncode}: "
+                                   + self.db.with_suffix(".serve.log").read_text()[-2000:])
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("leukodx serve did not become ready in time")
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown at all (for crash tests)."""
+        import signal
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except Exception:
+                self.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

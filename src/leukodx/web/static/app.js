@@ -70,7 +70,7 @@
     if (!running && !queue.length && succeeded) {
       var note = document.createElement("li"); note.className = "done";
       note.textContent = "All uploads finished. Showing the results…"; list.append(note);
-      setTimeout(function () { window.location.assign("/cases/" + caseId + "#fields-h"); window.location.reload(); }, 600);
+      setTimeout(function () { window.location.assign("/cases/" + caseId + "?done=uploaded&n=" + Date.now() + "#fields-h"); }, 400);
     }
   }
 

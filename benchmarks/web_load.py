@@ -1,0 +1,171 @@
+"""Load benchmark of the web application: upload-to-result latency on loopback.
+
+Starts `leukodx serve` (bundled models, or the fake analyzer with --fake) in a child process on 127.0.0.1,
+then sends N single-field requests at a fixed concurrency and records p50/p95/p99 latency (from the first
+byte sent to the whole answer received), throughput, status codes and the machine into a JSON file.
+
+Scenarios: `analyze` = POST /api/v1/analyze (no storing, no heat map);
+           `case-upload` = POST /api/v1/cases/{id}/images (analysis + Grad-CAM heat map + overlays + storing).
+
+    .venv/bin/python benchmarks/web_load.py --out benchmarks/web_load.json            # bundled models
+    .venv/bin/python benchmarks/web_load.py --fake --n 200 --out /tmp/fake.json       # the web layer alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "all-taleqani" / "Original"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def field_images(n: int = 16) -> tuple[list[tuple[str, bytes]], str]:
+    """Real Taleqani fields when ../shared holds them (a few per class), else synthetic 224 px fields."""
+    if REAL.is_dir():
+        out = []
+        for label in ("Benign", "Early", "Pre", "Pro"):
+            for p in sorted((REAL / label).glob("*.jpg"))[: n // 4]:
+                out.append((p.name, p.read_bytes()))
+        if out:
+            return out, "all-taleqani Original (224x224 JPEG)"
+    from leukodx.web.testing import field_bytes
+
+    labels = ("Benign", "Early", "Pre", "Pro")
+    return [(f"synthetic-{i}.jpg", field_bytes(labels[i % 4], i, size=224)) for i in range(n)], "synthetic 224x224 JPEG"
+
+
+async def run_load(url: str, token: str, files: list[tuple[str, bytes]], n: int, concurrency: int,
+                   path: str = "/api/v1/analyze") -> dict:
+    """`n` requests of one field each, `concurrency` at a time. Returns latencies (ms) and status counts."""
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: list[str] = []
+    counter = iter(range(n))
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def worker(client: httpx.AsyncClient):
+        for i in counter:
+            name, data = files[i % len(files)]
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(path, headers=headers, files=[("files", (name, data, "image/jpeg"))])
+                code = r.status_code
+                if code >= 400:
+                    errors.append(f"{code}: {r.text[:200]}")
+            except httpx.HTTPError as exc:
+                code = 0
+                errors.append(f"{exc.__class__.__name__}: {exc}")
+            latencies.append((time.perf_counter() - t0) * 1000)
+            statuses[code] = statuses.get(code, 0) + 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        wall = time.perf_counter() - t0
+    return {
+        "n": n, "concurrency": concurrency, "path": path, "wall_s": round(wall, 3),
+        "throughput_per_s": round(n / wall, 2),
+        "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
+                       "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies), 1),
+                       "mean": round(statistics.fmean(latencies), 1)},
+        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": errors[:10], "n_errors": len(errors),
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "python": sys.version.split()[0],
+            "platform": platform.platform()}
+    try:
+        info["cores_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    for mod in ("onnxruntime", "torch", "fastapi", "uvicorn"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="requests per scenario")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--fake", action="store_true", help="the fake analyzer (measures the web layer only)")
+    ap.add_argument("--scenarios", default="analyze,case-upload")
+    ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--serve-args", default="", help="extra `leukodx serve` flags, e.g. '--workers 1'")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "web_load.json"))
+    args = ap.parse_args()
+
+    import httpx
+
+    from leukodx.web.auth import create_token
+    from leukodx.web.db import open_database
+    from leukodx.web.settings import database_url_for
+    from leukodx.web.testing import ServeProcess
+
+    tmp = Path(tempfile.mkdtemp(prefix="leukodx-load-"))
+    db = tmp / "load.db"
+    _, sessions = open_database(database_url_for(db))
+    with sessions() as s:
+        _, token = create_token(s, "load-test", "clinician")
+        s.commit()
+    files, source = field_images()
+    result = {"what": "upload-to-result latency of one field per request, loopback, leukodx serve",
+              "analyzer": "FAKE (web layer only)" if args.fake else "bundled models", "images": source,
+              "machine": machine(), "serve_args": args.serve_args, "scenarios": {}}
+    with ServeProcess(db, fake=args.fake, extra=args.serve_args.split()) as url:
+        ready = httpx.get(url + "/readyz").json()
+        result["models"] = ready.get("models")
+        case_id = httpx.post(url + "/api/v1/cases", headers={"Authorization": f"Bearer {token}"},
+                             json={"reference": "LOAD-TEST"}).json()["id"]
+        paths = {"analyze": "/api/v1/analyze", "case-upload": f"/api/v1/cases/{case_id}/images"}
+        for name in args.scenarios.split(","):
+            asyncio.run(run_load(url, token, files, args.warmup, 2, paths[name]))  # warm-up, not recorded
+            r = asyncio.run(run_load(url, token, files, args.n, args.concurrency, paths[name]))
+            # the same requests one at a time: latency without queueing
+            r1 = asyncio.run(run_load(url, token, files, min(args.n, 50), 1, paths[name]))
+            r["sequential_latency_ms"] = r1["latency_ms"]
+            result["scenarios"][name] = r
+            print(f"{name}: n={r['n']} c={r['concurrency']} p50={r['latency_ms']['p50']} ms "
+                  f"p95={r['latency_ms']['p95']} ms errors={r['n_errors']} "
+                  f"{r['throughput_per_s']}/s; one at a time p95={r1['latency_ms']['p95']} ms", flush=True)
+    result["target"] = {"p95_ms_at_or_below": 300}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=4, size=80, seed=2)
+    return make_synthetic_dataset(tmp_path_factory.mktemp("data"), per_class=3, size=64, seed=2)
 
 
 def run(capsys, *args: str) -> tuple[int, str]:
@@ -104,14 +104,14 @@ def test_cli_writes_contract_metrics_report_and_lab_shift(capsys, tmp_path, data
     m = json.loads((out / "metrics.json").read_text())
     for section in ("classification", "classification_lab_shift"):
         assert CLASSIFICATION_KEYS <= m[section].keys(), section
-        assert m[section]["n_images"] == 16
+        assert m[section]["n_images"] == 12
         assert m[section]["classes"] == list(CLASSES)
         for pc in m[section]["per_class"].values():
             assert PER_CLASS_KEYS <= pc.keys()
-        assert np.array(m[section]["confusion_matrix"]).sum() == 16
+        assert np.array(m[section]["confusion_matrix"]).sum() == 12
     for section in ("segmentation", "segmentation_lab_shift"):
         assert SEGMENTATION_KEYS <= m[section].keys(), section
-        assert m[section]["n_images"] == 16
+        assert m[section]["n_images"] == 12
         assert 0 <= m[section]["dice_global"] <= 1
         assert m[section]["count_mae"] is not None
     assert m["lab_shift"]["seed"] == 0 and m["lab_shift"]["magnification"] == pytest.approx([0.8, 1.2])
@@ -126,7 +126,7 @@ def test_cli_writes_contract_metrics_report_and_lab_shift(capsys, tmp_path, data
     assert {"clf_confusion.png", "clf_roc.png", "clf_reliability.png", "seg_overlays.png",
             "clf_confusion_lab_shift.png", "lab_shift_examples.png"} <= plots
     preds = list(csv.DictReader(open(out / "classification_predictions_clf.csv")))
-    assert len(preds) == 16 and "predicted_lab_shift" in preds[0]
+    assert len(preds) == 12 and "predicted_lab_shift" in preds[0]
     assert "accuracy" in text and "dice_global" in text  # the printed summary
 
 
@@ -142,7 +142,7 @@ def test_pipeline_numbers_match_a_model_with_a_known_answer(tmp_path, data):
     m = evaluate(data, tmp_path / "out", [clf, seg], plots=False)
     c = m["classification"]
     assert c["accuracy"] == pytest.approx(0.25)
-    assert c["confusion_matrix"] == [[0, 0, 4, 0]] * 4
+    assert c["confusion_matrix"] == [[0, 0, 3, 0]] * 4
     assert c["per_class"]["Pre"]["recall"] == 1.0 and c["per_class"]["Benign"]["recall"] == 0.0
     assert c["roc_auc_macro"] == pytest.approx(0.5)  # constant scores
     # the segmenter predicts everything: Dice per field = 2|R| / (|R| + N)
@@ -184,7 +184,7 @@ def test_several_models_of_one_task_are_keyed_by_name(tmp_path, data, models):
     from leukodx.evaluation.evaluate import evaluate
 
     other = save_classifier(tmp_path / "clf-b", size=48, temperature=2.0)
-    m = evaluate(data, tmp_path / "out", [models["classify"], other], plots=False, max_images=8)
+    m = evaluate(data, tmp_path / "out", [models["classify"], other], plots=False, max_images=6)
     assert set(m["classification_models"]) == {"clf", "clf-b"}
     assert m["classification"]["model_name"] == "clf"  # the first one at the top level
     assert m["classification_models"]["clf-b"]["temperature"] == 2.0
@@ -248,3 +248,9 @@ def test_no_bundled_models_and_bad_options(capsys, tmp_path, data, models, monke
     code, text = run(capsys, "evaluate", "--data", str(data), "--out", str(tmp_path / "o"),
                      "--model", str(models["classify"]), "--split", str(empty_split))
     assert code == 2 and "no 'test' rows" in text
+
+
+def test_unknown_device_is_a_clear_error(capsys, tmp_path, data, models):
+    code, text = run(capsys, "evaluate", "--data", str(data), "--out", str(tmp_path / "o"),
+                     "--model", str(models["classify"]), "--device", "tpu")
+    assert code == 2 and "--device" in text

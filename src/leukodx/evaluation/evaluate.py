@@ -44,13 +44,18 @@ class LoadedModel:
     task: str
     model: object
     config: dict
+    device: str = "cpu"
+
+    def logits(self, batch):
+        """Forward a float32 N x 3 x H x W batch (0..255, on the CPU); returns float32 CPU logits."""
+        return self.model(batch.to(self.device)).float().cpu()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # inputs
 
 
-def resolve_models(model_dirs: list[str | Path] | None) -> tuple[list[LoadedModel], list[str]]:
+def resolve_models(model_dirs: list[str | Path] | None, device: str = "cpu") -> tuple[list[LoadedModel], list[str]]:
     """Load the given model directories, or the bundled defaults. Returns (models, notes)."""
     from leukodx.assets import default_model_dir
     from leukodx.models import load_model, read_config
@@ -76,7 +81,7 @@ def resolve_models(model_dirs: list[str | Path] | None) -> tuple[list[LoadedMode
     loaded: list[LoadedModel] = []
     used: set[str] = set()
     for d in dirs:
-        model, cfg = load_model(d)
+        model, cfg = load_model(d, device=device)
         task = cfg["task"]
         if task not in TASK_SECTION:
             raise ModelError(f"{d}: unknown task {task!r} in config.json.", "Use a classify or segment model.")
@@ -88,8 +93,21 @@ def resolve_models(model_dirs: list[str | Path] | None) -> tuple[list[LoadedMode
         while name in used:
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        loaded.append(LoadedModel(d, name, task, model, cfg))
+        loaded.append(LoadedModel(d, name, task, model, cfg, device))
     return loaded, notes
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is available, else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LeukodxError(f"--device {device}: no CUDA GPU is available here.", "Use --device cpu (or auto).")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise LeukodxError(f"Unknown --device {device!r}.", "Use auto, cpu or cuda.")
+    return device
 
 
 def select_samples(data: str | Path, split_csv: str | Path | None = None, split: str = "test",
@@ -208,11 +226,11 @@ def evaluate_classifier(lm: LoadedModel, samples: list[Sample], batch_size: int 
                     rgbs.append(rgb)
                     kept.append(s)
             if rgbs:
-                logits = lm.model(_resize_batch(rgbs, size)).float().numpy()
+                logits = lm.logits(_resize_batch(rgbs, size)).numpy()
                 probs.append(_softmax(logits, temperature))
                 if shift_fn is not None:
                     shifted = [shift_fn(rgb, s.path) for rgb, s in zip(rgbs, kept, strict=True)]
-                    probs_s.append(_softmax(lm.model(_resize_batch(shifted, size)).float().numpy(), temperature))
+                    probs_s.append(_softmax(lm.logits(_resize_batch(shifted, size)).numpy(), temperature))
                 ys += [classes.index(s.label) for s in kept]
                 paths += [s.path for s in kept]
             done += len(batch)
@@ -308,7 +326,7 @@ def _segment_probs(lm: LoadedModel, rgbs: list[np.ndarray]) -> list[np.ndarray]:
     import torch.nn.functional as F
 
     size = tuple(int(v) for v in lm.config["input_size"])
-    logits = lm.model(_resize_batch(rgbs, size)).float()
+    logits = lm.logits(_resize_batch(rgbs, size))
     if logits.ndim != 4 or logits.shape[1] != 1:
         raise ModelError(f"Segmenter {lm.dir} returned shape {tuple(logits.shape)}, not N x 1 x H x W.",
                          "Check the architecture in config.json.")
@@ -452,7 +470,7 @@ def _skipped_section(section: str, reason: str, lm: LoadedModel | None = None) -
 def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path] | None = None,
              split_csv: str | Path | None = None, split: str = "test", shift: str | None = None,
              batch_size: int = 32, max_images: int | None = None, seed: int = 0, severity: float = 1.0,
-             progress: Progress | None = None, plots: bool = True) -> dict:
+             progress: Progress | None = None, plots: bool = True, device: str = "auto") -> dict:
     """Evaluate models on DATA; write out_dir/metrics.json, report.html and plots/*.png. Returns the metrics.
 
     metrics.json: {"classification": {...}, "segmentation": {...}} with the DESIGN.md contract keys for the
@@ -469,7 +487,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise LeukodxError(f"--out {out_dir} is a file.", "Give a folder for metrics.json and report.html.")
-    models, notes = resolve_models(model_dirs)
+    models, notes = resolve_models(model_dirs, resolve_device(device))
     samples, split_desc = select_samples(data, split_csv, split, max_images, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_dir = out_dir / "plots"
@@ -479,6 +497,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         "split": split_desc,
         "models": {TASK_SECTION[t]: [str(lm.dir) for lm in models if lm.task == t] for t in TASK_SECTION},
         "leukodx_version": __version__,
+        "device": models[0].device if models else "cpu",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "note": SPLIT_NOTE,
     }

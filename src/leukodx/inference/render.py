@@ -68,6 +68,18 @@ def caption_text(result) -> str:
     return txt
 
 
+def _label_positions(result, shape) -> list[tuple[int, tuple[float, float]]]:
+    """(cell number, (row, col)) per cell, from the instance image when it matches `shape` (so a resized
+    result still gets its numbers in the right place), else from the cells' centroids."""
+    lab = result.instances
+    if lab is not None and lab.shape == tuple(shape) and lab.max() > 0:
+        from scipy import ndimage as ndi
+
+        ids = [int(i) for i in np.unique(lab) if i > 0]
+        return list(zip(ids, ndi.center_of_mass(np.ones(lab.shape, np.uint8), lab, ids), strict=True))
+    return [(c.id, c.centroid) for c in (result.cells or [])]
+
+
 def overlay_image(rgb: np.ndarray, result) -> Image.Image:
     img = np.asarray(rgb, dtype=np.uint8).copy()
     labels = result.instances if result.instances is not None else result.mask
@@ -75,13 +87,10 @@ def overlay_image(rgb: np.ndarray, result) -> Image.Image:
         width = max(1, round(min(img.shape[:2]) / 224))
         img[_outline(labels, width)] = OUTLINE
     pil = Image.fromarray(img)
-    if result.cells:
-        draw = ImageDraw.Draw(pil)
-        font = _font(max(10, min(img.shape[:2]) // 20))
-        for c in result.cells:
-            y, x = c.centroid
-            draw.text((x, y), str(c.id), fill=(255, 255, 0), font=font, anchor="mm",
-                      stroke_width=1, stroke_fill=(0, 0, 0))
+    draw = ImageDraw.Draw(pil)
+    font = _font(max(10, min(img.shape[:2]) // 20))
+    for k, (y, x) in _label_positions(result, img.shape[:2]):
+        draw.text((x, y), str(k), fill=(255, 255, 0), font=font, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
     return _caption(pil, caption_text(result), FLAG_COLOURS.get(result.flag, (60, 60, 60)))
 
 

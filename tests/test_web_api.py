@@ -408,3 +408,10 @@ def test_images_are_kept_only_as_real_image_bytes(web):
     got = client.get(url)
     assert got.status_code == 200 and got.content == data and got.headers["content-type"] == "image/png"
     Image.open(io.BytesIO(client.get(r.json()["added"][0]["overlay_url"]).content)).verify()
+
+
+def test_repeated_failed_logins_are_throttled(web):
+    client, _, _, _ = web
+    codes = [_login(client, password=f"wrong-{i}").status_code for i in range(6)]
+    assert codes[:5] == [401] * 5 and codes[5] == 429
+    assert _login(client).status_code == 429  # even the right password waits out the window

@@ -103,11 +103,16 @@ def serve(
     fake = _load_factory(analyzer) if analyzer else None
     if fake is None:
         from leukodx.assets import default_model_dir
+        from leukodx.errors import ModelError
 
-        if classifier is None:
-            default_model_dir("classify")
-        if segmenter is None:
-            default_model_dir("segment")
+        try:
+            if classifier is None:
+                default_model_dir("classify")
+            if segmenter is None:
+                default_model_dir("segment")
+        except ModelError as exc:
+            raise ModelError(exc.problem, "Reinstall leukodx, or give model directories of your own with "
+                             "--classifier RUN --segmenter RUN.") from None
         for d in (classifier, segmenter):
             if d is not None and not (Path(d) / "config.json").is_file():
                 raise LeukodxError(f"{d} is not a model directory (no config.json).", "Give a RUN folder from `leukodx train`.")

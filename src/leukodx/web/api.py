@@ -242,6 +242,10 @@ def list_cases(
     """The cases, newest first. `format=csv` answers a CSV file, one row per case."""
     rows, total = case_logic.list_cases(db, q, status, flagged, limit, offset)
     if format == "csv":
+        from leukodx.web.db import audit
+
+        audit(db, who.name, "cases.export", "cases", n=len(rows), q=q, status=status, flagged=flagged)
+        db.commit()
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
         return Response(
             case_logic.cases_csv(rows),

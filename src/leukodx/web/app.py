@@ -215,6 +215,9 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
         redoc_url=None,
     )
     app.state.ctx = ctx
+    from leukodx.web.auth import LoginThrottle
+
+    app.state.login_failures = LoginThrottle()
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -143,3 +143,38 @@ def session_lookup(db: Session, cookie: str) -> LoginSession | None:
     if expires < utcnow() or not row.user.active:
         return None
     return row
+
+
+class LoginThrottle:
+    """At most `limit` failed log-ins per (address, user name) in `window_s`; then refuse for the window."""
+
+    def __init__(self, limit: int = 5, window_s: float = 60.0):
+        import threading
+
+        self.limit, self.window_s = limit, window_s
+        self._fails: dict[tuple, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key) -> list[float]:
+        import time
+
+        now = time.monotonic()
+        times = [t for t in self._fails.get(key, []) if now - t < self.window_s]
+        self._fails[key] = times
+        return times
+
+    def blocked(self, key) -> bool:
+        with self._lock:
+            return len(self._recent(key)) >= self.limit
+
+    def fail(self, key) -> None:
+        import time
+
+        with self._lock:
+            self._recent(key).append(time.monotonic())
+            if len(self._fails) > 10_000:  # bounded memory
+                self._fails.clear()
+
+    def clear(self, key) -> None:
+        with self._lock:
+            self._fails.pop(key, None)

@@ -72,11 +72,21 @@ async def login(
     if not cookie or not hmac.compare_digest(cookie, csrf_token):
         return render(request, "login.html", 403, csrf=cookie or secrets.token_urlsafe(32), next=_safe_next(next),
                       username=username, error="The login form expired. Please try again.")
+    throttle = request.app.state.login_failures
+    key = (request.client.host if request.client else "", username.strip().lower())
+    if throttle.blocked(key):
+        return render(request, "login.html", 429, csrf=cookie, next=_safe_next(next), username=username,
+                      error="Too many failed log-ins. Wait a minute, then try again.")
     user = await run_in_threadpool(auth.authenticate, db, username.strip(), password)
     if user is None:
+        throttle.fail(key)
+        audit(db, username.strip()[:100] or "?", "login.failed", f"user:{username.strip()[:64]}")
+        db.commit()
         return render(request, "login.html", 401, csrf=cookie, next=_safe_next(next), username=username,
                       error="The user name or password is wrong. Ask your administrator if you have no account.")
+    throttle.clear(key)
     s = request.app.state.ctx.settings
+    db.execute(LoginSession.__table__.delete().where(LoginSession.expires_at < utcnow()))
     value, _ = auth.start_session(db, user, s.session_hours)
     audit(db, user.username, "login", f"user:{user.username}")
     db.commit()

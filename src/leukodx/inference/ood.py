@@ -47,17 +47,30 @@ STAT_LABELS = {
 # image statistics
 
 
+STATS_VERSION = 2  # bump when image_stats changes: older fits are then ignored (refit with leukodx calibrate)
+STATS_SIDE = 112  # statistics are computed on the field resized to 112 x 112 (fast, and the same for all sizes)
+
+
+def _quantile(a: np.ndarray, q: float) -> float:
+    flat = a.ravel()
+    k = int(round(q / 100 * (flat.size - 1)))
+    return float(np.partition(flat, k)[k])
+
+
 def image_stats(rgb: np.ndarray) -> np.ndarray:
-    """The statistics of one field at model resolution (HxWx3 uint8), in STAT_NAMES order."""
+    """The statistics of one field (HxWx3 uint8, as the model sees it), in STAT_NAMES order."""
+    from PIL import Image
+
+    if rgb.shape[:2] != (STATS_SIDE, STATS_SIDE):
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((STATS_SIDE, STATS_SIDE), Image.BILINEAR))
     x = rgb.astype(np.float32)
     grey = x.mean(axis=2)
-    flat = grey.ravel()
-    bright_cut = np.percentile(flat, 70)
+    bright_cut = _quantile(grey, 70)
     bg = grey >= bright_cut
     bgc = x[bg].mean(axis=0) + 1.0
     od = -np.log((x + 1.0) / 256.0)  # optical density per channel
     od_sum = od.sum(axis=2)
-    dark_cut = np.percentile(od_sum, 95)
+    dark_cut = _quantile(od_sum, 95)
     dark = od_sum >= dark_cut
     od_dark = od[dark].mean(axis=0)
     tot = float(od_dark.sum()) + 1e-6
@@ -71,13 +84,13 @@ def image_stats(rgb: np.ndarray) -> np.ndarray:
     ac = np.fft.irfft2(np.abs(f) ** 2, s=g.shape)
     ac = np.fft.fftshift(ac) / (ac.flat[0] + 1e-6)
     cy, cx = np.array(ac.shape) // 2
-    row = ac[cy, cx:cx + min(cx, 64)]
-    col = ac[cy:cy + min(cy, 64), cx]
+    row = ac[cy, cx:cx + min(cx, 48)]
+    col = ac[cy:cy + min(cy, 48), cx]
     prof = (row[: min(len(row), len(col))] + col[: min(len(row), len(col))]) / 2
     below = np.nonzero(prof < 0.5)[0]
     acf_len = float(below[0]) if len(below) else float(len(prof))
     acf_len = acf_len / np.sqrt(grey.size) * 224.0  # in units of a 224-px field
-    lab, n = ndi.label(od_sum >= np.percentile(od_sum, 90))
+    lab, n = ndi.label(od_sum >= _quantile(od_sum, 90))
     blob = float(np.bincount(lab.ravel())[1:].max()) / lab.size if n else 0.0
     return np.array([
         float(bgc.mean()), float(bgc[0] / bgc[1]), float(bgc[2] / bgc[1]),
@@ -244,7 +257,7 @@ def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, 
             "held_out_flag_rate": float((feat_val > feat_thr).mean()),
         },
         "image_stats": {
-            "names": list(STAT_NAMES), "lo": _rounded(lo), "hi": _rounded(hi), "threshold": stat_thr,
+            "version": STATS_VERSION, "side": STATS_SIDE, "names": list(STAT_NAMES), "lo": _rounded(lo), "hi": _rounded(hi), "threshold": stat_thr,
             "range_quantiles": list(RANGE_QUANTILES), "percentile": STATS_PERCENTILE,
             "min_threshold": STATS_MIN_THRESHOLD, "held_out_flag_rate": float((stat_val > stat_thr).mean()),
         },
@@ -262,6 +275,11 @@ class OODScorer:
         ood = ood or {}
         self.features = ood.get("features")
         self.stats = ood.get("image_stats")
+        self.notes: list[str] = []
+        if self.stats and self.stats.get("version") != STATS_VERSION:
+            self.notes.append("image statistics were fitted by an older leukodx and are not used; refit them with "
+                              "`leukodx calibrate --model RUN --data DATA`")
+            self.stats = None
         if self.stats:
             self._lo = np.asarray(self.stats["lo"], dtype=np.float64)
             self._hi = np.asarray(self.stats["hi"], dtype=np.float64)

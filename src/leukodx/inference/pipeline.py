@@ -172,14 +172,39 @@ def mask_threshold(config: dict) -> float:
 
 
 def _split_instances(mask: np.ndarray):
-    """leukodx.inference.instances.split_instances with its parameters scaled to the mask's short side."""
+    """leukodx.inference.instances.split_instances with its parameters scaled to the mask's short side, run on
+    each connected component's bounding box (padded) rather than the whole field: the same cells (the split is
+    local to a component), several times faster because most of a field is background."""
+    from scipy import ndimage as ndi
+
     try:
         from leukodx.inference.instances import scaled_params, split_instances
     except ModuleNotFoundError as exc:
         if exc.name != "leukodx.inference.instances":
             raise
         return _label_components(mask)
-    return split_instances(mask, **scaled_params(mask.shape))
+    params = scaled_params(mask.shape)
+    comp, n = ndi.label(mask, structure=np.ones((3, 3), bool))
+    out = np.zeros(mask.shape, np.int32)
+    if n == 0:
+        return out, []
+    h, w = mask.shape
+    pad = 2
+    next_id = 0
+    for k, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None or (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < params["min_area"]:
+            continue  # even with its holes filled it stays under the minimum cell area
+        y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, h)
+        x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
+        sub = comp[y0:y1, x0:x1] == k
+        lab, _ = split_instances(sub, **params)
+        if lab.max() == 0:
+            continue
+        view = out[y0:y1, x0:x1]
+        fg = lab > 0
+        view[fg] = lab[fg] + next_id
+        next_id += int(lab.max())
+    return out, cells_from_labels(out)
 
 
 def _label_components(mask: np.ndarray, min_area: int = 20):
@@ -281,7 +306,10 @@ class Analysis:
             "segmenter": {"dir": str(self.segmenter_dir), "arch": self.segmenter_config.get("arch"),
                           "engine": self.segmenter.source, "input_size": self.segmenter_config["input_size"]},
             "classes": self.classes, "temperature": self.temperature, "low_confidence": self.low_confidence,
-            "mask_threshold": self.mask_threshold, "ood": self.ood.enabled, "threads": self.threads,
+            "mask_threshold": self.mask_threshold, "ood": self.ood.enabled,
+            "ood_checks": [k for k, v in (("feature distance", self.ood.features), ("image statistics", self.ood.stats))
+                           if v],
+            "ood_notes": self.ood.notes, "threads": self.threads,
         }
 
     # -- public API -------------------------------------------------------------------------------------------

@@ -261,6 +261,22 @@ def _model_info(lm: LoadedModel) -> dict:
     return {"model": str(lm.dir), "model_name": lm.name, "arch": lm.config.get("arch")}
 
 
+def _confident_errors(res: dict, samples: list[Sample], n: int = 6) -> list[tuple[str, np.ndarray]]:
+    """The `n` wrong calls made with the highest confidence: (caption, image)."""
+    p, y, classes = res["probs"], res["y"], res["classes"]
+    pred = p.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    order = wrong[np.argsort(-p[wrong, pred[wrong]])][:n]
+    by_path = {s.path: s for s in samples}
+    out = []
+    for i in order:
+        rgb = _read(by_path[res["paths"][i]], [])
+        if rgb is not None:
+            out.append((f"{Path(res['paths'][i]).name}\ntrue {classes[y[i]]}, called {classes[pred[i]]} "
+                        f"({p[i, pred[i]]:.0%})", rgb))
+    return out
+
+
 def write_classification_predictions(res: dict, path: Path) -> Path:
     classes = res["classes"]
     with open(path, "w", newline="") as f:
@@ -414,17 +430,22 @@ def evaluate_segmenter(lm: LoadedModel, samples: list[Sample], batch_size: int =
             m["unreadable_note"] = f"{len(unreadable)} image(s) or mask(s) could not be read and were left out."
         return m
 
-    # pictures of the best and worst fields (re-run on those few)
+    # pictures of the best and worst fields (re-run on those few), and the worst under the lab shift
     best, worst = acc.best_worst(n_examples)
+    groups = [("best", best, False), ("worst", worst, False)]
+    if acc_s is not None:
+        groups.append(("worst, lab-shifted", acc_s.best_worst(n_examples)[1], True))
     by_path = {s.path: s for s in with_mask}
     examples: dict[str, list[dict]] = {}
     with torch.inference_mode():
-        for group, recs in (("best", best), ("worst", worst)):
+        for group, recs, shifted in groups:
             items = []
             for r in recs:
                 s = by_path[r["name"]]
                 rgb = _read(s, [])
                 ref = read_reference_mask(s.mask, threshold=thr_mask, size=(rgb.shape[1], rgb.shape[0]))
+                if shifted:
+                    rgb, ref = shift_fn(rgb, s.path, ref)
                 pred = _segment_probs(lm, [rgb])[0] > thr_prob
                 items.append({"rgb": rgb, "pred": pred, "ref": ref,
                               "title": f"{Path(s.path).name} Dice {r['dice']:.3f}"})
@@ -523,6 +544,9 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
                                                             plot_dir / f"{tag}_confusion.png")
                 figs["ROC curves"] = R.plot_roc(M.roc_curves(res["y"], res["probs"], m["classes"]),
                                                 plot_dir / f"{tag}_roc.png")
+                errors = _confident_errors(res, samples)
+                if errors:
+                    figs["most confident errors"] = R.plot_fields(errors, plot_dir / f"{tag}_errors.png")
                 figs["reliability diagram"] = R.plot_reliability(m["reliability"], plot_dir / f"{tag}_reliability.png",
                                                                  m["ece"])
                 if ms is not None:
@@ -540,7 +564,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
             m, ms = res["metrics"], res["metrics_shift"]
             figs = {}
             if plots and not m.get("skipped"):
-                rows = [(g, res["examples"].get(g, [])) for g in ("best", "worst")]
+                rows = list(res["examples"].items())
                 figs["best and worst fields"] = R.plot_overlays(rows, plot_dir / f"{tag}_overlays.png")
                 series = {"in distribution": [r["dice"] for r in m["per_image"] if not r["reference_failed"]]}
                 if ms is not None:

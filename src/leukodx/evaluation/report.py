@@ -134,6 +134,20 @@ def plot_shift_examples(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: P
     return _save(fig, path)
 
 
+def plot_fields(items: list[tuple[str, np.ndarray]], path: Path, ncol: int = 6) -> Path:
+    """A row (or rows) of captioned fields."""
+    plt = _plt()
+    ncol = max(1, min(ncol, len(items)))
+    nrow = max(1, -(-len(items) // ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.9 * nrow), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k < len(items):
+            ax.imshow(items[k][1])
+            ax.set_title(items[k][0], fontsize=7)
+    return _save(fig, path)
+
+
 def overlay(rgb: np.ndarray, pred: np.ndarray, ref: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Agreement colours: both (green), predicted only (red), reference only (blue)."""
     out = rgb.astype(np.float32).copy()

@@ -128,7 +128,7 @@ class Field(Base):
     flag: Mapped[str] = mapped_column(String(30), default="ok")
     flag_reason: Mapped[str] = mapped_column(Text, default="")
     size_note: Mapped[str] = mapped_column(Text, default="")
-    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    result: Mapped[dict] = mapped_column(JSON, default=dict, deferred=True)  # the full result (cells etc.)
     review_decision: Mapped[str | None] = mapped_column(String(20), nullable=True)
     review_label: Mapped[str | None] = mapped_column(String(20), nullable=True)
     review_note: Mapped[str] = mapped_column(Text, default="")

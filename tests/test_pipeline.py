@@ -156,3 +156,19 @@ def test_render(analysis):
     for png in (overlay_png(img, r), heatmap_png(img, r)):
         out = Image.open(io.BytesIO(png))
         assert out.format == "PNG" and out.size[0] == 64 and out.size[1] > 64
+
+
+def test_calibrate_command(tmp_path, synthetic_data):
+    import json
+
+    from leukodx.cli import main
+
+    cdir, _ = make_tiny_models(tmp_path / "m")
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrate", "--model", str(cdir), "--data", str(synthetic_data)])
+    assert exc.value.code in (0, None)
+    cfg = json.loads((cdir / "config.json").read_text())
+    assert cfg["temperature"] > 0 and cfg["temperature"] != 1.5
+    assert 0.5 <= cfg["thresholds"]["low_confidence"] <= 1
+    assert cfg["ood"]["image_stats"]["version"] >= 2 and cfg["ood"]["features"]["dim"] > 0
+    assert cfg["calibration"]["previous"]["temperature"] == 1.5

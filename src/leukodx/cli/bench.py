@@ -14,12 +14,12 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench_cmd(
         out: Path = typer.Option(None, "--out", help="Write the results as JSON (and FILE.md beside it)."),
-        images: Path = typer.Option(None, "--images", help="Folder of fields to time [default: synthetic 224x224]."),
+        images: Path = typer.Option(None, "--images", help="Folder of fields to time (default: synthetic 224x224)."),
         n: int = typer.Option(50, "--n", min=1, help="Number of fields."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, help="Batch size for the throughput run."),
-        threads: int = typer.Option(None, "--threads", help="CPU threads per inference [default: all usable]."),
-        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
-        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads per inference (default: all usable)."),
+        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
+        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
         heatmap_n: int = typer.Option(10, "--heatmap-n", min=0, help="Fields timed with a Grad-CAM heat map."),
         repeats: int = typer.Option(1, "--repeats", min=1, help="Passes over the fields for the latency figures."),
     ) -> None:

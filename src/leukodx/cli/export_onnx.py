@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("onnx")
     def export_onnx_cmd(
         model: Path = typer.Option(..., "--model", help="Model directory (config.json + model.safetensors)."),
-        out: Path = typer.Option(None, "--out", help="ONNX file to write [default: RUN/model.onnx]."),
+        out: Path = typer.Option(None, "--out", help="ONNX file to write (default: RUN/model.onnx)."),
         int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (static quantisation), kept "
                                   "only if accuracy/Dice drops by <= 0.3 points."),
         calibration: Path = typer.Option(None, "--calibration", help="DATA folder of real images to calibrate "

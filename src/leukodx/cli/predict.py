@@ -14,13 +14,13 @@ def register(app: typer.Typer) -> None:
     def predict_cmd(
         paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
         out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, predictions.json, PNGs."),
-        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
-        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
+        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
         heatmap: bool = typer.Option(True, "--heatmap/--no-heatmap", help="Grad-CAM heat-map PNGs (slower)."),
         workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads that read images and write PNGs."),
         engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime), onnx-int8 or torch (eager)."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, max=512, help="Fields per model call."),
-        threads: int = typer.Option(None, "--threads", help="CPU threads per model call [default: all]."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads per model call (default: all)."),
         overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
     ) -> None:
         """Analyse smear fields: class, calibrated confidence, malignant probability, cells counted, flag.

@@ -42,17 +42,24 @@ def register(app: typer.Typer) -> None:
         mask_threshold: int | None = typer.Option(None, "--mask-threshold", help="grayscale(Segmented) > this."),
         max_train_images: int | None = typer.Option(None, "--max-train-images", help="Stratified training subset "
                                                     "per run (CPU scale)."),
+        max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N fields."),
         shift_lab: bool = typer.Option(False, "--eval-lab-shift", help="Also score each run under lab shift."),
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is faster when "
+                                           "other jobs share the cores). [default: PyTorch's]"),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
     ) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         from leukodx.training.segment import run_segmentation_study
 
         names = [a.strip() for a in archs.split(",") if a.strip()]
         flags = {"preset": preset, "base_channels": base_channels, "depth": depth, "encoder": encoder,
                  "image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment,
                  "patience": patience, "mask_threshold": mask_threshold, "max_train_images": max_train_images,
-                 "workers": workers, "device": device}
+                 "max_val_images": max_val_images, "workers": workers, "device": device}
         result = run_segmentation_study(data, names, seeds, out, base_flags=flags, evaluate_shift=shift_lab,
                                         log_fn=lambda m: err_console.print(m, highlight=False, markup=False))
         console.print((out / "table.md").read_text(), highlight=False)

@@ -94,9 +94,15 @@ def register(app: typer.Typer) -> None:
                                        "synthetic lab-to-lab shift."),
         amp: str | None = typer.Option(None, "--amp", help="Mixed precision on CUDA: auto, bf16, fp16 or off."),
         resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in OUT/checkpoints."),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is faster when "
+                                           "other jobs share the cores). [default: PyTorch's]"),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         from leukodx.training.segment import train_segmenter
 
         cfg = resolve_segment_config(

@@ -415,3 +415,16 @@ def test_repeated_failed_logins_are_throttled(web):
     codes = [_login(client, password=f"wrong-{i}").status_code for i in range(6)]
     assert codes[:5] == [401] * 5 and codes[5] == 429
     assert _login(client).status_code == 429  # even the right password waits out the window
+
+
+def test_request_time_limit_is_504(tmp_path):
+    app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=1.5), request_timeout_s=0.3)
+    r = TestClient(app).post("/api/v1/analyze", headers=clin, files=[jpg()])
+    assert r.status_code == 504 and "took over" in r.text
+
+
+def test_missing_case_page_says_what_to_do(web):
+    client, _, _, _ = web
+    _login(client)
+    r = client.get("/cases/98765")
+    assert r.status_code == 404 and "There is no case 98765" in r.text and 'href="/cases"' in r.text

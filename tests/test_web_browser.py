@@ -88,6 +88,15 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         drop_file(page, "field-two.jpg", field_bytes("Pro", 12, size=160))
         expect(page.locator("article.field")).to_have_count(2, timeout=20_000)
 
+        # a file that only pretends to be an image is refused with a message saying what to do
+        bad = tmp_path / "not-really.jpg"
+        bad.write_bytes(b"this is a text file")
+        page.locator("#file-input").set_input_files(str(bad))
+        expect(page.locator("#uploads li.failed")).to_contain_text("Not added: Not an image")
+        expect(page.locator("#uploads li.failed")).to_contain_text("Use JPEG, PNG, TIFF or BMP")
+        page.reload()
+        expect(page.locator("article.field")).to_have_count(2)
+
         # results: class, confidence bar, outlined cells and count, heat-map toggle
         field = page.locator("article.field").first
         expect(field.locator(".cls").first).to_be_visible()

@@ -38,7 +38,7 @@ STAT_NAMES = ("bg_brightness", "bg_red_green", "bg_blue_green", "stain_od", "sta
 STAT_LABELS = {
     "bg_brightness": "background brightness", "bg_red_green": "white balance (red/green)",
     "bg_blue_green": "white balance (blue/green)", "stain_od": "stain density", "stain_od_red": "stain colour (red OD)",
-    "stain_od_blue": "stain colour (blue OD)", "stained_fraction": "stained area", "sharpness": "sharpness",
+    "stain_od_blue": "stain colour (blue OD)", "stained_fraction": "stained area", "sharpness": "sharpness (blur)",
     "acf_length": "magnification (texture scale)", "largest_blob": "magnification (largest cell)",
 }
 
@@ -47,7 +47,7 @@ STAT_LABELS = {
 # image statistics
 
 
-STATS_VERSION = 2  # bump when image_stats changes: older fits are then ignored (refit with leukodx calibrate)
+STATS_VERSION = 3  # bump when image_stats changes: older fits are then ignored (refit with leukodx calibrate)
 STATS_SIDE = 112  # statistics are computed on the field resized to 112 x 112 (fast, and the same for all sizes)
 
 
@@ -61,6 +61,10 @@ def image_stats(rgb: np.ndarray) -> np.ndarray:
     """The statistics of one field (HxWx3 uint8, as the model sees it), in STAT_NAMES order."""
     from PIL import Image
 
+    # sharpness at the model's resolution: mean |Laplacian| / mean |gradient| (blur lowers it, contrast does not)
+    g_full = rgb.astype(np.float32).mean(axis=2)
+    gy, gx = np.gradient(g_full)
+    sharp = float(np.abs(ndi.laplace(g_full)).mean() / (np.hypot(gx, gy).mean() + 1e-3))
     if rgb.shape[:2] != (STATS_SIDE, STATS_SIDE):
         rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((STATS_SIDE, STATS_SIDE), Image.BILINEAR))
     x = rgb.astype(np.float32)
@@ -76,8 +80,6 @@ def image_stats(rgb: np.ndarray) -> np.ndarray:
     tot = float(od_dark.sum()) + 1e-6
     bg_od = float(-np.log(bgc / 256.0).sum())
     stained = od_sum > bg_od + 0.5
-    lap = ndi.laplace(grey)
-    sharp = float(np.abs(lap).mean() / (grey.std() + 1.0))
     # autocorrelation length: radius where the normalised autocorrelation of the grey field falls to 1/2
     g = grey - grey.mean()
     f = np.fft.rfft2(g)
@@ -88,7 +90,11 @@ def image_stats(rgb: np.ndarray) -> np.ndarray:
     col = ac[cy:cy + min(cy, 48), cx]
     prof = (row[: min(len(row), len(col))] + col[: min(len(row), len(col))]) / 2
     below = np.nonzero(prof < 0.5)[0]
-    acf_len = float(below[0]) if len(below) else float(len(prof))
+    if len(below) and below[0] > 0:  # interpolate where the profile crosses 1/2
+        i = int(below[0])
+        acf_len = i - 1 + float((prof[i - 1] - 0.5) / (prof[i - 1] - prof[i] + 1e-9))
+    else:
+        acf_len = float(below[0]) if len(below) else float(len(prof))
     acf_len = acf_len / np.sqrt(grey.size) * 224.0  # in units of a 224-px field
     lab, n = ndi.label(od_sum >= _quantile(od_sum, 90))
     blob = float(np.bincount(lab.ravel())[1:].max()) / lab.size if n else 0.0

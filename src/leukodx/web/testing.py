@@ -190,3 +190,32 @@ class ServeProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def make_test_app(folder: Path, analyzer=None, users: dict | None = None, **settings):
+    """An app on a fresh SQLite file in `folder` with the fake analyzer, a clinician and an admin token, and
+    `users` {name: (password, role)} (default alice/alice-password, clinician).
+    Returns (app, clinician auth headers, admin auth headers)."""
+    from leukodx.web.app import create_app
+    from leukodx.web.auth import add_user, create_token
+    from leukodx.web.settings import Settings, database_url_for
+
+    app = create_app(Settings(database_url=database_url_for(Path(folder) / "web.db"), **settings),
+                     analyzer=analyzer or FakeAnalyzer())
+    with app.state.ctx.sessions() as db:
+        _, clin = create_token(db, "clinic-pc", "clinician")
+        _, admin = create_token(db, "admin-pc", "admin")
+        for name, (password, role) in (users or {"alice": ("alice-password", "clinician")}).items():
+            add_user(db, name, password, role)
+        db.commit()
+    return app, {"Authorization": f"Bearer {clin}"}, {"Authorization": f"Bearer {admin}"}
+
+
+def login(client, user: str = "alice", password: str = "alice-password"):
+    """Log a TestClient in through the login form (with its CSRF cookie); returns the response."""
+    import re
+
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return client.post("/login", data={"username": user, "password": password, "csrf_token": csrf,
+                                       "next": "/cases"}, follow_redirects=False)

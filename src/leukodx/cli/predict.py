@@ -52,13 +52,15 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="DATA folder (public or flat layout)."),
         split: Path = typer.Option(None, "--split", help="Split CSV: train fits the OOD check, val the rest."),
         max_images: int = typer.Option(2000, "--max-images", help="At most this many training fields for OOD."),
+        ood_only: bool = typer.Option(False, "--ood-only", help="Refit only the out-of-distribution checks; keep "
+                                      "the temperature and low-confidence threshold from training."),
     ) -> None:
         """Refit temperature, low-confidence threshold and the out-of-distribution check on validation data,
         and store them in RUN/config.json. Re-export ONNX afterwards is not needed (the file is unchanged)."""
         from leukodx.inference.calibrate import calibrate_model
 
         with console.status(f"calibrating {model} on {data} ..."):
-            rep = calibrate_model(model, data, split, max_images=max_images)
+            rep = calibrate_model(model, data, split, max_images=max_images, ood_only=ood_only)
         console.print(f"fields: {rep['n_train']} train (OOD fit), {rep['n_val']} validation; {rep['division']}",
                       highlight=False)
         console.print(f"temperature {rep['temperature']:.3f}; low_confidence threshold {rep['low_confidence']:.3f} "

@@ -86,7 +86,7 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
 
 
 def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Path | None = None,
-                    max_images: int = 2000, seed: int = 0, progress=None) -> dict:
+                    max_images: int = 2000, seed: int = 0, ood_only: bool = False, progress=None) -> dict:
     import torch
 
     from leukodx.inference.engines import with_features
@@ -130,8 +130,16 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
                 "ood_method": (cfg.get("ood") or {}).get("method")}
     cfg_path = d / CONFIG
     raw = json.loads(cfg_path.read_text())
-    raw["temperature"] = t
-    raw.setdefault("thresholds", {})["low_confidence"] = low
+    if ood_only:  # keep the training run's temperature and threshold; report what they give here
+        t = float(cfg.get("temperature") or 1.0)
+        z = logits / t
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        conf = p.max(1)
+        low = float((cfg.get("thresholds") or {}).get("low_confidence", MIN_THRESHOLD))
+    else:
+        raw["temperature"] = t
+        raw.setdefault("thresholds", {})["low_confidence"] = low
     raw["ood"] = ood
     report = {
         "data": str(data), "division": how, "n_train": len(train), "n_val": len(val), "temperature": t,
@@ -139,7 +147,7 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
         "val_flagged_low_confidence": float((conf < low).mean()),
         "val_accuracy_unflagged": float(correct[conf >= low].mean()) if (conf >= low).any() else None,
         "ood_feature_threshold": ood["features"]["threshold"], "ood_stats_threshold": ood["image_stats"]["threshold"],
-        "previous": previous,
+        "previous": previous, "refit": "ood only" if ood_only else "temperature, low_confidence, ood",
     }
     raw["calibration"] = report
     tmp = cfg_path.with_name(CONFIG + ".tmp")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -67,17 +68,17 @@ def with_features(model):
         def __init__(self):
             super().__init__()
             self.model = model
-            self._features = None
+            self._local = threading.local()  # per thread: another thread's forward must not swap them
             if head is not None:
                 head.register_forward_pre_hook(self._grab)
 
         def _grab(self, _module, inputs):
-            self._features = inputs[0]
+            self._local.features = inputs[0]
 
         def forward(self, x: torch.Tensor):
             logits = self.model(x)
-            feats = self._features if head is not None else logits
-            self._features = None
+            feats = getattr(self._local, "features", None) if head is not None else logits
+            self._local.features = None
             return logits, feats.flatten(1)
 
     return ClassifierWithFeatures().eval()
@@ -97,11 +98,12 @@ class TorchEngine:
         self.model = model.eval()
         self.net = with_features(self.model) if task == "classify" else self.model
         self.source = "model.safetensors (PyTorch eager)"
+        self._lock = threading.Lock()  # the features hook keeps state: one call at a time
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         if self.task == "classify":
             logits, feats = out

@@ -29,6 +29,7 @@ or image statistics, see leukodx.inference.ood), ``low_confidence`` (calibrated 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -295,6 +296,7 @@ class Analysis:
         self.mask_threshold = mask_threshold(self.segmenter_config)
         self.ood = OODScorer(self.classifier_config.get("ood"))
         self._cam = None
+        self._cam_lock = threading.Lock()
         self.benign_index = self.classes.index("Benign") if "Benign" in self.classes else None
 
     # -- description ------------------------------------------------------------------------------------------
@@ -496,13 +498,14 @@ class Analysis:
 
         from leukodx.inference.gradcam import GradCAM
 
-        if self._cam is None:
-            self._cam = GradCAM(self.torch_classifier())
         for r, rgb, boxes in fields:
             t0 = time.perf_counter()
             h, w = rgb.shape[:2]
             k = self.classes.index(r.label)
-            cams = self._cam(torch.from_numpy(_to_batch(r._cls_tiles)), [k] * len(r._cls_tiles))
+            with self._cam_lock:  # Grad-CAM keeps activations between forward and backward: one at a time
+                if self._cam is None:
+                    self._cam = GradCAM(self.torch_classifier())
+                cams = self._cam(torch.from_numpy(_to_batch(r._cls_tiles)), [k] * len(r._cls_tiles))
             heat = np.zeros((h, w), np.float32)
             cnt = np.zeros((h, w), np.float32)
             for c, (y0, x0, y1, x1) in zip(cams, boxes, strict=True):

@@ -186,9 +186,12 @@ async def analyse(request: Request, images: list[GoodImage], *, heatmap: bool, r
     out = []
     for img in images:
         def job(analyzer, img=img):
-            r = analyzer.analyze(img.rgb, name=img.name, heatmap=heatmap)
-            ov = overlay_png(img.rgb, r, side) if render else None
-            hm = heatmap_png(img.rgb, r, side) if render and heatmap else None
+            rgb = img.pixels()
+            r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap)
+            ov = overlay_png(rgb, r, side) if render else None
+            hm = heatmap_png(rgb, r, side) if render and heatmap else None
+            r.mask = r.instances = r.heatmap = None  # drawn; not kept (memory)
+            img.rgb = None
             return r, ov, hm
 
         out.append((img, *await ctx.service.run(job)))
@@ -298,8 +301,8 @@ async def upload_images(
                 "overlay_file": next(names) if ov else None,
                 "heatmap_file": next(names) if hm else None,
                 "display_name": img.name,
-                "width": int(img.rgb.shape[1]),
-                "height": int(img.rgb.shape[0]),
+                "width": img.width,
+                "height": img.height,
                 "label": d.get("label"),
                 "probabilities": d.get("probabilities") or {},
                 "confidence": float(d.get("confidence") or 0.0),

@@ -36,12 +36,20 @@ class Rejection:
         return {"file": self.file, "status": self.status, "problem": self.problem, "hint": self.hint}
 
 
+KEEP_DECODED_PIXELS = 40_000_000  # beyond this many pixels per request, fields are decoded again one by one
+
+
 @dataclass
 class GoodImage:
     name: str  # sanitised display name
     data: bytes
-    rgb: np.ndarray
+    rgb: np.ndarray | None  # None: decode again when its turn comes (bounds memory for big batches)
     ext: str
+    width: int
+    height: int
+
+    def pixels(self) -> np.ndarray:
+        return self.rgb if self.rgb is not None else np.asarray(open_image(self.data, name=self.name))
 
 
 class UploadRejected(Exception):
@@ -122,7 +130,10 @@ async def check_uploads(files: list, max_files: int, max_bytes: int) -> list[Goo
                 hint = f"Images over {MAX_PIXELS / 1e6:.0f} megapixels are refused; downscale it first."
             bad.append(Rejection(status_for(exc), name, exc.reason[:1].upper() + exc.reason[1:] + ".", hint))
             continue
-        good.append(GoodImage(name=name, data=data, rgb=np.asarray(img), ext=EXT_FOR_FORMAT.get(fmt, "png")))
+        good.append(GoodImage(name=name, data=data, rgb=np.asarray(img), ext=EXT_FOR_FORMAT.get(fmt, "png"),
+                              width=img.width, height=img.height))
+        if sum(g.width * g.height for g in good) > KEEP_DECODED_PIXELS:
+            good[-1].rgb = None
     if bad:
         raise UploadRejected(bad)
     return good

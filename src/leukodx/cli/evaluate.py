@@ -52,18 +52,18 @@ def _summary_table(metrics: dict):
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
-        data: Path = typer.Option(..., "--data", help="Data folder (Original/<class>/ [+ Segmented/] or <class>/)."),
-        out: Path = typer.Option(..., "--out", help="Folder for metrics.json, report.html and plots/."),
+        data: Path = typer.Option(..., "--data", metavar="DATA", help="Data folder (Original/<class>/ [+ Segmented/] or <class>/)."),
+        out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder for metrics.json, report.html and plots/."),
         model: list[Path] | None = typer.Option(
-            None, "--model", help="Model directory (repeat for several); default: the bundled models."),
-        split: Path | None = typer.Option(None, "--split", help="Split CSV: evaluate only its --subset rows."),
+            None, "--model", metavar="RUN", help="Model directory (repeat for several); default: the bundled models."),
+        split: Path | None = typer.Option(None, "--split", metavar="SPLIT.csv", help="Split CSV: evaluate only its --subset rows."),
         subset: str = typer.Option("test", "--subset", help="Which rows of --split: train, val or test."),
-        shift: str | None = typer.Option(None, "--shift", help="'lab': also evaluate under synthetic "
+        shift: str | None = typer.Option(None, "--shift", metavar="lab", help="'lab': also evaluate under synthetic "
                                          "lab-to-lab variation, side by side."),
         severity: float = typer.Option(1.0, "--severity", help="Strength of --shift lab (1 = documented ranges)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the lab shift and of --max-images sampling."),
-        max_images: int | None = typer.Option(None, "--max-images", help="Evaluate a random subset of N fields."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Fields per forward pass."),
+        max_images: int | None = typer.Option(None, "--max-images", metavar="N", help="Evaluate a random subset of N fields."),
+        batch_size: int = typer.Option(32, "--batch-size", metavar="N", help="Fields per forward pass."),
         device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots (the report has tables only)."),
     ) -> None:

@@ -172,3 +172,22 @@ def test_accumulator_best_worst_and_shape_check():
     assert acc.result()["count_mae"] is None
     with pytest.raises(ValueError):
         acc.add(np.zeros((3, 3), bool), np.zeros((4, 4), bool))
+
+
+def test_agrees_with_scikit_learn_on_random_predictions():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 200)
+    logits = rng.normal(0, 1, (200, 4)) + 1.5 * np.eye(4)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = classification_metrics(y, p, CLASSES)
+    pred = p.argmax(axis=1)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert m["roc_auc_macro"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    assert m["nll"] == pytest.approx(skm.log_loss(y, p, labels=range(4)))
+    precision = skm.precision_score(y, pred, average=None)
+    assert [m["per_class"][c]["precision"] for c in CLASSES] == pytest.approx(list(precision))

@@ -254,3 +254,33 @@ def test_unknown_device_is_a_clear_error(capsys, tmp_path, data, models):
     code, text = run(capsys, "evaluate", "--data", str(data), "--out", str(tmp_path / "o"),
                      "--model", str(models["classify"]), "--device", "tpu")
     assert code == 2 and "--device" in text
+
+
+def test_long_fields_are_tiled_like_the_analysis_pipeline(tmp_path):
+    """A 2:1 field is cut into two square tiles; class probabilities are averaged, the mask stitched back."""
+    from PIL import Image
+
+    from leukodx.data.synthetic import segmented_view, synthetic_field
+    from leukodx.evaluation.evaluate import _tiles, evaluate
+
+    root = tmp_path / "wide"
+    for label in CLASSES:
+        (root / "Original" / label).mkdir(parents=True)
+        (root / "Segmented" / label).mkdir(parents=True)
+        for i in range(2):
+            rgb, mask = synthetic_field(label, 96, seed=i)
+            rgb, mask = rgb[24:72], mask[24:72]  # 96 wide x 48 high
+            Image.fromarray(rgb).save(root / "Original" / label / f"f{i}.png")
+            Image.fromarray(segmented_view(rgb, mask)).save(root / "Segmented" / label / f"f{i}.png")
+    tiles, boxes, owner = _tiles([np.zeros((48, 96, 3), np.uint8), np.zeros((40, 40, 3), np.uint8)])
+    assert boxes[0] == [(0, 0, 48, 48), (0, 48, 48, 96)] and boxes[1] == [(0, 0, 40, 40)]
+    assert owner.tolist() == [0, 0, 1] and tiles[0].shape == (48, 48, 3)
+    seg = save_model(tmp_path / "seg", ConstantSegmenter(5.0),
+                     {"task": "segment", "arch": "test-constant", "input_size": [32, 32]})
+    clf = save_classifier(tmp_path / "clf")
+    m = evaluate(root, tmp_path / "out", [clf, seg], plots=False)
+    assert m["classification"]["n_images"] == 8
+    ds = load_dataset(root)
+    refs = [read_reference_mask(s.mask) for s in ds.samples]
+    ok = [r for r in refs if r.mean() >= 0.001]
+    assert m["segmentation"]["pixel_accuracy"] == pytest.approx(sum(r.sum() for r in ok) / sum(r.size for r in ok))

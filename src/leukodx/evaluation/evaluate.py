@@ -5,7 +5,9 @@
     >>> m["classification"]["accuracy"], m["classification_lab_shift"]["accuracy"]
 
 With no model directories, the bundled default classifier and segmenter are evaluated (whichever exist).
-Classification: each field is resized to the model's input size, and softmax(logits / temperature) is scored.
+Fields are cut into model inputs as the analysis pipeline (`leukodx predict`) does: a square-ish field is
+resized whole to the model's input size, a long one is tiled into square tiles along its long side.
+Classification: softmax(logits / temperature), averaged over a field's tiles, is scored.
 Segmentation: only fields with a reference mask (grayscale(Segmented) > mask_threshold) are scored; the
 predicted probability is resized back to the field's size and thresholded; cells are counted by splitting the
 predicted mask into instances and compared with the reference mask's connected components.
@@ -212,7 +214,6 @@ def evaluate_classifier(lm: LoadedModel, samples: list[Sample], batch_size: int 
         raise ModelError(
             f"Model {lm.dir} knows the classes {', '.join(classes)}, but the data has {', '.join(unknown)}.",
             "Evaluate a model trained on these classes, or leave those class folders out of the data.")
-    size = tuple(int(v) for v in lm.config["input_size"])
     temperature = lm.config.get("temperature") or 1.0
     unreadable: list[dict] = []
     ys, probs, probs_s, paths = [], [], [], []
@@ -226,11 +227,10 @@ def evaluate_classifier(lm: LoadedModel, samples: list[Sample], batch_size: int 
                     rgbs.append(rgb)
                     kept.append(s)
             if rgbs:
-                logits = lm.logits(_resize_batch(rgbs, size)).numpy()
-                probs.append(_softmax(logits, temperature))
+                probs.append(_class_probs(lm, rgbs, temperature))
                 if shift_fn is not None:
                     shifted = [shift_fn(rgb, s.path) for rgb, s in zip(rgbs, kept, strict=True)]
-                    probs_s.append(_softmax(lm.logits(_resize_batch(shifted, size)).numpy(), temperature))
+                    probs_s.append(_class_probs(lm, shifted, temperature))
                 ys += [classes.index(s.label) for s in kept]
                 paths += [s.path for s in kept]
             done += len(batch)
@@ -336,23 +336,63 @@ def probability_threshold(config: dict) -> float:
     return 0.5
 
 
+def _tiles(rgbs: list[np.ndarray]) -> tuple[list[np.ndarray], list[list[tuple[int, int, int, int]]], np.ndarray]:
+    """Fields -> model tiles as the analysis pipeline cuts them (leukodx.inference.pipeline.plan_tiles): the
+    whole field when square-ish, else overlapping square tiles along the long side. Returns (tiles, boxes per
+    field, owner field of each tile)."""
+    from leukodx.inference.pipeline import plan_tiles
+
+    tiles, boxes, owner = [], [], []
+    for k, rgb in enumerate(rgbs):
+        b = plan_tiles(*rgb.shape[:2])
+        boxes.append(b)
+        for y0, x0, y1, x1 in b:
+            tiles.append(rgb[y0:y1, x0:x1])
+            owner.append(k)
+    return tiles, boxes, np.asarray(owner)
+
+
+def _class_probs(lm: LoadedModel, rgbs: list[np.ndarray], temperature: float) -> np.ndarray:
+    """softmax(logits / T) per field; a tiled field gets the mean over its tiles (as the analysis pipeline)."""
+    size = tuple(int(v) for v in lm.config["input_size"])
+    tiles, _, owner = _tiles(rgbs)
+    p = _softmax(lm.logits(_resize_batch(tiles, size)).numpy().astype(np.float64), temperature)
+    if len(tiles) == len(rgbs):
+        return p
+    return np.stack([p[owner == k].mean(axis=0) for k in range(len(rgbs))])
+
+
 def _segment_probs(lm: LoadedModel, rgbs: list[np.ndarray]) -> list[np.ndarray]:
-    """Foreground probability per field, at the field's own size."""
+    """Foreground probability per field, at the field's own size (tiles stitched back, overlaps averaged)."""
     import torch
     import torch.nn.functional as F
 
     size = tuple(int(v) for v in lm.config["input_size"])
-    logits = lm.logits(_resize_batch(rgbs, size))
+    tiles, boxes, owner = _tiles(rgbs)
+    logits = lm.logits(_resize_batch(tiles, size))
     if logits.ndim != 4 or logits.shape[1] != 1:
         raise ModelError(f"Segmenter {lm.dir} returned shape {tuple(logits.shape)}, not N x 1 x H x W.",
                          "Check the architecture in config.json.")
     prob = torch.sigmoid(logits)
+
+    def at(p, h, w):
+        if tuple(p.shape[-2:]) != (h, w):
+            p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+        return p[0, 0].numpy()
+
     out = []
     for k, rgb in enumerate(rgbs):
-        p = prob[k:k + 1]
-        if tuple(p.shape[-2:]) != rgb.shape[:2]:
-            p = F.interpolate(p, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-        out.append(p[0, 0].numpy())
+        idx = np.flatnonzero(owner == k)
+        h, w = rgb.shape[:2]
+        if len(idx) == 1:
+            out.append(at(prob[idx[0]:idx[0] + 1], h, w))
+            continue
+        acc = np.zeros((h, w), np.float32)
+        cnt = np.zeros((h, w), np.float32)
+        for i, (y0, x0, y1, x1) in zip(idx, boxes[k], strict=True):
+            acc[y0:y1, x0:x1] += at(prob[i:i + 1], y1 - y0, x1 - x0)
+            cnt[y0:y1, x0:x1] += 1
+        out.append(acc / np.maximum(cnt, 1))
     return out
 
 

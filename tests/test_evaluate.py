@@ -284,3 +284,15 @@ def test_long_fields_are_tiled_like_the_analysis_pipeline(tmp_path):
     refs = [read_reference_mask(s.mask) for s in ds.samples]
     ok = [r for r in refs if r.mean() >= 0.001]
     assert m["segmentation"]["pixel_accuracy"] == pytest.approx(sum(r.sum() for r in ok) / sum(r.size for r in ok))
+
+
+def test_unreadable_fields_are_listed_and_left_out(tmp_path, models):
+    from leukodx.evaluation.evaluate import evaluate
+
+    d = make_synthetic_dataset(tmp_path / "d", per_class=2, size=64)
+    (d / "Original" / "Pre" / "broken.jpg").write_bytes(b"not a jpeg")
+    m = evaluate(d, tmp_path / "o", [models["classify"]], plots=False)
+    c = m["classification"]
+    assert c["n_images"] == 8
+    assert [u["path"] for u in c["unreadable"]] == ["Original/Pre/broken.jpg"]
+    assert "1 image" in c["unreadable_note"]

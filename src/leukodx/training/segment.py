@@ -147,7 +147,9 @@ def evaluate_segmenter(model, samples, input_size, *, mask_threshold: int = 128,
     if shift not in (None, "lab"):
         raise DatasetError(f"Unknown shift {shift!r}.", "Use --shift lab, or leave it out.")
     acc = SegmentationAccumulator()
+    per_class: dict[str, SegmentationAccumulator] = {}
     have, missing = masked_samples(samples)
+    labels = {s.path: s.label for s in have}
     unreadable: list[str] = []
     t0 = time.perf_counter()
     chunk = max(1, batch_size) * 4
@@ -176,10 +178,15 @@ def evaluate_segmenter(model, samples, input_size, *, mask_threshold: int = 128,
             n_pred = len(split_instances(pred, **params)[1])
             n_ref = reference_components(ref, params["min_area"], params["max_hole"])
             acc.add(pred, ref, n_pred, n_ref, name)
+            label = labels.get(name)
+            if label is not None:
+                per_class.setdefault(label, SegmentationAccumulator()).add(pred, ref, n_pred, n_ref, name)
         if progress is not None:
             progress(min(i + chunk, len(have)), len(have))
     res = acc.result()
     res["n_missing_masks"] = len(missing)
+    res["per_class"] = {c: {k: v for k, v in a.result().items() if k != "per_image"}
+                        for c, a in sorted(per_class.items())}
     res["n_unreadable"] = len(unreadable)
     if unreadable:
         res["unreadable"] = unreadable
@@ -577,6 +584,9 @@ def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flag
             res = train_segmenter(cfg, split=SplitInfo(rows, summary), log_fn=lambda m, n=name: log(f"[{n}] {m}"),
                                   checkpoints=False, evaluate_shift=evaluate_shift)
             runs.append(_run_record(arch, seed, run_dir, res["config"], res["metrics"], res["history"]))
+            if res.get("test_metrics"):
+                log(f"[{name}] {res['train_seconds']:.0f} s training, {res['wall_seconds']:.0f} s in all; "
+                    + _summary_line("test", res["test_metrics"]))
             _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
     result = _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
     result["plots"] = _study_plots(out, runs, result["summary"])

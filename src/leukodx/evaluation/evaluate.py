@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -573,7 +574,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
 
     for lm in models:
         section = TASK_SECTION[lm.task]
-        tag = lm.name
+        tag = re.sub(r"[^A-Za-z0-9._-]+", "_", lm.name)  # for file names
         if lm.task == "classify":
             res = evaluate_classifier(lm, samples, batch_size, shift_fn, progress)
             write_classification_predictions(res, out_dir / f"classification_predictions_{tag}.csv")
@@ -584,11 +585,11 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
                                                             plot_dir / f"{tag}_confusion.png")
                 figs["ROC curves"] = R.plot_roc(M.roc_curves(res["y"], res["probs"], m["classes"]),
                                                 plot_dir / f"{tag}_roc.png")
+                figs["reliability diagram"] = R.plot_reliability(m["reliability"], plot_dir / f"{tag}_reliability.png",
+                                                                 m["ece"])
                 errors = _confident_errors(res, samples)
                 if errors:
                     figs["most confident errors"] = R.plot_fields(errors, plot_dir / f"{tag}_errors.png")
-                figs["reliability diagram"] = R.plot_reliability(m["reliability"], plot_dir / f"{tag}_reliability.png",
-                                                                 m["ece"])
                 if ms is not None:
                     figs["confusion matrix, lab-shifted"] = R.plot_confusion(
                         ms["confusion_matrix"], ms["classes"], plot_dir / f"{tag}_confusion_lab_shift.png",
@@ -610,10 +611,10 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
                 if ms is not None:
                     series["lab-shifted"] = [r["dice"] for r in ms["per_image"] if not r["reference_failed"]]
                 figs["Dice per field"] = R.plot_dice_histogram(series, plot_dir / f"{tag}_dice.png")
-        figures[f"{section}:{tag}"] = figs
-        per_task[section][tag] = res["metrics"]
+        figures[f"{section}:{lm.name}"] = figs
+        per_task[section][lm.name] = res["metrics"]
         if res["metrics_shift"] is not None:
-            per_task_shift[section][tag] = res["metrics_shift"]
+            per_task_shift[section][lm.name] = res["metrics_shift"]
 
     for section in ("classification", "segmentation"):
         found = per_task[section]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -18,6 +18,8 @@ from leukodx.web.uploads import GoodImage, check_uploads
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 Label = Literal["Benign", "Early", "Pre", "Pro"]
+MAX_ID = 2**53  # ids fit SQLite/PostgreSQL integers (and JSON numbers)
+CaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="The case's id.")]
 assert tuple(Label.__args__) == CLASSES
 
 
@@ -143,7 +145,7 @@ class Decision(BaseModel):
 
 
 class FieldDecision(Decision):
-    field_id: int
+    field_id: int = Field(ge=1, le=MAX_ID)
 
 
 class ReviewIn(BaseModel):
@@ -240,7 +242,7 @@ def list_cases(
     flagged: bool | None = None,
     format: Literal["json", "csv"] = "json",
     limit: int = Query(200, ge=1, le=10000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_ID),
 ):
     """The cases, newest first. `format=csv` answers a CSV file, one row per case."""
     rows, total = case_logic.list_cases(db, q, status, flagged, limit, offset)
@@ -259,7 +261,7 @@ def list_cases(
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut, responses=ERRORS, summary="One case with its fields")
-def get_case(case_id: int, who: ApiUser, db: Db):
+def get_case(case_id: CaseId, who: ApiUser, db: Db):
     return case_logic.case_dict(case_logic.get_case(db, case_id))
 
 
@@ -269,7 +271,7 @@ def get_case(case_id: int, who: ApiUser, db: Db):
 )
 async def upload_images(
     request: Request,
-    case_id: int,
+    case_id: CaseId,
     who: ApiUser,
     files: Annotated[list[UploadFile], File(description="One or more field images (JPEG, PNG, TIFF, BMP).")],
 ):
@@ -323,7 +325,7 @@ async def upload_images(
 
 
 @router.patch("/cases/{case_id}/review", response_model=CaseOut, responses=ERRORS, summary="Review a case")
-def review_case(case_id: int, body: ReviewIn, who: ApiUser, db: Db):
+def review_case(case_id: CaseId, body: ReviewIn, who: ApiUser, db: Db):
     """Confirm or override the AI's call for the case and/or for single fields, with a note.
     The AI's output is kept unchanged beside the reviewer's decision."""
     case = case_logic.lock_case(db, case_id)
@@ -334,7 +336,7 @@ def review_case(case_id: int, body: ReviewIn, who: ApiUser, db: Db):
 
 
 @router.delete("/cases/{case_id}", status_code=204, responses=ERRORS, summary="Delete a case (admin)")
-def delete_case(request: Request, case_id: int, who: ApiAdmin, db: Db):
+def delete_case(request: Request, case_id: CaseId, who: ApiAdmin, db: Db):
     case = case_logic.get_case(db, case_id)
     for name in case_logic.delete_case(db, case, who.name):
         request.app.state.ctx.store.delete(name)

@@ -15,6 +15,7 @@ from leukodx import CLASSES
 from leukodx.errors import LeukodxError
 from leukodx.web import auth
 from leukodx.web import cases as case_logic
+from leukodx.web.api import CaseId
 from leukodx.web.db import ApiToken, AuditEntry, Field, LoginSession, User, audit, utcnow
 from leukodx.web.deps import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Db, FormUser, PageUser, session_principal
 from leukodx.web.storage import MEDIA_TYPES
@@ -150,14 +151,14 @@ def new_case(
 
 
 @router.get("/cases/{case_id}")
-def case_page(request: Request, case_id: int, who: PageUser, db: Db):
+def case_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
     return render(request, "case.html", who=who, case=case, error="")
 
 
 @router.post("/cases/{case_id}/fields/{field_id}/review")
 def review_field(
-    request: Request, case_id: int, field_id: int, who: FormUser, db: Db,
+    request: Request, case_id: CaseId, field_id: CaseId, who: FormUser, db: Db,
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
 ):
@@ -177,7 +178,7 @@ def review_field(
 
 @router.post("/cases/{case_id}/review")
 def review_case(
-    request: Request, case_id: int, who: FormUser, db: Db,
+    request: Request, case_id: CaseId, who: FormUser, db: Db,
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
 ):
@@ -192,7 +193,7 @@ def review_case(
 
 
 @router.post("/cases/{case_id}/delete")
-def delete_case(request: Request, case_id: int, who: FormUser, db: Db):
+def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
     if not who.is_admin:
         return render(request, "error.html", 403, who=who, title="Not allowed",
                       message="Only an admin may delete a case.", action_url=f"/cases/{case_id}",
@@ -204,7 +205,7 @@ def delete_case(request: Request, case_id: int, who: FormUser, db: Db):
 
 
 @router.get("/cases/{case_id}/report")
-def report_page(request: Request, case_id: int, who: PageUser, db: Db):
+def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow())
 
@@ -317,7 +318,7 @@ def admin_create_token(
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
-def admin_revoke_token(request: Request, token_id: int, who: FormUser, db: Db):
+def admin_revoke_token(request: Request, token_id: CaseId, who: FormUser, db: Db):
     if (denied := _admin_or_403(request, who)) is not None:
         return denied
     row = db.get(ApiToken, token_id)

@@ -296,3 +296,15 @@ def test_unreadable_fields_are_listed_and_left_out(tmp_path, models):
     assert c["n_images"] == 8
     assert [u["path"] for u in c["unreadable"]] == ["Original/Pre/broken.jpg"]
     assert "1 image" in c["unreadable_note"]
+
+
+def test_evaluating_the_training_data_without_a_split_is_flagged(tmp_path, data):
+    from leukodx.evaluation.evaluate import evaluate
+
+    torch.manual_seed(0)
+    clf = save_model(tmp_path / "clf", create_model("classify", "smearnet", num_classes=4),
+                     {"task": "classify", "arch": "smearnet", "arch_kwargs": {"num_classes": 4},
+                      "classes": list(CLASSES), "input_size": [32, 32], "training": {"data": str(data)}})
+    m = evaluate(data, tmp_path / "o", [clf], plots=False, max_images=4)
+    assert any("training fields included" in n for n in m["notes"])
+    assert "training fields included" in (tmp_path / "o" / "report.html").read_text()

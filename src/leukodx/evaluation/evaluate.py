@@ -515,6 +515,30 @@ def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> 
     return plot_shift_examples(pairs, path) if pairs else None
 
 
+def _same_path(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _leakage_notes(models: list[LoadedModel], data, split_csv, split: str) -> list[str]:
+    """Say so when the evaluated fields may include a model's training fields."""
+    notes = []
+    for lm in models:
+        tr = lm.config.get("training") or {}
+        if not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
+            continue
+        if split_csv is None:
+            notes.append(f"Model {lm.name} was trained on {data}, and every image of it was evaluated, training "
+                         "fields included: these numbers overstate it. Pass --split SPLIT.csv (the split it was "
+                         "trained with) to score only its held-out fields.")
+        elif split != "test":
+            notes.append(f"The {split!r} rows were evaluated: model {lm.name} saw them in training "
+                         "(train) or for model selection (val), so they overstate it.")
+    return notes
+
+
 def _skipped_section(section: str, reason: str, lm: LoadedModel | None = None) -> dict:
     keys = CLASSIFICATION_KEYS if section == "classification" else SEGMENTATION_KEYS
     out: dict = dict.fromkeys(keys)
@@ -551,6 +575,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         raise LeukodxError(f"--out {out_dir} is a file.", "Give a folder for metrics.json and report.html.")
     models, notes = resolve_models(model_dirs, resolve_device(device))
     samples, split_desc = select_samples(data, split_csv, split, max_images, seed)
+    notes += _leakage_notes(models, data, split_csv, split)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_dir = out_dir / "plots"
 

@@ -219,7 +219,13 @@ def subset(samples: list[Sample], n: int | None, seed: int = 0) -> list[Sample]:
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
     total = len(samples)
-    take: dict[str, int] = {c: max(1, round(n * len(v) / total)) for c, v in by_class.items()}
+    quota = {c: n * len(v) / total for c, v in by_class.items()}
+    take: dict[str, int] = {c: max(1, int(q)) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: quota[c] - int(quota[c]), reverse=True):  # largest remainders first
+        if sum(take.values()) >= n:
+            break
+        if take[c] < len(by_class[c]):
+            take[c] += 1
     while sum(take.values()) > n and max(take.values()) > 1:
         c = max(take, key=take.get)
         take[c] -= 1

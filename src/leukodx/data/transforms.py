@@ -118,7 +118,7 @@ class To255(v2.Transform):
 
     def transform(self, inpt, params):
         if isinstance(inpt, tv_tensors.Image):
-            return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).float() * 255.0, like=inpt)
+            return tv_tensors.wrap(inpt.as_subclass(torch.Tensor).float().clamp(0, 1) * 255.0, like=inpt)
         if isinstance(inpt, tv_tensors.Mask):
             return tv_tensors.wrap((inpt.as_subclass(torch.Tensor) > 0).float(), like=inpt)
         return inpt

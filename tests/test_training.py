@@ -1,0 +1,372 @@
+"""Training engine, configs, transforms, data sets and the `train classify` command, on synthetic smears."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leukodx.config import TrainConfig, resolve_config
+from leukodx.errors import LeukodxError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def smears(tmp_path_factory) -> Path:
+    from leukodx.data.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("smears"), per_class=16, size=64, seed=5)
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    base = {"data": str(data), "out": str(out), "image_size": 48, "epochs": 3, "batch_size": 8, "lr": 3e-3,
+            "augment": "none", "quiet": True, "patience": 0, "warmup_epochs": 0}
+    return resolve_config("classify", overrides={**base, **kw})
+
+
+# --- configs --------------------------------------------------------------------------------------------------
+
+
+def test_config_layers_defaults_preset_yaml_flags(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nlr: 0.01\nimage-size: 96\n")
+    cfg = resolve_config("classify", preset="paper", yaml_path=y, overrides={"lr": 0.5, "seed": None})
+    assert cfg.arch == "inception_resnet_v2" and cfg.optimizer == "adam" and cfg.batch_size == 32  # preset
+    assert cfg.epochs == 7 and cfg.image_size == 96  # YAML over preset
+    assert cfg.lr == 0.5 and cfg.seed == 0  # flags over YAML; a flag not given (None) changes nothing
+    paper = resolve_config("classify", preset="paper")
+    assert (paper.image_size, paper.lr, paper.batch_size, paper.epochs) == (224, 1e-4, 32, 60)
+    seg = resolve_config("segment", preset="paper")
+    assert (seg.image_size, seg.batch_size, seg.epochs, seg.lr) == (224, 32, 35, 1e-3)
+
+
+def test_config_errors(tmp_path):
+    y = tmp_path / "bad.yaml"
+    y.write_text("epochz: 3\n")
+    with pytest.raises(LeukodxError, match="epochz") as exc:
+        resolve_config("classify", yaml_path=y)
+    assert "image_size" in exc.value.message  # lists the valid settings
+    with pytest.raises(LeukodxError, match="adamw"):
+        resolve_config("classify", overrides={"optimizer": "sgd"})
+    with pytest.raises(LeukodxError, match="paper"):
+        resolve_config("classify", preset="gpu")
+    with pytest.raises(LeukodxError, match="does not exist"):
+        resolve_config("classify", yaml_path=tmp_path / "none.yaml")
+
+
+def test_training_path_needs_no_web_dependencies():
+    import subprocess
+    import sys
+
+    code = ("import sys; import leukodx.training.classify, leukodx.cli.train_classify, leukodx.config; "
+            "bad = [m for m in ('pydantic', 'fastapi', 'starlette', 'uvicorn', 'sqlalchemy') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- transforms and data sets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("augment", ["none", "light", "strong"])
+def test_transforms_keep_image_and_mask_aligned(augment):
+    from leukodx.data.transforms import ClassificationTransform, SegmentationTransform
+
+    img = np.full((80, 80, 3), 235, np.uint8)
+    mask = np.zeros((80, 80), bool)
+    img[10:35, 40:70] = 40
+    mask[10:35, 40:70] = True
+    torch.manual_seed(0)
+    seg = SegmentationTransform(64, augment)
+    for _ in range(25):
+        x, m = seg(img, mask)
+        assert x.shape == (3, 64, 64) and m.shape == (1, 64, 64) and x.dtype == torch.float32
+        assert 0 <= float(x.min()) and float(x.max()) <= 255.0
+        assert set(m.unique().tolist()) <= {0.0, 1.0}
+        g = x.mean(0)
+        thr = (g.min() + g.max()) / 2
+        assert ((g < thr) == (m[0] > 0.5)).float().mean() > 0.95
+    y = ClassificationTransform(64, augment)(img)
+    assert y.shape == (3, 64, 64) and float(y.max()) > 100  # 0..255, not 0..1
+
+
+def test_stain_jitter_changes_colour_not_geometry():
+    from leukodx.data.transforms import StainJitter
+
+    torch.manual_seed(1)
+    t = StainJitter(strength=0.3, shift=0.05, hue=0.08, p=1.0)
+    params = t.make_params([])
+    x = torch.rand(3, 16, 16) * 0.6 + 0.2
+    y = t.apply_image(x, params)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert (y - x).abs().mean() > 0.005
+    # white stays (nearly) white: no stain, no optical density
+    w = t.apply_image(torch.ones(3, 4, 4), {**params, "beta": torch.zeros(3)})
+    assert torch.allclose(w, torch.ones(3, 4, 4), atol=1e-4)
+
+
+def test_datasets_decode_once_split_and_balance(smears):
+    from leukodx.data.datasets import (
+        ClassificationDataset,
+        SegmentationDataset,
+        balanced_sampler,
+        class_weights,
+        load_split,
+        samples_for_split,
+        subset,
+    )
+    from leukodx.data.transforms import ClassificationTransform, SegmentationTransform
+
+    split = load_split(smears, strategy="sgdc", seed=0)
+    train = samples_for_split(smears, split, "train")
+    test = samples_for_split(smears, split, "test")
+    assert train and test and not {s.path for s in train} & {s.path for s in test}
+    ds = ClassificationDataset(train, ["Benign", "Early", "Pre", "Pro"], ClassificationTransform(32))
+    assert len(ds.images) == len(train) and ds.images[0].dtype == np.uint8
+    x, y = ds[0]
+    assert x.shape == (3, 32, 32) and isinstance(y, int)
+    seg = SegmentationDataset(train, SegmentationTransform(32))
+    xi, mi = seg[0]
+    assert mi.shape == (1, 32, 32) and seg.summary()["n_used"] == len(train)
+
+    small = subset(train, 8, seed=0)
+    assert len(small) == 8 and {s.label for s in small} == {"Benign", "Early", "Pre", "Pro"}
+
+    labels = [0] * 12 + [1] * 3 + [2] * 6
+    w = class_weights(labels, 4)
+    assert w[1] > w[2] > w[0] and w[3] == 0
+    sampler = balanced_sampler(labels, seed=0)
+    drawn = [labels[i] for i in sampler]
+    assert len(drawn) == 36 and drawn.count(0) == drawn.count(1) == drawn.count(2) == 12
+    sampler.set_epoch(1)
+    assert list(sampler) != drawn  # a new order each epoch
+
+
+def test_segmentation_dataset_counts_near_empty_and_missing(tmp_path):
+    from PIL import Image
+
+    from leukodx.data.datasets import SegmentationDataset
+    from leukodx.data.layout import load_dataset
+
+    for c in ("Benign", "Pro"):
+        (tmp_path / "Original" / c).mkdir(parents=True)
+        (tmp_path / "Segmented" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((80, 80, 3), 200, np.uint8)).save(tmp_path / "Original" / c / f"{i}.png")
+    Image.fromarray(np.zeros((80, 80), np.uint8)).save(tmp_path / "Segmented" / "Pro" / "0.png")  # empty
+    m = np.zeros((80, 80), np.uint8)
+    m[5:40, 5:40] = 255
+    Image.fromarray(m).save(tmp_path / "Segmented" / "Pro" / "1.png")
+    Image.fromarray(m[:40, :40]).save(tmp_path / "Segmented" / "Benign" / "0.png")  # other size: resized
+    ds = load_dataset(tmp_path)
+    with pytest.warns(UserWarning, match="resized"):
+        seg = SegmentationDataset(ds.samples)
+    s = seg.summary()
+    assert s["n_used"] == 2 and s["n_near_empty"] == 1 and s["n_missing_masks"] == 1 and s["n_resized_masks"] == 1
+    assert len(SegmentationDataset(ds.samples, skip_near_empty=False)) == 3
+
+
+# --- the engine -----------------------------------------------------------------------------------------------
+
+
+def test_train_classifier_learns_and_writes_a_model_directory(smears, tmp_path):
+    from leukodx.models.checkpoint import load_model
+    from leukodx.training.classify import train_classifier
+
+    out = tmp_path / "run"
+    result = train_classifier(_cfg(smears, out, epochs=5), fit_ood=False)
+    hist = result["history"]
+    assert len(hist) == 5 and all(r["epoch_seconds"] > 0 for r in hist)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert max(r["train_acc"] for r in hist[-2:]) > 0.45  # chance is 0.25
+    metrics = json.loads((out / "metrics.json").read_text())["classification"]
+    for key in ("n_images", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "confusion_matrix",
+                "classes", "per_class"):
+        assert key in metrics
+    assert set(metrics["per_class"]["Pro"]) >= {"precision", "recall", "specificity", "f1", "support"}
+    model, cfg = load_model(out)
+    assert cfg["temperature"] > 0 and 0.5 <= cfg["thresholds"]["low_confidence"] < 1
+    assert cfg["input_size"] == [48, 48] and cfg["training"]["counts"]["train"]
+    assert cfg["training"]["split_strategy"] == "sgdc" and cfg["training"]["split_seed"] == 0
+    assert (out / "run_config.yaml").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 48, 48) * 255).shape == (1, 4)
+
+
+def _toy_loaders(n=64, seed=0):
+    from leukodx.data.datasets import EpochSampler
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    ds = torch.utils.data.TensorDataset(x, y)
+    return (torch.utils.data.DataLoader(ds, batch_size=16, sampler=EpochSampler(n, seed=seed)),
+            torch.utils.data.DataLoader(ds, batch_size=32))
+
+
+def _toy_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
+
+
+def _toy_cfg(**kw) -> TrainConfig:
+    return resolve_config("classify", overrides={"epochs": 4, "lr": 0.05, "quiet": True, "patience": 0,
+                                                 "warmup_epochs": 0, **kw})
+
+
+def test_resume_continues_from_checkpoint(tmp_path):
+    from leukodx.training.engine import Trainer
+
+    ce = torch.nn.CrossEntropyLoss()
+    full = Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(schedule="none"), tmp_path / "a").fit()
+
+    Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(epochs=2, schedule="none"), tmp_path / "b").fit()
+    # everything rebuilt, as in a new process: weights, optimizer state and epoch come from the checkpoint
+    t = Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(schedule="none", resume=True), tmp_path / "b")
+    resumed = t.fit()
+    assert t.resumed_from == 2 and len(resumed) == 4
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(full, resumed, strict=True):  # the same run as one without interruption
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+
+
+def test_resume_without_checkpoint_says_so(tmp_path):
+    from leukodx.training.engine import Trainer, TrainingError
+
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        Trainer(_toy_model(), torch.nn.CrossEntropyLoss(), *_toy_loaders(), _toy_cfg(resume=True), tmp_path).fit()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    from leukodx.training.engine import Trainer, TrainingError
+
+    calls = {"n": 0}
+    ce = torch.nn.CrossEntropyLoss()
+    steps_per_epoch = len(_toy_loaders()[0])
+
+    def loss_fn(out, y):
+        if out.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == steps_per_epoch + 2:  # second step of epoch 2
+                return ce(out, y) * float("nan")
+        return ce(out, y)
+
+    t = Trainer(_toy_model(), loss_fn, *_toy_loaders(), _toy_cfg(), tmp_path)
+    with pytest.raises(TrainingError) as exc:
+        t.fit()
+    msg = exc.value.message
+    assert "nan" in msg and "epoch 2" in msg and "last good checkpoint" in msg and "--lr" in msg
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path):
+    from leukodx.training.engine import Trainer, TrainingInterrupted
+
+    calls = {"n": 0}
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss_fn(out, y):
+        if out.requires_grad:
+            calls["n"] += 1
+            if calls["n"] == 10:  # during epoch 3
+                raise KeyboardInterrupt
+        return ce(out, y)
+
+    with pytest.raises(TrainingInterrupted) as exc:
+        Trainer(_toy_model(), loss_fn, *_toy_loaders(), _toy_cfg(), tmp_path).fit()
+    assert "--resume" in exc.value.message and "checkpoint" in exc.value.message
+    ck = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ck["interrupted"] and ck["epoch"] == 2
+    t = Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(resume=True), tmp_path)
+    hist = t.fit()
+    assert t.resumed_from == 2 and len(hist) == 4
+
+
+def test_early_stopping_and_best_weights(tmp_path):
+    from leukodx.training.engine import Trainer
+
+    scores = iter([0.5, 0.9, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])
+    t = Trainer(_toy_model(), torch.nn.CrossEntropyLoss(), *_toy_loaders(), _toy_cfg(epochs=8, patience=2),
+                tmp_path, metric_fn=lambda o, y: next(scores))
+    hist = t.fit()
+    assert len(hist) == 4 and t.stopped_early and t.best_epoch == 2
+    best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    assert all(torch.equal(best["model"][k], v) for k, v in t.model.state_dict().items())
+
+
+def test_temperature_and_low_confidence():
+    from leukodx.training.calibration import fit_low_confidence, fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    logits = torch.randn(400, 4, generator=g)
+    logits[torch.arange(400), y] += 2.0
+    overconfident = logits * 5
+    t = fit_temperature(overconfident, y)
+    assert 2.2 < t < 3.0  # the Bayes posterior here is softmax(2 * logits) = softmax(overconfident / 2.5)
+    probs = torch.softmax(logits, 1).numpy()
+    low = fit_low_confidence(probs, y.numpy(), target_accuracy=0.95)
+    keep = probs.max(1) >= low["threshold"]
+    if low["reached"]:
+        assert (probs.argmax(1)[keep] == y.numpy()[keep]).mean() >= 0.95
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+def _cli(args):
+    from typer.testing import CliRunner
+
+    from leukodx.cli import app
+    from leukodx.errors import LeukodxError
+
+    try:
+        r = CliRunner().invoke(app, args, catch_exceptions=True)
+    except LeukodxError as exc:  # pragma: no cover - typer re-raises in some versions
+        return 2, exc.message
+    if isinstance(r.exception, LeukodxError):
+        return 2, r.exception.message
+    return r.exit_code, r.output
+
+
+def test_cli_trains_a_classifier(smears, tmp_path):
+    code, out = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "r"), "--epochs", "1",
+                      "--image-size", "32", "--quiet", "--max-train-images", "20"])
+    assert code == 0, out
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["training"]["counts"]["train"] and sum(cfg["training"]["counts"]["train"].values()) == 20
+
+
+def test_cli_errors(smears, tmp_path):
+    code, msg = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "a"), "--arch", "smeernet"])
+    assert code == 2 and "smearnet" in msg and "Valid names" in msg
+
+    bad = tmp_path / "split.csv"
+    bad.write_text("path,label,split,group\nOriginal/Pro/nope.jpg,Pro,train,g1\nOriginal/Pre/gone.jpg,Pre,test,g2\n")
+    code, msg = _cli(["train", "classify", "--data", str(smears), "--split", str(bad), "--out", str(tmp_path / "b")])
+    assert code == 2 and "nope.jpg" in msg and "gone.jpg" in msg
+
+    from leukodx.models.registry import create_model
+
+    w = tmp_path / "resnet.pth"
+    torch.save(create_model("classify", "test_resnet").backbone.state_dict(), w)
+    code, msg = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "c"), "--pretrained", str(w),
+                      "--image-size", "32"])
+    assert code == 2 and "does not fit" in msg and "smearnet" in msg
+
+    code, msg = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "d"), "--optimizer", "sgd"])
+    assert code == 2 and "adamw" in msg
+
+
+@pytest.mark.slow
+def test_cli_rejects_an_image_size_the_backbone_cannot_take(smears, tmp_path):
+    code, msg = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "a"),
+                      "--arch", "inception_resnet_v2", "--image-size", "64"])
+    assert code == 2 and "64x64" in msg and "75" in msg

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             "resume": True if resume else None, "quiet": True if quiet else None,
         }
         cfg = resolve_config("classify", yaml_path=config, overrides=overrides)
-        result = train_classifier(cfg, log_fn=lambda m: err_console.print(m, highlight=False))
+        result = train_classifier(cfg, log_fn=lambda m: err_console.print(m, highlight=False, markup=False))
         if "config" not in result:  # a non-zero rank under torchrun
             return
         test = result.get("test_metrics")

@@ -52,6 +52,8 @@ class GradCAM:
             self.layer = self._find_layer(x)
 
         def fwd(_m, _i, out):
+            if not out.requires_grad:  # another thread's no-grad forward through the shared model: not ours
+                return
             self._act = out
             out.register_hook(lambda g: setattr(self, "_grad", g))
 

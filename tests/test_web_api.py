@@ -323,3 +323,16 @@ def test_concurrent_uploads_to_one_case_lose_no_field(tmp_path):
     case = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
     assert case["ai"]["n_fields"] == len(case["fields"]) == 8
     assert case["ai"]["summary"]["n_fields"] == 8
+
+
+def test_an_analyzer_failure_is_a_clear_500_and_stores_nothing(tmp_path):
+    class Broken(FakeAnalyzer):
+        def analyze(self, image, *, name=None, heatmap=False):
+            raise RuntimeError("model exploded")
+
+    app, clin, _ = make_app(tmp_path, analyzer=Broken())
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
+    assert r.status_code == 500 and "model exploded" in r.json()["detail"] and "Nothing was stored" in r.text
+    assert stored_files(app) == [] and field_rows(app) == 0

@@ -35,6 +35,10 @@ class AnalysisTimeout(Exception):
     """Answered as 504."""
 
 
+class AnalysisFailed(Exception):
+    """The analyzer itself failed (a bug, not the user's doing): answered as 500 with a clear message."""
+
+
 class AnalysisService:
     def __init__(self, settings: Settings, analyzer: Any | None = None):
         self.settings = settings
@@ -117,6 +121,12 @@ class AnalysisService:
             raise AnalysisTimeout(
                 f"The analysis took longer than {self.settings.analysis_timeout_s:.0f} s and was abandoned."
             ) from None
+        except Exception as exc:
+            log.exception("the analysis failed")
+            raise AnalysisFailed(
+                f"The analysis failed ({exc.__class__.__name__}: {exc}). Nothing was stored. Try again; "
+                "if it happens again, report it with the server's log."
+            ) from exc
 
     @property
     def pending(self) -> int:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
-from leukodx.web.analysis import AnalysisService, AnalysisTimeout, ServiceUnavailable
+from leukodx.web.analysis import AnalysisFailed, AnalysisService, AnalysisTimeout, ServiceUnavailable
 from leukodx.web.cases import Invalid, NotFound
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
@@ -270,6 +270,10 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     @app.exception_handler(AnalysisTimeout)
     async def _timeout(request: Request, exc: AnalysisTimeout):
         return JSONResponse({"detail": str(exc)}, status_code=504)
+
+    @app.exception_handler(AnalysisFailed)
+    async def _failed(request: Request, exc: AnalysisFailed):
+        return JSONResponse({"detail": str(exc)}, status_code=500)
 
     @app.exception_handler(LeukodxError)
     async def _user_error(request: Request, exc: LeukodxError):

@@ -137,3 +137,27 @@ def test_missing_case_page_says_what_to_do(web):
     login(client)
     r = client.get("/cases/98765")
     assert r.status_code == 404 and "There is no case 98765" in r.text and 'href="/cases"' in r.text
+
+
+def test_admin_manages_users_and_tokens_in_the_browser_pages(tmp_path):
+    app, _, _ = make_test_app(tmp_path, users={"root": ("root-password", "admin")})
+    client = TestClient(app)
+    assert login(client, "root", "root-password").status_code == 303
+    page = client.get("/admin")
+    assert page.status_code == 200 and "Audit log" in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    r = client.post("/admin/tokens", data={"name": "lab-pc-9", "role": "clinician", "csrf_token": csrf})
+    token = re.search(r'id="new-token">([^<]+)<', r.text).group(1)
+    api = TestClient(app)
+    assert api.get("/api/v1/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    r = client.post("/admin/users", data={"username": "dora", "password": "dora-password", "role": "clinician",
+                                          "csrf_token": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    assert login(TestClient(app), "dora", "dora-password").status_code == 303
+    weak = client.post("/admin/users", data={"username": "eve", "password": "short", "role": "clinician",
+                                             "csrf_token": csrf})
+    assert weak.status_code == 422 and "shorter than 8" in weak.text
+    row = next(tr for tr in client.get("/admin").text.split("<tr>") if "<td>lab-pc-9</td>" in tr)
+    token_id = re.search(r'action="/admin/tokens/(\d+)/revoke"', row).group(1)
+    client.post(f"/admin/tokens/{token_id}/revoke", data={"csrf_token": csrf})
+    assert api.get("/api/v1/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 401

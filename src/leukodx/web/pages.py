@@ -269,7 +269,7 @@ def _admin_or_403(request: Request, who) -> Response | None:
 
 def _admin_page(request: Request, who, db, status_code: int = 200, **extra):
     users = db.scalars(select(User).order_by(User.username)).all()
-    tokens = db.scalars(select(ApiToken).order_by(ApiToken.created_at.desc())).all()
+    tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     log = db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(50)).all()
     extra.setdefault("error", "")
     extra.setdefault("new_token", "")

@@ -80,8 +80,11 @@ def api_principal(
         row = token_lookup(db, creds.credentials)
         if row is None:
             raise _unauthorized("The API token is wrong or revoked. Create one with `leukodx token create --name NAME`.")
-        row.last_used_at = utcnow()
-        db.commit()
+        now = utcnow()
+        last = row.last_used_at
+        if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 300:
+            row.last_used_at = now  # at most one write per token every 5 minutes, not one per request
+            db.commit()
         return Principal(f"token:{row.name}", row.role, "token")
     p = session_principal(request, db)
     if p is None:

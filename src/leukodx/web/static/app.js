@@ -52,6 +52,7 @@
   }
 
   function message(xhr) {
+    if (xhr.status === 401) return "Your login has expired. Reload the page, log in again, then add the file again.";
     try {
       var body = JSON.parse(xhr.responseText);
       if (Array.isArray(body.detail) && body.detail.length && body.detail[0].problem) {
@@ -60,7 +61,6 @@
       if (typeof body.detail === "string") return body.detail;
       if (body.message) return body.message;
     } catch (e) { /* not JSON */ }
-    if (xhr.status === 401) return "Your login expired. Reload the page and log in again.";
     if (xhr.status === 413) return "Too large. Use smaller files or fewer at once.";
     return "The server answered " + xhr.status + ". Try again.";
   }

@@ -248,7 +248,7 @@ class Trainer:
             raise TrainingError(f"--resume: no checkpoint at {path}.",
                                 "Resume with the same --out as the interrupted run, or train without --resume.")
         try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
+            ck = torch.load(path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
         except Exception as exc:  # noqa: BLE001
             raise TrainingError(f"--resume: checkpoint {path} cannot be read ({exc.__class__.__name__}).",
                                 "Delete it and train from the start.") from None

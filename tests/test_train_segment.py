@@ -144,3 +144,21 @@ def test_require_masks_message(tmp_path):
     flat = make_synthetic_dataset(tmp_path / "flat", per_class=2, size=64, layout="flat")
     with pytest.raises(DatasetError, match="no reference masks"):
         require_masks(load_dataset(flat), flat)
+
+
+def test_study_summary_mean_std_and_table():
+    from leukodx.training.segment import study_table, summarize_study
+
+    def run(arch, seed, dice):
+        test = {"dice_global": dice, "dice_global_all": dice, "dice_mean": dice, "iou_global": dice / 2,
+                "pixel_accuracy": 0.99, "count_mae": 1.0}
+        return {"arch": arch, "seed": seed, "test": test, "test_lab_shift": None, "train_seconds": 10.0,
+                "epochs_run": 3, "n_parameters": 1000}
+
+    runs = [run("unet", 0, 0.8), run("unet", 1, 0.9), run("unet-fpn-gelu", 0, 0.7)]
+    s = summarize_study(runs, ["unet", "unet-fpn-gelu"])
+    assert s["unet"]["test"]["dice_global"]["mean"] == pytest.approx(0.85)
+    assert s["unet"]["test"]["dice_global"]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert s["unet-fpn-gelu"]["test"]["dice_global"]["std"] == 0.0 and s["unet-fpn-gelu"]["n_runs"] == 1
+    table = study_table(s)
+    assert "| unet | " in table and "0.8500 ± 0.0707" in table and "99.00 ± 0.00" in table

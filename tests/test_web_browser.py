@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,8 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != ai_label)
         field.get_by_label("Your call for this field").select_option(other)
         field.get_by_label("Note").fill("Nucleoli not convincing")
-        field.get_by_role("button", name="Save decision").click()
+        expect(field.get_by_role("button", name=f"Override to {other}")).to_be_visible()
+        field.get_by_role("button", name=f"Override to {other}").click()
         expect(page.get_by_text("Your decision for the field was saved.")).to_be_visible()
         first_field = page.locator("article.field").first
         expect(first_field.get_by_text("Overridden to")).to_be_visible()
@@ -123,7 +125,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
 
         # sign off the case
         page.get_by_label("Final call").select_option("Pre")
-        page.get_by_role("button", name="Sign off case").click()
+        page.get_by_role("button", name=re.compile("^Sign off: ")).click()
         expect(page.get_by_text("The case is signed off.")).to_be_visible()
 
         # the printable report

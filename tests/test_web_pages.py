@@ -62,7 +62,7 @@ def test_pages_need_login_and_forms_need_csrf(web):
     assert up.status_code == 201
     fid = up.json()["added"][0]["id"]
     page = client.get(f"/cases/{cid}")
-    assert "Heat map" in page.text and "Sign off case" in page.text
+    assert "Heat map" in page.text and "Sign off: confirm the AI suggestion" in page.text
     r = client.post(f"/cases/{cid}/fields/{fid}/review",
                     data={"label": "Benign", "note": "looks reactive", "csrf_token": csrf}, follow_redirects=False)
     assert r.status_code == 303

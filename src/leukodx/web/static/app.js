@@ -20,6 +20,15 @@
     form.addEventListener("submit", function (ev) { if (!window.confirm(form.dataset.confirm)) ev.preventDefault(); });
   });
 
+  // Review buttons say what they will do: confirm the AI's call, or override it
+  document.querySelectorAll("button.decide").forEach(function (btn) {
+    var select = document.getElementById(btn.dataset.select);
+    if (!select) return;
+    select.addEventListener("change", function () {
+      btn.textContent = select.value === btn.dataset.ai ? btn.dataset.confirmText : btn.dataset.overrideText + " " + select.value;
+    });
+  });
+
   var printButton = document.getElementById("print-button");
   if (printButton) printButton.addEventListener("click", function () { window.print(); });
 

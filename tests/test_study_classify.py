@@ -1,0 +1,92 @@
+"""`study classify`: every run on one common test set, strategy and seed recorded, mean ± std, table, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def test_mean_std_and_table():
+    from leukodx.evaluation.study import aggregate, markdown_table, mean_std
+
+    m, s, n = mean_std([0.9, 1.0, None, float("nan"), 0.8])
+    assert n == 3 and m == pytest.approx(0.9) and s == pytest.approx(0.1)
+    assert mean_std([0.5]) == (0.5, 0.0, 1)
+    runs = [{"arch": "a", "strategy": "sgdc", "seed": k, "accuracy": v} for k, v in enumerate([0.9, 1.0, 0.8])]
+    runs.append({"arch": "b", "strategy": "sgdc", "seed": 0, "accuracy": 0.5})
+    rows = aggregate(runs, ("arch", "strategy"), ("accuracy",))
+    assert [r["arch"] for r in rows] == ["a", "b"] and rows[0]["seeds"] == [0, 1, 2]
+    table = markdown_table(rows, ("arch", "strategy"), ("accuracy",), percent=("accuracy",))
+    assert "| a | sgdc | 3 | 90.00 ± 10.00 |" in table and "| b | sgdc | 1 | 50.00 ± 0.00 |" in table
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from leukodx.data.synthetic import make_synthetic_dataset
+    from leukodx.training.study import run_classification_study
+
+    data = make_synthetic_dataset(tmp_path_factory.mktemp("study-smears"), per_class=10, size=64, seed=4)
+    out = tmp_path_factory.mktemp("study")
+    overrides = {"image_size": 32, "epochs": 1, "batch_size": 8, "max_train_images": 16, "augment": "none"}
+    results = run_classification_study(data, ["smearnet"], ["sgdc", "per-class"], 2, out, overrides=overrides,
+                                       command="test", log=lambda m: None)
+    return data, out, results, overrides
+
+
+def test_study_writes_results_table_and_plots(study):
+    _, out, results, _ = study
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["archs"] == ["smearnet"] and saved["seeds"] == [0, 1] and saved["wall_seconds"] > 0
+    assert len(saved["runs"]) == 4
+    assert {(r["split_strategy"], r["split_seed"]) for r in saved["runs"]} == {
+        ("sgdc", 0), ("sgdc", 1), ("per-class", 0), ("per-class", 1)}
+    assert all(r["test_seed"] == 0 for r in saved["runs"])
+    assert saved["settings"]["image_size"] == 32 and saved["settings"]["max_train_images"] == 16
+    assert all(r["n_train"] <= 16 for r in saved["runs"])
+    for row in saved["summary"]:
+        accs = [r["accuracy"] for r in saved["runs"] if r["strategy"] == row["strategy"]]
+        assert row["accuracy"]["mean"] == pytest.approx(sum(accs) / len(accs))
+        assert row["accuracy"]["n"] == 2
+    table = (out / "table.md").read_text()
+    assert "smearnet | sgdc" in table and "smearnet | per-class" in table and "±" in table
+    for name in saved["plots"].values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_run_is_scored_on_one_common_test_set(study):
+    _, out, results, _ = study
+    sets = []
+    for r in results["runs"]:
+        with open(out / "runs" / r["run"] / "test_predictions.csv") as f:
+            sets.append(sorted(row["path"] for row in csv.DictReader(f)))
+        split = list(csv.DictReader(open(out / "runs" / r["run"] / "split.csv")))
+        train = {s["path"] for s in split if s["split"] == "train"}
+        assert not train & set(sets[-1])  # no test field trained on
+    assert all(s == sets[0] for s in sets) and sets[0]
+
+
+def test_rerun_reuses_finished_runs(study):
+    from leukodx.training.study import run_classification_study
+
+    data, out, results, overrides = study
+    msgs = []
+    again = run_classification_study(data, ["smearnet"], ["sgdc", "per-class"], 2, out, overrides=overrides,
+                                     log=msgs.append)
+    assert sum("already done" in m for m in msgs) == 4
+    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in results["runs"]]
+
+
+def test_study_errors(study, tmp_path):
+    from leukodx.errors import LeukodxError, ModelError
+    from leukodx.training.study import run_classification_study
+
+    data = study[0]
+    with pytest.raises(LeukodxError, match="per-class"):
+        run_classification_study(data, ["smearnet"], ["random"], 1, tmp_path)
+    with pytest.raises(ModelError, match="Valid names"):
+        run_classification_study(data, ["smeernet"], ["sgdc"], 1, tmp_path)

@@ -65,6 +65,7 @@ class TrainConfig:
     # run
     seed: int = 0
     workers: int = 0
+    threads: int | None = None  # torch CPU threads; None: PyTorch's default (one per core)
     device: str = "auto"
     amp: str = "auto"  # on CUDA only: auto = bf16 when supported, else fp16
     resume: bool = False
@@ -107,6 +108,8 @@ class TrainConfig:
             bad("label_smoothing", self.label_smoothing, "Give a value in [0, 1), e.g. 0.1.")
         if self.image_size < 16 or self.image_size > 1024:
             bad("image_size", self.image_size, "Give an image size between 16 and 1024 px.")
+        if self.threads is not None and self.threads < 1:
+            bad("threads", self.threads, "Give at least 1 CPU thread, or leave it out for PyTorch's default.")
         if self.workers < 0:
             bad("workers", self.workers, "Give 0 (load in the main process) or more worker processes.")
         if self.split_strategy not in ("sgdc", "per-class"):

@@ -55,6 +55,8 @@ def register(app: typer.Typer) -> None:
                                             "validation score; 0 = off. [default: 6]"),
         seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). [default: 0]"),
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes. [default: 0]"),
+        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads (1 is often faster on a "
+                                           "busy machine). [default: one per core]"),
         max_train_images: int | None = typer.Option(None, "--max-train-images", help="Train on a stratified "
                                                     "subset of at most N images."),
         max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N images."),
@@ -73,7 +75,7 @@ def register(app: typer.Typer) -> None:
             else None, "preset": preset, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "optimizer": optimizer, "schedule": schedule, "label_smoothing": label_smoothing, "balance": balance,
             "augment": augment, "normalization": normalization, "patience": patience, "seed": seed,
-            "workers": workers, "max_train_images": max_train_images, "max_val_images": max_val_images,
+            "workers": workers, "threads": threads, "max_train_images": max_train_images, "max_val_images": max_val_images,
             "max_test_images": max_test_images, "amp": amp, "device": device,
             "resume": True if resume else None, "quiet": True if quiet else None,
         }

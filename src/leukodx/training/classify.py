@@ -102,6 +102,8 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
         raise LeukodxError(f"{out} already holds a trained run.",
                            "Choose another --out, or add --resume to continue that run's checkpoint.")
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     info = dist_utils.setup_distributed(device)
     seed_everything(cfg.seed + info.rank * 0)  # same init on every rank; DDP also broadcasts rank 0's weights
     log = (lambda m: None) if (cfg.quiet or not info.is_main) else (log_fn or (lambda m: print(m, flush=True)))

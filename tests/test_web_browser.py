@@ -66,6 +66,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         page = browser.new_page(accept_downloads=True, viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
         external: list[str] = []
         page.on("request", lambda r: external.append(r.url) if not r.url.startswith(url) else None)
 
@@ -103,6 +104,10 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         expect(field.locator(".cls").first).to_be_visible()
         expect(field.locator(".conf-fill")).to_be_visible()
         assert int(field.locator(".count").inner_text()) >= 1
+        fill = field.locator(".conf-fill").element_handle()
+        frac = page.evaluate("(el) => el.getBoundingClientRect().width / el.parentElement.clientWidth", fill)
+        shown = int(field.locator(".conf-val").inner_text().split()[0])
+        assert abs(frac * 100 - shown) <= 1.5, (frac, shown)  # the bar is as long as the number says
         img = field.locator("img")
         overlay_src = img.get_attribute("src")
         field.get_by_role("button", name="Heat map").click()

@@ -366,8 +366,8 @@ class Trainer:
         return loss, metric
 
     def _improved(self, metric: float) -> bool:
-        if math.isnan(metric):
-            return self.best_metric is None
+        if math.isnan(metric):  # no validation data: keep the latest weights
+            return True
         if self.best_metric is None or math.isnan(self.best_metric):
             return True
         return metric > self.best_metric if self.mode == "max" else metric < self.best_metric

@@ -489,7 +489,7 @@ def evaluate_segmenter(lm: LoadedModel, samples: list[Sample], batch_size: int =
                     rgb, ref = shift_fn(rgb, s.path, ref)
                 pred = _segment_probs(lm, [rgb])[0] > thr_prob
                 items.append({"rgb": rgb, "pred": pred, "ref": ref,
-                              "title": f"{Path(s.path).name} Dice {r['dice']:.3f}"})
+                              "title": f"Dice {r['dice']:.3f}\n{Path(s.path).name}"})
             examples[group] = items
     return {"metrics": finish(acc), "metrics_shift": finish(acc_s) if acc_s is not None else None,
             "examples": examples}

@@ -168,7 +168,7 @@ def plot_overlays(rows: list[tuple[str, list[dict]]], path: Path) -> Path:
             if c < len(items):
                 it = items[c]
                 ax.imshow(overlay(it["rgb"], it["pred"], it["ref"]))
-                ax.set_title(f"{row_title}: {it['title']}", fontsize=8)
+                ax.set_title(f"{row_title}, {it['title']}", fontsize=7)
     fig.suptitle("green: both   red: predicted only   blue: reference only", fontsize=9)
     return _save(fig, path)
 

@@ -168,7 +168,37 @@ def main() -> None:
     result["target"] = {"p95_ms_at_or_below": 300}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    md = Path(args.out).with_suffix(".md")
+    md.write_text(markdown(result, Path(args.out).name))
+    print(f"wrote {args.out} and {md}")
+
+
+def markdown(result: dict, json_name: str) -> str:
+    m = result["machine"]
+    lines = [
+        f"# Web load benchmark ({result['analyzer']})", "",
+        f"Upload-to-result latency of ONE field per request on loopback (`leukodx serve`), measured by "
+        f"`benchmarks/web_load.py`; raw numbers in `{json_name}`.", "",
+        f"- machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores, load average at start "
+        f"{m.get('loadavg_1_5_15_at_start')} (other work was running), Python {m.get('python')}, "
+        f"onnxruntime {m.get('onnxruntime')}",
+        f"- images: {result['images']}; serve flags: `{result.get('serve_args') or '(defaults)'}`",
+        "- `analyze`: POST /api/v1/analyze (nothing stored, no heat map); `case-upload`: POST "
+        "/api/v1/cases/{id}/images (analysis + Grad-CAM heat map + overlays + stored in one transaction)", "",
+        "| scenario | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | throughput /s | "
+        "one at a time p50 / p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["scenarios"].items():
+        lat, seq = r["latency_ms"], r["sequential_latency_ms"]
+        lines.append(f"| {name} | {r['n']} | {r['concurrency']} | {r['n_errors']} | {lat['p50']} | {lat['p95']} | "
+                     f"{lat['p99']} | {r['throughput_per_s']} | {seq['p50']} / {seq['p95']} |")
+    target = result.get("target", {}).get("p95_ms_at_or_below")
+    if target:
+        lines += ["", f"Target: p95 <= {target} ms for one field under the load test."]
+    if result.get("models"):
+        lines += ["", "Models: `" + json.dumps(result["models"])[:600] + "`"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -65,7 +65,11 @@ def main() -> None:
             time.sleep(0.5)
         page.locator("#file-input").set_input_files([str(f) for f in fields(tmp)])
         expect(page.locator("article.field")).to_have_count(3, timeout=120_000)
-        page.locator("article.field").nth(1).get_by_role("button", name="Heat map").click()
+        second = page.locator("article.field").nth(1)
+        second.get_by_role("button", name="Heat map").click()
+        page.wait_for_function(
+            "(el) => el.complete && el.naturalWidth > 0 && !document.getElementById(el.id + '-status').textContent",
+            arg=second.locator("img").element_handle(), timeout=120_000)
         page.wait_for_timeout(300)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=args.out, full_page=True)

@@ -181,7 +181,7 @@ def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
     case = r.json()["case"]
     assert case["ai"]["n_fields"] == 2 and case["status"] == "unreviewed"
     fields = r.json()["added"]
-    assert all(f["overlay_url"] and f["heatmap_url"] for f in fields)
+    assert all(f["overlay_url"] and f["heatmap_url"] is None for f in fields)  # heat maps: on first view
     f0 = fields[0]
     other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != f0["label"])
     ai_case_label = case["ai"]["label"]
@@ -336,3 +336,11 @@ def test_an_analyzer_failure_is_a_clear_500_and_stores_nothing(tmp_path):
     r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
     assert r.status_code == 500 and "model exploded" in r.json()["detail"] and "Nothing was stored" in r.text
     assert stored_files(app) == [] and field_rows(app) == 0
+
+
+def test_heat_maps_with_every_upload_when_configured(tmp_path):
+    app, clin, _ = make_app(tmp_path, heatmap_on_upload=True)
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
+    assert r.status_code == 201 and r.json()["added"][0]["heatmap_url"].endswith(".png")

@@ -113,7 +113,9 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         field.get_by_role("button", name="Heat map").click()
         expect(field.get_by_role("button", name="Heat map")).to_have_attribute("aria-pressed", "true")
         assert img.get_attribute("src") != overlay_src
-        assert page.evaluate("(el) => el.complete && el.naturalWidth > 0", img.element_handle())
+        # the heat map is computed on first view, then shown
+        page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=20_000)
+        expect(field.locator(".img-status")).to_have_text("")
         expect(page.get_by_role("heading", name="Case summary")).to_be_visible()
 
         # override the AI's call for the first field, with a note

@@ -161,3 +161,24 @@ def test_admin_manages_users_and_tokens_in_the_browser_pages(tmp_path):
     token_id = re.search(r'action="/admin/tokens/(\d+)/revoke"', row).group(1)
     client.post(f"/admin/tokens/{token_id}/revoke", data={"csrf_token": csrf})
     assert api.get("/api/v1/cases", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_heat_map_is_computed_on_first_view_then_kept(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    fid = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()]).json()["added"][0]["id"]
+    url = f"/cases/{cid}/fields/{fid}/heatmap"
+    assert client.get(url, follow_redirects=False).status_code == 303  # to the login page
+    login(client)
+    analyzer = app.state.ctx.service.analyzer
+    calls = analyzer.calls
+    first = client.get(url, follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"].startswith("/files/")
+    assert analyzer.calls == calls + 1
+    png = client.get(first.headers["location"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    again = client.get(url, follow_redirects=False)
+    assert again.headers["location"] == first.headers["location"] and analyzer.calls == calls + 1
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["fields"][0]["heatmap_url"] == \
+        first.headers["location"]
+    assert client.get(f"/cases/{cid}/fields/999/heatmap").status_code == 404

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from leukodx import CLASSES
 from leukodx.errors import LeukodxError
@@ -208,6 +208,50 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow())
+
+
+@router.get("/cases/{case_id}/fields/{field_id}/heatmap")
+async def field_heatmap(request: Request, case_id: CaseId, field_id: CaseId, who: PageUser):
+    """The field's Grad-CAM heat map: computed the first time it is asked for, then kept (content-hash name)."""
+    ctx = request.app.state.ctx
+
+    def lookup():
+        with ctx.sessions() as db:
+            f = db.get(Field, field_id)
+            if f is None or f.case_id != case_id:
+                raise case_logic.NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
+            return f.heatmap_file, f.image_file, f.display_name
+
+    heat, image_file, name = await run_in_threadpool(lookup)
+    if heat is None:
+        path = ctx.store.path(image_file)
+        if path is None:
+            raise case_logic.NotFound("The field's image file is missing.", "Upload the field again.")
+        data = await run_in_threadpool(path.read_bytes)
+        side = ctx.settings.display_max_side
+
+        def job(analyzer):
+            import numpy as np
+
+            from leukodx.data.images import open_image
+            from leukodx.web.overlays import heatmap_png
+
+            rgb = np.asarray(open_image(data, name=name))
+            return heatmap_png(rgb, analyzer.analyze(rgb, name=name, heatmap=True), side)
+
+        png = await ctx.service.run(job)
+        if png is None:
+            return Response("This analyzer gives no heat map.", status_code=404, media_type="text/plain")
+
+        def keep():
+            stored = ctx.store.put(png, "png")
+            with ctx.sessions() as db:
+                db.execute(update(Field).where(Field.id == field_id).values(heatmap_file=stored))
+                db.commit()
+            return stored
+
+        heat = await run_in_threadpool(keep)
+    return RedirectResponse(f"/files/{heat}", status_code=303)
 
 
 @router.get("/files/{name}")

@@ -38,7 +38,11 @@ class Settings(BaseModel):
     analysis_queue: int = Field(default=32, ge=0, description="Analyses allowed to wait; beyond it: 503.")
     analysis_timeout_s: float = Field(default=60.0, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
-    heatmap_on_upload: bool = True
+    heatmap_on_upload: bool = Field(
+        default=False,
+        description="Compute the Grad-CAM heat map with every upload; by default it is computed (and kept) the "
+        "first time someone opens it, which keeps uploads fast.",
+    )
     session_hours: float = Field(default=12.0, gt=0)
     cookie_secure: bool = False
     display_max_side: int = Field(default=1024, ge=64, description="Overlays and heat maps are drawn at most this big.")

@@ -10,7 +10,13 @@
     var img = document.getElementById(btn.dataset.target);
     if (!img) return;
     var url = img.dataset[btn.dataset.view];
-    if (url) img.src = url;
+    var status = document.getElementById(img.id + "-status");
+    if (url && img.getAttribute("src") !== url) {
+      if (status) status.textContent = btn.dataset.view === "heatmap" ? "Computing the heat map…" : "Loading…";
+      img.onload = function () { if (status) status.textContent = ""; };
+      img.onerror = function () { if (status) status.textContent = "The image could not be loaded. Try again."; };
+      img.src = url;
+    }
     img.alt = img.alt.replace(/^(Heat map of |Original of )?/, btn.dataset.view === "heatmap" ? "Heat map of " : btn.dataset.view === "original" ? "Original of " : "");
     btn.parentElement.querySelectorAll("button.view").forEach(function (b) { b.setAttribute("aria-pressed", b === btn ? "true" : "false"); });
   });

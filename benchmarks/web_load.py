@@ -5,7 +5,8 @@ then sends N single-field requests at a fixed concurrency and records p50/p95/p9
 byte sent to the whole answer received), throughput, status codes and the machine into a JSON file.
 
 Scenarios: `analyze` = POST /api/v1/analyze (no storing, no heat map);
-           `case-upload` = POST /api/v1/cases/{id}/images (analysis + Grad-CAM heat map + overlays + storing).
+           `case-upload` = POST /api/v1/cases/{id}/images (analysis + outline overlay + storing; the heat map is
+           computed when first viewed, unless serve runs with --heatmap-on-upload).
 
     .venv/bin/python benchmarks/web_load.py --out benchmarks/web_load.json            # bundled models
     .venv/bin/python benchmarks/web_load.py --fake --n 200 --out /tmp/fake.json       # the web layer alone
@@ -184,7 +185,8 @@ def markdown(result: dict, json_name: str) -> str:
         f"onnxruntime {m.get('onnxruntime')}",
         f"- images: {result['images']}; serve flags: `{result.get('serve_args') or '(defaults)'}`",
         "- `analyze`: POST /api/v1/analyze (nothing stored, no heat map); `case-upload`: POST "
-        "/api/v1/cases/{id}/images (analysis + Grad-CAM heat map + overlays + stored in one transaction)", "",
+        "/api/v1/cases/{id}/images (analysis + outline overlay + stored in one transaction; heat maps are made on "
+        "first view unless serve has --heatmap-on-upload)", "",
         "| scenario | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | throughput /s | "
         "one at a time p50 / p95 ms |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -87,6 +87,8 @@ def serve(
     workers: int = typer.Option(None, "--workers", min=1, help="Analyses run at once [default: CPU cores, max 4]."),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per analysis [default: cores / workers]."),
     queue: int = typer.Option(32, "--queue", min=0, help="Analyses allowed to wait; more are answered 503."),
+    heatmap_on_upload: bool = typer.Option(False, "--heatmap-on-upload",
+                                           help="Compute heat maps with every upload (else on first view)."),
     secure_cookies: bool = typer.Option(False, "--secure-cookies",
                                         help="Send the login cookie over HTTPS only (behind an HTTPS proxy)."),
     demo: bool = typer.Option(False, "--demo", help="Also create user demo / password demo. For trying only."),
@@ -122,6 +124,7 @@ def serve(
         database_url=database_url_for(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
         engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=workers,
         analysis_threads=threads, analysis_queue=queue, cookie_secure=secure_cookies or None,
+        heatmap_on_upload=heatmap_on_upload or None,
     )
     app = create_app(settings, analyzer=fake)
     _first_admin(app.state.ctx.sessions, demo)

@@ -73,9 +73,16 @@ def _merge_close_markers(markers: np.ndarray, n: int, dist: np.ndarray, min_dist
     """Markers whose peaks lie closer than `min_distance` become one marker (the higher peak's label)."""
     if n < 2:
         return markers
-    idx = np.arange(1, n + 1)
-    peaks = np.array(ndi.maximum_position(dist, markers, idx), dtype=float)
-    heights = np.asarray(ndi.maximum(dist, markers, idx), dtype=float)
+    flat = markers.ravel()
+    on = flat > 0
+    lab = flat[on]
+    heights = np.zeros(n + 1)
+    np.maximum.at(heights, lab, dist.ravel()[on])
+    heights = heights[1:]
+    rr, cc = np.divmod(np.flatnonzero(on), markers.shape[1])
+    size = np.bincount(lab, minlength=n + 1)[1:].astype(float)
+    # a marker is a plateau of the smoothed distance map: its centroid is its peak
+    peaks = np.stack([np.bincount(lab, rr, n + 1)[1:] / size, np.bincount(lab, cc, n + 1)[1:] / size], axis=1)
     parent = np.arange(n + 1)
 
     def find(i: int) -> int:
@@ -126,10 +133,15 @@ def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DI
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    m = clean_mask(mask, min_area, max_hole)
-    labels = np.zeros(m.shape, np.int32)
-    if not m.any():
-        return labels, []
+    full = clean_mask(mask, min_area, max_hole)
+    labels_full = np.zeros(full.shape, np.int32)
+    if not full.any():
+        return labels_full, []
+    # work inside the mask's bounding box (+ a margin for the smoothing), then place the labels back
+    rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
+    r0, r1 = max(0, rows[0] - 3), min(full.shape[0], rows[-1] + 4)
+    c0, c1 = max(0, cols[0] - 3), min(full.shape[1], cols[-1] + 4)
+    m = full[r0:r1, c0:c1]
     dist = ndi.distance_transform_edt(m)
     smooth = ndi.gaussian_filter(dist, 1.0) * m
     peaks = h_maxima(smooth, h) if h > 0 else (smooth == ndi.maximum_filter(smooth, footprint=_EIGHT)) & m
@@ -152,7 +164,8 @@ def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DI
     order = [o for _, o in sorted(zip(first, old, strict=True)) if o != 0]
     lut = np.zeros(int(ws.max()) + 1, np.int32)
     lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    labels = lut[ws]
+    labels_full[r0:r1, c0:c1] = lut[ws]
+    labels = labels_full
     cells = []
     objects = ndi.find_objects(labels)
     for k, sl in enumerate(objects, start=1):

@@ -20,6 +20,8 @@ def register(app: typer.Typer) -> None:
                                          "int8 on (half calibrates, the other half judges the accuracy)."),
         eval_data: Path = typer.Option(None, "--eval-data", help="Labelled DATA to judge int8 on instead of the "
                                        "held-out half of --calibration."),
+        split: Path = typer.Option(None, "--split", help="Split CSV of --calibration: int8 is calibrated on its "
+                                   "train rows and judged on its test (else val) rows."),
         opset: int = typer.Option(17, "--opset", help="ONNX opset."),
         tolerance: float = typer.Option(1e-3, "--tolerance", help="Max abs logit difference to PyTorch allowed, "
                                         "relative to max(1, |logits|)."),
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
         with console.status(f"exporting {model} to {target} ..."):
             rep = export_onnx(model, target, opset=opset, int8=int8, calibration=calibration,
                               eval_data=eval_data, tolerance=tolerance, n_calibration=n_calibration,
-                              n_eval=n_eval)
+                              n_eval=n_eval, split_csv=split)
         console.print(f"[green]wrote[/] {target} ({rep['size_mb']} MB, opset {rep['opset']}, inputs "
                       f"{rep['inputs']} -> outputs {rep['outputs']}, dynamic batch)")
         console.print(f"verified against PyTorch: max abs difference {rep['max_abs_diff']:.3g} "

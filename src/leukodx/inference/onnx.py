@@ -113,7 +113,7 @@ def verify_against_torch(net, path: Path, example: np.ndarray, output_names: lis
 def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
                 calibration: str | Path | None = None, eval_data: str | Path | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, n_calibration: int = 200, n_eval: int = 400,
-                progress=None) -> dict:
+                split_csv: str | Path | None = None, progress=None) -> dict:
     """Export `model_dir` to `out`, verify it against PyTorch, optionally add an int8 model; returns a report."""
     import torch
 
@@ -153,7 +153,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
         if calibration is None:
             raise DatasetError("--int8 needs --calibration DATA (real images to calibrate the int8 ranges).",
                                "Give the data folder the model was trained on.")
-        report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress)
+        report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress,
+                                       split_csv=split_csv)
     if out.resolve().parent == d.resolve():
         cfg_path = d / CONFIG
         cfg = json.loads(cfg_path.read_text())
@@ -192,7 +193,9 @@ def _eval_onnx(path: Path, items, config: dict, batch: int = 32) -> float:
         else:
             prob = 1 / (1 + np.exp(-logits[:, 0]))
             for (_, _, mpath), pr in zip(chunk, prob, strict=True):
-                ref = read_reference_mask(mpath, size=(w, h))
+                with warnings.catch_warnings():  # the 224 px reference is resized to the model's size on purpose
+                    warnings.simplefilter("ignore")
+                    ref = read_reference_mask(mpath, size=(w, h))
                 pm = pr > thr
                 inter += float((pm & ref).sum())
                 denom += float(pm.sum() + ref.sum())
@@ -202,7 +205,8 @@ def _eval_onnx(path: Path, items, config: dict, batch: int = 32) -> float:
 
 
 def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
-                  n_calibration: int = 200, n_eval: int = 400, progress=None) -> dict:
+                  n_calibration: int = 200, n_eval: int = 400, progress=None,
+                  split_csv: str | Path | None = None) -> dict:
     """Static int8 quantisation (QDQ, per-channel) calibrated on real images; kept only when accuracy
     (classification) or Dice (segmentation) drops by at most 0.3 points against fp32 on held-out images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -210,12 +214,22 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     task = config["task"]
     h, w = config["input_size"]
     items = _dataset_items(calibration, config)
+    split_rows = None
+    if split_csv is not None:
+        from leukodx.data.split import read_split
+
+        split_rows = {str(Path(calibration) / r["path"]): r["split"] for r in read_split(split_csv, calibration)}
     if task == "segment":
         items = [it for it in items if it[2] is not None]
         if not items:
             raise DatasetError(f"{calibration} has no reference masks (Segmented/) to check the int8 Dice.",
                                "Give a data folder in the public layout with Segmented/.")
-    if eval_data is not None:
+    if split_rows is not None:  # calibrate on training fields, judge on the test (else val) fields
+        part = "test" if "test" in split_rows.values() else "val"
+        calib_items = [it for it in items if split_rows.get(str(it[0])) == "train"][:n_calibration]
+        eval_items = [it for it in items if split_rows.get(str(it[0])) == part][:n_eval]
+        eval_source = f"{part} rows of {split_csv}"
+    elif eval_data is not None:
         calib_items = items[:n_calibration]
         eval_items = _dataset_items(eval_data, config)[:n_eval]
         eval_source = str(eval_data)
@@ -235,10 +249,28 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
 
     out = fp32_path.with_name(INT8_FILE) if fp32_path.name == "model.onnx" else fp32_path.with_suffix(".int8.onnx")
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    import logging
+
+    pre = out.with_name(out.name + ".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = fp32_path
+            try:  # shape inference + graph optimisation, as ONNX Runtime recommends before quantising
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                quant_pre_process(str(fp32_path), str(pre))
+                source = pre
+            except Exception:  # noqa: BLE001 - optional step
+                pass
+            quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+        pre.unlink(missing_ok=True)
     metric = "accuracy" if task == "classify" else "dice"
     fp32 = _eval_onnx(fp32_path, eval_items, config)
     q = _eval_onnx(out, eval_items, config)

@@ -171,7 +171,11 @@ def build_transform(size: int | tuple[int, int], augment: str = "none") -> v2.Co
 
 
 def _as_image(rgb: np.ndarray | torch.Tensor) -> tv_tensors.Image:
-    t = torch.as_tensor(np.ascontiguousarray(rgb)) if isinstance(rgb, np.ndarray) else rgb
+    if isinstance(rgb, np.ndarray):
+        rgb = np.ascontiguousarray(rgb)
+        t = torch.from_numpy(rgb if rgb.flags.writeable else rgb.copy())
+    else:
+        t = rgb
     if t.ndim == 3 and t.shape[-1] == 3 and t.shape[0] != 3:
         t = t.permute(2, 0, 1)
     return tv_tensors.Image(t)
@@ -199,7 +203,7 @@ class SegmentationTransform:
         self.pipeline = build_transform(size, augment)
 
     def __call__(self, rgb, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        m = torch.as_tensor(np.ascontiguousarray(mask)).to(torch.uint8)
+        m = torch.from_numpy(np.array(mask, dtype=np.uint8, copy=True))
         if m.ndim == 2:
             m = m[None]
         img, msk = self.pipeline(_as_image(rgb), tv_tensors.Mask(m))

@@ -54,9 +54,9 @@ def register(app: typer.Typer) -> None:
         patience: int | None = typer.Option(None, "--patience", help="Early stopping: epochs without a better "
                                             "validation score; 0 = off. [default: 6]"),
         seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). [default: 0]"),
-        workers: int | None = typer.Option(None, "--workers", help="Data loader processes. [default: 0]"),
-        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads (1 is often faster on a "
-                                           "busy machine). [default: one per core]"),
+        workers: int | None = typer.Option(None, "--workers", help="Data loader processes (augmentation runs there). [default: 1; paper preset 4]"),
+        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads. [default: the cores "
+                                           "left after the --workers processes]"),
         max_train_images: int | None = typer.Option(None, "--max-train-images", help="Train on a stratified "
                                                     "subset of at most N images."),
         max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N images."),

@@ -162,3 +162,19 @@ def test_study_summary_mean_std_and_table():
     assert s["unet-fpn-gelu"]["test"]["dice_global"]["std"] == 0.0 and s["unet-fpn-gelu"]["n_runs"] == 1
     table = study_table(s)
     assert "| unet | " in table and "0.8500 ± 0.0707" in table and "99.00 ± 0.00" in table
+
+
+def test_min_mask_fraction_and_pretrained(smears, tmp_path, capsys):
+    code = cli("train", "segment", "--data", str(smears), "--out", str(tmp_path / "r1"), "--min-mask-fraction", "0.9",
+               *TINY)
+    assert code == 2 and "Lower --min-mask-fraction" in capsys.readouterr().err
+    code = cli("train", "segment", "--data", str(smears), "--out", str(tmp_path / "r2"), "--pretrained",
+               str(tmp_path / "nowhere"), *TINY)
+    assert code == 2 and "no model.safetensors" in capsys.readouterr().err
+    run = tmp_path / "r3"
+    assert cli("train", "segment", "--data", str(smears), "--out", str(run), "--min-mask-fraction", "0.02",
+               *TINY) == 0
+    masks = json.loads((run / "config.json").read_text())["training"]["masks"]["train"]
+    assert masks["min_mask_fraction"] == 0.02 and masks["n_low_foreground"] >= 0
+    run4 = tmp_path / "r4"
+    assert cli("train", "segment", "--data", str(smears), "--out", str(run4), "--pretrained", str(run), *TINY) == 0

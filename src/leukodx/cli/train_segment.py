@@ -72,6 +72,12 @@ def register(app: typer.Typer) -> None:
         include_near_empty: bool = typer.Option(False, "--include-near-empty", help="Also train on reference "
                                                 "masks under 0.1 % foreground (left out by default: the "
                                                 "thresholding failed on them)."),
+        min_mask_fraction: float | None = typer.Option(None, "--min-mask-fraction", help="Also leave out of "
+                                                       "training/validation the fields whose reference mask has "
+                                                       "less foreground than this fraction (e.g. 0.01: on the "
+                                                       "Taleqani data nearly every Pro reference is under 1 %)."),
+        pretrained: Path | None = typer.Option(None, "--pretrained", help="Start from the weights of this "
+                                               "segmenter model directory (fine-tuning)."),
         augment: str | None = typer.Option(None, "--augment", help="none, light or strong (stain and colour "
                                            "changes on the image only). [default: light]"),
         preset: str | None = typer.Option(None, "--preset", help="cpu (default) or paper (the study: 224 px, "
@@ -109,14 +115,14 @@ def register(app: typer.Typer) -> None:
             config, data=str(data), out=str(out), split=str(split) if split else None, arch=arch,
             base_channels=base_channels, depth=depth, encoder=encoder, image_size=image_size, epochs=epochs,
             batch_size=batch_size, lr=lr, mask_threshold=mask_threshold,
-            skip_near_empty=False if include_near_empty else None, augment=augment, preset=preset,
+            skip_near_empty=False if include_near_empty else None, pretrained=str(pretrained) if pretrained else None, augment=augment, preset=preset,
             optimizer=optimizer, schedule=schedule, weight_decay=weight_decay, normalization=normalization,
             patience=patience, seed=seed, workers=workers, max_train_images=max_train_images,
             max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,
             resume=True if resume else None, quiet=True if quiet else None,
         )
         result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False, markup=False),
-                                 evaluate_shift=shift_lab)
+                                 evaluate_shift=shift_lab, min_mask_fraction=min_mask_fraction)
         if "config" not in result:  # a non-zero rank under torchrun
             return
         test = result.get("test_metrics")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,36 @@ def brief(m: dict | None) -> dict | None:
     return None if m is None else {k: m.get(k) for k in _BRIEF_KEYS}
 
 
-def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, evaluate_shift: bool = False) -> dict:
+def _drop_low_foreground(ds, fraction: float) -> list[str]:
+    """Remove fields whose reference mask has under `fraction` foreground from a SegmentationDataset."""
+    keep = [i for i, m in enumerate(ds.masks) if m.mean() >= fraction]
+    dropped = [ds.samples[i].path for i in range(len(ds.masks)) if i not in set(keep)]
+    ds.samples = [ds.samples[i] for i in keep]
+    ds.images = [ds.images[i] for i in keep]
+    ds.masks = [ds.masks[i] for i in keep]
+    return dropped
+
+
+def _load_initial_weights(model, source) -> None:
+    """Start from the weights of a segmenter model directory (or its model.safetensors)."""
+    from safetensors.torch import load_file
+
+    from leukodx.errors import ModelError
+
+    p = Path(source)
+    f = p / "model.safetensors" if p.is_dir() else p
+    if not f.is_file():
+        raise ModelError(f"--pretrained {source}: no model.safetensors there.",
+                         "Give a segmenter model directory written by `leukodx train segment`.")
+    try:
+        model.load_state_dict(load_file(str(f)))
+    except RuntimeError as exc:
+        raise ModelError(f"--pretrained {source} does not fit this architecture ({str(exc).splitlines()[0]}).",
+                         "Use the same --arch, --base-channels and --depth as the run it comes from.") from None
+
+
+def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, evaluate_shift: bool = False,
+                    min_mask_fraction: float | None = None) -> dict:
     """Train and score a segmenter as `cfg` (a leukodx.config.TrainConfig, task "segment") says.
 
     Writes RUN/config.json + model.safetensors (load_model), RUN/metrics.json ({"segmentation": ...} on the test
@@ -272,6 +302,8 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     test_s = subset(samples_for_split(cfg.data, split, "test", ds), cfg.max_test_images, 0)
 
     arch, model, arch_kwargs = build_segmenter_model(cfg)
+    if cfg.pretrained:
+        _load_initial_weights(model, cfg.pretrained)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.arch} {arch_kwargs}: {n_params / 1e6:.2f} M parameters, {cfg.image_size} px, device {device}")
 
@@ -290,7 +322,22 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
             f"at grayscale > {cfg.mask_threshold}), {tsum['n_unreadable']} unreadable).",
             "Check DATA/Segmented/<class>/ and --mask-threshold; --include-near-empty trains on near-empty masks too.",
         )
+    low: dict[str, list[str]] = {"train": [], "val": []}
+    if min_mask_fraction and skip:
+        low = {"train": _drop_low_foreground(train_ds, min_mask_fraction),
+               "val": _drop_low_foreground(val_ds, min_mask_fraction)}
+        if len(train_ds) == 0:
+            raise DatasetError(f"No training field has a reference mask with >= {min_mask_fraction:.2%} foreground.",
+                               "Lower --min-mask-fraction.")
     tsum, vsum = train_ds.summary(), val_ds.summary()
+    for name, summ in (("train", tsum), ("val", vsum)):
+        summ["min_mask_fraction"] = min_mask_fraction
+        summ["n_low_foreground"] = len(low[name])
+        by_path = {x.path: x.label for x in (train_s if name == "train" else val_s)}
+        summ["low_foreground_by_class"] = dict(Counter(by_path.get(p, "?") for p in low[name]))
+        if low[name]:
+            log(f"{name}: {len(low[name])} more field(s) with a reference under {min_mask_fraction:.2%} foreground "
+                f"left out ({summ['low_foreground_by_class']})")
     log(f"decoded {len(train_ds)} train + {len(val_ds)} val fields with masks in {time.perf_counter() - t_decode:.1f} s")
     for name, s in (("train", tsum), ("val", vsum)):
         notes = []

@@ -137,3 +137,26 @@ def test_int8_on_synthetic_data(exported, tmp_path, synthetic_data):
     assert (d / "model.int8.onnx").is_file() == q["kept"]
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["onnx"]["int8"]["kept"] == q["kept"]
+
+
+def test_stale_onnx_after_retraining_is_caught(exported, tmp_path):
+    """New weights saved over a model directory (config.json rewritten, no export record): the ONNX file's own
+    metadata still names the weights it came from."""
+    import torch
+
+    from leukodx.errors import ModelError
+    from leukodx.inference.pipeline import load_analyzer
+    from leukodx.models import load_model, save_model
+
+    cdir, sdir, _ = exported
+    d = tmp_path / "cls"
+    shutil.copytree(cdir, d)
+    model, cfg = load_model(d)
+    cfg.pop("onnx")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    save_model(d, model, {k: v for k, v in cfg.items() if k not in ("format_version", "leukodx_version")})
+    with pytest.raises(ModelError, match="exported from other weights"):
+        load_analyzer(d, sdir, engine="onnx")
+    load_analyzer(d, sdir, engine="torch")  # the weights themselves are fine

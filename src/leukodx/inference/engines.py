@@ -176,12 +176,34 @@ class OnnxEngine:
                              f"{str(exc).splitlines()[0][:200]}).",
                              f"Re-export it: leukodx export onnx --model {self.path.parent} --out {self.path}") from None
         check_onnx_session(self.sess, self.path, config)
+        if verify_weights:
+            check_onnx_metadata(self.sess, self.path, config)
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.source = self.path.name + " (ONNX Runtime)"
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         res = self.sess.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})
         return dict(zip(self.outputs, res, strict=True))
+
+
+def check_onnx_metadata(sess, path: Path, config: dict) -> None:
+    """The ONNX file names the weights it was exported from: they must be the model directory's weights."""
+    import json
+
+    meta = sess.get_modelmeta().custom_metadata_map or {}
+    redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path.parent / ONNX_FILE}"
+    wsha = meta.get("leukodx_weights_sha256")
+    weights = path.parent / "model.safetensors"
+    if wsha and weights.is_file() and file_sha256(weights) != wsha:
+        raise ModelError(f"{path} was exported from other weights than {weights} (the model was retrained or "
+                         "the files were mixed).", redo)
+    size = meta.get("leukodx_input_size")
+    if size and config.get("input_size") and json.loads(size) != list(config["input_size"]):
+        raise ModelError(f"{path} was exported for input size {json.loads(size)}, but config.json says "
+                         f"{config['input_size']}.", redo)
+    task = meta.get("leukodx_task")
+    if task and config.get("task") and task != config["task"]:
+        raise ModelError(f"{path} holds a {task!r} model but config.json a {config['task']!r} one.", redo)
 
 
 def check_onnx_record(path: Path, config: dict) -> None:

@@ -45,6 +45,29 @@ def _export_module(net, example, path: Path, output_names: list[str], opset: int
     tmp.replace(path)
 
 
+def stamp_metadata(path: Path, model_dir: Path, config: dict) -> None:
+    """Write into the ONNX file which weights and config it was exported from (checked when it is loaded)."""
+    import onnx
+
+    m = onnx.load(str(path))
+    props = {
+        "leukodx_weights_sha256": file_sha256(model_dir / "model.safetensors"),
+        "leukodx_task": str(config.get("task")),
+        "leukodx_arch": str(config.get("arch")),
+        "leukodx_input_size": json.dumps(config.get("input_size")),
+        "leukodx_classes": json.dumps(config.get("classes") or []),
+    }
+    keep = [p for p in m.metadata_props if p.key not in props]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = k, v
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
+
+
 def _ort_session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
@@ -132,6 +155,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
     example = _sample_inputs(config, calibration, n=4)
     t0 = time.perf_counter()
     _export_module(net, torch.from_numpy(example), out, output_names, opset)
+    stamp_metadata(out, d, config)
     net.eval()
     max_diff = verify_against_torch(net, out, example, output_names)
     with torch.inference_mode():
@@ -154,7 +178,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
             raise DatasetError("--int8 needs --calibration DATA (real images to calibrate the int8 ranges).",
                                "Give the data folder the model was trained on.")
         report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress,
-                                       split_csv=split_csv)
+                                       split_csv=split_csv, model_dir=d)
     if out.resolve().parent == d.resolve():
         cfg_path = d / CONFIG
         cfg = json.loads(cfg_path.read_text())
@@ -206,7 +230,7 @@ def _eval_onnx(path: Path, items, config: dict, batch: int = 32) -> float:
 
 def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
                   n_calibration: int = 200, n_eval: int = 400, progress=None,
-                  split_csv: str | Path | None = None) -> dict:
+                  split_csv: str | Path | None = None, model_dir: str | Path | None = None) -> dict:
     """Static int8 quantisation (QDQ, per-channel) calibrated on real images; kept only when accuracy
     (classification) or Dice (segmentation) drops by at most 0.3 points against fp32 on held-out images."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -271,6 +295,7 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     finally:
         root.setLevel(level)
         pre.unlink(missing_ok=True)
+    stamp_metadata(out, fp32_path.parent if model_dir is None else Path(model_dir), config)
     metric = "accuracy" if task == "classify" else "dice"
     fp32 = _eval_onnx(fp32_path, eval_items, config)
     q = _eval_onnx(out, eval_items, config)

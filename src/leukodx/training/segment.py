@@ -121,7 +121,7 @@ def predict_probabilities(model, fields: list[np.ndarray], input_size: tuple[int
     out: list[np.ndarray] = []
     for i in range(0, len(fields), batch_size):
         chunk = fields[i:i + batch_size]
-        x = torch.stack([torch.from_numpy(_resize_rgb(f, input_size)).permute(2, 0, 1) for f in chunk]).float()
+        x = torch.stack([torch.from_numpy(np.array(_resize_rgb(f, input_size))).permute(2, 0, 1) for f in chunk]).float()
         prob = torch.sigmoid(model(x.to(device)).float()).cpu()
         for f, p in zip(chunk, prob, strict=True):
             if p.shape[-2:] != f.shape[:2]:

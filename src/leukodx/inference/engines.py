@@ -124,6 +124,9 @@ def session_options(threads: int | None):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # no busy-waiting after a run: the analysis goes on in numpy/scipy (cell splitting, checks) on the same
+    # cores, and spinning ONNX Runtime threads would steal them
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 

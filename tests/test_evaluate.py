@@ -308,3 +308,25 @@ def test_evaluating_the_training_data_without_a_split_is_flagged(tmp_path, data)
     m = evaluate(data, tmp_path / "o", [clf], plots=False, max_images=4)
     assert any("training fields included" in n for n in m["notes"])
     assert "training fields included" in (tmp_path / "o" / "report.html").read_text()
+
+
+def test_fields_from_the_models_own_training_split_are_counted(tmp_path, data):
+    """A model directory that keeps its split.csv: evaluated fields that were its train/val rows are counted."""
+    from leukodx.evaluation.evaluate import evaluate
+
+    torch.manual_seed(0)
+    clf = save_model(tmp_path / "clf", create_model("classify", "smearnet", num_classes=4),
+                     {"task": "classify", "arch": "smearnet", "arch_kwargs": {"num_classes": 4},
+                      "classes": list(CLASSES), "input_size": [32, 32], "training": {"data": str(data)}})
+    ds = load_dataset(data)
+    rows = [{"path": s.path, "label": s.label, "split": "train" if i < 4 else "test", "group": f"g{i}"}
+            for i, s in enumerate(ds.samples)]
+    for target in (clf / "split.csv", tmp_path / "other.csv"):
+        with open(target, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
+            w.writeheader()
+            w.writerows(rows if target.parent == clf else [{**r, "split": "test"} for r in rows])
+    m = evaluate(data, tmp_path / "o1", [clf], plots=False, split_csv=clf / "split.csv")
+    assert m["notes"] == []  # its own held-out rows
+    m = evaluate(data, tmp_path / "o2", [clf], plots=False, split_csv=tmp_path / "other.csv")
+    assert any(n.startswith(f"4 of the {len(rows)} evaluated fields") for n in m["notes"])

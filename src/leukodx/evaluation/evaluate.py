@@ -522,14 +522,36 @@ def _same_path(a, b) -> bool:
         return False
 
 
-def _leakage_notes(models: list[LoadedModel], data, split_csv, split: str) -> list[str]:
+def _model_split_overlap(lm: LoadedModel, data, samples: list[Sample]) -> tuple[int, str] | None:
+    """(number of evaluated fields that are train/val rows of the model's own split.csv, that file), when the
+    model directory holds the split it was trained with and it was made from this data folder."""
+    path = lm.dir / "split.csv"
+    tr = lm.config.get("training") or {}
+    if not path.is_file() or not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
+        return None
+    try:
+        with open(path, newline="") as f:
+            seen = {r["path"] for r in csv.DictReader(f) if r.get("split") in ("train", "val")}
+    except (OSError, KeyError, csv.Error):
+        return None
+    return sum(s.path in seen for s in samples), str(path)
+
+
+def _leakage_notes(models: list[LoadedModel], data, split_csv, split: str, samples: list[Sample]) -> list[str]:
     """Say so when the evaluated fields may include a model's training fields."""
     notes = []
     for lm in models:
         tr = lm.config.get("training") or {}
         if not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
             continue
-        if split_csv is None:
+        overlap = _model_split_overlap(lm, data, samples)
+        if overlap is not None:
+            n, path = overlap
+            if n:
+                notes.append(f"{n} of the {len(samples)} evaluated fields are training or validation rows of model "
+                             f"{lm.name} ({path}): its numbers here overstate it. Evaluate with --split {path} "
+                             "to score only its held-out fields.")
+        elif split_csv is None:
             notes.append(f"Model {lm.name} was trained on {data}, and every image of it was evaluated, training "
                          "fields included: these numbers overstate it. Pass --split SPLIT.csv (the split it was "
                          "trained with) to score only its held-out fields.")
@@ -575,7 +597,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         raise LeukodxError(f"--out {out_dir} is a file.", "Give a folder for metrics.json and report.html.")
     models, notes = resolve_models(model_dirs, resolve_device(device))
     samples, split_desc = select_samples(data, split_csv, split, max_images, seed)
-    notes += _leakage_notes(models, data, split_csv, split)
+    notes += _leakage_notes(models, data, split_csv, split, samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_dir = out_dir / "plots"
 

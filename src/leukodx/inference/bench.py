@@ -94,6 +94,9 @@ def bench_engine(analysis, fields: list[bytes], batch_size: int, heatmap_n: int,
                  repeats: int = 1) -> dict:
     for f in fields[:warmup]:
         analysis.analyze(f)
+    if heatmap_n:  # Grad-CAM loads the PyTorch classifier on first use: warm it up too
+        for f in fields[:2]:
+            analysis.analyze(f, heatmap=True)
     totals, stages = [], {s: [] for s in STAGES}
     for _ in range(repeats):
         for f in fields:

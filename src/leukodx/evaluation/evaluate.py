@@ -523,11 +523,17 @@ def _same_path(a, b) -> bool:
 
 
 def _model_split_overlap(lm: LoadedModel, data, samples: list[Sample]) -> tuple[int, str] | None:
-    """(number of evaluated fields that are train/val rows of the model's own split.csv, that file), when the
-    model directory holds the split it was trained with and it was made from this data folder."""
-    path = lm.dir / "split.csv"
+    """(number of evaluated fields that are train/val rows of the model's own split, that file), when the split
+    it was trained with can be found (DIR/split.csv, or config training.split_file) and it was made from this
+    data folder."""
     tr = lm.config.get("training") or {}
-    if not path.is_file() or not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
+    if not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
+        return None
+    candidates = [lm.dir / "split.csv"]
+    if isinstance(tr.get("split_file"), str) and tr["split_file"]:
+        candidates += [Path(tr["split_file"]), lm.dir / tr["split_file"]]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
         return None
     try:
         with open(path, newline="") as f:

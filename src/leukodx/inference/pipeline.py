@@ -121,15 +121,20 @@ def plan_tiles(h: int, w: int) -> list[tuple[int, int, int, int]]:
     return [(s, 0, s + side, w) for s in starts]
 
 
-def size_note(h: int, w: int, boxes, size: Sequence[int]) -> str:
+def size_note(h: int, w: int, boxes, size: Sequence[int], seg_size: Sequence[int] | None = None) -> str:
+    """How a field was fed to the models, e.g. "resized from 640x480 to 128x128 (classifier), 160x160
+    (segmenter); segmentation returned at 640x480"."""
     mh, mw = int(size[0]), int(size[1])
+    sizes = [(mh, mw)] if seg_size is None else [(mh, mw), (int(seg_size[0]), int(seg_size[1]))]
+    if all((h, w) == s for s in sizes):
+        return f"used as is ({w}x{h})"
+    to = f"{mw}x{mh}" if len(sizes) == 1 or sizes[0] == sizes[1] else \
+        f"{mw}x{mh} (classifier), {sizes[1][1]}x{sizes[1][0]} (segmenter)"
     if len(boxes) == 1:
-        if (h, w) == (mh, mw):
-            return f"used as is ({w}x{h})"
-        return f"resized from {w}x{h} to {mw}x{mh}"
+        return f"resized from {w}x{h} to {to}; segmentation returned at {w}x{h}"
     side = min(h, w)
     return (f"tiled {w}x{h} into {len(boxes)} overlapping {side}x{side} tiles along the long side, "
-            f"each resized to {mw}x{mh}; segmentation stitched at {w}x{h}")
+            f"each resized to {to}; segmentation stitched at {w}x{h}")
 
 
 def _resize_rgb(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -371,7 +376,8 @@ class Analysis:
             h, w = rgb.shape[:2]
             boxes = plan_tiles(h, w)
             r = FieldResult(path=label, label=None,
-                            size_note=size_note(h, w, boxes, self.classifier_config["input_size"]))
+                            size_note=size_note(h, w, boxes, self.classifier_config["input_size"],
+                                                self.segmenter_config["input_size"]))
             r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
             if keep_rgb:
                 r.rgb = rgb

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from leukodx.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE, find_duplicate_groups, perceptual_hash, pixel_digest
+from leukodx.data.duplicates import (
+    NEAR_DUPLICATE_MAX_DISTANCE,
+    find_duplicate_groups,
+    perceptual_hash,
+    pixel_digest,
+)
 from leukodx.data.images import read_reference_mask, read_rgb
 from leukodx.data.layout import Dataset, Sample, load_dataset
 from leukodx.errors import ImageError

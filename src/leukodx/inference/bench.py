@@ -1,6 +1,7 @@
 """Speed of the analysis on this machine: PyTorch eager vs ONNX Runtime fp32 vs ONNX int8, per stage.
 
-All engines are measured in the same run on the same fields (encoded JPEG bytes, so decoding is measured):
+All engines are measured in the same run on the same fields (encoded JPEG bytes, so decoding is measured),
+interleaved field by field so that load from other processes affects them alike:
 one field at a time for latency (p50/p95 of the full analysis without heat map: decode, classify, segment,
 cell instances, quality checks), a few fields with Grad-CAM for the heat-map stage, and the batch API
 (`analyze_many`) for throughput.
@@ -90,39 +91,51 @@ def _pct(v, q):
     return round(float(np.percentile(v, q)), 3) if len(v) else None
 
 
-def bench_engine(analysis, fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
-                 repeats: int = 1) -> dict:
-    for f in fields[:warmup]:
-        analysis.analyze(f)
-    if heatmap_n:  # Grad-CAM loads the PyTorch classifier on first use: warm it up too
-        for f in fields[:2]:
-            analysis.analyze(f, heatmap=True)
-    totals, stages = [], {s: [] for s in STAGES}
+def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
+                  repeats: int = 1) -> dict:
+    """Time every engine on the same fields, interleaved field by field (and batch by batch), so that a burst
+    of load from other processes hits all engines alike."""
+    for a in analyses.values():
+        for f in fields[:warmup]:
+            a.analyze(f)
+        if heatmap_n:  # Grad-CAM loads the PyTorch classifier on first use: warm it up too
+            for f in fields[:2]:
+                a.analyze(f, heatmap=True)
+        a.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes
+    totals = {k: [] for k in analyses}
+    stages = {k: {s: [] for s in STAGES} for k in analyses}
     for _ in range(repeats):
         for f in fields:
-            t0 = time.perf_counter()
-            r = analysis.analyze(f)
-            totals.append((time.perf_counter() - t0) * 1000)
-            for s in STAGES[:-1]:
-                stages[s].append(r.timings_ms.get(s, 0.0))
+            for k, a in analyses.items():
+                t0 = time.perf_counter()
+                r = a.analyze(f)
+                totals[k].append((time.perf_counter() - t0) * 1000)
+                for s in STAGES[:-1]:
+                    stages[k][s].append(r.timings_ms.get(s, 0.0))
     for f in fields[:heatmap_n]:
-        r = analysis.analyze(f, heatmap=True)
-        stages["heatmap"].append(r.timings_ms.get("heatmap", 0.0))
-    analysis.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes
-    t0 = time.perf_counter()
-    done = analysis.analyze_many(fields, batch_size=batch_size)
-    dt = time.perf_counter() - t0
-    res = {
-        "analysis_p50_ms": _pct(totals, 50), "analysis_p95_ms": _pct(totals, 95),
-        "analysis_mean_ms": round(float(np.mean(totals)), 3),
-        **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages.items()},
-        "throughput_fields_per_s": round(len(done) / dt, 2), "throughput_batch_size": batch_size,
-        "n_fields": len(fields), "n_heatmap": len(stages["heatmap"]),
-        "classifier_engine": analysis.classifier.source, "segmenter_engine": analysis.segmenter.source,
-        "flags": {f: sum(r.flag == f for r in done) for f in ("ok", "low_confidence", "out_of_distribution",
-                                                                 "unreadable")},
-    }
-    return res
+        for k, a in analyses.items():
+            stages[k]["heatmap"].append(a.analyze(f, heatmap=True).timings_ms.get("heatmap", 0.0))
+    batch_time = dict.fromkeys(analyses, 0.0)
+    done = {k: [] for k in analyses}
+    for i in range(0, len(fields), batch_size):
+        chunk = fields[i:i + batch_size]
+        for k, a in analyses.items():
+            t0 = time.perf_counter()
+            done[k] += a.analyze_many(chunk, batch_size=batch_size)
+            batch_time[k] += time.perf_counter() - t0
+    out = {}
+    for k, a in analyses.items():
+        out[k] = {
+            "analysis_p50_ms": _pct(totals[k], 50), "analysis_p95_ms": _pct(totals[k], 95),
+            "analysis_mean_ms": round(float(np.mean(totals[k])), 3),
+            **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages[k].items()},
+            "throughput_fields_per_s": round(len(done[k]) / batch_time[k], 2), "throughput_batch_size": batch_size,
+            "n_fields": len(fields), "n_heatmap": len(stages[k]["heatmap"]),
+            "classifier_engine": a.classifier.source, "segmenter_engine": a.segmenter.source,
+            "flags": {f: sum(r.flag == f for r in done[k]) for f in ("ok", "low_confidence", "out_of_distribution",
+                                                                     "unreadable")},
+        }
+    return out
 
 
 def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 16, threads: int | None = None,
@@ -142,6 +155,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="leukodx-bench-") as tmp:
         notes = {}
+        analyses = {}
         for key in engines:
             engine = ENGINE_KEYS[key]
             if key == "onnx_int8" and not ((cdir / INT8_FILE).is_file() or (sdir / INT8_FILE).is_file()):
@@ -151,18 +165,19 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             if key == "onnx":
                 c, notes["onnx_classifier"] = _ensure_onnx(cdir, Path(tmp))
                 s, notes["onnx_segmenter"] = _ensure_onnx(sdir, Path(tmp))
-            if log:
-                log(f"measuring {key} ...")
-            analysis = Analysis(c, s, engine=engine, threads=threads)
-            out[key] = bench_engine(analysis, fields, batch_size, heatmap_n, repeats=repeats)
-            del analysis
+            analyses[key] = Analysis(c, s, engine=engine, threads=threads)
+        if log:
+            log(f"measuring {', '.join(analyses)} (interleaved) ...")
+        out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats))
+        analyses.clear()
     out["machine"] = machine_info(threads)
     out["setup"] = {"fields": source, "n": len(fields), "batch_size": batch_size, "heatmap_n": heatmap_n,
                     "repeats": repeats, "classifier_dir": str(cdir), "segmenter_dir": str(sdir),
                     "classifier_arch": read_config(cdir).get("arch"), "segmenter_arch": read_config(sdir).get("arch"),
                     "notes": notes,
                     "analysis": "decode + classify + segment + cell instances + quality/OOD checks, no heat map; "
-                                "one field at a time; throughput via analyze_many"}
+                                "one field at a time; throughput via analyze_many; engines interleaved field by "
+                                "field (and batch by batch) so load from other processes hits them alike"}
     if "eager" in out and "onnx" in out:
         e, o = out["eager"], out["onnx"]
         out["comparison"] = {"onnx_speedup_p50": round(e["analysis_p50_ms"] / o["analysis_p50_ms"], 2),

@@ -152,6 +152,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
     sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
     size = int(read_config(cdir)["input_size"][0])
     fields, source = bench_fields(images, n, size=224 if images is None else size)
+    machine = machine_info(threads)  # before measuring: the load average at the start
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="leukodx-bench-") as tmp:
         notes = {}
@@ -170,7 +171,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             log(f"measuring {', '.join(analyses)} (interleaved) ...")
         out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats))
         analyses.clear()
-    out["machine"] = machine_info(threads)
+    out["machine"] = machine
     out["setup"] = {"fields": source, "n": len(fields), "batch_size": batch_size, "heatmap_n": heatmap_n,
                     "repeats": repeats, "classifier_dir": str(cdir), "segmenter_dir": str(sdir),
                     "classifier_arch": read_config(cdir).get("arch"), "segmenter_arch": read_config(sdir).get("arch"),

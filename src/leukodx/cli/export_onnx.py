@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         eval_data: Path = typer.Option(None, "--eval-data", help="Labelled DATA to judge int8 on instead of the "
                                        "held-out half of --calibration."),
         split: Path = typer.Option(None, "--split", help="Split CSV of --calibration: int8 is calibrated on its "
-                                   "train rows and judged on its test (else val) rows."),
+                                   "train rows and judged on its val (else test) rows."),
         opset: int = typer.Option(17, "--opset", help="ONNX opset."),
         tolerance: float = typer.Option(1e-3, "--tolerance", help="Max abs logit difference to PyTorch allowed, "
                                         "relative to max(1, |logits|)."),

@@ -248,8 +248,9 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
         if not items:
             raise DatasetError(f"{calibration} has no reference masks (Segmented/) to check the int8 Dice.",
                                "Give a data folder in the public layout with Segmented/.")
-    if split_rows is not None:  # calibrate on training fields, judge on the test (else val) fields
-        part = "test" if "test" in split_rows.values() else "val"
+    if split_rows is not None:  # calibrate on training fields, judge on validation fields (else test)
+        # keeping or dropping int8 is a model choice: it must not look at the test set when val exists
+        part = "val" if "val" in split_rows.values() else "test"
         calib_items = [it for it in items if split_rows.get(str(it[0])) == "train"][:n_calibration]
         eval_items = [it for it in items if split_rows.get(str(it[0])) == part][:n_eval]
         eval_source = f"{part} rows of {split_csv}"

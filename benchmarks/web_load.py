@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,22 +95,11 @@ async def run_load(url: str, token: str, files: list[tuple[str, bytes]], n: int,
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
-    try:
-        info["loadavg_1_5_15_at_start"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
-        info["cores_usable"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    for mod in ("onnxruntime", "torch", "fastapi", "uvicorn"):
+    """The analysis benchmark's machine description, plus the web stack's versions."""
+    from leukodx.inference.bench import machine_info
+
+    info = machine_info(threads=None)
+    for mod in ("fastapi", "uvicorn"):
         try:
             info[mod] = __import__(mod).__version__
         except Exception:

@@ -90,24 +90,11 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
     from leukodx.training.calibration import fit_low_confidence, fit_temperature
-    from leukodx.training.engine import Trainer, accuracy_metric, resolve_device, seed_everything
+    from leukodx.training.engine import Trainer, accuracy_metric, start_run
 
     t_start = time.perf_counter()
-    if not cfg.data:
-        raise LeukodxError("No data folder given.", "Pass --data DATA (a folder with Original/<class>/ images).")
-    if not cfg.out:
-        raise LeukodxError("No output folder given.", "Pass --out RUN.")
-    out = Path(cfg.out)
-    if (out / "config.json").is_file() and not cfg.resume and (out / "checkpoints" / "last.ckpt").is_file():
-        raise LeukodxError(f"{out} already holds a trained run.",
-                           "Choose another --out, or add --resume to continue that run's checkpoint.")
-    device = resolve_device(cfg.device)
-    threads = cfg.threads or _default_threads(cfg.workers)
-    if device.type == "cpu" or cfg.threads:
-        torch.set_num_threads(threads)
-    info = dist_utils.setup_distributed(device)
-    seed_everything(cfg.seed + info.rank * 0)  # same init on every rank; DDP also broadcasts rank 0's weights
-    log = (lambda m: None) if (cfg.quiet or not info.is_main) else (log_fn or (lambda m: print(m, flush=True)))
+    out, device, info, log = start_run(cfg, data_hint="a folder with Original/<class>/ images", log_fn=log_fn,
+                                       cpu_threads=cfg.threads or _default_threads(cfg.workers))
 
     ds = load_dataset(cfg.data)
     ds.require_nonempty()

@@ -111,6 +111,30 @@ def _atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def start_run(cfg: TrainConfig, *, data_hint: str, log_fn: Callable | None = None, cpu_threads: int | None = None):
+    """What every training run starts with, for both tasks.
+
+    Checks that --data and --out are given and that a finished run is not overwritten without --resume;
+    picks the device; sets `cpu_threads` torch threads on CPU (or whenever --threads was given); joins DDP when
+    launched by torchrun; seeds; and returns (out, device, dist info, log function; silent when quiet or not
+    rank 0)."""
+    if not cfg.data:
+        raise LeukodxError("No data folder given.", f"Pass --data DATA ({data_hint}).")
+    if not cfg.out:
+        raise LeukodxError("No output folder given.", "Pass --out RUN.")
+    out = Path(cfg.out)
+    if (out / "config.json").is_file() and not cfg.resume and (out / "checkpoints" / "last.ckpt").is_file():
+        raise LeukodxError(f"{out} already holds a trained run.",
+                           "Choose another --out, or add --resume to continue that run's checkpoint.")
+    device = resolve_device(cfg.device)
+    if cpu_threads and (device.type == "cpu" or cfg.threads):
+        torch.set_num_threads(cpu_threads)
+    info = dist_utils.setup_distributed(device)
+    seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
+    log = (lambda m: None) if (cfg.quiet or not info.is_main) else (log_fn or (lambda m: print(m, flush=True)))
+    return out, device, info, log
+
+
 def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of argmax predictions equal to the targets (classification)."""
     if len(targets) == 0:

@@ -273,24 +273,13 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     from leukodx.data.layout import load_dataset
     from leukodx.data.split import write_split
     from leukodx.data.transforms import segmentation_transforms
-    from leukodx.errors import LeukodxError
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
-    from leukodx.training.engine import Trainer, resolve_device, seed_everything
+    from leukodx.training.engine import Trainer, start_run
 
     t_start = time.perf_counter()
-    if not cfg.data:
-        raise LeukodxError("No data folder given.", "Pass --data DATA (a folder with Original/ and Segmented/).")
-    if not cfg.out:
-        raise LeukodxError("No output folder given.", "Pass --out RUN.")
-    out = Path(cfg.out)
-    if (out / "config.json").is_file() and not cfg.resume and (out / "checkpoints" / "last.ckpt").is_file():
-        raise LeukodxError(f"{out} already holds a trained run.",
-                           "Choose another --out, or add --resume to continue that run's checkpoint.")
-    device = resolve_device(cfg.device)
-    info = dist_utils.setup_distributed(device)
-    seed_everything(cfg.seed)
-    log = (lambda m: None) if (cfg.quiet or not info.is_main) else (log_fn or (lambda m: print(m, flush=True)))
+    out, device, info, log = start_run(cfg, data_hint="a folder with Original/ and Segmented/", log_fn=log_fn,
+                                       cpu_threads=cfg.threads)
 
     ds = load_dataset(cfg.data)
     require_masks(ds, cfg.data)

@@ -110,19 +110,23 @@ def read_rgb(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
     return np.asarray(open_image(source, name))
 
 
-def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int, int] | None = None) -> np.ndarray:
+def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int, int] | None = None,
+                        warn: bool = True) -> np.ndarray:
     """The study's reference mask: grayscale(Segmented image) > threshold, as a bool HxW array.
 
-    When `size` (W, H) is given and differs, the mask is resized (nearest) and a warning is issued.
+    When `size` (W, H) is given and differs, the mask is resized (nearest) and, with `warn`, a MaskSizeWarning
+    is issued (callers in worker threads pass warn=False and compare sizes themselves: warning capture is not
+    thread-safe).
     """
     img = open_image(path).convert("L")
-    if size is not None and img.size != tuple(size):
+    if size is not None and img.size != tuple(size) and warn:
         warnings.warn(
             f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}; "
             "the mask was resized (nearest neighbour) to match.",
             MaskSizeWarning,
             stacklevel=2,
         )
+    if size is not None and img.size != tuple(size):
         img = img.resize(tuple(size), Image.NEAREST)
     return np.asarray(img) > threshold
 

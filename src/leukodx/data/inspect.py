@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from leukodx.data.duplicates import (
     NEAR_DUPLICATE_MAX_DISTANCE,
@@ -46,10 +46,9 @@ def _scan(sample: Sample, mask_threshold: int) -> _Scan:
     out.phash = perceptual_hash(rgb)
     if sample.mask is not None:
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                mask = read_reference_mask(sample.mask, mask_threshold, size=out.size)
-            out.mask_resized = bool(caught)
+            mask = read_reference_mask(sample.mask, mask_threshold, size=out.size, warn=False)
+            with Image.open(sample.mask) as m:  # readable (just read); header only: was it the image's size?
+                out.mask_resized = m.size != out.size
             out.mask_fraction = float(mask.mean())
         except ImageError as exc:
             out.mask_error = exc.reason

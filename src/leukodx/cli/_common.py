@@ -18,3 +18,15 @@ def write_json(obj, path: str | Path) -> Path:
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
     return path
+
+
+def register_plugins(app, modules: tuple[str, ...]) -> None:
+    """Call `register(app)` of each command module; a module not written yet is skipped, other errors raise."""
+    import importlib
+
+    for mod in modules:
+        try:
+            importlib.import_module(mod).register(app)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:
+                raise

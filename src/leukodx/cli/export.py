@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from leukodx.cli._common import register_plugins
 
 app = typer.Typer(help="Export models (ONNX, optional int8).", no_args_is_help=True)
 
-for _mod in ("leukodx.cli.export_onnx",):
-    try:
-        importlib.import_module(_mod).register(app)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _mod:
-            raise
+register_plugins(app, ("leukodx.cli.export_onnx",))

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from leukodx.cli._common import register_plugins
 
 app = typer.Typer(help="The reference study's comparisons: mean ± std over seeds, a table and plots.",
                   no_args_is_help=True)
 
-for _mod in ("leukodx.cli.study_classify", "leukodx.cli.study_segment"):
-    try:
-        importlib.import_module(_mod).register(app)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _mod:
-            raise
+register_plugins(app, ("leukodx.cli.study_classify", "leukodx.cli.study_segment"))

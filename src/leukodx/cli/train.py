@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from leukodx.cli._common import register_plugins
 
 app = typer.Typer(help="Train a classifier or a segmenter; writes a model directory and its metrics.",
                   no_args_is_help=True)
 
-for _mod in ("leukodx.cli.train_classify", "leukodx.cli.train_segment"):
-    try:
-        importlib.import_module(_mod).register(app)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _mod:
-            raise
+register_plugins(app, ("leukodx.cli.train_classify", "leukodx.cli.train_segment"))

@@ -16,15 +16,12 @@ from sqlalchemy import func, select, text
 from leukodx.web.app import create_app
 from leukodx.web.db import AuditEntry, Field, open_database
 from leukodx.web.settings import database_url_for
-from leukodx.web.testing import FakeAnalyzer, field_bytes, make_test_app
+from leukodx.web.testing import FakeAnalyzer, field_bytes
 
-
-def make_app(tmp_path, analyzer=None, **kw):
-    return make_test_app(tmp_path, analyzer, **kw)
-
+# `make_app` (tests/conftest.py) builds the app on the `db_url` fixture: each test runs on SQLite and PostgreSQL.
 
 @pytest.fixture()
-def web(tmp_path):
+def web(tmp_path, make_app):
     app, clin, admin = make_app(tmp_path)
     return TestClient(app), clin, admin, app
 
@@ -139,7 +136,7 @@ def test_decompression_bomb_and_truncated_image_get_clear_messages(web):
     assert stored_files(app) == [] and field_rows(app) == 0
 
 
-def test_too_big_and_too_many_are_413(tmp_path):
+def test_too_big_and_too_many_are_413(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, max_file_bytes=20_000, max_files=2)
     client = TestClient(app)
     big = field_bytes("Pro", 1, size=256, fmt="PNG")
@@ -251,7 +248,7 @@ def test_audit_log_is_append_only_and_migrations_are_idempotent(web, tmp_path):
         assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
 
 
-def test_sweep_removes_files_without_rows(tmp_path):
+def test_sweep_removes_files_without_rows(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path)
     store = app.state.ctx.store
     orphan = store.put(b"leftover of a crash", "png")
@@ -266,7 +263,7 @@ def test_sweep_removes_files_without_rows(tmp_path):
 
 # --- service ----------------------------------------------------------------------------------------------
 
-def test_health_and_readiness(tmp_path):
+def test_health_and_readiness(tmp_path, make_app):
     app, _, _ = make_app(tmp_path)
     client = TestClient(app)
     assert client.get("/healthz").json()["status"] == "ok"
@@ -277,7 +274,7 @@ def test_health_and_readiness(tmp_path):
     assert r.status_code == 503 and r.json()["error"] == "no models"
 
 
-def test_saturated_server_answers_503(tmp_path):
+def test_saturated_server_answers_503(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=0.5), analysis_workers=1, analysis_queue=0)
     body = field_bytes("Pre", 1)
 
@@ -296,18 +293,18 @@ def test_saturated_server_answers_503(tmp_path):
     assert busy.headers["retry-after"] and "busy" in busy.json()["detail"]
 
 
-def test_analysis_timeout_is_504(tmp_path):
+def test_analysis_timeout_is_504(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=1.0), analysis_timeout_s=0.2)
     r = TestClient(app).post("/api/v1/analyze", headers=clin, files=[jpg()])
     assert r.status_code == 504 and "longer than" in r.text
 
-def test_request_time_limit_is_504(tmp_path):
+def test_request_time_limit_is_504(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, analyzer=FakeAnalyzer(delay_s=1.5), request_timeout_s=0.3)
     r = TestClient(app).post("/api/v1/analyze", headers=clin, files=[jpg()])
     assert r.status_code == 504 and "took over" in r.text
 
 
-def test_concurrent_uploads_to_one_case_lose_no_field(tmp_path):
+def test_concurrent_uploads_to_one_case_lose_no_field(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, analysis_workers=2)
     client = TestClient(app)
     cid = new_case(client, clin)
@@ -325,7 +322,7 @@ def test_concurrent_uploads_to_one_case_lose_no_field(tmp_path):
     assert case["ai"]["summary"]["n_fields"] == 8
 
 
-def test_an_analyzer_failure_is_a_clear_500_and_stores_nothing(tmp_path):
+def test_an_analyzer_failure_is_a_clear_500_and_stores_nothing(tmp_path, make_app):
     class Broken(FakeAnalyzer):
         def analyze(self, image, *, name=None, heatmap=False):
             raise RuntimeError("model exploded")
@@ -338,7 +335,7 @@ def test_an_analyzer_failure_is_a_clear_500_and_stores_nothing(tmp_path):
     assert stored_files(app) == [] and field_rows(app) == 0
 
 
-def test_heat_maps_with_every_upload_when_configured(tmp_path):
+def test_heat_maps_with_every_upload_when_configured(tmp_path, make_app):
     app, clin, _ = make_app(tmp_path, heatmap_on_upload=True)
     client = TestClient(app)
     cid = new_case(client, clin)

@@ -1,13 +1,16 @@
-"""The case store: SQLAlchemy 2 models, engine set-up and versioned schema migrations.
+"""The case store: SQLAlchemy 2 models, engine set-up and schema migrations (Alembic, see migrations/).
 
 SQLite by default (WAL journal, full fsync, foreign keys on); a PostgreSQL URL works the same.
+`open_database()` migrates the database to the newest schema every time leukodx opens it.
 The audit log is append-only: the database itself refuses UPDATE and DELETE on it (triggers).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import (
     JSON,
@@ -21,13 +24,13 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
-    select,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
-SCHEMA_VERSION = 1
+from leukodx import __version__
+from leukodx.errors import LeukodxError
 
 
 def utcnow() -> datetime:
@@ -152,61 +155,170 @@ def audit(session, actor: str, action: str, target: str = "", **detail) -> None:
     session.add(AuditEntry(actor=actor, action=action, target=target, detail=json.dumps(detail, default=str)))
 
 
-# --- migrations -------------------------------------------------------------------------------------------
+# --- migrations (Alembic; the scripts are in leukodx/web/migrations) -------------------------------------------
 
-def _m1_initial(conn: Connection) -> None:
-    Base.metadata.create_all(
-        conn,
-        tables=[t for name, t in Base.metadata.tables.items() if name != "schema_migrations"],
-    )
-    if conn.dialect.name == "sqlite":
-        for op in ("UPDATE", "DELETE"):
-            conn.execute(text(
-                f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{op.lower()} BEFORE {op} ON audit_log "
-                "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
-            ))
-    elif conn.dialect.name == "postgresql":
-        conn.execute(text(
-            "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
-            "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END; $$ LANGUAGE plpgsql"
-        ))
-        conn.execute(text(
-            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-            "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
-        ))
+MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+LEGACY_VERSION = 1  # the newest version of the pre-Alembic `schema_migrations` table this leukodx knows
+_PG_LOCK_KEY = 0x6C65756B6F6478  # "leukodx": one migrating process at a time per PostgreSQL database
 
 
-# (version, name, function). Append new migrations; never edit an applied one.
-MIGRATIONS = [(1, "initial schema", _m1_initial)]
+def alembic_config(connection: Connection | None = None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
 
 
-def migrate(engine: Engine) -> list[int]:
-    """Apply the migrations the database lacks, each in its own transaction. Returns the versions applied."""
-    SchemaMigration.__table__.create(engine, checkfirst=True)
-    applied: list[int] = []
-    with engine.begin() as conn:
-        done = set(conn.execute(select(SchemaMigration.version)).scalars())
-    newest = max(done, default=0)
-    if newest > SCHEMA_VERSION:
-        from leukodx.errors import LeukodxError
+def _scripts():
+    from alembic.script import ScriptDirectory
 
-        raise LeukodxError(
-            f"The database has schema version {newest}, newer than this leukodx understands ({SCHEMA_VERSION}).",
-            "Upgrade leukodx, or point --db at another database.",
-        )
-    for version, name, fn in MIGRATIONS:
-        if version in done:
-            continue
-        with engine.begin() as conn:
-            fn(conn)
-            conn.execute(SchemaMigration.__table__.insert().values(version=version, name=name, applied_at=utcnow()))
-        applied.append(version)
-    return applied
+    return ScriptDirectory.from_config(alembic_config())
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+def head_revision() -> str:
+    """The schema revision this leukodx creates and understands best (Alembic head)."""
+    return _scripts().get_current_head()
+
+
+def is_known_revision(rev: str | None) -> bool:
+    if rev is None:
+        return True
+    try:
+        return _scripts().get_revision(rev) is not None
+    except Exception:
+        return False
+
+
+def newer_schema_error(what: str, rev: str) -> LeukodxError:
+    return LeukodxError(
+        f"{what} has schema revision {rev}, newer than this leukodx {__version__} understands (newest: "
+        f"{head_revision()}).", "Upgrade leukodx, or point --db at another database.")
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The database's schema revision: Alembic's, or 0001 for a database of leukodx before Alembic
+    (`schema_migrations` version 1), or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    heads = MigrationContext.configure(conn).get_current_heads()
+    if heads:
+        return heads[0] if len(heads) == 1 else ",".join(sorted(heads))
+    if "schema_migrations" in inspect(conn).get_table_names():
+        legacy = conn.execute(text("SELECT max(version) FROM schema_migrations")).scalar()
+        if legacy is not None:
+            if legacy > LEGACY_VERSION:
+                raise LeukodxError(
+                    f"The database has schema version {legacy}, newer than this leukodx {__version__} "
+                    "understands.", "Upgrade leukodx, or point --db at another database.")
+            return "0001"
+    return None
+
+
+@contextmanager
+def _migration_transaction(engine: Engine):
+    """One connection in one write transaction that other migrating processes wait for: SQLite's
+    BEGIN IMMEDIATE (the database write lock), PostgreSQL's transaction-scoped advisory lock."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+        try:
+            yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Bring the database to the newest schema, all revisions in ONE transaction (a failure leaves the database
+    as it was). Returns the revisions applied. A database of leukodx before Alembic is recognised (version 1 in
+    `schema_migrations`) and taken over at revision 0001; one from a newer leukodx is refused."""
+    from alembic import command
+
+    with _connect_errors(engine), _migration_transaction(engine) as conn:
+        before = current_revision(conn)
+        if before is not None and "," not in before and not is_known_revision(before):
+            raise newer_schema_error("The database", before)
+        cfg = alembic_config(conn)
+        if before == "0001" and "alembic_version" not in inspect(conn).get_table_names():
+            command.stamp(cfg, "0001")  # made by the pre-Alembic migration 1: the same schema
+        command.upgrade(cfg, "head")
+        scripts = _scripts()
+        applied = [s.revision for s in scripts.iterate_revisions("head", before or "base")
+                   if s.revision != before]
+    return list(reversed(applied))
+
+
+# --- engines and connections ----------------------------------------------------------------------------------
+
+def describe_url(url: str | URL) -> str:
+    """Where a URL points, for messages (never the password)."""
+    u = make_url(url) if isinstance(url, str) else url
+    if u.get_backend_name() == "sqlite":
+        return f"the SQLite database {u.database or ':memory:'}"
+    host = u.host or u.query.get("host") or "localhost (Unix socket)"
+    if isinstance(host, tuple):
+        host = ",".join(host)
+    port = f":{u.port}" if u.port else ""
+    return f"the PostgreSQL database {u.database or '(default)'} on {host}{port}"
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's reason, on one line: 'connection refused', 'password authentication failed ...'."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip()]
+    text_ = lines[0] if lines else orig.__class__.__name__
+    # psycopg: 'connection failed: connection to server at "h" (1.2.3.4), port 5432 failed: FATAL:  reason'
+    if "failed:" in text_:
+        text_ = text_.rsplit("failed:", 1)[1].strip()
+    text_ = text_.removeprefix("FATAL:").strip()
+    hint = next((ln for ln in lines[1:] if ln.startswith("Is the server")), "")
+    return f"{text_} ({hint.rstrip('?')}?)" if hint else text_
+
+
+@contextmanager
+def _connect_errors(engine: Engine):
+    """A database that cannot be reached or opened becomes one line naming the host and the cause."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        if engine.dialect.name == "sqlite":
+            raise LeukodxError(f"Cannot open {describe_url(engine.url)}: {_cause(exc)}.",
+                               "Check the path and its permissions, or pass another --db.") from None
+        raise LeukodxError(f"Cannot connect to {describe_url(engine.url)}: {_cause(exc)}.",
+                           "Check that the server runs and the --db URL's host, port, user, password and "
+                           "database name.") from None
+    except DBAPIError as exc:
+        if exc.connection_invalidated or engine.dialect.name != "postgresql":
+            raise
+        raise LeukodxError(f"{describe_url(engine.url)} refused leukodx: {_cause(exc)}.",
+                           "Check the --db URL's user and its rights on that database.") from None
+
+
+def normalize_url(url: str) -> URL:
+    """A SQLAlchemy URL; `postgresql://` and `postgres://` mean the psycopg 3 driver leukodx ships with."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise LeukodxError(f"--db {url!r} is neither a file name nor a database URL.",
+                           "Give a SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE.") from None
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u
+
+
+def make_engine(url: str | URL) -> Engine:
+    u = normalize_url(url) if isinstance(url, str) else url
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -218,18 +330,21 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if u.get_backend_name() != "postgresql":
+        raise LeukodxError(f"leukodx does not support {u.get_backend_name()} databases.",
+                           "Use a SQLite file or a postgresql:// URL.")
+    try:
+        return create_engine(u, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise LeukodxError(f"PostgreSQL needs the {exc.name} driver, which is not installed.",
+                           "Install it with: pip install 'leukodx[postgres]'.") from None
 
 
 def open_database(url: str) -> tuple[Engine, sessionmaker]:
     """Engine + session factory for `url`, migrated to the current schema."""
     if url.startswith("sqlite:///") and ":memory:" not in url:
-        from pathlib import Path
-
         path = Path(url.removeprefix("sqlite:///"))
         if not path.parent.is_dir():
-            from leukodx.errors import LeukodxError
-
             raise LeukodxError(f"The folder for the database {path} does not exist.", "Create it, or pass another --db.")
     engine = make_engine(url)
     migrate(engine)

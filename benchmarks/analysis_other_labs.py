@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     analysis = load_analyzer(args.classifier, args.segmenter, engine=args.engine)
-    items, note = _fields(args.data, args.split, analysis.classifier_config)
+    items, note = _fields(args.data, args.split, analysis.classifier.config.to_json())
     rng = np.random.default_rng(args.seed)
     benign = [p for p, lab in items if lab == "Benign"]
     benign = [benign[i] for i in sorted(rng.choice(len(benign), min(args.n_benign, len(benign)), replace=False))]

@@ -250,10 +250,10 @@ def test_no_bundled_models_and_bad_options(capsys, tmp_path, data, models, monke
     assert code == 2 and "no 'test' rows" in text
 
 
-def test_unknown_device_is_a_clear_error(capsys, tmp_path, data, models):
+def test_unknown_engine_is_a_clear_error(capsys, tmp_path, data, models):
     code, text = run(capsys, "evaluate", "--data", str(data), "--out", str(tmp_path / "o"),
-                     "--model", str(models["classify"]), "--device", "tpu")
-    assert code == 2 and "--device" in text
+                     "--model", str(models["classify"]), "--engine", "tpu")
+    assert code == 2 and "--engine" in text and "onnx" in text
 
 
 def test_long_fields_are_tiled_like_the_analysis_pipeline(tmp_path):
@@ -261,7 +261,8 @@ def test_long_fields_are_tiled_like_the_analysis_pipeline(tmp_path):
     from PIL import Image
 
     from leukodx.data.synthetic import segmented_view, synthetic_field
-    from leukodx.evaluation.evaluate import _tiles, evaluate
+    from leukodx.evaluation.evaluate import evaluate
+    from leukodx.inference.tiling import cut_tiles
 
     root = tmp_path / "wide"
     for label in CLASSES:
@@ -272,9 +273,9 @@ def test_long_fields_are_tiled_like_the_analysis_pipeline(tmp_path):
             rgb, mask = rgb[24:72], mask[24:72]  # 96 wide x 48 high
             Image.fromarray(rgb).save(root / "Original" / label / f"f{i}.png")
             Image.fromarray(segmented_view(rgb, mask)).save(root / "Segmented" / label / f"f{i}.png")
-    tiles, boxes, owner = _tiles([np.zeros((48, 96, 3), np.uint8), np.zeros((40, 40, 3), np.uint8)])
+    tiles, owner, boxes = cut_tiles([np.zeros((48, 96, 3), np.uint8), np.zeros((40, 40, 3), np.uint8)], (32, 32))
     assert boxes[0] == [(0, 0, 48, 48), (0, 48, 48, 96)] and boxes[1] == [(0, 0, 40, 40)]
-    assert owner.tolist() == [0, 0, 1] and tiles[0].shape == (48, 48, 3)
+    assert owner.tolist() == [0, 0, 1] and tiles[0].shape == (32, 32, 3)
     seg = save_model(tmp_path / "seg", ConstantSegmenter(5.0),
                      {"task": "segment", "arch": "test-constant", "input_size": [32, 32]})
     clf = save_classifier(tmp_path / "clf")

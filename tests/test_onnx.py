@@ -66,7 +66,7 @@ def test_engines_agree(exported):
     img = synthetic_field("Pro", 64, seed=3)[0]
     a = load_analyzer(cdir, sdir, engine="onnx", threads=1)
     b = load_analyzer(cdir, sdir, engine="torch", threads=1)
-    assert "ONNX" in a.classifier.source and "ONNX" in a.segmenter.source
+    assert "ONNX" in a.classifier.engine.source and "ONNX" in a.segmenter.engine.source
     ra, rb = a.analyze(img), b.analyze(img)
     for c in ra.probabilities:
         assert abs(ra.probabilities[c] - rb.probabilities[c]) < 1e-4
@@ -117,6 +117,10 @@ def test_model_dir_problems_are_clear(exported, tmp_path):
     missing = tmp_path / "missing"
     shutil.copytree(cdir, missing)
     (missing / "model.safetensors").unlink()
+    assert load_analyzer(missing, sdir).analyze(np.full((64, 64, 3), 200, np.uint8)).label  # the ONNX file alone
+    with pytest.raises(ModelError, match="model.safetensors"):
+        load_analyzer(missing, sdir, engine="torch")
+    (missing / "model.onnx").unlink()
     with pytest.raises(ModelError, match="model.safetensors"):
         load_analyzer(missing, sdir)
     with pytest.raises(ModelError, match="not a 'classify'"):

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def write_json(obj, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-    return path
 
 
 def register_plugins(app, modules: tuple[str, ...]) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from leukodx.cli._common import console, err_console, write_json
+from leukodx.cli._common import console, err_console
+from leukodx.io import write_json
 
 
 def register(app: typer.Typer) -> None:

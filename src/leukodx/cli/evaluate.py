@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the lab shift and of --max-images sampling."),
         max_images: int | None = typer.Option(None, "--max-images", metavar="N", help="Evaluate a random subset of N fields."),
         batch_size: int = typer.Option(32, "--batch-size", metavar="N", help="Fields per forward pass."),
-        device: str = typer.Option("auto", "--device", help="auto (a GPU when there is one), cpu or cuda."),
+        engine: str = typer.Option("onnx", "--engine", help="onnx (what predict and the web app run), onnx-int8 "
+                                   "or torch (PyTorch eager)."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots (the report has tables only)."),
     ) -> None:
         """Score models on DATA: DIR/metrics.json (contract keys), DIR/report.html and plots.
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
             metrics = evaluate(data, out, [str(m) for m in model] if model else None, split_csv=split,
                                split=subset, shift=shift, batch_size=batch_size, max_images=max_images,
                                seed=seed, severity=severity, progress=progress, plots=not no_plots,
-                               device=device)
+                               engine=engine)
         console.print(_summary_table(metrics))
         for note in metrics.get("notes", []):
             console.print(f"[yellow]note:[/] {note}")

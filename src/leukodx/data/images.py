@@ -11,6 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 from leukodx.errors import ImageError
 
+ImageInput = np.ndarray | Image.Image | bytes | str | Path  # what the analysis accepts as one field
+
 ALLOWED_FORMATS = {"JPEG", "PNG", "TIFF", "BMP", "MPO"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MIN_SIDE = 32
@@ -133,3 +135,50 @@ def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int,
 
 class MaskSizeWarning(UserWarning):
     """A reference mask whose size differs from its image (it is resized to match)."""
+
+
+def array_to_rgb(arr: np.ndarray, name: str = "array") -> Image.Image:
+    """An in-memory image (HxW, HxWx3 or HxWx4; uint8, uint16 or float) as an 8-bit RGB PIL image."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(name, f"array of shape {a.shape} is not an image", "Give HxW, HxWx3 or HxWx4 pixels.")
+    h, w = a.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(name, f"image is {w}x{h}, smaller than the {MIN_SIDE} px minimum side",
+                         "Use the full microscope field, not a thumbnail.")
+    if h * w > MAX_PIXELS:
+        raise ImageError(name, f"image is {w}x{h}, over the {MAX_PIXELS / 1e6:.0f} MP limit", "Downscale it first.")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        if a.ndim == 2:
+            return _to_rgb(Image.fromarray(a))
+        a = (a.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer):
+        af = a.astype(np.float32)
+        if not np.isfinite(af).all():
+            raise ImageError(name, "array holds NaN or infinite values", "Give pixel values.")
+        scale = 255.0 if np.issubdtype(a.dtype, np.floating) and af.max(initial=0) <= 1.0 else 1.0
+        a = np.clip(af * scale, 0, 255).round().astype(np.uint8)
+    else:
+        raise ImageError(name, f"array of type {a.dtype} is not an image", "Give uint8, uint16 or float pixels.")
+    mode = "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA")
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(a), mode=mode))
+
+
+def image_reason(exc: ImageError) -> str:
+    """What is wrong with an image and what to do, without the file name (the row already has it)."""
+    return f"{exc.reason}. {exc.hint}".strip() if exc.hint else exc.reason
+
+
+def read_field(image: ImageInput, name: str | None = None) -> np.ndarray:
+    """Any accepted input as HxWx3 uint8 RGB; raises ImageError with the reason."""
+    if isinstance(image, np.ndarray):
+        return np.asarray(array_to_rgb(image, name or "array"))
+    if isinstance(image, Image.Image):
+        return np.asarray(array_to_rgb(np.asarray(image), name or "image"))
+    if isinstance(image, bytes | bytearray):
+        return np.asarray(open_image(bytes(image), name or "upload"))
+    return np.asarray(open_image(Path(image), name))

@@ -342,3 +342,28 @@ def segmentation_metrics(
     for p, r, a, b, n in zip(preds, refs, pc, rc, nm, strict=True):
         acc.add(p, r, a, b, n)
     return acc.result()
+
+
+def selective_metrics(y_true, probs, flags: Sequence[str]) -> dict:
+    """How the flags work as a reject option: coverage (the share of fields left unflagged, ``ok``), accuracy
+    over all fields and over the unflagged ones, the count per flag, and the risk-coverage curve of the
+    confidence alone (fields sorted by confidence; risk = error rate of the most confident share)."""
+    y, p = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    ok = np.asarray([f == "ok" for f in flags], bool)
+    correct = p.argmax(1) == y
+    order = np.argsort(-p.max(1), kind="stable")
+    cum_err = np.cumsum(~correct[order])
+    n = len(y)
+    points = sorted({max(1, round(n * c / 20)) for c in range(1, 21)})
+    counts: dict[str, int] = {}
+    for f in flags:
+        counts[f] = counts.get(f, 0) + 1
+    return {
+        "coverage": _f(ok.mean()) if n else None,
+        "flag_rate": _f(1 - ok.mean()) if n else None,
+        "flags": counts,
+        "accuracy_all": _f(correct.mean()) if n else None,
+        "accuracy_unflagged": _f(correct[ok].mean()) if ok.any() else None,
+        "accuracy_flagged": _f(correct[~ok].mean()) if (~ok).any() else None,
+        "risk_coverage": [{"coverage": _f(k / n), "risk": _f(cum_err[k - 1] / k)} for k in points] if n else [],
+    }

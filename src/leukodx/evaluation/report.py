@@ -102,6 +102,22 @@ def plot_reliability(bins: dict, path: Path, ece: float | None = None, title: st
     return _save(fig, path)
 
 
+def plot_risk_coverage(curves: dict[str, dict], path: Path, title: str = "Risk-coverage") -> Path:
+    """Error rate of the most confident share of fields against that share, one line per condition; the
+    operating point of the flags (coverage, error of the unflagged fields) is marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for (label, m), colour in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green"), strict=False):
+        pts = m.get("risk_coverage") or []
+        ax.plot([q["coverage"] for q in pts], [q["risk"] for q in pts], color=colour, label=label)
+        if m.get("coverage") and m.get("accuracy_unflagged") is not None:
+            ax.plot([m["coverage"]], [1 - m["accuracy_unflagged"]], "o", color=colour)
+    ax.set(xlabel="coverage (share of fields kept, most confident first)", ylabel="risk (error rate)", title=title,
+           xlim=(0, 1.02), ylim=(0, None))
+    ax.legend(fontsize=8, title="dot: the flags' operating point", title_fontsize=7)
+    return _save(fig, path)
+
+
 def plot_dice_histogram(series: dict[str, list[float]], path: Path, title: str = "Dice per field") -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
@@ -206,7 +222,10 @@ def _table(header: list[str] | None, rows: list[list[str]]) -> str:
 CLASSIFICATION_ROWS = [("n_images", "fields", False), ("accuracy", "accuracy", True),
                        ("balanced_accuracy", "balanced accuracy", True), ("macro_f1", "macro F1", False),
                        ("roc_auc_macro", "ROC AUC (macro, one vs rest)", False), ("ece", "ECE (15 bins)", False),
-                       ("nll", "negative log-likelihood", False), ("brier", "Brier score", False)]
+                       ("nll", "negative log-likelihood", False), ("brier", "Brier score", False),
+                       ("coverage", "coverage (fields not flagged)", True),
+                       ("accuracy_unflagged", "accuracy, unflagged fields", True),
+                       ("accuracy_flagged", "accuracy, flagged fields", True)]
 SEGMENTATION_ROWS = [("n_images", "fields with a reference mask", False),
                      ("n_reference_failed", "reference failed (< 0.1 % foreground)", False),
                      ("dice_global", "Dice, global (reference >= 0.1 %)", False),

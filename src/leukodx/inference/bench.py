@@ -131,7 +131,7 @@ def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_
             **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages[k].items()},
             "throughput_fields_per_s": round(len(done[k]) / batch_time[k], 2), "throughput_batch_size": batch_size,
             "n_fields": len(fields), "n_heatmap": len(stages[k]["heatmap"]),
-            "classifier_engine": a.classifier.source, "segmenter_engine": a.segmenter.source,
+            "classifier_engine": a.classifier.engine.source, "segmenter_engine": a.segmenter.engine.source,
             "flags": {f: sum(r.flag == f for r in done[k]) for f in ("ok", "low_confidence", "out_of_distribution",
                                                                      "unreadable")},
         }

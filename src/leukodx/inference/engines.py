@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from leukodx.errors import ModelError
+from leukodx.models.model_config import ModelConfig
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -107,8 +108,8 @@ class TorchEngine:
             out = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         if self.task == "classify":
             logits, feats = out
-            return {"logits": logits.float().numpy(), "features": feats.float().numpy()}
-        return {"logits": out.float().numpy()}
+            return {"logits": logits.detach().float().numpy(), "features": feats.detach().float().numpy()}
+        return {"logits": out.detach().float().numpy()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def session_options(threads: int | None):
     return so
 
 
-def check_onnx_session(sess, path: Path, config: dict) -> None:
+def check_onnx_session(sess, path: Path, config: ModelConfig) -> None:
     """Raise ModelError when the ONNX file does not fit its config.json (names, input size, outputs)."""
     redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path}"
     inputs = sess.get_inputs()
@@ -138,7 +139,7 @@ def check_onnx_session(sess, path: Path, config: dict) -> None:
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
         raise ModelError(f"{path} takes inputs {[i.name for i in inputs]}, not one input named {INPUT_NAME!r}.", redo)
     shape = inputs[0].shape
-    want = list(config.get("input_size") or [])
+    want = list(config.input_size)
     if len(shape) != 4 or shape[1] != 3 or (want and [shape[2], shape[3]] != want):
         raise ModelError(f"{path} takes input shape {shape}, but {path.parent / 'config.json'} says "
                          f"input_size {want} (expected [batch, 3, {want[0] if want else 'H'}, {want[1] if want else 'W'}]).",
@@ -146,8 +147,8 @@ def check_onnx_session(sess, path: Path, config: dict) -> None:
     if "logits" not in outputs:
         raise ModelError(f"{path} has outputs {outputs}, no 'logits'.", redo)
     out_shape = sess.get_outputs()[outputs.index("logits")].shape
-    if config.get("task") == "classify":
-        n_cls = len(config.get("classes") or [])
+    if config.task == "classify":
+        n_cls = len(config.classes)
         if len(out_shape) != 2:
             raise ModelError(f"{path} returns logits of shape {out_shape}, not N x classes: it is not a "
                              "classifier's export.", redo)
@@ -163,12 +164,13 @@ class OnnxEngine:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, config: dict, threads: int | None = None, verify_weights: bool = True):
+    def __init__(self, path: str | Path, config: ModelConfig, threads: int | None = None,
+                 verify_weights: bool = True):
         import onnxruntime as ort
 
         self.path = Path(path)
         self.threads = threads or default_threads()
-        self.task = config.get("task")
+        self.task = config.task
         if verify_weights:
             check_onnx_record(self.path, config)
         try:
@@ -189,7 +191,7 @@ class OnnxEngine:
         return dict(zip(self.outputs, res, strict=True))
 
 
-def check_onnx_metadata(sess, path: Path, config: dict) -> None:
+def check_onnx_metadata(sess, path: Path, config: ModelConfig) -> None:
     """The ONNX file names the weights it was exported from: they must be the model directory's weights."""
     import json
 
@@ -201,17 +203,17 @@ def check_onnx_metadata(sess, path: Path, config: dict) -> None:
         raise ModelError(f"{path} was exported from other weights than {weights} (the model was retrained or "
                          "the files were mixed).", redo)
     size = meta.get("leukodx_input_size")
-    if size and config.get("input_size") and json.loads(size) != list(config["input_size"]):
+    if size and json.loads(size) != list(config.input_size):
         raise ModelError(f"{path} was exported for input size {json.loads(size)}, but config.json says "
-                         f"{config['input_size']}.", redo)
+                         f"{list(config.input_size)}.", redo)
     task = meta.get("leukodx_task")
-    if task and config.get("task") and task != config["task"]:
-        raise ModelError(f"{path} holds a {task!r} model but config.json a {config['task']!r} one.", redo)
+    if task and task != config.task:
+        raise ModelError(f"{path} holds a {task!r} model but config.json a {config.task!r} one.", redo)
 
 
-def check_onnx_record(path: Path, config: dict) -> None:
+def check_onnx_record(path: Path, config: ModelConfig) -> None:
     """When config.json recorded the export, the ONNX file and the weights must be the ones exported."""
-    rec = config.get("onnx") or {}
+    rec = config.onnx or {}
     redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path.parent / ONNX_FILE}"
     entry = None
     if rec.get("file") == path.name:
@@ -231,7 +233,7 @@ def check_onnx_record(path: Path, config: dict) -> None:
                          "the files were mixed).", redo)
 
 
-def load_engine(model_dir: str | Path, config: dict, engine: str = "onnx", threads: int | None = None,
+def load_engine(model_dir: str | Path, config: ModelConfig, engine: str = "onnx", threads: int | None = None,
                 torch_model=None):
     """The engine for one model directory. engine "onnx" uses model.onnx when present (else PyTorch, noted in
     `.source`), "onnx-int8" uses model.int8.onnx (else model.onnx), "torch" uses PyTorch eager."""
@@ -246,7 +248,7 @@ def load_engine(model_dir: str | Path, config: dict, engine: str = "onnx", threa
         from leukodx.models.checkpoint import load_model
 
         torch_model, _ = load_model(d)
-    eng = TorchEngine(torch_model, config["task"], threads)
+    eng = TorchEngine(torch_model, config.task, threads)
     if engine != "torch":
         eng.source = f"model.safetensors (PyTorch eager: no {ONNX_FILE} in {d}; run `leukodx export onnx`)"
     return eng

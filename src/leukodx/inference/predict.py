@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from leukodx.data.images import image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError
-from leukodx.inference.pipeline import _reason
 
 CONTRACT_COLUMNS = ("path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay")
 
@@ -76,8 +76,6 @@ def output_stem(path: str) -> str:
 
 
 def _decode(path: str):
-    from leukodx.inference.pipeline import read_field
-
     try:
         return read_field(path, path)
     except ImageError as exc:
@@ -146,7 +144,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
             rows_futs = []
             for p, d in zip(chunk, decoded, strict=True):
                 if isinstance(d, Exception):
-                    r = FieldResult(path=p, label=None, flag="unreadable", flag_reason=_reason(d))
+                    r = FieldResult(path=p, label=None, flag="unreadable", flag_reason=image_reason(d))
                     rows_futs.append((r, None))
                 else:
                     r = next(analysed)

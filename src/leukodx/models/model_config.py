@@ -1,0 +1,161 @@
+"""The model directory's config.json, typed: read, validated and written by this module only.
+
+A model directory holds ``config.json`` (this), ``model.safetensors`` and, once exported, ``model.onnx``::
+
+    >>> cfg = read_model_config("src/leukodx/assets/classifier")
+    >>> cfg.task, cfg.arch, cfg.classes, cfg.input_size, cfg.temperature, cfg.thresholds.low_confidence
+    >>> update_model_config(run_dir, temperature=1.3)     # export and calibrate write through here
+
+Keys this version does not know are kept as they are (``extra="allow"``), so a newer leukodx's additions
+survive a round trip. Format 1 directories written before this module load unchanged: the segmenter's old
+``thresholds.probability`` is read as ``thresholds.mask``. This module imports no torch: the clinic install
+reads configs too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from leukodx import __version__
+from leukodx.errors import ModelError
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+DEFAULT_LOW_CONFIDENCE = 0.5
+DEFAULT_MASK_THRESHOLD = 0.5
+
+
+class InstanceParams(BaseModel):
+    """Cell-splitting parameters in pixels of a `reference_side` field (see leukodx.inference.instances)."""
+
+    model_config = ConfigDict(extra="allow")
+    min_area: int = 40
+    min_distance: float = 7
+    h: float = 2.0
+    max_hole: int = 150
+    reference_side: int = 224
+
+    def as_base(self) -> dict:
+        return {"min_area": self.min_area, "min_distance": self.min_distance, "h": self.h,
+                "max_hole": self.max_hole, "reference_side": self.reference_side}
+
+
+class Thresholds(BaseModel):
+    """Every threshold the analysis reads: `low_confidence` (classifier: calibrated confidence below it is
+    flagged), `mask` (segmenter: sigmoid above it is leukocyte) and `instances` (segmenter: cell splitting)."""
+
+    model_config = ConfigDict(extra="allow")
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE
+    mask: float = DEFAULT_MASK_THRESHOLD
+    instances: InstanceParams = Field(default_factory=InstanceParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "mask" not in data:
+            for old in ("probability", "foreground", "segmentation"):
+                if isinstance(data.get(old), int | float) and not isinstance(data.get(old), bool):
+                    data = {k: v for k, v in data.items() if k != old} | {"mask": float(data[old])}
+                    break
+        return data
+
+
+class ModelConfig(BaseModel):
+    """config.json of a model directory."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    format_version: int = FORMAT_VERSION
+    leukodx_version: str = __version__
+    task: Literal["classify", "segment"]
+    arch: str
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None
+    classes: list[str] = Field(default_factory=list)
+    input_size: tuple[int, int]
+    normalization: str | None = None
+    mask_threshold: int = 128  # grey level of the reference masks (Segmented images)
+    temperature: float = 1.0
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    ood: dict[str, Any] | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    onnx: dict[str, Any] | None = None
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, v: Any) -> Any:
+        return 1.0 if v in (None, 0) else v
+
+    @model_validator(mode="after")
+    def _classes_for_classifier(self) -> ModelConfig:
+        if self.task == "classify" and not self.classes:
+            raise ValueError("a classifier's config must list its classes")
+        return self
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def _fail(path: Path, problem: str) -> ModelError:
+    return ModelError(f"{path} {problem}.",
+                      "Restore the model directory from its training run, or retrain it with this leukodx "
+                      f"({__version__}): leukodx train classify|segment ... --out RUN.")
+
+
+def parse_model_config(raw: dict, path: str | Path = CONFIG) -> ModelConfig:
+    """A config.json's content as a ModelConfig; ModelError naming the first bad key otherwise."""
+    path = Path(path)
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelError(
+            f"{path} is model format {version!r}; this leukodx {__version__} reads format {FORMAT_VERSION}.",
+            "Retrain or re-export the model with this version of leukodx.")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        raise _fail(path, f"has a bad {where!r} ({err.get('msg')})") from None
+
+
+def read_model_config(model_dir: str | Path) -> ModelConfig:
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelError(f"Model directory {d} does not exist.",
+                         "Give a folder written by `leukodx train` (it holds config.json and model.safetensors).")
+    path = d / CONFIG
+    if not path.is_file():
+        raise ModelError(f"{d} has no {CONFIG}: it is not a leukodx model directory.",
+                         "Give a folder written by `leukodx train`.")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc}).", "Restore it from the training run.") from None
+    if not isinstance(raw, dict):
+        raise _fail(path, "is not a JSON object")
+    return parse_model_config(raw, path)
+
+
+def write_model_config(model_dir: str | Path, config: ModelConfig | dict) -> ModelConfig:
+    """Validate and write config.json atomically (a temporary file, then a rename)."""
+    d = Path(model_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    raw = config.to_json() if isinstance(config, ModelConfig) else dict(config)
+    raw.setdefault("format_version", FORMAT_VERSION)
+    raw.setdefault("leukodx_version", __version__)
+    cfg = parse_model_config(json.loads(json.dumps(raw, default=str)), d / CONFIG)
+    tmp = d / (CONFIG + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_json(), indent=2, default=str))
+    tmp.replace(d / CONFIG)
+    return cfg
+
+
+def update_model_config(model_dir: str | Path, **changes: Any) -> ModelConfig:
+    """Read config.json, set top-level keys (e.g. temperature=..., onnx={...}), validate and write it back."""
+    cfg = read_model_config(model_dir)
+    return write_model_config(model_dir, cfg.to_json() | changes)

@@ -331,3 +331,35 @@ def test_fields_from_the_models_own_training_split_are_counted(tmp_path, data):
     assert m["notes"] == []  # its own held-out rows
     m = evaluate(data, tmp_path / "o2", [clf], plots=False, split_csv=tmp_path / "other.csv")
     assert any(n.startswith(f"4 of the {len(rows)} evaluated fields") for n in m["notes"])
+
+
+def test_evaluate_and_predict_agree_field_by_field(tmp_path, data):
+    """What is evaluated is what runs: the same labels and probabilities from `evaluate` and `predict`, on the
+    ONNX engine both use by default, for every field (tiled ones included)."""
+    from PIL import Image
+
+    from leukodx.evaluation.evaluate import evaluate
+    from leukodx.inference.onnx import export_onnx
+    from leukodx.inference.predict import run_predict
+
+    clf = save_classifier(tmp_path / "clf", size=64, temperature=0.7)
+    export_onnx(clf, clf / "model.onnx")
+    seg = save_segmenter(tmp_path / "seg", size=64)
+    export_onnx(seg, seg / "model.onnx")
+    wide = data / "Original" / "Pro" / "wide.png"  # a 2:1 field: tiled by both
+    Image.fromarray(np.concatenate([np.asarray(Image.open(p).convert("RGB"))
+                                    for p in sorted((data / "Original" / "Pro").glob("*"))[:2]], axis=1)).save(wide)
+    try:
+        m = evaluate(data, tmp_path / "eval", [clf], plots=False)
+        run_predict([str(data / "Original")], tmp_path / "pred", classifier_dir=clf, segmenter_dir=seg,
+                    heatmap=False, overlays=False)
+    finally:
+        wide.unlink()
+    ev = {r["path"]: r for r in csv.DictReader(open(tmp_path / "eval" / "classification_predictions_clf.csv"))}
+    pr = {str(Path(r["path"]).relative_to(data)): r for r in csv.DictReader(open(tmp_path / "pred" / "predictions.csv"))}
+    assert ev.keys() == pr.keys() and len(ev) == m["classification"]["n_images"] == 13
+    for path, e in ev.items():
+        p = pr[path]
+        assert e["predicted"] == p["label"] and e["flag"] == p["flag"], path
+        for c in CLASSES:
+            assert float(e[f"p_{c}"]) == pytest.approx(float(p[f"prob_{c}"]), abs=1e-4), (path, c)

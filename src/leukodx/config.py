@@ -96,8 +96,14 @@ class TrainConfig:
             bad("balance", self.balance, f"Use one of: {', '.join(BALANCING)}.")
         if self.augment not in AUGMENTATIONS:
             bad("augment", self.augment, f"Use one of: {', '.join(AUGMENTATIONS)}.")
-        if self.normalization not in ("per_image", "imagenet"):
-            bad("normalization", self.normalization, "Use per_image or imagenet.")
+        from leukodx.models.classifiers import NORMALIZATIONS
+
+        if self.normalization not in NORMALIZATIONS:
+            bad("normalization", self.normalization, f"Use one of: {', '.join(NORMALIZATIONS)}.")
+        if self.task == "classify" and self.pretrained:
+            from leukodx.models.pretrained import resolve
+
+            resolve(str(self.pretrained))  # an unknown NAME lists the known ones
         if self.epochs < 1:
             bad("epochs", self.epochs, "Give at least 1 epoch.")
         if self.batch_size < 1:
@@ -195,6 +201,13 @@ def resolve_config(task: str = "classify", preset: str | None = None, yaml_path:
     if preset not in PRESETS[task]:
         raise LeukodxError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS[task])}.")
     merged: dict[str, Any] = {**PRESETS[task][preset], **from_yaml, **overrides, "preset": preset, "task": task}
+    if task == "classify" and merged.get("pretrained") and "arch" not in merged:
+        # --pretrained NAME with no --arch: the architecture those weights belong to
+        from leukodx.models.pretrained import default_arch
+
+        arch = default_arch(str(merged["pretrained"]))
+        if arch:
+            merged["arch"] = arch
     unknown = sorted(set(merged) - set(field_names()))
     if unknown:
         raise LeukodxError(f"Unknown setting(s) {', '.join(unknown)}" + (f" in {yaml_path}" if yaml_path else "") + ".",

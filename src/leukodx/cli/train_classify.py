@@ -33,8 +33,10 @@ def register(app: typer.Typer) -> None:
                                         "name (inception_resnet_v2, nasnetalarge, ...). [default: smearnet]"),
         image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. [default: 128]"),
         epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. [default: 20]"),
-        pretrained: Path | None = typer.Option(None, "--pretrained", help="Local weights file (.pth/.pt/"
-                                               ".safetensors) for the backbone; nothing is downloaded."),
+        pretrained: str | None = typer.Option(None, "--pretrained", help="ImageNet weights for the backbone: "
+                                              "NAME of a package-shipped set (efficientnet_lite0, efficientnet_lite1, "
+                                              "efficientnet_lite2; implies its --arch tf_efficientnet_liteN) or a "
+                                              "local FILE (.pth/.pt/.safetensors). Nothing is downloaded."),
         config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. a run's "
                                            "run_config.yaml)."),
         preset: str | None = typer.Option(None, "--preset", help="cpu (fast, default) or paper (the study: "
@@ -71,8 +73,8 @@ def register(app: typer.Typer) -> None:
 
         overrides = {
             "data": str(data), "out": str(out), "split": str(split) if split else None, "split_strategy": strategy,
-            "arch": arch, "image_size": image_size, "epochs": epochs, "pretrained": str(pretrained) if pretrained
-            else None, "preset": preset, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+            "arch": arch, "image_size": image_size, "epochs": epochs, "pretrained": pretrained, "preset": preset,
+            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "optimizer": optimizer, "schedule": schedule, "label_smoothing": label_smoothing, "balance": balance,
             "augment": augment, "normalization": normalization, "patience": patience, "seed": seed,
             "workers": workers, "threads": threads, "max_train_images": max_train_images, "max_val_images": max_val_images,

@@ -7,6 +7,9 @@ inside the model (so ONNX carries it):
   white balance, brightness and contrast shifts: on the Taleqani data colour alone separates the classes and
   collapses on another lab's smears, so a model should not be able to read absolute colour.
 - ``imagenet``: the usual ImageNet mean/std, for backbones with ImageNet weights (``--pretrained FILE``).
+- ``tflite``: (x/255 - 0.5) / 0.5, the EfficientNet-Lite weights' own preprocessing (``--pretrained NAME``,
+  see leukodx.models.pretrained). The bundled classifier uses ``per_image`` on those weights instead: it also
+  removes a global colour cast, and fine-tuning adapts the first layers to it.
 
 Example::
 
@@ -26,7 +29,7 @@ from torch import nn
 from leukodx.errors import ModelError
 from leukodx.models.registry import register
 
-NORMALIZATIONS = ("per_image", "imagenet")
+NORMALIZATIONS = ("per_image", "imagenet", "tflite")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -66,6 +69,8 @@ def make_normalization(kind: str) -> nn.Module:
         return PerImageStandardize()
     if kind == "imagenet":
         return MeanStdNormalize()
+    if kind == "tflite":
+        return MeanStdNormalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     raise ModelError(f"Unknown normalization {kind!r}.", f"Use one of: {', '.join(NORMALIZATIONS)}.")
 
 
@@ -86,7 +91,7 @@ class SmearClassifier(nn.Module):
 # pretrained weights from a local file
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"Pretrained weights file {path} does not exist.",
                          "Give a local .pth/.pt/.safetensors file with the backbone's state dict.")
@@ -120,41 +125,16 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _head_prefixes(backbone: nn.Module) -> tuple[str, ...]:
-    cfg = getattr(backbone, "pretrained_cfg", None) or {}
-    clf = cfg.get("classifier")
-    names = (clf,) if isinstance(clf, str) else tuple(clf or ())
-    return tuple(n + "." for n in names) or ("fc.", "head.", "classifier.")
-
-
 def load_pretrained(backbone: nn.Module, path: str | Path, arch: str) -> list[str]:
-    """Load a local state dict into `backbone`; returns the classifier-head keys that were dropped."""
-    path = Path(path)
-    state = _read_state_dict(path)
-    own = backbone.state_dict()
-    heads = _head_prefixes(backbone)
-    is_head = lambda k: k.startswith(heads)  # noqa: E731
-    dropped = [k for k in state if is_head(k) and (k not in own or own[k].shape != state[k].shape)]
-    for k in dropped:
-        del state[k]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                  for k in state if k in own and own[k].shape != state[k].shape]
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and not is_head(k)]
-    if mismatched or unexpected or missing:
-        parts = []
-        if mismatched:
-            parts.append(f"{len(mismatched)} tensor(s) of another shape, e.g. {'; '.join(mismatched[:2])}")
-        if missing:
-            parts.append(f"{len(missing)} weight(s) missing, e.g. {', '.join(missing[:3])}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown weight(s), e.g. {', '.join(unexpected[:3])}")
-        raise ModelError(f"Pretrained file {path} does not fit architecture {arch!r}: {'; '.join(parts)}.",
-                         f"Give weights saved from timm's {arch!r} (a state dict), or choose the --arch they belong to.")
-    backbone.load_state_dict(state, strict=False)
+    """Load --pretrained NAME|FILE into `backbone` strictly (leukodx.models.pretrained.apply_pretrained); returns
+    the classifier-head keys that were left to their fresh initialisation (another number of classes)."""
+    from leukodx.models.pretrained import apply_pretrained
+
+    record = apply_pretrained(backbone, str(path), arch)
+    dropped = record["head_replaced"]
     if dropped:
-        warnings.warn(f"{path.name}: the classifier head ({', '.join(sorted({k.split('.')[0] for k in dropped}))}) "
-                      "does not match the number of classes and was left out; it starts from random weights.",
+        warnings.warn(f"{Path(str(path)).name}: the classifier head ({', '.join(sorted({k.split('.')[0] for k in dropped}))}) "
+                      "does not match the number of classes and was replaced; it starts from random weights.",
                       PretrainedNote, stacklevel=3)
     return dropped
 

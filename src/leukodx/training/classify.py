@@ -34,8 +34,11 @@ def _classification_metrics():
     return classification_metrics
 
 
-def build_classifier(cfg: TrainConfig, num_classes: int):
-    """(model, arch_kwargs): arch_kwargs are what load_model needs to rebuild it (no pretrained file)."""
+def build_classifier(cfg: TrainConfig, num_classes: int, record: dict | None = None):
+    """(model, arch_kwargs): arch_kwargs are what load_model needs to rebuild it (no pretrained weights).
+
+    With cfg.pretrained (a NAME from leukodx.models.pretrained.PRETRAINED or a local FILE) the backbone is loaded
+    strictly; what was loaded (source, licence, file hash, tensors, replaced head) goes into `record`."""
     from leukodx.models.classifiers import check_image_size
     from leukodx.models.registry import create_model
 
@@ -48,12 +51,15 @@ def build_classifier(cfg: TrainConfig, num_classes: int):
         model = create_model("classify", cfg.arch, **arch_kwargs)
     check_image_size(cfg.arch, cfg.image_size, model=model)
     if cfg.pretrained:
-        from leukodx.models.classifiers import load_pretrained
+        from leukodx.models.pretrained import apply_pretrained
 
         backbone = getattr(model, "backbone", model)
         if not hasattr(backbone, "pretrained_cfg"):
             backbone.pretrained_cfg = {"classifier": "fc"}
-        load_pretrained(backbone, cfg.pretrained, cfg.arch)
+        loaded = apply_pretrained(backbone, cfg.pretrained, cfg.arch)
+        loaded["normalization_used"] = cfg.normalization
+        if record is not None:
+            record.update(loaded)
     return model, arch_kwargs
 
 
@@ -112,7 +118,12 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
         raise LeukodxError(f"The training images hold no example of class(es) {', '.join(missing)}.",
                            "Give more training images (--max-train-images) or a split with every class in train.")
 
-    model, arch_kwargs = build_classifier(cfg, len(classes))
+    pretrained_record: dict = {}
+    model, arch_kwargs = build_classifier(cfg, len(classes), pretrained_record)
+    if pretrained_record:
+        log(f"pretrained: {pretrained_record.get('name') or pretrained_record['file']}: "
+            f"{pretrained_record['n_loaded']} of {pretrained_record['n_tensors']} tensors loaded, head "
+            f"{', '.join(pretrained_record['head_replaced']) or 'kept'} replaced for {len(classes)} classes")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.arch}: {n_params / 1e6:.2f} M parameters, {cfg.image_size} px, device {device}"
         + (f", {info.world_size} processes" if info.enabled else ""))
@@ -206,7 +217,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
                        "test": _counts(test_s)},
             "subset": {"max_train_images": cfg.max_train_images, "max_val_images": cfg.max_val_images,
                        "max_test_images": cfg.max_test_images},
-            "pretrained": cfg.pretrained,
+            "pretrained": ({"spec": cfg.pretrained, **pretrained_record} if cfg.pretrained else None),
             "epochs_run": len(history),
             "best_epoch": best_epoch,
             "stopped_early": trainer.stopped_early,

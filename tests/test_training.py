@@ -72,7 +72,7 @@ def test_training_path_needs_no_web_dependencies():
 # --- transforms and data sets ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("augment", ["none", "light", "strong"])
+@pytest.mark.parametrize("augment", ["none", "light", "strong", "robust"])
 def test_transforms_keep_image_and_mask_aligned(augment):
     from leukodx.data.transforms import ClassificationTransform, SegmentationTransform
 
@@ -107,6 +107,52 @@ def test_stain_jitter_changes_colour_not_geometry():
     # white stays (nearly) white: no stain, no optical density
     w = t.apply_image(torch.ones(3, 4, 4), {**params, "beta": torch.zeros(3)})
     assert torch.allclose(w, torch.ones(3, 4, 4), atol=1e-4)
+
+
+def test_robust_colour_parts_are_not_just_affine():
+    """Per-image standardisation removes per-channel gains and offsets; gamma, hue rotation and stain jitter
+    must change what is left (the standardised image), or they teach nothing."""
+    from leukodx.data.transforms import ChannelGamma, HueRotate, JpegReencode, SensorNoise, WhiteBalance
+
+    torch.manual_seed(2)
+    x = torch.rand(3, 32, 32) * 0.8 + 0.1
+
+    def std(img):
+        m = img.mean(dim=(1, 2), keepdim=True)
+        return (img - m) / img.std(dim=(1, 2), keepdim=True)
+
+    wb = WhiteBalance(0.1, p=1.0)
+    assert (std(wb.apply_image(x, {"gain": torch.tensor([0.95, 1.0, 1.05])})) - std(x)).abs().max() < 1e-4
+    g = ChannelGamma(0.4, p=1.0)
+    y = g.apply_image(x, {"gamma": torch.tensor([0.7, 1.0, 1.4])})
+    assert (std(y) - std(x)).abs().mean() > 0.01 and torch.allclose(y[1], x[1])
+    h = HueRotate(12, p=1.0)
+    y = h.apply_image(x, {"angle": 0.2})
+    assert (std(y) - std(x)).abs().mean() > 0.01
+    grey = torch.full((3, 4, 4), 0.5)
+    assert torch.allclose(h.apply_image(grey, {"angle": 0.2}), grey, atol=1e-5)  # grey stays grey
+    j = JpegReencode((25, 25), p=1.0).apply_image(x, {"quality": 25})
+    assert j.shape == x.shape and 0.005 < (j - x).abs().mean() < 0.3
+    n = SensorNoise(0.02, p=1.0).apply_image(x, {"std": 0.02})
+    assert 0.005 < (n - x).abs().mean() < 0.03
+
+
+def test_random_zoom_covers_plus_minus_30_percent():
+    from leukodx.data.transforms import RandomZoom
+    from torchvision import tv_tensors
+
+    img = torch.zeros(3, 100, 100)
+    img[:, 40:60, 40:60] = 1.0  # a 20 px square: its size after the zoom measures the magnification
+    t = RandomZoom(100, amount=0.3, aspect=1.0)
+    torch.manual_seed(0)
+    sides = []
+    for _ in range(200):
+        out = t(tv_tensors.Image(img))
+        assert out.shape == (3, 100, 100)
+        sides.append(float((out[0] > 0.5).float().sum().sqrt()))
+    sides = np.array([s for s in sides if s > 0])
+    assert sides.min() < 20 * 0.8 and sides.max() > 20 * 1.2  # both ways
+    assert sides.min() > 20 * 0.65 and sides.max() < 20 * 1.4  # within +-30 % (+ resampling)
 
 
 def test_datasets_decode_once_split_and_balance(smears):

@@ -12,7 +12,22 @@ separates the classes (a colour shortcut that collapses on another lab's smears)
 - white balance (per-channel gains), brightness, contrast, saturation, hue;
 - focus blur and random greyscale.
 
-Strengths: ``none`` (resize only), ``light``, ``strong``.
+Strengths: ``none`` (resize only), ``light``, ``strong``, ``robust``.
+
+``robust`` (the bundled classifier's recipe) covers a broader family of lab-to-lab changes than the evaluation's
+synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one simulator can still fail on
+another lab's real smears. It draws, per image:
+
+- magnification x0.7..x1.3 (zoom in: random crop; zoom out: mirror padding, as a wider field of view looks),
+  aspect 0.9..1.1, flips and 90 degree rotations;
+- stain strength x0.6..x1.4 and offset +-0.05 OD per stain, stain colour vectors tilted (std 0.12), in
+  optical-density (HED) space;
+- per-channel gamma 0.7..1.4 (camera response curves, which per-image standardisation does not remove);
+- white balance +-15 %, a hue rotation of up to +-12 degrees about the grey axis, brightness, contrast,
+  saturation;
+- focus blur (sigma 0.1..2.0 px) or sharpening (camera firmware), sensor noise;
+- JPEG re-encoding at quality 25..95;
+- rarely, greyscale.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "light", "strong", "robust")
 
 # Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as skimage's rgb2hed
 _HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -100,6 +115,131 @@ class WhiteBalance(_ImageOnly):
         return (img * params["gain"].view(3, 1, 1)).clamp(0, 1)
 
 
+class ChannelGamma(_ImageOnly):
+    """Per-channel gamma: I_c ** g_c with log g_c ~ U(-log(1 + amount), log(1 + amount)), e.g. 0.7..1.4."""
+
+    def __init__(self, amount: float = 0.4, p: float = 0.6):
+        super().__init__(p)
+        self.amount = amount
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        lim = float(np.log1p(self.amount))
+        params["gamma"] = torch.exp((torch.rand(3) * 2 - 1) * lim)
+        return params
+
+    def apply_image(self, img, params):
+        return img.clamp(1e-4, 1).pow(params["gamma"].view(3, 1, 1))
+
+
+class HueRotate(_ImageOnly):
+    """Rotate colours about the grey axis by U(-degrees, degrees): a cheap hue shift (no HSV round trip)."""
+
+    def __init__(self, degrees: float = 12.0, p: float = 0.4):
+        super().__init__(p)
+        self.degrees = degrees
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        params["angle"] = float((torch.rand(()) * 2 - 1) * self.degrees * np.pi / 180)
+        return params
+
+    def apply_image(self, img, params):
+        a = params["angle"]
+        c, s = float(np.cos(a)), float(np.sin(a))
+        k = 1 / 3
+        r = float(np.sqrt(k))
+        # Rodrigues' rotation about the unit vector (1, 1, 1) / sqrt(3)
+        m = torch.tensor([[c + k * (1 - c), k * (1 - c) - r * s, k * (1 - c) + r * s],
+                          [k * (1 - c) + r * s, c + k * (1 - c), k * (1 - c) - r * s],
+                          [k * (1 - c) - r * s, k * (1 - c) + r * s, c + k * (1 - c)]], dtype=img.dtype)
+        return torch.einsum("ij,jhw->ihw", m, img).clamp(0, 1)
+
+
+class SensorNoise(_ImageOnly):
+    """Additive Gaussian noise of std U(0, sigma) (0..1 units)."""
+
+    def __init__(self, sigma: float = 0.02, p: float = 0.2):
+        super().__init__(p)
+        self.sigma = sigma
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        params["std"] = float(torch.rand(())) * self.sigma
+        return params
+
+    def apply_image(self, img, params):
+        return (img + torch.randn_like(img) * params["std"]).clamp(0, 1)
+
+
+class JpegReencode(_ImageOnly):
+    """Encode and decode as JPEG at a random quality in [lo, hi] (a camera's or a lab system's compression)."""
+
+    def __init__(self, quality: tuple[int, int] = (25, 95), p: float = 0.4):
+        super().__init__(p)
+        self.quality = quality
+
+    def make_params(self, flat_inputs):
+        params = super().make_params(flat_inputs)
+        params["quality"] = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
+        return params
+
+    def apply_image(self, img, params):
+        import io
+
+        from PIL import Image
+
+        u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        Image.fromarray(u8).save(buf, format="JPEG", quality=params["quality"])
+        buf.seek(0)
+        out = np.asarray(Image.open(buf).convert("RGB"))
+        return torch.from_numpy(out.copy()).permute(2, 0, 1).to(img.dtype) / 255.0
+
+
+class RandomZoom(v2.Transform):
+    """Magnification x U(1 - amount, 1 + amount) (log-uniform) and aspect U(1/aspect, aspect), then resize to
+    `size`. Zooming in crops a random window; zooming out mirror-pads (a wider field of view of the same smear,
+    not a flat border). Image and mask move together."""
+
+    def __init__(self, size: int, amount: float = 0.3, aspect: float = 1.1):
+        super().__init__()
+        self.size, self.amount, self.aspect = size, amount, aspect
+
+    def make_params(self, flat_inputs):
+        lo, hi = np.log(1 - self.amount), np.log(1 + self.amount)
+        zoom = float(np.exp(lo + float(torch.rand(())) * (hi - lo)))
+        ar = float(np.exp((float(torch.rand(())) * 2 - 1) * np.log(self.aspect)))
+        h, w = v2.functional.get_size(next(i for i in flat_inputs if isinstance(i, tv_tensors.Image)))
+        ch = max(2, round(h / (zoom * np.sqrt(ar))))  # window on the original, in its pixels
+        cw = max(2, round(w / (zoom / np.sqrt(ar))))
+        return {"h": h, "w": w, "ch": ch, "cw": cw, "ty": float(torch.rand(())), "tx": float(torch.rand(()))}
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, tv_tensors.Image | tv_tensors.Mask):
+            return inpt
+        x = inpt.as_subclass(torch.Tensor)
+        h, w, ch, cw = params["h"], params["w"], params["ch"], params["cw"]
+        is_mask = isinstance(inpt, tv_tensors.Mask)
+        xf = x.float()
+        pad_y, pad_x = max(0, ch - h), max(0, cw - w)
+        if pad_y or pad_x:  # zoom out: mirror-pad (reflect needs pad < size: repeat if it is larger)
+            while pad_y or pad_x:
+                py, px = min(pad_y, xf.shape[-2] - 1), min(pad_x, xf.shape[-1] - 1)
+                xf = torch.nn.functional.pad(xf[None], (px // 2, px - px // 2, py // 2, py - py // 2),
+                                             mode="reflect")[0]
+                pad_y, pad_x = pad_y - py, pad_x - px
+        hh, ww = xf.shape[-2:]
+        y0 = int(params["ty"] * (hh - ch + 1)) if hh > ch else 0
+        x0 = int(params["tx"] * (ww - cw + 1)) if ww > cw else 0
+        crop = xf[..., y0:y0 + min(ch, hh), x0:x0 + min(cw, ww)]
+        if is_mask:
+            out = torch.nn.functional.interpolate(crop[None], size=(self.size, self.size), mode="nearest")[0]
+            return tv_tensors.wrap(out.to(x.dtype), like=inpt)
+        out = v2.functional.resize(crop, [self.size, self.size], antialias=True)
+        return tv_tensors.wrap(out.to(x.dtype), like=inpt)
+
+
 class RandomRot90(v2.Transform):
     """Rotate image and mask together by a random multiple of 90 degrees (square inputs keep their size)."""
 
@@ -124,7 +264,31 @@ class To255(v2.Transform):
         return inpt
 
 
+def _robust_list(size: int) -> list[v2.Transform]:
+    return [
+        RandomZoom(size, amount=0.3, aspect=1.1),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        RandomRot90(),
+        StainJitter(strength=0.4, shift=0.05, hue=0.12, p=0.9),
+        ChannelGamma(0.4, p=0.6),
+        WhiteBalance(0.15, p=0.8),
+        HueRotate(12.0, p=0.4),
+        v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)], p=0.8),
+        v2.RandomChoice([
+            v2.GaussianBlur(kernel_size=max(3, (size // 24) | 1), sigma=(0.1, 2.0)),
+            v2.RandomAdjustSharpness(sharpness_factor=2.0, p=1.0),
+            v2.Identity(),
+        ], p=[0.35, 0.1, 0.55]),
+        SensorNoise(0.02, p=0.2),
+        JpegReencode((25, 95), p=0.4),
+        v2.RandomGrayscale(p=0.05),
+    ]
+
+
 def _augment_list(size: int, strength: str) -> list[v2.Transform]:
+    if strength == "robust":
+        return _robust_list(size)
     if strength == "light":
         mag, stain, wb, jitter, blur_p, grey_p = 0.2, (0.15, 0.02, 0.03), 0.08, 0.15, 0.1, 0.05
     else:  # strong

@@ -1,0 +1,159 @@
+"""Red-cell diameter in pixels: how large the smear is magnified in an image, whatever its stain or colour.
+
+    >>> d, conf = estimate_rbc_diameter(rgb)     # e.g. (16.2, 0.9) for a Taleqani field at 224 px
+
+Method: a radial-symmetry vote (after Loy & Zelinsky's fast radial symmetry transform). Every strong edge pixel
+votes, for each trial radius r, for the point r pixels against its intensity gradient (towards the darker
+side: red cells are darker than the background). When r equals a round cell's radius, the votes of its whole
+outline land on its centre. The vote concentration is measured with bins of size proportional to r (so the
+measure is scale-free) and divided by a null: the same votes displaced along the edge instead of across it,
+which keeps every straight line and texture as concentrated as before but no circle. The radius with the
+highest ratio is the typical radius of round dark objects, which in a blood smear are overwhelmingly red
+cells (leukocytes are larger but few). It works through touching cells, central pallor and stain or white
+balance changes, since only the direction of the gradient counts.
+
+The confidence (0..1) grows with the peak ratio: 1 when the outlines of many round cells agree, near 0 on
+noise, gradients, text or pictures without round objects. No estimate (None) is returned when no peak stands
+out or it lies at the edge of the searched range.
+
+`TRAINING_RBC_DIAMETER_224` is the median red-cell diameter measured on the Taleqani training fields, in
+pixels of a 224-px field (the data's native size): the magnification the bundled models were trained at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+# median over the 1,595 training rows of benchmarks/splits/taleqani-sgdc-seed0.csv (224 x 224 fields), measured
+# with estimate_rbc_diameter; see benchmarks/non_smear.py --measure-reference. 5th-95th percentile: 14.0-19.4 px.
+TRAINING_RBC_DIAMETER_224 = 16.3
+
+WORK_SIDE = 128  # the estimate is computed on the image resized so that its short side is at most this
+MIN_RADIUS = 2.0  # px at working resolution: smaller cells cannot be told from noise
+MAX_RADIUS_FRACTION = 1 / 8  # of the short side
+COARSE_STEP = 1.15
+FINE_STEP = 1.04
+EDGE_PERCENTILE = 75.0  # the strongest quarter of the gradients vote
+MAX_VOTERS = 8000
+BIN_FRACTION = 0.5  # vote bins are r / 2 wide
+MIN_PEAK_RATIO = 1.5  # below this, no round objects stand out: no estimate
+FULL_CONFIDENCE_RATIO = 2.5  # at and above this, confidence 1
+
+
+def _grey_work(rgb: np.ndarray, work_side: int) -> tuple[np.ndarray, float]:
+    """The image as float grey at working resolution, and the factor from working to original pixels."""
+    from PIL import Image
+
+    rgb = np.asarray(rgb)
+    img = Image.fromarray(np.ascontiguousarray(rgb if rgb.ndim == 2 else rgb[..., :3]).astype(np.uint8, copy=False))
+    img = img.convert("L")
+    w, h = img.size
+    f = 1.0
+    if min(h, w) > work_side:
+        f = min(h, w) / work_side
+        nh, nw = max(1, round(h / f)), max(1, round(w / f))
+        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+        f = h / nh
+    return np.asarray(img, dtype=np.float32), f
+
+
+def _voters(grey: np.ndarray):
+    """Strong-gradient pixels (a fixed, evenly spread subset) and their unit gradient directions."""
+    g = ndi.uniform_filter(grey, 2)  # light smoothing against JPEG and sensor noise
+    gy = ndi.sobel(g, 0)
+    gx = ndi.sobel(g, 1)
+    mag = np.hypot(gx, gy)
+    flat = mag.ravel()
+    k = int(EDGE_PERCENTILE / 100 * (flat.size - 1))
+    cut = max(float(np.partition(flat, k)[k]), 4.0)  # 4 grey levels per px (Sobel units): below is noise
+    idx = np.flatnonzero(flat > cut)
+    if len(idx) > MAX_VOTERS:  # an evenly spaced subset: the same image always gives the same answer
+        idx = idx[np.linspace(0, len(idx) - 1, MAX_VOTERS).astype(np.int64)]
+    ys, xs = np.divmod(idx, grey.shape[1])
+    m = flat[idx]
+    return (ys.astype(np.float32), xs.astype(np.float32), (gy.ravel()[idx] / m).astype(np.float32),
+            (gx.ravel()[idx] / m).astype(np.float32))
+
+
+def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per radius r (rows of dy, dx): how concentrated the votes are, as the sum of squared vote counts per bin
+    (bins BIN_FRACTION * r wide) over the number of votes and the outline length 2 pi r; the mean of two bin
+    grids offset by half a bin. All radii in one bincount."""
+    b = (BIN_FRACTION * radii)[:, None].astype(np.float32)
+    nh = np.ceil(h / b[:, 0]).astype(np.int64) + 3
+    nw = np.ceil(w / b[:, 0]).astype(np.int64) + 3
+    sizes = nh * nw
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    total = np.zeros(len(radii))
+    for off in (1.0, 1.5):
+        cy = ((ys + dy) / b + off).astype(np.int64)  # >= 0 where the vote lands at most a bin off the image
+        cx = ((xs + dx) / b + off).astype(np.int64)
+        ok = (cy >= 0) & (cx >= 0) & (cy < nh[:, None]) & (cx < nw[:, None])
+        flat = (cy * nw[:, None] + cx + starts[:, None])[ok]
+        m = np.bincount(flat, minlength=int(sizes.sum())).astype(np.float64)
+        total += np.add.reduceat(m * m, starts)
+    return total / 2 / max(ys.shape[-1], 1) / (2 * np.pi * radii)
+
+
+def _ratios(vot, radii, h: int, w: int) -> np.ndarray:
+    """Vote concentration across the edges over that along them, per radius."""
+    ys, xs, uy, ux = vot
+    radii = np.asarray(radii, dtype=np.float64)
+    if len(ys) < 20:
+        return np.zeros(len(radii))
+    r = radii[:, None].astype(np.float32)
+    a = _concentration(ys, xs, -r * uy, -r * ux, radii, h, w)
+    null = _concentration(ys, xs, -r * ux, r * uy, radii, h, w)
+    return a / np.maximum(null, 1e-9)
+
+
+def _coarse_radii(h: int, w: int) -> np.ndarray:
+    rmax = min(h, w) * MAX_RADIUS_FRACTION
+    n = int(np.floor(np.log(max(rmax, MIN_RADIUS) / MIN_RADIUS) / np.log(COARSE_STEP))) + 1
+    return MIN_RADIUS * COARSE_STEP ** np.arange(max(n, 1))
+
+
+def symmetry_curve(rgb: np.ndarray, radii: np.ndarray | None = None, work_side: int = WORK_SIDE):
+    """(radii in working px, ratio of concentration to null per radius, working-to-original factor)."""
+    grey, f = _grey_work(rgb, work_side)
+    h, w = grey.shape
+    radii = _coarse_radii(h, w) if radii is None else np.asarray(radii, float)
+    return radii, _ratios(_voters(grey), radii, h, w), f
+
+
+def _peak(radii: np.ndarray, ratio: np.ndarray) -> tuple[float, float, int]:
+    k = int(np.argmax(ratio))
+    lr = np.log(radii)
+    if 0 < k < len(radii) - 1:
+        y0, y1, y2 = ratio[k - 1:k + 2]
+        den = y0 - 2 * y1 + y2
+        off = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5)) if den < 0 else 0.0
+        left, right = lr[k] - lr[k - 1], lr[k + 1] - lr[k]
+        return float(np.exp(lr[k] + off * (right if off > 0 else left))), float(y1), k
+    return float(radii[k]), float(ratio[k]), k
+
+
+def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[float | None, float]:
+    """(typical red-cell diameter in the image's own pixels, or None; confidence 0..1) for an HxWx3 image."""
+    grey, f = _grey_work(rgb, work_side)
+    h, w = grey.shape
+    vot = _voters(grey)
+    radii = _coarse_radii(h, w)
+    ratio = _ratios(vot, radii, h, w)
+    if len(radii) < 3 or not np.any(ratio > 0):
+        return None, 0.0
+    _, _, k = _peak(radii, ratio)
+    # refine on a fine grid around the coarse peak
+    lo, hi = radii[max(k - 1, 0)], radii[min(k + 1, len(radii) - 1)]
+    n = int(np.ceil(np.log(hi / lo) / np.log(FINE_STEP))) + 1
+    fine = lo * FINE_STEP ** np.arange(n)
+    fine = fine[fine <= hi * 1.0001]
+    ratio_f = _ratios(vot, fine, h, w)
+    r_best, peak, _ = _peak(fine, ratio_f)
+    peak = max(peak, float(ratio[k]))
+    at_edge = k == 0 or k == len(radii) - 1
+    conf = float(np.clip((peak - 1.0) / (FULL_CONFIDENCE_RATIO - 1.0), 0.0, 1.0))
+    if at_edge or peak < MIN_PEAK_RATIO:
+        return None, conf if not at_edge else min(conf, 0.2)
+    return float(2 * r_best * f), conf

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from leukodx import __version__
-from leukodx.cli import bench, data, demo, evaluate, export, predict, serve, study, train
+from leukodx.cli import backup, bench, data, demo, evaluate, export, predict, serve, study, train
 from leukodx.cli._common import err_console
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(train.app, name="train")
 app.add_typer(study.app, name="study")
 app.add_typer(export.app, name="export")
-for module in (evaluate, predict, bench, serve, demo):
+for module in (evaluate, predict, bench, serve, backup, demo):
     module.register(app)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -11,9 +12,11 @@ import torch
 from PIL import Image
 
 from leukodx.cli import main
+from leukodx.data.images import read_reference_mask
+from leukodx.data.layout import load_dataset
 from leukodx.data.synthetic import make_synthetic_dataset
 from leukodx.errors import DatasetError
-from leukodx.training.segment import DiceBCELoss, DiceScore
+from leukodx.training.losses import DiceBCELoss, DiceScore
 
 TINY = ["--base-channels", "4", "--depth", "2", "--image-size", "48", "--epochs", "1", "--batch-size", "8",
         "--quiet"]
@@ -49,14 +52,16 @@ def test_train_segment_cli_writes_a_model_directory(smears, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["task"] == "segment" and cfg["arch"] == "unet-fpn-gelu"
     assert cfg["arch_kwargs"]["base_channels"] == 4 and cfg["input_size"] == [48, 48]
-    assert cfg["thresholds"]["probability"] == 0.5 and "min_area" in cfg["thresholds"]["instances"]
+    assert cfg["thresholds"]["mask"] == 0.5 and "min_area" in cfg["thresholds"]["instances"]
     assert cfg["mask_threshold"] == 128
     assert cfg["training"]["masks"]["train"]["n_used"] > 0
     metrics = json.loads((run / "metrics.json").read_text())
     seg = metrics["segmentation"]
     assert all(k in seg for k in CONTRACT)
     assert seg["n_images"] > 0 and 0 <= seg["dice_global"] <= 1
-    assert metrics["segmentation_lab_shift"]["shift"] == "lab"
+    shifted = metrics["segmentation_lab_shift"]
+    assert shifted["n_images"] == seg["n_images"]
+    assert (shifted["dice_global"], shifted["pixel_accuracy"]) != (seg["dice_global"], seg["pixel_accuracy"])
     model, _ = load_model(run)
     assert model(torch.rand(1, 3, 48, 48) * 255).shape == (1, 1, 48, 48)
 
@@ -147,7 +152,7 @@ def test_require_masks_message(tmp_path):
 
 
 def test_study_summary_mean_std_and_table():
-    from leukodx.training.segment import study_table, summarize_study
+    from leukodx.training.segment_study import study_table, summarize_study
 
     def run(arch, seed, dice):
         test = {"dice_global": dice, "dice_global_all": dice, "dice_mean": dice, "iou_global": dice / 2,
@@ -175,6 +180,19 @@ def test_min_mask_fraction_and_pretrained(smears, tmp_path, capsys):
     assert cli("train", "segment", "--data", str(smears), "--out", str(run), "--min-mask-fraction", "0.02",
                *TINY) == 0
     masks = json.loads((run / "config.json").read_text())["training"]["masks"]["train"]
-    assert masks["min_mask_fraction"] == 0.02 and masks["n_low_foreground"] >= 0
+    train_rows = [r for r in csv.DictReader(open(run / "split.csv")) if r["split"] == "train"]
+    by_path = load_dataset(smears).by_path()
+    low = sum(read_reference_mask(by_path[r["path"]].mask).mean() < 0.02 for r in train_rows)
+    assert masks["min_mask_fraction"] == 0.02 and masks["n_low_foreground"] == low
     run4 = tmp_path / "r4"
     assert cli("train", "segment", "--data", str(smears), "--out", str(run4), "--pretrained", str(run), *TINY) == 0
+    # --pretrained really loads the weights: a fresh model given them holds exactly the run's tensors
+    from safetensors.torch import load_file
+
+    from leukodx.models.checkpoint import load_model
+    from leukodx.training.segment import _load_initial_weights
+
+    fresh, _ = load_model(run4)
+    _load_initial_weights(fresh, run)
+    want = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())

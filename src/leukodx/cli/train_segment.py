@@ -19,35 +19,6 @@ EXAMPLE = (
     "  leukodx train segment --data DATA --preset paper --device cuda --out runs/unet-paper"
 )
 
-# the preset's base channels when --base-channels is not given: small on CPU, the study's 64 for --preset paper
-BASE_CHANNELS = {"cpu": 16, "paper": 64}
-
-
-def segment_overrides(**kw) -> dict:
-    """Flag values -> TrainConfig overrides (None = not given); --base-channels/--encoder go to arch_kwargs."""
-    base, encoder, depth = kw.pop("base_channels"), kw.pop("encoder"), kw.pop("depth")
-    arch_kwargs = {}
-    if base is not None:
-        arch_kwargs["base_channels"] = base
-    if depth is not None:
-        arch_kwargs["depth"] = depth
-    if encoder:
-        arch_kwargs["encoder"] = encoder
-    kw["arch_kwargs"] = arch_kwargs or None
-    return kw
-
-
-def resolve_segment_config(yaml_path=None, **flags):
-    """resolve_config("segment", ...) with the preset's base channels filled in when none were given."""
-    from leukodx.config import resolve_config
-
-    overrides = segment_overrides(**flags)
-    cfg = resolve_config("segment", yaml_path=yaml_path, overrides=overrides)
-    if "base_channels" not in cfg.arch_kwargs and "encoder" not in cfg.arch_kwargs and ":" not in cfg.arch:
-        cfg.arch_kwargs = {**cfg.arch_kwargs, "base_channels": BASE_CHANNELS.get(cfg.preset, 16)}
-    return cfg
-
-
 def register(app: typer.Typer) -> None:
     @app.command("segment", help="Train a leukocyte segmenter on a data folder with Segmented/ reference masks.\n\n"
                  + EXAMPLE)
@@ -110,6 +81,7 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         from leukodx.training.segment import train_segmenter
+        from leukodx.training.segment_study import resolve_segment_config
 
         cfg = resolve_segment_config(
             config, data=str(data), out=str(out), split=str(split) if split else None, arch=arch,

@@ -290,6 +290,8 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
     count_ref = _reference_counter(em.config)
     acc = M.SegmentationAccumulator()
     acc_s = M.SegmentationAccumulator() if shift_fn is not None else None
+    per_class: dict[str, M.SegmentationAccumulator] = {}
+    per_class_s: dict[str, M.SegmentationAccumulator] = {}
     unreadable: list[dict] = []
     resized: list[str] = []
     done = 0
@@ -304,12 +306,16 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             names = [s.path for s in kept]
             for s, (_, ref), r in zip(kept, pairs, _segment(em, [a for a, _ in pairs], names, batch_size),
                                       strict=True):
-                acc.add(r.mask, ref, r.cell_count, count_ref(ref), name=s.path)
+                n_ref = count_ref(ref)
+                acc.add(r.mask, ref, r.cell_count, n_ref, name=s.path)
+                per_class.setdefault(s.label, M.SegmentationAccumulator()).add(r.mask, ref, r.cell_count, n_ref)
             if acc_s is not None:
                 shifted = [shift_fn(rgb, s.path, ref) for (rgb, ref), s in zip(pairs, kept, strict=True)]
                 for s, (_, ref_s), r in zip(kept, shifted, _segment(em, [a for a, _ in shifted], names, batch_size),
                                             strict=True):
-                    acc_s.add(r.mask, ref_s, r.cell_count, count_ref(ref_s), name=s.path)
+                    n_ref = count_ref(ref_s)
+                    acc_s.add(r.mask, ref_s, r.cell_count, n_ref, name=s.path)
+                    per_class_s.setdefault(s.label, M.SegmentationAccumulator()).add(r.mask, ref_s, r.cell_count, n_ref)
         done += len(batch)
         if progress:
             progress(f"segment {em.name}", done, len(with_mask))
@@ -317,8 +323,10 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
         raise DatasetError("None of the fields with masks could be read.",
                            f"Check the files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']}.")
 
-    def finish(a: M.SegmentationAccumulator) -> dict:
+    def finish(a: M.SegmentationAccumulator, classes: dict[str, M.SegmentationAccumulator]) -> dict:
         m = a.result()
+        m["per_class"] = {c: {k: v for k, v in pc.result().items() if k != "per_image"}
+                          for c, pc in sorted(classes.items())}
         m.update(em.info())
         m.update({"probability_threshold": float((em.config.get("thresholds") or {}).get("mask", 0.5)),
                   "mask_threshold": thr_mask, "n_missing_masks": n_missing, "n_masks_resized": len(resized),
@@ -353,7 +361,8 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             r = _segment(em, [rgb], [s.path], 1)[0]
             items.append({"rgb": rgb, "pred": r.mask, "ref": ref, "title": f"Dice {rec['dice']:.3f}\n{Path(s.path).name}"})
         examples[group] = items
-    return {"metrics": finish(acc), "metrics_shift": finish(acc_s) if acc_s is not None else None,
+    return {"metrics": finish(acc, per_class),
+            "metrics_shift": finish(acc_s, per_class_s) if acc_s is not None else None,
             "examples": examples}
 
 

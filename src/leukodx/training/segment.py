@@ -27,61 +27,10 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from leukodx.errors import DatasetError
-
-PROBABILITY_THRESHOLD = 0.5
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# loss and metric
-
-
-class DiceBCELoss(nn.Module):
-    """BCE-with-logits + (1 - soft Dice), the Dice computed over the whole batch (stable on empty masks)."""
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
-        super().__init__()
-        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        target = target.float()
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        p = torch.sigmoid(logits)
-        inter = (p * target).sum()
-        dice = (2 * inter + self.smooth) / (p.sum() + target.sum() + self.smooth)
-        return self.bce_weight * bce + self.dice_weight * (1 - dice)
-
-
-class DiceScore:
-    """Streaming global Dice of thresholded predictions (the early-stopping metric): update(logits, target)."""
-
-    def __init__(self, threshold: float = PROBABILITY_THRESHOLD):
-        self.logit_threshold = float(np.log(threshold / (1 - threshold)))
-        self.reset()
-
-    def reset(self) -> None:
-        self.inter = self.pred = self.ref = 0.0
-
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        p = logits.detach() > self.logit_threshold
-        t = target.detach() > 0.5
-        self.inter += float((p & t).sum())
-        self.pred += float(p.sum())
-        self.ref += float(t.sum())
-
-    def compute(self) -> float:
-        den = self.pred + self.ref
-        return 1.0 if den == 0 else 2 * self.inter / den
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# data
+from leukodx.training.losses import PROBABILITY_THRESHOLD, DiceBCELoss, DiceScore
 
 
 def masked_samples(samples, split_name: str = "") -> tuple[list, list[str]]:
@@ -101,110 +50,20 @@ def require_masks(dataset, data) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# inference and scoring at the field's own resolution
-
-
-def _resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    h, w = size
-    if rgb.shape[:2] == (h, w):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
-
-
-@torch.inference_mode()
-def predict_probabilities(model, fields: list[np.ndarray], input_size: tuple[int, int], device="cpu",
-                          batch_size: int = 16) -> list[np.ndarray]:
-    """Foreground probability maps (float32 HxW, each at its field's own size) for HxWx3 uint8 fields."""
-    model.eval()
-    out: list[np.ndarray] = []
-    for i in range(0, len(fields), batch_size):
-        chunk = fields[i:i + batch_size]
-        x = torch.stack([torch.from_numpy(np.array(_resize_rgb(f, input_size))).permute(2, 0, 1) for f in chunk]).float()
-        prob = torch.sigmoid(model(x.to(device)).float()).cpu()
-        for f, p in zip(chunk, prob, strict=True):
-            if p.shape[-2:] != f.shape[:2]:
-                p = F.interpolate(p[None], size=f.shape[:2], mode="bilinear", align_corners=False)[0]
-            out.append(p[0].numpy())
-    return out
-
-
-def evaluate_segmenter(model, samples, input_size, *, mask_threshold: int = 128,
-                       probability: float = PROBABILITY_THRESHOLD, shift: str | None = None, shift_seed: int = 0,
-                       device="cpu", batch_size: int = 16, progress=None) -> dict:
-    """Segmentation metrics (DESIGN.md contract) of `model` on `samples` at each field's own resolution.
-
-    Fields without a mask are counted (`n_missing_masks`) and left out; unreadable files likewise
-    (`n_unreadable`). `shift="lab"` applies leukodx.evaluation.shift.lab_shift to image and mask, one fixed
-    draw per field. Cell counts: split_instances on the prediction vs reference_components on the reference,
-    both with parameters scaled to the field's size.
-    """
-    from leukodx.data.images import read_reference_mask, read_rgb
-    from leukodx.errors import ImageError
-    from leukodx.evaluation.metrics import SegmentationAccumulator
-    from leukodx.inference.instances import reference_components, scaled_params, split_instances
-
-    if shift not in (None, "lab"):
-        raise DatasetError(f"Unknown shift {shift!r}.", "Use --shift lab, or leave it out.")
-    acc = SegmentationAccumulator()
-    per_class: dict[str, SegmentationAccumulator] = {}
-    have, missing = masked_samples(samples)
-    labels = {s.path: s.label for s in have}
-    unreadable: list[str] = []
-    t0 = time.perf_counter()
-    chunk = max(1, batch_size) * 4
-    for i in range(0, len(have), chunk):
-        fields, refs, names = [], [], []
-        for s in have[i:i + chunk]:
-            try:
-                rgb = read_rgb(s.image)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ref = read_reference_mask(s.mask, mask_threshold, size=(rgb.shape[1], rgb.shape[0]))
-            except ImageError as exc:
-                unreadable.append(f"{s.path} ({exc.reason})")
-                continue
-            if shift == "lab":
-                from leukodx.evaluation.shift import lab_shift, rng_for
-
-                rgb, ref = lab_shift(rgb, rng_for(shift_seed, s.path), mask=ref)
-            fields.append(rgb)
-            refs.append(ref.astype(bool))
-            names.append(s.path)
-        probs = predict_probabilities(model, fields, input_size, device, batch_size)
-        for p, ref, name in zip(probs, refs, names, strict=True):
-            pred = p > probability
-            params = scaled_params(pred.shape)
-            n_pred = len(split_instances(pred, **params)[1])
-            n_ref = reference_components(ref, params["min_area"], params["max_hole"])
-            acc.add(pred, ref, n_pred, n_ref, name)
-            label = labels.get(name)
-            if label is not None:
-                per_class.setdefault(label, SegmentationAccumulator()).add(pred, ref, n_pred, n_ref, name)
-        if progress is not None:
-            progress(min(i + chunk, len(have)), len(have))
-    res = acc.result()
-    res["n_missing_masks"] = len(missing)
-    res["per_class"] = {c: {k: v for k, v in a.result().items() if k != "per_image"}
-                        for c, a in sorted(per_class.items())}
-    res["n_unreadable"] = len(unreadable)
-    if unreadable:
-        res["unreadable"] = unreadable
-    res["probability_threshold"] = probability
-    res["mask_threshold"] = mask_threshold
-    res["shift"] = shift
-    res["seconds"] = round(time.perf_counter() - t0, 2)
-    res["count_rule"] = ("predicted: leukodx.inference.instances.split_instances (touching cells split); "
-                         "reference: connected components of the reference mask, same speck rule")
-    best, worst = acc.best_worst(3)
-    res["best_fields"] = [r["name"] for r in best]
-    res["worst_fields"] = [r["name"] for r in worst]
-    return res
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # training
+
+
+def score_test_split(model_dir, test_samples, evaluate_shift: bool, batch_size: int):
+    """The saved model scored on the test fields through the analysis pipeline (PyTorch engine), as `leukodx
+    evaluate` scores it: (metrics, lab-shift metrics or None); (None, None) without test fields."""
+    if not test_samples:
+        return None, None
+    from leukodx.evaluation.evaluate import _shift_fn, evaluate_segmenter, load_models
+
+    models, _ = load_models([model_dir], engine="torch")
+    res = evaluate_segmenter(models[0], list(test_samples), batch_size, _shift_fn("lab", 0, 1.0) if evaluate_shift
+                             else None)
+    return res["metrics"], res["metrics_shift"]
 
 
 def build_segmenter_model(cfg):
@@ -377,15 +236,7 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
         dist_utils.cleanup()
         return result
 
-    input_size = (cfg.image_size, cfg.image_size)
-    test_metrics = shift_metrics = None
-    if test_s:
-        test_metrics = evaluate_segmenter(model, test_s, input_size, mask_threshold=cfg.mask_threshold,
-                                          device=device, batch_size=max(cfg.batch_size, 16))
-        if evaluate_shift:
-            shift_metrics = evaluate_segmenter(model, test_s, input_size, mask_threshold=cfg.mask_threshold,
-                                               shift="lab", device=device, batch_size=max(cfg.batch_size, 16))
-    from leukodx.inference.instances import MAX_HOLE, MIN_AREA, MIN_DISTANCE, REFERENCE_SIDE, H
+    from leukodx.inference.instances import DEFAULT_PARAMS
 
     wall = time.perf_counter() - t_start
     config = {
@@ -396,12 +247,11 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
         "input_size": [cfg.image_size, cfg.image_size],
         "normalization": cfg.normalization,
         "input": "float32 N x 3 x H x W, RGB 0..255 (normalisation is inside the model); output logits N x 1 x H x W",
-        "output": "logits of leukocyte foreground; sigmoid > thresholds.probability is the mask",
+        "output": "logits of leukocyte foreground; sigmoid > thresholds.mask is the mask",
         "mask_threshold": cfg.mask_threshold,
         "thresholds": {
-            "probability": PROBABILITY_THRESHOLD,
-            "instances": {"min_area": MIN_AREA, "min_distance": MIN_DISTANCE, "h": H, "max_hole": MAX_HOLE,
-                          "reference_side": REFERENCE_SIDE,
+            "mask": PROBABILITY_THRESHOLD,
+            "instances": {**DEFAULT_PARAMS,
                           "note": "pixels of a 224 px field; leukodx.inference.instances.scaled_params rescales"},
         },
         "n_parameters": n_params,
@@ -429,9 +279,14 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
             "torch_version": torch.__version__,
             "config": cfg.to_dict(),
         },
-        "metrics": {"val_dice": trainer.best_metric, "test": brief(test_metrics), "test_lab_shift": brief(shift_metrics)},
+        "metrics": {"val_dice": trainer.best_metric},
     }
     save_model(out, model, config)
+    test_metrics, shift_metrics = score_test_split(out, test_s, evaluate_shift, max(cfg.batch_size, 16))
+    from leukodx.models.model_config import update_model_config
+
+    config = update_model_config(out, metrics={**config["metrics"], "test": brief(test_metrics),
+                                               "test_lab_shift": brief(shift_metrics)}).to_json()
     seg = dict(test_metrics) if test_metrics is not None else {"n_images": 0}
     per_image = seg.pop("per_image", None)
     metrics = {"segmentation": seg, "model": str(out), "split": "test", "training_data": config["training"]["counts"]}
@@ -466,202 +321,3 @@ def _summary_line(name: str, m: dict) -> str:
             f"{m.get('n_missing_masks', 0)} without a mask)")
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the study: U-Net vs U-Net-FPN-GELU, seeds, one common test set
-
-STUDY_METRICS = ("dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy", "count_mae")
-
-
-def _mean_std(values: list[float]) -> dict:
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-            "n": len(vals), "values": vals}
-
-
-def summarize_study(runs: list[dict], archs: list[str]) -> dict:
-    """Per architecture: mean ± std (sample std over seeds) of every study metric, test and lab shift."""
-    out = {}
-    for arch in archs:
-        rs = [r for r in runs if r["arch"] == arch]
-        entry = {"n_runs": len(rs), "test": {}, "test_lab_shift": {}}
-        for m in STUDY_METRICS:
-            entry["test"][m] = _mean_std([r["test"].get(m) for r in rs if r.get("test")])
-            if any(r.get("test_lab_shift") for r in rs):
-                entry["test_lab_shift"][m] = _mean_std([r["test_lab_shift"].get(m) for r in rs
-                                                        if r.get("test_lab_shift")])
-        entry["train_seconds"] = _mean_std([r["train_seconds"] for r in rs])
-        entry["epochs_run"] = _mean_std([r["epochs_run"] for r in rs])
-        entry["n_parameters"] = rs[0]["n_parameters"] if rs else None
-        out[arch] = entry
-    return out
-
-
-def _pm(s: dict, pct: bool = False, digits: int = 4) -> str:
-    if not s or s.get("mean") is None:
-        return "n/a"
-    k = 100 if pct else 1
-    d = 2 if pct else digits
-    return f"{k * s['mean']:.{d}f} ± {k * s['std']:.{d}f}"
-
-
-def study_table(summary: dict) -> str:
-    """A markdown table: one row per architecture, mean ± std over seeds."""
-    has_shift = any(e["test_lab_shift"] for e in summary.values())
-    head = ["architecture", "params", "runs", "dice_global", "dice_global_all", "dice_mean", "iou_global",
-            "pixel accuracy %", "count_mae"] + (["dice_global, lab shift"] if has_shift else []) + ["train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arch, e in summary.items():
-        t = e["test"]
-        row = [arch, f"{(e['n_parameters'] or 0) / 1e6:.2f} M", str(e["n_runs"]), _pm(t["dice_global"]),
-               _pm(t["dice_global_all"]), _pm(t["dice_mean"]), _pm(t["iou_global"]),
-               _pm(t["pixel_accuracy"], pct=True), _pm(t["count_mae"], digits=2)]
-        if has_shift:
-            row.append(_pm(e["test_lab_shift"].get("dice_global")))
-        row.append(f"{e['train_seconds']['mean']:.0f}" if e["train_seconds"]["mean"] is not None else "n/a")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    archs = list(summary)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for ax, (m, label, k) in zip(axes, [("dice_global", "Dice (global)", 1), ("pixel_accuracy", "pixel accuracy %", 100),
-                                       ("count_mae", "count MAE (cells/field)", 1)], strict=True):
-        means = [(summary[a]["test"][m]["mean"] or 0) * k for a in archs]
-        stds = [(summary[a]["test"][m]["std"] or 0) * k for a in archs]
-        ax.bar(range(len(archs)), means, yerr=stds, capsize=4, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][
-            : len(archs)])
-        for i, a in enumerate(archs):
-            vals = [v * k for v in summary[a]["test"][m]["values"]]
-            ax.scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(archs)), archs, fontsize=8)
-        ax.set_title(label, fontsize=9)
-        if m != "count_mae" and any(means):
-            lo = min(v for a in archs for v in summary[a]["test"][m]["values"]) * k
-            ax.set_ylim(max(0, lo - (k * 0.05)), None)
-    fig.suptitle("test split, mean ± std over seeds (dots: single runs)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=110)
-    plt.close(fig)
-    files.append("metrics.png")
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    colours = {a: c for a, c in zip(archs, ["#4c72b0", "#dd8452", "#55a868", "#c44e52"], strict=False)}
-    for r in runs:
-        hist = r.get("history") or []
-        ax.plot([h["epoch"] for h in hist], [h.get("val_dice") for h in hist], color=colours.get(r["arch"], "k"),
-                alpha=0.8, label=f"{r['arch']} seed {r['seed']}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation Dice")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "val_dice.png", dpi=110)
-    plt.close(fig)
-    files.append("val_dice.png")
-    return files
-
-
-def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flags: dict, evaluate_shift: bool = False,
-                           log_fn=None, test_seed: int = 0) -> dict:
-    """Train every (arch, seed) on one common group-aware test set; DIR/results.json, DIR/table.md, plots.
-
-    `base_flags` are train-segment settings (as for resolve_segment_config) shared by every run. Each seed draws its
-    own train/val split of the remaining fields (make_split(common_test=True)). Runs already finished in
-    DIR/runs/ (their metrics.json exists) are read back, not retrained.
-    """
-    from leukodx.cli.train_segment import resolve_segment_config
-    from leukodx.data.datasets import SplitInfo
-    from leukodx.data.split import make_split
-    from leukodx.errors import LeukodxError
-
-    log = log_fn or (lambda m: print(m, flush=True))
-    if not archs:
-        raise LeukodxError("No architectures given.", "Pass e.g. --archs unet,unet-fpn-gelu.")
-    if seeds < 1:
-        raise LeukodxError(f"--seeds {seeds} is not a positive number.", "Pass e.g. --seeds 3.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from leukodx.data.layout import load_dataset
-
-    require_masks(load_dataset(data), data)
-    t0 = time.perf_counter()
-    runs: list[dict] = []
-    test_paths = None
-    for seed in range(seeds):
-        rows, summary = make_split(data, strategy="sgdc", seed=seed, common_test=True, test_seed=test_seed)
-        summary = {k: v for k, v in summary.items() if k != "counts"}
-        summary["split_file"] = None
-        tp = sorted(r["path"] for r in rows if r["split"] == "test")
-        if test_paths is None:
-            test_paths = tp
-        elif tp != test_paths:  # make_split(common_test=True) guarantees it; check anyway
-            raise LeukodxError("The seeds' test sets differ.", "Report this as a bug.")
-        for arch in archs:
-            name = f"{arch.replace(':', '-')}-seed{seed}"
-            run_dir = out / "runs" / name
-            if (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file():
-                cfgj = json.loads((run_dir / "config.json").read_text())
-                mj = json.loads((run_dir / "metrics.json").read_text())
-                hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
-                log(f"[{name}] already done, read back")
-                runs.append(_run_record(arch, seed, run_dir, cfgj, mj, hist))
-                continue
-            cfg = resolve_segment_config(None, **{**base_flags, "data": str(data), "out": str(run_dir), "arch": arch,
-                                                 "seed": seed, "quiet": True})
-            log(f"[{name}] training ({cfg.epochs} epochs max, {cfg.image_size} px, {cfg.arch_kwargs})")
-            res = train_segmenter(cfg, split=SplitInfo(rows, summary), log_fn=lambda m, n=name: log(f"[{n}] {m}"),
-                                  checkpoints=False, evaluate_shift=evaluate_shift)
-            runs.append(_run_record(arch, seed, run_dir, res["config"], res["metrics"], res["history"]))
-            if res.get("test_metrics"):
-                log(f"[{name}] {res['train_seconds']:.0f} s training, {res['wall_seconds']:.0f} s in all; "
-                    + _summary_line("test", res["test_metrics"]))
-            _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
-    result = _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
-    result["plots"] = _study_plots(out, runs, result["summary"])
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
-    return result
-
-
-def _run_record(arch, seed, run_dir, config, metrics, history) -> dict:
-    seg = metrics.get("segmentation") or {}
-    shift = metrics.get("segmentation_lab_shift")
-    tr = config.get("training", {})
-    return {"arch": arch, "seed": seed, "dir": str(run_dir), "test": brief(seg),
-            "test_lab_shift": brief(shift) if shift else None, "train_seconds": tr.get("train_seconds"),
-            "wall_seconds": tr.get("wall_seconds"), "epochs_run": tr.get("epochs_run"), "best_epoch": tr.get("best_epoch"),
-            "val_dice": (config.get("metrics") or {}).get("val_dice"), "n_parameters": config.get("n_parameters"),
-            "arch_kwargs": config.get("arch_kwargs"), "masks": tr.get("masks"),
-            "history": [{"epoch": h["epoch"], "val_dice": h.get("val_dice"), "train_loss": h.get("train_loss")}
-                        for h in history]}
-
-
-def _write_study(out: Path, data, archs, seeds, runs, base_flags, seconds, test_paths) -> dict:
-    import platform
-
-    summary = summarize_study(runs, archs)
-    result = {
-        "study": "segmentation: U-Net vs U-Net-FPN-GELU",
-        "data": str(Path(data).resolve()),
-        "archs": archs,
-        "seeds": seeds,
-        "settings": base_flags,
-        "split": "sgdc, one common group-aware test set (test_seed 0) for every run; train/val redrawn per seed; "
-                 "by field and duplicate group, not by patient (no patient IDs are published)",
-        "n_test_fields": len(test_paths or []),
-        "summary": summary,
-        "runs": runs,
-        "wall_seconds": round(seconds, 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-    }
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
-    (out / "table.md").write_text(study_table(summary))
-    return result

@@ -84,8 +84,13 @@ def serve(
     engine: str = typer.Option("onnx", help="Inference engine: onnx, onnx-int8 or torch."),
     max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest accepted image, MB."),
     max_files: int = typer.Option(50, "--max-files", min=1, help="Most images per upload request."),
-    workers: int = typer.Option(None, "--workers", min=1, help="Analyses run at once [default: CPU cores, max 4]."),
-    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads per analysis [default: cores / workers]."),
+    workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                help="Server processes (uvicorn workers). More than 1 needs a PostgreSQL --db."),
+    analysis_workers: int = typer.Option(None, "--analysis-workers", min=1,
+                                         help="Analyses run at once per process [default: CPU cores / --workers, "
+                                         "max 4]."),
+    threads: int = typer.Option(None, "--threads", min=1,
+                                help="CPU threads per analysis [default: cores / (workers x analysis workers)]."),
     queue: int = typer.Option(32, "--queue", min=0, help="Analyses allowed to wait; more are answered 503."),
     heatmap_on_upload: bool = typer.Option(False, "--heatmap-on-upload",
                                            help="Compute heat maps with every upload (else on first view)."),
@@ -104,6 +109,12 @@ def serve(
 
     if engine not in ("onnx", "onnx-int8", "torch"):
         raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx, onnx-int8 or torch.")
+    database_url = database_url_for(db)
+    if workers > 1 and database_url.startswith("sqlite"):
+        raise LeukodxError(
+            f"--workers {workers} needs a PostgreSQL database: SQLite lets one process write at a time, so more "
+            "server processes would only queue on its lock.",
+            "Use --workers 1 (the default) with a SQLite file, or --db postgresql://USER:PASSWORD@HOST/DATABASE.")
     fake = _load_factory(analyzer) if analyzer else None
     if fake is None:
         from leukodx.assets import default_model_dir
@@ -120,22 +131,62 @@ def serve(
         for d in (classifier, segmenter):
             if d is not None and not (Path(d) / "config.json").is_file():
                 raise LeukodxError(f"{d} is not a model directory (no config.json).", "Give a RUN folder from `leukodx train`.")
+    cores = os.cpu_count() or 1
+    if workers > 1 and analysis_workers is None:
+        analysis_workers = max(1, min(4, cores) // workers)
+    if workers > 1 and threads is None:
+        threads = max(1, cores // (workers * analysis_workers))
     settings = Settings.from_env(
-        database_url=database_url_for(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
-        engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=workers,
+        database_url=database_url, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
+        engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=analysis_workers,
         analysis_threads=threads, analysis_queue=queue, cookie_secure=secure_cookies or None,
         heatmap_on_upload=heatmap_on_upload or None,
     )
+    # migrations, the sweep of interrupted uploads and the first admin: once, here, before any worker starts
+    if not settings.is_sqlite:  # other leukodx processes or PCs may be storing images while this one starts
+        from leukodx.web.storage import FileStore
+
+        FileStore.sweep_min_age_s = WORKER_SWEEP_MIN_AGE_S
     app = create_app(settings, analyzer=fake)
     _first_admin(app.state.ctx.sessions, demo)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[bold yellow]warning:[/] listening on {host}: other computers can reach leukodx. "
                           "Use HTTPS (a reverse proxy) on a shared network.")
+    from leukodx.web.db import describe_url
+
     console.print(f"leukodx is starting: open [bold]http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}[/] "
-                  f"(database {settings.database_url}, images in {settings.resolved_files_dir()}). Ctrl+C stops it.",
-                  highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, limit_concurrency=256, timeout_keep_alive=5,
-                timeout_graceful_shutdown=10)
+                  f"({describe_url(settings.database_url)}, images in {settings.resolved_files_dir()}"
+                  f"{f', {workers} processes' if workers > 1 else ''}). Ctrl+C stops it.", highlight=False)
+    options = {"host": host, "port": port, "log_level": log_level, "limit_concurrency": 256, "timeout_keep_alive": 5,
+               "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    app.state.ctx.engine.dispose()
+    os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
+    if analyzer:
+        os.environ[WORKER_ANALYZER_ENV] = analyzer
+    uvicorn.run("leukodx.cli.serve:worker_app", factory=True, workers=workers, **options)
+
+
+WORKER_SETTINGS_ENV = "LEUKODX_SERVE_WORKER_SETTINGS"
+WORKER_ANALYZER_ENV = "LEUKODX_SERVE_WORKER_ANALYZER"
+# on PostgreSQL a server may start (or a worker be restarted) while others take uploads: its start-up sweep
+# leaves files younger than this alone
+WORKER_SWEEP_MIN_AGE_S = 3600.0
+
+
+def worker_app():
+    """The application in one `serve --workers N` process (uvicorn calls this in each worker). The parent
+    process already migrated the database and swept the image store; the settings come from it."""
+    from leukodx.web.app import create_app
+    from leukodx.web.settings import Settings
+    from leukodx.web.storage import FileStore
+
+    settings = Settings.model_validate_json(os.environ[WORKER_SETTINGS_ENV])
+    spec = os.environ.get(WORKER_ANALYZER_ENV)
+    FileStore.sweep_min_age_s = WORKER_SWEEP_MIN_AGE_S
+    return create_app(settings, analyzer=_load_factory(spec) if spec else None)
 
 
 @token_app.command("create")

@@ -18,6 +18,10 @@ MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "tif": "image/tiff", "bm
 
 
 class FileStore:
+    # `sweep` leaves files younger than this alone: 0 for one server on SQLite (nothing else writes while it
+    # starts); `leukodx serve` on PostgreSQL sets it, since other processes or PCs may be storing files then
+    sweep_min_age_s: float = 0.0
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -40,6 +44,10 @@ class FileStore:
         name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
         target = self.root / name
         if target.exists() and target.stat().st_size == len(data):
+            try:
+                os.utime(target)  # in use again: not a leftover for another process's sweep
+            except OSError:
+                pass
             return name
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
         try:
@@ -67,10 +75,19 @@ class FileStore:
             (self.root / name).unlink(missing_ok=True)
 
     def sweep(self, referenced: set[str]) -> list[str]:
-        """Remove leftovers of interrupted writes and files no database row refers to."""
+        """Remove leftovers of interrupted writes and files no database row refers to (older than
+        `sweep_min_age_s`: a file another process is storing right now is not a leftover)."""
+        import time
+
         removed = []
+        cutoff = time.time() - self.sweep_min_age_s
         for p in self.root.iterdir():
             if p.is_file() and (p.name.startswith(".tmp-") or (NAME_RE.match(p.name) and p.name not in referenced)):
+                try:
+                    if self.sweep_min_age_s and p.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
                 p.unlink(missing_ok=True)
                 removed.append(p.name)
         return removed

@@ -38,11 +38,9 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        usable = os.cpu_count()
-    return {"cpu": cpu, "cores_logical": os.cpu_count(), "cores_usable": usable, "threads": threads,
+    from leukodx.cpus import usable_cores
+
+    return {"cpu": cpu, "cores_logical": os.cpu_count(), "cores_usable": usable_cores(), "threads": threads,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
@@ -143,11 +141,12 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
               heatmap_n: int = 10, repeats: int = 1, engines: tuple[str, ...] = ("eager", "onnx", "onnx_int8"),
               log=None) -> dict:
     from leukodx.assets import default_model_dir
-    from leukodx.inference.engines import INT8_FILE, default_threads
+    from leukodx.cpus import usable_cores
+    from leukodx.inference.engines import INT8_FILE
     from leukodx.inference.pipeline import Analysis
     from leukodx.models.checkpoint import read_config
 
-    threads = threads or default_threads()
+    threads = threads or usable_cores()
     cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
     sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
     size = int(read_config(cdir)["input_size"][0])

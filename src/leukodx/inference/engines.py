@@ -10,12 +10,12 @@ An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and retu
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from leukodx.cpus import usable_cores
 from leukodx.errors import ModelError
 from leukodx.models.model_config import ModelConfig
 
@@ -23,15 +23,6 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INPUT_NAME = "image"
 ENGINES = ("onnx", "onnx-int8", "torch")
-
-
-def default_threads() -> int:
-    """Threads for one inference: the CPUs this process may use (at least 1)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        n = os.cpu_count() or 1
-    return max(1, n)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -93,7 +84,7 @@ class TorchEngine:
     def __init__(self, model, task: str, threads: int | None = None):
         import torch
 
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cores()
         torch.set_num_threads(self.threads)
         self.task = task
         self.model = model.eval()
@@ -120,7 +111,7 @@ def session_options(threads: int | None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or default_threads()
+    so.intra_op_num_threads = threads or usable_cores()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -169,7 +160,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cores()
         self.task = config.task
         if verify_weights:
             check_onnx_record(self.path, config)

@@ -81,7 +81,7 @@ def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int 
     if data is not None:
         items = _dataset_items(data, config)
         for it in items[:n]:
-            imgs.append(_prep(it[0], h, w))
+            imgs.append(_prep(it.image, h, w))
     if not imgs:
         from leukodx.data.synthetic import synthetic_field
 
@@ -102,11 +102,12 @@ def _prep(image, h: int, w: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
 
 
-def _dataset_items(data: str | Path, config: dict) -> list[tuple[Path, str, Path | None]]:
+def _dataset_items(data: str | Path, config: dict) -> list:
+    """The data folder's samples (leukodx.data.layout.Sample) in a fixed shuffled order."""
     from leukodx.data.layout import load_dataset
 
     ds = load_dataset(data)
-    items = [(s.image, s.label, s.mask) for s in ds.samples]
+    items = list(ds.samples)
     if not items:
         raise DatasetError(f"{data} holds no images.", "Give the data folder the model was trained on.")
     rng = np.random.default_rng(0)
@@ -180,13 +181,10 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
         report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress,
                                        split_csv=split_csv, model_dir=d)
     if out.resolve().parent == d.resolve():
-        cfg_path = d / CONFIG
-        cfg = json.loads(cfg_path.read_text())
-        cfg["onnx"] = {k: v for k, v in report.items() if k != "path"}
-        tmp = cfg_path.with_name(CONFIG + ".tmp")
-        tmp.write_text(json.dumps(cfg, indent=2, default=str))
-        tmp.replace(cfg_path)
-        report["recorded_in"] = str(cfg_path)
+        from leukodx.models.model_config import update_model_config
+
+        update_model_config(d, onnx={k: v for k, v in report.items() if k != "path"})
+        report["recorded_in"] = str(d / CONFIG)
     return report
 
 
@@ -194,38 +192,23 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
 # int8
 
 
-def _eval_onnx(path: Path, items, config: dict, batch: int = 32) -> float:
-    """Classification: accuracy in %; segmentation: global Dice in % against the reference masks."""
-    from leukodx.data.images import read_reference_mask
+def _score_onnx(path: Path, samples, config: dict) -> float:
+    """Accuracy (classification) or global Dice (segmentation) in %, of one ONNX file on `samples`, scored the
+    way `leukodx evaluate` scores (the analysis pipeline, fields at their own size)."""
+    import shutil
+    import tempfile
 
-    sess = _ort_session(path)
-    h, w = config["input_size"]
-    task = config["task"]
-    classes = list(config.get("classes") or [])
-    correct = total = 0
-    inter = denom = 0.0
-    thr = float((config.get("thresholds") or {}).get("mask", 0.5))
-    for i in range(0, len(items), batch):
-        chunk = items[i:i + batch]
-        x = np.stack([_prep(p, h, w) for p, _, _ in chunk])
-        logits = sess.run(["logits"], {INPUT_NAME: x})[0]
-        if task == "classify":
-            pred = logits.argmax(1)
-            for (_, label, _), p in zip(chunk, pred, strict=True):
-                correct += int(classes[int(p)] == label)
-                total += 1
-        else:
-            prob = 1 / (1 + np.exp(-logits[:, 0]))
-            for (_, _, mpath), pr in zip(chunk, prob, strict=True):
-                with warnings.catch_warnings():  # the 224 px reference is resized to the model's size on purpose
-                    warnings.simplefilter("ignore")
-                    ref = read_reference_mask(mpath, size=(w, h))
-                pm = pr > thr
-                inter += float((pm & ref).sum())
-                denom += float(pm.sum() + ref.sum())
-    if task == "classify":
-        return 100.0 * correct / max(total, 1)
-    return 100.0 * 2 * inter / max(denom, 1.0)
+    from leukodx.evaluation.evaluate import evaluate_classifier, evaluate_segmenter, load_models
+    from leukodx.models.model_config import write_model_config
+
+    with tempfile.TemporaryDirectory(prefix="leukodx-int8-") as tmp:
+        d = Path(tmp)
+        shutil.copyfile(path, d / "model.onnx")
+        write_model_config(d, {k: v for k, v in config.items() if k != "onnx"})
+        em = load_models([d], engine="onnx")[0][0]
+        if config["task"] == "classify":
+            return 100.0 * evaluate_classifier(em, list(samples))["metrics"]["accuracy"]
+        return 100.0 * (evaluate_segmenter(em, list(samples))["metrics"]["dice_global"] or 0.0)
 
 
 def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
@@ -242,17 +225,17 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     if split_csv is not None:
         from leukodx.data.split import read_split
 
-        split_rows = {str(Path(calibration) / r["path"]): r["split"] for r in read_split(split_csv, calibration)}
+        split_rows = {r["path"]: r["split"] for r in read_split(split_csv, calibration)}
     if task == "segment":
-        items = [it for it in items if it[2] is not None]
+        items = [it for it in items if it.mask is not None]
         if not items:
             raise DatasetError(f"{calibration} has no reference masks (Segmented/) to check the int8 Dice.",
                                "Give a data folder in the public layout with Segmented/.")
     if split_rows is not None:  # calibrate on training fields, judge on validation fields (else test)
         # keeping or dropping int8 is a model choice: it must not look at the test set when val exists
         part = "val" if "val" in split_rows.values() else "test"
-        calib_items = [it for it in items if split_rows.get(str(it[0])) == "train"][:n_calibration]
-        eval_items = [it for it in items if split_rows.get(str(it[0])) == part][:n_eval]
+        calib_items = [it for it in items if split_rows.get(it.path) == "train"][:n_calibration]
+        eval_items = [it for it in items if split_rows.get(it.path) == part][:n_eval]
         eval_source = f"{part} rows of {split_csv}"
     elif eval_data is not None:
         calib_items = items[:n_calibration]
@@ -270,7 +253,7 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
 
         def get_next(self):
             nxt = next(self._it, None)
-            return None if nxt is None else {INPUT_NAME: _prep(nxt[0], h, w)[None]}
+            return None if nxt is None else {INPUT_NAME: _prep(nxt.image, h, w)[None]}
 
     out = fp32_path.with_name(INT8_FILE) if fp32_path.name == "model.onnx" else fp32_path.with_suffix(".int8.onnx")
     t0 = time.perf_counter()
@@ -298,8 +281,8 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
         pre.unlink(missing_ok=True)
     stamp_metadata(out, fp32_path.parent if model_dir is None else Path(model_dir), config)
     metric = "accuracy" if task == "classify" else "dice"
-    fp32 = _eval_onnx(fp32_path, eval_items, config)
-    q = _eval_onnx(out, eval_items, config)
+    fp32 = _score_onnx(fp32_path, eval_items, config)
+    q = _score_onnx(out, eval_items, config)
     drop = fp32 - q
     kept = bool(drop <= INT8_MAX_DROP_POINTS)
     rec = {

@@ -151,12 +151,12 @@ class Analysis:
 
     def __init__(self, classifier_dir: str | Path | None, segmenter_dir: str | Path | None, engine: str = "onnx",
                  threads: int | None = None):
-        from leukodx.inference.engines import default_threads
+        from leukodx.cpus import usable_cores
         from leukodx.inference.ood import OODScorer
 
         if classifier_dir is None and segmenter_dir is None:
             raise ModelError("The analysis needs a classifier, a segmenter or both.", "Give a model directory.")
-        self.threads = threads or default_threads()
+        self.threads = threads or usable_cores()
         self.engine = engine
         self.classifier = ClassifierStage(classifier_dir, engine, self.threads) if classifier_dir else None
         self.segmenter = SegmenterStage(segmenter_dir, engine, self.threads) if segmenter_dir else None
@@ -255,13 +255,16 @@ class Analysis:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
-            flagged, reason, score = self.ood.check(f.features, f.tiles) if self.ood.enabled else (False, "", None)
+            flagged, reason, score = self.ood.check(f.features, f.tiles, rgb=f.rgb) if self.ood.enabled else (
+                False, "", None)
             r.ood_score = None if score is None else round(float(score), 4)
             if flagged:
                 r.flag, r.flag_reason = "out_of_distribution", reason
             elif r.confidence < self.low_confidence:
                 r.flag = "low_confidence"
-                r.flag_reason = f"confidence {r.confidence:.2f} below {self.low_confidence:.2f}"
+                r.flag_reason = (f"The model is not sure (confidence {r.confidence:.2f} below "
+                                 f"{self.low_confidence:.2f}); it is often wrong on such fields. Read the field "
+                                 "yourself.")
             else:
                 r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000

@@ -13,6 +13,7 @@ import platform
 import time
 from pathlib import Path
 
+from leukodx.cpus import usable_cores
 from leukodx.errors import LeukodxError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece")
@@ -126,7 +127,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         "summary": table_rows,
         "wall_seconds": round(wall, 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": _cpu_count(), "torch_threads": _threads()},
+                    "cpu_count": usable_cores(), "torch_threads": _threads()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     table = markdown_table(table_rows, by, METRICS + ("train_seconds",), percent=PERCENT,
@@ -143,15 +144,6 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     log(table)
     log(f"study done in {wall:.0f} s: {out}/results.json, {out}/table.md, plots {', '.join(plots.values())}")
     return results
-
-
-def _cpu_count() -> int | None:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
 
 
 def _threads() -> int:

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
+from leukodx import CLASSES
 from leukodx.web.app import create_app
 from leukodx.web.db import AuditEntry, Field, open_database
 from leukodx.web.settings import database_url_for
@@ -95,6 +96,25 @@ def test_analyze_answers_each_image_and_stores_nothing(web):
         assert 0 <= res["confidence"] <= 1 and res["cell_count"] >= 1 and res["flag"] in ("ok", "low_confidence")
     assert body["summary"]["n_fields"] == 2
     assert stored_files(app) == [] and field_rows(app) == 0
+
+
+def test_case_summary_is_the_pipelines_case_rule(web):
+    """The web app summarises with leukodx.inference.summary.summarize_case, as `predict` does: the same mean
+    probabilities, call, review reasons (e.g. fields that disagree on benign vs malignant)."""
+    from leukodx.inference.summary import summarize_case
+    from leukodx.inference.types import FieldResult
+
+    client, clin, _, _ = web
+    body = client.post("/api/v1/analyze", headers=clin, files=[jpg(c, i) for i, c in enumerate(CLASSES * 2)]).json()
+    results = [FieldResult(path=r["name"] if "name" in r else None, label=r["label"], probabilities=r["probabilities"],
+                           confidence=r["confidence"], cell_count=r["cell_count"], flag=r["flag"])
+               for r in body["results"]]
+    want = summarize_case(results, CLASSES, 0.5)
+    got = body["summary"]
+    assert got["label"] == want.label and got["needs_review"] == want.needs_review and got["reasons"] == want.reasons
+    assert got["mean_probabilities"] == pytest.approx(want.mean_probabilities)
+    if len({r.label == "Benign" for r in results}) == 2:
+        assert any(r.startswith("fields disagree") for r in got["reasons"])
 
 
 @pytest.mark.parametrize(

@@ -215,7 +215,7 @@ async def analyze(
     done = await analyse(request, images, heatmap=heatmap, render=False)
     results = [r for _, r, _, _ in done]
     analyzer = request.app.state.ctx.service.analyzer
-    summary = analyzer.summarize(results) if hasattr(analyzer, "summarize") else case_logic.fallback_summary(results)
+    summary = case_logic.summarize(analyzer, results)
     from dataclasses import asdict
 
     return {"results": [result_dict(img.name, r) for img, r, _, _ in done], "summary": jsonable(asdict(summary))}

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from leukodx import CLASSES, MALIGNANT_CLASSES
+from leukodx import CLASSES
 from leukodx.errors import LeukodxError
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.web.db import Case, Field, audit, utcnow
@@ -74,30 +74,14 @@ def field_result(f: Field) -> FieldResult:
     )
 
 
-def fallback_summary(results: list[FieldResult]) -> CaseSummary:
-    """Mean probabilities over readable fields (used when the analyzer has no summarize)."""
-    readable = [r for r in results if r.label is not None and r.flag != "unreadable"]
-    flags: dict[str, int] = {}
-    for r in results:
-        flags[r.flag] = flags.get(r.flag, 0) + 1
-    if not readable:
-        return CaseSummary(len(results), 0, None, 0.0, 0.0, {}, 0, flags, True, ["no readable field"])
-    mean = {c: sum(r.probabilities.get(c, 0.0) for r in readable) / len(readable) for c in CLASSES}
-    label = max(mean, key=mean.get)
-    reasons = [f"{n} field(s) flagged {k}" for k, n in flags.items() if k != "ok"]
-    return CaseSummary(
-        n_fields=len(results), n_analysed=len(readable), label=label, confidence=mean[label],
-        malignant_probability=sum(mean.get(c, 0.0) for c in MALIGNANT_CLASSES),
-        mean_probabilities=mean, total_cell_count=sum(r.cell_count for r in readable), flags=flags,
-        needs_review=bool(reasons), reasons=reasons,
-    )
+def summarize(analyzer, case_or_results: Case | list[FieldResult]) -> CaseSummary:
+    """The case rule (leukodx.inference.summary.summarize_case, as `predict` applies it) over a case's fields,
+    with the analyzer's classes and low-confidence threshold."""
+    from leukodx.inference.summary import summarize_case
 
-
-def summarize(analyzer, case: Case) -> CaseSummary:
-    results = [field_result(f) for f in case.fields]
-    if analyzer is not None and hasattr(analyzer, "summarize"):
-        return analyzer.summarize(results)
-    return fallback_summary(results)
+    results = case_or_results if isinstance(case_or_results, list) else [field_result(f) for f in case_or_results.fields]
+    classes = list(getattr(analyzer, "classes", None) or CLASSES)
+    return summarize_case(results, classes, float(getattr(analyzer, "low_confidence", 0.5)))
 
 
 def apply_summary(case: Case, summary: CaseSummary) -> None:

@@ -22,6 +22,7 @@ class FakeAnalyzer:
 
     def __init__(self, delay_s: float = 0.0):
         self.classes = list(CLASSES)
+        self.low_confidence = 0.5
         self.delay_s = delay_s
         self.calls = 0
 
@@ -64,9 +65,10 @@ class FakeAnalyzer:
         )
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:
-        from leukodx.web.cases import fallback_summary
+        """The real case rule, as the web app and `predict` apply it."""
+        from leukodx.inference.summary import summarize_case
 
-        return fallback_summary(results)
+        return summarize_case(results, self.classes, self.low_confidence)
 
 
 def field_bytes(label: str = "Pre", seed: int = 0, size: int = 128, fmt: str = "JPEG") -> bytes:

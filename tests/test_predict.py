@@ -82,7 +82,9 @@ def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):
     res = run_predict([str(junk_folder / "[ab]" / "*.jpg")], tmp_path / "o2", classifier_dir=cdir,
                       segmenter_dir=sdir, heatmap=False, engine="torch", workers=1, batch_size=4)
     assert res["n_fields"] == 2
-    assert not any((tmp_path / "o2" / "heatmaps").glob("*")) if (tmp_path / "o2" / "heatmaps").exists() else True
+    assert not (tmp_path / "o2" / "heatmaps").exists()  # no heat maps asked for: no folder, no files
+    rows = list(csv.DictReader(open(tmp_path / "o2" / "predictions.csv")))
+    assert len(rows) == 2 and all(r["heatmap"] == "" and r["overlay"].endswith(".png") for r in rows)
 
 
 def test_predict_nothing_found_is_a_clear_error(models, tmp_path, capsys):

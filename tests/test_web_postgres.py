@@ -164,3 +164,33 @@ def test_a_postgresql_url_that_cannot_connect_is_one_line_with_host_and_cause(ur
     for w in words:
         assert w.format(port=port) in lines[0]
     assert "s3cret-pw" not in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_two_server_processes_on_postgresql_take_200_uploads_without_losing_one():
+    """benchmarks/web_load_postgres.py: `serve --workers 2`, 200 uploads into cases at concurrency 8 (fake analyzer),
+    then the database and image folder are audited: 0 errors, no lost or duplicated field."""
+    from conftest import NO_POSTGRES, POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "web_load_postgres.py"
+    spec = importlib.util.spec_from_file_location("web_load_postgres", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run(POSTGRES_URL, workers=2, n=200, concurrency=8)
+    assert r["load"]["status_counts"] == {"201": 200}, r["load"]["errors"]
+    assert len(r["worker_pids"]) == 2 and r["workers_alive_at_end"] == 2
+    a = r["audit"]
+    assert a["fields_in_database"] == a["distinct_images"] == a["audit_field_add_entries"] == 200
+    assert a["lost_fields"] == a["duplicated_fields"] == a["unexpected_fields"] == 0
+    assert a["cases_whose_summary_miscounts"] == a["files_missing_or_damaged"] == 0 and r["ok"]
+
+
+def test_serve_refuses_several_workers_on_sqlite_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "leukodx", "serve", "--workers", "2", "--db", str(tmp_path / "x.db")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--workers 2 needs a PostgreSQL database" in r.stderr and not (tmp_path / "x.db").exists()

@@ -11,12 +11,12 @@ from leukodx.models.checkpoint import load_model, save_model
 from leukodx.models.registry import available, create_model
 from leukodx.models.segmenters import FPNGelu, parse_arch
 
-TINY = [
-    ("unet", {"base_channels": 4, "depth": 3}),
-    ("unet-fpn-gelu", {"base_channels": 4, "depth": 3}),
-    ("unet", {"encoder": "mobilenetv3_small_050", "depth": 4}),
-    ("unet-fpn-gelu", {"encoder": "mobilenetv3_small_050", "depth": 4}),
-]
+# every registered segmenter (tests' own stand-ins, named test-*, aside), at a tiny size, on its own encoder and on
+# a timm features_only encoder
+SMALL = {"base_channels": 4, "depth": 3}
+TIMM = {"encoder": "mobilenetv3_small_050", "depth": 4}
+REGISTERED = [a for a in available("segment") if not a.startswith("test-")]
+TINY = [(a, SMALL) for a in REGISTERED] + [(a, TIMM) for a in REGISTERED]
 
 
 def test_both_study_architectures_are_registered():

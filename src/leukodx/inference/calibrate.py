@@ -6,7 +6,10 @@
 - **thresholds.low_confidence**: the lowest calibrated confidence t at which the validation fields with
   confidence >= t are at least `target_accuracy` correct, capped so that at most `max_flagged` of the
   validation fields fall below it (and never under 0.5 for 4 classes... see `choose_low_confidence`).
-- **ood**: `leukodx.inference.ood.fit_ood` on the training fields, thresholds on the validation fields.
+- **ood**: `leukodx.inference.ood.fit_ood`: the feature-distance model on the training fields, its threshold on
+  the validation fields together with their lab-shifted copies (so another lab's stain is not flagged), and the
+  training fields' red-cell diameter for the smear check. Any classifier: features are the input of its last
+  linear layer.
 Everything is written back into RUN/config.json (the previous values are kept under ``calibration.previous``).
 """
 
@@ -147,6 +150,8 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
         "val_flagged_low_confidence": float((conf < low).mean()),
         "val_accuracy_unflagged": float(correct[conf >= low].mean()) if (conf >= low).any() else None,
         "ood_feature_threshold": ood["features"]["threshold"], "ood_stats_threshold": ood["image_stats"]["threshold"],
+        "ood_feature_flag_rates": ood["features"].get("flag_rates"),
+        "ood_rbc_diameter_224": ood["image_stats"].get("rbc_diameter_224"),
         "previous": previous, "refit": "ood only" if ood_only else "temperature, low_confidence, ood",
     }
     raw["calibration"] = report

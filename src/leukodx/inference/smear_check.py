@@ -19,6 +19,9 @@ camera or white balance, and not at its colours themselves:
 | magnification | the red cells are more than MAG_RANGE away from their size in the training fields              |
 | blur          | the steepest edges spread over more than MAX_EDGE_WIDTH px of a 224-px field (out of focus)     |
 
+The last three rules need a few pixels per red cell: on images with a short side under MIN_CHECK_SIDE they are
+skipped (features["rbc_checked"] is False); the model-space check in leukodx.inference.ood still applies.
+
 The red-cell size is measured in pixels of a field whose short side is 224 px (what the models see), and
 compared with the training fields' median (`leukodx.inference.scale.TRAINING_RBC_DIAMETER_224`, or the value a
 model's config stores as ood.smear.rbc_diameter_224). The limits were set on the Taleqani training and val rows
@@ -41,11 +44,13 @@ BLANK_RANGE = 8.0
 GREY_CHROMA = 12.0
 TOP_COLOURS = 8
 MAX_TOP_COLOUR_SHARE = 0.7
-MAX_TEXT_LINES = 0.85  # std of the row (or column) means of darkness / their mean
+MAX_TEXT_LINES = 9  # runs of empty rows (or columns) between inked ones; more is lines of text
+EMPTY_ROW = 0.15  # a row is empty when its mean darkness is under 15 % of the 90th percentile row's
 STEP_LEVELS = 90.0
 MAX_STEP_SHARE = 0.006
 MIN_RBC_CONFIDENCE = 0.55
-MAG_RANGE = (0.55, 1.9)  # measured red-cell diameter / the training fields' one
+MAG_RANGE = (0.5, 1.9)
+MIN_CHECK_SIDE = 96  # px: on smaller images the red-cell, magnification and focus rules are not applied  # measured red-cell diameter / the training fields' one
 MAX_EDGE_WIDTH = 11.5  # px in a 224-px field: contrast range / steepest gradients
 
 ADVICE = {
@@ -76,11 +81,11 @@ def _work(rgb: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     h, w = rgb.shape[:2]
-    if min(h, w) <= WORK_SIDE:
+    if min(h, w) == WORK_SIDE:
         return rgb
-    f = min(h, w) / WORK_SIDE
+    f = min(h, w) / WORK_SIDE  # small fields are enlarged: the red-cell search needs a few px per cell
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BILINEAR,
-                                                  reducing_gap=2.0))
+                                                  reducing_gap=2.0 if f > 2 else None))
 
 
 def _centre_crop(rgb: np.ndarray, side: int) -> np.ndarray:
@@ -106,8 +111,8 @@ def smear_features(rgb: np.ndarray) -> dict:
     # screenshot statistics at the original resolution (drawn pixels are exact)
     crop = _centre_crop(rgb, NATIVE_CROP)
     sub = crop[::2, ::2].reshape(-1, 3)
-    # clipped pixels (an over- or under-exposed background) are left out: a camera makes those too
-    sub = sub[(sub.max(axis=1) < 254) & (sub.min(axis=1) > 1)]
+    # white or black clipped pixels (an over- or under-exposed background) are left out: a camera makes those too
+    sub = sub[(sub.min(axis=1) < 250) & (sub.max(axis=1) > 5)]
     if len(sub):
         packed = (sub[:, 0].astype(np.int32) << 16) | (sub[:, 1].astype(np.int32) << 8) | sub[:, 2]
         _, counts = np.unique(packed, return_counts=True)
@@ -124,9 +129,12 @@ def smear_features(rgb: np.ndarray) -> dict:
     gs = ndi.uniform_filter(grey, 2)
     mag = np.hypot(ndi.sobel(gs, 0), ndi.sobel(gs, 1)) / 8.0  # grey levels per px
     edge_width = (hi - lo) / max(_q(mag, 99.5), 1e-3) * 224.0 / short  # px in a 224-px field
-    # lines of text: dark rows (or columns) alternating with empty ones
-    dark = np.maximum(hi - grey, 0.0)
-    lines = max(float(dark.mean(axis=1).std()), float(dark.mean(axis=0).std())) / max(float(dark.mean()), 1e-3)
+    # lines of text: inked rows (or columns) alternating with empty ones, counted as runs of empty rows
+    dark = np.maximum(hi - grey - 0.1 * (hi - lo), 0.0)
+    lines = 0
+    for prof in (dark.mean(axis=1), dark.mean(axis=0)):
+        empty = prof < EMPTY_ROW * max(_q(prof, 90), 1e-3)
+        lines = max(lines, int(np.count_nonzero(empty[1:] & ~empty[:-1]) + int(empty[0])))
     return {"grey_range": hi - lo, "text_lines": lines, "chroma_p99": _q(chroma, 99), "top_colour_share": top,
             "step_share": step_share, "rbc_diameter_224": d224, "rbc_confidence": conf,
             "edge_width_224": edge_width}
@@ -147,11 +155,16 @@ def check_smear(rgb: np.ndarray, rbc_diameter_224: float | None = None) -> Smear
     if f["chroma_p99"] < GREY_CHROMA:
         return bad("greyscale", "The image is black and white; a stained smear field is a colour photograph.",
                    GREY_CHROMA / max(f["chroma_p99"], 1e-3))
-    drawn = max(f["top_colour_share"] / MAX_TOP_COLOUR_SHARE, f["text_lines"] / MAX_TEXT_LINES)
+    drawn = max(f["top_colour_share"] / MAX_TOP_COLOUR_SHARE, f["text_lines"] / (MAX_TEXT_LINES + 0.5))
     steps = f["step_share"] / MAX_STEP_SHARE
     screenshot = ("This looks like a screenshot, a drawing or a document (flat colours, lines of text or sharp "
                   "drawn edges), not a microscope photograph.")
     d, conf = f["rbc_diameter_224"], f["rbc_confidence"]
+    if min(np.asarray(rgb).shape[:2]) < MIN_CHECK_SIDE:  # a thumbnail: too few pixels per red cell to judge
+        rounded["rbc_checked"] = False
+        if drawn > 1 or steps > 1:
+            return bad("screenshot", screenshot, max(drawn, steps))
+        return SmearCheck(True, "ok", "", "", 0.0, rounded)
     if d is None or conf < MIN_RBC_CONFIDENCE:
         if drawn > 1:
             return bad("screenshot", screenshot, drawn)

@@ -1,0 +1,141 @@
+"""The smear-field check and the red-cell diameter estimator: synthetic smears pass, non-smear images do not;
+the diameter follows a rescaling of the field. Real fields are used when the shared data is present."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukodx.data.synthetic import synthetic_field
+from leukodx.inference.scale import TRAINING_RBC_DIAMETER_224, estimate_rbc_diameter
+from leukodx.inference.smear_check import check_smear
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "all-taleqani"
+CLASSES = ("Benign", "Early", "Pre", "Pro")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("non_smear", ROOT / "benchmarks" / "non_smear.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench()
+
+
+def _resize(rgb: np.ndarray, f: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(rgb).resize((round(w * f), round(h * f)), Image.BILINEAR))
+
+
+def test_synthetic_smears_pass():
+    for i in range(8):
+        rgb = synthetic_field(CLASSES[i % 4], 224, seed=300 + i)[0]
+        res = check_smear(rgb)
+        assert res.usable, (i, res.kind, res.reason, res.features)
+
+
+def test_lab_shifted_synthetic_smears_pass():
+    from leukodx.evaluation.shift import lab_shift, rng_for
+
+    bad = []
+    for i in range(12):
+        rgb = lab_shift(synthetic_field(CLASSES[i % 4], 224, seed=400 + i)[0], rng_for(0, i), severity=1.0)
+        res = check_smear(rgb)
+        if not res.usable:
+            bad.append((i, res.kind, res.features))
+    assert len(bad) <= 1, bad
+
+
+@pytest.mark.parametrize("kind", ["login", "app_page", "text", "blank", "gradient", "noise", "natural"])
+def test_generated_non_smear_flagged(bench, kind):
+    for i in range(4):
+        res = check_smear(bench.GENERATED[kind](1000 * bench.KINDS.index(kind) + i))
+        assert not res.usable, (kind, i, res.features)
+        assert res.reason and res.advice and res.score > 1
+
+
+@pytest.mark.parametrize("kind", ["greyscale", "blurred", "magnified_x0.25", "magnified_x4"])
+def test_derived_from_synthetic_smears_flagged(bench, kind):
+    for i in range(4):
+        rgb = synthetic_field(CLASSES[i % 4], 224, seed=600 + i)[0]
+        res = check_smear(bench.DERIVED[kind](rgb, i))
+        assert not res.usable, (kind, i, res.features)
+
+
+def test_reasons_speak_to_a_clinician(bench):
+    assert check_smear(bench.login_page(0)).kind == "screenshot"
+    assert check_smear(bench.blank(0)).kind == "blank"
+    rgb = synthetic_field("Pre", 224, seed=5)[0]
+    grey = check_smear(bench.greyscale(rgb, 0))
+    assert grey.kind == "greyscale" and "colour" in grey.advice
+    assert check_smear(bench.blurred(rgb, 0)).kind == "blur"
+    big = check_smear(_resize(rgb, 2.2)[:224, :224])  # cells 2.2x larger in the same pixel size
+    assert big.kind == "magnification" and "larger" in big.reason
+
+
+def test_colour_changes_do_not_flag():
+    """White balance, a strong stain tint and brightness are not reasons to flag (the model must cope)."""
+    rgb = synthetic_field("Early", 224, seed=11)[0].astype(np.float32)
+    for gains, offset in (((1.25, 1.0, 0.8), 0), ((0.8, 0.95, 1.25), 15), ((1.0, 0.75, 1.0), -20)):
+        out = np.clip(rgb * np.array(gains) + offset, 0, 255).astype(np.uint8)
+        res = check_smear(out)
+        assert res.usable, (gains, res.kind, res.features)
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.75, 1.5, 2.0, 3.0, 4.0])
+def test_diameter_scales_with_the_image_synthetic(factor):
+    errs = []
+    for i in range(4):
+        rgb = synthetic_field(CLASSES[i % 4], 224, seed=700 + i)[0]
+        d0, c0 = estimate_rbc_diameter(rgb)
+        d1, c1 = estimate_rbc_diameter(_resize(rgb, factor))
+        assert d0 is not None and d1 is not None and c0 > 0.5 and c1 > 0.5
+        assert 14 < d0 < 26  # synthetic red cells have radius 8-11 px at 224
+        errs.append(abs(d1 / (d0 * factor) - 1))
+    assert np.median(errs) < 0.1 and max(errs) < 0.2, errs
+
+
+def test_no_diameter_without_round_cells(bench):
+    for img in (bench.gradient(0), bench.noise(0), bench.blank(1)):
+        d, conf = estimate_rbc_diameter(img)
+        assert d is None or conf < 0.55
+
+
+@pytest.mark.skipif(not (DATA / "Original").is_dir(), reason="shared data absent")
+def test_diameter_scales_with_the_image_real_fields():
+    files = sorted((DATA / "Original").glob("*/*.jpg"))[::200]
+    ratios = {f: [] for f in (0.5, 0.75, 1.5, 2.0, 4.0)}
+    for p in files:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        d0, _ = estimate_rbc_diameter(rgb)
+        assert d0 is not None and 0.7 < d0 / TRAINING_RBC_DIAMETER_224 < 1.5, (p.name, d0)
+        for f in ratios:
+            d1, _ = estimate_rbc_diameter(_resize(rgb, f))
+            ratios[f].append(np.nan if d1 is None else d1 / (d0 * f))
+    for f, r in ratios.items():
+        r = np.array(r)
+        within = np.mean(np.abs(r - 1) < 0.1)
+        assert within >= 0.75, (f, np.round(r, 2))
+
+
+@pytest.mark.skipif(not (DATA / "Original").is_dir(), reason="shared data absent")
+def test_real_fields_pass_and_their_greyscale_copies_do_not(bench):
+    from leukodx.evaluation.shift import lab_shift, rng_for
+
+    files = sorted((DATA / "Original").glob("*/*.jpg"))[::150]
+    for p in files:
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        assert check_smear(rgb).usable, p.name
+        shifted = lab_shift(rgb, rng_for(0, p.name), severity=1.0)
+        res = check_smear(shifted)
+        assert res.usable, (p.name, res.kind, res.features)
+        assert not check_smear(bench.greyscale(rgb, 0)).usable

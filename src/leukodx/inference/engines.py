@@ -48,30 +48,51 @@ def last_linear(model):
     return found
 
 
-def with_features(model):
+def with_features(model, cam_input_size: tuple[int, int] | None = None):
     """Wrap a classifier so it returns (logits, features): features are the input of its last nn.Linear
-    (the penultimate representation). Without a linear head, the logits double as features."""
+    (the penultimate representation). Without a linear head, the logits double as features.
+
+    With `cam_input_size` (H, W), it also returns the class activation maps N x classes x h x w: the head's
+    weights applied to the last feature map (Zhou et al. 2016), exact for a global-average-pool + linear head,
+    which makes a heat map a by-product of the forward pass (in the ONNX graph too; no gradients, no torch at a
+    clinic). Models whose head is not linear on the pooled last feature map get no CAM output."""
     import torch
     from torch import nn
 
     head = last_linear(model)
+    layer = None
+    if cam_input_size is not None and head is not None:
+        from leukodx.inference.gradcam import feature_map_layer
+
+        layer, channels = feature_map_layer(model, cam_input_size)
+        if channels != head.in_features:
+            layer = None
 
     class ClassifierWithFeatures(nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.has_cam = layer is not None
             self._local = threading.local()  # per thread: another thread's forward must not swap them
             if head is not None:
                 head.register_forward_pre_hook(self._grab)
+            if layer is not None:
+                layer.register_forward_hook(self._grab_map)
 
         def _grab(self, _module, inputs):
             self._local.features = inputs[0]
+
+        def _grab_map(self, _module, _inputs, output):
+            self._local.feature_map = output
 
         def forward(self, x: torch.Tensor):
             logits = self.model(x)
             feats = getattr(self._local, "features", None) if head is not None else logits
             self._local.features = None
-            return logits, feats.flatten(1)
+            if not self.has_cam:
+                return logits, feats.flatten(1)
+            fmap, self._local.feature_map = self._local.feature_map, None
+            return logits, feats.flatten(1), torch.einsum("kc,nchw->nkhw", head.weight, fmap)
 
     return ClassifierWithFeatures().eval()
 
@@ -81,14 +102,14 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, model, task: str, threads: int | None = None):
+    def __init__(self, model, task: str, threads: int | None = None, input_size: tuple[int, int] | None = None):
         import torch
 
         self.threads = threads or usable_cores()
         torch.set_num_threads(self.threads)
         self.task = task
         self.model = model.eval()
-        self.net = with_features(self.model) if task == "classify" else self.model
+        self.net = with_features(self.model, input_size) if task == "classify" else self.model
         self.source = "model.safetensors (PyTorch eager)"
         self._lock = threading.Lock()  # the features hook keeps state: one call at a time
 
@@ -98,8 +119,8 @@ class TorchEngine:
         with self._lock, torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         if self.task == "classify":
-            logits, feats = out
-            return {"logits": logits.detach().float().numpy(), "features": feats.detach().float().numpy()}
+            names = ("logits", "features", "cam")
+            return {k: v.detach().float().numpy() for k, v in zip(names, out, strict=False)}
         return {"logits": out.detach().float().numpy()}
 
 
@@ -239,7 +260,7 @@ def load_engine(model_dir: str | Path, config: ModelConfig, engine: str = "onnx"
         from leukodx.models.checkpoint import load_model
 
         torch_model, _ = load_model(d)
-    eng = TorchEngine(torch_model, config.task, threads)
+    eng = TorchEngine(torch_model, config.task, threads, tuple(config.input_size))
     if engine != "torch":
         eng.source = f"model.safetensors (PyTorch eager: no {ONNX_FILE} in {d}; run `leukodx export onnx`)"
     return eng

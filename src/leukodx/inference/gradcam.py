@@ -13,6 +13,35 @@ from __future__ import annotations
 import numpy as np
 
 
+def feature_map_layer(model, size: tuple[int, int]):
+    """(module, channels): the last module, in execution order, whose output is a feature map (4-D, spatial size
+    > 1) on a size[0] x size[1] input; raises RuntimeError when there is none."""
+    import torch
+
+    found: list = []
+    hooks = []
+
+    def rec(module, _inp, out):
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1:
+            found.append((module, int(out.shape[1])))
+
+    for m in model.modules():
+        if m is not model:
+            hooks.append(m.register_forward_hook(rec))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, int(size[0]), int(size[1])))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    if not found:
+        raise RuntimeError("no convolutional feature map found for a class activation map")
+    return found[-1]
+
+
 class GradCAM:
     def __init__(self, model, target_layer=None):
         self.model = model.eval()
@@ -21,27 +50,7 @@ class GradCAM:
         self._grad = None
 
     def _find_layer(self, x):
-        import torch
-
-        order: list = []
-        hooks = []
-
-        def rec(module, _inp, out):
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1 and out.shape[-2] > 1:
-                order.append(module)
-
-        for m in self.model.modules():
-            if m is not self.model:
-                hooks.append(m.register_forward_hook(rec))
-        try:
-            with torch.no_grad():
-                self.model(x[:1])
-        finally:
-            for h in hooks:
-                h.remove()
-        if not order:
-            raise RuntimeError("no convolutional feature map found for Grad-CAM")
-        return order[-1]
+        return feature_map_layer(self.model, tuple(x.shape[-2:]))[0]
 
     def __call__(self, x, class_index) -> np.ndarray:
         """x: float tensor N x 3 x H x W (0..255); class_index: one int per image. Returns N x H x W in [0, 1]."""

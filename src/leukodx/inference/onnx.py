@@ -150,9 +150,9 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
     if "input_size" not in config:
         raise ModelError(f"{d / CONFIG} has no input_size.", "Retrain the model with this version of leukodx.")
     torch.manual_seed(0)
-    net = with_features(model) if task == "classify" else model
+    net = with_features(model, tuple(config["input_size"])) if task == "classify" else model
     net.eval()
-    output_names = ["logits", "features"] if task == "classify" else ["logits"]
+    output_names = (["logits", "features"] + (["cam"] if net.has_cam else [])) if task == "classify" else ["logits"]
     example = _sample_inputs(config, calibration, n=4)
     t0 = time.perf_counter()
     _export_module(net, torch.from_numpy(example), out, output_names, opset)

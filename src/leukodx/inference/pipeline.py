@@ -66,6 +66,7 @@ class _Field:
     boxes: list[tiling.Box]
     tiles: list[np.ndarray] = field(default_factory=list)  # classifier inputs
     features: np.ndarray | None = None  # classifier penultimate features, one row per tile
+    cams: np.ndarray | None = None  # class activation maps, tiles x classes x h x w (when the model exports them)
 
 
 class ClassifierStage:
@@ -96,6 +97,7 @@ class ClassifierStage:
         out = self.engine.run(tiling.to_batch(tiles))
         probs = softmax(out["logits"].astype(np.float64) / self.temperature)
         feats = out.get("features")
+        cams = out.get("cam")
         dt = (time.perf_counter() - t0) * 1000 / len(fields)
         for fi, f in enumerate(fields):
             sel = owner == fi
@@ -108,6 +110,7 @@ class ClassifierStage:
             r.malignant_probability = round(self.malignant_probability(p), 6)
             f.tiles = [tiles[i] for i in np.flatnonzero(sel)]
             f.features = feats[sel] if feats is not None else None
+            f.cams = cams[sel] if cams is not None else None
             r.timings_ms["classify"] = dt
 
 
@@ -269,6 +272,21 @@ class Analysis:
                 r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
 
+    def _grad_cam(self, tiles: list[np.ndarray], k: int) -> np.ndarray:
+        try:
+            import torch
+        except ModuleNotFoundError:
+            raise ModelError(f"{self.classifier.dir / 'model.onnx'} has no class activation map output, and "
+                             "Grad-CAM needs torch, which this install lacks.",
+                             f"Re-export the classifier (leukodx export onnx --model {self.classifier.dir} ...) "
+                             "with a current leukodx, or install leukodx[train].") from None
+        from leukodx.inference.gradcam import GradCAM
+
+        with self._cam_lock:  # Grad-CAM keeps activations between forward and backward: one at a time
+            if self._cam is None:
+                self._cam = GradCAM(self.torch_classifier())
+            return self._cam(torch.from_numpy(tiling.to_batch(tiles)), [k] * len(tiles))
+
     def torch_classifier(self):
         """The classifier as a PyTorch module (loaded on first use; Grad-CAM needs gradients)."""
         engine_model = getattr(self.classifier.engine, "model", None) if self.classifier else None
@@ -279,21 +297,24 @@ class Analysis:
         return load_model(self.classifier.dir)[0] if self.classifier else None
 
     def _heatmap(self, fields: Sequence[_Field]) -> None:
-        import torch
-
-        from leukodx.inference.gradcam import GradCAM
-
+        """The heat map of the called class: its class activation map from the classifier's own outputs (ONNX
+        or PyTorch, no gradients); Grad-CAM in PyTorch only for a model exported without one."""
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
             k = self.classes.index(r.label)
-            with self._cam_lock:  # Grad-CAM keeps activations between forward and backward: one at a time
-                if self._cam is None:
-                    self._cam = GradCAM(self.torch_classifier())
-                cams = self._cam(torch.from_numpy(tiling.to_batch(f.tiles)), [k] * len(f.tiles))
-            heat = tiling.stitch(list(cams), f.boxes, *f.rgb.shape[:2])
+            if f.cams is not None:
+                cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]
+            else:
+                cams = list(self._grad_cam(f.tiles, k))
+            heat = tiling.stitch(cams, f.boxes, *f.rgb.shape[:2])
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    hi = float(a.max())
+    return (a / hi if hi > 0 else np.zeros_like(a)).astype(np.float32)
 
 
 def load_analyzer(classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,

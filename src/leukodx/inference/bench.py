@@ -26,9 +26,16 @@ STAGES = ("decode", "classify", "segment", "instances", "quality", "heatmap")
 TARGETS = {"analysis_p50_ms_max": 40.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0}
 
 
+def _torch_version() -> str | None:
+    try:
+        import torch
+    except ModuleNotFoundError:  # the clinic install: ONNX Runtime only
+        return None
+    return torch.__version__
+
+
 def machine_info(threads: int) -> dict:
     import onnxruntime
-    import torch
 
     cpu = platform.processor() or ""
     try:
@@ -41,7 +48,7 @@ def machine_info(threads: int) -> dict:
     from leukodx.cpus import usable_cores
 
     return {"cpu": cpu, "cores_logical": os.cpu_count(), "cores_usable": usable_cores(), "threads": threads,
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "torch": _torch_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -158,6 +165,9 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
         analyses = {}
         for key in engines:
             engine = ENGINE_KEYS[key]
+            if key == "eager" and _torch_version() is None:
+                notes[key] = "PyTorch is not installed (the clinic install): pip install 'leukodx[train]' to compare"
+                continue
             if key == "onnx_int8" and not ((cdir / INT8_FILE).is_file() or (sdir / INT8_FILE).is_file()):
                 notes[key] = "no model.int8.onnx in either model directory (none exported, or int8 not kept)"
                 continue

@@ -168,6 +168,7 @@ class Analysis:
         self.low_confidence = self.classifier.low_confidence if self.classifier else 0.0
         self._cam = None
         self._cam_lock = threading.Lock()
+        self.heatmap_note = ""  # why there are no heat maps, when there cannot be any
 
     @property
     def classifier_dir(self) -> Path | None:
@@ -181,7 +182,7 @@ class Analysis:
     def describe(self) -> dict:
         """What runs: model directories, engines, thresholds (for reports and the web app)."""
         out: dict = {"classes": self.classes, "low_confidence": self.low_confidence, "threads": self.threads,
-                     "ood": self.ood.enabled, "ood_notes": self.ood.notes,
+                     "ood": self.ood.enabled, "ood_notes": self.ood.notes, "heatmap_note": self.heatmap_note,
                      "ood_checks": [k for k, v in (("feature distance", self.ood.features),
                                                    ("image statistics", self.ood.stats)) if v]}
         for key, stage in (("classifier", self.classifier), ("segmenter", self.segmenter)):
@@ -305,8 +306,14 @@ class Analysis:
             k = self.classes.index(r.label)
             if f.cams is not None:
                 cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]
+            elif self.heatmap_note:  # no CAM output and no torch: no heat map (describe() says why)
+                continue
             else:
-                cams = list(self._grad_cam(f.tiles, k))
+                try:
+                    cams = list(self._grad_cam(f.tiles, k))
+                except ModelError as exc:
+                    self.heatmap_note = exc.message
+                    continue
             heat = tiling.stitch(cams, f.boxes, *f.rgb.shape[:2])
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000

@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-train install-test browser run demo test lint
+.PHONY: install install-train install-test browser wheelhouse run demo test lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,13 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	    || echo "could not install chromium: browser tests will be skipped"; \
 	  else echo "chromium is not installed and this is not root: browser tests will be skipped"; fi; }
+
+# every wheel of the clinic install (leukodx with its models included) in one folder, for a PC with no internet
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(BIN)/python
+	$(BIN)/pip wheel --quiet . --wheel-dir $(WHEELHOUSE)
+	cp scripts/INSTALL-offline.txt $(WHEELHOUSE)/INSTALL.txt
+	@echo "wrote $(WHEELHOUSE)/ ($$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1)); see $(WHEELHOUSE)/INSTALL.txt"
 
 run: install
 	$(BIN)/leukodx serve --demo

@@ -4,11 +4,13 @@ Used by `leukodx predict` and the web application:
 
     >>> png = overlay_png(rgb, result)      # bytes of a PNG
     >>> png = heatmap_png(rgb, result)      # bytes of a PNG (the field when no heat map was computed)
+    >>> png = overlay_png(*shrink(rgb, result, 1024))  # drawn at most 1024 pixels on the longer side
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -22,6 +24,27 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=3)
     return buf.getvalue()
+
+
+def shrink(rgb: np.ndarray, result, max_side: int):
+    """The field and its result's mask, instances and heat map scaled down to at most `max_side` pixels on the
+    longer side (as they are when smaller), so that a huge microscope photo does not make a huge picture."""
+    h, w = rgb.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return rgb, result
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+
+    def nearest(a):
+        if a is None:
+            return None
+        return np.asarray(Image.fromarray(a.astype(np.int32)).resize(size, Image.NEAREST)).astype(a.dtype)
+
+    heat = None
+    if result.heatmap is not None:
+        heat = np.asarray(Image.fromarray(result.heatmap.astype(np.float32)).resize(size, Image.BILINEAR))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    return small, replace(result, mask=nearest(result.mask), instances=nearest(result.instances), heatmap=heat)
 
 
 def _outline(labels: np.ndarray, width: int = 1) -> np.ndarray:

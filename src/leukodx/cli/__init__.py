@@ -11,7 +11,20 @@ import sys
 import typer
 
 from leukodx import __version__
-from leukodx.cli import backup, bench, data, demo, evaluate, export, predict, serve, study, train
+from leukodx.cli import (
+    backup,
+    bench,
+    data,
+    demo,
+    evaluate,
+    export_onnx,
+    predict,
+    serve,
+    study_classify,
+    study_segment,
+    train_classify,
+    train_segment,
+)
 from leukodx.cli._common import err_console
 
 app = typer.Typer(
@@ -24,9 +37,17 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
-app.add_typer(train.app, name="train")
-app.add_typer(study.app, name="study")
-app.add_typer(export.app, name="export")
+for group, help_text, modules in (
+    ("train", "Train a classifier or a segmenter; writes a model directory and its metrics.",
+     (train_classify, train_segment)),
+    ("study", "The reference study's comparisons: mean ± std over seeds, a table and plots.",
+     (study_classify, study_segment)),
+    ("export", "Export models (ONNX, optional int8).", (export_onnx,)),
+):
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+    for module in modules:
+        module.register(sub)
+    app.add_typer(sub, name=group)
 for module in (evaluate, predict, bench, serve, backup, demo):
     module.register(app)
 

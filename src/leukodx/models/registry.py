@@ -55,11 +55,7 @@ def _load_plugins() -> None:
     if _loaded:
         return
     for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # a plugin not written yet must not break the others
-            if exc.name != mod:
-                raise
+        importlib.import_module(mod)
     _loaded = True
 
 

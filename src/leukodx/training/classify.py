@@ -13,7 +13,6 @@ run's test split), history.json, split.csv (the split used), run_config.yaml and
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import time
 import warnings
@@ -283,18 +282,13 @@ def _write_predictions(path: Path, samples, probs: np.ndarray, classes: list[str
 
 
 def _fit_ood(model, config: dict, train_ds, val_ds, log) -> dict | None:
-    """config["ood"] from leukodx.inference.ood.fit_ood when that module exists (skipped silently otherwise)."""
-    try:
-        ood = importlib.import_module("leukodx.inference.ood")
-    except ModuleNotFoundError:
-        return None
-    fit = getattr(ood, "fit_ood", None)
-    if fit is None:
-        return None
+    """config["ood"] from leukodx.inference.ood.fit_ood (None, with the reason logged, when it cannot be fitted)."""
+    from leukodx.inference.ood import fit_ood
+
     t0 = time.perf_counter()
     try:
         net = copy.deepcopy(model).cpu().eval()  # fit_ood hooks the head; keep the saved model clean
-        result = fit(net, config, list(train_ds.images), list(val_ds.images) or None, labels=list(train_ds.labels))
+        result = fit_ood(net, config, list(train_ds.images), list(val_ds.images) or None, labels=list(train_ds.labels))
     except (ValueError, RuntimeError, ModelError) as exc:
         log(f"OOD fit skipped: {exc}")
         return None

@@ -19,7 +19,6 @@ checkpoint that `--resume` continues.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -500,6 +499,3 @@ class Trainer:
         if self.log_fn is None:
             self.log_fn = progress.console.print
         return progress, task
-
-    def best_weights(self) -> dict:
-        return copy.deepcopy(self.best_state) if self.best_state is not None else self.model.state_dict()

@@ -16,7 +16,7 @@ def test_bench_json_keys(tmp_path):
     out = tmp_path / "bench.json"
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--out", str(out), "--n", "4", "--batch-size", "2", "--heatmap-n", "1", "--classifier",
-              str(cdir), "--segmenter", str(sdir), "--threads", "1"])
+              str(cdir), "--segmenter", str(sdir), "--threads", "1", "--seed-n", "1"])
     assert exc.value.code in (0, None)
     res = json.loads(out.read_text())
     assert {"eager", "onnx", "machine"} <= set(res)
@@ -31,4 +31,8 @@ def test_bench_json_keys(tmp_path):
     for k in ("cpu", "cores_usable", "threads", "torch", "onnxruntime"):
         assert k in res["machine"]
     assert (tmp_path / "bench.md").read_text().startswith("# Analysis speed benchmark")
+    # the reference study's pipeline as a baseline: the same fields as eager
+    assert set(res["seed_pipeline"]) == set(res["eager"]) and res["seed_pipeline"]["n_fields"] == 1
+    assert "inception_resnet_v2" in res["seed_pipeline"]["classifier_engine"]
+    assert res["comparison"]["seed_pipeline_speedup_p50"] > 0
     assert not (cdir / "model.onnx").exists()  # the export for the benchmark went to a temporary copy

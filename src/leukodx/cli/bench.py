@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
         heatmap_n: int = typer.Option(10, "--heatmap-n", min=0, help="Fields timed with a Grad-CAM heat map."),
         repeats: int = typer.Option(1, "--repeats", min=1, help="Passes over the fields for the latency figures."),
+        seed_n: int = typer.Option(10, "--seed-n", min=0, help="Fields timed with the reference study's pipeline "
+                                   "(InceptionResNetV2 + 64->1024 U-Net, eager; needs the train extra); 0 skips it."),
     ) -> None:
         """Time the analysis: PyTorch eager vs ONNX Runtime fp32 vs ONNX int8 (where an int8 model exists),
         per stage, on the same fields in the same run."""
@@ -31,9 +33,9 @@ def register(app: typer.Typer) -> None:
         from leukodx.inference.bench import ENGINE_KEYS, ROWS, bench_markdown, run_bench
 
         res = run_bench(images, n=n, batch_size=batch_size, threads=threads, classifier_dir=classifier,
-                        segmenter_dir=segmenter, heatmap_n=heatmap_n, repeats=repeats,
+                        segmenter_dir=segmenter, heatmap_n=heatmap_n, repeats=repeats, seed_n=seed_n,
                         log=lambda s: err_console.print(s, highlight=False))
-        keys = [k for k in ENGINE_KEYS if k in res]
+        keys = [k for k in (*ENGINE_KEYS, "seed_pipeline") if k in res]
         table = Table(title=f"analysis speed ({res['setup']['fields']}, {res['machine']['threads']} threads)")
         table.add_column("")
         for k in keys:

@@ -22,8 +22,12 @@ from pathlib import Path
 import numpy as np
 
 ENGINE_KEYS = {"eager": "torch", "onnx": "onnx", "onnx_int8": "onnx-int8"}
+# the reference study's pipeline, as a baseline: InceptionResNetV2 classifier + the classic U-Net (64 -> 1024
+# filters), both at 224 px, PyTorch eager (random weights: the speed does not depend on them)
+SEED_PIPELINE = {"classifier": ("inception_resnet_v2", {"num_classes": 4}), "segmenter": ("unet", {}), "size": 224}
 STAGES = ("decode", "classify", "segment", "instances", "quality", "heatmap")
-TARGETS = {"analysis_p50_ms_max": 40.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0}
+TARGETS = {"analysis_p50_ms_max": 40.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0,
+           "seed_pipeline_speedup_min": 10.0}
 
 
 def _torch_version() -> str | None:
@@ -143,10 +147,29 @@ def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_
     return out
 
 
+def _seed_pipeline_dirs(tmp: Path) -> tuple[Path, Path]:
+    import torch
+
+    from leukodx.models import create_model, save_model
+
+    torch.manual_seed(0)
+    size = [SEED_PIPELINE["size"]] * 2
+    arch, kw = SEED_PIPELINE["classifier"]
+    c = save_model(tmp / "seed-classifier", create_model("classify", arch, **kw),
+                   {"task": "classify", "arch": arch, "arch_kwargs": kw, "classes": ["Benign", "Early", "Pre", "Pro"],
+                    "input_size": size})
+    arch, kw = SEED_PIPELINE["segmenter"]
+    s = save_model(tmp / "seed-segmenter", create_model("segment", arch, **kw),
+                   {"task": "segment", "arch": arch, "arch_kwargs": kw, "input_size": size})
+    return c, s
+
+
 def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 16, threads: int | None = None,
               classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,
               heatmap_n: int = 10, repeats: int = 1, engines: tuple[str, ...] = ("eager", "onnx", "onnx_int8"),
-              log=None) -> dict:
+              seed_n: int = 10, log=None) -> dict:
+    """Time the engines on the same fields; with `seed_n` > 0 (and torch), also the reference study's pipeline
+    (top-level key "seed_pipeline", the same fields as "eager") on the first `seed_n` of them."""
     from leukodx.assets import default_model_dir
     from leukodx.cpus import usable_cores
     from leukodx.inference.engines import INT8_FILE
@@ -180,6 +203,16 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             log(f"measuring {', '.join(analyses)} (interleaved) ...")
         out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats))
         analyses.clear()
+        if seed_n and _torch_version() is not None:
+            if log:
+                log(f"measuring the reference study's pipeline on {min(seed_n, len(fields))} of the fields ...")
+            c, s = _seed_pipeline_dirs(Path(tmp))
+            seed = bench_engines({"seed_pipeline": Analysis(c, s, engine="torch", threads=threads)},
+                                 fields[:seed_n], min(batch_size, 4), 0, warmup=1)
+            out["seed_pipeline"] = {**seed["seed_pipeline"], "classifier_engine": "inception_resnet_v2 224 px (PyTorch "
+                                    "eager)", "segmenter_engine": "unet 64->1024 224 px (PyTorch eager)"}
+        elif seed_n:
+            notes["seed_pipeline"] = "PyTorch is not installed: the reference study's pipeline cannot be timed"
     out["machine"] = machine
     out["setup"] = {"fields": source, "n": len(fields), "batch_size": batch_size, "heatmap_n": heatmap_n,
                     "repeats": repeats, "classifier_dir": str(cdir), "segmenter_dir": str(sdir),
@@ -199,6 +232,10 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
         if "onnx_int8" in out:
             q = out["onnx_int8"]
             out["comparison"]["int8_speedup_p50_vs_eager"] = round(e["analysis_p50_ms"] / q["analysis_p50_ms"], 2)
+    if "seed_pipeline" in out:
+        best_p50 = min(out[k]["analysis_p50_ms"] for k in ENGINE_KEYS if k in out)
+        out.setdefault("comparison", {})["seed_pipeline_speedup_p50"] = round(
+            out["seed_pipeline"]["analysis_p50_ms"] / best_p50, 1)
     best = min((k for k in ENGINE_KEYS if k in out), key=lambda k: out[k]["analysis_p50_ms"], default=None)
     if best:
         out["targets"] = {
@@ -208,6 +245,8 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             >= TARGETS["throughput_fields_per_s_min"],
             "onnx_speedup_met": (out.get("comparison", {}).get("onnx_speedup_p50", 0) >= TARGETS["onnx_speedup_min"])
             if "comparison" in out else None,
+            "seed_pipeline_speedup_met": (out["comparison"]["seed_pipeline_speedup_p50"]
+                                          >= TARGETS["seed_pipeline_speedup_min"]) if "seed_pipeline" in out else None,
         }
     return out
 
@@ -220,7 +259,7 @@ ROWS = [("analysis p50 (ms)", "analysis_p50_ms"), ("analysis p95 (ms)", "analysi
 
 
 def bench_markdown(res: dict, command: str) -> str:
-    keys = [k for k in ENGINE_KEYS if k in res]
+    keys = [k for k in (*ENGINE_KEYS, "seed_pipeline") if k in res]
     m = res["machine"]
     lines = ["# Analysis speed benchmark", "", f"Command: `{command}`", "",
              f"Machine: {m['cpu']}, {m['cores_usable']} usable cores, {m['threads']} threads; torch {m['torch']}, "

@@ -524,6 +524,11 @@ def _restore_sqlite(staged: Path, url: URL) -> None:
     engine = make_engine(f"sqlite:///{staged}")
     migrate(engine)
     engine.dispose()
+    con = sqlite3.connect(staged)
+    try:
+        con.execute("PRAGMA journal_mode=DELETE")  # everything in the one file (no -wal) before it moves
+    finally:
+        con.close()
     if not target.exists():
         for suffix in ("-wal", "-shm", "-journal"):  # left over from a database that is gone
             Path(f"{target}{suffix}").unlink(missing_ok=True)

@@ -80,19 +80,25 @@ def _voters(grey: np.ndarray):
 def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndarray:
     """Per radius r (rows of dy, dx): how concentrated the votes are, as the sum of squared vote counts per bin
     (bins BIN_FRACTION * r wide) over the number of votes and the outline length 2 pi r; the mean of two bin
-    grids offset by half a bin. All radii in one bincount."""
-    b = (BIN_FRACTION * radii)[:, None].astype(np.float32)
-    nh = np.ceil(h / b[:, 0]).astype(np.int64) + 3
-    nw = np.ceil(w / b[:, 0]).astype(np.int64) + 3
+    grids offset by half a bin. All radii in one bincount; votes off the image land in a border bin that is
+    not counted."""
+    inv = (1.0 / (BIN_FRACTION * radii)).astype(np.float32)[:, None]
+    nh = np.ceil(h * inv[:, 0]).astype(np.int64) + 4
+    nw = np.ceil(w * inv[:, 0]).astype(np.int64) + 4
     sizes = nh * nw
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     total = np.zeros(len(radii))
+    py, px = (ys + dy) * inv, (xs + dx) * inv
+    border = np.zeros(int(sizes.sum()), bool)
+    for k in range(len(radii)):
+        blk = border[starts[k]:starts[k] + sizes[k]].reshape(nh[k], nw[k])
+        blk[0], blk[-1], blk[:, 0], blk[:, -1] = True, True, True, True
     for off in (1.0, 1.5):
-        cy = ((ys + dy) / b + off).astype(np.int64)  # >= 0 where the vote lands at most a bin off the image
-        cx = ((xs + dx) / b + off).astype(np.int64)
-        ok = (cy >= 0) & (cx >= 0) & (cy < nh[:, None]) & (cx < nw[:, None])
-        flat = (cy * nw[:, None] + cx + starts[:, None])[ok]
+        cy = np.clip(py + off, 0, (nh - 1)[:, None].astype(np.float32)).astype(np.int32)
+        cx = np.clip(px + off, 0, (nw - 1)[:, None].astype(np.float32)).astype(np.int32)
+        flat = (cy * nw[:, None].astype(np.int32) + cx + starts[:, None].astype(np.int32)).ravel()
         m = np.bincount(flat, minlength=int(sizes.sum())).astype(np.float64)
+        m[border] = 0.0
         total += np.add.reduceat(m * m, starts)
     return total / 2 / max(ys.shape[-1], 1) / (2 * np.pi * radii)
 

@@ -348,20 +348,27 @@ def test_early_stopping_and_best_weights(tmp_path):
 
 
 def test_temperature_and_low_confidence():
-    from leukodx.training.calibration import fit_low_confidence, fit_temperature
+    from leukodx.inference.calibration import fit_low_confidence, fit_temperature
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (400,), generator=g)
     logits = torch.randn(400, 4, generator=g)
     logits[torch.arange(400), y] += 2.0
     overconfident = logits * 5
-    t = fit_temperature(overconfident, y)
+    t = fit_temperature(overconfident.numpy(), y.numpy())
     assert 2.2 < t < 3.0  # the Bayes posterior here is softmax(2 * logits) = softmax(overconfident / 2.5)
     probs = torch.softmax(logits, 1).numpy()
-    low = fit_low_confidence(probs, y.numpy(), target_accuracy=0.95)
+    correct = probs.argmax(1) == y.numpy()
+    low = fit_low_confidence(probs, y.numpy(), target_accuracy=0.95, max_flagged=1.0)
     keep = probs.max(1) >= low["threshold"]
-    if low["reached"]:
-        assert (probs.argmax(1)[keep] == y.numpy()[keep]).mean() >= 0.95
+    assert low["reached"] and correct[keep].mean() >= 0.95 and low["val_coverage"] == keep.mean()
+    # the smallest such threshold: one step lower misses the target
+    lower = np.unique(probs.max(1))
+    below = lower[lower < low["threshold"]]
+    assert below.size == 0 or correct[probs.max(1) >= below[-1]].mean() < 0.95
+    # capped: at most max_flagged of the fields fall under it, and then the target is not reached
+    capped = fit_low_confidence(probs, y.numpy(), target_accuracy=0.95, max_flagged=0.04, floor=0.0)
+    assert (probs.max(1) < capped["threshold"]).mean() <= 0.04 + 1 / len(y) and not capped["reached"]
 
 
 # --- the command ----------------------------------------------------------------------------------------------

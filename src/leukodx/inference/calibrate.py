@@ -2,10 +2,8 @@
 
     >>> report = calibrate_model("runs/cls", "data/", split_csv="split.csv")
 
-- **temperature**: minimises the negative log-likelihood of softmax(logits / T) on the validation fields.
-- **thresholds.low_confidence**: the lowest calibrated confidence t at which the validation fields with
-  confidence >= t are at least `target_accuracy` correct, capped so that at most `max_flagged` of the
-  validation fields fall below it (and never under 0.5 for 4 classes... see `choose_low_confidence`).
+- **temperature** and **thresholds.low_confidence**: leukodx.inference.calibration (the rule training uses),
+  on the validation fields' logits from the model's own engine (the analysis pipeline's tiling and resizing).
 - **ood**: `leukodx.inference.ood.fit_ood`: the feature-distance model on the training fields, its threshold on
   the validation fields together with their lab-shifted copies (so another lab's stain is not flagged), and the
   training fields' red-cell diameter for the smear check. Any classifier: features are the input of its last
@@ -15,48 +13,12 @@ Everything is written back into RUN/config.json (the previous values are kept un
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from leukodx.errors import DatasetError, ModelError
-
-TARGET_ACCURACY = 0.99
-MAX_FLAGGED = 0.15
-MIN_THRESHOLD = 0.5
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.optimize import minimize_scalar
-
-    z = logits.astype(np.float64)
-
-    def nll(log_t: float) -> float:
-        s = z / np.exp(log_t)
-        s = s - s.max(1, keepdims=True)
-        logp = s - np.log(np.exp(s).sum(1, keepdims=True))
-        return float(-logp[np.arange(len(labels)), labels].mean())
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(res.x))
-
-
-def choose_low_confidence(conf: np.ndarray, correct: np.ndarray, target_accuracy: float = TARGET_ACCURACY,
-                          max_flagged: float = MAX_FLAGGED, floor: float = MIN_THRESHOLD) -> float:
-    """Lowest t with accuracy(conf >= t) >= target, but flagging at most `max_flagged` of the fields; >= floor."""
-    order = np.sort(np.unique(conf))
-    cap = float(np.quantile(conf, max_flagged)) if len(conf) else floor
-    chosen = None
-    for t in order:
-        kept = conf >= t
-        if kept.sum() == 0:
-            break
-        if correct[kept].mean() >= target_accuracy:
-            chosen = float(t)
-            break
-    t = cap if chosen is None else min(chosen, cap)
-    return float(max(t, floor))
+from leukodx.inference.calibration import MIN_THRESHOLD, fit_low_confidence, fit_temperature
 
 
 def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
@@ -90,11 +52,10 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
 
 def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Path | None = None,
                     max_images: int = 2000, seed: int = 0, ood_only: bool = False, progress=None) -> dict:
-    import torch
 
-    from leukodx.inference.engines import with_features
-    from leukodx.inference.ood import _as_model_inputs, fit_ood
-    from leukodx.models.checkpoint import CONFIG, load_model
+    from leukodx.inference.ood import fit_ood
+    from leukodx.models.checkpoint import load_model
+    from leukodx.models.model_config import write_model_config
 
     d = Path(model_dir)
     model, cfg = load_model(d)
@@ -110,39 +71,33 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     rng = np.random.default_rng(seed)
     if len(train) > max_images:
         train = [train[i] for i in sorted(rng.choice(len(train), max_images, replace=False))]
-    net = with_features(model).eval()
-    logits = []
-    imgs_val = list(_as_model_inputs([p for p, _ in val], cfg["input_size"]))
-    with torch.inference_mode():
-        for i in range(0, len(imgs_val), 32):
-            x = torch.from_numpy(np.stack(imgs_val[i:i + 32]).astype(np.float32).transpose(0, 3, 1, 2))
-            logits.append(net(x)[0].numpy())
-    logits = np.concatenate(logits)
+    from leukodx.data.images import read_field
+    from leukodx.inference.pipeline import ClassifierStage, softmax
+
+    stage = ClassifierStage(d, engine="onnx")
+    logits = np.concatenate([stage.field_logits([read_field(p) for p, _ in val[i:i + 32]])
+                             for i in range(0, len(val), 32)])
     y = np.array([classes.index(lab) for _, lab in val])
     t = fit_temperature(logits, y)
-    z = logits / t
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    p = softmax(logits / t)
     conf = p.max(1)
     correct = p.argmax(1) == y
-    low = choose_low_confidence(conf, correct)
+    low_fit = fit_low_confidence(p, y)
+    low = low_fit["threshold"]
     ood = fit_ood(model, cfg, [pth for pth, _ in train], val_images=[pth for pth, _ in val],
                   labels=[lab for _, lab in train])
     previous = {"temperature": cfg.get("temperature"),
                 "low_confidence": (cfg.get("thresholds") or {}).get("low_confidence"),
                 "ood_method": (cfg.get("ood") or {}).get("method")}
-    cfg_path = d / CONFIG
-    raw = json.loads(cfg_path.read_text())
+    raw = dict(cfg)
     if ood_only:  # keep the training run's temperature and threshold; report what they give here
         t = float(cfg.get("temperature") or 1.0)
-        z = logits / t
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        conf = p.max(1)
+        conf = softmax(logits / t).max(1)
         low = float((cfg.get("thresholds") or {}).get("low_confidence", MIN_THRESHOLD))
     else:
         raw["temperature"] = t
         raw.setdefault("thresholds", {})["low_confidence"] = low
+        raw["low_confidence_fit"] = low_fit
     raw["ood"] = ood
     report = {
         "data": str(data), "division": how, "n_train": len(train), "n_val": len(val), "temperature": t,
@@ -155,7 +110,5 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
         "previous": previous, "refit": "ood only" if ood_only else "temperature, low_confidence, ood",
     }
     raw["calibration"] = report
-    tmp = cfg_path.with_name(CONFIG + ".tmp")
-    tmp.write_text(json.dumps(raw, indent=2, default=str))
-    tmp.replace(cfg_path)
+    write_model_config(d, raw)
     return report

@@ -88,8 +88,11 @@ class ClassifierStage:
             return float(1.0 - p[self.benign_index])
         return float(sum(p[i] for i, c in enumerate(self.classes) if c in MALIGNANT_CLASSES))
 
-    def logits(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.engine.run(batch)
+    def field_logits(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
+        """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature."""
+        tiles, owner, _ = tiling.cut_tiles(rgbs, self.size)
+        logits = self.engine.run(tiling.to_batch(tiles))["logits"].astype(np.float64)
+        return np.stack([logits[owner == i].mean(0) for i in range(len(rgbs))])
 
     def run(self, fields: Sequence[_Field]) -> None:
         t0 = time.perf_counter()

@@ -92,9 +92,9 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     )
     from leukodx.data.layout import load_dataset
     from leukodx.data.transforms import classification_transforms
+    from leukodx.inference.calibration import fit_low_confidence, fit_temperature
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
-    from leukodx.training.calibration import fit_low_confidence, fit_temperature
     from leukodx.training.engine import Trainer, accuracy_metric, start_run
 
     t_start = time.perf_counter()
@@ -177,7 +177,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
         return result
     metrics_fn = _classification_metrics()
     val_logits, val_y = trainer.predict(val_loader)
-    temperature = fit_temperature(val_logits, val_y) if len(val_y) else 1.0
+    temperature = fit_temperature(val_logits.numpy(), val_y.numpy()) if len(val_y) else 1.0
     val_probs = torch.softmax(val_logits / temperature, 1).numpy() if len(val_y) else np.zeros((0, len(classes)))
     low = fit_low_confidence(val_probs, val_y.numpy() if len(val_y) else np.zeros(0), cfg.low_confidence_target)
     val_metrics = metrics_fn(val_y.numpy(), val_probs, classes) if len(val_y) else None

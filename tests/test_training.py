@@ -138,8 +138,9 @@ def test_robust_colour_parts_are_not_just_affine():
 
 
 def test_random_zoom_covers_plus_minus_30_percent():
-    from leukodx.data.transforms import RandomZoom
     from torchvision import tv_tensors
+
+    from leukodx.data.transforms import RandomZoom
 
     img = torch.zeros(3, 100, 100)
     img[:, 40:60, 40:60] = 1.0  # a 20 px square: its size after the zoom measures the magnification

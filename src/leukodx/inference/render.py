@@ -35,16 +35,15 @@ def shrink(rgb: np.ndarray, result, max_side: int):
         return rgb, result
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
 
-    def nearest(a):
+    def resized(a, mode, dtype=None):
         if a is None:
             return None
-        return np.asarray(Image.fromarray(a.astype(np.int32)).resize(size, Image.NEAREST)).astype(a.dtype)
+        return np.asarray(Image.fromarray(a.astype(dtype or a.dtype)).resize(size, mode)).astype(a.dtype)
 
-    heat = None
-    if result.heatmap is not None:
-        heat = np.asarray(Image.fromarray(result.heatmap.astype(np.float32)).resize(size, Image.BILINEAR))
-    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
-    return small, replace(result, mask=nearest(result.mask), instances=nearest(result.instances), heatmap=heat)
+    near, smooth = Image.Resampling.NEAREST, Image.Resampling.BILINEAR
+    return resized(rgb, smooth), replace(result, mask=resized(result.mask, near, np.int32),
+                                         instances=resized(result.instances, near, np.int32),
+                                         heatmap=resized(result.heatmap, smooth, np.float32))
 
 
 def _outline(labels: np.ndarray, width: int = 1) -> np.ndarray:

@@ -1,0 +1,50 @@
+"""A field's heat map: drawn the first time it is asked for, then kept in the file store (content-hash name)."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import update
+
+from leukodx.data.images import open_image
+from leukodx.web.cases import NotFound
+from leukodx.web.db import Field
+from leukodx.web.overlays import heatmap_png
+
+
+async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
+    """The stored name of the field's heat-map PNG, analysed, drawn and stored first when there is none yet.
+    None when the analyzer gives no heat map; NotFound when the case has no such field or its image is gone."""
+
+    def lookup():
+        with ctx.sessions() as db:
+            f = db.get(Field, field_id)
+            if f is None or f.case_id != case_id:
+                raise NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
+            return f.heatmap_file, f.image_file, f.display_name
+
+    heat, image_file, name = await run_in_threadpool(lookup)
+    if heat is not None:
+        return heat
+    path = ctx.store.path(image_file)
+    if path is None:
+        raise NotFound("The field's image file is missing.", "Upload the field again.")
+    data = await run_in_threadpool(path.read_bytes)
+    side = ctx.settings.display_max_side
+
+    def job(analyzer):
+        rgb = np.asarray(open_image(data, name=name))
+        return heatmap_png(rgb, analyzer.analyze(rgb, name=name, heatmap=True), side)
+
+    png = await ctx.service.run(job)
+    if png is None:
+        return None
+
+    def keep():
+        stored = ctx.store.put(png, "png")
+        with ctx.sessions() as db:
+            db.execute(update(Field).where(Field.id == field_id).values(heatmap_file=stored))
+            db.commit()
+        return stored
+
+    return await run_in_threadpool(keep)

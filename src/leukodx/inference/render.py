@@ -1,4 +1,4 @@
-"""Pictures of an analysis: cell outlines with count and label (overlay), and the Grad-CAM heat map.
+"""Pictures of an analysis: cell outlines with count and label (overlay), and the heat map (class activation map).
 
 Used by `leukodx predict` and the web application:
 
@@ -131,13 +131,13 @@ def colormap(v: np.ndarray) -> np.ndarray:
 
 
 def heatmap_png(rgb: np.ndarray, result, alpha: float = 0.45) -> bytes:
-    """The field blended with the Grad-CAM heat map of the predicted class (the field alone when none)."""
+    """The field blended with the heat map (class activation map) of the predicted class (the field alone when none)."""
     img = np.asarray(rgb, dtype=np.uint8)
     if result.heatmap is not None and result.heatmap.shape == img.shape[:2]:
         heat = colormap(result.heatmap).astype(np.float32)
         a = alpha * (0.3 + 0.7 * np.clip(result.heatmap, 0, 1))[..., None]
         img = (img.astype(np.float32) * (1 - a) + heat * a).astype(np.uint8)
-        text = f"Grad-CAM: {result.label}"
+        text = f"heat map: what drove {result.label}"
     else:
         text = "no heat map"
     return _png(_caption(Image.fromarray(img), text, (40, 40, 90)))

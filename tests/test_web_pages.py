@@ -77,6 +77,29 @@ def test_pages_need_login_and_forms_need_csrf(web):
     assert client.post(f"/cases/{cid}/delete", data={"csrf_token": csrf}).status_code == 403
 
 
+def test_a_flagged_field_shows_why_and_no_bare_confidence(web):
+    """An out-of-distribution field: no confidence figure, the reason in words and what to do, on the case page
+    and the report (no raw flag codes)."""
+    import io
+
+    from PIL import Image
+
+    client, clin, _, _ = web
+    cid = new_case(client, clin)
+    blank = io.BytesIO()
+    Image.new("RGB", (128, 128), (240, 240, 240)).save(blank, "PNG")
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[("files", ("blank.png", blank.getvalue(),
+                                                                                    "image/png"))])
+    assert r.status_code == 201 and r.json()["added"][0]["flag"] == "out_of_distribution"
+    assert login(client).status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert "Confidence: not given." in page and "Not reliable here" in page and "Read the field yourself" in page
+    assert "nearly blank" in page
+    report = client.get(f"/cases/{cid}/report").text
+    assert "confidence not given" in report and "Not reliable here" in report
+    assert "out_of_distribution" not in report and "out_of_distribution" not in page.split("<script")[0]
+
+
 def test_login_form_needs_its_csrf_cookie(web):
     client, _, _, _ = web
     r = client.post("/login", data={"username": "alice", "password": "alice-password", "csrf_token": "forged"})

@@ -55,7 +55,9 @@ class FakeAnalyzer:
             heat = ndi.gaussian_filter(mask.astype(np.float32), sigma=max(2.0, rgb.shape[0] / 30))
             heat = heat / heat.max() if heat.max() > 0 else heat
         flag, reason = "ok", ""
-        if probs[label] < 0.5:
+        if float(rgb.std()) < 3.0:  # as the real smear check does for a blank image
+            flag, reason = "out_of_distribution", "The image is nearly blank: it does not look like a blood smear field"
+        elif probs[label] < 0.5:
             flag, reason = "low_confidence", f"confidence {probs[label]:.0%} is under 50 %; review this field closely"
         return FieldResult(
             path=name, label=label, probabilities=probs, confidence=probs[label],

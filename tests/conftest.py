@@ -63,33 +63,15 @@ def db_url(request, tmp_path) -> str:
     return POSTGRES_URL
 
 
-def make_web_app(db_url: str, folder: Path, analyzer=None, users: dict | None = None, **settings):
-    """leukodx.web.testing.make_test_app on the database `db_url` (images in `folder`/files): the fake analyzer,
-    a clinician and an admin token, users {name: (password, role)}.
-    Returns (app, clinician auth headers, admin auth headers)."""
-    from leukodx.web.app import create_app
-    from leukodx.web.auth import add_user, create_token
-    from leukodx.web.settings import Settings
-    from leukodx.web.testing import FakeAnalyzer
-
-    settings.setdefault("files_dir", Path(folder) / "web-files")
-    app = create_app(Settings(database_url=db_url, **settings), analyzer=analyzer or FakeAnalyzer())
-    with app.state.ctx.sessions() as db:
-        _, clin = create_token(db, "clinic-pc", "clinician")
-        _, admin = create_token(db, "admin-pc", "admin")
-        for name, (password, role) in (users or {"alice": ("alice-password", "clinician")}).items():
-            add_user(db, name, password, role)
-        db.commit()
-    return app, {"Authorization": f"Bearer {clin}"}, {"Authorization": f"Bearer {admin}"}
-
-
 @pytest.fixture()
 def make_app(db_url):
     """make_app(folder, analyzer=None, **settings) -> (app, clinician headers, admin headers) on `db_url`."""
     apps = []
 
     def make(folder, analyzer=None, **kw):
-        out = make_web_app(db_url, folder, analyzer, **kw)
+        from leukodx.web.testing import make_test_app
+
+        out = make_test_app(folder, analyzer, database_url=db_url, **kw)
         apps.append(out[0])
         return out
 

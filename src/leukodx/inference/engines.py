@@ -9,7 +9,6 @@ An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and retu
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from leukodx.cpus import usable_cores
 from leukodx.errors import ModelError
+from leukodx.io import file_sha256
 from leukodx.models.model_config import ModelConfig
 
 ONNX_FILE = "model.onnx"
@@ -25,12 +25,6 @@ INPUT_NAME = "image"
 ENGINES = ("onnx", "onnx-int8", "torch")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from leukodx.errors import DatasetError, ModelError
-from leukodx.inference.engines import INPUT_NAME, INT8_FILE, file_sha256, session_options, with_features
+from leukodx.inference.engines import INPUT_NAME, INT8_FILE, session_options, with_features
+from leukodx.io import file_sha256
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-3  # max abs difference of logits, relative to max(1, |logits|)

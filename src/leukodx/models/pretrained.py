@@ -22,7 +22,6 @@ layers adapt to that input scale within the first epoch.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from leukodx.errors import ModelError
+from leukodx.io import file_sha256
 
 PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -266,14 +266,6 @@ def load_strict(backbone: nn.Module, weights: dict[str, torch.Tensor], what: str
             "head_shape_now": {k: list(own[k].shape) for k in replaced if k in own}}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _looks_like_file(spec: str) -> bool:
     return spec.lower().endswith(WEIGHT_SUFFIXES) or "/" in spec or "\\" in spec or Path(spec).exists()
 
@@ -314,7 +306,7 @@ def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
             version = importlib.metadata.version(target.package)
         except importlib.metadata.PackageNotFoundError:
             version = None
-        record.update({"name": target.name, "file": str(path), "sha256": _sha256(path),
+        record.update({"name": target.name, "file": str(path), "sha256": file_sha256(path),
                        "package": target.package, "package_version": version, "homepage": target.homepage,
                        "source": target.source, "licence": target.licence, "weights_arch": target.arch,
                        "native_size": target.native_size, "original_preprocessing": target.preprocessing,
@@ -329,6 +321,6 @@ def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
     else:
         weights, mapping = raw, None
     record = load_strict(backbone, weights, f"Pretrained file {path} does not fit", arch)
-    record.update({"name": None, "file": str(path.resolve()), "sha256": _sha256(path), "key_mapping": mapping,
+    record.update({"name": None, "file": str(path.resolve()), "sha256": file_sha256(path), "key_mapping": mapping,
                    "source": "a local file", "licence": "unknown (a local file: check its terms)"})
     return record

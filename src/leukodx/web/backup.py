@@ -39,6 +39,7 @@ from sqlalchemy.engine import URL
 
 from leukodx import __version__
 from leukodx.errors import LeukodxError
+from leukodx.io import file_sha256
 from leukodx.web.db import (
     Base,
     _connect_errors,
@@ -69,14 +70,6 @@ class BackupError(LeukodxError):
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -326,7 +319,7 @@ def backup(db_url: str, files_dir: Path, out: Path, allow_damaged: bool = False)
             "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "database": {
                 "dialect": url.get_backend_name(), "member": db_file.name, "source": describe_url(url),
-                "schema_revision": facts["schema_revision"], "sha256": _sha256_file(db_file),
+                "schema_revision": facts["schema_revision"], "sha256": file_sha256(db_file),
                 "bytes": db_file.stat().st_size,
             },
             "counts": facts["counts"],
@@ -491,7 +484,7 @@ def _place_files(staging: Path, files_dir: Path, manifest: dict) -> int:
     added = 0
     for item in manifest["files"]["items"]:
         src, dst = staging / "files" / item["name"], files_dir / item["name"]
-        if dst.is_file() and dst.stat().st_size == item["bytes"] and _sha256_file(dst) == item["sha256"]:
+        if dst.is_file() and dst.stat().st_size == item["bytes"] and file_sha256(dst) == item["sha256"]:
             continue
         with open(src, "rb") as fh:
             os.fsync(fh.fileno())

@@ -196,16 +196,19 @@ class ServeProcess:
         self.stop()
 
 
-def make_test_app(folder: Path, analyzer=None, users: dict | None = None, **settings):
-    """An app on a fresh SQLite file in `folder` with the fake analyzer, a clinician and an admin token, and
-    `users` {name: (password, role)} (default alice/alice-password, clinician).
-    Returns (app, clinician auth headers, admin auth headers)."""
+def make_test_app(folder: Path, analyzer=None, users: dict | None = None, database_url: str | None = None,
+                  **settings):
+    """An app with the fake analyzer, a clinician and an admin token, and `users` {name: (password, role)}
+    (default alice/alice-password, clinician), on `database_url` (default: a fresh SQLite file in `folder`;
+    images then in `folder`/web-files). Returns (app, clinician auth headers, admin auth headers)."""
     from leukodx.web.app import create_app
     from leukodx.web.auth import add_user, create_token
     from leukodx.web.settings import Settings, database_url_for
 
-    app = create_app(Settings(database_url=database_url_for(Path(folder) / "web.db"), **settings),
-                     analyzer=analyzer or FakeAnalyzer())
+    if database_url is not None:
+        settings.setdefault("files_dir", Path(folder) / "web-files")
+    url = database_url or database_url_for(Path(folder) / "web.db")
+    app = create_app(Settings(database_url=url, **settings), analyzer=analyzer or FakeAnalyzer())
     with app.state.ctx.sessions() as db:
         _, clin = create_token(db, "clinic-pc", "clinician")
         _, admin = create_token(db, "admin-pc", "admin")

@@ -32,7 +32,7 @@ def _decode(path: Path, max_side: int | None) -> np.ndarray:
     if max_side and min(rgb.shape[:2]) > max_side:
         h, w = rgb.shape[:2]
         s = max_side / min(h, w)
-        rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.BILINEAR))
+        rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR))
     return rgb
 
 
@@ -105,11 +105,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.near_empty: list[str] = []
         self.skipped: list[str] = []
         self.resized_masks: list[str] = []
-        with_mask = []
+        with_mask: list[tuple[Sample, Path]] = []
         for s in samples:
-            (with_mask if s.mask is not None else self.missing_masks).append(s if s.mask is not None else s.path)
-        decoded = _decode_all([s.image for s in with_mask], max_side)
-        for s, img in zip(with_mask, decoded, strict=True):
+            if s.mask is not None:
+                with_mask.append((s, s.mask))
+            else:
+                self.missing_masks.append(s.path)
+        decoded = _decode_all([s.image for s, _ in with_mask], max_side)
+        for (s, mask_path), img in zip(with_mask, decoded, strict=True):
             if isinstance(img, ImageError):
                 self.skipped.append(f"{s.path} ({img.reason})")
                 continue
@@ -117,9 +120,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", MaskSizeWarning)
-                    mask = read_reference_mask(s.mask, mask_threshold, size=(w, h))
+                    mask = read_reference_mask(mask_path, mask_threshold, size=(w, h))
             except ImageError as exc:
-                self.skipped.append(f"{s.mask} ({exc.reason})")
+                self.skipped.append(f"{mask_path} ({exc.reason})")
                 continue
             if any(issubclass(c.category, MaskSizeWarning) for c in caught):
                 self.resized_masks.append(s.path)
@@ -227,7 +230,7 @@ def subset(samples: list[Sample], n: int | None, seed: int = 0) -> list[Sample]:
         if take[c] < len(by_class[c]):
             take[c] += 1
     while sum(take.values()) > n and max(take.values()) > 1:
-        c = max(take, key=take.get)
+        c = max(take, key=lambda k: take[k])
         take[c] -= 1
     out: list[Sample] = []
     for c, v in by_class.items():

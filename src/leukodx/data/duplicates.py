@@ -24,7 +24,7 @@ def pixel_digest(rgb: np.ndarray) -> str:
 
 def perceptual_hash(rgb: np.ndarray) -> int:
     """64-bit pHash: DCT of a 32x32 greyscale thumbnail, low 8x8 frequencies against their median."""
-    grey = Image.fromarray(rgb).convert("L").resize((32, 32), Image.BILINEAR)
+    grey = Image.fromarray(rgb).convert("L").resize((32, 32), Image.Resampling.BILINEAR)
     coeffs = dctn(np.asarray(grey, dtype=np.float64), norm="ortho")[:8, :8].flatten()
     bits = coeffs[1:] > np.median(coeffs[1:])
     value = 0

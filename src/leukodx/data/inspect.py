@@ -22,12 +22,19 @@ NEAR_EMPTY_FRACTION = 0.001
 """A reference mask with less than 0.1 % foreground is near-empty: the colour thresholding failed."""
 
 
+@dataclass(frozen=True)
+class _Pixels:
+    """What a readable field gives: its size (W, H), pixel digest and perceptual hash."""
+
+    size: tuple[int, int]
+    digest: str
+    phash: int
+
+
 @dataclass
 class _Scan:
     sample: Sample
-    size: tuple[int, int] | None = None
-    digest: str | None = None
-    phash: int | None = None
+    pixels: _Pixels | None = None  # None when the image is unreadable (`error` says why)
     error: str | None = None
     mask_fraction: float | None = None
     mask_error: str | None = None
@@ -41,14 +48,13 @@ def _scan(sample: Sample, mask_threshold: int) -> _Scan:
     except ImageError as exc:
         out.error = exc.reason
         return out
-    out.size = (rgb.shape[1], rgb.shape[0])
-    out.digest = pixel_digest(rgb)
-    out.phash = perceptual_hash(rgb)
+    size = (rgb.shape[1], rgb.shape[0])
+    out.pixels = _Pixels(size, pixel_digest(rgb), perceptual_hash(rgb))
     if sample.mask is not None:
         try:
-            mask = read_reference_mask(sample.mask, mask_threshold, size=out.size, warn=False)
+            mask = read_reference_mask(sample.mask, mask_threshold, size=size, warn=False)
             with Image.open(sample.mask) as m:  # readable (just read); header only: was it the image's size?
-                out.mask_resized = m.size != out.size
+                out.mask_resized = m.size != size
             out.mask_fraction = float(mask.mean())
         except ImageError as exc:
             out.mask_error = exc.reason
@@ -66,12 +72,14 @@ def inspect_dataset(
     """Counts, sizes, unreadable files, duplicate groups and mask problems, as the JSON contract says."""
     ds = load_dataset(data)
     scans = scan_dataset(ds, mask_threshold)
-    ok = [s for s in scans if s.error is None]
+    read = [(s, s.pixels) for s in scans if s.pixels is not None]
+    ok = [s for s, _ in read]
+    pixels = [px for _, px in read]
     sizes: dict[str, int] = {}
-    for s in ok:
-        key = f"{s.size[0]}x{s.size[1]}"
+    for px in pixels:
+        key = f"{px.size[0]}x{px.size[1]}"
         sizes[key] = sizes.get(key, 0) + 1
-    exact, near, _ = find_duplicate_groups([s.digest for s in ok], [s.phash for s in ok], near_distance)
+    exact, near, _ = find_duplicate_groups([px.digest for px in pixels], [px.phash for px in pixels], near_distance)
     paths = [s.sample.path for s in ok]
     near_empty = {c: 0 for c in ds.classes}
     mask_fraction_median = {}
@@ -100,7 +108,7 @@ def inspect_dataset(
             "near_empty_rule": f"grayscale(Segmented) > {mask_threshold} covers < {NEAR_EMPTY_FRACTION:.1%} of the field",
             "median_foreground": mask_fraction_median,
             "unreadable": [{"path": s.sample.mask.relative_to(ds.root).as_posix(), "reason": s.mask_error}
-                           for s in scans if s.mask_error],
+                           for s in scans if s.mask_error and s.sample.mask is not None],
             "size_mismatch_resized": [s.sample.path for s in scans if s.mask_resized],
         },
     }

@@ -32,9 +32,10 @@ class Group:
 
 def _make_groups(ds: Dataset, near_distance: int) -> tuple[list[Group], list[str]]:
     scans = scan_dataset(ds)
-    ok = [i for i, s in enumerate(scans) if s.error is None]
-    bad = [scans[i].sample.path for i in range(len(scans)) if scans[i].error is not None]
-    _, _, comps = find_duplicate_groups([scans[i].digest for i in ok], [scans[i].phash for i in ok], near_distance)
+    read = [(i, s.pixels) for i, s in enumerate(scans) if s.pixels is not None]
+    ok = [i for i, _ in read]
+    bad = [s.sample.path for s in scans if s.pixels is None]
+    _, _, comps = find_duplicate_groups([px.digest for _, px in read], [px.phash for _, px in read], near_distance)
     groups = []
     # stable ids: order groups by their first path
     comps = sorted(comps, key=lambda g: min(ds.samples[ok[i]].path for i in g))

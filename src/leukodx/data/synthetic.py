@@ -88,7 +88,7 @@ def synthetic_field(label: str, size: int = 224, seed: int = 0) -> tuple[np.ndar
     # leukocytes
     mask = np.zeros((size, size), bool)
     n_cells = int(rng.integers(1, 4))
-    centres = []
+    centres: list[tuple[float, float, float]] = []
     touching = rng.random() < 0.4
     for k in range(n_cells):
         r = rng.uniform(*m.radius)

@@ -72,13 +72,13 @@ def register(app: typer.Typer) -> None:
 
         Splits are by field and duplicate group, not patient (no patient IDs are published).
         """
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
         from leukodx.evaluation.evaluate import evaluate
 
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeRemainingColumn(), console=console, transient=True) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
                 if stage not in tasks:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from leukodx.evaluation.report import SPLIT_NOTE
 from leukodx.evaluation.samples import leakage_notes, select_samples
 from leukodx.inference.engines import ENGINES
 from leukodx.io import write_json
+
+if TYPE_CHECKING:
+    from leukodx.inference.pipeline import Analysis
 
 SHIFTS = ("lab",)
 TASK_SECTION = {"classify": "classification", "segment": "segmentation"}
@@ -51,11 +55,11 @@ class EvaluatedModel:
     name: str
     task: str
     config: dict
-    analysis: object  # leukodx.inference.pipeline.Analysis
+    analysis: Analysis
 
     def info(self) -> dict:
         return {"model": str(self.dir), "model_name": self.name, "arch": self.config.get("arch"),
-                "engine": self.analysis.describe()[  # type: ignore[attr-defined]
+                "engine": self.analysis.describe()[
                     "classifier" if self.task == "classify" else "segmenter"]["engine"]}
 
 
@@ -134,7 +138,7 @@ def _shift_fn(shift: str | None, seed: int, severity: float):
 def _class_rows(em: EvaluatedModel, rgbs: list[np.ndarray], paths: list[str], batch_size: int):
     """(probabilities N x C, flags, flag reasons) from the pipeline."""
     classes = em.config["classes"]
-    results = em.analysis.analyze_many(rgbs, names=paths, batch_size=batch_size)  # type: ignore[attr-defined]
+    results = em.analysis.analyze_many(rgbs, names=paths, batch_size=batch_size)
     probs = np.array([[r.probabilities[c] for c in classes] for r in results], dtype=np.float64)
     return probs, [r.flag for r in results], [r.flag_reason for r in results]
 
@@ -255,7 +259,7 @@ def _reference_counter(config: dict):
 
 
 def _segment(em: EvaluatedModel, rgbs: list[np.ndarray], names: list[str], batch_size: int):
-    return em.analysis.analyze_many(rgbs, names=names, batch_size=batch_size)  # type: ignore[attr-defined]
+    return em.analysis.analyze_many(rgbs, names=names, batch_size=batch_size)
 
 
 def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[str]):
@@ -266,14 +270,16 @@ def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[s
     rgb = _read(s, unreadable)
     if rgb is None:
         return None
+    assert s.mask is not None, "only fields with a reference mask are scored"  # evaluate_segmenter filters
     h, w = rgb.shape[:2]
     try:
         ref = read_reference_mask(s.mask, threshold=thr_mask, size=(w, h), warn=False)
     except ImageError as exc:
         unreadable.append({"path": str(s.mask), "reason": exc.reason})
         return None
-    if Image.open(s.mask).size != (w, h):
-        resized.append(s.path)
+    with Image.open(s.mask) as im:
+        if im.size != (w, h):
+            resized.append(s.path)
     return rgb, ref
 
 
@@ -512,7 +518,9 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
             result[f"{section}_lab_shift"] = _skipped_section(
                 section, result[section].get("skipped") or "nothing to shift")
     if shift and plots:
-        figures["lab_shift"] = {"examples": _shift_examples(samples, shift_fn, plot_dir / "lab_shift_examples.png")}
+        examples = _shift_examples(samples, shift_fn, plot_dir / "lab_shift_examples.png")
+        if examples is not None:
+            figures["lab_shift"] = {"examples": examples}
     result["notes"] = notes
     write_json(result, out_dir / "metrics.json")
     R.write_report(result, out_dir, figures)

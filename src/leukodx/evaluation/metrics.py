@@ -12,6 +12,7 @@ the result can be written with `json.dumps` as it is.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,8 @@ def classification_metrics(
     support = cm.sum(axis=1).astype(np.float64)
     predicted = cm.sum(axis=0).astype(np.float64)
     per_class: dict[str, dict] = {}
-    f1s, recalls_present = [], []
+    f1s: list[float] = []
+    recalls_present: list[float] = []
     for k, name in enumerate(classes):
         fp = predicted[k] - tp[k]
         fn = support[k] - tp[k]
@@ -135,7 +137,7 @@ def classification_metrics(
             "f1": f1,
             "support": int(support[k]),
         }
-        if support[k] > 0:
+        if recall is not None:  # the class is present in y_true (support > 0)
             recalls_present.append(recall)
         if support[k] > 0 or predicted[k] > 0:
             f1s.append(f1 if f1 is not None else 0.0)
@@ -158,7 +160,7 @@ def classification_metrics(
     correct = pred == y
     p_true = np.clip(p[np.arange(n), y], 1e-12, 1.0)
     onehot = np.eye(c)[y]
-    out = {
+    out: dict[str, Any] = {
         "n_images": int(n),
         "accuracy": float(correct.mean()),
         "balanced_accuracy": float(np.mean(recalls_present)),
@@ -291,7 +293,7 @@ class SegmentationAccumulator:
     def result(self) -> dict:
         ok, all_ = self._sums["ok"], self._sums["all"]
         scored = [r for r in self.per_image if not r["reference_failed"]]
-        out = {
+        out: dict[str, Any] = {
             "n_images": len(self.per_image),
             "n_scored": len(scored),
             "n_reference_failed": len(self.per_image) - len(scored),

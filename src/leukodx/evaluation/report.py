@@ -322,12 +322,12 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
 
     if shift:
         d = metrics["lab_shift"]
-        rows = [[html.escape(k), html.escape(str(v))] for k, v in d.items() if k != "name"]
+        shift_rows = [[html.escape(k), html.escape(str(v))] for k, v in d.items() if k != "name"]
         parts.append("<h2>Synthetic lab-to-lab shift</h2><p>Each field is re-evaluated after one random variation "
                      "(drawn per field from the seed and the field's path) of stain, white balance, "
                      "brightness/contrast, focus, JPEG compression and magnification. This is a stress test of "
                      "colour and acquisition shortcuts, not a replacement for smears from a real second lab.</p>"
-                     + _table(["part", "range"], rows))
+                     + _table(["part", "range"], shift_rows))
         parts.append(_img(figures.get("lab_shift", {}).get("examples"), "fields before (top) and after (bottom) "
                           "the lab shift"))
     parts.append("</body></html>")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -42,7 +43,21 @@ from scipy import ndimage as ndi
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
 
-RANGES = {  # at severity 1; see the module docstring
+
+
+class _Ranges(TypedDict):
+    magnification: float
+    stain_strength: float
+    stain_offset: float
+    stain_hue: float
+    white_balance: float
+    brightness: float
+    contrast: float
+    blur_sigma: float
+    jpeg_quality: tuple[int, int]
+
+
+RANGES: _Ranges = {  # at severity 1; see the module docstring
     "magnification": 0.20,
     "stain_strength": 0.30,
     "stain_offset": 0.03,
@@ -106,6 +121,11 @@ def _jpeg_range(s: float) -> tuple[int, int]:
     return max(10, round(hi - (hi - lo) * s)), hi
 
 
+def _triple(values) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
 def sample_params(rng: np.random.Generator, severity: float = 1.0) -> LabShiftParams:
     """Draw one variation. The number of draws is fixed, so the parameters depend only on the generator."""
     s = float(severity)
@@ -122,8 +142,8 @@ def sample_params(rng: np.random.Generator, severity: float = 1.0) -> LabShiftPa
         stain_strength=(float(max(0.0, 1 + RANGES["stain_strength"] * s * u[1])),
                         float(max(0.0, 1 + RANGES["stain_strength"] * s * u[2])), 1.0),
         stain_offset=(float(RANGES["stain_offset"] * s * u[3]), float(RANGES["stain_offset"] * s * u[4]), 0.0),
-        stain_vectors=tuple(tuple(float(v) for v in row) for row in vectors),
-        channel_gains=tuple(float(max(0.0, 1 + RANGES["white_balance"] * s * g)) for g in u[13:16]),
+        stain_vectors=tuple(_triple(row) for row in vectors),
+        channel_gains=_triple(max(0.0, 1 + RANGES["white_balance"] * s * g) for g in u[13:16]),
         brightness=float(RANGES["brightness"] * s * u[5]),
         contrast=float(max(0.0, 1 + RANGES["contrast"] * s * u[6])),
         blur_sigma=float(RANGES["blur_sigma"] * s * (rng.uniform(0.0, 1.0))),
@@ -155,10 +175,10 @@ def magnify(rgb: np.ndarray, scale: float, mask: np.ndarray | None = None):
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     if (nh, nw) == (h, w):
         return rgb, mask
-    img = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+    img = np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.Resampling.BILINEAR))
     img = _fit_axis(_fit_axis(img, 0, h), 1, w)
     if mask is not None:
-        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((nw, nh), Image.NEAREST)) > 127
+        m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((nw, nh), Image.Resampling.NEAREST)) > 127
         mask = _fit_axis(_fit_axis(m, 0, h), 1, w)
     return np.ascontiguousarray(img), None if mask is None else np.ascontiguousarray(mask)
 

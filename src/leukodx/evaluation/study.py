@@ -74,8 +74,8 @@ def bar_plot(rows: list[dict], runs: list[dict], by: Sequence[str], metric: str,
     ax.bar(xs, means, yerr=stds, capsize=4, color="#8fb3d9", edgecolor="#35608f")
     for i, r in enumerate(rows):
         key = tuple(r[k] for k in by)
-        vals = [run.get(metric) for run in runs if tuple(run.get(k) for k in by) == key]
-        vals = [v for v in vals if v is not None]
+        found = [run.get(metric) for run in runs if tuple(run.get(k) for k in by) == key]
+        vals = [v for v in found if v is not None]
         ax.scatter([i] * len(vals), vals, color="#1d3557", s=14, zorder=3)
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel(ylabel or metric)

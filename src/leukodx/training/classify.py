@@ -100,6 +100,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     t_start = time.perf_counter()
     out, device, info, log = start_run(cfg, data_hint="a folder with Original/<class>/ images", log_fn=log_fn,
                                        cpu_threads=cfg.threads or _default_threads(cfg.workers))
+    assert cfg.data is not None  # start_run refuses a run without --data
 
     ds = load_dataset(cfg.data)
     ds.require_nonempty()

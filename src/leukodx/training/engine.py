@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ class Trainer:
         *,
         metric_fn: Callable | None = accuracy_metric,
         metric_name: str = "accuracy",
-        mode: str = "max",
+        mode: Literal["min", "max"] = "max",
         batch_metric_fn: Callable | None = None,
         batch_metric_name: str = "acc",
         device: torch.device | None = None,
@@ -205,7 +206,8 @@ class Trainer:
     # --- construction ------------------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in self.model.parameters():
             if p.requires_grad:
                 (decay if p.ndim > 1 else no_decay).append(p)
@@ -313,7 +315,7 @@ class Trainer:
     def _train_epoch(self, epoch: int, progress, task) -> tuple[float, float | None]:
         self.net.train()
         sampler = getattr(self.train_loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         total_loss, n_seen, metric_sum, metric_n = 0.0, 0, 0.0, 0
         for step, batch in enumerate(self.train_loader):

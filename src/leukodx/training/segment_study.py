@@ -48,7 +48,7 @@ def resolve_segment_config(yaml_path=None, **flags):
 STUDY_METRICS = ("dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy", "count_mae")
 
 
-def _mean_std(values: list[float]) -> dict:
+def _mean_std(values: list[float | None]) -> dict:
     vals = [float(v) for v in values if v is not None]
     mean, std, n = mean_std(vals)
     return {"mean": mean, "std": std, "n": n, "values": vals}
@@ -59,12 +59,13 @@ def summarize_study(runs: list[dict], archs: list[str]) -> dict:
     out = {}
     for arch in archs:
         rs = [r for r in runs if r["arch"] == arch]
-        entry = {"n_runs": len(rs), "test": {}, "test_lab_shift": {}}
+        test: dict[str, dict] = {}
+        shifted: dict[str, dict] = {}
+        entry: dict[str, object] = {"n_runs": len(rs), "test": test, "test_lab_shift": shifted}
         for m in STUDY_METRICS:
-            entry["test"][m] = _mean_std([r["test"].get(m) for r in rs if r.get("test")])
+            test[m] = _mean_std([r["test"].get(m) for r in rs if r.get("test")])
             if any(r.get("test_lab_shift") for r in rs):
-                entry["test_lab_shift"][m] = _mean_std([r["test_lab_shift"].get(m) for r in rs
-                                                        if r.get("test_lab_shift")])
+                shifted[m] = _mean_std([r["test_lab_shift"].get(m) for r in rs if r.get("test_lab_shift")])
         entry["train_seconds"] = _mean_std([r["train_seconds"] for r in rs])
         entry["epochs_run"] = _mean_std([r["epochs_run"] for r in rs])
         entry["n_parameters"] = rs[0]["n_parameters"] if rs else None

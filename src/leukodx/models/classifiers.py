@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,9 @@ class PerImageStandardize(nn.Module):
 
 class MeanStdNormalize(nn.Module):
     """(x / 255 - mean) / std with fixed per-channel mean and std (ImageNet by default)."""
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         super().__init__()
@@ -111,7 +115,7 @@ def load_pretrained(backbone: nn.Module, path: str | Path, arch: str) -> list[st
 def _create_timm(name: str, num_classes: int, image_size: int | None, drop_rate: float) -> nn.Module:
     import timm
 
-    kwargs = {"pretrained": False, "num_classes": num_classes, "drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "drop_rate": drop_rate}
     if image_size is not None:
         try:  # transformers and a few others need the size at construction; CNNs do not take it
             return timm.create_model(name, img_size=image_size, **kwargs)
@@ -223,7 +227,7 @@ def build_smearnet_wide(num_classes: int = 4, normalization: str = "per_image", 
 
 def _load_own(net: nn.Module, path, arch: str) -> None:
     # the project networks have a head named fc
-    net.pretrained_cfg = {"classifier": "fc"}
+    net.pretrained_cfg = {"classifier": "fc"}  # type: ignore[assignment]  # torch stubs: Module attrs are Tensor/Module only
     load_pretrained(net, path, arch)
 
 

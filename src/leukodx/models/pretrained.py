@@ -43,6 +43,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() not in PRETRAINED_SUFFIXES:
         raise ModelError(f"Pretrained weights file {path} has suffix {path.suffix!r}.",
                          f"Give a state dict saved as {', '.join(PRETRAINED_SUFFIXES)}.")
+    state: object  # a state dict, or a checkpoint that holds one under a known key; checked below
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file

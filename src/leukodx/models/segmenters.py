@@ -24,6 +24,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,9 @@ from torch import nn
 from leukodx.errors import ModelError
 from leukodx.models.classifiers import NORMALIZATIONS, make_normalization
 from leukodx.models.registry import register
+
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
 
 __all__ = ["SmearSegmenter", "UNetEncoder", "TimmEncoder", "UNetDecoder", "FPNGelu", "build_segmenter",
            "parse_arch"]
@@ -52,7 +57,14 @@ class DoubleConv(nn.Sequential):
 # encoders: forward(x) -> [features], shallow to deep; attributes out_channels and reductions (strides)
 
 
-class UNetEncoder(nn.Module):
+class Encoder(nn.Module):
+    """What the decoders need of an encoder: its features' channel counts and strides, shallow to deep."""
+
+    out_channels: list[int]
+    reductions: list[int]
+
+
+class UNetEncoder(Encoder):
     """The classic U-Net contracting path: DoubleConv, then `depth` times (max-pool, DoubleConv, filters x2)."""
 
     def __init__(self, in_channels: int = 3, base_channels: int = 64, depth: int = 4):
@@ -72,7 +84,7 @@ class UNetEncoder(nn.Module):
         return feats
 
 
-class TimmEncoder(nn.Module):
+class TimmEncoder(Encoder):
     """Any timm backbone as a `features_only` encoder (random init: nothing is downloaded)."""
 
     def __init__(self, name: str, in_channels: int = 3, depth: int = 4):
@@ -92,16 +104,28 @@ class TimmEncoder(nn.Module):
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ModelError(f"timm model {name!r} cannot serve as a segmentation encoder ({exc}).",
                              "Choose a convolutional backbone such as resnet18 or efficientnet_b0.") from None
-        n = len(probe.feature_info)
+        n = len(_feature_info(probe, name))
         indices = tuple(range(max(0, n - depth - 1), n)) if n > depth + 1 else tuple(range(n))
         self.body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_channels,
                                       out_indices=indices)
         self.name = name
-        self.out_channels = list(self.body.feature_info.channels())
-        self.reductions = list(self.body.feature_info.reduction())
+        info = _feature_info(self.body, name)
+        self.out_channels = list(info.channels())
+        self.reductions = list(info.reduction())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
+
+
+def _feature_info(net: nn.Module, name: str) -> FeatureInfo:
+    """The timm.models.FeatureInfo of a `features_only` model (nn.Module's attribute typing cannot know it)."""
+    from timm.models import FeatureInfo
+
+    info = getattr(net, "feature_info", None)
+    if not isinstance(info, FeatureInfo):
+        raise ModelError(f"timm model {name!r} reports no feature_info as a features_only model.",
+                         "Choose a convolutional backbone such as resnet18 or efficientnet_b0.")
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,7 +239,7 @@ class SmearSegmenter(nn.Module):
     back, so the output always has the input's H x W.
     """
 
-    def __init__(self, encoder: nn.Module, neck: nn.Module | None, decoder: UNetDecoder,
+    def __init__(self, encoder: Encoder, neck: nn.Module | None, decoder: UNetDecoder,
                  normalization: str = "per_image"):
         super().__init__()
         self.normalization = normalization
@@ -263,7 +287,7 @@ def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder:
                          "For example --base-channels 16 (CPU) or 64 (the study's U-Net).")
     if not (isinstance(depth, int) and 1 <= depth <= 6):
         raise ModelError(f"depth must be an integer from 1 to 6, not {depth!r}.", "The study's U-Net has depth 4.")
-    enc: nn.Module = UNetEncoder(in_channels, base_channels, depth) if not encoder else \
+    enc: Encoder = UNetEncoder(in_channels, base_channels, depth) if not encoder else \
         TimmEncoder(encoder, in_channels, depth)
     neck = None
     if fpn:

@@ -18,13 +18,26 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from leukodx.inference.pipeline import Analysis
+    from leukodx.inference.types import FieldResult
 
 ENGINE_KEYS = {"eager": "torch", "onnx": "onnx", "onnx_int8": "onnx-int8"}
 # the reference study's pipeline, as a baseline: InceptionResNetV2 classifier + the classic U-Net (64 -> 1024
 # filters), both at 224 px, PyTorch eager (random weights: the speed does not depend on them)
-SEED_PIPELINE = {"classifier": ("inception_resnet_v2", {"num_classes": 4}), "segmenter": ("unet", {}), "size": 224}
+
+
+class _SeedPipeline(TypedDict):
+    classifier: tuple[str, dict[str, Any]]  # (architecture, its arguments)
+    segmenter: tuple[str, dict[str, Any]]
+    size: int
+
+
+SEED_PIPELINE: _SeedPipeline = {"classifier": ("inception_resnet_v2", {"num_classes": 4}), "segmenter": ("unet", {}), "size": 224}
 STAGES = ("decode", "classify", "segment", "instances", "quality", "heatmap")
 TARGETS = {"analysis_p50_ms_max": 40.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0,
            "seed_pipeline_speedup_min": 10.0}
@@ -100,7 +113,7 @@ def _pct(v, q):
     return round(float(np.percentile(v, q)), 3) if len(v) else None
 
 
-def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
+def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
                   repeats: int = 1) -> dict:
     """Time every engine on the same fields, interleaved field by field (and batch by batch), so that a burst
     of load from other processes hits all engines alike."""
@@ -111,8 +124,8 @@ def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_
             for f in fields[:2]:
                 a.analyze(f, heatmap=True)
         a.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes
-    totals = {k: [] for k in analyses}
-    stages = {k: {s: [] for s in STAGES} for k in analyses}
+    totals: dict[str, list[float]] = {k: [] for k in analyses}
+    stages: dict[str, dict[str, list[float]]] = {k: {s: [] for s in STAGES} for k in analyses}
     for _ in range(repeats):
         for f in fields:
             for k, a in analyses.items():
@@ -125,7 +138,7 @@ def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_
         for k, a in analyses.items():
             stages[k]["heatmap"].append(a.analyze(f, heatmap=True).timings_ms.get("heatmap", 0.0))
     batch_time = dict.fromkeys(analyses, 0.0)
-    done = {k: [] for k in analyses}
+    done: dict[str, list[FieldResult]] = {k: [] for k in analyses}
     for i in range(0, len(fields), batch_size):
         chunk = fields[i:i + batch_size]
         for k, a in analyses.items():
@@ -134,13 +147,14 @@ def bench_engines(analyses: dict, fields: list[bytes], batch_size: int, heatmap_
             batch_time[k] += time.perf_counter() - t0
     out = {}
     for k, a in analyses.items():
+        models = a.describe()
         out[k] = {
             "analysis_p50_ms": _pct(totals[k], 50), "analysis_p95_ms": _pct(totals[k], 95),
             "analysis_mean_ms": round(float(np.mean(totals[k])), 3),
             **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages[k].items()},
             "throughput_fields_per_s": round(len(done[k]) / batch_time[k], 2), "throughput_batch_size": batch_size,
             "n_fields": len(fields), "n_heatmap": len(stages[k]["heatmap"]),
-            "classifier_engine": a.classifier.engine.source, "segmenter_engine": a.segmenter.engine.source,
+            "classifier_engine": models["classifier"]["engine"], "segmenter_engine": models["segmenter"]["engine"],
             "flags": {f: sum(r.flag == f for r in done[k]) for f in ("ok", "low_confidence", "out_of_distribution",
                                                                      "unreadable")},
         }

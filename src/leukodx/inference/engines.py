@@ -83,6 +83,8 @@ def with_features(model, cam_input_size: tuple[int, int] | None = None):
             logits = self.model(x)
             feats = getattr(self._local, "features", None) if head is not None else logits
             self._local.features = None
+            if feats is None:
+                raise RuntimeError("the classifier head's input was not captured in this forward pass")
             if not self.has_cam:
                 return logits, feats.flatten(1)
             fmap, self._local.feature_map = self._local.feature_map, None
@@ -254,7 +256,7 @@ def load_engine(model_dir: str | Path, config: ModelConfig, engine: str = "onnx"
         from leukodx.models.checkpoint import load_model
 
         torch_model, _ = load_model(d)
-    eng = TorchEngine(torch_model, config.task, threads, tuple(config.input_size))
+    eng = TorchEngine(torch_model, config.task, threads, config.input_size)
     if engine != "torch":
         eng.source = f"model.safetensors (PyTorch eager: no {ONNX_FILE} in {d}; run `leukodx export onnx`)"
     return eng

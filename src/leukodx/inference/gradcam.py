@@ -10,7 +10,12 @@ the last stage.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def feature_map_layer(model, size: tuple[int, int]):
@@ -46,8 +51,8 @@ class GradCAM:
     def __init__(self, model, target_layer=None):
         self.model = model.eval()
         self.layer = target_layer
-        self._act = None
-        self._grad = None
+        self._act: torch.Tensor | None = None
+        self._grad: torch.Tensor | None = None
 
     def _find_layer(self, x):
         return feature_map_layer(self.model, tuple(x.shape[-2:]))[0]
@@ -76,13 +81,15 @@ class GradCAM:
                 logits.gather(1, idx).sum().backward()
         finally:
             h.remove()
+        if self._act is None or self._grad is None:
+            raise RuntimeError("Grad-CAM: the target layer's activations or gradients were not captured")
         act, grad = self._act.detach(), self._grad.detach()
         weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * act).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        cam = cam.numpy()
-        out = np.zeros_like(cam, dtype=np.float32)
-        for i, c in enumerate(cam):
+        maps = cam.numpy()
+        out = np.zeros_like(maps, dtype=np.float32)
+        for i, c in enumerate(maps):
             hi = float(c.max())
             out[i] = c / hi if hi > 0 else 0.0
         self._act = self._grad = None

@@ -209,7 +209,7 @@ def cells_from_labels(lab: np.ndarray) -> list[CellInstance]:
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     cents = ndi.center_of_mass(np.ones_like(lab, dtype=np.uint8), lab, idx)
     objs = ndi.find_objects(lab)
-    cells = []
+    cells: list[CellInstance] = []
     for k in range(n):
         if areas[k] == 0 or objs[k] is None:
             continue

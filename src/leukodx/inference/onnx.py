@@ -99,7 +99,7 @@ def _prep(image, h: int, w: int) -> np.ndarray:
     img = image if isinstance(image, Image.Image) else (
         Image.fromarray(image) if isinstance(image, np.ndarray) else open_image(image))
     if img.size != (w, h):
-        img = img.resize((w, h), Image.BILINEAR)
+        img = img.resize((w, h), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.models.model_config import WEIGHTS, ModelConfig, read_model_config
+
+if TYPE_CHECKING:
+    from leukodx.inference.gradcam import GradCAM
 
 __all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer", "softmax"]
 
@@ -169,7 +173,7 @@ class Analysis:
         self.classes = self.classifier.classes if self.classifier else []
         self.ood = OODScorer(self.classifier.config.ood if self.classifier else None)
         self.low_confidence = self.classifier.low_confidence if self.classifier else 0.0
-        self._cam = None
+        self._cam: GradCAM | None = None
         self._cam_lock = threading.Lock()
         self.heatmap_note = ""  # why there are no heat maps, when there cannot be any
 
@@ -277,6 +281,8 @@ class Analysis:
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
 
     def _grad_cam(self, tiles: list[np.ndarray], k: int) -> np.ndarray:
+        if self.classifier is None:
+            raise ModelError("A heat map needs a classifier.", "Give a classifier model directory.")
         try:
             import torch
         except ModuleNotFoundError:
@@ -306,6 +312,7 @@ class Analysis:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
+            assert r.label is not None  # heat maps follow ClassifierStage.run, which labels every field
             k = self.classes.index(r.label)
             if f.cams is not None:
                 cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]

@@ -14,9 +14,11 @@ import hashlib
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+
+import numpy as np
 
 from leukodx.data.images import image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError
@@ -75,7 +77,7 @@ def output_stem(path: str) -> str:
     return f"{stem}-{digest}"
 
 
-def _decode(path: str):
+def _decode(path: str) -> np.ndarray | ImageError:
     try:
         return read_field(path, path)
     except ImageError as exc:
@@ -138,12 +140,12 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         for i in range(0, len(files), chunk_size):
             chunk = files[i:i + chunk_size]
             decoded = list(pool.map(_decode, chunk))
-            good = [(p, d) for p, d in zip(chunk, decoded, strict=True) if not isinstance(d, Exception)]
+            good = [(p, d) for p, d in zip(chunk, decoded, strict=True) if not isinstance(d, ImageError)]
             analysed = iter(analysis.analyze_many([d for _, d in good], names=[p for p, _ in good],
                                                   batch_size=batch_size, heatmap=heatmap))
-            rows_futs = []
+            rows_futs: list[tuple[FieldResult, Future[tuple[str, str]] | None]] = []
             for p, d in zip(chunk, decoded, strict=True):
-                if isinstance(d, Exception):
+                if isinstance(d, ImageError):
                     r = FieldResult(path=p, label=None, flag="unreadable", flag_reason=image_reason(d))
                     rows_futs.append((r, None))
                 else:
@@ -151,8 +153,8 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                     rows_futs.append((r, pool.submit(write_pngs, r, d, output_stem(p))))
             for r, fut in rows_futs:
                 ov, hm = fut.result() if fut is not None else ("", "")
-                row = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason, "size_note": r.size_note,
-                       "overlay": ov, "heatmap": hm}
+                row: dict[str, object] = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason,
+                                          "size_note": r.size_note, "overlay": ov, "heatmap": hm}
                 if r.label is not None:
                     row.update({"label": r.label, "confidence": f"{r.confidence:.4f}",
                                 "malignant_probability": f"{r.malignant_probability:.4f}",
@@ -161,9 +163,9 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                                 "analysis_ms": f"{r.timings_ms.get('total', 0):.1f}"})
                     row.update({f"prob_{c}": f"{r.probabilities.get(c, 0.0):.4f}" for c in classes})
                 writer.writerow(row)
-                d = r.to_dict()
-                d.update({"overlay": ov, "heatmap": hm})
-                results.append(d)
+                rec = r.to_dict()
+                rec.update({"overlay": ov, "heatmap": hm})
+                results.append(rec)
                 r.mask = r.instances = r.heatmap = None  # keep memory flat on big folders
                 all_results.append(r)
                 progress.update(task, advance=1, last=Path(r.path or "").name[:40])

@@ -52,19 +52,19 @@ def size_note(h: int, w: int, boxes: Sequence[Box], size: Sequence[int], seg_siz
 def resize_rgb(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
     if rgb.shape[:2] == (h, w):
         return rgb
-    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def resize_float(a: np.ndarray, h: int, w: int) -> np.ndarray:
     if a.shape == (h, w):
         return a.astype(np.float32, copy=False)
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
 
 
 def resize_labels(lab: np.ndarray, h: int, w: int) -> np.ndarray:
     if lab.shape == (h, w):
         return lab.astype(np.int32, copy=False)
-    return np.asarray(Image.fromarray(lab.astype(np.int32), mode="I").resize((w, h), Image.NEAREST)).astype(np.int32)
+    return np.asarray(Image.fromarray(lab.astype(np.int32), mode="I").resize((w, h), Image.Resampling.NEAREST)).astype(np.int32)
 
 
 def to_batch(tiles: Sequence[np.ndarray]) -> np.ndarray:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
@@ -20,7 +20,7 @@ router = APIRouter(prefix="/api/v1", tags=["api"])
 Label = Literal["Benign", "Early", "Pre", "Pro"]
 MAX_ID = 2**53  # ids fit SQLite/PostgreSQL integers (and JSON numbers)
 CaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="The case's id.")]
-assert tuple(Label.__args__) == CLASSES
+assert get_args(Label) == CLASSES
 
 
 # --- schemas ---------------------------------------------------------------------------------------------
@@ -153,9 +153,10 @@ class ReviewIn(BaseModel):
     fields: list[FieldDecision] = Field(default=[], max_length=1000)
 
 
-ERRORS = {401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
-          503: {"model": Problem}}
-UPLOAD_ERRORS = {**ERRORS, 413: {"model": Problem}, 415: {"model": Problem}, 504: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
+    503: {"model": Problem}}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": Problem}, 415: {"model": Problem}, 504: {"model": Problem}}
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

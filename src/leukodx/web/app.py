@@ -231,8 +231,9 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     def readyz():
         body = {"ready": service.ready, "state": service.state, "error": service.error or None,
                 "pending_analyses": service.pending}
-        if service.ready and hasattr(service.analyzer, "describe"):
-            body["models"] = service.analyzer.describe()
+        analyzer = service.analyzer
+        if service.ready and analyzer is not None and hasattr(analyzer, "describe"):
+            body["models"] = analyzer.describe()
         if getattr(service.analyzer, "is_fake", False):
             body["warning"] = "a test analyzer is in use; results are not real"
         return JSONResponse(body, status_code=200 if service.ready else 503)

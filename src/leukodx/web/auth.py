@@ -14,7 +14,7 @@ import re
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from leukodx.errors import LeukodxError
@@ -87,7 +87,7 @@ def set_password(db: Session, username: str, password: str, actor: str = "cli") 
     if user is None:
         raise LeukodxError(f"No user {username!r}.", "Create it with `leukodx user add`.")
     user.password_hash = hash_password(password)
-    db.execute(LoginSession.__table__.delete().where(LoginSession.user_id == user.id))
+    db.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
     audit(db, actor, "user.passwd", f"user:{username}")
     return user
 

@@ -91,7 +91,7 @@ def api_principal(
         raise _unauthorized("Log in, or send 'Authorization: Bearer <token>' (see `leukodx token create`).")
     if request.method not in SAFE_METHODS:
         sent = request.headers.get("x-csrf-token", "")
-        if not hmac.compare_digest(sent, p.session.csrf_token):
+        if p.session is None or not hmac.compare_digest(sent, p.session.csrf_token):
             raise HTTPException(403, detail="Missing or wrong X-CSRF-Token header; reload the page and try again.")
     return p
 
@@ -112,7 +112,7 @@ def page_principal(request: Request, db: Db) -> Principal:
 async def check_form_csrf(request: Request, p: Annotated[Principal, Depends(page_principal)]) -> Principal:
     form = await request.form()
     sent = str(form.get("csrf_token", ""))
-    if not hmac.compare_digest(sent, p.session.csrf_token):
+    if p.session is None or not hmac.compare_digest(sent, p.session.csrf_token):
         raise CsrfFailed()
     return p
 

@@ -9,12 +9,19 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from leukodx import CLASSES, MALIGNANT_CLASSES
 from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
+
+if TYPE_CHECKING:
+    import subprocess
+    import threading
+
+    import uvicorn
 
 
 class FakeAnalyzer:
@@ -49,7 +56,7 @@ class FakeAnalyzer:
         logits[rng.integers(len(CLASSES))] += 2.5
         p = np.exp(logits) / np.exp(logits).sum()
         probs = {c: float(v) for c, v in zip(CLASSES, p, strict=True)}
-        label = max(probs, key=probs.get)
+        label = max(probs, key=lambda c: probs[c])
         heat = None
         if heatmap:
             heat = ndi.gaussian_filter(mask.astype(np.float32), sigma=max(2.0, rgb.shape[0] / 30))
@@ -95,8 +102,8 @@ class LiveServer:
 
     def __init__(self, app, port: int = 0):
         self.app, self.port = app, port
-        self.server = None
-        self.thread = None
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
 
     def __enter__(self) -> str:
         import socket
@@ -110,17 +117,19 @@ class LiveServer:
                 self.port = s.getsockname()[1]
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 limit_concurrency=256)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
+        self.server = server = uvicorn.Server(config)
+        self.thread = thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
         deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
+        while not server.started:
+            if time.time() > deadline or not thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.05)
         return f"http://127.0.0.1:{self.port}"
 
     def __exit__(self, *exc) -> None:
+        if self.server is None or self.thread is None:  # never entered
+            return
         self.server.should_exit = True
         self.thread.join(timeout=15)
 
@@ -135,7 +144,7 @@ class ServeProcess:
                  ready_timeout: float = 180.0):
         self.db, self.fake, self.port, self.extra = Path(db), fake, port, list(extra or [])
         self.ready_timeout = ready_timeout
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
         import os
@@ -155,12 +164,12 @@ class ServeProcess:
             cmd += ["--analyzer", "leukodx.web.testing:FakeAnalyzer"]
         env = {**os.environ, "LEUKODX_ADMIN_PASSWORD": os.environ.get("LEUKODX_ADMIN_PASSWORD", "admin-password")}
         self.log = open(self.db.with_suffix(".serve.log"), "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.proc = proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + self.ready_timeout
         while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"leukodx serve exited with {self.proc.returncode}: "
+            if proc.poll() is not None:
+                raise RuntimeError(f"leukodx serve exited with {proc.returncode}: "
                                    + self.db.with_suffix(".serve.log").read_text()[-2000:])
             try:
                 if httpx.get(url + "/readyz", timeout=2).status_code == 200:
@@ -223,6 +232,9 @@ def login(client, user: str = "alice", password: str = "alice-password"):
     import re
 
     page = client.get("/login")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    if found is None:
+        raise RuntimeError(f"the login page has no csrf_token field (HTTP {page.status_code})")
+    csrf = found.group(1)
     return client.post("/login", data={"username": user, "password": password, "csrf_token": csrf,
                                        "next": "/cases"}, follow_redirects=False)

@@ -42,6 +42,7 @@ async def change_password(
     if error:
         db.rollback()
         return render(request, "account.html", 422, who=who, error=error)
+    assert user is not None  # a wrong current password set `error` above
     value, _ = auth.start_session(db, user, request.app.state.ctx.settings.session_hours)
     db.commit()
     resp = RedirectResponse("/cases?done=password", status_code=303)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
+from sqlalchemy import delete
 
 from leukodx.web import auth
 from leukodx.web.db import LoginSession, audit, utcnow
@@ -62,7 +63,7 @@ async def login(
                       error="The user name or password is wrong. Ask your administrator if you have no account.")
     throttle.clear(key)
     s = request.app.state.ctx.settings
-    db.execute(LoginSession.__table__.delete().where(LoginSession.expires_at < utcnow()))
+    db.execute(delete(LoginSession).where(LoginSession.expires_at < utcnow()))
     value, _ = auth.start_session(db, user, s.session_hours)
     audit(db, user.username, "login", f"user:{user.username}")
     db.commit()
@@ -75,7 +76,7 @@ async def login(
 
 @router.post("/logout")
 def logout(request: Request, who: FormUser, db: Db):
-    row = db.get(LoginSession, who.session.id)
+    row = db.get(LoginSession, who.session.id) if who.session is not None else None
     if row is not None:
         db.delete(row)
     audit(db, who.name, "logout", f"user:{who.name}")

@@ -157,16 +157,18 @@ def serve(
     console.print(f"leukodx is starting: open [bold]http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}[/] "
                   f"({describe_url(settings.database_url)}, images in {settings.resolved_files_dir()}"
                   f"{f', {workers} processes' if workers > 1 else ''}). Ctrl+C stops it.", highlight=False)
-    options = {"host": host, "port": port, "log_level": log_level, "limit_concurrency": 256, "timeout_keep_alive": 5,
-               "timeout_graceful_shutdown": 10}
+    def run(target, **more) -> None:
+        uvicorn.run(target, host=host, port=port, log_level=log_level, limit_concurrency=256, timeout_keep_alive=5,
+                    timeout_graceful_shutdown=10, **more)
+
     if workers == 1:
-        uvicorn.run(app, **options)
+        run(app)
         return
     app.state.ctx.engine.dispose()
     os.environ[WORKER_SETTINGS_ENV] = settings.model_dump_json()
     if analyzer:
         os.environ[WORKER_ANALYZER_ENV] = analyzer
-    uvicorn.run("leukodx.cli.serve:worker_app", factory=True, workers=workers, **options)
+    run("leukodx.cli.serve:worker_app", factory=True, workers=workers)
 
 
 WORKER_SETTINGS_ENV = "LEUKODX_SERVE_WORKER_SETTINGS"

@@ -69,14 +69,13 @@ def _feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
     comps = np.asarray(m["components"], dtype=np.float64)
     lam = np.asarray(m["variances"], dtype=np.float64)
     resid = float(m["residual_variance"])
-    best = None
+    best = np.full(len(feats), np.inf)
     for mu in means:
         diff = feats - mu
         proj = diff @ comps.T
         in_sub = (proj**2 / lam).sum(1)
         res = np.maximum((diff**2).sum(1) - (proj**2).sum(1), 0.0) / resid
-        s = (in_sub + res) / m["dim"]
-        best = s if best is None else np.minimum(best, s)
+        best = np.minimum(best, (in_sub + res) / m["dim"])
     return best
 
 
@@ -127,7 +126,7 @@ def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
     h, w = int(size[0]), int(size[1])
     if rgb.shape[:2] == (h, w):
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _as_model_inputs(images, size: Sequence[int]) -> Iterable[np.ndarray]:
@@ -295,10 +294,11 @@ class OODScorer:
                 return True, f"{sm.reason} {sm.advice}", float(sm.score)
             score = float(sm.score)
         fs = self.feature_scores(feats) if feats is not None else None
-        if fs is not None:
-            rel = float(fs.max()) / max(self.features["threshold"], 1e-9)
+        if fs is not None and self.features is not None:
+            threshold = float(self.features["threshold"])
+            rel = float(fs.max()) / max(threshold, 1e-9)
             score = rel if score is None else max(score, rel)
             if rel > 1:
                 return True, (f"{FEATURE_REASON} {FEATURE_ADVICE} (feature distance {fs.max():.3g} > "
-                              f"{self.features['threshold']:.3g})"), score
+                              f"{threshold:.3g})"), score
         return False, "", score

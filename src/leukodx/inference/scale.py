@@ -54,7 +54,7 @@ def _grey_work(rgb: np.ndarray, work_side: int) -> tuple[np.ndarray, float]:
     if min(h, w) > work_side:
         f = min(h, w) / work_side
         nh, nw = max(1, round(h / f)), max(1, round(w / f))
-        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0)
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
         f = h / nh
     return np.asarray(img, dtype=np.float32), f
 

@@ -85,7 +85,7 @@ def _work(rgb: np.ndarray) -> np.ndarray:
     if min(h, w) == WORK_SIDE:
         return rgb
     f = min(h, w) / WORK_SIDE  # small fields are enlarged: the red-cell search needs a few px per cell
-    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BILINEAR,
+    return np.asarray(Image.fromarray(rgb).resize((max(1, round(w / f)), max(1, round(h / f))), Image.Resampling.BILINEAR,
                                                   reducing_gap=2.0 if f > 2 else None))
 
 

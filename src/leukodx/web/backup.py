@@ -198,12 +198,14 @@ def _run_to_file(cmd: list[str], env: dict, target: Path) -> None:
     import threading
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both are pipes (PIPE above)
     err: list[bytes] = []
-    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader = threading.Thread(target=lambda: err.append(stderr.read()), daemon=True)
     reader.start()
     try:
         with open(target, "wb") as out:
-            while chunk := proc.stdout.read(1 << 20):
+            while chunk := stdout.read(1 << 20):
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -212,7 +214,7 @@ def _run_to_file(cmd: list[str], env: dict, target: Path) -> None:
         proc.wait()
         raise
     finally:
-        proc.stdout.close()
+        stdout.close()
     rc = proc.wait()
     reader.join(timeout=10)
     if rc != 0:
@@ -272,6 +274,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path 
         with open(path, "rb") as fh:
             tar.addfile(info, fh)
     else:
+        assert data is not None  # callers give a path or the bytes
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
 
@@ -388,6 +391,8 @@ def read_archive(archive: Path, staging: Path | None) -> dict:
                 if not m.isfile():
                     raise _damaged(archive, f"unexpected entry {m.name!r}")
                 fh = tar.extractfile(m)
+                if fh is None:  # a regular file (checked above) always has its bytes
+                    raise _damaged(archive, f"entry {m.name!r} cannot be read")
                 if m.name == MANIFEST:
                     manifest = _check_manifest(archive, json.loads(fh.read()))
                     continue
@@ -472,7 +477,7 @@ def _rows_in_postgres(url: URL) -> int:
     try:
         with _connect_errors(engine), engine.connect() as conn:
             tables = inspect(conn).get_table_names()
-            return sum(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() for t in tables
+            return sum(int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in tables
                        if t not in ("alembic_version", "schema_migrations"))
     finally:
         engine.dispose()

@@ -51,7 +51,7 @@ def lock_case(db: Session, case_id: int) -> Case:
     """Start a write transaction on the case BEFORE reading it, so concurrent uploads to one case are
     serialised (SQLite: the write lock; PostgreSQL: the row lock) and its summary never loses a field."""
     done = db.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow()))
-    if done.rowcount == 0:
+    if getattr(done, "rowcount", 0) == 0:  # an UPDATE's CursorResult
         raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
     return get_case(db, case_id, fresh=True)
 

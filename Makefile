@@ -42,7 +42,9 @@ demo: install-train
 
 lint: install-test
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 
 test: install-test browser
 	$(BIN)/ruff check src tests
+	$(BIN)/mypy
 	$(BIN)/pytest

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TypedDict
 
@@ -42,7 +43,6 @@ from scipy import ndimage as ndi
 # Ruifrok & Johnston stain vectors (rows: haematoxylin, eosin, residual/DAB), as in skimage.color.rgb_from_hed
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
-
 
 
 class _Ranges(TypedDict):
@@ -121,7 +121,8 @@ def _jpeg_range(s: float) -> tuple[int, int]:
     return max(10, round(hi - (hi - lo) * s)), hi
 
 
-def _triple(values) -> tuple[float, float, float]:
+def _triple(values: Iterable[float]) -> tuple[float, float, float]:
+    """Exactly three floats (raises ValueError for any other count)."""
     a, b, c = (float(v) for v in values)
     return a, b, c
 

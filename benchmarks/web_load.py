@@ -166,8 +166,8 @@ def markdown(result: dict, json_name: str) -> str:
         f"# Web load benchmark ({result['analyzer']})", "",
         f"Upload-to-result latency of ONE field per request on loopback (`leukodx serve`), measured by "
         f"`benchmarks/web_load.py`; raw numbers in `{json_name}`.", "",
-        f"- machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores, load average at start "
-        f"{m.get('loadavg_1_5_15_at_start')} (other work was running), Python {m.get('python')}, "
+        f"- machine: {m.get('cpu')}, {m.get('cores_usable')} usable cores, load average (1, 5, 15 min) at start "
+        f"{m.get('load_average_at_start')}, Python {m.get('python')}, "
         f"onnxruntime {m.get('onnxruntime')}",
         f"- images: {result['images']}; serve flags: `{result.get('serve_args') or '(defaults)'}`",
         "- `analyze`: POST /api/v1/analyze (nothing stored, no heat map); `case-upload`: POST "

@@ -92,15 +92,11 @@ def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int 
 
 
 def _prep(image, h: int, w: int) -> np.ndarray:
-    from PIL import Image
+    """One field (path, array or PIL image) resized whole to the model input, as 3 x h x w float32 0..255."""
+    from leukodx.data.images import read_field
+    from leukodx.inference.tiling import resize_rgb, to_batch
 
-    from leukodx.data.images import open_image
-
-    img = image if isinstance(image, Image.Image) else (
-        Image.fromarray(image) if isinstance(image, np.ndarray) else open_image(image))
-    if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32).transpose(2, 0, 1).copy()
+    return to_batch([resize_rgb(read_field(image), h, w)])[0]
 
 
 def _dataset_items(data: str | Path, config: dict) -> list:

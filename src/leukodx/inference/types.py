@@ -19,6 +19,10 @@ class CellInstance:
     area_px: int
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
+    area_um2: float | None = None  # when the field's scale is known from its red cells (7.5 um across)
+    touches_border: bool = False  # cut by the field's edge (counted; see leukodx.inference.instances)
+    ai_label: str | None = None  # the cell-level model's suggestion (leukodx.inference.cell_classes.CELL_CLASSES)
+    ai_confidence: float | None = None
 
 
 @dataclass
@@ -39,6 +43,10 @@ class FieldResult:
     heatmap: np.ndarray | None = None  # HxW float in [0, 1], Grad-CAM of the predicted class
     ood_score: float | None = None
     size_note: str = ""  # how the field was resized or tiled for the models
+    rbc_diameter_px: float | None = None  # estimated red-cell diameter in the image's pixels (None: not found)
+    rbc_confidence: float = 0.0  # of that estimate, 0..1
+    scale_factor: float | None = None  # the image was resampled by this before the models (1.0: as is)
+    um_per_px: float | None = None  # from the red cells (7.5 um across); None when the scale is unknown
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:

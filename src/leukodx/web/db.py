@@ -103,6 +103,13 @@ class Case(Base):
     review_note: Mapped[str] = mapped_column(Text, default="")
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the specimen (for the report), and what changed after sign-off (revision 0002)
+    specimen: Mapped[str] = mapped_column(String(200), default="Peripheral blood")
+    stain: Mapped[str] = mapped_column(String(100), default="")
+    # [{"n", "by", "at", "reason", "what", "before", "after"}], oldest first; never edited, only appended to
+    amendments: Mapped[list] = mapped_column(JSON, default=list)
+    # the differential count and blast % of the AI and of the reviewer (leukodx.web.cells.cell_summary)
+    cell_summary: Mapped[dict] = mapped_column(JSON, default=dict)
     fields: Mapped[list[Field]] = relationship(
         back_populates="case", cascade="all, delete-orphan", order_by="Field.id", passive_deletes=True
     )
@@ -137,7 +144,21 @@ class Field(Base):
     review_note: Mapped[str] = mapped_column(Text, default="")
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the leukocytes: [{"id", "area_px", "centroid", "bbox", ..., "ai_label", "ai_confidence", "label",
+    # "reviewed_by", "reviewed_at"}] (revision 0002; see leukodx.web.cells)
+    cells: Mapped[list] = mapped_column(JSON, default=list)
     case: Mapped[Case] = relationship(back_populates="fields")
+
+
+class FormSubmission(Base):
+    """A one-time form token that was used: a second submission of the same form finds it and is answered
+    with the first one's result instead of doing the work again (a double click makes one case)."""
+
+    __tablename__ = "form_submissions"
+    token: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    result_url: Mapped[str] = mapped_column(String(300), default="")
 
 
 class AuditEntry(Base):

@@ -6,12 +6,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from leukodx import CLASSES
 from leukodx.web import cases as case_logic
+from leukodx.web import cells as cell_logic
 from leukodx.web.deps import ApiAdmin, ApiUser, Db
 from leukodx.web.overlays import heatmap_png, overlay_png
 from leukodx.web.uploads import GoodImage, check_uploads
@@ -34,6 +35,44 @@ class Cell(BaseModel):
     area_px: int
     centroid: list[float]
     bbox: list[int]
+    ai_label: str | None = None
+    ai_confidence: float | None = None
+
+
+CellLabel = Literal["blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "smudge",
+                    "artefact", "excluded"]
+assert get_args(CellLabel) == cell_logic.REVIEW_LABELS
+
+
+class CellOut(BaseModel):
+    id: int
+    area_px: int
+    centroid: list[float] = Field(description="(row, col) in the original image's pixels.")
+    bbox: list[int] = Field(description="(row0, col0, row1, col1) in the original image's pixels.")
+    area_um2: float | None = None
+    touches_border: bool = False
+    label: str | None = Field(description="The reviewer's class (or 'excluded'); null until a reviewer gives one.")
+    ai_label: str | None = Field(description="The cell-level model's suggestion; null: no AI suggestion.")
+    ai_confidence: float | None
+    final_label: str = Field(description="What the cell counts as: label, else ai_label, else 'unclassified'.")
+    reviewed_by: str | None
+    reviewed_at: str | None = None
+
+
+class FlagWords(BaseModel):
+    title: str
+    problem: str = Field(description="What is wrong, in plain words.")
+    action: str = Field(description="What to do.")
+
+
+class Amendment(BaseModel):
+    n: int
+    by: str
+    at: str | None
+    reason: str
+    what: str
+    before: Any
+    after: Any
 
 
 class AnalysisResult(BaseModel):
@@ -73,6 +112,8 @@ class AnalyzeOut(BaseModel):
 class CaseIn(BaseModel):
     reference: str = Field(min_length=1, max_length=100, description="The smear or slide reference; no patient names.")
     note: str = Field(default="", max_length=2000)
+    specimen: str = Field(default="Peripheral blood", max_length=200)
+    stain: str = Field(default="", max_length=100, description="e.g. Wright-Giemsa, May-Grünwald-Giemsa.")
 
 
 class ReviewOut(BaseModel):
@@ -95,7 +136,8 @@ class FieldOut(BaseModel):
     malignant_probability: float
     cell_count: int
     flag: str
-    flag_reason: str
+    flag_reason: str = Field(description="The analysis's own reason (engineering terms); pages show flag_words.")
+    flag_words: FlagWords
     size_note: str
     image_url: str
     overlay_url: str | None
@@ -103,6 +145,7 @@ class FieldOut(BaseModel):
     uploaded_by: str
     uploaded_at: str | None
     review: ReviewOut
+    cells: list[CellOut] = []
 
 
 class AiOut(BaseModel):
@@ -125,6 +168,19 @@ class CaseOut(BaseModel):
     flagged: bool
     ai: AiOut
     review: ReviewOut
+    specimen: str = ""
+    stain: str = ""
+    locked: bool = Field(default=False, description="Signed off: changes need an amendment_reason (else 409).")
+    amended: bool = False
+    amendments: list[Amendment] = []
+    differential: dict[str, int] = Field(default={}, description="The reviewer's differential count {class: n}.")
+    blast_percent: float | None = Field(default=None, description="100 * blasts / cells counted (reviewer).")
+    ai_differential: dict[str, int] = {}
+    ai_blast_percent: float | None = None
+    n_cells: int = 0
+    n_cells_reviewed: int = 0
+    n_fields_reviewed: int | None = None
+    warnings: list[str] = Field(default=[], description="What to look at before signing off; a duplicate reference.")
     fields: list[FieldOut] = []
 
 
@@ -133,9 +189,16 @@ class CaseList(BaseModel):
     cases: list[CaseOut]
 
 
+class Skipped(BaseModel):
+    file: str
+    field_id: int | None = Field(description="The field that already holds this image.")
+    reason: str
+
+
 class UploadOut(BaseModel):
     case: CaseOut = Field(description="The case with its updated AI summary (its fields: GET /api/v1/cases/{id}).")
     added: list[FieldOut]
+    skipped: list[Skipped] = Field(default=[], description="Images not added: already a field of this case.")
 
 
 class Decision(BaseModel):
@@ -148,15 +211,32 @@ class FieldDecision(Decision):
     field_id: int = Field(ge=1, le=MAX_ID)
 
 
+AMENDMENT = ("Why a signed-off case is changed. Without it a signed-off case answers 409. "
+             + case_logic.AMENDMENT_RULE)
+
+
 class ReviewIn(BaseModel):
     case: Decision | None = Field(default=None, description="The reviewer's call for the whole case (sign-off).")
     fields: list[FieldDecision] = Field(default=[], max_length=1000)
+    amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
+
+
+class CellChange(BaseModel):
+    id: int = Field(ge=0, le=MAX_ID)
+    label: CellLabel | None = Field(description="The class, 'excluded' (left out of the count), or null to undo.")
+
+
+class CellsIn(BaseModel):
+    cells: list[CellChange] = Field(min_length=1, max_length=10000)
+    amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
     503: {"model": Problem}}
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": Problem}, 415: {"model": Problem}, 504: {"model": Problem}}
+LOCK_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 409: {"model": Problem, "description": "Signed off: send amendment_reason to amend it."}}
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -224,9 +304,14 @@ async def analyze(
 
 @router.post("/cases", response_model=CaseOut, status_code=201, responses=ERRORS, summary="Create a case")
 def create_case(body: CaseIn, who: ApiUser, db: Db):
-    """A new case for one smear. Use the lab's smear reference, not the patient's name."""
-    case = case_logic.create_case(db, body.reference, body.note, who.name)
-    return case_logic.case_dict(case_logic.get_case(db, case.id))
+    """A new case for one smear. Use the lab's smear reference, not the patient's name. Another case with the
+    same reference is allowed (a smear may be re-examined) but named in `warnings`."""
+    case = case_logic.create_case(db, body.reference, body.note, who.name, body.specimen, body.stain)
+    out = case_logic.case_dict(case_logic.get_case(db, case.id))
+    dup = case_logic.duplicate_warning(case_logic.same_reference(db, case.reference, but=case.id))
+    if dup:
+        out["warnings"] = [dup, *out["warnings"]]
+    return out
 
 
 @router.get(
@@ -267,27 +352,49 @@ def get_case(case_id: CaseId, who: ApiUser, db: Db):
 
 
 @router.post(
-    "/cases/{case_id}/images", response_model=UploadOut, status_code=201, responses=UPLOAD_ERRORS,
+    "/cases/{case_id}/images", response_model=UploadOut, status_code=201,
+    responses={**UPLOAD_ERRORS, **LOCK_ERRORS, 200: {"model": UploadOut, "description": "Nothing new: every "
+                                                     "image was already a field of this case (see skipped)."}},
     summary="Upload and analyse fields of a case",
 )
 async def upload_images(
     request: Request,
+    response: Response,
     case_id: CaseId,
     who: ApiUser,
     files: Annotated[list[UploadFile], File(description="One or more field images (JPEG, PNG, TIFF, BMP).")],
+    amendment_reason: Annotated[str | None, Form(max_length=1000, description=AMENDMENT)] = None,
 ):
     """Each image is checked, analysed, stored under its content hash and added to the case in one transaction.
-    If any file is rejected, nothing is stored."""
+    If any file is rejected, nothing is stored. An image already in the case (same SHA-256) is not added again:
+    `skipped` says so (201 when something was added, 200 when nothing was). A signed-off case answers 409
+    unless `amendment_reason` is given."""
+    import hashlib
+
     ctx = request.app.state.ctx
     s = ctx.settings
 
-    def exists():
+    def existing() -> set[str]:
         with ctx.sessions() as db:
-            case_logic.get_case(db, case_id)
+            case = case_logic.get_case(db, case_id)
+            case_logic.require_unlocked(case, amendment_reason, "adding fields")
+            return {f.sha256 for f in case.fields}
 
-    await run_in_threadpool(exists)
+    known = await run_in_threadpool(existing)
     images = await check_uploads(files, s.max_files, s.max_file_bytes)
-    done = await analyse(request, images, heatmap=s.heatmap_on_upload, render=True)
+    skipped: list[dict] = []
+    fresh, seen = [], set()
+    for img in images:
+        digest = hashlib.sha256(img.data).hexdigest()
+        if digest in known or digest in seen:
+            skipped.append({"file": img.name, "field_id": None, "sha256": digest, "reason": (
+                "The same image (identical content) is already a field of this case; it was not added again, so "
+                "its cells are not counted twice." if digest in known else
+                "The same image (identical content) was sent twice in this upload; it was added once.")})
+            continue
+        seen.add(digest)
+        fresh.append(img)
+    done = await analyse(request, fresh, heatmap=s.heatmap_on_upload, render=True) if fresh else []
 
     def store():
         blobs: list[tuple[bytes, str]] = []
@@ -318,21 +425,101 @@ async def upload_images(
             })
         with ctx.sessions() as db:
             case = case_logic.lock_case(db, case_id)
-            new = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name)
+            for sk in skipped:
+                if sk["field_id"] is None:
+                    sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
+            if not items:
+                return {"case": case_logic.case_dict(case, with_fields=False), "added": [], "skipped": skipped}
+            new, late = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name, amendment_reason)
             return {"case": case_logic.case_dict(case, with_fields=False),
-                    "added": [case_logic.field_dict(f) for f in new]}
+                    "added": [case_logic.field_dict(f) for f in new], "skipped": skipped + late}
 
-    return await run_in_threadpool(store)
+    out = await run_in_threadpool(store)
+    if not out["added"]:
+        response.status_code = 200
+    return out
 
 
-@router.patch("/cases/{case_id}/review", response_model=CaseOut, responses=ERRORS, summary="Review a case")
+@router.patch("/cases/{case_id}/review", response_model=CaseOut, responses=LOCK_ERRORS, summary="Review a case")
 def review_case(case_id: CaseId, body: ReviewIn, who: ApiUser, db: Db):
-    """Confirm or override the AI's call for the case and/or for single fields, with a note.
-    The AI's output is kept unchanged beside the reviewer's decision."""
+    """Confirm or override the AI's call for the case (the sign-off) and/or for single fields, with a note.
+    The AI's output is kept unchanged beside the reviewer's decision. Once signed off the case is locked: a
+    change answers 409 unless `amendment_reason` is given; each amendment is kept in `amendments`."""
     case = case_logic.lock_case(db, case_id)
     case_logic.review(
-        db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields]
+        db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
+        body.amendment_reason,
     )
+    return case_logic.case_dict(case_logic.get_case(db, case_id))
+
+
+@router.patch(
+    "/cases/{case_id}/fields/{field_id}/cells", response_model=CaseOut, responses=LOCK_ERRORS,
+    summary="Reclassify cells of a field",
+)
+def review_cells(case_id: CaseId, field_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: CellsIn, who: ApiUser,
+                 db: Db):
+    """Give cells of a field the reviewer's class (or exclude them, or undo with null). The case's differential
+    and blast % are recomputed; the AI's suggestions and its own differential are kept. A signed-off case answers
+    409 unless `amendment_reason` is given."""
+    case = case_logic.lock_case(db, case_id)
+    case_logic.review_cells(db, case, field_id, [c.model_dump() for c in body.cells], who.name,
+                            body.amendment_reason)
+    return case_logic.case_dict(case_logic.get_case(db, case_id))
+
+
+@router.get(
+    "/cases/{case_id}/fhir", responses={**ERRORS, 200: {"content": {"application/fhir+json": {
+        "schema": {"type": "object"}}}}}, summary="The case as a FHIR R4 DiagnosticReport",
+)
+def case_fhir(request: Request, case_id: CaseId, who: ApiUser, db: Db):
+    """A FHIR R4 DiagnosticReport with its Observations contained (the class call, the blast %, the differential
+    count). status: `preliminary` before sign-off, `final` after, `amended` after an amendment."""
+    import json
+
+    from leukodx.web.fhir import diagnostic_report
+
+    case = case_logic.get_case(db, case_id)
+    body = diagnostic_report(case, request.app.state.ctx.settings)
+    return Response(json.dumps(body), media_type="application/fhir+json")
+
+
+@router.get(
+    "/fields.csv", responses={**ERRORS, 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+    summary="Fields of the cases as CSV (one row per field)",
+)
+def fields_csv(
+    who: ApiUser,
+    db: Db,
+    case_id: int | None = Query(None, ge=1, le=MAX_ID, description="Only this case's fields."),
+    q: str = Query("", max_length=100, description="Search the reference, note and author."),
+    status: Literal["all", "unreviewed", "reviewed"] = "all",
+    flagged: bool | None = None,
+    limit: int = Query(200, ge=1, le=10000),
+):
+    """Beside the case CSV (`GET /api/v1/cases?format=csv`): one row per field, with its AI call, flag in words,
+    the reviewer's call and who made it, and its cells' counts."""
+    from leukodx.web.db import audit
+
+    if case_id is not None:
+        rows = [case_logic.get_case(db, case_id)]
+    else:
+        rows, _ = case_logic.list_cases(db, q, status, flagged, limit, 0)
+        rows = [case_logic.get_case(db, c.id) for c in rows] if rows else []
+    audit(db, who.name, "fields.export", "cases", n=len(rows), case_id=case_id)
+    db.commit()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
+    name = f"leukodx-case-{case_id}-fields-{stamp}.csv" if case_id else f"leukodx-fields-{stamp}.csv"
+    return Response(case_logic.fields_csv(rows), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@router.post("/cases/{case_id}/confirm-unflagged", response_model=CaseOut, responses=LOCK_ERRORS,
+             summary="Confirm the AI's call of every unflagged, unreviewed field")
+def confirm_unflagged(case_id: CaseId, who: ApiUser, db: Db):
+    """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you)."""
+    case = case_logic.lock_case(db, case_id)
+    case_logic.confirm_unflagged(db, case, who.name)
     return case_logic.case_dict(case_logic.get_case(db, case_id))
 
 

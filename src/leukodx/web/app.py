@@ -27,7 +27,7 @@ from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
 from leukodx.web.analysis import AnalysisFailed, AnalysisService, AnalysisTimeout, ServiceUnavailable
-from leukodx.web.cases import Invalid, NotFound
+from leukodx.web.cases import Invalid, Locked, NotFound
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
 from leukodx.web.settings import Settings
@@ -145,16 +145,21 @@ class Timeout:
 
 
 class SecurityHeaders:
-    """No third-party anything: scripts, styles and images only from this server."""
+    """No third-party anything: scripts, styles and images only from this server, no inline script or style,
+    never in a frame. Pages and API answers are `Cache-Control: no-store` (Back after logging out must not show a
+    case from the browser's cache); only the static assets and the (private, content-addressed) images may be
+    kept by the browser."""
 
     HEADERS = [
         (b"content-security-policy",
-         b"default-src 'self'; img-src 'self' data: blob:; object-src 'none'; frame-ancestors 'none'; "
-         b"base-uri 'self'; form-action 'self'"),
+         b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+         b"object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"),
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
         (b"referrer-policy", b"no-referrer"),
     ]
+    NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
+    CACHEABLE = ("/static/", "/files/")
 
     def __init__(self, app):
         self.app = app
@@ -162,12 +167,14 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        extra = self.HEADERS + ([] if path.startswith(self.CACHEABLE) or path.endswith(".png") else self.NO_STORE)
 
         async def add_headers(message):
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [h for h in self.HEADERS if h[0] not in names]
+                message["headers"] = list(message["headers"]) + [h for h in extra if h[0] not in names]
             await send(message)
 
         await self.app(scope, receive, add_headers)
@@ -278,9 +285,11 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
 
     @app.exception_handler(LeukodxError)
     async def _user_error(request: Request, exc: LeukodxError):
-        status = 404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid) else 400
+        status = (404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid) else
+                  409 if isinstance(exc, Locked) else 400)
         if _wants_html(request):
-            return page_error(request, status, "Not found" if status == 404 else "Please check", exc.message)
+            title = {404: "Not found", 409: "This case is signed off"}.get(status, "Please check")
+            return page_error(request, status, title, exc.message)
         return JSONResponse({"detail": exc.message}, status_code=status)
 
     @app.exception_handler(HTTPException)

@@ -16,9 +16,16 @@ from sqlalchemy.orm import Session, selectinload
 from leukodx import CLASSES
 from leukodx.errors import LeukodxError
 from leukodx.inference.types import CaseSummary, FieldResult
-from leukodx.web.db import Case, Field, audit, utcnow
+from leukodx.web import cells as cell_logic
+from leukodx.web import words
+from leukodx.web.db import Case, Field, FormSubmission, audit, utcnow
 
 DECISIONS = ("confirm", "override")
+# Who may amend a signed-off case: any clinician (or admin), their own case or another's, with a reason; every
+# amendment is recorded (who, when, reason, before, after) and shown on the case page, the report and in FHIR.
+AMENDMENT_RULE = ("Any clinician may amend a signed-off case, their own or another clinician's, by giving a "
+                  "reason; the amendment is recorded (who, when, reason, before and after) and shown on the case "
+                  "page and the report.")
 
 
 class NotFound(LeukodxError):
@@ -27,6 +34,39 @@ class NotFound(LeukodxError):
 
 class Invalid(LeukodxError):
     pass
+
+
+class Locked(LeukodxError):
+    """The case is signed off and the change came without an amendment reason (answered 409)."""
+
+
+def is_signed_off(case: Case) -> bool:
+    return case.review_decision is not None
+
+
+def clean_amendment_reason(reason: str | None) -> str:
+    return " ".join((reason or "").split())[:1000]
+
+
+def require_unlocked(case: Case, amendment_reason: str | None, what: str) -> str:
+    """'' for a case not signed off; the cleaned amendment reason for a signed-off one; Locked without one."""
+    if not is_signed_off(case):
+        return ""
+    reason = clean_amendment_reason(amendment_reason)
+    if not reason:
+        raise Locked(
+            f"Case {case.reference} was signed off by {case.reviewed_by} on {iso(case.reviewed_at)} and is locked: "
+            f"{what} would change it.",
+            "To change it, amend it: give a reason (the API's amendment_reason, or 'Reason for the amendment' on "
+            f"the case page) and send it again. {AMENDMENT_RULE}")
+    return reason
+
+
+def add_amendment(case: Case, actor: str, reason: str, what: str, before, after) -> dict:
+    entry = {"n": len(case.amendments or []) + 1, "by": actor, "at": iso(utcnow()), "reason": reason,
+             "what": what, "before": before, "after": after}
+    case.amendments = [*(case.amendments or []), entry]  # a new list: the JSON column sees the change
+    return entry
 
 
 def clean_reference(reference: str) -> str:
@@ -38,13 +78,54 @@ def clean_reference(reference: str) -> str:
     return ref
 
 
-def create_case(db: Session, reference: str, note: str, actor: str) -> Case:
-    case = Case(reference=clean_reference(reference), note=(note or "").strip()[:2000], created_by=actor)
+def same_reference(db: Session, reference: str, but: int | None = None) -> list[Case]:
+    """Other cases with this smear reference (case and spacing ignored)."""
+    ref = " ".join((reference or "").split()).lower()
+    stmt = select(Case).where(func.lower(Case.reference) == ref)
+    if but is not None:
+        stmt = stmt.where(Case.id != but)
+    return list(db.scalars(stmt.order_by(Case.id)))
+
+
+def duplicate_warning(others: list[Case]) -> str:
+    if not others:
+        return ""
+    listed = ", ".join(f"case {c.id} (created {(iso(c.created_at) or '?')[:10]} by {c.created_by})"
+                       for c in others[:5])
+    return (f"Another case has the same smear reference: {listed}. Check that this is a different smear; if it "
+            "is the same smear, add its fields to the existing case instead.")
+
+
+def create_case(db: Session, reference: str, note: str, actor: str, specimen: str = "", stain: str = "",
+                form_token: str = "") -> Case:
+    """A new case. With `form_token` (a one-time token of the page's form) a second submission of the same
+    form makes no second case: FormSubmission's primary key refuses it (see `already_submitted`)."""
+    ref = clean_reference(reference)
+    case = Case(reference=ref, note=(note or "").strip()[:2000], created_by=actor,
+                specimen=" ".join((specimen or "").split())[:200] or "Peripheral blood",
+                stain=" ".join((stain or "").split())[:100])
+    if form_token:
+        db.add(FormSubmission(token=form_token[:64], actor=actor))
+        db.flush()  # the token first: a concurrent double submit waits here, then fails on the primary key
     db.add(case)
     db.flush()
-    audit(db, actor, "case.create", f"case:{case.id}", reference=case.reference)
+    if form_token:
+        row = db.get(FormSubmission, form_token[:64])
+        if row is not None:
+            row.result_url = f"/cases/{case.id}"
+    others = same_reference(db, ref, but=case.id)
+    audit(db, actor, "case.create", f"case:{case.id}", reference=case.reference,
+          duplicate_of=[c.id for c in others])
     db.commit()
     return case
+
+
+def already_submitted(db: Session, form_token: str) -> str | None:
+    """Where the first submission of this form went, or None when the token is new."""
+    if not form_token:
+        return None
+    row = db.get(FormSubmission, form_token[:64])
+    return None if row is None else (row.result_url or "/cases")
 
 
 def lock_case(db: Session, case_id: int) -> Case:
@@ -94,21 +175,56 @@ def apply_summary(case: Case, summary: CaseSummary) -> None:
     case.summary = asdict(summary)
 
 
-def add_fields(db: Session, case: Case, items: list[dict], analyzer, actor: str) -> list[Field]:
-    """Add analysed fields (files already stored) and update the case summary, in one transaction."""
-    new = []
+def refresh_cells(case: Case) -> None:
+    case.cell_summary = cell_logic.cell_summary(f.cells or [] for f in case.fields)
+
+
+def duplicate_skip(case: Case, sha256: str, name: str) -> dict | None:
+    """The 'skipped' answer for an image already in the case (same content), or None."""
+    for i, f in enumerate(case.fields, start=1):
+        if f.sha256 == sha256:
+            return {"file": name, "field_id": f.id, "reason":
+                    f"The same image (identical content) is already field {i} of this case"
+                    f"{' (' + f.display_name + ')' if f.display_name else ''}; it was not added again, so its "
+                    "cells are not counted twice."}
+    return None
+
+
+def add_fields(db: Session, case: Case, items: list[dict], analyzer, actor: str,
+               amendment_reason: str | None = None) -> tuple[list[Field], list[dict]]:
+    """Add analysed fields (files already stored) and update the case summary, in one transaction. An image
+    already in the case (same sha256) is skipped: returns (new fields, [{"file", "field_id", "reason"}])."""
+    n = len(items)
+    reason = require_unlocked(case, amendment_reason, f"adding {n} field{'s' if n != 1 else ''}")
+    new, skipped = [], []
+    before = {"n_fields": len(case.fields), "differential": (case.cell_summary or {}).get("differential")}
     for item in items:
+        dup = duplicate_skip(case, item["sha256"], item.get("display_name", ""))
+        if dup is not None:
+            skipped.append(dup)
+            continue
+        item = dict(item)
+        item.setdefault("cells", cell_logic.stored_cells((item.get("result") or {}).get("cells")))
         f = Field(case=case, uploaded_by=actor, **item)
         db.add(f)
         new.append(f)
     db.flush()
-    apply_summary(case, summarize(analyzer, case))
-    case.updated_at = utcnow()
+    if new:
+        apply_summary(case, summarize(analyzer, case))
+        refresh_cells(case)
+        case.updated_at = utcnow()
     for f in new:
         audit(db, actor, "field.add", f"case:{case.id}/field:{f.id}", sha256=f.sha256, label=f.label,
               confidence=round(f.confidence, 4), cell_count=f.cell_count, flag=f.flag)
+    for sk in skipped:
+        audit(db, actor, "field.skip_duplicate", f"case:{case.id}/field:{sk['field_id']}", file=sk["file"])
+    if reason and new:
+        add_amendment(case, actor, reason, f"added {len(new)} field(s)", before,
+                      {"n_fields": len(case.fields), "added": [f.display_name for f in new],
+                       "differential": case.cell_summary.get("differential")})
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what="fields added")
     db.commit()
-    return new
+    return new, skipped
 
 
 def _decide(decision: str, label: str | None, ai_label: str | None, what: str) -> str:
@@ -123,32 +239,165 @@ def _decide(decision: str, label: str | None, ai_label: str | None, what: str) -
     return label
 
 
-def review(db: Session, case: Case, actor: str, case_review: dict | None, field_reviews: list[dict]) -> Case:
-    """Apply the reviewer's decisions (case and/or fields) in one transaction. The AI's output is untouched."""
+def _review_of(obj) -> dict:
+    return {"decision": obj.review_decision, "label": obj.review_label, "note": obj.review_note,
+            "reviewed_by": obj.reviewed_by, "reviewed_at": iso(obj.reviewed_at)}
+
+
+def _same_decision(obj, decision: str, label: str, note: str, actor: str) -> bool:
+    return (obj.review_decision == decision and obj.review_label == label and obj.reviewed_by == actor
+            and (obj.review_note or "") == (note or "").strip()[:2000])
+
+
+def review(db: Session, case: Case, actor: str, case_review: dict | None, field_reviews: list[dict],
+           amendment_reason: str | None = None) -> Case:
+    """Apply the reviewer's decisions (case and/or fields) in one transaction. The AI's output is untouched.
+    A signed-off case changes only with an amendment reason (else Locked); sending the very decisions it already
+    holds, by the same reviewer (a double submit), changes nothing and needs none."""
+    if not case_review and not field_reviews:
+        raise Invalid("The review is empty.", "Give a case decision, field decisions, or both.")
     now = utcnow()
     by_id = {f.id: f for f in case.fields}
+    decided_fields = []
     for fr in field_reviews:
         f = by_id.get(fr["field_id"])
         if f is None:
             raise NotFound(f"Case {case.id} has no field {fr['field_id']}.", "Reload the case page.")
-        label = _decide(fr["decision"], fr.get("label"), f.label, f"field {f.id}")
+        decided_fields.append((f, fr, _decide(fr["decision"], fr.get("label"), f.label, f"field {f.id}")))
+    case_label = None
+    if case_review:
+        case_label = _decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case")
+    if is_signed_off(case):
+        unchanged = all(_same_decision(f, fr["decision"], lab, fr.get("note") or "", actor)
+                        for f, fr, lab in decided_fields)
+        if case_review:
+            assert case_label is not None
+            unchanged = unchanged and _same_decision(case, case_review["decision"], case_label,
+                                                     case_review.get("note") or "", actor)
+        if unchanged and not clean_amendment_reason(amendment_reason):
+            return case  # the same decisions again: nothing to change, nothing to amend
+        what = ("the case's sign-off" if case_review else "") + (" and " if case_review and decided_fields else "") + (
+            f"the call of {len(decided_fields)} field(s)" if decided_fields else "")
+        reason = require_unlocked(case, amendment_reason, f"changing {what}")
+        before = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
+    else:
+        reason = ""
+        before = None
+    for f, fr, label in decided_fields:
         audit(db, actor, "field.review", f"case:{case.id}/field:{f.id}", decision=fr["decision"], label=label,
               ai_label=f.label, previous=f.review_label, note=fr.get("note") or "")
         f.review_decision, f.review_label = fr["decision"], label
         f.review_note = (fr.get("note") or "").strip()[:2000]
         f.reviewed_by, f.reviewed_at = actor, now
     if case_review:
-        label = _decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case")
+        label = case_label or ""
         audit(db, actor, "case.review", f"case:{case.id}", decision=case_review["decision"], label=label,
               ai_label=case.ai_label, previous=case.review_label, note=case_review.get("note") or "")
         case.review_decision, case.review_label = case_review["decision"], label
         case.review_note = (case_review.get("note") or "").strip()[:2000]
         case.reviewed_by, case.reviewed_at = actor, now
-    if not case_review and not field_reviews:
-        raise Invalid("The review is empty.", "Give a case decision, field decisions, or both.")
+    if reason:
+        after = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
+        add_amendment(case, actor, reason, what, before, after)
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=what)
     case.updated_at = now
     db.commit()
     return case
+
+
+def review_cells(db: Session, case: Case, field_id: int, changes: list[dict], actor: str,
+                 amendment_reason: str | None = None) -> Field:
+    """Reclassify cells of one field: [{"id", "label"}] where label is one of cells.REVIEW_LABELS (a class or
+    "excluded"), or None to take the reviewer's class back (the AI's suggestion counts again)."""
+    f = next((x for x in case.fields if x.id == field_id), None)
+    if f is None:
+        raise NotFound(f"Case {case.id} has no field {field_id}.", "Reload the case page.")
+    if not changes:
+        raise Invalid("No cells were given.", "Send a list of {id, label} for the cells to reclassify.")
+    cells = [dict(c) for c in (f.cells or [])]
+    by_id = {c["id"]: c for c in cells}
+    for ch in changes:
+        if ch["id"] not in by_id:
+            raise NotFound(f"Field {field_id} has no cell {ch['id']}.", "Reload the case page to see its cells.")
+        if ch.get("label") is not None and ch["label"] not in cell_logic.REVIEW_LABELS:
+            raise Invalid(f"Unknown cell class {ch['label']!r}.",
+                          f"Use one of: {', '.join(cell_logic.REVIEW_LABELS)}, or null to undo.")
+    real = [ch for ch in changes if by_id[ch["id"]].get("label") != ch.get("label")]
+    if not real:
+        return f  # the same classes again (a double submit): nothing to change
+    reason = require_unlocked(case, amendment_reason, f"reclassifying {len(real)} cell(s) of field {field_id}")
+    now = iso(utcnow())
+    before_cells = [{"id": ch["id"], "label": by_id[ch["id"]].get("label"),
+                     "reviewed_by": by_id[ch["id"]].get("reviewed_by")} for ch in real]
+    before = {"field_id": f.id, "cells": before_cells, "differential": (case.cell_summary or {}).get("differential"),
+              "blast_percent": (case.cell_summary or {}).get("blast_percent")}
+    for ch in real:
+        c = by_id[ch["id"]]
+        c["label"] = ch.get("label")
+        c["reviewed_by"], c["reviewed_at"] = (actor, now) if ch.get("label") is not None else (None, None)
+    f.cells = cells
+    refresh_cells(case)
+    audit(db, actor, "cells.review", f"case:{case.id}/field:{f.id}",
+          cells=[{"id": ch["id"], "label": ch.get("label"), "previous": before_c["label"]}
+                 for ch, before_c in zip(real, before_cells, strict=True)])
+    if reason:
+        add_amendment(case, actor, reason, f"cells of field {f.id}", before,
+                      {"field_id": f.id, "cells": [{"id": ch["id"], "label": ch.get("label"), "reviewed_by": actor}
+                                                   for ch in real],
+                       "differential": case.cell_summary.get("differential"),
+                       "blast_percent": case.cell_summary.get("blast_percent")})
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=f"cells of field {f.id}")
+    case.updated_at = utcnow()
+    db.commit()
+    return f
+
+
+def confirm_unflagged(db: Session, case: Case, actor: str) -> int:
+    """Confirm the AI's call of every field that is unflagged and not yet reviewed; returns how many."""
+    todo = [f for f in case.fields if f.flag == "ok" and f.label and not f.review_decision]
+    if not todo:
+        return 0
+    review(db, case, actor, None, [{"field_id": f.id, "decision": "confirm", "label": None, "note": ""}
+                                   for f in todo])
+    return len(todo)
+
+
+def reviewed_results(case: Case) -> list[FieldResult]:
+    """The fields as the reviewer called them: a reviewed field counts with the reviewer's class (certain,
+    unflagged), an unreviewed one with the AI's output."""
+    out = []
+    for f in case.fields:
+        r = field_result(f)
+        if f.review_label in CLASSES:
+            r.label, r.flag, r.flag_reason, r.confidence = f.review_label, "ok", "", 1.0
+            r.probabilities = {c: float(c == f.review_label) for c in CLASSES}
+            r.malignant_probability = float(f.review_label != "Benign")
+        out.append(r)
+    return out
+
+
+def reviewed_summary(analyzer, case: Case) -> CaseSummary:
+    """The case rule over the fields with the reviewer's field calls taken into account."""
+    return summarize(analyzer, reviewed_results(case))
+
+
+def sign_off_warnings(case: Case) -> list[str]:
+    """What a clinician should know before signing off: unreviewed and flagged fields, unreviewed cells."""
+    out = []
+    todo = [i for i, f in enumerate(case.fields, start=1) if not f.review_decision]
+    if todo:
+        out.append(f"{len(todo)} of {len(case.fields)} field(s) not reviewed yet (field "
+                   + ", ".join(map(str, todo[:20])) + ("…" if len(todo) > 20 else "") + ").")
+    flagged = [(i, f) for i, f in enumerate(case.fields, start=1) if f.flag != "ok"]
+    for i, f in flagged:
+        w = words.flag_words(f.flag, f.flag_reason)
+        state = "reviewed" if f.review_decision else "not reviewed"
+        out.append(f"Field {i} is flagged ({w['title']}, {state}): {w['problem']}")
+    cs = case.cell_summary or {}
+    if cs.get("n_cells") and cs.get("n_counted", 0) == 0:
+        out.append("No cell has a class yet, so there is no differential count or blast percentage: classify "
+                   "the cells in the gallery, or sign off on the field calls alone.")
+    return out
 
 
 def delete_case(db: Session, case: Case, actor: str) -> list[str]:
@@ -208,6 +457,7 @@ def field_dict(f: Field, url_prefix: str = "/files/") -> dict:
         "cell_count": f.cell_count,
         "flag": f.flag,
         "flag_reason": f.flag_reason,
+        "flag_words": words.flag_words(f.flag, f.flag_reason),
         "size_note": f.size_note,
         "image_url": url_prefix + f.image_file,
         "overlay_url": url_prefix + f.overlay_file if f.overlay_file else None,
@@ -218,7 +468,22 @@ def field_dict(f: Field, url_prefix: str = "/files/") -> dict:
             "decision": f.review_decision, "label": f.review_label, "note": f.review_note,
             "reviewed_by": f.reviewed_by, "reviewed_at": iso(f.reviewed_at),
         },
+        "cells": [cell_dict(c) for c in (f.cells or [])],
     }
+
+
+def cell_dict(c: dict) -> dict:
+    return {
+        "id": c["id"], "area_px": c.get("area_px", 0), "centroid": c.get("centroid") or [0.0, 0.0],
+        "bbox": c.get("bbox") or [0, 0, 0, 0], "area_um2": c.get("area_um2"),
+        "touches_border": bool(c.get("touches_border")),
+        "label": c.get("label"), "ai_label": c.get("ai_label"), "ai_confidence": c.get("ai_confidence"),
+        "final_label": cell_logic.final_class(c),
+        "reviewed_by": c.get("reviewed_by"), "reviewed_at": c.get("reviewed_at"),
+    }
+
+
+EMPTY_CELLS = cell_logic.cell_summary([])
 
 
 def case_dict(case: Case, with_fields: bool = True) -> dict:
@@ -240,9 +505,21 @@ def case_dict(case: Case, with_fields: bool = True) -> dict:
             "decision": case.review_decision, "label": case.review_label, "note": case.review_note,
             "reviewed_by": case.reviewed_by, "reviewed_at": iso(case.reviewed_at),
         },
+        "specimen": case.specimen or "",
+        "stain": case.stain or "",
+        "locked": is_signed_off(case),
+        "amended": bool(case.amendments),
+        "amendments": list(case.amendments or []),
     }
+    cs = cell_logic.cell_summary(f.cells or [] for f in case.fields) if with_fields else (
+        case.cell_summary or EMPTY_CELLS)
+    for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells",
+              "n_cells_reviewed"):
+        d[k] = cs.get(k, EMPTY_CELLS[k])
     if with_fields:
         d["fields"] = [field_dict(f) for f in case.fields]
+        d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
+        d["warnings"] = sign_off_warnings(case)
     return d
 
 
@@ -272,4 +549,31 @@ def cases_csv(cases: list[Case]) -> str:
             c.review_decision or "", c.review_label or "", _csv_safe(c.reviewed_by or ""), iso(c.reviewed_at) or "",
             _csv_safe(c.review_note),
         ])
+    return buf.getvalue()
+
+
+FIELD_CSV_COLUMNS = [
+    "case_id", "reference", "field_id", "field_number", "name", "sha256", "ai_label", "ai_confidence",
+    "ai_malignant_probability", "cell_count", "flag", "flag_text", "review_decision", "review_label", "reviewed_by",
+    "reviewed_at", "review_note", "n_cells", "n_cells_reviewed", "blasts", "blast_percent", "ai_blast_percent",
+]
+
+
+def fields_csv(cases: list[Case]) -> str:
+    """One row per field of the cases (beside the case CSV, whose columns stay as they were)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FIELD_CSV_COLUMNS)
+    for c in cases:
+        for i, f in enumerate(c.fields, start=1):
+            cs = cell_logic.cell_summary([f.cells or []])
+            w.writerow([
+                c.id, _csv_safe(c.reference), f.id, i, _csv_safe(f.display_name), f.sha256, f.label or "",
+                f"{f.confidence:.4f}" if f.label else "", f"{f.malignant_probability:.4f}" if f.label else "",
+                f.cell_count, f.flag, _csv_safe(words.flag_text(f.flag, f.flag_reason)), f.review_decision or "",
+                f.review_label or "", _csv_safe(f.reviewed_by or ""), iso(f.reviewed_at) or "",
+                _csv_safe(f.review_note), cs["n_cells"], cs["n_cells_reviewed"], cs["differential"]["blast"],
+                "" if cs["blast_percent"] is None else cs["blast_percent"],
+                "" if cs["ai_blast_percent"] is None else cs["ai_blast_percent"],
+            ])
     return buf.getvalue()

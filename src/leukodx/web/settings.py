@@ -46,6 +46,10 @@ class Settings(BaseModel):
     session_hours: float = Field(default=12.0, gt=0)
     cookie_secure: bool = False
     display_max_side: int = Field(default=1024, ge=64, description="Overlays and heat maps are drawn at most this big.")
+    lab_name: str = Field(default="Haematology laboratory", max_length=200,
+                          description="The lab's name, printed at the head of every report (LEUKODX_LAB_NAME).")
+    lab_address: str = Field(default="", max_length=500,
+                             description="The lab's address, printed under its name (LEUKODX_LAB_ADDRESS).")
 
     @field_validator("files_dir")
     @classmethod
@@ -67,7 +71,8 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
-        """Defaults, then LEUKODX_DB / LEUKODX_FILES_DIR / LEUKODX_MAX_FILE_MB / LEUKODX_MAX_FILES, then overrides."""
+        """Defaults, then LEUKODX_DB / LEUKODX_FILES_DIR / LEUKODX_MAX_FILE_MB / LEUKODX_MAX_FILES /
+        LEUKODX_LAB_NAME / LEUKODX_LAB_ADDRESS, then overrides."""
         values: dict = {}
         env = os.environ
         if env.get("LEUKODX_DB"):
@@ -78,5 +83,9 @@ class Settings(BaseModel):
             values["max_file_bytes"] = int(float(env["LEUKODX_MAX_FILE_MB"]) * MB)
         if env.get("LEUKODX_MAX_FILES"):
             values["max_files"] = int(env["LEUKODX_MAX_FILES"])
+        if env.get("LEUKODX_LAB_NAME"):
+            values["lab_name"] = env["LEUKODX_LAB_NAME"]
+        if env.get("LEUKODX_LAB_ADDRESS"):
+            values["lab_address"] = env["LEUKODX_LAB_ADDRESS"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

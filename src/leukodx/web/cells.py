@@ -1,0 +1,121 @@
+"""The leukocytes of a case: what is stored per cell, the differential count and blast percentage, and cell crops.
+
+The vocabulary is the inference layer's (leukodx.inference.cell_classes). Per cell the web app keeps the AI's
+suggestion (`ai_label`, `ai_confidence`: None until a cell-level model gives one) and the reviewer's class
+(`label`, `reviewed_by`, `reviewed_at`: None until someone classifies the cell). The class a cell counts as::
+
+    reviewer's label  ->  else the AI's suggestion  ->  else "unclassified"   (never an invented class)
+
+Two differentials are kept: the AI's (its suggestions only) and the reviewer's (the rule above). The blast
+percentage is 100 * blasts / cells counted, where "counted" leaves out NOT_COUNTED (artefacts, excluded cells)
+and unclassified cells; it is None when no cell is counted.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+from leukodx.inference.cell_classes import BLAST, CELL_CLASS_WORDS, CELL_CLASSES, EXCLUDED, NOT_COUNTED
+
+UNCLASSIFIED = "unclassified"
+REVIEW_LABELS = (*CELL_CLASSES, EXCLUDED)  # what a reviewer may give a cell
+CELL_KEYS = ("id", "area_px", "centroid", "bbox", "area_um2", "touches_border", "ai_label", "ai_confidence")
+WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)"}
+KEYS = {  # keyboard shortcuts in the cell gallery: key -> class (shown on the page)
+    "b": "blast", "l": "lymphocyte", "n": "neutrophil", "m": "monocyte", "e": "eosinophil", "a": "basophil",
+    "s": "smudge", "t": "artefact", "x": EXCLUDED,
+}
+
+
+def stored_cells(result_cells: Iterable[dict] | None) -> list[dict]:
+    """The cells of an analysis result (FieldResult.cells as dicts) as the web app stores them."""
+    out = []
+    for c in result_cells or []:
+        d: dict = {k: c.get(k) for k in CELL_KEYS}
+        d["id"] = int(c["id"])
+        d["centroid"] = [float(v) for v in (d.get("centroid") or (0.0, 0.0))]
+        d["bbox"] = [int(v) for v in (d.get("bbox") or (0, 0, 0, 0))]
+        d["area_px"] = int(d.get("area_px") or 0)
+        d["touches_border"] = bool(d.get("touches_border"))
+        if d.get("ai_label") not in CELL_CLASSES:  # an unknown suggestion is no suggestion
+            d["ai_label"], d["ai_confidence"] = None, None
+        d["ai_confidence"] = None if d.get("ai_confidence") is None else float(d["ai_confidence"])
+        d.update(label=None, reviewed_by=None, reviewed_at=None)
+        out.append(d)
+    return out
+
+
+def ai_class(cell: dict) -> str:
+    label = cell.get("ai_label")
+    return label if label in CELL_CLASSES else UNCLASSIFIED
+
+
+def final_class(cell: dict) -> str:
+    """The class the cell counts as: the reviewer's, else the AI's suggestion, else unclassified."""
+    label = cell.get("label")
+    return label if label in REVIEW_LABELS else ai_class(cell)
+
+
+def differential(classes: Iterable[str]) -> dict[str, int]:
+    n = Counter(classes)
+    return {c: int(n.get(c, 0)) for c in (*CELL_CLASSES, EXCLUDED, UNCLASSIFIED)}
+
+
+def blast_percent(diff: dict[str, int]) -> float | None:
+    counted = sum(v for c, v in diff.items() if c in CELL_CLASSES and c not in NOT_COUNTED)
+    return None if counted == 0 else round(100.0 * diff.get(BLAST, 0) / counted, 1)
+
+
+def cell_summary(fields_cells: Iterable[list[dict]]) -> dict:
+    """The AI's and the reviewer's differential and blast %, over every field's cells."""
+    cells = [c for cs in fields_cells for c in (cs or [])]
+    ai = differential(ai_class(c) for c in cells)
+    rev = differential(final_class(c) for c in cells)
+    return {
+        "n_cells": len(cells),
+        "n_cells_reviewed": sum(1 for c in cells if c.get("label") in REVIEW_LABELS),
+        "n_cells_ai_classified": sum(1 for c in cells if ai_class(c) != UNCLASSIFIED),
+        "n_counted": sum(v for c, v in rev.items() if c in CELL_CLASSES and c not in NOT_COUNTED),
+        "ai_differential": ai,
+        "ai_blast_percent": blast_percent(ai),
+        "differential": rev,
+        "blast_percent": blast_percent(rev),
+    }
+
+
+def crop_box(bbox: list[int] | tuple[int, ...], width: int, height: int, margin: float = 0.35,
+             min_margin: int = 6) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a cell's crop: its box (row0, col0, row1, col1) grown by `margin` of its
+    longer side on every side, inside the image."""
+    r0, c0, r1, c1 = (int(v) for v in bbox)
+    pad = max(min_margin, round(margin * max(r1 - r0, c1 - c0)))
+    return max(0, c0 - pad), max(0, r0 - pad), min(width, c1 + pad), min(height, r1 + pad)
+
+
+@lru_cache(maxsize=4096)
+def _crop(path: str, mtime_ns: int, bbox: tuple[int, int, int, int], side: int) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        im = opened.convert("RGB")
+    box = crop_box(bbox, im.width, im.height)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        box = (0, 0, min(im.width, 8), min(im.height, 8))
+    crop = im.crop(box)
+    scale = side / max(crop.size)
+    if scale < 1 or max(crop.size) < side // 2:
+        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
+                           Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    crop.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def crop_png(path: Path, bbox: list[int], side: int = 128) -> bytes:
+    """A PNG of one cell cut from the stored field image (cached in memory per image file and box)."""
+    r0, c0, r1, c1 = (int(v) for v in bbox)
+    return _crop(str(path), path.stat().st_mtime_ns, (r0, c0, r1, c1), side)

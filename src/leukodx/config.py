@@ -62,6 +62,7 @@ class TrainConfig:
     # segmentation
     mask_threshold: int = 128
     skip_near_empty: bool = True
+    references: str = "original"  # segmentation: "original" (the HSV masks) or "repaired" (leukodx.data.reference_masks)
     # run
     seed: int = 0
     workers: int = 0
@@ -100,7 +101,10 @@ class TrainConfig:
 
         if self.normalization not in NORMALIZATIONS:
             bad("normalization", self.normalization, f"Use one of: {', '.join(NORMALIZATIONS)}.")
-        if self.task == "classify" and self.pretrained:
+        if self.references not in ("original", "repaired"):
+            bad("references", self.references, "Use original (the HSV reference masks) or repaired (rebuilt where "
+                "the thresholding failed, see leukodx.data.reference_masks).")
+        if self.pretrained and (self.task == "classify" or not Path(str(self.pretrained)).is_dir()):
             from leukodx.models.pretrained import resolve
 
             resolve(str(self.pretrained))  # an unknown NAME lists the known ones

@@ -47,8 +47,14 @@ def register(app: typer.Typer) -> None:
                                                        "training/validation the fields whose reference mask has "
                                                        "less foreground than this fraction (e.g. 0.01: on the "
                                                        "Taleqani data nearly every Pro reference is under 1 %)."),
-        pretrained: Path | None = typer.Option(None, "--pretrained", help="Start from the weights of this "
-                                               "segmenter model directory (fine-tuning)."),
+        pretrained: str | None = typer.Option(None, "--pretrained", help="Start from the weights of this "
+                                              "segmenter model directory (fine-tuning), or put packaged ImageNet "
+                                              "weights into the encoder: efficientnet_lite0 with --arch "
+                                              "unet:tf_efficientnet_lite0."),
+        references: str | None = typer.Option(None, "--references", help="original (the HSV masks, the study's "
+                                              "metric) or repaired (rebuilt by an optical-density rule where the "
+                                              "HSV thresholding failed; leukodx.data.reference_masks). "
+                                              "[default: original]"),
         augment: str | None = typer.Option(None, "--augment", help="none, light or strong (stain and colour "
                                            "changes on the image only). [default: light]"),
         preset: str | None = typer.Option(None, "--preset", help="cpu (default) or paper (the study: 224 px, "
@@ -87,7 +93,7 @@ def register(app: typer.Typer) -> None:
             config, data=str(data), out=str(out), split=str(split) if split else None, arch=arch,
             base_channels=base_channels, depth=depth, encoder=encoder, image_size=image_size, epochs=epochs,
             batch_size=batch_size, lr=lr, mask_threshold=mask_threshold,
-            skip_near_empty=False if include_near_empty else None, pretrained=str(pretrained) if pretrained else None, augment=augment, preset=preset,
+            skip_near_empty=False if include_near_empty else None, pretrained=pretrained, references=references, augment=augment, preset=preset,
             optimizer=optimizer, schedule=schedule, weight_decay=weight_decay, normalization=normalization,
             patience=patience, seed=seed, workers=workers, max_train_images=max_train_images,
             max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,

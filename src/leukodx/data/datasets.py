@@ -95,8 +95,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, samples: list[Sample], transform=None, mask_threshold: int = 128, skip_near_empty: bool = True,
-                 max_side: int | None = None):
+                 max_side: int | None = None, references: str = "original"):
+        from leukodx.data.reference_masks import repaired_reference
+
         self.transform = transform
+        self.references = references
+        self.sources: Counter = Counter()  # reference source per field: hsv / stain_rule
         self.skip_near_empty = skip_near_empty
         self.samples: list[Sample] = []
         self.images: list[np.ndarray] = []
@@ -126,10 +130,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 continue
             if any(issubclass(c.category, MaskSizeWarning) for c in caught):
                 self.resized_masks.append(s.path)
-            if mask.mean() < NEAR_EMPTY_FRACTION:
+            if references == "repaired":
+                mask, source = repaired_reference(img, mask)
+                self.sources[source] += 1
+            elif mask.mean() < NEAR_EMPTY_FRACTION:
                 self.near_empty.append(s.path)
                 if skip_near_empty:
                     continue
+            else:
+                self.sources["hsv"] += 1
             self.samples.append(s)
             self.images.append(img)
             self.masks.append(mask)
@@ -141,7 +150,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return {"n_used": len(self.images), "n_missing_masks": len(self.missing_masks),
                 "n_near_empty": len(self.near_empty), "near_empty_left_out": self.skip_near_empty,
                 "n_unreadable": len(self.skipped),
-                "n_resized_masks": len(self.resized_masks)}
+                "n_resized_masks": len(self.resized_masks), "references": self.references,
+                "reference_sources": dict(self.sources)}
 
     def __len__(self) -> int:
         return len(self.images)

@@ -87,7 +87,7 @@ class UNetEncoder(Encoder):
 class TimmEncoder(Encoder):
     """Any timm backbone as a `features_only` encoder (random init: nothing is downloaded)."""
 
-    def __init__(self, name: str, in_channels: int = 3, depth: int = 4):
+    def __init__(self, name: str, in_channels: int = 3, depth: int = 4, freeze_stages: int = 0):
         super().__init__()
         import timm
 
@@ -112,6 +112,31 @@ class TimmEncoder(Encoder):
         info = _feature_info(self.body, name)
         self.out_channels = list(info.channels())
         self.reductions = list(info.reduction())
+        self.frozen: list[nn.Module] = []
+        if freeze_stages:
+            self._freeze(freeze_stages)
+
+    def _freeze(self, n: int) -> None:
+        """Keep the stem and the first `n` block stages as initialised (pretrained): no gradients, and their batch
+        norms stay in eval mode (ImageNet statistics) while the rest trains. Training is ~1.5x faster on CPU."""
+        names = ["conv_stem", "bn1"] + [f"blocks.{i}" for i in range(n)]
+        mods = dict(self.body.named_children())
+        blocks = mods.get("blocks")
+        if "conv_stem" not in mods or not isinstance(blocks, nn.Sequential) or n > len(blocks):
+            raise ModelError(f"freeze_stages={n} needs an EfficientNet-style encoder (conv_stem, bn1, blocks) with at "
+                             f"least {n} block stages; {self.name!r} is not one.",
+                             "Leave freeze_stages at 0, or use encoder tf_efficientnet_lite0.")
+        for name in names:
+            m = self.body.get_submodule(name)
+            for p in m.parameters():
+                p.requires_grad = False
+            self.frozen.append(m)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.body(x))
@@ -187,7 +212,7 @@ class UNetDecoder(nn.Module):
     2), further skip-less stages bring the map up to the input's resolution.
     """
 
-    def __init__(self, channels: list[int], reductions: list[int], min_channels: int = 16):
+    def __init__(self, channels: list[int], reductions: list[int], min_channels: int = 16, out_stride: int = 1):
         super().__init__()
         self.stages = nn.ModuleList()
         cin = channels[-1]
@@ -200,7 +225,7 @@ class UNetDecoder(nn.Module):
             cin = channels[i]
         self.extra = nn.ModuleList()
         r = reductions[0]
-        while r > 1:
+        while r > out_stride:
             cout = max(min_channels, cin // 2)
             self.extra.append(UpBlock(cin, 0, cout))
             cin, r = cout, r // 2
@@ -279,7 +304,7 @@ def parse_arch(arch: str) -> tuple[str, dict]:
 
 def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder: str | None = None,
                     normalization: str = "per_image", fpn_channels: int | None = None,
-                    in_channels: int = 3) -> SmearSegmenter:
+                    in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0) -> SmearSegmenter:
     if normalization not in NORMALIZATIONS:
         raise ModelError(f"Unknown normalization {normalization!r}.", f"Use one of: {', '.join(NORMALIZATIONS)}.")
     if not (isinstance(base_channels, int) and base_channels >= 1):
@@ -287,25 +312,35 @@ def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder:
                          "For example --base-channels 16 (CPU) or 64 (the study's U-Net).")
     if not (isinstance(depth, int) and 1 <= depth <= 6):
         raise ModelError(f"depth must be an integer from 1 to 6, not {depth!r}.", "The study's U-Net has depth 4.")
+    if freeze_stages and not encoder:
+        raise ModelError("freeze_stages needs a pretrained timm encoder; the classic U-Net encoder starts from random "
+                         "weights.", "Give encoder tf_efficientnet_lite0 (with --pretrained efficientnet_lite0), or "
+                         "leave freeze_stages at 0.")
     enc: Encoder = UNetEncoder(in_channels, base_channels, depth) if not encoder else \
-        TimmEncoder(encoder, in_channels, depth)
+        TimmEncoder(encoder, in_channels, depth, freeze_stages)
     neck = None
     if fpn:
         neck = FPNGelu(enc.out_channels, fpn_channels or max(16, 4 * base_channels))
-    dec = UNetDecoder(enc.out_channels, enc.reductions, min_channels=max(8, base_channels))
+    if out_stride not in (1, 2, 4):
+        raise ModelError(f"out_stride must be 1, 2 or 4, not {out_stride!r}.",
+                         "1 predicts every pixel; 2 predicts at half resolution and upsamples (faster).")
+    dec = UNetDecoder(enc.out_channels, enc.reductions, min_channels=max(8, base_channels), out_stride=out_stride)
     return SmearSegmenter(enc, neck, dec, normalization)
 
 
 @register("segment", "unet", "The study's classic U-Net (4 levels, 64->1024 filters; --base-channels 16 on CPU); "
           "encoder=<timm name> for a timm encoder.", cpu_friendly=True)
 def build_unet(base_channels: int = 64, depth: int = 4, encoder: str | None = None,
-               normalization: str = "per_image", in_channels: int = 3) -> SmearSegmenter:
-    return build_segmenter(False, base_channels, depth, encoder, normalization, None, in_channels)
+               normalization: str = "per_image", in_channels: int = 3, out_stride: int = 1,
+               freeze_stages: int = 0) -> SmearSegmenter:
+    return build_segmenter(False, base_channels, depth, encoder, normalization, None, in_channels, out_stride,
+                           freeze_stages)
 
 
 @register("segment", "unet-fpn-gelu", "The study's hybrid: U-Net whose skip features pass through an FPN with "
           "GELU; encoder=<timm name> for a timm encoder.", cpu_friendly=True)
 def build_unet_fpn_gelu(base_channels: int = 64, depth: int = 4, encoder: str | None = None,
                         normalization: str = "per_image", fpn_channels: int | None = None,
-                        in_channels: int = 3) -> SmearSegmenter:
-    return build_segmenter(True, base_channels, depth, encoder, normalization, fpn_channels, in_channels)
+                        in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0) -> SmearSegmenter:
+    return build_segmenter(True, base_channels, depth, encoder, normalization, fpn_channels, in_channels, out_stride,
+                           freeze_stages)

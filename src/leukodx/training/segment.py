@@ -101,12 +101,20 @@ def _drop_low_foreground(ds, fraction: float) -> list[str]:
     return dropped
 
 
-def _load_initial_weights(model, source) -> None:
-    """Start from the weights of a segmenter model directory (or its model.safetensors)."""
+ENCODER_UNUSED = ("conv_head.", "bn2.", "classifier.")  # a classifier's head: not part of a features_only encoder
+
+
+def _load_initial_weights(model, source) -> dict | None:
+    """Start from the weights of a segmenter model directory (or its model.safetensors), or put ImageNet weights
+    (a registered name such as efficientnet_lite0, leukodx.models.pretrained) into a timm encoder. Returns the
+    pretrained record for config.json when encoder weights were loaded."""
     from safetensors.torch import load_file
 
     from leukodx.errors import ModelError
+    from leukodx.models.pretrained import PRETRAINED
 
+    if str(source) in PRETRAINED:
+        return load_encoder_weights(model, str(source))
     p = Path(source)
     f = p / "model.safetensors" if p.is_dir() else p
     if not f.is_file():
@@ -117,6 +125,29 @@ def _load_initial_weights(model, source) -> None:
     except RuntimeError as exc:
         raise ModelError(f"--pretrained {source} does not fit this architecture ({str(exc).splitlines()[0]}).",
                          "Use the same --arch, --base-channels and --depth as the run it comes from.") from None
+    return None
+
+
+def load_encoder_weights(model, name: str) -> dict:
+    """The packaged ImageNet weights `name` into the segmenter's timm encoder, strictly (every encoder tensor from
+    the weights, shapes checked); the classifier head of the weights (conv_head, bn2, classifier) is not used."""
+    from leukodx.errors import ModelError
+    from leukodx.models.pretrained import PRETRAINED, load_strict, map_package_state, read_state_dict
+
+    target = PRETRAINED[name]
+    body = getattr(model.encoder, "body", None)
+    enc_name = getattr(model.encoder, "name", None)
+    if body is None or enc_name != target.arch:
+        raise ModelError(f"--pretrained {name} holds {target.arch} weights, but this segmenter's encoder is "
+                         f"{enc_name or 'the classic U-Net encoder'}.",
+                         f"Use --arch unet:{target.arch} (or unet-fpn-gelu:{target.arch}) with --pretrained {name}.")
+    weights = map_package_state(read_state_dict(target.file()), target.depths)
+    weights = {k: v for k, v in weights.items() if not k.startswith(ENCODER_UNUSED)}
+    record = load_strict(body, weights, f"Pretrained weights {name!r} do not fit the encoder", enc_name)
+    record.update({"name": name, "package": target.package, "source": target.source, "licence": target.licence,
+                   "weights_arch": target.arch, "used_for": "encoder",
+                   "not_used": list(ENCODER_UNUSED)})
+    return record
 
 
 def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, evaluate_shift: bool = False,
@@ -150,8 +181,10 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     test_s = subset(samples_for_split(cfg.data, split, "test", ds), cfg.max_test_images, 0)
 
     arch, model, arch_kwargs = build_segmenter_model(cfg)
-    if cfg.pretrained:
-        _load_initial_weights(model, cfg.pretrained)
+    pretrained_record = _load_initial_weights(model, cfg.pretrained) if cfg.pretrained else None
+    if pretrained_record:
+        log(f"encoder: ImageNet weights {cfg.pretrained} ({pretrained_record['n_loaded']} tensors, "
+            f"{pretrained_record['licence']})")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.arch} {arch_kwargs}: {n_params / 1e6:.2f} M parameters, {cfg.image_size} px, device {device}")
 
@@ -160,8 +193,10 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     skip = cfg.skip_near_empty
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # resized masks are counted in the summary instead
-        train_ds = SegmentationDataset(train_s, train_tf, cfg.mask_threshold, skip_near_empty=skip)
-        val_ds = SegmentationDataset(val_s, eval_tf, cfg.mask_threshold, skip_near_empty=skip)
+        train_ds = SegmentationDataset(train_s, train_tf, cfg.mask_threshold, skip_near_empty=skip,
+                                       references=cfg.references)
+        val_ds = SegmentationDataset(val_s, eval_tf, cfg.mask_threshold, skip_near_empty=skip,
+                                     references=cfg.references)
     if len(train_ds) == 0:
         tsum = train_ds.summary()
         raise DatasetError(
@@ -265,6 +300,8 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
             "split_note": split.summary.get("note", "Split by field and duplicate group; not by patient."),
             "counts": {"train": _counts(train_ds.samples), "val": _counts(val_ds.samples), "test": _counts(test_s)},
             "masks": {"train": tsum, "val": vsum},
+            "references": cfg.references,
+            "pretrained": pretrained_record,
             "reference_mask_rule": f"grayscale(Segmented) > {cfg.mask_threshold}",
             "loss": "BCE + soft Dice (batch-global)",
             "early_stopping_metric": "validation global Dice at probability 0.5",

@@ -425,12 +425,10 @@ async def upload_images(
             })
         with ctx.sessions() as db:
             case = case_logic.lock_case(db, case_id)
+            new, late = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name,
+                                              amendment_reason) if items else ([], [])
             for sk in skipped:
-                if sk["field_id"] is None:
-                    sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
-            if not items:
-                return {"case": case_logic.case_dict(case, with_fields=False), "added": [], "skipped": skipped}
-            new, late = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name, amendment_reason)
+                sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
             return {"case": case_logic.case_dict(case, with_fields=False),
                     "added": [case_logic.field_dict(f) for f in new], "skipped": skipped + late}
 

@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 class FakeAnalyzer:
     is_fake = True
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, cell_labels: bool = False):
         self.classes = list(CLASSES)
         self.low_confidence = 0.5
         self.delay_s = delay_s
+        self.cell_labels = cell_labels  # a made-up cell-level suggestion on every other cell (for UI tests)
         self.calls = 0
 
     def analyze(self, image, *, name: str | None = None, heatmap: bool = False) -> FieldResult:
@@ -50,8 +51,10 @@ class FakeAnalyzer:
         for k, obj in enumerate(ndi.find_objects(instances), start=1):
             area = int((instances[obj] == k).sum())
             cy, cx = ndi.center_of_mass(instances == k)
-            cells.append(CellInstance(k, area, (float(cy), float(cx)),
-                                      (obj[0].start, obj[1].start, obj[0].stop, obj[1].stop)))
+            cell = CellInstance(k, area, (float(cy), float(cx)), (obj[0].start, obj[1].start, obj[0].stop, obj[1].stop))
+            if self.cell_labels and k % 2 == 1:
+                cell.ai_label, cell.ai_confidence = ("blast" if k % 4 == 1 else "lymphocyte"), 0.8
+            cells.append(cell)
         logits = rng.normal(0, 1, len(CLASSES))
         logits[rng.integers(len(CLASSES))] += 2.5
         p = np.exp(logits) / np.exp(logits).sum()

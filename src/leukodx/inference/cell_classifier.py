@@ -134,9 +134,9 @@ def _envelope_area(kk: np.ndarray, dr: np.ndarray, dc: np.ndarray, n: int) -> np
     `_SECTORS` directions from its centroid (a convex-hull-like outline, computed for all objects at once).
     kk: object index 0..n-1 of each pixel; dr, dc: the pixel's offset from its object's centroid."""
     sector = ((np.arctan2(dr, dc) + np.pi) * (_SECTORS / (2 * np.pi))).astype(np.int64) % _SECTORS
-    env = np.zeros(n * _SECTORS)
-    np.maximum.at(env, kk * _SECTORS + sector, np.hypot(dr, dc) + 0.5)
-    env = env.reshape(n, _SECTORS)
+    flat = np.zeros(n * _SECTORS)
+    np.maximum.at(flat, kk * _SECTORS + sector, np.hypot(dr, dc) + 0.5)
+    env = flat.reshape(n, _SECTORS)
     return 0.5 * np.sin(2 * np.pi / _SECTORS) * (env * np.roll(env, -1, axis=1)).sum(1)
 
 

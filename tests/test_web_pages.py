@@ -93,11 +93,31 @@ def test_a_flagged_field_shows_why_and_no_bare_confidence(web):
     assert r.status_code == 201 and r.json()["added"][0]["flag"] == "out_of_distribution"
     assert login(client).status_code == 303
     page = client.get(f"/cases/{cid}").text
-    assert "Confidence: not given." in page and "Not reliable here" in page and "Read the field yourself" in page
-    assert "nearly blank" in page
+    assert "Confidence: not given." in page and "AI not reliable on this image" in page
+    assert "What to do:" in page and "Read the field yourself" in page and "nearly blank" in page
     report = client.get(f"/cases/{cid}/report").text
-    assert "confidence not given" in report and "Not reliable here" in report
-    assert "out_of_distribution" not in report and "out_of_distribution" not in page.split("<script")[0]
+    assert "confidence not given" in report and "AI not reliable on this image" in report
+    for text in (page, report):
+        for code in ("out_of_distribution", "low_confidence", "overrideed", "flagged (1 out of"):
+            assert code not in text, code
+
+
+def test_flag_reasons_become_plain_words():
+    from leukodx.inference.ood import FEATURE_ADVICE, FEATURE_REASON
+    from leukodx.web.words import flag_words, reason_words
+
+    w = flag_words("out_of_distribution", f"{FEATURE_REASON} {FEATURE_ADVICE} (feature distance 3.21 > 1.05)")
+    assert "3.21" not in w["problem"] + w["action"] and "trained on" in w["problem"] and w["action"]
+    w = flag_words("out_of_distribution", "white balance (red/green) 0.894 outside 0.924-1")  # an old database's
+    assert "0.894" not in w["problem"] and "red/green" not in w["problem"] and "Read the field yourself" in w["action"]
+    w = flag_words("out_of_distribution", "The field is out of focus: the cell outlines are blurred. Refocus the "
+                   "microscope on the cells and capture the field again, or read the field yourself.")
+    assert w["problem"] == "The field is out of focus: the cell outlines are blurred." and w["action"].startswith("Refocus")
+    w = flag_words("low_confidence", "The model is not sure (confidence 0.41 below 0.50); it is often wrong")
+    assert "41 %" in w["problem"] and "0.50" not in w["problem"]
+    assert reason_words("2 of 5 fields flagged (1 low confidence, 1 out of distribution)").startswith(
+        "2 of 5 fields are flagged")
+    assert "leukemic" in reason_words("fields disagree: 2 malignant, 1 benign")
 
 
 def test_login_form_needs_its_csrf_cookie(web):

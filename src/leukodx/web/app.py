@@ -73,6 +73,11 @@ def make_templates() -> Jinja2Templates:
     t.env.filters["pct"] = _pct
     t.env.filters["dt"] = _dt
     t.env.globals["version"] = __version__
+    from leukodx.web import words
+
+    t.env.globals.update(flag_words=words.flag_words, call_words=words.call_words, reason_words=words.reason_words,
+                         CLASS_NAMES=words.CLASS_NAMES, DECISION_WORDS=words.DECISION_WORDS,
+                         DECISION_SHORT=words.DECISION_SHORT)
     return t
 
 

@@ -382,21 +382,16 @@ def reviewed_summary(analyzer, case: Case) -> CaseSummary:
 
 
 def sign_off_warnings(case: Case) -> list[str]:
-    """What a clinician should know before signing off: unreviewed and flagged fields, unreviewed cells."""
+    """What a clinician should know before signing off: unreviewed fields, and which of them are flagged."""
     out = []
     todo = [i for i, f in enumerate(case.fields, start=1) if not f.review_decision]
     if todo:
         out.append(f"{len(todo)} of {len(case.fields)} field(s) not reviewed yet (field "
                    + ", ".join(map(str, todo[:20])) + ("…" if len(todo) > 20 else "") + ").")
-    flagged = [(i, f) for i, f in enumerate(case.fields, start=1) if f.flag != "ok"]
-    for i, f in flagged:
-        w = words.flag_words(f.flag, f.flag_reason)
-        state = "reviewed" if f.review_decision else "not reviewed"
-        out.append(f"Field {i} is flagged ({w['title']}, {state}): {w['problem']}")
-    cs = case.cell_summary or {}
-    if cs.get("n_cells") and cs.get("n_counted", 0) == 0:
-        out.append("No cell has a class yet, so there is no differential count or blast percentage: classify "
-                   "the cells in the gallery, or sign off on the field calls alone.")
+    for i, f in enumerate(case.fields, start=1):
+        if f.flag != "ok" and not f.review_decision:  # a flagged field the reviewer has called is dealt with
+            w = words.flag_words(f.flag, f.flag_reason)
+            out.append(f"Field {i} is flagged and not reviewed ({w['title']}): {w['problem']} {w['action']}")
     return out
 
 

@@ -10,7 +10,8 @@ from leukodx import CLASSES
 NOTICES = {
     "created": "Case created. Now add the field images of this smear.",
     "uploaded": "The new fields are analysed. Check each AI suggestion below, then sign off the case.",
-    "field-reviewed": "Your decision for the field was saved.",
+    "field-reviewed": "Your decision for the field was saved. Showing the next field to review.",
+    "cell-reviewed": "The cell's class was saved; the differential count is updated.",
     "case-reviewed": "The case is signed off. You can print the report.",
     "password": "Your password was changed.",
     "user-added": "The user was added.",
@@ -21,6 +22,13 @@ NOTICES = {
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     ctx = request.app.state.ctx
     context.setdefault("who", getattr(request.state, "who", None))
-    context.setdefault("notice", NOTICES.get(request.query_params.get("done", ""), ""))
+    done = request.query_params.get("done", "")
+    if done.startswith("confirmed-") and done.removeprefix("confirmed-").isdigit():
+        n = int(done.removeprefix("confirmed-"))
+        notice = (f"The AI's call was confirmed for {n} unflagged field{'s' if n != 1 else ''}. Flagged fields are "
+                  "left for you." if n else "There was no unflagged field left to confirm.")
+    else:
+        notice = NOTICES.get(done, "")
+    context.setdefault("notice", notice)
     context.update(service=ctx.service, settings=ctx.settings, classes=CLASSES)
     return ctx.templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -1,17 +1,22 @@
-"""The cases: the list with search and filters, a new case, a case with its fields, review, deletion, report."""
+"""The cases: the list with search and filters, a new case, a case with its viewer, cell gallery and review,
+deletion, report, and the cell crops."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import RedirectResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
 
 from leukodx.errors import LeukodxError
 from leukodx.web import cases as case_logic
+from leukodx.web import cells as cell_logic
 from leukodx.web.api import CaseId
-from leukodx.web.db import utcnow
+from leukodx.web.cases import Invalid, Locked, NotFound
+from leukodx.web.db import Case, Field, utcnow
 from leukodx.web.deps import Db, FormUser, PageUser
 from leukodx.web.pages.base import render
 
@@ -23,19 +28,36 @@ def home():
     return RedirectResponse("/cases", status_code=303)
 
 
+def _status_of(exc: LeukodxError) -> int:
+    return 409 if isinstance(exc, Locked) else 404 if isinstance(exc, NotFound) else 422
+
+
+def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", status: str = "all",
+               flagged: str = "", **form):
+    flag = {"yes": True, "no": False}.get(flagged)
+    rows, total = case_logic.list_cases(db, q, status, flag, limit=500)
+    _, all_total = case_logic.list_cases(db, limit=1)
+    query = {"q": q, "status": status, **({"flagged": "true" if flag else "false"} if flag is not None else {})}
+    filters = {k: v for k, v in query.items() if v}
+    csv_url = "/api/v1/cases?" + urlencode({**filters, "format": "csv"})
+    fields_csv_url = "/api/v1/fields.csv" + ("?" + urlencode(filters) if filters else "")
+    form.setdefault("error", "")
+    form.setdefault("warning", "")
+    form.setdefault("duplicates", [])
+    for k in ("reference", "note", "specimen", "stain"):
+        form.setdefault(k, "")
+    form["form_token"] = secrets.token_urlsafe(24)
+    return render(request, "cases.html", status_code, who=who, rows=rows, total=total, all_total=all_total, q=q,
+                  status=status, flagged=flagged, csv_url=csv_url, fields_csv_url=fields_csv_url, **form)
+
+
 @router.get("/cases")
 def cases_page(
     request: Request, who: PageUser, db: Db,
     q: Annotated[str, Query(max_length=100)] = "", status: str = "all", flagged: str = "",
 ):
     status = status if status in ("all", "unreviewed", "reviewed") else "all"
-    flag = {"yes": True, "no": False}.get(flagged)
-    rows, total = case_logic.list_cases(db, q, status, flag, limit=500)
-    _, all_total = case_logic.list_cases(db, limit=1)
-    query = {"q": q, "status": status, **({"flagged": "true" if flag else "false"} if flag is not None else {})}
-    csv_url = "/api/v1/cases?" + urlencode({**{k: v for k, v in query.items() if v}, "format": "csv"})
-    return render(request, "cases.html", who=who, rows=rows, total=total, all_total=all_total, q=q,
-                  status=status, flagged=flagged, csv_url=csv_url, error="", reference="")
+    return _list_page(request, who, db, q=q, status=status, flagged=flagged)
 
 
 @router.post("/cases")
@@ -43,21 +65,89 @@ def new_case(
     request: Request, who: FormUser, db: Db,
     reference: Annotated[str, Form(max_length=500)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
+    specimen: Annotated[str, Form(max_length=500)] = "",
+    stain: Annotated[str, Form(max_length=500)] = "",
+    form_token: Annotated[str, Form(max_length=100)] = "",
+    confirm_duplicate: Annotated[str, Form(max_length=10)] = "",
 ):
+    """A double submit of the same form (same one-time token) makes one case: the second is sent to it."""
+    done = case_logic.already_submitted(db, form_token)
+    if done:
+        return RedirectResponse(done, status_code=303)
+    form = {"reference": reference, "note": note, "specimen": specimen, "stain": stain}
     try:
-        case = case_logic.create_case(db, reference, note, who.name)
+        ref = case_logic.clean_reference(reference)
+        others = case_logic.same_reference(db, ref)
+        if others and not confirm_duplicate:
+            return _list_page(request, who, db, 409, warning=case_logic.duplicate_warning(others),
+                              duplicates=others, **form)
+        case = case_logic.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token)
     except LeukodxError as exc:
-        rows, total = case_logic.list_cases(db, limit=500)
-        return render(request, "cases.html", 422, who=who, rows=rows, total=total, all_total=total, q="",
-                      status="all", flagged="", csv_url="/api/v1/cases?format=csv", error=exc.message,
-                      reference=reference)
+        db.rollback()
+        return _list_page(request, who, db, 422, error=exc.message, **form)
+    except Exception as exc:  # the same token committed by a concurrent submit of this form
+        from sqlalchemy.exc import IntegrityError
+
+        if not isinstance(exc, IntegrityError):
+            raise
+        db.rollback()
+        return RedirectResponse(case_logic.already_submitted(db, form_token) or "/cases", status_code=303)
     return RedirectResponse(f"/cases/{case.id}?done=created", status_code=303)
 
 
-@router.get("/cases/{case_id}")
-def case_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
+# --- the case page -----------------------------------------------------------------------------------------
+
+def _current_index(case: Case, field_id: int | None) -> int:
+    if not case.fields:
+        return 0
+    if field_id is not None:
+        for i, f in enumerate(case.fields):
+            if f.id == field_id:
+                return i
+    return next((i for i, f in enumerate(case.fields) if not f.review_decision), 0)
+
+
+def _next_unreviewed(case: Case, after_id: int) -> int:
+    ids = [f.id for f in case.fields]
+    start = ids.index(after_id) if after_id in ids else -1
+    order = case.fields[start + 1:] + case.fields[:start + 1]
+    return next((f.id for f in order if not f.review_decision), after_id)
+
+
+def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
+    """[(class, [cell + its field])], in the vocabulary's order, the unclassified last."""
+    groups: dict[str, list[dict]] = {}
+    for i, f in enumerate(case.fields, start=1):
+        for c in f.cells or []:
+            groups.setdefault(cell_logic.final_class(c), []).append({**c, "field_id": f.id, "field_no": i})
+    order = [*cell_logic.REVIEW_LABELS, cell_logic.UNCLASSIFIED]
+    return [(k, groups[k]) for k in order if k in groups]
+
+
+def case_page_response(request: Request, db, who, case_id: int, status_code: int = 200, field_id: int | None = None,
+                       **extra):
     case = case_logic.get_case(db, case_id)
-    return render(request, "case.html", who=who, case=case, error="")
+    analyzer = request.app.state.ctx.service.analyzer
+    idx = _current_index(case, field_id)
+    extra.setdefault("error", "")
+    extra.setdefault("form", {})
+    return render(
+        request, "case.html", status_code, who=who, case=case, current=idx,
+        field=case.fields[idx] if case.fields else None,
+        reviewed=case_logic.reviewed_summary(analyzer, case) if case.fields else None,
+        cs=cell_logic.cell_summary(f.cells or [] for f in case.fields),
+        gallery=_gallery(case), warnings=case_logic.sign_off_warnings(case),
+        n_reviewed=sum(1 for f in case.fields if f.review_decision),
+        n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
+        cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
+        amendment_rule=case_logic.AMENDMENT_RULE, **extra)
+
+
+@router.get("/cases/{case_id}")
+def case_page(request: Request, case_id: CaseId, who: PageUser, db: Db,
+              field: Annotated[int | None, Query(ge=1, le=2**53)] = None,
+              cell: Annotated[int | None, Query(ge=0, le=2**53)] = None):
+    return case_page_response(request, db, who, case_id, field_id=field, cell=cell)
 
 
 @router.post("/cases/{case_id}/fields/{field_id}/review")
@@ -65,6 +155,7 @@ def review_field(
     request: Request, case_id: CaseId, field_id: CaseId, who: FormUser, db: Db,
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
+    amendment_reason: Annotated[str, Form(max_length=2000)] = "",
 ):
     case = case_logic.lock_case(db, case_id)
     f = next((f for f in case.fields if f.id == field_id), None)
@@ -73,11 +164,47 @@ def review_field(
     decision = "confirm" if label and label == f.label else "override"
     try:
         case_logic.review(db, case, who.name, None,
-                          [{"field_id": field_id, "decision": decision, "label": label or None, "note": note}])
+                          [{"field_id": field_id, "decision": decision, "label": label or None, "note": note}],
+                          amendment_reason)
     except LeukodxError as exc:
         db.rollback()
-        return render(request, "case.html", 422, who=who, case=case_logic.get_case(db, case_id), error=exc.message)
-    return RedirectResponse(f"/cases/{case_id}?done=field-reviewed#field-{field_id}", status_code=303)
+        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=exc.message,
+                                  form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
+    nxt = _next_unreviewed(case_logic.get_case(db, case_id, fresh=True), field_id)
+    return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed#viewer", status_code=303)
+
+
+@router.post("/cases/{case_id}/confirm-unflagged")
+def confirm_unflagged(request: Request, case_id: CaseId, who: FormUser, db: Db):
+    case = case_logic.lock_case(db, case_id)
+    try:
+        n = case_logic.confirm_unflagged(db, case, who.name)
+    except LeukodxError as exc:
+        db.rollback()
+        return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message)
+    return RedirectResponse(f"/cases/{case_id}?done=confirmed-{min(n, 9999)}#review", status_code=303)
+
+
+@router.post("/cases/{case_id}/fields/{field_id}/cells")
+def review_cell(
+    request: Request, case_id: CaseId, field_id: CaseId, who: FormUser, db: Db,
+    cell_id: Annotated[int, Form(ge=0, le=2**53)],
+    label: Annotated[str, Form(max_length=20)] = "",
+    amendment_reason: Annotated[str, Form(max_length=2000)] = "",
+):
+    """The gallery's form for one cell (without JavaScript; with it, the page uses the API)."""
+    case = case_logic.lock_case(db, case_id)
+    try:
+        if label and label not in cell_logic.REVIEW_LABELS:
+            raise Invalid(f"Unknown cell class {label!r}.", "Choose a class from the list.")
+        case_logic.review_cells(db, case, field_id, [{"id": cell_id, "label": label or None}], who.name,
+                                amendment_reason)
+    except LeukodxError as exc:
+        db.rollback()
+        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=exc.message,
+                                  form={"amendment_reason": amendment_reason})
+    return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=cell-reviewed#cell-{field_id}-{cell_id}",
+                            status_code=303)
 
 
 @router.post("/cases/{case_id}/review")
@@ -85,14 +212,21 @@ def review_case(
     request: Request, case_id: CaseId, who: FormUser, db: Db,
     label: Annotated[str, Form(max_length=20)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
+    acknowledge: Annotated[str, Form(max_length=10)] = "",
+    amendment_reason: Annotated[str, Form(max_length=2000)] = "",
 ):
     case = case_logic.lock_case(db, case_id)
     decision = "confirm" if label and label == case.ai_label else "override"
+    form = {"case_label": label, "case_note": note, "amendment_reason": amendment_reason}
     try:
-        case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [])
+        if case_logic.sign_off_warnings(case) and not acknowledge and not case_logic.is_signed_off(case):
+            raise Invalid("Some fields are not reviewed or are flagged (listed above the sign-off button).",
+                          "Review them, or tick 'I have seen these warnings' and sign off again.")
+        case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
+                          amendment_reason)
     except LeukodxError as exc:
         db.rollback()
-        return render(request, "case.html", 422, who=who, case=case_logic.get_case(db, case_id), error=exc.message)
+        return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message, form=form)
     return RedirectResponse(f"/cases/{case_id}?done=case-reviewed#review", status_code=303)
 
 
@@ -111,4 +245,21 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
 @router.get("/cases/{case_id}/report")
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
-    return render(request, "report.html", who=who, case=case, printed_at=utcnow())
+    analyzer = request.app.state.ctx.service.analyzer
+    return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
+                  reviewed=case_logic.reviewed_summary(analyzer, case) if case.fields else None,
+                  cs=cell_logic.cell_summary(f.cells or [] for f in case.fields), cell_words=cell_logic.WORDS)
+
+
+@router.get("/cases/{case_id}/fields/{field_id}/cells/{cell_id}.png")
+async def cell_crop(request: Request, case_id: CaseId, field_id: CaseId, cell_id: int, who: PageUser, db: Db):
+    """One leukocyte cut from the stored field image (its box and a margin), cached."""
+    f = db.get(Field, field_id)
+    if f is None or f.case_id != case_id:
+        return Response("No such field.", status_code=404, media_type="text/plain")
+    cell = next((c for c in (f.cells or []) if c.get("id") == cell_id), None)
+    path = request.app.state.ctx.store.path(f.image_file)
+    if cell is None or path is None:
+        return Response("No such cell.", status_code=404, media_type="text/plain")
+    png = await run_in_threadpool(cell_logic.crop_png, path, cell["bbox"])
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})

@@ -1,25 +1,12 @@
-/* leukodx pages: uploads with progress, image view toggles, print, confirmations. No libraries, no build step. */
+/* leukodx pages: uploads with progress, the field viewer (layers, zoom, keyboard), the cell gallery, print,
+   confirmations. No libraries, no build step, no inline script (the Content-Security-Policy allows none). */
 (function () {
   "use strict";
   var csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
 
-  // Image view toggle: outlines / heat map / original
-  document.addEventListener("click", function (ev) {
-    var btn = ev.target.closest("button.view");
-    if (!btn) return;
-    var img = document.getElementById(btn.dataset.target);
-    if (!img) return;
-    var url = img.dataset[btn.dataset.view];
-    var status = document.getElementById(img.id + "-status");
-    if (url && img.getAttribute("src") !== url) {
-      if (status) status.textContent = btn.dataset.view === "heatmap" ? "Computing the heat map…" : "Loading…";
-      img.onload = function () { if (status) status.textContent = ""; };
-      img.onerror = function () { if (status) status.textContent = "The image could not be loaded. Try again."; };
-      img.src = url;
-    }
-    img.alt = img.alt.replace(/^(Heat map of |Original of )?/, btn.dataset.view === "heatmap" ? "Heat map of " : btn.dataset.view === "original" ? "Original of " : "");
-    btn.parentElement.querySelectorAll("button.view").forEach(function (b) { b.setAttribute("aria-pressed", b === btn ? "true" : "false"); });
-  });
+  function typing(el) {
+    return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable);
+  }
 
   // Confirmation before destructive forms
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
@@ -35,10 +22,214 @@
     });
   });
 
+  // A form is sent once: a double click does not send it twice
+  document.querySelectorAll("form[method=post]").forEach(function (form) {
+    form.addEventListener("submit", function (ev) {
+      if (ev.defaultPrevented) return;
+      if (form.dataset.sent) { ev.preventDefault(); return; }
+      form.dataset.sent = "1";
+      setTimeout(function () { delete form.dataset.sent; }, 8000);
+    });
+  });
+
   var printButton = document.getElementById("print-button");
   if (printButton) printButton.addEventListener("click", function () { window.print(); });
 
-  // Uploads
+  // ---------------------------------------------------------------------------------------- the field viewer
+  var viewer = document.getElementById("viewer");
+  var view = null;
+  if (viewer) view = setupViewer(viewer);
+
+  function setupViewer(root) {
+    var stage = document.getElementById("stage");
+    var mainImg = document.getElementById("view-img");
+    var sidePane = document.getElementById("pane-side");
+    var sideImg = document.getElementById("side-img");
+    var numbers = document.getElementById("numbers");
+    var status = document.getElementById("view-status");
+    var legend = document.getElementById("heat-legend");
+    var zoomLabel = document.getElementById("zoom-level");
+    var W = parseInt(root.dataset.width, 10) || mainImg.naturalWidth, H = parseInt(root.dataset.height, 10) || mainImg.naturalHeight;
+    var st = { s: 1, x: 0, y: 0 };
+    var panes = stage.querySelectorAll(".pane");
+
+    function paneSize() { var p = document.getElementById("pane-main"); return { w: p.clientWidth, h: p.clientHeight }; }
+    function apply() {
+      stage.querySelectorAll(".zoomable").forEach(function (z) {
+        z.style.transform = "translate(" + st.x + "px," + st.y + "px) scale(" + st.s + ")";
+      });
+      zoomLabel.textContent = Math.round(st.s * 100) + " %";
+    }
+    function fit() {
+      var p = paneSize();
+      st.s = Math.min(p.w / W, p.h / H);
+      st.x = (p.w - W * st.s) / 2; st.y = (p.h - H * st.s) / 2;
+      apply();
+    }
+    function zoomAt(factor, cx, cy) {
+      var p = paneSize();
+      if (cx === undefined) { cx = p.w / 2; cy = p.h / 2; }
+      var s = Math.max(0.05, Math.min(40, st.s * factor));
+      st.x = cx - (cx - st.x) * (s / st.s); st.y = cy - (cy - st.y) * (s / st.s); st.s = s;
+      apply();
+    }
+    function focusBox(rect) {
+      var x = +rect.getAttribute("x"), y = +rect.getAttribute("y"), w = +rect.getAttribute("width"), h = +rect.getAttribute("height");
+      var p = paneSize();
+      st.s = Math.min(p.w / (w * 4), p.h / (h * 4), 12);
+      st.x = p.w / 2 - (x + w / 2) * st.s; st.y = p.h / 2 - (y + h / 2) * st.s;
+      apply();
+    }
+    function setLayer(layer) {
+      root.querySelectorAll("button.layer").forEach(function (b) { b.setAttribute("aria-pressed", b.dataset.layer === layer ? "true" : "false"); });
+      var side = layer === "side";
+      stage.classList.toggle("side", side);
+      sidePane.hidden = !side;
+      var url = mainImg.dataset[side ? "outlines" : layer];
+      if (side) sideImg.src = mainImg.dataset.original;
+      legend.hidden = layer !== "heatmap";
+      numbers.classList.toggle("hidden", layer === "original" || layer === "heatmap" || !document.getElementById("show-numbers").checked);
+      if (url && mainImg.getAttribute("src") !== url) {
+        status.textContent = layer === "heatmap" ? "Computing the heat map…" : "Loading…";
+        mainImg.onload = function () { status.textContent = ""; };
+        mainImg.onerror = function () { status.textContent = "The image could not be loaded. Try again."; };
+        mainImg.src = url;
+      }
+      mainImg.alt = mainImg.alt.replace(/^(Heat map of |Original of )?/, layer === "heatmap" ? "Heat map of " : layer === "original" ? "Original of " : "");
+      setTimeout(fit, 0);
+    }
+    root.querySelectorAll("button.layer").forEach(function (b) { b.addEventListener("click", function () { setLayer(b.dataset.layer); }); });
+    root.querySelectorAll("button.zoom").forEach(function (b) {
+      b.addEventListener("click", function () { if (b.dataset.zoom === "reset") fit(); else zoomAt(b.dataset.zoom === "in" ? 1.5 : 1 / 1.5); });
+    });
+    document.getElementById("show-numbers").addEventListener("change", function (e) {
+      numbers.classList.toggle("hidden", !e.target.checked);
+    });
+    panes.forEach(function (pane) {
+      pane.addEventListener("wheel", function (e) {
+        e.preventDefault();
+        var r = pane.getBoundingClientRect();
+        zoomAt(e.deltaY < 0 ? 1.2 : 1 / 1.2, e.clientX - r.left, e.clientY - r.top);
+      }, { passive: false });
+      var drag = null;
+      pane.addEventListener("pointerdown", function (e) { drag = { x: e.clientX, y: e.clientY, sx: st.x, sy: st.y }; pane.setPointerCapture(e.pointerId); pane.classList.add("dragging"); });
+      pane.addEventListener("pointermove", function (e) { if (!drag) return; st.x = drag.sx + e.clientX - drag.x; st.y = drag.sy + e.clientY - drag.y; apply(); });
+      pane.addEventListener("pointerup", function () { drag = null; pane.classList.remove("dragging"); });
+    });
+    window.addEventListener("resize", fit);
+    fit();
+    var picked = root.dataset.cell ? document.getElementById("box-" + root.dataset.cell) : null;
+    if (picked) focusBox(picked);
+    return { fit: fit, zoom: zoomAt, layer: setLayer };
+  }
+
+  // -------------------------------------------------------------------------------------------- keyboard
+  var classKeys = {};
+  var gallery = document.getElementById("gallery");
+  if (gallery && gallery.dataset.keys) {
+    gallery.dataset.keys.split(",").forEach(function (kv) { var p = kv.split(":"); classKeys[p[0]] = p[1]; });
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
+    var cell = e.target.closest && e.target.closest("figure.cell");
+    if (cell) {
+      if (classKeys[e.key]) { e.preventDefault(); saveCell(cell, classKeys[e.key]); return; }
+      if (e.key === "Enter") {
+        e.preventDefault();
+        if (cell.dataset.ai) saveCell(cell, cell.dataset.ai);
+        else say("Cell " + cell.dataset.cell + " has no AI suggestion: press a class key to classify it.");
+        return;
+      }
+      return;
+    }
+    if (!viewer) return;
+    var select = document.getElementById("field-label");
+    if (/^[1-9]$/.test(e.key) && select && +e.key <= select.options.length) {
+      e.preventDefault(); select.selectedIndex = +e.key - 1; select.dispatchEvent(new Event("change")); select.focus(); return;
+    }
+    if (e.key === "Enter" || e.key === "c") {
+      var form = document.getElementById("field-review-form");
+      if (form) { e.preventDefault(); form.requestSubmit(document.getElementById("field-save")); }
+      return;
+    }
+    var go = { j: viewer.dataset.next, ArrowRight: viewer.dataset.next, k: viewer.dataset.prev, ArrowLeft: viewer.dataset.prev }[e.key];
+    if (go) { e.preventDefault(); window.location.assign(go); return; }
+    var layer = { o: "original", u: "outlines", h: "heatmap", v: "side" }[e.key];
+    if (layer && view && viewer.querySelector('button.layer[data-layer="' + layer + '"]')) { e.preventDefault(); view.layer(layer); return; }
+    if (view && (e.key === "+" || e.key === "=")) { e.preventDefault(); view.zoom(1.5); }
+    else if (view && (e.key === "-" || e.key === "_")) { e.preventDefault(); view.zoom(1 / 1.5); }
+    else if (view && e.key === "0") { e.preventDefault(); view.fit(); }
+  });
+
+  // Pressing Enter in the field call's select saves it too
+  var fieldSelect = document.getElementById("field-label");
+  if (fieldSelect) fieldSelect.addEventListener("keydown", function (e) {
+    if (e.key === "Enter") { e.preventDefault(); document.getElementById("field-review-form").requestSubmit(document.getElementById("field-save")); }
+  });
+
+  // -------------------------------------------------------------------------------------- the cell gallery
+  function say(text, bad) {
+    var s = document.getElementById("gallery-status");
+    if (s) { s.textContent = text; s.className = "img-status small" + (bad ? " error" : ""); }
+  }
+
+  function words(label) {
+    var opt = gallery.querySelector('select option[value="' + label + '"]');
+    return opt ? opt.textContent : label;
+  }
+
+  function saveCell(cell, label) {
+    var cid = gallery.dataset.case, fid = cell.dataset.field, id = parseInt(cell.dataset.cell, 10);
+    var body = { cells: [{ id: id, label: label || null }] };
+    var reason = document.getElementById("cells-amendment");
+    if (gallery.dataset.locked) {
+      if (!reason || !reason.value.trim()) {
+        say("This case is signed off: type the reason for the amendment above the gallery, then classify the cell again.", true);
+        if (reason) reason.focus();
+        return;
+      }
+      body.amendment_reason = reason.value.trim();
+    }
+    say("Saving cell " + id + "…");
+    fetch("/api/v1/cases/" + cid + "/fields/" + fid + "/cells", {
+      method: "PATCH", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; }, function () { return { ok: false, status: r.status, body: {} }; });
+    }).then(function (res) {
+      if (!res.ok) {
+        var d = res.body && res.body.detail;
+        say("Not saved: " + (typeof d === "string" ? d : "the server answered " + res.status + ". Reload the page and try again."), true);
+        return;
+      }
+      var c = res.body;
+      var sel = cell.querySelector("select"); if (sel) sel.value = label || "";
+      cell.classList.toggle("reviewed", !!label); cell.classList.add("saved");
+      var lab = cell.querySelector(".cell-label"); if (lab) lab.textContent = label ? "Reviewer: " + words(label) : "Not reviewed";
+      Object.keys(c.differential || {}).forEach(function (k) { var td = document.getElementById("diff-" + k); if (td) td.textContent = c.differential[k]; });
+      var bp = document.getElementById("blast-percent");
+      if (bp) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
+      var nr = document.getElementById("cells-reviewed"); if (nr) nr.textContent = c.n_cells_reviewed;
+      say("Cell " + id + " saved as " + (label ? words(label) : "the AI suggests") + ". Blast percentage now " +
+          (c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %") + ".");
+      var cells = Array.prototype.slice.call(gallery.querySelectorAll("figure.cell"));
+      var next = cells[cells.indexOf(cell) + 1];
+      if (next && document.activeElement === cell) next.focus();
+    }).catch(function () { say("Not saved: the connection failed. Check that leukodx is still running, then try again.", true); });
+  }
+
+  if (gallery) {
+    gallery.querySelectorAll("form.cell-form").forEach(function (form) {
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        saveCell(form.closest("figure.cell"), form.querySelector("select").value);
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------------------------------------ uploads
   var zone = document.getElementById("dropzone");
   if (!zone) return;
   var input = document.getElementById("file-input");
@@ -48,8 +239,29 @@
   var maxFiles = parseInt(zone.dataset.maxFiles, 10);
   var okTypes = /^(image\/(jpeg|png|tiff|bmp|x-ms-bmp)|)$/;
   var queue = [], running = 0, succeeded = 0, PARALLEL = 2;
+  var KEEP = "leukodx-upload-problems-" + caseId;
 
   function pct(x) { return Math.round(x * 100) + " %"; }
+
+  // files that were not added stay listed, with their reasons, after the page reloads (until dismissed)
+  function kept() { try { return JSON.parse(sessionStorage.getItem(KEEP) || "[]"); } catch (e) { return []; } }
+  function keep(name, text) { var k = kept(); k.push({ name: name, text: text }); sessionStorage.setItem(KEEP, JSON.stringify(k)); }
+  function showKept() {
+    var k = kept();
+    if (!k.length) return;
+    k.forEach(function (p) {
+      var li = document.createElement("li"); li.className = "failed";
+      var n = document.createElement("span"); n.className = "uname"; n.textContent = p.name;
+      var s = document.createElement("span"); s.className = "ustate"; s.textContent = p.text;
+      li.append(n, s); list.append(li);
+    });
+    var li = document.createElement("li"); li.className = "kept-note";
+    var b = document.createElement("button"); b.type = "button"; b.className = "small-button"; b.textContent = "Clear this list";
+    b.addEventListener("click", function () { sessionStorage.removeItem(KEEP); list.querySelectorAll("li.failed, li.kept-note").forEach(function (x) { x.remove(); }); });
+    var t = document.createElement("span"); t.textContent = k.length + " file(s) above were not added (from your last upload). ";
+    li.append(t, b); list.append(li);
+  }
+  showKept();
 
   function item(file) {
     var li = document.createElement("li");
@@ -58,12 +270,13 @@
     bar.setAttribute("aria-label", "Upload of " + file.name);
     var state = document.createElement("span"); state.className = "ustate"; state.textContent = "Waiting…";
     li.append(name, bar, state); list.append(li);
-    return { li: li, bar: bar, state: state };
+    return { li: li, bar: bar, state: state, name: file.name };
   }
 
   function fail(ui, message) {
-    ui.li.className = "failed"; ui.bar.remove();
+    ui.li.className = "failed"; if (ui.bar.parentNode) ui.bar.remove();
     ui.state.textContent = "Not added: " + message;
+    keep(ui.name, ui.state.textContent);
   }
 
   function message(xhr) {
@@ -85,7 +298,8 @@
     if (!running && !queue.length && succeeded) {
       var note = document.createElement("li"); note.className = "done";
       note.textContent = "All uploads finished. Showing the results…"; list.append(note);
-      setTimeout(function () { window.location.assign("/cases/" + caseId + "?done=uploaded&n=" + Date.now() + "#fields-h"); }, 400);
+      succeeded = 0;
+      setTimeout(function () { window.location.assign("/cases/" + caseId + "?done=uploaded&n=" + Date.now() + "#review"); }, 400);
     }
   }
 
@@ -93,6 +307,8 @@
     running++;
     var xhr = new XMLHttpRequest();
     var form = new FormData(); form.append("files", job.file, job.file.name);
+    var amend = document.getElementById("upload-amendment");
+    if (amend && amend.value.trim()) form.append("amendment_reason", amend.value.trim());
     xhr.open("POST", "/api/v1/cases/" + caseId + "/images");
     xhr.setRequestHeader("X-CSRF-Token", csrf);
     xhr.setRequestHeader("Accept", "application/json");
@@ -100,12 +316,16 @@
     xhr.upload.onprogress = function (e) { if (e.lengthComputable) job.ui.bar.value = Math.round(100 * e.loaded / e.total); };
     xhr.upload.onload = function () { job.ui.bar.value = 100; job.ui.state.textContent = "Analysing…"; };
     xhr.onload = function () {
-      if (xhr.status === 201) {
+      if (xhr.status === 201 || xhr.status === 200) {
         var body = JSON.parse(xhr.responseText), f = body.added[0];
-        job.ui.li.className = "done";
-        job.ui.state.textContent = "Done — AI suggests " + (f.label || "nothing (unreadable)") +
-          (f.label ? " (" + pct(f.confidence) + ")" : "") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag : "");
-        succeeded++;
+        if (f) {
+          job.ui.li.className = "done";
+          job.ui.state.textContent = "Done — AI suggests " + (f.label || "nothing (unreadable)") +
+            (f.label ? " (" + pct(f.confidence) + ")" : "") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
+          succeeded++;
+        } else {
+          fail(job.ui, (body.skipped[0] || {}).reason || "the image is already in this case.");
+        }
       } else { fail(job.ui, message(xhr)); }
       running--; next();
     };
@@ -115,6 +335,12 @@
 
   function add(files) {
     files = Array.prototype.slice.call(files);
+    var amend = document.getElementById("upload-amendment");
+    if (amend && !amend.value.trim()) {
+      files.forEach(function (file) { fail(item(file), "this case is signed off. Type the reason for the amendment above, then add the file again."); });
+      amend.focus();
+      return;
+    }
     if (files.length > maxFiles) {
       var li = document.createElement("li"); li.className = "failed";
       li.textContent = files.length + " files chosen; only " + maxFiles + " are taken at once. The first " + maxFiles + " are being added; add the rest afterwards.";

@@ -301,3 +301,106 @@ def test_old_fields_get_their_cells_from_the_stored_result(web):
     assert [c["id"] for c in stored] == [c["id"] for c in case["fields"][0]["cells"]]
     assert [c["ai_label"] for c in stored] == [c["ai_label"] for c in case["fields"][0]["cells"]]
     assert all(c["label"] is None and c["reviewed_by"] is None for c in stored)
+
+
+# --- the pages ---------------------------------------------------------------------------------------------
+
+def csrf_of(client) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', client.get("/cases").text).group(1)
+
+
+def test_a_double_submit_of_the_new_case_form_makes_one_case(web):
+    client, _, _, app = web
+    login(client)
+    page = client.get("/cases").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    token = re.search(r'name="form_token" value="([^"]+)"', page).group(1)
+    form = {"reference": "S-DOUBLE", "specimen": "Peripheral blood", "stain": "Giemsa", "csrf_token": csrf,
+            "form_token": token}
+    first = client.post("/cases", data=form, follow_redirects=False)
+    second = client.post("/cases", data=form, follow_redirects=False)
+    assert first.status_code == second.status_code == 303
+    assert second.headers["location"] == first.headers["location"].split("?")[0]
+    with app.state.ctx.sessions() as db:
+        assert db.scalar(select(func.count()).select_from(select(Field.id).subquery())) == 0
+        from leukodx.web.db import Case
+
+        rows = db.scalars(select(Case)).all()
+    assert [(c.reference, c.stain) for c in rows] == [("S-DOUBLE", "Giemsa")]
+
+
+def test_the_new_case_form_warns_about_a_duplicate_reference_and_keeps_the_input(web):
+    client, clin, _, app = web
+    first = new_case(client, clin, "S-2026-0007")
+    login(client)
+    csrf = csrf_of(client)
+    r = client.post("/cases", data={"reference": "S-2026-0007", "note": "second smear?", "csrf_token": csrf})
+    assert r.status_code == 409 and "same smear reference" in r.text and f'href="/cases/{first}"' in r.text
+    assert "second smear?" in r.text and 'name="confirm_duplicate"' in r.text
+    r = client.post("/cases", data={"reference": "S-2026-0007", "csrf_token": csrf, "confirm_duplicate": "yes"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+
+
+def test_signed_off_case_page_refuses_a_silent_change_and_loses_nothing(web):
+    client, clin, _, _ = web
+    cid, case = case_with_fields(client, clin, n=1)
+    fid = case["fields"][0]["id"]
+    login(client)
+    csrf = csrf_of(client)
+    r = client.post(f"/cases/{cid}/review", data={"label": "Pre", "note": "", "csrf_token": csrf})
+    assert r.status_code == 422 and "I have seen these warnings" in r.text  # a field is still unreviewed
+    r = client.post(f"/cases/{cid}/review", data={"label": "Pre", "csrf_token": csrf, "acknowledge": "yes"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert "this case is locked" in page and "Reason for the amendment" in page and "Any clinician may amend" in page
+    r = client.post(f"/cases/{cid}/fields/{fid}/review",
+                    data={"label": "Benign", "note": "reactive lymphocytes", "csrf_token": csrf})
+    assert r.status_code == 409 and "is locked" in r.text and "reactive lymphocytes" in r.text
+    r = client.post(f"/cases/{cid}/fields/{fid}/review", follow_redirects=False, data={
+        "label": "Benign", "note": "reactive lymphocytes", "amendment_reason": "second look", "csrf_token": csrf})
+    assert r.status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert "Amendment 1" in page and "second look" in page
+    report = client.get(f"/cases/{cid}/report").text
+    assert "Amendment 1" in report and "second look" in report and "Haematology laboratory" in report
+
+
+def test_the_cell_gallery_shows_every_crop_and_takes_a_class(web):
+    client, clin, _, _ = web
+    cid, case = case_with_fields(client, clin, n=2)
+    login(client)
+    page = client.get(f"/cases/{cid}").text
+    cells = [(f["id"], c) for f in case["fields"] for c in f["cells"]]
+    for fid, c in cells:
+        assert f'id="cell-{fid}-{c["id"]}"' in page and f'href="?field={fid}&amp;cell={c["id"]}#viewer"' in page
+        crop = client.get(f"/cases/{cid}/fields/{fid}/cells/{c['id']}.png")
+        assert crop.status_code == 200 and crop.headers["content-type"] == "image/png"
+    assert ("No AI suggestion" in page) == any(c["ai_label"] is None for _, c in cells)
+    assert "Keyboard shortcuts" in page and "of 2 fields reviewed" in page
+    fid, c = cells[0]
+    r = client.post(f"/cases/{cid}/fields/{fid}/cells", data={"cell_id": c["id"], "label": "monocyte",
+                                                               "csrf_token": csrf_of(client)}, follow_redirects=False)
+    assert r.status_code == 303
+    got = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
+    assert got["differential"]["monocyte"] == 1 and got["fields"][0]["cells"][0]["reviewed_by"] == "alice"
+    assert client.get(f"/cases/{cid}/fields/{fid}/cells/9999.png").status_code == 404
+    assert TestClient(client.app).get(f"/cases/{cid}/fields/{fid}/cells/{c['id']}.png",
+                                      follow_redirects=False).status_code == 303  # to the login page
+
+
+def test_the_case_summary_takes_the_clinicians_field_calls_into_account(web):
+    client, clin, _, _ = web
+    cid, case = case_with_fields(client, clin, n=3)
+    assert case["reviewed_fields_label"] is None
+    other = "Benign" if case["ai"]["label"] != "Benign" else "Pro"
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"fields": [
+        {"field_id": f["id"], "decision": "override", "label": other} for f in case["fields"]]})
+    assert r.json()["reviewed_fields_label"] == other and r.json()["ai"]["label"] == case["ai"]["label"]
+    login(client)
+    page = client.get(f"/cases/{cid}").text
+    mark = page.index('id="reviewed-call"')
+    assert f"cls-{other.lower()}" in page[mark:mark + 200]
+    select = page[page.index('id="case-label"'):page.index("</select>", page.index('id="case-label"'))]
+    assert f'value="{other}" selected' in select  # the sign-off starts from the reviewer's field calls

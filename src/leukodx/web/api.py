@@ -180,6 +180,8 @@ class CaseOut(BaseModel):
     n_cells: int = 0
     n_cells_reviewed: int = 0
     n_fields_reviewed: int | None = None
+    reviewed_fields_label: str | None = Field(
+        default=None, description="The case rule over the fields with the reviewer's field calls taken into account.")
     warnings: list[str] = Field(default=[], description="What to look at before signing off; a duplicate reference.")
     fields: list[FieldOut] = []
 

@@ -514,6 +514,7 @@ def case_dict(case: Case, with_fields: bool = True) -> dict:
     if with_fields:
         d["fields"] = [field_dict(f) for f in case.fields]
         d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
+        d["reviewed_fields_label"] = reviewed_summary(None, case).label if d["n_fields_reviewed"] else None
         d["warnings"] = sign_off_warnings(case)
     return d
 

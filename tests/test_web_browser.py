@@ -32,7 +32,8 @@ def launch(p):
 
 @pytest.fixture()
 def server(tmp_path):
-    app = create_app(Settings(database_url=database_url_for(tmp_path / "browser.db")), analyzer=FakeAnalyzer())
+    app = create_app(Settings(database_url=database_url_for(tmp_path / "browser.db"), lab_name="Lab Hematologi Uji"),
+                     analyzer=FakeAnalyzer(cell_labels=True))
     with app.state.ctx.sessions() as db:
         add_user(db, "clara", "clara-password", "clinician")
         db.commit()
@@ -86,64 +87,117 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
 
         # upload two fields: one chosen with the file picker, one dragged and dropped
         page.locator("#file-input").set_input_files(str(first))
-        expect(page.locator("article.field")).to_have_count(1, timeout=20_000)
+        expect(page.locator(".thumbs li")).to_have_count(1, timeout=20_000)
         drop_file(page, "field-two.jpg", field_bytes("Pro", 12, size=160))
-        expect(page.locator("article.field")).to_have_count(2, timeout=20_000)
+        expect(page.locator(".thumbs li")).to_have_count(2, timeout=20_000)
 
-        # a file that only pretends to be an image is refused with a message saying what to do
+        # a file that only pretends to be an image is refused with a message saying what to do, and the same
+        # image again is skipped; both stay listed, with their reasons, after the page updates
         bad = tmp_path / "not-really.jpg"
         bad.write_bytes(b"this is a text file")
-        page.locator("#file-input").set_input_files(str(bad))
-        expect(page.locator("#uploads li.failed")).to_contain_text("Not added: Not an image")
-        expect(page.locator("#uploads li.failed")).to_contain_text("Use JPEG, PNG, TIFF or BMP")
+        page.locator("#file-input").set_input_files([str(bad), str(first)])
+        expect(page.locator("#uploads li.failed")).to_have_count(2, timeout=20_000)
         page.reload()
-        expect(page.locator("article.field")).to_have_count(2)
+        problems = page.locator("#uploads li.failed")
+        expect(problems).to_have_count(2)
+        expect(problems.filter(has_text="not-really.jpg")).to_contain_text("Use JPEG, PNG, TIFF or BMP")
+        expect(problems.filter(has_text="field-one.jpg")).to_contain_text("already a field of this case")
+        expect(page.locator(".thumbs li")).to_have_count(2)
+        page.get_by_role("button", name="Clear this list").click()
+        expect(page.locator("#uploads li.failed")).to_have_count(0)
 
-        # results: class, confidence bar, outlined cells and count, heat-map toggle
-        field = page.locator("article.field").first
-        expect(field.locator(".cls").first).to_be_visible()
-        expect(field.locator(".conf-fill")).to_be_visible()
-        assert int(field.locator(".count").inner_text()) >= 1
-        fill = field.locator(".conf-fill").element_handle()
-        frac = page.evaluate("(el) => el.getBoundingClientRect().width / el.parentElement.clientWidth", fill)
-        shown = int(field.locator(".conf-val").inner_text().split()[0])
-        assert abs(frac * 100 - shown) <= 1.5, (frac, shown)  # the bar is as long as the number says
-        img = field.locator("img")
-        overlay_src = img.get_attribute("src")
-        field.get_by_role("button", name="Heat map").click()
-        expect(field.get_by_role("button", name="Heat map")).to_have_attribute("aria-pressed", "true")
-        assert img.get_attribute("src") != overlay_src
-        # the heat map is computed on first view, then shown
-        page.wait_for_function("(el) => el.complete && el.naturalWidth > 0", arg=img.element_handle(), timeout=20_000)
-        expect(field.locator(".img-status")).to_have_text("")
-        expect(page.get_by_role("heading", name="Case summary")).to_be_visible()
+        # the viewer: a large image, zoom, the heat map with its legend, side by side
+        expect(page.get_by_role("heading", name=re.compile(r"^Field 1 of 2"))).to_be_visible()
+        expect(page.locator("#reviewed-count")).to_have_text("0 of 2 fields reviewed")
+        view = page.locator("#view-img")
+        assert view.bounding_box()["height"] >= 500, view.bounding_box()  # not a 270-px thumbnail
+        before = page.locator("#zoom-level").inner_text()
+        page.get_by_role("button", name="Zoom in").click()
+        assert page.locator("#zoom-level").inner_text() != before
+        expect(page.locator("#heat-legend")).to_be_hidden()
+        page.get_by_role("button", name="Heat map").click()
+        expect(page.get_by_role("button", name="Heat map")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#heat-legend")).to_be_visible()
+        page.wait_for_function("(el) => el.complete && el.naturalWidth > 0 && el.src.includes('heatmap')",
+                               arg=view.element_handle(), timeout=20_000)
+        expect(page.locator("#view-status")).to_have_text("")
+        page.get_by_role("button", name="Side by side").click()
+        expect(page.locator("#pane-side")).to_be_visible()
+        expect(page.locator("text=Keyboard shortcuts")).to_be_visible()
 
-        # override the AI's call for the first field, with a note
-        ai_label = field.locator(".call .cls").inner_text().strip()
-        other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != ai_label)
-        field.get_by_label("Your call for this field").select_option(other)
-        field.get_by_label("Note").fill("Nucleoli not convincing")
-        expect(field.get_by_role("button", name=f"Override to {other}")).to_be_visible()
-        field.get_by_role("button", name=f"Override to {other}").click()
+        # keyboard review: 2 picks "Early", Enter saves and moves to the next field; k goes back
+        page.locator("body").press("2")
+        expect(page.locator("#field-label")).to_have_value("Early")
+        page.locator("#field-label").press("Enter")
         expect(page.get_by_text("Your decision for the field was saved.")).to_be_visible()
-        first_field = page.locator("article.field").first
-        expect(first_field.get_by_text("Overridden to")).to_be_visible()
-        expect(first_field.locator(".call .cls")).to_have_text(ai_label)  # the AI's output is kept
+        expect(page.get_by_role("heading", name=re.compile(r"^Field 2 of 2"))).to_be_visible()
+        expect(page.locator("#reviewed-count")).to_have_text("1 of 2 fields reviewed")
+        page.locator("body").press("k")
+        expect(page.get_by_role("heading", name=re.compile(r"^Field 1 of 2"))).to_be_visible()
+        expect(page.locator(".review-box .signed").first).to_contain_text("Overridden to")
 
-        # sign off the case
+        # the cell gallery: every leukocyte's crop, grouped by class; reclassify one with a key
+        with app.state.ctx.sessions() as db:
+            from leukodx.web.db import Field
+
+            n_cells = sum(len(f.cells) for f in db.query(Field).all())
+        cells = page.locator("figure.cell")
+        expect(cells).to_have_count(n_cells)
+        page.wait_for_function("() => [...document.querySelectorAll('figure.cell img')].every(i => "
+                               "(i.scrollIntoView(), true))")
+        page.wait_for_function("() => [...document.querySelectorAll('figure.cell img')].every(i => "
+                               "i.complete && i.naturalWidth > 0)", timeout=20_000)
+        cells.first.focus()
+        cells.first.press("m")
+        expect(page.locator("#gallery-status")).to_contain_text("saved as Monocyte")
+        expect(page.locator("#diff-monocyte")).to_have_text("1")
+        page.reload()
+        expect(page.locator("h3.gallery-group", has_text="Monocyte")).to_be_visible()
+        # a crop leads to its place in the field
+        cells.first.locator("a").click()
+        expect(page).to_have_url(re.compile(r"\?field=\d+&cell=\d+#viewer$"))
+        expect(page.locator("rect.picked")).to_have_count(1)
+
+        # sign off: the page warns about the unreviewed field first
+        expect(page.locator("#sign-off-warnings")).to_contain_text("1 of 2 field(s) not reviewed")
         page.get_by_label("Final call").select_option("Pre")
         page.get_by_role("button", name=re.compile("^Sign off: ")).click()
+        expect(page.locator("#page-error")).to_contain_text("I have seen these warnings")
+        page.get_by_label("I have seen these warnings").check()
+        page.get_by_role("button", name=re.compile("^Sign off: ")).click()
         expect(page.get_by_text("The case is signed off.")).to_be_visible()
+        expect(page.locator("#locked-note")).to_contain_text("this case is locked")
 
-        # the printable report
+        # an amendment: a cell of the signed-off case needs a reason, then is kept as amendment 1
+        cell = page.locator("figure.cell").first
+        cell.focus()
+        cell.press("b")
+        expect(page.locator("#gallery-status")).to_contain_text("type the reason for the amendment")
+        page.locator("#cells-amendment").fill("Second look: nucleoli present")
+        cell.focus()
+        cell.press("b")
+        expect(page.locator("#gallery-status")).to_contain_text("saved as Blast")
+        page.reload()
+        expect(page.locator("#amendments")).to_contain_text("Amendment 1")
+        expect(page.locator("#amendments")).to_contain_text("Second look: nucleoli present")
+
+        # the printable report: lab header, differential, amendments, reviewer per field
         page.get_by_role("link", name="Printable report").click()
         expect(page.get_by_role("heading", name="Blood smear review — S-2026-0042")).to_be_visible()
+        expect(page.locator("#lab-name")).to_have_text("Lab Hematologi Uji")
         expect(page.get_by_text("Reviewed and signed off in leukodx by")).to_be_visible()
+        expect(page.locator(".report-amendments")).to_contain_text("Second look: nucleoli present")
+        expect(page.locator(".report-diff")).to_contain_text("Blast percentage")
         assert page.locator("img.thumb").count() == 2
         assert page.evaluate("() => [...document.querySelectorAll('img.thumb')].every(i => i.naturalWidth > 0)")
+        for code in ("out_of_distribution", "low_confidence", "overrideed"):
+            assert code not in page.content()
         page.emulate_media(media="print")
         assert not page.get_by_role("button", name="Print this report").is_visible()
         page.emulate_media(media="screen")
+
+        # Back after logging out shows the login page, not the case (no-store)
+        report_url = page.url
 
         # the case list and the CSV export
         page.goto(url + "/cases?status=reviewed")
@@ -154,6 +208,13 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         assert [r["reference"] for r in rows] == ["S-2026-0042"]
         assert rows[0]["review_label"] == "Pre" and rows[0]["n_fields"] == "2"
 
+        # log out from the report, then Back: the login page, not the report from the browser's cache
+        page.goto(report_url)
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(url + "/login")
+        page.go_back()
+        expect(page).to_have_url(re.compile(r"/login\?next=/cases/\d+/report"))
+        expect(page.get_by_role("heading", name=re.compile("Blood smear review"))).to_have_count(0)
         browser.close()
     assert errors == [], errors
     assert external == [], f"the pages asked for something outside the server: {external}"

@@ -16,7 +16,7 @@ from leukodx.data.synthetic import synthetic_field
 def analysis(tmp_path_factory):
     from leukodx.inference.pipeline import load_analyzer
 
-    train = [synthetic_field(c, 64, seed=s)[0] for c in ("Benign", "Early", "Pre", "Pro") for s in range(24)]
+    train = [synthetic_field(c, 224, seed=s)[0] for c in ("Benign", "Early", "Pre", "Pro") for s in range(24)]
     cdir, sdir = make_tiny_models(tmp_path_factory.mktemp("models"), ood_images=train)
     return load_analyzer(cdir, sdir, engine="torch", threads=1)
 
@@ -41,7 +41,7 @@ def test_result_fields_filled(analysis):
     assert r.heatmap is None and r.ood_score is not None
     for stage in ("decode", "classify", "segment", "instances", "total"):
         assert stage in r.timings_ms
-    assert r.size_note == "used as is (64x64)"
+    assert r.size_note.startswith("used as is (64x64)")  # a 64-px thumbnail: its scale is unknown
     d = r.to_dict()
     assert "mask" not in d and d["label"] == r.label
 
@@ -64,10 +64,11 @@ def test_any_size(analysis, shape):
     assert r.mask.shape == shape and r.instances.shape == shape and r.heatmap.shape == shape
     assert 0 <= r.heatmap.min() and r.heatmap.max() <= 1
     h, w = shape
-    if max(h, w) / min(h, w) > 1.25:
-        assert r.size_note.startswith(f"tiled {w}x{h}")
-    else:
-        assert r.size_note.startswith(f"resized from {w}x{h} to 64x64")
+    # the synthetic field (red cells ~19 px at 224) was stretched to `shape`: the analysis measures its red cells
+    # and resamples it back to the training scale before the models (1000x700: cells ~4x larger)
+    assert r.rbc_diameter_px is not None and r.scale_factor is not None and r.um_per_px is not None
+    assert 12 < r.rbc_diameter_px * r.scale_factor < 26, (r.rbc_diameter_px, r.scale_factor)
+    assert r.size_note.endswith(f"results returned at {w}x{h}"), r.size_note
     for c in r.cells:
         r0, c0, r1, c1 = c.bbox
         assert 0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w
@@ -118,14 +119,17 @@ def test_flags(analysis):
     a2.__dict__.update(analysis.__dict__)
     a2.low_confidence = 1.01
     a2.ood = type(analysis.ood)(None)
-    r = a2.analyze(synthetic_field("Benign", 64, seed=9)[0])
+    r = a2.analyze(synthetic_field("Benign", 224, seed=9)[0])
     assert r.flag == "low_confidence" and "below" in r.flag_reason
     a2.low_confidence = 0.0
-    assert a2.analyze(synthetic_field("Benign", 64, seed=9)[0]).flag == "ok"
+    assert a2.analyze(synthetic_field("Benign", 224, seed=9)[0]).flag == "ok"
+    # a thumbnail: too few pixels to measure its red cells, so its scale is unknown, and it says so
+    r = a2.analyze(synthetic_field("Benign", 64, seed=9)[0])
+    assert r.flag == "out_of_distribution" and "scale" in r.flag_reason and r.scale_factor is None
 
 
 def test_ood_in_distribution_mostly_ok(analysis):
-    imgs = [synthetic_field(c, 64, seed=500 + i)[0] for i, c in enumerate(("Benign", "Early", "Pre", "Pro") * 3)]
+    imgs = [synthetic_field(c, 224, seed=500 + i)[0] for i, c in enumerate(("Benign", "Early", "Pre", "Pro") * 3)]
     rs = analysis.analyze_many(imgs)
     assert sum(r.flag == "out_of_distribution" for r in rs) <= 4
 

@@ -66,6 +66,13 @@ def _wobbly_disc(yy, xx, cy, cx, r, amp, rng, angle_freqs=(3, 5)) -> np.ndarray:
 
 def synthetic_field(label: str, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic field of class `label`: (HxWx3 uint8 image, HxW bool leukocyte mask)."""
+    img, labels = synthetic_instances(label, size, seed)
+    return img, labels > 0
+
+
+def synthetic_instances(label: str, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`synthetic_field` with its exact instances: (image, HxW int32 labels, 0 = background, k = leukocyte k;
+    a later-drawn cell covers an earlier one where they touch)."""
     if label not in MORPHOLOGY:
         raise ValueError(f"unknown class {label!r}; choose from {', '.join(MORPHOLOGY)}")
     rng = np.random.default_rng(seed)
@@ -86,7 +93,7 @@ def synthetic_field(label: str, size: int = 224, seed: int = 0) -> tuple[np.ndar
         img[disc] = 0.85 * colour[disc] + 0.15 * img[disc]
 
     # leukocytes
-    mask = np.zeros((size, size), bool)
+    labels = np.zeros((size, size), np.int32)
     n_cells = int(rng.integers(1, 4))
     centres: list[tuple[float, float, float]] = []
     touching = rng.random() < 0.4
@@ -122,11 +129,11 @@ def synthetic_field(label: str, size: int = 224, seed: int = 0) -> tuple[np.ndar
             oy, ox = ny + np.sin(a) * d, nx + np.cos(a) * d
             nucleolus = ((yy - oy) ** 2 + (xx - ox) ** 2 <= m.nucleolus_radius**2) & nucleus
             img[nucleolus] = stain["nucleolus"]
-        mask |= cell
+        labels[cell] = k + 1
 
     img = ndi.gaussian_filter(img, sigma=(0.7, 0.7, 0))
     img += rng.normal(0, 3.0, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), mask
+    return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
 def segmented_view(img: np.ndarray, mask: np.ndarray) -> np.ndarray:

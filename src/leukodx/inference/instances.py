@@ -230,10 +230,12 @@ def _renumber(lab: np.ndarray) -> np.ndarray:
     return lut[lab]
 
 
-def _split_per_component(mask: np.ndarray, base: dict | None) -> np.ndarray:
-    """`split_instances` with its parameters scaled to the mask, run on each connected component's padded
-    bounding box: the same cells (the split is local to a component), several times faster."""
-    params = scaled_params(mask.shape, base=base)
+def _split_per_component(mask: np.ndarray, base: dict | None, at_reference: bool = False) -> np.ndarray:
+    """`split_instances` with its parameters scaled to the mask (as they are with `at_reference`), run on each
+    connected component's padded bounding box: the same cells (the split is local to a component), faster."""
+    b = {**DEFAULT_PARAMS, **(base or {})}
+    params = scaled_params((b["reference_side"],) * 2, base=base) if at_reference else scaled_params(mask.shape,
+                                                                                                       base=base)
     comp, n = ndi.label(mask, structure=_EIGHT)
     out = np.zeros(mask.shape, np.int32)
     h, w = mask.shape
@@ -253,18 +255,24 @@ def _split_per_component(mask: np.ndarray, base: dict | None) -> np.ndarray:
     return out
 
 
-def field_cells(mask: np.ndarray, base: dict | None = None) -> tuple[np.ndarray, list[CellInstance]]:
-    """The cells of a whole field's leukocyte mask, as the analysis pipeline counts them: parameters scaled to
-    the field's short side (`base`: a segmenter's ``thresholds.instances``); fields with a short side over
-    MAX_INSTANCE_SIDE are split on a downscaled mask and the labels mapped back. Returns (labels, cells)."""
+def field_cells(mask: np.ndarray, base: dict | None = None, at_reference: bool = False
+                ) -> tuple[np.ndarray, list[CellInstance]]:
+    """The cells of a whole field's leukocyte mask, as the analysis pipeline counts them (`base`: a segmenter's
+    ``thresholds.instances``). `at_reference`: the mask is at the training scale (red cells resampled to the
+    training fields' size), so the parameters hold as they are; else they are scaled to the field's short side
+    (a field of unknown scale). Fields with a short side over MAX_INSTANCE_SIDE are split on a downscaled mask
+    and the labels mapped back. Returns (labels, cells)."""
     from leukodx.inference.tiling import resize_float, resize_labels
 
     mask = _as_mask(mask)
     h, w = mask.shape
     scale = min(1.0, MAX_INSTANCE_SIDE / min(h, w))
     if scale == 1.0:
-        lab = _split_per_component(mask, base)
+        lab = _split_per_component(mask, base, at_reference)
     else:
         small = resize_float(mask.astype(np.float32), max(1, round(h * scale)), max(1, round(w * scale))) > 0.5
-        lab = _renumber(resize_labels(_split_per_component(small, base), h, w) * mask)
+        if at_reference:  # the downscaled mask is no longer at the training scale: scale the parameters with it
+            base = {**DEFAULT_PARAMS, **(base or {})}
+            base = {**base, "reference_side": base["reference_side"] / scale}
+        lab = _renumber(resize_labels(_split_per_component(small, base, at_reference), h, w) * mask)
     return lab, cells_from_labels(lab)

@@ -280,16 +280,16 @@ class OODScorer:
 
         return check_smear(rgb, self.rbc_diameter_224)
 
-    def check(self, feats: np.ndarray | None, tiles: Sequence[np.ndarray], rgb: np.ndarray | None = None
-              ) -> tuple[bool, str, float | None]:
+    def check(self, feats: np.ndarray | None, tiles: Sequence[np.ndarray], rgb: np.ndarray | None = None,
+              smear=None) -> tuple[bool, str, float | None]:
         """(flagged, reason, score) for one field: `feats` T x D and `tiles` T fields at model resolution;
         `rgb` the whole field at its own size (the smear check uses it when given, else the first tile).
         The reason says what is wrong and what to do. Score: the larger of the smear check's and the feature
         distance over its threshold (> 1 means flagged)."""
         field = rgb if rgb is not None else (tiles[0] if len(tiles) else None)
         score = None
-        if field is not None:
-            sm = self.smear(np.asarray(field))
+        if smear is not None or field is not None:
+            sm = smear if smear is not None else self.smear(np.asarray(field))
             if not sm.usable:
                 return True, f"{sm.reason} {sm.advice}", float(sm.score)
             score = float(sm.score)

@@ -9,8 +9,10 @@ It is the only route from an image to a result. `leukodx predict`, `leukodx eval
     >>> r.label, r.confidence, r.malignant_probability, r.cell_count, r.flag
     >>> case = analysis.summarize([r, ...])              # CaseSummary
 
-The steps: read (leukodx.data.images) -> tile (leukodx.inference.tiling) -> classify + segment (one engine per
-model, leukodx.inference.engines) -> cells (leukodx.inference.instances) -> flags -> case summary
+The steps: read (leukodx.data.images) -> smear check and red-cell scale (leukodx.inference.smear_check,
+leukodx.inference.scale) -> resample to the training scale and cut windows (leukodx.inference.tiling) -> classify +
+segment (one engine per model, leukodx.inference.engines) -> cells, at the training scale
+(leukodx.inference.instances) -> results mapped back to the field's own pixels -> flags -> case summary
 (leukodx.inference.summary). Either model may be left out (``Analysis(classifier_dir, None)``), which
 `evaluate` uses to score one model; the steps that run are the same.
 
@@ -35,10 +37,12 @@ from leukodx import MALIGNANT_CLASSES
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
+from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.models.model_config import WEIGHTS, ModelConfig, read_model_config
 
 if TYPE_CHECKING:
+    from leukodx.inference.cell_classifier import CellClassifier
     from leukodx.inference.gradcam import GradCAM
 
 __all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer", "softmax"]
@@ -66,8 +70,18 @@ class _Field:
     """One readable field on its way through the steps (private to the pipeline)."""
 
     result: FieldResult
-    rgb: np.ndarray
-    boxes: list[tiling.Box]
+    original: np.ndarray  # the field as read
+    prep: tiling.Prepared  # resampled to the training scale, padded, windows planned
+    smear: SmearCheck
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The working image the models see."""
+        return self.prep.work
+
+    @property
+    def boxes(self) -> list[tiling.Box]:
+        return self.prep.boxes
     tiles: list[np.ndarray] = field(default_factory=list)  # classifier inputs
     features: np.ndarray | None = None  # classifier penultimate features, one row per tile
     cams: np.ndarray | None = None  # class activation maps, tiles x classes x h x w (when the model exports them)
@@ -93,14 +107,16 @@ class ClassifierStage:
         return float(sum(p[i] for i, c in enumerate(self.classes) if c in MALIGNANT_CLASSES))
 
     def field_logits(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
-        """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature."""
-        tiles, owner, _ = tiling.cut_tiles(rgbs, self.size)
+        """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature; each
+        field resampled to the training scale as the analysis does."""
+        preps = [prepare_field(rgb)[0] for rgb in rgbs]
+        tiles, owner, _ = tiling.cut_tiles([p.work for p in preps], self.size, [p.boxes for p in preps])
         logits = self.engine.run(tiling.to_batch(tiles))["logits"].astype(np.float64)
         return np.stack([logits[owner == i].mean(0) for i in range(len(rgbs))])
 
     def run(self, fields: Sequence[_Field]) -> None:
         t0 = time.perf_counter()
-        tiles, owner, _ = tiling.cut_tiles([f.rgb for f in fields], self.size)
+        tiles, owner, _ = tiling.cut_tiles([f.rgb for f in fields], self.size, [f.boxes for f in fields])
         out = self.engine.run(tiling.to_batch(tiles))
         probs = softmax(out["logits"].astype(np.float64) / self.temperature)
         feats = out.get("features")
@@ -133,25 +149,46 @@ class SegmenterStage:
         self.mask_threshold = float(self.config.thresholds.mask)
         self.instance_params = self.config.thresholds.instances.as_base()
 
-    def probabilities(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Foreground probability per field, at the field's own size (tiles stitched back, overlaps averaged)."""
-        tiles, owner, boxes = tiling.cut_tiles(rgbs, self.size)
+    def probabilities(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None
+                      ) -> list[np.ndarray]:
+        """Foreground probability per image, at the image's own size (tiles stitched back, overlaps averaged).
+        `boxes`: the windows per image (the pipeline passes its working images' windows); by default tiles of
+        each image's short side, the images taken as they are (no red-cell scale)."""
+        tiles, owner, boxes = tiling.cut_tiles(rgbs, self.size, boxes)
         logits = self.engine.run(tiling.to_batch(tiles))["logits"]
         prob = 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float32)))
         return [tiling.stitch(prob[owner == fi], boxes[fi], *rgb.shape[:2]) for fi, rgb in enumerate(rgbs)]
 
     def run(self, fields: Sequence[_Field]) -> None:
-        from leukodx.inference.instances import field_cells
+        from leukodx.inference.instances import cells_from_labels, field_cells
 
         t0 = time.perf_counter()
-        probs = self.probabilities([f.rgb for f in fields])
+        probs = self.probabilities([f.rgb for f in fields], [f.boxes for f in fields])
         dt = (time.perf_counter() - t0) * 1000 / len(fields)
         for f, p in zip(fields, probs, strict=True):
             r = f.result
-            r.mask = p > self.mask_threshold
             r.timings_ms["segment"] = dt
             t1 = time.perf_counter()
-            r.instances, r.cells = field_cells(r.mask, self.instance_params)
+            vh, vw = f.prep.valid
+            work_mask = p[:vh, :vw] > self.mask_threshold
+            # cells are found at the training scale, where the instance parameters hold as they are
+            work_labels, work_cells = field_cells(work_mask, self.instance_params, at_reference=f.prep.known)
+            if f.prep.factor == 1.0:
+                r.mask, r.instances, r.cells = work_mask, work_labels, work_cells
+            else:
+                r.mask = tiling.to_original(p, f.prep) > self.mask_threshold
+                lab = tiling.labels_to_original(work_labels, f.prep) * r.mask
+                r.instances = lab.astype(np.int32)
+                r.cells = cells_from_labels(r.instances)
+                if len(r.cells) != len(work_cells):  # a cell lost to rounding at the original size: keep its count
+                    r.instances = tiling.labels_to_original(work_labels, f.prep)
+                    r.cells = cells_from_labels(r.instances)
+            um = r.um_per_px
+            h, w = r.instances.shape
+            for c in r.cells:
+                c.touches_border = c.bbox[0] == 0 or c.bbox[1] == 0 or c.bbox[2] == h or c.bbox[3] == w
+                if um:
+                    c.area_um2 = round(c.area_px * um * um, 1)
             r.cell_count = len(r.cells)
             r.timings_ms["instances"] = (time.perf_counter() - t1) * 1000
 
@@ -160,7 +197,7 @@ class Analysis:
     """The analysis pipeline (implements leukodx.inference.types.Analyzer). Create it with `load_analyzer`."""
 
     def __init__(self, classifier_dir: str | Path | None, segmenter_dir: str | Path | None, engine: str = "onnx",
-                 threads: int | None = None):
+                 threads: int | None = None, cell_classifier: str | Path | bool | None = None):
         from leukodx.cpus import usable_cores
         from leukodx.inference.ood import OODScorer
 
@@ -170,6 +207,12 @@ class Analysis:
         self.engine = engine
         self.classifier = ClassifierStage(classifier_dir, engine, self.threads) if classifier_dir else None
         self.segmenter = SegmenterStage(segmenter_dir, engine, self.threads) if segmenter_dir else None
+        self.cell_classifier: CellClassifier | None = None
+        if self.segmenter is not None and cell_classifier is not False:
+            from leukodx.inference.cell_classifier import CellClassifier
+
+            self.cell_classifier = CellClassifier.load(
+                cell_classifier if isinstance(cell_classifier, str | Path) else None)
         self.classes = self.classifier.classes if self.classifier else []
         self.ood = OODScorer(self.classifier.config.ood if self.classifier else None)
         self.low_confidence = self.classifier.low_confidence if self.classifier else 0.0
@@ -200,6 +243,8 @@ class Analysis:
             out["temperature"] = self.classifier.temperature
         if self.segmenter:
             out["mask_threshold"] = self.segmenter.mask_threshold
+        if self.cell_classifier is not None:
+            out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
         return out
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -237,12 +282,22 @@ class Analysis:
             return r
         except LeukodxError as exc:
             return FieldResult(path=label, label=None, flag="unreadable", flag_reason=exc.message)
-        h, w = rgb.shape[:2]
-        boxes = tiling.plan_tiles(h, w)
-        sizes = [s.size for s in (self.classifier, self.segmenter) if s is not None]
-        r = FieldResult(path=label, label=None, size_note=tiling.size_note(h, w, boxes, *sizes[:2]))
+        r = FieldResult(path=label, label=None)
         r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
-        return _Field(result=r, rgb=rgb, boxes=boxes)
+        t1 = time.perf_counter()
+        prep, smear = prepare_field(rgb, self.ood.rbc_diameter_224)
+        sc = smear.scale
+        if sc is not None:
+            r.rbc_diameter_px = None if sc.diameter_px is None else round(float(sc.diameter_px), 2)
+            r.rbc_confidence = round(float(sc.confidence), 3)
+            r.scale_factor = round(prep.factor, 5) if sc.known else None
+            r.um_per_px = None if sc.um_per_px is None else round(sc.um_per_px, 5)
+        sizes = [s.size for s in (self.classifier, self.segmenter) if s is not None]
+        r.size_note = tiling.size_note(prep, *sizes[:2])
+        if not prep.known:
+            r.size_note += " (scale unknown: the field was used at its own size)"
+        r.timings_ms["scale"] = (time.perf_counter() - t1) * 1000
+        return _Field(result=r, original=rgb, prep=prep, smear=smear)
 
     def _analyze_chunk(self, images, names, heatmap: bool) -> list[FieldResult]:
         read = [self._read(image, name) for image, name in zip(images, names, strict=True)]
@@ -252,6 +307,8 @@ class Analysis:
                 self.classifier.run(fields)
             if self.segmenter:
                 self.segmenter.run(fields)
+                if self.cell_classifier is not None:
+                    self._classify_cells(fields)
             if self.classifier:
                 self._quality(fields)
                 if heatmap:
@@ -262,11 +319,22 @@ class Analysis:
             r.timings_ms["total"] = round(sum(v for k, v in r.timings_ms.items() if k != "total"), 3)
         return results
 
+    def _classify_cells(self, fields: Sequence[_Field]) -> None:
+        """Each leukocyte's AI suggestion (blast or lymphocyte) from the cell-level model, in the field's pixels."""
+        assert self.cell_classifier is not None
+        for f in fields:
+            r = f.result
+            t0 = time.perf_counter()
+            if r.cells and r.instances is not None:
+                d = r.rbc_diameter_px if f.prep.known else None
+                self.cell_classifier.classify(f.original, r.instances, r.cells, d)
+            r.timings_ms["cells"] = (time.perf_counter() - t0) * 1000
+
     def _quality(self, fields: Sequence[_Field]) -> None:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
-            flagged, reason, score = self.ood.check(f.features, f.tiles, rgb=f.rgb) if self.ood.enabled else (
+            flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear) if self.ood.enabled else (
                 False, "", None)
             r.ood_score = None if score is None else round(float(score), 4)
             if flagged:
@@ -324,9 +392,16 @@ class Analysis:
                 except ModelError as exc:
                     self.heatmap_note = exc.message
                     continue
-            heat = tiling.stitch(cams, f.boxes, *f.rgb.shape[:2])
+            heat = tiling.to_original(tiling.stitch(cams, f.boxes, *f.rgb.shape[:2]), f.prep)
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
+
+
+def prepare_field(rgb: np.ndarray, rbc_diameter_224: float | None = None) -> tuple[tiling.Prepared, SmearCheck]:
+    """The smear check of a field (with its red-cell scale) and the field resampled to the training scale."""
+    smear = check_smear(rgb, rbc_diameter_224)
+    factor = smear.scale.factor if smear.scale is not None and smear.scale.known else None
+    return tiling.prepare(rgb, factor), smear
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -22,6 +22,8 @@ pixels of a 224-px field (the data's native size): the magnification the bundled
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -164,3 +166,57 @@ def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[
     if at_edge or peak < MIN_PEAK_RATIO:
         return None, conf if not at_edge else min(conf, 0.2)
     return float(2 * r_best * f), conf
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the field's scale: how the analysis resamples a field so that its red cells have the training fields' size
+
+REFERENCE_RBC_UM = 7.5  # a normal red cell's diameter in micrometres: the ruler every smear carries
+MIN_SCALE_CONFIDENCE = 0.55  # below this the red-cell estimate is not trusted (the smear check's no_cells rule)
+# magnification (red-cell diameter / the training fields' one) within which a field is used at its own pixel size:
+# the 1st-99th percentile of the training fields themselves is 0.82-1.34 (estimator spread and real cell-size
+# variation), and the classifier was trained with zoom 0.7-1.3, so resampling inside it would only add noise
+AS_IS_RANGE = (0.8, 1.35)
+SCALE_RANGE = (0.25, 6.0)  # outside: flagged, and the field is analysed as if its short side were 224 px
+FALLBACK_SIDE = 224  # the training fields' side: a field of unknown scale is resized so its short side is this
+
+
+@dataclass
+class FieldScale:
+    """How large a field's red cells are, and the resampling factor that brings them to the training size.
+
+    factor: working pixels per image pixel (1.0: used as is). known: the red-cell estimate was trusted and within
+    SCALE_RANGE; when not, `factor` maps the short side to FALLBACK_SIDE (the old rule) and `reason` says why.
+    """
+
+    diameter_px: float | None
+    confidence: float
+    factor: float
+    known: bool
+    magnification: float | None = None
+    reason: str = ""
+
+    @property
+    def um_per_px(self) -> float | None:
+        """Micrometres per image pixel, from red cells 7.5 um across (None when the scale is unknown)."""
+        return REFERENCE_RBC_UM / self.diameter_px if self.known and self.diameter_px else None
+
+
+def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, int],
+                reference: float = TRAINING_RBC_DIAMETER_224) -> FieldScale:
+    """The scale decision for a field of `shape` (H, W) whose red cells measure `diameter_px` (its own pixels)."""
+    h, w = int(shape[0]), int(shape[1])
+    fallback = FALLBACK_SIDE / max(1, min(h, w))
+    if diameter_px is None or confidence < MIN_SCALE_CONFIDENCE:
+        return FieldScale(diameter_px, confidence, fallback, False, None,
+                          "No red cells could be measured, so the field's magnification (its scale) could not be "
+                          "estimated.")
+    m = float(diameter_px) / float(reference)
+    if not SCALE_RANGE[0] <= m <= SCALE_RANGE[1]:
+        side = "smaller" if m < 1 else "larger"
+        return FieldScale(diameter_px, confidence, fallback, False, m,
+                          f"The red cells are {1 / m if m < 1 else m:.1f} times {side} than in the training fields "
+                          f"({diameter_px:.0f} px across instead of {reference:.0f} px), outside the "
+                          f"{SCALE_RANGE[0]:g}x-{SCALE_RANGE[1]:g}x the analysis can resample.")
+    factor = 1.0 if AS_IS_RANGE[0] <= m <= AS_IS_RANGE[1] else 1.0 / m
+    return FieldScale(diameter_px, confidence, factor, True, m)

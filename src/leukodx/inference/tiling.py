@@ -1,52 +1,111 @@
-"""How a field of any size becomes model inputs, and how model outputs go back to the field's pixels.
+"""How a field of any size and magnification becomes model inputs, and how model outputs go back to its pixels.
 
-A field is resized as a whole when it is square-ish (aspect ratio <= 1.25): its whole width and height map to
-the model input, as the training fields were prepared. A longer field (e.g. 640 x 480 from another camera) is
-**tiled** along its long side into the fewest square tiles of side = its short side that cover it (overlapping
-evenly), each resized to the model input. Per-pixel outputs are stitched back at the original resolution,
-averaged where tiles overlap. Resizing is PIL bilinear (antialiased when shrinking) everywhere: in `predict`,
-`evaluate`, `bench` and the web app alike.
+1. **Scale** (`prepare`): the field is resampled by its scale factor (leukodx.inference.scale.field_scale: red
+   cells brought to the training fields' 17 px; 1.0 for a field already at about that size) into the *working
+   image*. A working image with a side under WINDOW (224 px, the training fields' side) is mirror-padded to it.
+2. **Windows** (`plan_tiles`): along each axis, a working image up to WINDOW x SQUARE_ASPECT (280 px) long is one
+   span; a longer one is cut into the fewest WINDOW-px spans that cover it, overlapping evenly. Each window is
+   resized to the model input (a 224-px training field at 160 px, for instance), as the training fields were.
+3. **Back** (`stitch`, `to_original`): per-pixel outputs are stitched at the working resolution, averaged where
+   windows overlap, the padding cut off, and resized to the field's own pixels.
+
+A 224 x 224 field at the training magnification is one window, exactly as before scale handling; a 640 x 480
+field of another camera whose red cells are 4.5x larger becomes a 142 x 107 working image, padded to 224 x 224.
+Resizing is PIL bilinear (antialiased when shrinking) everywhere: in `predict`, `evaluate`, `bench` and the web app
+alike.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 SQUARE_ASPECT = 1.25
+WINDOW = 224  # px of the working image: the training fields' side
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 
 
-def plan_tiles(h: int, w: int) -> list[Box]:
-    """Boxes that cover an h x w field: the whole field when square-ish, else square tiles of side min(h, w)
-    spread evenly along the long side."""
-    if max(h, w) / min(h, w) <= SQUARE_ASPECT:
-        return [(0, 0, h, w)]
-    side, long = min(h, w), max(h, w)
-    n = math.ceil(long / side)
-    starts = [round(i * (long - side) / (n - 1)) for i in range(n)]
-    if w >= h:
-        return [(0, s, h, s + side) for s in starts]
-    return [(s, 0, s + side, w) for s in starts]
+def _spans(length: int, window: int) -> list[tuple[int, int]]:
+    if length <= window * SQUARE_ASPECT:
+        return [(0, length)]
+    n = math.ceil(length / window)
+    return [(round(i * (length - window) / (n - 1)), round(i * (length - window) / (n - 1)) + window) for i in range(n)]
 
 
-def size_note(h: int, w: int, boxes: Sequence[Box], size: Sequence[int], seg_size: Sequence[int] | None = None) -> str:
-    """How a field was fed to the models, e.g. "resized from 640x480 to 128x128 (classifier), 160x160
-    (segmenter); segmentation returned at 640x480"."""
+def plan_tiles(h: int, w: int, window: int = WINDOW) -> list[Box]:
+    """Windows that cover an h x w working image (row-major): one span per axis up to window x SQUARE_ASPECT,
+    else `window`-px spans spread evenly."""
+    return [(y0, x0, y1, x1) for y0, y1 in _spans(h, window) for x0, x1 in _spans(w, window)]
+
+
+@dataclass
+class Prepared:
+    """A field as the models see it: resampled by `factor` (working px per image px), then padded."""
+
+    work: np.ndarray  # the working image, H' x W' x 3 uint8, padded to at least WINDOW per side
+    factor: float
+    shape: tuple[int, int]  # the field's own (H, W)
+    valid: tuple[int, int]  # the working image's (H, W) before padding
+    boxes: list[Box]
+    known: bool = True  # False: the scale is unknown and the field is used at its own pixels
+
+
+def prepare(rgb: np.ndarray, factor: float | None = 1.0, window: int = WINDOW) -> Prepared:
+    """Resample `rgb` by `factor` (1.0: as is), mirror-pad it to at least `window` per side, plan its windows.
+
+    factor None (the field's scale is unknown): the field is used at its own pixels, in windows of its short side
+    (a square-ish field is one window; the rule before red-cell scale)."""
+    h, w = rgb.shape[:2]
+    if factor is None:
+        return Prepared(rgb, 1.0, (h, w), (h, w), plan_tiles(h, w, min(h, w)), known=False)
+    vh, vw = (h, w) if factor == 1.0 else (max(1, round(h * factor)), max(1, round(w * factor)))
+    work = resize_rgb(rgb, vh, vw)
+    ph, pw = max(0, window - vh), max(0, window - vw)
+    if ph or pw:
+        work = np.pad(work, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+    return Prepared(work, float(factor), (h, w), (vh, vw), plan_tiles(work.shape[0], work.shape[1], window))
+
+
+def to_original(a: np.ndarray, prep: Prepared) -> np.ndarray:
+    """A float map over the working image back onto the field's own pixels (padding cut off, resized)."""
+    vh, vw = prep.valid
+    return resize_float(np.ascontiguousarray(a[:vh, :vw]), *prep.shape)
+
+
+def labels_to_original(lab: np.ndarray, prep: Prepared) -> np.ndarray:
+    """An instance image over the working image back onto the field's own pixels (nearest neighbour)."""
+    vh, vw = prep.valid
+    return resize_labels(np.ascontiguousarray(lab[:vh, :vw]), *prep.shape)
+
+
+def size_note(prep: Prepared, size: Sequence[int], seg_size: Sequence[int] | None = None) -> str:
+    """How a field was fed to the models, e.g. "resampled x0.22 from 640x480 to 142x107 (red cells to the
+    training size), mirror-padded to 224x224; 1 window resized to 160x160; results returned at 640x480"."""
+    h, w = prep.shape
     mh, mw = int(size[0]), int(size[1])
     sizes = [(mh, mw)] if seg_size is None else [(mh, mw), (int(seg_size[0]), int(seg_size[1]))]
-    if all((h, w) == s for s in sizes):
-        return f"used as is ({w}x{h})"
     to = f"{mw}x{mh}" if len(sizes) == 1 or sizes[0] == sizes[1] else \
         f"{mw}x{mh} (classifier), {sizes[1][1]}x{sizes[1][0]} (segmenter)"
-    if len(boxes) == 1:
+    ph, pw = prep.work.shape[:2]
+    if prep.factor == 1.0 and (ph, pw) == (h, w) and (len(prep.boxes) == 1 or not prep.known):
+        if all((h, w) == s for s in sizes):
+            return f"used as is ({w}x{h})"
         return f"resized from {w}x{h} to {to}; segmentation returned at {w}x{h}"
-    side = min(h, w)
-    return (f"tiled {w}x{h} into {len(boxes)} overlapping {side}x{side} tiles along the long side, "
-            f"each resized to {to}; segmentation stitched at {w}x{h}")
+    vh, vw = prep.valid
+    parts = [] if prep.factor == 1.0 else [f"resampled x{prep.factor:.3g} from {w}x{h} to {vw}x{vh}"]
+    if (ph, pw) != (vh, vw):
+        parts.append(f"mirror-padded to {pw}x{ph}")
+    n = len(prep.boxes)
+    if prep.known:
+        parts.append(f"{n} window{'s' if n > 1 else ''} resized to {to}")
+    else:
+        side = min(h, w)
+        parts.append(f"tiled {w}x{h} into {n} overlapping {side}x{side} tiles, each resized to {to}")
+    return "; ".join(parts) + f"; results returned at {w}x{h}"
 
 
 def resize_rgb(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -72,17 +131,18 @@ def to_batch(tiles: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def cut_tiles(rgbs: Sequence[np.ndarray], size: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray,
-                                                                       list[list[Box]]]:
-    """Every field's tiles resized to the model input: (tiles, owner field of each tile, boxes per field)."""
+def cut_tiles(rgbs: Sequence[np.ndarray], size: Sequence[int], boxes: Sequence[list[Box]] | None = None
+              ) -> tuple[list[np.ndarray], np.ndarray, list[list[Box]]]:
+    """Every field's tiles resized to the model input: (tiles, owner field of each tile, boxes per field).
+    `boxes`: the windows per field (a `Prepared`'s); by default tiles of each image's short side."""
     mh, mw = int(size[0]), int(size[1])
     tiles: list[np.ndarray] = []
     owner: list[int] = []
     boxes_per_field: list[list[Box]] = []
     for fi, rgb in enumerate(rgbs):
-        boxes = plan_tiles(*rgb.shape[:2])
-        boxes_per_field.append(boxes)
-        for (y0, x0, y1, x1) in boxes:
+        boxes_i = boxes[fi] if boxes is not None else plan_tiles(rgb.shape[0], rgb.shape[1], min(rgb.shape[:2]))
+        boxes_per_field.append(boxes_i)
+        for (y0, x0, y1, x1) in boxes_i:
             tiles.append(resize_rgb(rgb[y0:y1, x0:x1], mh, mw))
             owner.append(fi)
     return tiles, np.asarray(owner, dtype=np.int64), boxes_per_field

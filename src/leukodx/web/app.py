@@ -152,8 +152,8 @@ class Timeout:
 class SecurityHeaders:
     """No third-party anything: scripts, styles and images only from this server, no inline script or style,
     never in a frame. Pages and API answers are `Cache-Control: no-store` (Back after logging out must not show a
-    case from the browser's cache); only the static assets and the (private, content-addressed) images may be
-    kept by the browser."""
+    case from the browser's cache), and so are the smear images, overlays and cell crops: they are patient data on
+    what is often a shared clinic PC. Only the static assets (/static/) may be kept by the browser."""
 
     HEADERS = [
         (b"content-security-policy",
@@ -164,7 +164,7 @@ class SecurityHeaders:
         (b"referrer-policy", b"no-referrer"),
     ]
     NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
-    CACHEABLE = ("/static/", "/files/")
+    CACHEABLE = ("/static/",)
 
     def __init__(self, app):
         self.app = app
@@ -173,7 +173,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        extra = self.HEADERS + ([] if path.startswith(self.CACHEABLE) or path.endswith(".png") else self.NO_STORE)
+        extra = self.HEADERS + ([] if path.startswith(self.CACHEABLE) else self.NO_STORE)
 
         async def add_headers(message):
             if message["type"] == "http.response.start":

@@ -262,4 +262,4 @@ async def cell_crop(request: Request, case_id: CaseId, field_id: CaseId, cell_id
     if cell is None or path is None:
         return Response("No such cell.", status_code=404, media_type="text/plain")
     png = await run_in_threadpool(cell_logic.crop_png, path, cell["bbox"])
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -30,4 +30,4 @@ def stored_file(request: Request, name: str, db: Db):
     if path is None:
         return Response("No such file.", status_code=404, media_type="text/plain")
     return FileResponse(path, media_type=MEDIA_TYPES[name.rsplit(".", 1)[1]],
-                        headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
+                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})

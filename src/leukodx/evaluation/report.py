@@ -307,6 +307,10 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
             sm = shifted_models.get(name)
             if shift and sm is not None:
                 sections.append(("lab-shifted", sm))
+            if key == "segmentation":  # the study's references, then the repaired ones
+                sections = [(f"{label}, HSV references", s) for label, s in sections] + [
+                    (f"{label}, repaired references", s.get("repaired_references")) for label, s in sections
+                    if s.get("repaired_references")]
             parts.append(_metric_table(sections, rows))
             for extra in ("missing_masks_note", "count_note", "roc_auc_note", "unreadable_note", "mask_size_note"):
                 if m.get(extra):

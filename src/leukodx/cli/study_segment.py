@@ -48,6 +48,12 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is faster when "
                                            "other jobs share the cores). [default: PyTorch's]"),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
+        config: Path | None = typer.Option(None, "--config", help="YAML recipe shared by every run (e.g. "
+                                           "benchmarks/configs/segment-lite0-unet.yaml); --archs and the flags "
+                                           "given override it."),
+        references: str | None = typer.Option(None, "--references", help="original (HSV masks) or repaired."),
+        pretrained: str | None = typer.Option(None, "--pretrained", help="ImageNet encoder weights, e.g. "
+                                              "efficientnet_lite0 (with unet:tf_efficientnet_lite0)."),
     ) -> None:
         if threads:
             import torch
@@ -59,8 +65,10 @@ def register(app: typer.Typer) -> None:
         flags = {"preset": preset, "base_channels": base_channels, "depth": depth, "encoder": encoder,
                  "image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment,
                  "patience": patience, "mask_threshold": mask_threshold, "max_train_images": max_train_images,
-                 "max_val_images": max_val_images, "workers": workers, "device": device}
+                 "max_val_images": max_val_images, "workers": workers, "device": device, "references": references,
+                 "pretrained": pretrained}
         result = run_segmentation_study(data, names, seeds, out, base_flags=flags, evaluate_shift=shift_lab,
+                                        config=config,
                                         log_fn=lambda m: err_console.print(m, highlight=False, markup=False))
         console.print((out / "table.md").read_text(), highlight=False)
         console.print(f"{len(result['runs'])} runs in {result['wall_seconds']:.0f} s -> {out}/results.json",

@@ -320,7 +320,8 @@ def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder:
         TimmEncoder(encoder, in_channels, depth, freeze_stages)
     neck = None
     if fpn:
-        neck = FPNGelu(enc.out_channels, fpn_channels or max(16, 4 * base_channels))
+        # a timm encoder's first features are narrow (EfficientNet-Lite0: 16-320): 64 FPN channels, not 4 x base
+        neck = FPNGelu(enc.out_channels, fpn_channels or (64 if encoder else max(16, 4 * base_channels)))
     if out_stride not in (1, 2, 4):
         raise ModelError(f"out_stride must be 1, 2 or 4, not {out_stride!r}.",
                          "1 predicts every pixel; 2 predicts at half resolution and upsamples (faster).")

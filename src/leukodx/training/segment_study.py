@@ -145,10 +145,12 @@ def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
 
 
 def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flags: dict, evaluate_shift: bool = False,
-                           log_fn=None, test_seed: int = 0) -> dict:
+                           log_fn=None, test_seed: int = 0, config=None) -> dict:
     """Train every (arch, seed) on one common group-aware test set; DIR/results.json, DIR/table.md, plots.
 
-    `base_flags` are train-segment settings (as for resolve_segment_config) shared by every run. Each seed draws its
+    `base_flags` are train-segment settings (as for resolve_segment_config) shared by every run, over the YAML
+    file `config` (a recipe such as benchmarks/configs/segment-lite0-unet.yaml) when given; `archs` override its
+    arch. Each seed draws its
     own train/val split of the remaining fields (make_split(common_test=True)). Runs already finished in
     DIR/runs/ (their metrics.json exists) are read back, not retrained.
     """
@@ -167,6 +169,9 @@ def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flag
 
     require_masks(load_dataset(data), data)
     t0 = time.perf_counter()
+    settings = {**base_flags, "config": str(config) if config else None}
+    if config:
+        settings["config_contents"] = Path(config).read_text()
     runs: list[dict] = []
     test_paths = None
     for seed in range(seeds):
@@ -188,7 +193,7 @@ def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flag
                 log(f"[{name}] already done, read back")
                 runs.append(_run_record(arch, seed, run_dir, cfgj, mj, hist))
                 continue
-            cfg = resolve_segment_config(None, **{**base_flags, "data": str(data), "out": str(run_dir), "arch": arch,
+            cfg = resolve_segment_config(config, **{**base_flags, "data": str(data), "out": str(run_dir), "arch": arch,
                                                  "seed": seed, "quiet": True})
             log(f"[{name}] training ({cfg.epochs} epochs max, {cfg.image_size} px, {cfg.arch_kwargs})")
             res = train_segmenter(cfg, split=SplitInfo(rows, summary), log_fn=lambda m, n=name: log(f"[{n}] {m}"),
@@ -197,8 +202,8 @@ def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flag
             if res.get("test_metrics"):
                 log(f"[{name}] {res['train_seconds']:.0f} s training, {res['wall_seconds']:.0f} s in all; "
                     + _summary_line("test", res["test_metrics"]))
-            _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
-    result = _write_study(out, data, archs, seeds, runs, base_flags, time.perf_counter() - t0, test_paths)
+            _write_study(out, data, archs, seeds, runs, settings, time.perf_counter() - t0, test_paths)
+    result = _write_study(out, data, archs, seeds, runs, settings, time.perf_counter() - t0, test_paths)
     result["plots"] = _study_plots(out, runs, result["summary"])
     (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     return result

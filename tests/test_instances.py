@@ -128,3 +128,22 @@ def test_real_reference_masks_give_sensible_counts(real_data):
             assert n_split >= n_ref  # splitting only ever separates touching cells
             assert n_split <= 80
     assert any(n > 0 for n, _ in counts)
+
+
+def test_close_radius_joins_the_lobes_of_one_cell_but_not_two_cells():
+    """A lobed nucleus (three lobes 2-3 px apart) is one cell once its gaps are closed; two touching round cells
+    of a blast's size stay two."""
+    from leukodx.inference.instances import close_gaps, field_cells
+
+    def count(mask, r):
+        return len(field_cells(mask, {"min_distance": 14, "close_radius": r}, at_reference=True)[1])
+
+    yy, xx = np.mgrid[0:80, 0:80]
+    lobes = np.zeros((80, 80), bool)
+    # lobes 9 px across, 3 px apart (a neutrophil at the training scale, red cells 17 px)
+    for cy, cx in ((40, 28), (40, 40), (40, 52)):
+        lobes |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 4.5**2
+    assert count(lobes, 0.0) == 3 and count(lobes, 2.0) == 1
+    assert (close_gaps(lobes, 0.0) == lobes).all() and close_gaps(lobes, 2.0).sum() > lobes.sum()
+    two = ((yy - 40) ** 2 + (xx - 28) ** 2 <= 11**2) | ((yy - 40) ** 2 + (xx - 50) ** 2 <= 11**2)  # touching blasts
+    assert count(two, 2.0) == 2

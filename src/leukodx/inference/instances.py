@@ -32,8 +32,10 @@ REFERENCE_SIDE = 224  # the field side the defaults are tuned for
 _EIGHT = np.ones((3, 3), bool)
 
 
+CLOSE_RADIUS = 0.0  # px: a binary closing with a disc of this radius first joins pieces of one cell
+
 DEFAULT_PARAMS = {"min_area": MIN_AREA, "min_distance": MIN_DISTANCE, "h": H, "max_hole": MAX_HOLE,
-                  "reference_side": REFERENCE_SIDE}
+                  "reference_side": REFERENCE_SIDE, "close_radius": CLOSE_RADIUS}
 MAX_INSTANCE_SIDE = 1024  # px: larger fields are counted on a downscaled mask, labels mapped back
 
 
@@ -43,7 +45,8 @@ def scaled_params(shape: tuple[int, int], reference_side: int = REFERENCE_SIDE, 
     b = {**DEFAULT_PARAMS, **(base or {})}
     s = min(shape[:2]) / float(b.get("reference_side", reference_side))
     return {"min_area": max(1, round(b["min_area"] * s * s)), "min_distance": max(1, round(b["min_distance"] * s)),
-            "h": b["h"] * s, "max_hole": round(b["max_hole"] * s * s)}
+            "h": b["h"] * s, "max_hole": round(b["max_hole"] * s * s),
+            "close_radius": float(b.get("close_radius", 0.0)) * s}
 
 
 def _as_mask(mask) -> np.ndarray:
@@ -130,17 +133,35 @@ def _merge_small_pieces(labels: np.ndarray, min_area: int) -> np.ndarray:
             return labels
 
 
+def close_gaps(mask, radius: float) -> np.ndarray:
+    """A binary closing with a disc of `radius` px (nothing below 0.5 px): gaps up to ~2 x radius joined."""
+    mask = _as_mask(mask)
+    if radius < 0.5 or not mask.any():
+        return mask
+    k = int(np.ceil(radius)) + 1
+    return ndi.binary_closing(np.pad(mask, k), structure=_disc(radius))[k:-k, k:-k]
+
+
+def _disc(r: float) -> np.ndarray:
+    k = int(np.ceil(r))
+    yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
+    return yy * yy + xx * xx <= r * r + 1e-6
+
+
 def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DISTANCE, h: float = H,
-                    max_hole: int = MAX_HOLE) -> tuple[np.ndarray, list[CellInstance]]:
+                    max_hole: int = MAX_HOLE, close_radius: float = CLOSE_RADIUS) -> tuple[np.ndarray,
+                                                                                             list[CellInstance]]:
     """Label single cells in a leukocyte mask (bool HxW).
 
+    With `close_radius` > 0 the mask is first closed with a disc of that radius (pieces of one cell a few px
+    apart, such as the lobes of a neutrophil's nucleus, joined); the watershed then splits what is two cells.
     Returns (labels int32 HxW with 0 = background and 1..n the cells, [CellInstance]), cells numbered in
     raster order of their first pixel. Areas are in pixels of the cleaned mask (small holes filled).
     """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    full = clean_mask(mask, min_area, max_hole)
+    full = clean_mask(close_gaps(mask, close_radius), min_area, max_hole)
     labels_full = np.zeros(full.shape, np.int32)
     if not full.any():
         return labels_full, []
@@ -236,6 +257,7 @@ def _split_per_component(mask: np.ndarray, base: dict | None, at_reference: bool
     b = {**DEFAULT_PARAMS, **(base or {})}
     params = scaled_params((b["reference_side"],) * 2, base=base) if at_reference else scaled_params(mask.shape,
                                                                                                        base=base)
+    mask = close_gaps(mask, params.pop("close_radius", 0.0))  # before the components: it joins separate pieces
     comp, n = ndi.label(mask, structure=_EIGHT)
     out = np.zeros(mask.shape, np.int32)
     h, w = mask.shape

@@ -39,10 +39,11 @@ class InstanceParams(BaseModel):
     h: float = 2.0
     max_hole: int = 150
     reference_side: int = 224
+    close_radius: float = 0.0  # px: gaps up to twice this are closed first (the lobes of one nucleus joined)
 
     def as_base(self) -> dict:
         return {"min_area": self.min_area, "min_distance": self.min_distance, "h": self.h,
-                "max_hole": self.max_hole, "reference_side": self.reference_side}
+                "max_hole": self.max_hole, "reference_side": self.reference_side, "close_radius": self.close_radius}
 
 
 class Thresholds(BaseModel):

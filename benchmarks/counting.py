@@ -102,8 +102,8 @@ def synthetic_set(analysis, n: int) -> dict:
     return {k: summarize(v) | {"_rows": v} for k, v in out.items()}
 
 
-def test_rows(split: Path, limit: int | None) -> list[dict]:
-    rows = [r for r in csv.DictReader(split.open()) if r["split"] == "test"]
+def test_rows(split: Path, limit: int | None, subset: str = "test") -> list[dict]:
+    rows = [r for r in csv.DictReader(split.open()) if r["split"] == subset]
     return rows[:limit] if limit else rows
 
 
@@ -114,7 +114,7 @@ def read_pair(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     return rgb, repaired_reference(rgb, hsv)[0]
 
 
-def real_sets(analysis, data: Path, split: Path, limit: int | None) -> dict:
+def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str = "test") -> dict:
     from leukodx.evaluation.shift import lab_shift
 
     sets: dict[str, list[dict]] = {"held_out": [], "rescaled_x0.5": [], "rescaled_x2": [], "rescaled_x3": [],
@@ -122,7 +122,7 @@ def real_sets(analysis, data: Path, split: Path, limit: int | None) -> dict:
     agree = {k: 0 for k in ("rescaled_x0.5", "rescaled_x2", "rescaled_x3")}
     per_class: dict[str, list[dict]] = {}
     rng = np.random.default_rng(0)
-    rows = test_rows(split, limit)
+    rows = test_rows(split, limit, subset)
     for i, row in enumerate(rows):
         rgb, ref_mask = read_pair(data, row["path"])
         ref = reference_labels(ref_mask)
@@ -189,18 +189,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--classifier", type=Path)
     ap.add_argument("--segmenter", type=Path)
-    ap.add_argument("--limit", type=int, help="At most N test fields.")
+    ap.add_argument("--limit", type=int, help="At most N fields of --subset.")
+    ap.add_argument("--subset", default="test", choices=("test", "val"),
+                    help="Rows of --split to count on: test (the report) or val (choosing parameters).")
+    ap.add_argument("--instances", type=json.loads, help='JSON overrides of the segmenter\'s thresholds.instances, '
+                    'e.g. \'{"close_radius": 2, "min_distance": 12}\' (choose them on --subset val).')
     ap.add_argument("--synthetic", type=int, default=48, help="Synthetic fields (each at 4 scales).")
     ap.add_argument("--synthetic-only", action="store_true")
     args = ap.parse_args()
     t0 = time.perf_counter()
     mach = machine()
     analysis = load_analyzer(args.classifier, args.segmenter)
+    if args.instances and analysis.segmenter is not None:
+        analysis.segmenter.instance_params = {**analysis.segmenter.instance_params, **args.instances}
     sets = {f"synthetic_{k}": v for k, v in synthetic_set(analysis, args.synthetic).items()}
     if not args.synthetic_only:
         if args.data is None or not (args.data / "Original").is_dir():
             raise SystemExit("--data must be a folder with Original/ and Segmented/ (or use --synthetic-only).")
-        sets.update(real_sets(analysis, args.data, args.split, args.limit))
+        sets.update(real_sets(analysis, args.data, args.split, args.limit, args.subset))
     d = analysis.describe()
     res = {"command": "python benchmarks/counting.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"

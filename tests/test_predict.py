@@ -27,7 +27,7 @@ def junk_folder(tmp_path):
     (d / "a").mkdir(parents=True)
     (d / "b").mkdir()
     for i, sub in enumerate(("a", "b")):  # same file name in two folders
-        Image.fromarray(synthetic_field("Benign", 64, seed=i)[0]).save(d / sub / "field.jpg")
+        Image.fromarray(synthetic_field("Benign", 224 if i == 0 else 64, seed=i)[0]).save(d / sub / "field.jpg")
     Image.fromarray(synthetic_field("Pre", 96, seed=5)[0]).convert("L").save(d / "grey.png")
     (d / "notes.txt").write_text("not an image, not an image name")
     (d / "fake.jpg").write_text("not really a JPEG")
@@ -68,11 +68,17 @@ def test_predict_junk_folder(models, junk_folder, tmp_path):
         assert int(r["cell_count"]) >= 0
         assert (out / r["overlay"]).is_file() and (out / r["heatmap"]).is_file()
     assert rows["a/field.jpg"]["overlay"] != rows["b/field.jpg"]["overlay"]  # no collision
+    # the 224-px field's red cells are measured (the scale it was analysed at); the 64-px one is too small
+    assert 12 < float(rows["a/field.jpg"]["rbc_diameter_px"]) < 26 and float(rows["a/field.jpg"]["scale_factor"]) > 0
+    assert rows["b/field.jpg"]["scale_factor"] == "" and "scale" in rows["b/field.jpg"]["flag_reason"]
     doc = json.loads((out / "predictions.json").read_text())
     assert doc["case"]["n_fields"] == 8 and doc["case"]["n_analysed"] == 3
     assert doc["case"]["flags"]["unreadable"] == 5 and doc["case"]["needs_review"]
     assert any(s.endswith("notes.txt") for s in doc["skipped"])
     assert len(doc["fields"]) == 8
+    a = next(f for f in doc["fields"] if f["path"].endswith("a/field.jpg"))
+    assert a["um_per_px"] == pytest.approx(7.5 / a["rbc_diameter_px"], rel=1e-3)
+    assert all("touches_border" in c and "ai_label" in c for c in a["cells"])
 
 
 def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):

@@ -113,7 +113,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         (out / "heatmaps").mkdir(exist_ok=True)
     classes = analysis.classes
     columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score"] + [
-        f"prob_{c}" for c in classes] + ["analysis_ms"]
+        f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px"]
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     results: list[dict] = []
     all_results: list[FieldResult] = []
@@ -154,7 +154,10 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
             for r, fut in rows_futs:
                 ov, hm = fut.result() if fut is not None else ("", "")
                 row: dict[str, object] = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason,
-                                          "size_note": r.size_note, "overlay": ov, "heatmap": hm}
+                                          "size_note": r.size_note, "overlay": ov, "heatmap": hm,
+                                          "rbc_diameter_px": "" if r.rbc_diameter_px is None else r.rbc_diameter_px,
+                                          "scale_factor": "" if r.scale_factor is None else r.scale_factor,
+                                          "um_per_px": "" if r.um_per_px is None else r.um_per_px}
                 if r.label is not None:
                     row.update({"label": r.label, "confidence": f"{r.confidence:.4f}",
                                 "malignant_probability": f"{r.malignant_probability:.4f}",

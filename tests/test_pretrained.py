@@ -191,3 +191,41 @@ def test_train_classify_records_the_weights(tmp_path):
     code, msg = _cli(["train", "classify", "--data", str(data), "--out", str(tmp_path / "y"), "--pretrained",
                       "efficientnet_lite7", "--quiet"])
     assert code == 2 and "Known names: efficientnet_lite0, efficientnet_lite1, efficientnet_lite2" in msg
+
+
+@need_lite0
+def test_segmenter_encoder_gets_the_imagenet_weights_strictly_and_frozen_stages_stay():
+    """--pretrained efficientnet_lite0 on unet:tf_efficientnet_lite0: every encoder tensor comes from the package
+    (the classifier head of the weights is not used); frozen stages keep them and their batch-norm statistics."""
+    from leukodx.models.registry import create_model
+    from leukodx.training.segment import ENCODER_UNUSED, load_encoder_weights
+
+    model = create_model("segment", "unet", encoder="tf_efficientnet_lite0", out_stride=2, freeze_stages=3)
+    rec = load_encoder_weights(model, "efficientnet_lite0")
+    w = P.PRETRAINED["efficientnet_lite0"]
+    raw = P.map_package_state(P.read_state_dict(w.file()), w.depths)
+    own = model.encoder.body.state_dict()
+    assert rec["n_loaded"] == len(own)
+    for k, v in own.items():
+        assert torch.equal(v, raw[k]), k
+    assert all(k.startswith(ENCODER_UNUSED) for k in raw if k not in own)
+    stem = model.encoder.body.conv_stem.weight
+    assert not stem.requires_grad and model.encoder.body.blocks[3][0].conv_pw.weight.requires_grad
+    model.train()
+    assert not model.encoder.body.bn1.training and model.encoder.body.blocks[3].training
+    before = model.encoder.body.bn1.running_mean.clone()
+    model(torch.rand(2, 3, 64, 64) * 255)
+    assert torch.equal(before, model.encoder.body.bn1.running_mean)  # ImageNet statistics kept
+    assert model(torch.rand(1, 3, 64, 96) * 255).shape == (1, 1, 64, 96)  # out_stride 2, upsampled back
+
+
+@need_lite0
+def test_encoder_weights_on_the_wrong_encoder_say_what_to_use():
+    from leukodx.models.registry import create_model
+    from leukodx.training.segment import load_encoder_weights
+
+    with pytest.raises(ModelError) as e:
+        load_encoder_weights(create_model("segment", "unet", base_channels=4, depth=2), "efficientnet_lite0")
+    assert "unet:tf_efficientnet_lite0" in e.value.hint
+    with pytest.raises(ModelError):
+        create_model("segment", "unet", base_channels=4, depth=2, freeze_stages=2)

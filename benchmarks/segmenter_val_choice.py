@@ -50,7 +50,7 @@ def main() -> None:
         stage = SegmenterStage(mdir)
         t0 = time.perf_counter()
         acc = {(ref, sh, t): [0, 0] for ref in ("hsv", "repaired") for sh in ("in", "shift") for t in THRESHOLDS}
-        for i, row in enumerate(rows):
+        for row in rows:
             rgb = np.asarray(Image.open(args.data / row["path"]).convert("RGB"))
             seg = args.data / row["path"].replace("Original/", "Segmented/", 1)
             hsv = np.asarray(Image.open(seg).convert("L")) > 128

@@ -85,6 +85,11 @@ class AnalysisResult(BaseModel):
     flag: str = Field(description="ok, low_confidence, out_of_distribution or unreadable.")
     flag_reason: str = ""
     size_note: str = ""
+    rbc_diameter_px: float | None = Field(default=None, description="Estimated red-cell diameter in the image's "
+                                          "pixels; null when no red cells could be measured.")
+    scale_factor: float | None = Field(default=None, description="The image was resampled by this before the "
+                                       "models (red cells to the training size); null when its scale is unknown.")
+    um_per_px: float | None = Field(default=None, description="Micrometres per pixel, from red cells 7.5 um across.")
     ood_score: float | None = None
     cells: list[Cell] = []
     timings_ms: dict[str, float] = {}

@@ -47,7 +47,7 @@ def shrink(rgb: np.ndarray, result, max_side: int):
                                          heatmap=resized(result.heatmap, smooth, np.float32))
 
 
-def _outline(labels: np.ndarray, width: int = 1) -> np.ndarray:
+def outline(labels: np.ndarray, width: int = 1) -> np.ndarray:
     """Boundary pixels of an instance label image (or a bool mask)."""
     lab = labels.astype(np.int64)
     edge = np.zeros(lab.shape, bool)
@@ -108,7 +108,7 @@ def overlay_image(rgb: np.ndarray, result) -> Image.Image:
     labels = result.instances if result.instances is not None else result.mask
     if labels is not None and labels.shape == img.shape[:2]:
         width = max(1, round(min(img.shape[:2]) / 224))
-        img[_outline(labels, width)] = OUTLINE
+        img[outline(labels, width)] = OUTLINE
     pil = Image.fromarray(img)
     draw = ImageDraw.Draw(pil)
     font = _font(max(10, min(img.shape[:2]) // 20))

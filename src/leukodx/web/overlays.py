@@ -26,13 +26,7 @@ def _png(a: np.ndarray) -> bytes:
 
 def outline_mask(labels: np.ndarray) -> np.ndarray:
     """The outer boundary pixels of every instance (a one-pixel line on the cell's edge)."""
-    lab = labels.astype(np.int64)
-    edge = np.zeros(lab.shape, bool)
-    edge[:-1, :] |= lab[:-1, :] != lab[1:, :]
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    return edge & (lab > 0)
+    return render.outline(labels, 1)
 
 
 def overlay_png(rgb: np.ndarray, result, max_side: int = 1024) -> bytes:

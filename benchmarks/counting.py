@@ -114,9 +114,22 @@ def read_pair(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
     return rgb, repaired_reference(rgb, hsv)[0]
 
 
-def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str = "test") -> dict:
+def other_camera(rgb: np.ndarray, ref_mask: np.ndarray, rng: np.random.Generator, shift_seed: int):
+    """Another lab's camera imitated from a 224-px field: a random 4:3 crop (168 x 126) enlarged 3.8x to 640 x 480,
+    then the synthetic lab shift (seed `shift_seed`). Returns (image, its reference mask)."""
     from leukodx.evaluation.shift import lab_shift
 
+    y0, x0 = int(rng.integers(0, 224 - 126 + 1)), int(rng.integers(0, 224 - 168 + 1))
+    crop, crop_ref = rgb[y0:y0 + 126, x0:x0 + 168], ref_mask[y0:y0 + 126, x0:x0 + 168]
+    big = np.asarray(Image.fromarray(crop).resize((640, 480), Image.Resampling.BICUBIC))
+    shifted = lab_shift(big, shift_seed)
+    big = shifted[0] if isinstance(shifted, tuple) else shifted
+    big_ref = np.asarray(Image.fromarray(crop_ref.astype(np.uint8) * 255).resize((640, 480),
+                                                                                  Image.Resampling.BILINEAR)) > 127
+    return big, big_ref
+
+
+def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str = "test") -> dict:
     sets: dict[str, list[dict]] = {"held_out": [], "rescaled_x0.5": [], "rescaled_x2": [], "rescaled_x3": [],
                                    "other_camera": []}
     agree = {k: 0 for k in ("rescaled_x0.5", "rescaled_x2", "rescaled_x3")}
@@ -136,14 +149,7 @@ def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str 
             r = analysis.analyze(x)
             sets[key].append(score_field(r, resize_labels(ref, x.shape[:2])))
             agree[key] += int(r.cell_count == base.cell_count)
-        # another camera: a 4:3 crop, 3.8x larger, another lab's colours
-        y0, x0 = int(rng.integers(0, 224 - 126 + 1)), int(rng.integers(0, 224 - 168 + 1))
-        crop, crop_ref = rgb[y0:y0 + 126, x0:x0 + 168], ref_mask[y0:y0 + 126, x0:x0 + 168]
-        big = np.asarray(Image.fromarray(crop).resize((640, 480), Image.Resampling.BICUBIC))
-        shifted = lab_shift(big, 10_000 + i)
-        big = shifted[0] if isinstance(shifted, tuple) else shifted
-        big_ref = np.asarray(Image.fromarray(crop_ref.astype(np.uint8) * 255).resize((640, 480),
-                                                                                      Image.Resampling.BILINEAR)) > 127
+        big, big_ref = other_camera(rgb, ref_mask, rng, 10_000 + i)
         r = analysis.analyze(big)
         sets["other_camera"].append(score_field(r, reference_labels(big_ref, 640 / 168)))
         if (i + 1) % 50 == 0:

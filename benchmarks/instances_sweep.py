@@ -19,12 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from counting import read_pair, reference_labels, test_rows  # noqa: E402
+from counting import other_camera, read_pair, reference_labels, test_rows  # noqa: E402
 
-from leukodx.evaluation.shift import lab_shift  # noqa: E402
 from leukodx.inference import tiling  # noqa: E402
 from leukodx.inference.instances import cells_from_labels, field_cells  # noqa: E402
 from leukodx.inference.pipeline import SegmenterStage, prepare_field  # noqa: E402
@@ -61,12 +59,7 @@ def main() -> None:
         rgb, ref = read_pair(args.data, row["path"])
         m, prep = work_mask(stage, rgb)
         fields["val"].append((m, prep, reference_labels(ref)))
-        y0, x0 = int(rng.integers(0, 224 - 126 + 1)), int(rng.integers(0, 224 - 168 + 1))
-        big = np.asarray(Image.fromarray(rgb[y0:y0 + 126, x0:x0 + 168]).resize((640, 480), Image.Resampling.BICUBIC))
-        shifted = lab_shift(big, 10_000 + i)
-        big = shifted[0] if isinstance(shifted, tuple) else shifted
-        big_ref = np.asarray(Image.fromarray(ref[y0:y0 + 126, x0:x0 + 168].astype(np.uint8) * 255).resize(
-            (640, 480), Image.Resampling.BILINEAR)) > 127
+        big, big_ref = other_camera(rgb, ref, rng, 10_000 + i)
         m, prep = work_mask(stage, big)
         fields["val_other_camera"].append((m, prep, reference_labels(big_ref, 640 / 168)))
     base = dict(stage.instance_params)

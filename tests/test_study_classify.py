@@ -25,6 +25,25 @@ def test_mean_std_and_table():
     assert "| a | sgdc | 3 | 90.00 ± 10.00 |" in table and "| b | sgdc | 1 | 50.00 ± 0.00 |" in table
 
 
+def test_paired_comparison_pairs_on_the_other_keys():
+    from leukodx.evaluation.study import paired_comparison, paired_table
+
+    runs = [{"arch": "a", "strategy": st, "seed": k, "acc": v}
+            for st, vals in (("sgdc", [0.90, 0.92, 0.91]), ("per-class", [0.80, 0.83, 0.80])) for k, v in enumerate(vals)]
+    runs.append({"arch": "a", "strategy": "sgdc", "seed": 9, "acc": 0.1})  # no partner: left out
+    c = paired_comparison(runs, "strategy", ("acc",))
+    assert c["difference"] == "sgdc - per-class" and c["n_pairs"] == 3 and c["paired_on"] == ["arch", "seed"]
+    m = c["metrics"]["acc"]
+    assert m["differences"] == pytest.approx([0.10, 0.09, 0.11]) and m["mean"] == pytest.approx(0.10)
+    assert m["beyond_seed_noise"] is True and m["p_value"] < 0.01
+    noisy = [{"arch": "a", "strategy": st, "seed": k, "acc": v}
+             for st, vals in (("sgdc", [0.90, 0.80, 0.85]), ("per-class", [0.85, 0.86, 0.83])) for k, v in enumerate(vals)]
+    n = paired_comparison(noisy, "strategy", ("acc",))["metrics"]["acc"]
+    assert n["beyond_seed_noise"] is False
+    assert "| acc |" in paired_table(c, ("acc",), percent=("acc",)) and "+10.00" in paired_table(c, ("acc",), ("acc",))
+    assert paired_comparison([r for r in runs if r["strategy"] == "sgdc"], "strategy", ("acc",)) is None
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from leukodx.data.synthetic import make_synthetic_dataset
@@ -36,6 +55,38 @@ def study(tmp_path_factory):
     results = run_classification_study(data, ["smearnet"], ["sgdc", "per-class"], 2, out, overrides=overrides,
                                        command="test", log=lambda m: None)
     return data, out, results, overrides
+
+
+def test_runs_are_scored_through_the_pipeline_and_under_lab_shift(study):
+    data, out, results, overrides = study
+    for r in results["runs"]:
+        scores = json.loads((out / "runs" / r["run"] / "scores.json").read_text())
+        assert scores["engine"] == "torch" and scores["lab_shift"]["same_as"].startswith("leukodx evaluate --shift lab")
+        assert r["n_test"] == scores["in_distribution"]["n_images"] == scores["lab_shifted"]["n_images"] > 0
+        for k in ("accuracy", "balanced_accuracy", "ece", "flag_rate"):
+            assert 0.0 <= r[k] <= 1.0 and 0.0 <= r[f"lab_{k}"] <= 1.0
+        assert r["lab_confusion_matrix"] and r["trainer_test_accuracy"] is not None
+    # the shifted fields differ from the originals, so at least one run's probabilities move
+    assert any(r["lab_ece"] != r["ece"] for r in results["runs"])
+    paired = {c["factor"]: c for c in results["paired"]}
+    assert set(paired) == {"strategy"} and paired["strategy"]["n_pairs"] == 2
+    assert paired["strategy"]["metrics"]["balanced_accuracy"]["n"] == 2
+    table = (out / "table.md").read_text()
+    assert "Under lab shift" in table and "sgdc - per-class" in table
+
+
+def test_reference_models_are_scored_beside_the_runs(study, tmp_path):
+    from leukodx.training.study import run_classification_study
+
+    data, out, results, overrides = study
+    ref = out / "runs" / results["runs"][0]["run"]
+    again = run_classification_study(data, ["smearnet"], ["sgdc", "per-class"], 2, out, overrides=overrides,
+                                     log=lambda m: None, reference_models=[ref])
+    (row,) = again["references"]
+    own = json.loads((ref / "scores.json").read_text())["in_distribution"]
+    assert row["balanced_accuracy"] == own["balanced_accuracy"] and row["engine"] == "torch"
+    assert row["test_fields_in_its_train_or_val"] == 0  # its own split held the common test set out
+    assert "For reference" in (out / "table.md").read_text()
 
 
 def test_study_writes_results_table_and_plots(study):

@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
     @app.command("classify", help=(
         "The study's classification comparison: every architecture x split strategy x seed, each run scored on "
         "ONE common group-aware test set; mean ± std over seeds; DIR/results.json, DIR/table.md and plots.\n\n"
+        "Every run is scored through the analysis pipeline on the test fields as they are and under lab shift "
+        "(as `evaluate --shift lab`); factors with two levels are compared paired over seeds.\n\n"
         "Example (reduced CPU scale):\n\n  leukodx study classify --data DATA --archs inception_resnet_v2,nasnetalarge "
         "--strategies sgdc,per-class --seeds 3 --image-size 96 --epochs 1 --max-train-images 64 --out study/"))
     def classify(
@@ -39,6 +41,9 @@ def register(app: typer.Typer) -> None:
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
         test_seed: int = typer.Option(0, "--test-seed", help="Seed of the common test set."),
+        reference_model: list[Path] = typer.Option([], "--reference-model", help="A model directory scored beside the "
+                                                   "runs on the same test fields (repeatable), e.g. the bundled "
+                                                   "src/leukodx/assets/classifier."),
     ) -> None:
         from leukodx.errors import LeukodxError
         from leukodx.training.study import run_classification_study
@@ -54,5 +59,5 @@ def register(app: typer.Typer) -> None:
         run_classification_study(
             data, arch_list, [s.strip() for s in strategies.split(",") if s.strip()], seeds, out, preset=preset,
             config_yaml=config, overrides=overrides, test_seed=test_seed,
-            command="leukodx " + " ".join(sys.argv[1:]),
+            command="leukodx " + " ".join(sys.argv[1:]), reference_models=list(reference_model),
             log=lambda m: err_console.print(m, highlight=False, soft_wrap=True, markup=False))

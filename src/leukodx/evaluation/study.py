@@ -87,3 +87,59 @@ def bar_plot(rows: list[dict], runs: list[dict], by: Sequence[str], metric: str,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def paired_comparison(runs: list[dict], factor: str, metrics: Sequence[str], levels: Sequence[str] | None = None,
+                      alpha: float = 0.05) -> dict | None:
+    """Level A minus level B of `factor` (e.g. "strategy": sgdc - per-class), paired on every other key of the
+    runs that matter (arch, strategy, seed minus `factor`): per-pair differences, their mean and std, and a
+    two-sided paired t-test over the pairs. "beyond_seed_noise" is p < alpha; with 3 pairs the test needs a mean
+    difference about 4.3 standard errors from zero, so a small real difference can still read as noise.
+    None when the factor has fewer than two levels."""
+    from scipy import stats
+
+    keys = [k for k in ("arch", "strategy", "seed") if k != factor]
+    found = list(dict.fromkeys(r[factor] for r in runs))
+    levels = list(levels or found[:2])
+    if len(levels) < 2 or len(found) < 2:
+        return None
+    a_level, b_level = levels[0], levels[1]
+    by_key = {(r[factor], tuple(r.get(k) for k in keys)): r for r in runs}
+    pairs = [(by_key[(a_level, k)], by_key[(b_level, k)]) for (lvl, k) in by_key if lvl == a_level
+             and (b_level, k) in by_key]
+    out: dict = {"factor": factor, "a": a_level, "b": b_level, "difference": f"{a_level} - {b_level}",
+                 "paired_on": keys, "n_pairs": len(pairs), "alpha": alpha,
+                 "pairs": [{k: pa.get(k) for k in keys} for pa, _ in pairs], "metrics": {}}
+    for name in metrics:
+        d = [float(pa[name]) - float(pb[name]) for pa, pb in pairs
+             if pa.get(name) is not None and pb.get(name) is not None]
+        m, s, n = mean_std(d)
+        p = None
+        if n >= 2 and s:
+            p = float(stats.ttest_rel([float(pa[name]) for pa, _ in pairs], [float(pb[name]) for _, pb in pairs]).pvalue)
+        elif n >= 2:  # identical differences: zero spread, the test is undefined
+            p = 0.0 if m else 1.0
+        out["metrics"][name] = {"differences": d, "mean": m, "std": s, "n": n, "p_value": p,
+                                "beyond_seed_noise": None if p is None else bool(p < alpha)}
+    return out
+
+
+def paired_table(comparison: dict, metrics: Sequence[str], percent: Sequence[str] = (),
+                 headers: dict[str, str] | None = None) -> str:
+    """A markdown table of `paired_comparison`: per metric, the mean ± std difference, p and the verdict."""
+    headers = headers or {}
+    lines = [f"| metric | {comparison['difference']} (mean ± std over {comparison['n_pairs']} pairs) | "
+             "per pair | paired t-test p | beyond seed noise? |", "|---|---|---|---|---|"]
+    for name in metrics:
+        c = comparison["metrics"].get(name)
+        if not c or c["mean"] is None:
+            continue
+        scale = 100.0 if name in percent else 1.0
+        digits = 2 if name in percent else 3
+        unit = " points" if name in percent else ""
+        each = ", ".join(f"{v * scale:+.{digits}f}" for v in c["differences"])
+        p = "n/a" if c["p_value"] is None else f"{c['p_value']:.3f}"
+        verdict = "n/a" if c["beyond_seed_noise"] is None else ("yes" if c["beyond_seed_noise"] else "no")
+        lines.append(f"| {headers.get(name, name)} | {c['mean'] * scale:+.{digits}f} ± {c['std'] * scale:.{digits}f}"
+                     f"{unit} | {each} | {p} | {verdict} |")
+    return "\n".join(lines)

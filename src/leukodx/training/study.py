@@ -3,7 +3,13 @@
 Every run is scored on ONE common, group-aware test set (make_split(..., common_test=True): the test part is drawn
 first with test_seed alone, so SGDC and per-class splits of every seed share it); the split strategy and seed are
 recorded per run; mean ± std over seeds of every metric; DIR/results.json, DIR/table.md and plots.
-A run directory that already holds metrics.json is reused, so an interrupted study continues where it stopped.
+Each run is then scored the way `leukodx evaluate --shift lab` scores it: through the analysis pipeline that
+`predict` and the web app use, on the common test fields as they are and on their lab-shifted copies (the same
+seeded variation per field as `evaluate --shift lab --seed 0`); RUN/scores.json. Metrics under lab shift carry the
+prefix "lab_". Reference models (e.g. the bundled classifier) are scored the same way beside the runs, and the
+levels of each factor with two or more levels are compared pairwise over seeds (paired t-test).
+A run directory that already holds metrics.json (and scores.json) is reused, so an interrupted study continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -16,9 +22,48 @@ from pathlib import Path
 from leukodx.cpus import usable_cores
 from leukodx.errors import LeukodxError
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece")
-PERCENT = ("accuracy", "balanced_accuracy", "macro_f1")
-EXTRA = ("train_seconds", "epochs_run", "n_train")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "flag_rate")
+SHIFTED = tuple(f"lab_{m}" for m in METRICS)
+PERCENT = ("accuracy", "balanced_accuracy", "macro_f1", "flag_rate", *(f"lab_{m}" for m in
+                                                                     ("accuracy", "balanced_accuracy", "macro_f1",
+                                                                      "flag_rate")))
+EXTRA = ("train_seconds", "epochs_run", "best_epoch", "n_train")
+HEADERS = {"arch": "architecture", "strategy": "split", "roc_auc_macro": "ROC AUC (macro)",
+           "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1", "flag_rate": "flagged",
+           "train_seconds": "train s", "lab_accuracy": "lab-shift accuracy",
+           "lab_balanced_accuracy": "lab-shift balanced acc.", "lab_macro_f1": "lab-shift macro F1",
+           "lab_roc_auc_macro": "lab-shift ROC AUC", "lab_ece": "lab-shift ece", "lab_flag_rate": "lab-shift flagged"}
+
+
+def score_model(data, model_dir: Path, samples: list, cache: Path, *, engine: str = "torch",
+                batch_size: int = 32) -> dict:
+    """{"in_distribution": metrics, "lab_shift": metrics} of one model on `samples`, through the analysis pipeline
+    (leukodx.evaluation.evaluate.evaluate_classifier), cached in `cache` (a JSON file)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from leukodx.evaluation.evaluate import _shift_fn, evaluate_classifier, load_models
+
+    models, _ = load_models([model_dir], engine=engine)
+    res = evaluate_classifier(models[0], samples, batch_size, _shift_fn("lab", 0, 1.0))
+    keep = ("n_images", *METRICS, "confusion_matrix", "coverage", "flags", "accuracy_unflagged")
+    scores = {"engine": engine, "model": str(model_dir), "n_fields": len(samples),
+              "lab_shift": {"shift": "lab", "seed": 0, "severity": 1.0,
+                            "same_as": "leukodx evaluate --shift lab --seed 0"},
+              "in_distribution": {k: res["metrics"].get(k) for k in keep},
+              "lab_shifted": {k: res["metrics_shift"].get(k) for k in keep}}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(scores, indent=2, default=float))
+    return scores
+
+
+def _scored(row: dict, scores: dict) -> dict:
+    for k in METRICS:
+        row[k] = scores["in_distribution"].get(k)
+        row[f"lab_{k}"] = scores["lab_shifted"].get(k)
+    row["n_test"] = scores["in_distribution"].get("n_images")
+    row["confusion_matrix"] = scores["in_distribution"].get("confusion_matrix")
+    row["lab_confusion_matrix"] = scores["lab_shifted"].get("confusion_matrix")
+    return row
 
 
 def _run_row(arch, strategy, seed, run_dir: Path) -> dict:
@@ -27,24 +72,25 @@ def _run_row(arch, strategy, seed, run_dir: Path) -> dict:
     tr = cfg["training"]
     return {
         "arch": arch, "strategy": strategy, "seed": seed, "run": run_dir.name,
-        **{k: test.get(k) for k in METRICS},
-        "n_test": test.get("n_images"),
+        "trainer_test_accuracy": test.get("accuracy"), "trainer_test_balanced_accuracy": test.get("balanced_accuracy"),
         "n_train": sum(tr["counts"]["train"].values()), "n_val": sum(tr["counts"]["val"].values()),
         "train_counts": tr["counts"]["train"],
         "epochs_run": tr["epochs_run"], "best_epoch": tr["best_epoch"],
         "train_seconds": tr["train_seconds"], "wall_seconds": tr["wall_seconds"],
+        "max_test_images": tr["subset"]["max_test_images"], "stopped_early": tr.get("stopped_early"),
         "split_strategy": tr["split_strategy"], "split_seed": tr["split_seed"], "test_seed": tr["test_seed"],
-        "temperature": cfg.get("temperature"), "confusion_matrix": test.get("confusion_matrix"),
+        "temperature": cfg.get("temperature"),
     }
 
 
 def run_classification_study(data: str | Path, archs: list[str], strategies: list[str], seeds: int | list[int],
                              out: str | Path, *, preset: str = "cpu", config_yaml=None, overrides: dict | None = None,
-                             test_seed: int = 0, command: str = "", log=print) -> dict:
+                             test_seed: int = 0, command: str = "", log=print,
+                             reference_models: list[str | Path] | None = None) -> dict:
     from leukodx.config import resolve_config
-    from leukodx.data.datasets import SplitInfo
+    from leukodx.data.datasets import SplitInfo, samples_for_split, subset
     from leukodx.data.split import STRATEGIES, make_split
-    from leukodx.evaluation.study import aggregate, bar_plot, markdown_table
+    from leukodx.evaluation.study import aggregate, bar_plot, markdown_table, paired_comparison, paired_table
     from leukodx.training.classify import build_classifier
     from leukodx.training.engine import TrainingInterrupted
 
@@ -101,12 +147,19 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                         raise LeukodxError(f"Study interrupted during {name}; finished runs are kept in {out}/runs.",
                                            "Run the same command again to continue with the remaining runs.") from None
                 row = _run_row(arch, strategy, seed, run_dir)
+                max_test = row["max_test_images"]
+                test_samples = subset(samples_for_split(data, split, "test"), max_test, 0)
+                row = _scored(row, score_model(data, run_dir, test_samples, run_dir / "scores.json"))
                 runs.append(row)
-                log(f"[{name}] test accuracy {row['accuracy']:.4f}, macro F1 {row['macro_f1']:.4f}, "
-                    f"ECE {row['ece']:.4f} ({row['n_test']} test fields, {row['train_seconds']:.0f} s training)")
+                log(f"[{name}] test balanced accuracy {row['balanced_accuracy']:.4f} (lab shift "
+                    f"{row['lab_balanced_accuracy']:.4f}), accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f} "
+                    f"({row['n_test']} test fields, {row['train_seconds']:.0f} s training, best epoch "
+                    f"{row['best_epoch']} of {row['epochs_run']})")
 
+    references = _score_references(data, reference_models or [], common_test or set(), test_samples, out, log)
     by = ("arch", "strategy")
-    table_rows = aggregate(runs, by, METRICS + EXTRA)
+    table_rows = aggregate(runs, by, METRICS + SHIFTED + EXTRA)
+    comparisons = [c for c in (paired_comparison(runs, f, METRICS + SHIFTED) for f in ("strategy", "arch")) if c]
     wall = time.perf_counter() - t0
     first = runs[0]
     settings = json.loads((out / "runs" / first["run"] / "config.json").read_text())["training"]["config"]
@@ -125,18 +178,26 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         "splits": list(splits.values()),
         "runs": runs,
         "summary": table_rows,
+        "paired": comparisons,
+        "references": references,
         "wall_seconds": round(wall, 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": usable_cores(), "torch_threads": _threads()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    table = markdown_table(table_rows, by, METRICS + ("train_seconds",), percent=PERCENT,
-                           headers={"arch": "architecture", "strategy": "split", "roc_auc_macro": "ROC AUC (macro)",
-                                    "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1",
-                                    "train_seconds": "train s"})
+    table = "\n\n".join([
+        "In distribution (common test set):",
+        markdown_table(table_rows, by, METRICS + ("train_seconds", "best_epoch"), percent=PERCENT,
+                       headers={**HEADERS, "best_epoch": "best epoch"}),
+        "Under lab shift (the same fields, `evaluate --shift lab --seed 0`):",
+        markdown_table(table_rows, by, SHIFTED, percent=PERCENT, headers=HEADERS),
+        *[f"Paired over seeds: {c['difference']} ({', '.join(c['paired_on'])} held equal):\n\n"
+          + paired_table(c, ("balanced_accuracy", "accuracy", "macro_f1", "ece", "lab_balanced_accuracy",
+                             "lab_accuracy"), PERCENT, HEADERS) for c in comparisons],
+        *([_reference_table(references)] if references else [])])
     (out / "table.md").write_text(table + "\n")
     plots = {}
-    for metric in ("accuracy", "macro_f1", "ece"):
+    for metric in ("balanced_accuracy", "lab_balanced_accuracy", "macro_f1", "ece"):
         plots[metric] = str(bar_plot(table_rows, runs, by, metric, out / f"{metric}.png",
                                      title=f"test {metric}: mean ± std over seeds {seed_list}").name)
     results["plots"] = plots
@@ -144,6 +205,44 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     log(table)
     log(f"study done in {wall:.0f} s: {out}/results.json, {out}/table.md, plots {', '.join(plots.values())}")
     return results
+
+
+def _score_references(data, model_dirs: list, common_test: set[str], test_samples: list, out: Path, log) -> list:
+    """Each reference model scored on the study's test fields like the runs; a note when its own training split
+    put any of those fields in train or val (then its row is not a held-out score)."""
+    import csv
+
+    rows = []
+    for d in model_dirs:
+        d = Path(d)
+        cfg = json.loads((d / "config.json").read_text())
+        leaked = None
+        if (d / "split.csv").is_file():
+            with open(d / "split.csv", newline="") as f:
+                seen = {r["path"] for r in csv.DictReader(f) if r.get("split") in ("train", "val")}
+            leaked = len(seen & common_test)
+        name = cfg.get("name") or d.name
+        engine = "onnx" if (d / "model.onnx").is_file() else "torch"
+        scores = score_model(data, d, test_samples, out / "references" / f"{name}.json", engine=engine)
+        row = _scored({"name": name, "model": str(d), "arch": cfg.get("arch"), "engine": engine,
+                       "image_size": (cfg.get("input_size") or [None])[0],
+                       "test_fields_in_its_train_or_val": leaked}, scores)
+        rows.append(row)
+        log(f"[reference {name}] test balanced accuracy {row['balanced_accuracy']:.4f} "
+            f"(lab shift {row['lab_balanced_accuracy']:.4f}); its training split had {leaked} of the test fields")
+    return rows
+
+
+def _reference_table(references: list[dict]) -> str:
+    lines = ["For reference, scored the same way (one model each, no seeds):", "",
+             "| model | arch | px | engine | balanced acc. (%) | accuracy (%) | ECE | flagged (%) | lab-shift balanced acc. (%) "
+             "| lab-shift accuracy (%) | test fields it trained on |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in references:
+        lines.append(f"| {r['name']} | {r['arch']} | {r['image_size']} | {r['engine']} | "
+                     f"{100 * r['balanced_accuracy']:.2f} | {100 * r['accuracy']:.2f} | {r['ece']:.3f} | "
+                     f"{100 * r['flag_rate']:.2f} | {100 * r['lab_balanced_accuracy']:.2f} | "
+                     f"{100 * r['lab_accuracy']:.2f} | {r['test_fields_in_its_train_or_val']} |")
+    return "\n".join(lines)
 
 
 def _threads() -> int:

@@ -348,6 +348,37 @@ def test_early_stopping_and_best_weights(tmp_path):
     assert all(torch.equal(best["model"][k], v) for k, v in t.model.state_dict().items())
 
 
+def test_time_limit_starts_no_epoch_that_would_end_past_it(tmp_path):
+    import time
+
+    from leukodx.training.engine import Trainer
+
+    def slow(o, y):  # each validation takes ~0.3 s, so an epoch takes at least that
+        time.sleep(0.3)
+        return 0.5
+
+    t = Trainer(_toy_model(), torch.nn.CrossEntropyLoss(), *_toy_loaders(),
+                _toy_cfg(epochs=50, patience=0, time_limit_s=1.0), tmp_path, metric_fn=slow)
+    hist = t.fit()
+    assert 1 <= len(hist) < 4 and t.stopped_early and t.stopped_by == "time limit"
+    assert sum(r["epoch_seconds"] for r in hist) <= 1.0 + 0.5
+    t2 = Trainer(_toy_model(), torch.nn.CrossEntropyLoss(), *_toy_loaders(), _toy_cfg(epochs=2), tmp_path / "b")
+    t2.fit()
+    assert t2.stopped_by == "epochs" and not t2.channels_last  # channels_last is for CUDA unless asked for
+
+
+def test_channels_last_on_cpu_when_asked_for_trains_the_same(tmp_path):
+    from leukodx.training.engine import Trainer
+
+    ce = torch.nn.CrossEntropyLoss()
+    a = Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(schedule="none", channels_last="off"), tmp_path / "a").fit()
+    t = Trainer(_toy_model(), ce, *_toy_loaders(), _toy_cfg(schedule="none", channels_last="on"), tmp_path / "b")
+    b = t.fit()
+    assert t.channels_last
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+
+
 def test_temperature_and_low_confidence():
     from leukodx.inference.calibration import fit_low_confidence, fit_temperature
 

@@ -69,6 +69,8 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: the cores left after the loader processes
     device: str = "auto"
     amp: str = "auto"  # on CUDA only: auto = bf16 when supported, else fp16
+    channels_last: str = "auto"  # NHWC memory layout: auto = on CUDA only; on; off
+    time_limit_s: float | None = None  # per-run wall-clock budget: no epoch is started that would end past it
     resume: bool = False
     out: str | None = None
     quiet: bool = False
@@ -90,6 +92,10 @@ class TrainConfig:
             bad("device", self.device, f"Use one of: {', '.join(DEVICES)}.")
         if self.amp not in AMP_MODES:
             bad("amp", self.amp, f"Use one of: {', '.join(AMP_MODES)}.")
+        if self.channels_last not in ("auto", "on", "off"):
+            bad("channels_last", self.channels_last, "Use auto (on CUDA only), on or off.")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            bad("time_limit_s", self.time_limit_s, "Give a positive number of seconds, or leave it out for no limit.")
         from leukodx.data.datasets import BALANCING
         from leukodx.data.transforms import AUGMENTATIONS
 

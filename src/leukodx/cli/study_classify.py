@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
         test_seed: int = typer.Option(0, "--test-seed", help="Seed of the common test set."),
+        time_limit_s: float | None = typer.Option(None, "--time-limit-s", help="Per-run wall-clock budget in seconds: "
+                                                  "no epoch is started that would end past it (the best epoch so "
+                                                  "far is kept)."),
         reference_model: list[Path] = typer.Option([], "--reference-model", help="A model directory scored beside the "
                                                    "runs on the same test fields (repeatable), e.g. the bundled "
                                                    "src/leukodx/assets/classifier."),
@@ -55,7 +58,8 @@ def register(app: typer.Typer) -> None:
         overrides = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                      "max_train_images": max_train_images, "max_val_images": max_val_images,
                      "max_test_images": max_test_images, "pretrained": str(pretrained) if pretrained else None,
-                     "augment": augment, "patience": patience, "workers": workers, "device": device}
+                     "augment": augment, "patience": patience, "workers": workers, "device": device,
+                     "time_limit_s": time_limit_s}
         run_classification_study(
             data, arch_list, [s.strip() for s in strategies.split(",") if s.strip()], seeds, out, preset=preset,
             config_yaml=config, overrides=overrides, test_seed=test_seed,

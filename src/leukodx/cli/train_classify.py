@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
         max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N images."),
         max_test_images: int | None = typer.Option(None, "--max-test-images", help="Score at most N test images."),
         amp: str | None = typer.Option(None, "--amp", help="Mixed precision on CUDA: auto, bf16, fp16 or off."),
+        channels_last: str | None = typer.Option(None, "--channels-last", help="NHWC memory layout: auto (on CUDA "
+                                                 "only), on or off."),
+        time_limit_s: float | None = typer.Option(None, "--time-limit-s", help="Wall-clock budget in seconds: no "
+                                                  "epoch is started that would end past it."),
         resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in OUT/checkpoints."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -79,6 +83,7 @@ def register(app: typer.Typer) -> None:
             "augment": augment, "normalization": normalization, "patience": patience, "seed": seed,
             "workers": workers, "threads": threads, "max_train_images": max_train_images, "max_val_images": max_val_images,
             "max_test_images": max_test_images, "amp": amp, "device": device,
+            "channels_last": channels_last, "time_limit_s": time_limit_s,
             "resume": True if resume else None, "quiet": True if quiet else None,
         }
         cfg = resolve_config("classify", yaml_path=config, overrides=overrides)

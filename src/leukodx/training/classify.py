@@ -221,6 +221,8 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
             "epochs_run": len(history),
             "best_epoch": best_epoch,
             "stopped_early": trainer.stopped_early,
+            "stopped_by": trainer.stopped_by,
+            "channels_last": trainer.channels_last,
             "resumed_from_epoch": trainer.resumed_from,
             "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(wall, 1),

@@ -172,7 +172,9 @@ class Trainer:
         self.dist = dist_utils.setup_distributed(self.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.model = model.to(self.device)
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and self.device.type == "cuda")
+        self.model = model.to(self.device, memory_format=torch.channels_last) if self.channels_last \
+            else model.to(self.device)
         self.net: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -201,6 +203,7 @@ class Trainer:
         self.best_state: dict | None = None
         self.bad_epochs = 0
         self.stopped_early = False
+        self.stopped_by = "epochs"  # or "early stopping" or "time limit"
         self.resumed_from: int | None = None
 
     # --- construction ------------------------------------------------------------------------------------------
@@ -310,7 +313,10 @@ class Trainer:
     def _to_device(self, batch):
         x, y = batch
         nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+        x = x.to(self.device, non_blocking=nb)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=nb)
 
     def _train_epoch(self, epoch: int, progress, task) -> tuple[float, float | None]:
         self.net.train()
@@ -410,6 +416,7 @@ class Trainer:
             self.load_checkpoint()
             self._log(f"resumed from {self.ckpt_dir / LAST} after epoch {self.epoch}")
         progress, task = self._progress()
+        t_fit = time.perf_counter()
         try:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 epoch = self.epoch
@@ -441,14 +448,20 @@ class Trainer:
                 self.history.append(record)
                 self.epoch = epoch + 1
                 if cfg.patience and self.bad_epochs >= cfg.patience:
-                    self.stopped_early = True
+                    self.stopped_early, self.stopped_by = True, "early stopping"
+                elif cfg.time_limit_s and self.epoch < cfg.epochs and \
+                        time.perf_counter() - t_fit + record["epoch_seconds"] > cfg.time_limit_s:
+                    self.stopped_early, self.stopped_by = True, "time limit"  # the next epoch would end past it
                 self.stopped_early = dist_utils.broadcast_flag(self.stopped_early, self.dist, self.device)
                 self.save_checkpoint()
                 tm = f", train {self.batch_metric_name} {train_metric:.3f}" if train_metric is not None else ""
                 self._log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f}{tm}, val loss {val_loss:.4f}, "
                           f"val {self.metric_name} {val_metric:.4f}{' (best)' if improved else ''}, "
                           f"{record['epoch_seconds']:.1f} s")
-                if self.stopped_early:
+                if self.stopped_early and self.stopped_by == "time limit":
+                    self._log(f"stopped by the time limit of {cfg.time_limit_s:.0f} s after epoch {self.epoch} "
+                              f"(best {self.best_metric:.4f} at epoch {self.best_epoch})")
+                elif self.stopped_early:
                     self._log(f"early stop: no better val {self.metric_name} for {cfg.patience} epochs "
                               f"(best {self.best_metric:.4f} at epoch {self.best_epoch})")
         except KeyboardInterrupt:

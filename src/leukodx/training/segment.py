@@ -308,6 +308,8 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
             "epochs_run": len(history),
             "best_epoch": trainer.best_epoch,
             "stopped_early": trainer.stopped_early,
+            "stopped_by": trainer.stopped_by,
+            "channels_last": trainer.channels_last,
             "resumed_from_epoch": trainer.resumed_from,
             "train_seconds": round(train_seconds, 1),
             "wall_seconds": round(wall, 1),

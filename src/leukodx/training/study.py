@@ -78,6 +78,7 @@ def _run_row(arch, strategy, seed, run_dir: Path) -> dict:
         "epochs_run": tr["epochs_run"], "best_epoch": tr["best_epoch"],
         "train_seconds": tr["train_seconds"], "wall_seconds": tr["wall_seconds"],
         "max_test_images": tr["subset"]["max_test_images"], "stopped_early": tr.get("stopped_early"),
+        "stopped_by": tr.get("stopped_by") or ("early stopping" if tr.get("stopped_early") else "epochs"),
         "split_strategy": tr["split_strategy"], "split_seed": tr["split_seed"], "test_seed": tr["test_seed"],
         "temperature": cfg.get("temperature"),
     }
@@ -117,8 +118,10 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     runs: list[dict] = []
     splits: dict[tuple[str, int], dict] = {}
     common_test: set[str] | None = None
-    for strategy in strategies:
-        for seed in seed_list:
+    # seed-major order: every arch x strategy cell gets its first seed before any gets a second, so a study cut
+    # short (a per-run --time-limit-s, a lent GPU's budget) has the most informative runs done first
+    for seed in seed_list:
+        for strategy in strategies:
             rows, summary = make_split(data, strategy=strategy, seed=seed, common_test=True, test_seed=test_seed)
             test = {r["path"] for r in rows if r["split"] == "test"}
             if common_test is None:

@@ -183,7 +183,9 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         "summary": table_rows,
         "paired": comparisons,
         "references": references,
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": round(wall, 1),  # this invocation (reused runs cost nothing here)
+        "runs_wall_seconds_sum": round(sum(r["wall_seconds"] or 0 for r in runs), 1),
+        "runs_train_seconds_sum": round(sum(r["train_seconds"] or 0 for r in runs), 1),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": usable_cores(), "torch_threads": _threads()},
     }
@@ -202,7 +204,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     plots = {}
     for metric in ("balanced_accuracy", "lab_balanced_accuracy", "macro_f1", "ece"):
         plots[metric] = str(bar_plot(table_rows, runs, by, metric, out / f"{metric}.png",
-                                     title=f"test {metric}: mean ± std over seeds {seed_list}").name)
+                                     title=f"test {metric}\nmean ± std over seeds {seed_list}").name)
     results["plots"] = plots
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     log(table)

@@ -115,8 +115,8 @@ def paired_comparison(runs: list[dict], factor: str, metrics: Sequence[str], lev
              if pa.get(name) is not None and pb.get(name) is not None]
         m, s, n = mean_std(d)
         p = None
-        if n >= 2 and s:
-            p = float(stats.ttest_rel([float(pa[name]) for pa, _ in pairs], [float(pb[name]) for _, pb in pairs]).pvalue)
+        if n >= 2 and s:  # the paired t-test is the one-sample test of the differences against zero
+            p = float(stats.ttest_1samp(d, 0.0).pvalue)
         elif n >= 2:  # identical differences: zero spread, the test is undefined
             p = 0.0 if m else 1.0
         out["metrics"][name] = {"differences": d, "mean": m, "std": s, "n": n, "p_value": p,

@@ -24,9 +24,8 @@ from leukodx.errors import LeukodxError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "flag_rate")
 SHIFTED = tuple(f"lab_{m}" for m in METRICS)
-PERCENT = ("accuracy", "balanced_accuracy", "macro_f1", "flag_rate", *(f"lab_{m}" for m in
-                                                                     ("accuracy", "balanced_accuracy", "macro_f1",
-                                                                      "flag_rate")))
+PERCENT = tuple(f"{prefix}{m}" for prefix in ("", "lab_") for m in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                                      "flag_rate"))
 EXTRA = ("train_seconds", "epochs_run", "best_epoch", "n_train")
 HEADERS = {"arch": "architecture", "strategy": "split", "roc_auc_macro": "ROC AUC (macro)",
            "balanced_accuracy": "balanced acc.", "macro_f1": "macro F1", "flag_rate": "flagged",
@@ -35,10 +34,9 @@ HEADERS = {"arch": "architecture", "strategy": "split", "roc_auc_macro": "ROC AU
            "lab_roc_auc_macro": "lab-shift ROC AUC", "lab_ece": "lab-shift ece", "lab_flag_rate": "lab-shift flagged"}
 
 
-def score_model(data, model_dir: Path, samples: list, cache: Path, *, engine: str = "torch",
-                batch_size: int = 32) -> dict:
-    """{"in_distribution": metrics, "lab_shift": metrics} of one model on `samples`, through the analysis pipeline
-    (leukodx.evaluation.evaluate.evaluate_classifier), cached in `cache` (a JSON file)."""
+def score_model(model_dir: Path, samples: list, cache: Path, *, engine: str = "torch", batch_size: int = 32) -> dict:
+    """{"in_distribution": metrics, "lab_shifted": metrics, ...} of one model on `samples`, through the analysis
+    pipeline (leukodx.evaluation.evaluate.evaluate_classifier), cached in `cache` (a JSON file)."""
     if cache.is_file():
         return json.loads(cache.read_text())
     from leukodx.evaluation.evaluate import _shift_fn, evaluate_classifier, load_models
@@ -118,6 +116,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     runs: list[dict] = []
     splits: dict[tuple[str, int], dict] = {}
     common_test: set[str] | None = None
+    test_sets: dict[int | None, list] = {}
     # seed-major order: every arch x strategy cell gets its first seed before any gets a second, so a study cut
     # short (a per-run --time-limit-s, a lent GPU's budget) has the most informative runs done first
     for seed in seed_list:
@@ -150,16 +149,18 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                         raise LeukodxError(f"Study interrupted during {name}; finished runs are kept in {out}/runs.",
                                            "Run the same command again to continue with the remaining runs.") from None
                 row = _run_row(arch, strategy, seed, run_dir)
-                max_test = row["max_test_images"]
-                test_samples = subset(samples_for_split(data, split, "test"), max_test, 0)
-                row = _scored(row, score_model(data, run_dir, test_samples, run_dir / "scores.json"))
+                cap = row["max_test_images"]
+                if cap not in test_sets:  # one common test set (checked above): drawn once per --max-test-images
+                    test_sets[cap] = subset(samples_for_split(data, split, "test"), cap, 0)
+                row = _scored(row, score_model(run_dir, test_sets[cap], run_dir / "scores.json"))
                 runs.append(row)
                 log(f"[{name}] test balanced accuracy {row['balanced_accuracy']:.4f} (lab shift "
                     f"{row['lab_balanced_accuracy']:.4f}), accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f} "
                     f"({row['n_test']} test fields, {row['train_seconds']:.0f} s training, best epoch "
                     f"{row['best_epoch']} of {row['epochs_run']})")
 
-    references = _score_references(data, reference_models or [], common_test or set(), test_samples, out, log)
+    references = _score_references(reference_models or [], common_test or set(), test_sets[runs[-1]["max_test_images"]],
+                                   out, log)
     by = ("arch", "strategy")
     table_rows = aggregate(runs, by, METRICS + SHIFTED + EXTRA)
     comparisons = [c for c in (paired_comparison(runs, f, METRICS + SHIFTED) for f in ("strategy", "arch")) if c]
@@ -212,10 +213,10 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     return results
 
 
-def _score_references(data, model_dirs: list, common_test: set[str], test_samples: list, out: Path, log) -> list:
+def _score_references(model_dirs: list, common_test: set[str], test_samples: list, out: Path, log) -> list:
     """Each reference model scored on the study's test fields like the runs; a note when its own training split
     put any of those fields in train or val (then its row is not a held-out score)."""
-    import csv
+    from leukodx.data.split import read_split
 
     rows = []
     for d in model_dirs:
@@ -223,12 +224,11 @@ def _score_references(data, model_dirs: list, common_test: set[str], test_sample
         cfg = json.loads((d / "config.json").read_text())
         leaked = None
         if (d / "split.csv").is_file():
-            with open(d / "split.csv", newline="") as f:
-                seen = {r["path"] for r in csv.DictReader(f) if r.get("split") in ("train", "val")}
+            seen = {r["path"] for r in read_split(d / "split.csv") if r["split"] in ("train", "val")}
             leaked = len(seen & common_test)
         name = cfg.get("name") or d.name
         engine = "onnx" if (d / "model.onnx").is_file() else "torch"
-        scores = score_model(data, d, test_samples, out / "references" / f"{name}.json", engine=engine)
+        scores = score_model(d, test_samples, out / "references" / f"{name}.json", engine=engine)
         row = _scored({"name": name, "model": str(d), "arch": cfg.get("arch"), "engine": engine,
                        "image_size": (cfg.get("input_size") or [None])[0],
                        "test_fields_in_its_train_or_val": leaked}, scores)

@@ -141,3 +141,12 @@ def test_study_errors(study, tmp_path):
         run_classification_study(data, ["smearnet"], ["random"], 1, tmp_path)
     with pytest.raises(ModelError, match="Valid names"):
         run_classification_study(data, ["smeernet"], ["sgdc"], 1, tmp_path)
+    # a wrong --reference-model is refused before any training, with what to give instead
+    with pytest.raises(ModelError, match="not a leukodx model directory"):
+        run_classification_study(data, ["smearnet"], ["sgdc"], 1, tmp_path / "s", reference_models=[tmp_path])
+    assert not (tmp_path / "s").exists()
+    from leukodx.assets import default_model_dir
+
+    with pytest.raises(LeukodxError, match="not a classifier"):
+        run_classification_study(data, ["smearnet"], ["sgdc"], 1, tmp_path / "s",
+                                 reference_models=[default_model_dir("segment")])

@@ -105,7 +105,13 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         raise LeukodxError("--seeds must be at least 1.", "For example --seeds 3.")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
 
-    # fail early: every arch and the image size, before any hour of training
+    # fail early: every reference model, every arch and the image size, before any hour of training
+    from leukodx.models.model_config import read_model_config
+
+    for ref in reference_models or []:
+        if read_model_config(ref).task != "classify":
+            raise LeukodxError(f"--reference-model {ref} is not a classifier.",
+                               "Give a classifier's model directory, e.g. src/leukodx/assets/classifier.")
     for arch in archs:
         cfg = resolve_config("classify", preset, config_yaml, {**overrides, "arch": arch, "data": str(data)})
         build_classifier(cfg, 4)

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from leukodx import MALIGNANT_CLASSES
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
@@ -99,12 +98,11 @@ class ClassifierStage:
         self.temperature = float(self.config.temperature)
         self.low_confidence = float(self.config.thresholds.low_confidence)
         self.size = self.config.input_size
-        self.benign_index = self.classes.index("Benign") if "Benign" in self.classes else None
 
     def malignant_probability(self, p: np.ndarray) -> float:
-        if self.benign_index is not None:
-            return float(1.0 - p[self.benign_index])
-        return float(sum(p[i] for i, c in enumerate(self.classes) if c in MALIGNANT_CLASSES))
+        from leukodx.inference.summary import malignant_probability
+
+        return malignant_probability(dict(zip(self.classes, p, strict=True)), self.config.case_rule.benign)
 
     def field_logits(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature; each
@@ -268,7 +266,8 @@ class Analysis:
         """One smear's fields summarised (leukodx.inference.summary.summarize_case)."""
         from leukodx.inference.summary import summarize_case
 
-        return summarize_case(results, self.classes, self.low_confidence)
+        rule = self.classifier.config.case_rule if self.classifier else None
+        return summarize_case(results, self.classes, self.low_confidence, rule)
 
     # -- the steps --------------------------------------------------------------------------------------------
     def _read(self, image: ImageInput, name: str | None) -> FieldResult | _Field:

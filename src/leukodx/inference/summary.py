@@ -3,30 +3,33 @@ the web application and its tests alike.
 
     >>> case = summarize_case(results, classes=["Benign", "Early", "Pre", "Pro"], low_confidence=0.7)
     >>> case.label, case.malignant_probability, case.needs_review, case.reasons
+
+The malignant-probability rule is written once, here (`malignant_probability`): 1 - the probability of the
+model's benign classes (`ModelConfig.case_rule.benign`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from leukodx import MALIGNANT_CLASSES
 from leukodx.inference.types import FLAGS, CaseSummary, FieldResult
-
-UNDECIDED = (0.25, 0.75)  # case malignant probability in this range -> needs review
-
-
-def _malignant(mean: np.ndarray, classes: Sequence[str]) -> float:
-    if "Benign" in classes:
-        return float(1 - mean[list(classes).index("Benign")])
-    return float(sum(mean[i] for i, c in enumerate(classes) if c in MALIGNANT_CLASSES))
+from leukodx.models.model_config import CaseRule
 
 
-def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_confidence: float) -> CaseSummary:
+def malignant_probability(probabilities: Mapping[str, float], benign: Sequence[str] = ("Benign",)) -> float:
+    """The one malignant-probability rule: 1 - the summed probability of the benign classes."""
+    return float(1.0 - sum(float(probabilities.get(c, 0.0)) for c in benign))
+
+
+def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_confidence: float,
+                   rule: CaseRule | None = None) -> CaseSummary:
     """Mean calibrated probabilities over the analysed (readable) fields, total cell count, the case call and
     its confidence; needs_review when any field is flagged, the fields disagree on benign vs malignant, the
-    case confidence is under `low_confidence`, or the malignant probability is undecided."""
+    case confidence is under `low_confidence`, or the malignant probability is undecided (`rule.undecided`)."""
+    rule = rule or CaseRule()
+    undecided = rule.undecided
     classes = list(classes)
     flags = dict.fromkeys(FLAGS, 0)
     for r in results:
@@ -40,7 +43,7 @@ def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_c
     mean = np.mean([[r.probabilities.get(c, 0.0) for c in classes] for r in done], axis=0)
     k = int(mean.argmax())
     conf = float(mean[k])
-    mal = _malignant(mean, classes)
+    mal = malignant_probability(dict(zip(classes, mean, strict=True)), rule.benign)
     reasons: list[str] = []
     flagged = {f: n for f, n in flags.items() if f != "ok" and n}
     if flagged:
@@ -48,9 +51,9 @@ def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_c
                        + ", ".join(f"{n} {f.replace('_', ' ')}" for f, n in flagged.items()) + ")")
     if conf < low_confidence:
         reasons.append(f"case confidence {conf:.2f} below {low_confidence:.2f}")
-    if UNDECIDED[0] <= mal <= UNDECIDED[1]:
-        reasons.append(f"malignant probability {mal:.2f} is undecided (between {UNDECIDED[0]} and {UNDECIDED[1]})")
-    n_mal = sum(r.label in MALIGNANT_CLASSES for r in done)
+    if undecided[0] <= mal <= undecided[1]:
+        reasons.append(f"malignant probability {mal:.2f} is undecided (between {undecided[0]} and {undecided[1]})")
+    n_mal = sum(r.label not in rule.benign for r in done)
     if 0 < n_mal < len(done):
         reasons.append(f"fields disagree: {n_mal} malignant, {len(done) - n_mal} benign")
     return CaseSummary(

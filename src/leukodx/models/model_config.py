@@ -28,6 +28,10 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 DEFAULT_LOW_CONFIDENCE = 0.5
 DEFAULT_MASK_THRESHOLD = 0.5
+# the Taleqani training fields' median red-cell diameter in px of a 224-px field (1,595 training rows of
+# benchmarks/splits/taleqani-sgdc-seed0.csv, leukodx.inference.scale.estimate_rbc_diameter); 5th-95th percentile
+# 14.5-21.7 px: the magnification the bundled models were trained at
+DEFAULT_RBC_DIAMETER_224 = 17.0
 
 
 class InstanceParams(BaseModel):
@@ -66,6 +70,28 @@ class Thresholds(BaseModel):
         return data
 
 
+class ScaleRule(BaseModel):
+    """The red-cell scale step (leukodx.inference.scale.field_scale): the training fields' red-cell diameter in
+    px of a 224-px field, the magnifications (field / training) used as they are, and those resampled to the
+    training scale; outside `resample` a field is flagged."""
+
+    model_config = ConfigDict(extra="allow")
+    rbc_diameter_224: float = DEFAULT_RBC_DIAMETER_224
+    # the 1st-99th percentile of the training fields themselves is 0.82-1.34 (estimator spread and real cell-size
+    # variation), and the classifier was trained with zoom 0.7-1.3, so resampling inside it would only add noise
+    as_is: tuple[float, float] = (0.8, 1.35)
+    resample: tuple[float, float] = (0.25, 6.0)
+
+
+class CaseRule(BaseModel):
+    """The case rule's cut-offs (leukodx.inference.summary): which classes are benign (malignant probability =
+    1 - their probability), and the malignant probability range in which a case needs review."""
+
+    model_config = ConfigDict(extra="allow")
+    benign: list[str] = Field(default_factory=lambda: ["Benign"])
+    undecided: tuple[float, float] = (0.25, 0.75)
+
+
 class ModelConfig(BaseModel):
     """config.json of a model directory."""
 
@@ -79,13 +105,32 @@ class ModelConfig(BaseModel):
     classes: list[str] = Field(default_factory=list)
     input_size: tuple[int, int]
     normalization: str | None = None
-    mask_threshold: int = 128  # grey level of the reference masks (Segmented images)
+    reference_mask_level: int = 128  # grey level above which a reference (Segmented) image is foreground
     temperature: float = 1.0
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    scale: ScaleRule = Field(default_factory=ScaleRule)
+    case_rule: CaseRule = Field(default_factory=CaseRule)
     ood: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     onnx: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        """Directories written before the typed sections: `mask_threshold` was the reference masks' grey level,
+        and the training fields' red-cell diameter sat in the OOD statistics."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "mask_threshold" in data:
+            data.setdefault("reference_mask_level", data.pop("mask_threshold"))
+        if "scale" not in data:
+            d = ((data.get("ood") or {}).get("image_stats") or {}).get("rbc_diameter_224")
+            if isinstance(d, int | float) and (((data.get("ood") or {}).get("image_stats") or {}).get("version")
+                                                == 4):
+                data["scale"] = {"rbc_diameter_224": float(d)}
+        return data
 
     @field_validator("temperature", mode="before")
     @classmethod

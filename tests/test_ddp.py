@@ -14,7 +14,7 @@ WORKER = textwrap.dedent('''
     import hashlib, json, sys
     import torch
     torch.set_num_threads(1)
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
     from leukodx.data.datasets import ClassificationDataset, EpochSampler, load_split, samples_for_split
     from leukodx.data.transforms import classification_transforms
     from leukodx.models.registry import create_model

@@ -119,7 +119,7 @@ def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ModelError, match="Unknown pretrained weights 'efficientnet_lite9'") as e:
         P.resolve("efficientnet_lite9")
     assert all(n in str(e.value) for n in P.PRETRAINED)
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
 
     with pytest.raises(LeukodxError, match="Known names: efficientnet_lite0"):
         resolve_config("classify", overrides={"pretrained": "imagenet"})
@@ -135,7 +135,7 @@ def test_missing_package_says_which_pip_install(monkeypatch):
 
 
 def test_a_name_implies_its_architecture():
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
 
     cfg = resolve_config("classify", overrides={"pretrained": "efficientnet_lite1"})
     assert cfg.arch == "tf_efficientnet_lite1"

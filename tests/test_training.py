@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from leukodx.config import TrainConfig, resolve_config
 from leukodx.errors import LeukodxError
+from leukodx.training.config import TrainConfig, resolve_config
 
 torch.set_num_threads(1)
 
@@ -62,7 +62,7 @@ def test_training_path_needs_no_web_dependencies():
     import subprocess
     import sys
 
-    code = ("import sys; import leukodx.training.classify, leukodx.cli.train_classify, leukodx.config; "
+    code = ("import sys; import leukodx.training.classify, leukodx.cli.train_classify, leukodx.training.config; "
             "bad = [m for m in ('pydantic', 'fastapi', 'starlette', 'uvicorn', 'sqlalchemy') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -380,7 +380,7 @@ def test_channels_last_on_cpu_when_asked_for_trains_the_same(tmp_path):
 
 
 def test_temperature_and_low_confidence():
-    from leukodx.inference.calibration import fit_low_confidence, fit_temperature
+    from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
 
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (400,), generator=g)

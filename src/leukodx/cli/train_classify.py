@@ -72,8 +72,8 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
-        from leukodx.config import resolve_config
         from leukodx.training.classify import train_classifier
+        from leukodx.training.config import resolve_config
 
         overrides = {
             "data": str(data), "out": str(out), "split": str(split) if split else None, "split_strategy": strategy,

@@ -1,6 +1,6 @@
 """Train a classifier end to end: split -> data in memory -> engine -> calibration -> model directory + metrics.
 
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
     cfg = resolve_config("classify", overrides={"data": "DATA", "out": "RUN", "epochs": 2})
     result = train_classifier(cfg)   # RUN/config.json, RUN/model.safetensors, RUN/metrics.json, RUN/run_config.yaml
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leukodx.config import TrainConfig, save_run_config
 from leukodx.errors import LeukodxError, ModelError
+from leukodx.training.config import TrainConfig, save_run_config
 
 
 def _classification_metrics():

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukodx.config import TrainConfig
 from leukodx.errors import LeukodxError
 from leukodx.training import distributed as dist_utils
+from leukodx.training.config import TrainConfig
 
 LAST = "last.ckpt"
 BEST = "best.pt"

@@ -13,7 +13,7 @@ particular to segmentation and writes the model directory:
 
 Example::
 
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
     cfg = resolve_config("segment", overrides={"data": "DATA", "out": "RUN", "epochs": 2,
                                                 "arch_kwargs": {"base_channels": 8}})
     result = train_segmenter(cfg)        # RUN/config.json, RUN/model.safetensors, RUN/metrics.json
@@ -152,19 +152,19 @@ def load_encoder_weights(model, name: str) -> dict:
 
 def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, evaluate_shift: bool = False,
                     min_mask_fraction: float | None = None) -> dict:
-    """Train and score a segmenter as `cfg` (a leukodx.config.TrainConfig, task "segment") says.
+    """Train and score a segmenter as `cfg` (a leukodx.training.config.TrainConfig, task "segment") says.
 
     Writes RUN/config.json + model.safetensors (load_model), RUN/metrics.json ({"segmentation": ...} on the test
     split), RUN/history.json, RUN/split.csv, RUN/run_config.yaml, RUN/checkpoints/. `split` may be a
     leukodx.data.datasets.SplitInfo (the study passes one). Returns a summary (config, metrics, wall time).
     """
-    from leukodx.config import save_run_config
     from leukodx.data.datasets import SegmentationDataset, load_split, samples_for_split, subset
     from leukodx.data.layout import load_dataset
     from leukodx.data.split import write_split
     from leukodx.data.transforms import segmentation_transforms
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
+    from leukodx.training.config import save_run_config
     from leukodx.training.engine import Trainer, start_run
 
     t_start = time.perf_counter()

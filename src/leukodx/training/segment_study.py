@@ -36,7 +36,7 @@ def segment_overrides(**kw) -> dict:
 
 def resolve_segment_config(yaml_path=None, **flags):
     """resolve_config("segment", ...) with the preset's base channels filled in when none were given."""
-    from leukodx.config import resolve_config
+    from leukodx.training.config import resolve_config
 
     overrides = segment_overrides(**flags)
     cfg = resolve_config("segment", yaml_path=yaml_path, overrides=overrides)

@@ -86,11 +86,11 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                              out: str | Path, *, preset: str = "cpu", config_yaml=None, overrides: dict | None = None,
                              test_seed: int = 0, command: str = "", log=print,
                              reference_models: list[str | Path] | None = None) -> dict:
-    from leukodx.config import resolve_config
     from leukodx.data.datasets import SplitInfo, samples_for_split, subset
     from leukodx.data.split import STRATEGIES, make_split
     from leukodx.evaluation.study import aggregate, bar_plot, markdown_table, paired_comparison, paired_table
     from leukodx.training.classify import build_classifier
+    from leukodx.training.config import resolve_config
     from leukodx.training.engine import TrainingInterrupted
 
     t0 = time.perf_counter()

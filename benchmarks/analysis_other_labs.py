@@ -18,35 +18,28 @@ without either, fields are drawn from the whole folder (then some may have been 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from leukodx import MALIGNANT_CLASSES
 
 
-def _jpeg(rgb: np.ndarray, q: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=q)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
-def _camera(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
-    """The same field photographed by a 4:3 camera at w x h: resized to w x w, centre rows kept."""
-    big = np.asarray(Image.fromarray(rgb).resize((w, w), Image.BICUBIC))
-    top = (w - h) // 2
-    return np.ascontiguousarray(big[top:top + h])
-
-
 def perturbations():
     """name -> f(rgb, rng) -> rgb; strong shifts, each one a thing that differs between labs."""
-    from leukodx.evaluation.shift import RGB_FROM_HED, blur, lab_shift, magnify, photometric, restain
+    from leukodx.evaluation.shift import (
+        RGB_FROM_HED,
+        blur,
+        jpeg,
+        lab_shift,
+        magnify,
+        other_camera,
+        photometric,
+        restain,
+    )
 
     def stain(h, e):
         return lambda x, r: restain(x, (h, e, 1.0), (0, 0, 0), RGB_FROM_HED)
@@ -64,16 +57,17 @@ def perturbations():
         "magnification_0.7x": lambda x, r: magnify(x, 0.7)[0],
         "magnification_1.5x": lambda x, r: magnify(x, 1.5)[0],
         "magnification_2x": lambda x, r: magnify(x, 2.0)[0],
-        "camera_640x480": lambda x, r: _camera(x, 640, 480),
-        "camera_1280x960_shifted": lambda x, r: _camera(lab_shift(x, r, severity=1.0), 1280, 960),
+        "camera_640x480": lambda x, r: other_camera(x),
+        "camera_1280x960_shifted": lambda x, r: other_camera(lab_shift(x, r, severity=1.0), size=(1280, 960)),
         "blur_sigma2.5": lambda x, r: blur(x, 2.5),
-        "jpeg_q15": lambda x, r: _jpeg(x, 15),
-        "combined_640x480_shift2_jpeg30": lambda x, r: _jpeg(_camera(lab_shift(x, r, severity=2.0), 640, 480), 30),
+        "jpeg_q15": lambda x, r: jpeg(x, 15),
+        "combined_640x480_shift2_jpeg30": lambda x, r: jpeg(other_camera(lab_shift(x, r, severity=2.0)), 30),
     }
 
 
 def _fields(data: Path, split: Path | None, classifier_cfg: dict):
     from leukodx.data.layout import load_dataset
+    from leukodx.data.split import read_split
 
     note = ""
     if split is None:
@@ -81,8 +75,7 @@ def _fields(data: Path, split: Path | None, classifier_cfg: dict):
         if rec and Path(rec).is_file():
             split = Path(rec)
     if split is not None:
-        with open(split, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = read_split(split)
         part = "test" if any(r["split"] == "test" for r in rows) else "val"
         items = [(data / r["path"], r["label"]) for r in rows if r["split"] == part]
         note = f"{part} rows of {split} (not used in training)"

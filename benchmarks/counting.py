@@ -9,8 +9,9 @@ smear check and red-cell scale, resampling, windows, segmenter, instances). Per 
   components of their repaired reference masks (leukodx.data.reference_masks; the HSV masks where valid);
 - ``rescaled``: the same test fields rescaled 0.5x, 2x and 3x (the count should equal the 1x count);
 - ``other_camera``: fields built to imitate another lab's camera: a 4:3 crop of a test field (168 x 126 px of the
-  224-px field) enlarged to 640 x 480 (3.8x the magnification), then the synthetic lab shift (stain, white
-  balance, blur, JPEG) of leukodx.evaluation.shift; reference = the crop of its reference mask.
+  224-px field, placed at random) enlarged to 640 x 480 (3.8x the magnification) by
+  leukodx.evaluation.shift.other_camera, then its synthetic lab shift (stain, white balance, blur, JPEG);
+  reference = the same window of its reference mask.
 
 Metrics: count exact (% of fields), count MAE, the share of reference leukocytes (components; synthetic: true
 instances) that hold exactly one detected cell centre, fields counted (every field gets a count, flagged or not)
@@ -25,7 +26,6 @@ and flagged. Reference components merge touching cells, so on real fields a perf
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import time
@@ -36,8 +36,11 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from leukodx.cpus import usable_cores
+from leukodx.data.images import read_reference_mask, read_rgb
 from leukodx.data.reference_masks import repaired_reference
+from leukodx.data.split import read_split
 from leukodx.data.synthetic import synthetic_instances
+from leukodx.evaluation.shift import lab_shift, other_camera
 from leukodx.inference.instances import clean_mask
 from leukodx.inference.pipeline import load_analyzer
 
@@ -103,30 +106,14 @@ def synthetic_set(analysis, n: int) -> dict:
 
 
 def test_rows(split: Path, limit: int | None, subset: str = "test") -> list[dict]:
-    rows = [r for r in csv.DictReader(split.open()) if r["split"] == subset]
+    rows = [r for r in read_split(split) if r["split"] == subset]
     return rows[:limit] if limit else rows
 
 
 def read_pair(data: Path, rel: str) -> tuple[np.ndarray, np.ndarray]:
-    rgb = np.asarray(Image.open(data / rel).convert("RGB"))
-    seg = data / rel.replace("Original/", "Segmented/", 1)
-    hsv = np.asarray(Image.open(seg).convert("L").resize(rgb.shape[1::-1], Image.Resampling.NEAREST)) > 128
+    rgb = read_rgb(data / rel)
+    hsv = read_reference_mask(data / rel.replace("Original/", "Segmented/", 1), size=rgb.shape[1::-1], warn=False)
     return rgb, repaired_reference(rgb, hsv)[0]
-
-
-def other_camera(rgb: np.ndarray, ref_mask: np.ndarray, rng: np.random.Generator, shift_seed: int):
-    """Another lab's camera imitated from a 224-px field: a random 4:3 crop (168 x 126) enlarged 3.8x to 640 x 480,
-    then the synthetic lab shift (seed `shift_seed`). Returns (image, its reference mask)."""
-    from leukodx.evaluation.shift import lab_shift
-
-    y0, x0 = int(rng.integers(0, 224 - 126 + 1)), int(rng.integers(0, 224 - 168 + 1))
-    crop, crop_ref = rgb[y0:y0 + 126, x0:x0 + 168], ref_mask[y0:y0 + 126, x0:x0 + 168]
-    big = np.asarray(Image.fromarray(crop).resize((640, 480), Image.Resampling.BICUBIC))
-    shifted = lab_shift(big, shift_seed)
-    big = shifted[0] if isinstance(shifted, tuple) else shifted
-    big_ref = np.asarray(Image.fromarray(crop_ref.astype(np.uint8) * 255).resize((640, 480),
-                                                                                  Image.Resampling.BILINEAR)) > 127
-    return big, big_ref
 
 
 def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str = "test") -> dict:
@@ -149,8 +136,8 @@ def real_sets(analysis, data: Path, split: Path, limit: int | None, subset: str 
             r = analysis.analyze(x)
             sets[key].append(score_field(r, resize_labels(ref, x.shape[:2])))
             agree[key] += int(r.cell_count == base.cell_count)
-        big, big_ref = other_camera(rgb, ref_mask, rng, 10_000 + i)
-        r = analysis.analyze(big)
+        big, big_ref = other_camera(rgb, rng, window=0.75, mask=ref_mask)
+        r = analysis.analyze(lab_shift(big, 10_000 + i))
         sets["other_camera"].append(score_field(r, reference_labels(big_ref, 640 / 168)))
         if (i + 1) % 50 == 0:
             print(f"{i + 1}/{len(rows)} fields", flush=True)

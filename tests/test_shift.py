@@ -15,6 +15,7 @@ from leukodx.evaluation.shift import (
     describe,
     lab_shift,
     magnify,
+    other_camera,
     restain,
     rng_for,
     sample_params,
@@ -91,6 +92,50 @@ def test_full_shift_keeps_mask_on_the_cells():
         assert np.array_equal(m, m2)  # the drawn parameters reproduce the variation
         grey = out.astype(float).mean(axis=2)
         assert grey[m].mean() < grey[~m].mean()
+
+
+def _square_field(top: int, left: int, side: int = 40):
+    rgb = np.full((224, 224, 3), 230, np.uint8)
+    mask = np.zeros((224, 224), bool)
+    rgb[top:top + side, left:left + side] = (90, 40, 120)
+    mask[top:top + side, left:left + side] = True
+    return rgb, mask
+
+
+def test_other_camera_size_scale_and_alignment():
+    from PIL import Image
+
+    rgb, mask = _square_field(92, 92)
+    out, m = other_camera(rgb, mask=mask)  # centred 4:3 window, the field's whole width -> 640 x 480
+    assert out.shape == (480, 640, 3) and out.dtype == np.uint8 and m.shape == (480, 640) and m.dtype == bool
+    rows, cols = np.nonzero(m)
+    assert cols.max() - cols.min() + 1 == pytest.approx(40 * 640 / 224, abs=2)  # x2.86 in both directions
+    assert rows.max() - rows.min() + 1 == pytest.approx(40 * 480 / 168, abs=2)
+    assert (rows.mean(), cols.mean()) == pytest.approx((239.5, 319.5), abs=1)
+    dark = out.mean(axis=2) < 160
+    assert (dark & m).sum() / (dark | m).sum() > 0.95  # the mask stays on its cells
+    # the centred window is the whole field resized to 640 x 640 with its centre 480 rows kept
+    whole = np.asarray(Image.fromarray(rgb).resize((640, 640), Image.Resampling.BICUBIC))[80:560]
+    np.testing.assert_array_equal(out, whole)
+    assert other_camera(rgb, size=(1280, 960)).shape == (960, 1280, 3)
+
+
+def test_other_camera_random_window_is_deterministic_per_seed(field):
+    rgb, _ = field
+    mask = rgb.mean(axis=2) < 150
+    a, ma = other_camera(rgb, np.random.default_rng(7), window=0.75, mask=mask)
+    b, mb = other_camera(rgb, np.random.default_rng(7), window=0.75, mask=mask)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ma, mb)
+    assert a.shape == (480, 640, 3)
+    windows = {other_camera(rgb, np.random.default_rng(s), window=0.75).tobytes() for s in range(6)}
+    assert len(windows) > 1  # the window moves with the seed
+    # a 168 x 126 window of a 224-px field enlarged to 640 x 480: x3.81
+    sq, sq_mask = _square_field(100, 100, side=20)
+    _, big = other_camera(sq, np.random.default_rng(0), window=0.75, mask=sq_mask)
+    rows, cols = np.nonzero(big)
+    assert cols.max() - cols.min() + 1 == pytest.approx(20 * 640 / 168, abs=2)
+    assert rows.max() - rows.min() + 1 == pytest.approx(20 * 480 / 126, abs=2)
 
 
 def test_description_is_json_and_documents_the_ranges():

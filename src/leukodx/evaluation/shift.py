@@ -22,6 +22,7 @@ model still moves the colours of nuclei and cytoplasm the way a different stain 
 
 Geometry is applied to the mask too (nearest neighbour), so a reference mask stays aligned with its field.
 Draws are deterministic: `rng_for(seed, key)` gives one generator per (seed, field), e.g. the field's path.
+`other_camera` imitates another lab's 4:3 camera (a window of the field enlarged to the sensor's size).
 
     >>> from leukodx.data.synthetic import synthetic_field
     >>> rgb, mask = synthetic_field("Pre", 96, seed=0)
@@ -231,6 +232,27 @@ def apply_params(rgb: np.ndarray, p: LabShiftParams, mask: np.ndarray | None = N
     out = blur(out, p.blur_sigma)
     out = jpeg(out, p.jpeg_quality)
     return out if mask is None else (out, m)
+
+
+def other_camera(rgb: np.ndarray, rng: np.random.Generator | None = None, size: tuple[int, int] = (640, 480),
+                 window: float = 1.0, mask: np.ndarray | None = None):
+    """The field as another lab's camera shows it: a window `window` x the field's width, with the aspect of
+    `size` (W, H), centred (or placed at random by `rng`), enlarged to `size` (bicubic; the mask bilinear, > 0.5).
+    Pixels next to the window take part in the resampling, as on a real sensor. Returns the image, or
+    (image, mask) when a mask is given."""
+    h, w = rgb.shape[:2]
+    ww = round(w * window)
+    wh = round(ww * size[1] / size[0])
+    if rng is None:
+        y0, x0 = (h - wh) // 2, (w - ww) // 2
+    else:
+        y0, x0 = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
+    box = (x0, y0, x0 + ww, y0 + wh)
+    out = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC, box=box))
+    if mask is None:
+        return out
+    m = Image.fromarray(np.asarray(mask).astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR, box=box)
+    return out, np.asarray(m) > 127
 
 
 def lab_shift(rgb: np.ndarray, rng: np.random.Generator | int, mask: np.ndarray | None = None,

@@ -2,9 +2,10 @@
 
 The segmenter runs once per field (the analysis pipeline's stage, at the training scale); every parameter setting
 then splits the same masks. Two sets, both from the split's val rows: the fields as they are, and the imitated
-other camera of benchmarks/counting.py (a 4:3 crop enlarged 3.8x to 640 x 480, lab-shifted). Scored against the
-connected components of the repaired references: count MAE, count exact, and the share of reference cells
-holding exactly one detected centre. The chosen setting minimises the mean count MAE of the two sets.
+other camera of benchmarks/counting.py (leukodx.evaluation.shift.other_camera: a 4:3 window enlarged 3.8x to
+640 x 480, lab-shifted). Scored against the connected components of the repaired references: count MAE, count
+exact, and the share of reference cells holding exactly one detected centre. The chosen setting minimises the
+mean count MAE of the two sets.
 
     python benchmarks/instances_sweep.py --data ../shared/data/all-taleqani \\
         --split benchmarks/splits/taleqani-sgdc-seed0.csv --segmenter RUN --out docs/results/instances-sweep.json
@@ -21,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from counting import other_camera, read_pair, reference_labels, test_rows  # noqa: E402
+from counting import read_pair, reference_labels, test_rows  # noqa: E402
 
+from leukodx.evaluation.shift import lab_shift, other_camera  # noqa: E402
 from leukodx.inference import tiling  # noqa: E402
 from leukodx.inference.instances import cells_from_labels, field_cells  # noqa: E402
 from leukodx.inference.pipeline import SegmenterStage, prepare_field  # noqa: E402
@@ -59,8 +61,8 @@ def main() -> None:
         rgb, ref = read_pair(args.data, row["path"])
         m, prep = work_mask(stage, rgb)
         fields["val"].append((m, prep, reference_labels(ref)))
-        big, big_ref = other_camera(rgb, ref, rng, 10_000 + i)
-        m, prep = work_mask(stage, big)
+        big, big_ref = other_camera(rgb, rng, window=0.75, mask=ref)
+        m, prep = work_mask(stage, lab_shift(big, 10_000 + i))
         fields["val_other_camera"].append((m, prep, reference_labels(big_ref, 640 / 168)))
     base = dict(stage.instance_params)
     results = []

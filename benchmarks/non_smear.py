@@ -235,19 +235,17 @@ DERIVED = {"greyscale": greyscale, "blurred": blurred,
            "magnified_x8": lambda rgb, seed: magnified(rgb, 8.0)}
 
 
-def read_split(split: Path = SPLIT, which: str = "val") -> list[tuple[str, str]]:
-    rows = []
-    for line in split.read_text().splitlines()[1:]:
-        path, label, s, _ = line.split(",")
-        if s == which:
-            rows.append((path, label))
-    return rows
+def split_rows(which: str) -> list[tuple[str, str]]:
+    """(path, label) of the `which` rows of SPLIT."""
+    from leukodx.data.split import read_split
+
+    return [(r["path"], r["label"]) for r in read_split(SPLIT) if r["split"] == which]
 
 
 def source_fields(data: Path | None, n: int) -> tuple[list[np.ndarray], str]:
     """n smear fields to derive images from: val rows of the split (spread over classes), or synthetic ones."""
     if data is not None and (data / "Original").is_dir() and SPLIT.is_file():
-        rows = read_split(SPLIT, "val")
+        rows = split_rows("val")
         pick = [rows[i] for i in np.linspace(0, len(rows) - 1, n).astype(int)]
         return [np.asarray(Image.open(data / p).convert("RGB")) for p, _ in pick], f"val rows of {SPLIT.name}"
     from leukodx.data.synthetic import synthetic_field
@@ -292,7 +290,7 @@ def flag_counts(results) -> dict:
 def smear_rows(analysis, data: Path, which: str, severities=(0.0, 1.0, 1.5), batch: int = 32) -> dict:
     from leukodx.evaluation.shift import lab_shift, rng_for
 
-    rows = read_split(SPLIT, which)
+    rows = split_rows(which)
     out = {}
     for s in severities:
         res, labels = [], []
@@ -322,7 +320,7 @@ def measure_reference(data: Path) -> dict:
     from leukodx.inference.scale import estimate_rbc_diameter
 
     ds, cs = [], []
-    for p, _ in read_split(SPLIT, "train"):
+    for p, _ in split_rows("train"):
         d, c = estimate_rbc_diameter(np.asarray(Image.open(data / p).convert("RGB")))
         cs.append(c)
         if d is not None:

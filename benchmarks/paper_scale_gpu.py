@@ -6,7 +6,7 @@ backbones are trained FROM SCRATCH (no ImageNet weights can be fetched here), on
 wall-clock budget per run (the GPU was lent for 15 minutes), and a group-aware common test set
 (duplicates kept on one side) instead of an image-level split.
 
-Self-contained (torch, timm, numpy, Pillow) so that it runs on a bare GPU machine:
+Needs torch, timm, numpy, Pillow and leukodx (its split reader and metrics; carry the source tree):
 
     python benchmarks/paper_scale_gpu.py --data DATA --splits SPLIT_DIR --out OUT
 
@@ -18,7 +18,6 @@ Writes OUT/results.json and OUT/table.md after every run (so a cut-off still lea
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -33,12 +32,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
+from leukodx.data.split import read_split
+from leukodx.evaluation.metrics import classification_metrics
+
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
-
-
-def read_split(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def decode(root: Path, rel: str, size: int) -> np.ndarray:
@@ -76,29 +73,10 @@ def lab_shift(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def metrics(y: np.ndarray, p: np.ndarray) -> dict:
-    pred = p.argmax(1)
-    acc = float((pred == y).mean())
-    recalls, f1s = [], []
-    for c in range(len(CLASSES)):
-        tp = int(((pred == c) & (y == c)).sum())
-        fp = int(((pred == c) & (y != c)).sum())
-        fn = int(((pred != c) & (y == c)).sum())
-        r = tp / max(tp + fn, 1)
-        pr = tp / max(tp + fp, 1)
-        recalls.append(r)
-        f1s.append(2 * pr * r / max(pr + r, 1e-12))
-    conf = p.max(1)
-    bins = np.linspace(0, 1, 16)
-    ece = 0.0
-    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
-    return {"accuracy": acc, "balanced_accuracy": float(np.mean(recalls)), "macro_f1": float(np.mean(f1s)),
-            "ece": float(ece), "n_images": int(len(y))}
+    m = classification_metrics(y, p, CLASSES)
+    return {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n_images")}
 
 
-@torch.no_grad()
 def predict(model, x_u8: torch.Tensor, mean, std, bs: int, device) -> np.ndarray:
     model.eval()
     out = []

@@ -22,15 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def _ece(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    err = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            err += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(err)
+from leukodx.evaluation.metrics import expected_calibration_error
 
 
 def _score(pred_csv: Path, truth: dict[str, str]) -> dict:
@@ -45,10 +37,11 @@ def _score(pred_csv: Path, truth: dict[str, str]) -> dict:
         counts[f] = counts.get(f, 0) + 1
     return {"n": len(truth), "accuracy_all": float(correct.mean()), "flagged": float(1 - ok.mean()), "flags": counts,
             "accuracy_unflagged": float(correct[ok].mean()) if ok.any() else None,
-            "accuracy_flagged": float(correct[~ok].mean()) if (~ok).any() else None, "ece": _ece(conf, correct)}
+            "accuracy_flagged": float(correct[~ok].mean()) if (~ok).any() else None, "ece": expected_calibration_error(conf, correct)}
 
 
 def main(argv=None) -> int:
+    from leukodx.data.split import read_split
     from leukodx.evaluation.shift import lab_shift, rng_for
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -59,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    rows = [r for r in csv.DictReader(open(args.split)) if r["split"] == args.subset]
+    rows = [r for r in read_split(args.split) if r["split"] == args.subset]
     exe = str(Path(sys.executable).with_name("leukodx"))
     res: dict = {"data": str(args.data), "split": str(args.split), "subset": args.subset, "n_rows": len(rows),
                  "lab_shift": {"severity": args.severity, "seed": args.seed, "saved_as": "JPEG quality 95"}}

@@ -21,8 +21,13 @@ def test_mean_std_and_table():
     runs.append({"arch": "b", "strategy": "sgdc", "seed": 0, "accuracy": 0.5})
     rows = aggregate(runs, ("arch", "strategy"), ("accuracy",))
     assert [r["arch"] for r in rows] == ["a", "b"] and rows[0]["seeds"] == [0, 1, 2]
+    assert rows[0]["accuracy"]["values"] == [0.9, 1.0, 0.8] and rows[1]["accuracy"]["n"] == 1
     table = markdown_table(rows, ("arch", "strategy"), ("accuracy",), percent=("accuracy",))
     assert "| a | sgdc | 3 | 90.00 ± 10.00 |" in table and "| b | sgdc | 1 | 50.00 ± 0.00 |" in table
+    assert "| a | sgdc | 3 | 0.9000 ± 0.1000 |" in markdown_table(rows, ("arch", "strategy"), ("accuracy",),
+                                                                 digits={"accuracy": 4})
+    (everything,) = aggregate(runs, (), ("accuracy",))  # no keys: one row over all runs
+    assert everything["n_runs"] == 4 and everything["accuracy"]["mean"] == pytest.approx(0.8)
 
 
 def test_paired_comparison_pairs_on_the_other_keys():

@@ -7,13 +7,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+
+def numbers(values: Iterable[float | None]) -> list[float]:
+    """The values that are numbers (not None, not NaN), as floats."""
+    return [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample std (ddof=1; 0 for one value), n) over the values that are numbers."""
-    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    v = numbers(values)
     if not v:
         return None, None, 0
     m = sum(v) / len(v)
@@ -22,7 +27,8 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def aggregate(runs: list[dict], by: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-    """One row per combination of the `by` keys (in first-seen order): {key: value, metric: {mean, std, n}}."""
+    """One row per combination of the `by` keys (in first-seen order): {key: value, metric: {mean, std, n, values}}
+    (`by=()`: one row over all runs)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
@@ -32,8 +38,9 @@ def aggregate(runs: list[dict], by: Sequence[str], metrics: Sequence[str]) -> li
         row["n_runs"] = len(members)
         row["seeds"] = sorted({m.get("seed") for m in members if m.get("seed") is not None})
         for name in metrics:
-            m, s, n = mean_std([r.get(name) for r in members])
-            row[name] = {"mean": m, "std": s, "n": n}
+            values = numbers(r.get(name) for r in members)
+            m, s, n = mean_std(values)
+            row[name] = {"mean": m, "std": s, "n": n, "values": values}
         rows.append(row)
     return rows
 
@@ -45,15 +52,16 @@ def fmt(cell: dict, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown_table(rows: list[dict], by: Sequence[str], metrics: Sequence[str], percent: Sequence[str] = (),
-                   headers: dict[str, str] | None = None) -> str:
-    """A markdown table: the `by` columns, then mean ± std of each metric (x100 for those in `percent`)."""
-    headers = headers or {}
+                   headers: dict[str, str] | None = None, digits: dict[str, int] | None = None) -> str:
+    """A markdown table: the `by` columns, then mean ± std of each metric (x100 for those in `percent`), with
+    `digits` decimals (default 2 for percentages, else 3)."""
+    headers, digits = headers or {}, digits or {}
     cols = [headers.get(k, k) for k in by] + ["runs"] + [
         headers.get(m, m) + (" (%)" if m in percent else "") for m in metrics]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         cells = [str(r[k]) for k in by] + [str(r["n_runs"])]
-        cells += [fmt(r[m], 100.0 if m in percent else 1.0, 2 if m in percent else 3) for m in metrics]
+        cells += [fmt(r[m], 100.0 if m in percent else 1.0, digits.get(m, 2 if m in percent else 3)) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from leukodx.evaluation.study import mean_std
+from leukodx.evaluation.study import aggregate, markdown_table
 from leukodx.training.segment import _summary_line, brief, require_masks, train_segmenter
 
 # the preset's base channels when --base-channels is not given: small on CPU, the study's 64 for --preset paper
@@ -48,10 +48,10 @@ def resolve_segment_config(yaml_path=None, **flags):
 STUDY_METRICS = ("dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy", "count_mae")
 
 
-def _mean_std(values: list[float | None]) -> dict:
-    vals = [float(v) for v in values if v is not None]
-    mean, std, n = mean_std(vals)
-    return {"mean": mean, "std": std, "n": n, "values": vals}
+def _cells(records: list[dict], metrics) -> dict:
+    """evaluation.study.aggregate of all `records` as one group: {metric: {mean, std, n, values}}."""
+    row = aggregate(records or [{}], (), metrics)[0]
+    return {m: row[m] for m in metrics}
 
 
 def summarize_study(runs: list[dict], archs: list[str]) -> dict:
@@ -59,44 +59,23 @@ def summarize_study(runs: list[dict], archs: list[str]) -> dict:
     out = {}
     for arch in archs:
         rs = [r for r in runs if r["arch"] == arch]
-        test: dict[str, dict] = {}
-        shifted: dict[str, dict] = {}
-        entry: dict[str, object] = {"n_runs": len(rs), "test": test, "test_lab_shift": shifted}
-        for m in STUDY_METRICS:
-            test[m] = _mean_std([r["test"].get(m) for r in rs if r.get("test")])
-            if any(r.get("test_lab_shift") for r in rs):
-                shifted[m] = _mean_std([r["test_lab_shift"].get(m) for r in rs if r.get("test_lab_shift")])
-        entry["train_seconds"] = _mean_std([r["train_seconds"] for r in rs])
-        entry["epochs_run"] = _mean_std([r["epochs_run"] for r in rs])
-        entry["n_parameters"] = rs[0]["n_parameters"] if rs else None
-        out[arch] = entry
+        shifted = [r["test_lab_shift"] for r in rs if r.get("test_lab_shift")]
+        out[arch] = {"n_runs": len(rs), "test": _cells([r["test"] for r in rs if r.get("test")], STUDY_METRICS),
+                     "test_lab_shift": _cells(shifted, STUDY_METRICS) if shifted else {},
+                     **_cells(rs, ("train_seconds", "epochs_run")),
+                     "n_parameters": rs[0]["n_parameters"] if rs else None}
     return out
 
 
-def _pm(s: dict, pct: bool = False, digits: int = 4) -> str:
-    if not s or s.get("mean") is None:
-        return "n/a"
-    k = 100 if pct else 1
-    d = 2 if pct else digits
-    return f"{k * s['mean']:.{d}f} ± {k * s['std']:.{d}f}"
-
-
 def study_table(summary: dict) -> str:
-    """A markdown table: one row per architecture, mean ± std over seeds."""
-    has_shift = any(e["test_lab_shift"] for e in summary.values())
-    head = ["architecture", "params", "runs", "dice_global", "dice_global_all", "dice_mean", "iou_global",
-            "pixel accuracy %", "count_mae"] + (["dice_global, lab shift"] if has_shift else []) + ["train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arch, e in summary.items():
-        t = e["test"]
-        row = [arch, f"{(e['n_parameters'] or 0) / 1e6:.2f} M", str(e["n_runs"]), _pm(t["dice_global"]),
-               _pm(t["dice_global_all"]), _pm(t["dice_mean"]), _pm(t["iou_global"]),
-               _pm(t["pixel_accuracy"], pct=True), _pm(t["count_mae"], digits=2)]
-        if has_shift:
-            row.append(_pm(e["test_lab_shift"].get("dice_global")))
-        row.append(f"{e['train_seconds']['mean']:.0f}" if e["train_seconds"]["mean"] is not None else "n/a")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    """A markdown table (evaluation.study.markdown_table): one row per architecture, mean ± std over seeds."""
+    shift = ("dice_global, lab shift",) if any(e["test_lab_shift"] for e in summary.values()) else ()
+    rows = [{"architecture": arch, "params": f"{(e['n_parameters'] or 0) / 1e6:.2f} M", "n_runs": e["n_runs"],
+             **e["test"], "dice_global, lab shift": e["test_lab_shift"].get("dice_global"),
+             "train s": e["train_seconds"]} for arch, e in summary.items()]
+    return markdown_table(rows, ("architecture", "params"), STUDY_METRICS + shift + ("train s",),
+                          percent=("pixel_accuracy",), headers={"pixel_accuracy": "pixel accuracy"},
+                          digits={"count_mae": 2, "train s": 0, **dict.fromkeys(STUDY_METRICS[:4] + shift, 4)}) + "\n"
 
 
 def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:

@@ -33,12 +33,6 @@ from leukodx.errors import DatasetError
 from leukodx.training.losses import PROBABILITY_THRESHOLD, DiceBCELoss, DiceScore
 
 
-def masked_samples(samples, split_name: str = "") -> tuple[list, list[str]]:
-    """(samples that have a reference mask, paths of those that have none)."""
-    have = [s for s in samples if s.mask is not None]
-    return have, [s.path for s in samples if s.mask is None]
-
-
 def require_masks(dataset, data) -> None:
     """One clear error when a data set has no usable reference mask at all."""
     if not dataset.has_masks or not any(s.mask is not None for s in dataset.samples):

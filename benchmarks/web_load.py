@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # webtools: the test support (fake analyzer, serve child process)
 REAL = ROOT.parent / "shared" / "data" / "all-taleqani" / "Original"
 
 
@@ -44,7 +46,7 @@ def field_images(n: int = 16) -> tuple[list[tuple[str, bytes]], str]:
                 out.append((p.name, p.read_bytes()))
         if out:
             return out, "all-taleqani Original (224x224 JPEG)"
-    from leukodx.web.testing import field_bytes
+    from webtools import field_bytes
 
     labels = ("Benign", "Early", "Pre", "Pro")
     return [(f"synthetic-{i}.jpg", field_bytes(labels[i % 4], i, size=224)) for i in range(n)], "synthetic 224x224 JPEG"
@@ -96,7 +98,7 @@ async def run_load(url: str, token: str, files: list[tuple[str, bytes]], n: int,
 
 def machine() -> dict:
     """The analysis benchmark's machine description, plus the web stack's versions."""
-    from leukodx.inference.bench import machine_info
+    from leukodx.deploy.bench import machine_info
 
     info = machine_info(threads=None)
     for mod in ("fastapi", "uvicorn"):
@@ -123,7 +125,7 @@ def main() -> None:
     from leukodx.web.auth import create_token
     from leukodx.web.db import open_database
     from leukodx.web.settings import database_url_for
-    from leukodx.web.testing import ServeProcess
+    from webtools import ServeProcess
 
     tmp = Path(tempfile.mkdtemp(prefix="leukodx-load-"))
     db = tmp / "load.db"

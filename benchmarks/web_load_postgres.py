@@ -97,7 +97,7 @@ def run(url: str, workers: int = 2, n: int = 200, concurrency: int = 8, n_cases:
 
     from leukodx.web.auth import create_token
     from leukodx.web.db import describe_url, open_database
-    from leukodx.web.testing import field_bytes
+    from webtools import TESTS, field_bytes
 
     drop_tables(url)
     tmp = Path(tempfile.mkdtemp(prefix="leukodx-pgload-"))
@@ -116,10 +116,11 @@ def run(url: str, workers: int = 2, n: int = 200, concurrency: int = 8, n_cases:
     cmd = [sys.executable, "-m", "leukodx", "serve", "--workers", str(workers), "--db", url, "--files-dir",
            str(files_dir), "--port", str(port), "--log-level", "warning"]
     if fake:
-        cmd += ["--analyzer", "leukodx.web.testing:FakeAnalyzer"]
+        cmd += ["--analyzer", "webtools:FakeAnalyzer"]
     log = open(tmp / "serve.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "LEUKODX_ADMIN_PASSWORD": "load-test-admin"})
+                            env={**os.environ, "LEUKODX_ADMIN_PASSWORD": "load-test-admin",
+                                 "PYTHONPATH": os.pathsep.join(filter(None, (str(TESTS), os.environ.get("PYTHONPATH"))))})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180

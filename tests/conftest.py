@@ -69,7 +69,7 @@ def make_app(db_url):
     apps = []
 
     def make(folder, analyzer=None, **kw):
-        from leukodx.web.testing import make_test_app
+        from webtools import make_test_app
 
         out = make_test_app(folder, analyzer, database_url=db_url, **kw)
         apps.append(out[0])

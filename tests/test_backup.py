@@ -23,7 +23,7 @@ from sqlalchemy import text
 from leukodx.errors import LeukodxError
 from leukodx.web import backup as bk
 from leukodx.web.db import head_revision, make_engine
-from leukodx.web.testing import LiveServer, field_bytes
+from webtools import LiveServer, field_bytes
 
 TABLES = ("users", "api_tokens", "login_sessions", "cases", "fields", "audit_log")
 DATA = Path(__file__).resolve().parent / "data"

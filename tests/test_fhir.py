@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from leukodx.web.testing import FakeAnalyzer, field_bytes
+from webtools import FakeAnalyzer, field_bytes
 
 R4B = pytest.importorskip("fhir.resources.R4B.diagnosticreport")
 

@@ -13,11 +13,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from leukodx import CLASSES
+from leukodx.data.layout import TALEQANI_CLASSES as CLASSES
 from leukodx.web.app import create_app
 from leukodx.web.db import AuditEntry, Field, open_database
 from leukodx.web.settings import database_url_for
-from leukodx.web.testing import FakeAnalyzer, field_bytes
+from webtools import FakeAnalyzer, field_bytes
 
 # `make_app` (tests/conftest.py) builds the app on the `db_url` fixture: each test runs on SQLite and PostgreSQL.
 
@@ -157,10 +157,10 @@ def test_decompression_bomb_and_truncated_image_get_clear_messages(web):
 
 
 def test_too_big_and_too_many_are_413(tmp_path, make_app):
-    app, clin, _ = make_app(tmp_path, max_file_bytes=20_000, max_files=2)
+    app, clin, _ = make_app(tmp_path, max_file_mb=0.02, max_files=2)
     client = TestClient(app)
     big = field_bytes("Pro", 1, size=256, fmt="PNG")
-    assert len(big) > 20_000
+    assert len(big) > 0.02 * 2**20
     r = client.post("/api/v1/analyze", headers=clin, files=[("files", ("big.png", big, "image/png"))])
     assert r.status_code == 413 and "MB limit" in r.text
     r = client.post("/api/v1/analyze", headers=clin, files=[jpg("Pre", i) for i in range(3)])
@@ -200,7 +200,8 @@ def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
     fields = r.json()["added"]
     assert all(f["overlay_url"] and f["heatmap_url"] is None for f in fields)  # heat maps: on first view
     f0 = fields[0]
-    other = next(c for c in ("Benign", "Early", "Pre", "Pro") if c != f0["label"])
+    assert app.state.ctx.service.classes == ["Benign", "Early", "Pre", "Pro"]  # the bundled classifier's config
+    other = next(c for c in app.state.ctx.service.classes if c != f0["label"])
     ai_case_label = case["ai"]["label"]
     r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={
         "case": {"decision": "confirm", "note": "agree"},
@@ -212,14 +213,64 @@ def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
     assert out["review"]["reviewed_by"] == "token:clinic-pc"
     g0 = next(f for f in out["fields"] if f["id"] == f0["id"])
     assert g0["label"] == f0["label"] and g0["review"]["label"] == other and g0["review"]["decision"] == "override"
-    # overriding needs a class; an unknown field is 404
+    # overriding needs one of the model's classes, and the answer names them; an unknown field is 404
     bad = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override"}})
-    assert bad.status_code == 422
+    assert bad.status_code == 422 and bad.json()["detail"] == (
+        "Overriding the case needs one of the model's classes. Choose one of: Benign, Early, Pre, Pro.")
+    bad = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={
+        "fields": [{"field_id": f0["id"], "decision": "override", "label": "Lymphoma"}]})
+    assert bad.status_code == 422 and bad.json()["detail"] == (
+        f"Overriding field {f0['id']} needs one of the model's classes; 'Lymphoma' is not one of them. "
+        "Choose one of: Benign, Early, Pre, Pro.")
     missing = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
                            json={"fields": [{"field_id": 99999, "decision": "confirm"}]})
     assert missing.status_code == 404
     # the failed reviews changed nothing
     assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["review"]["label"] == ai_case_label
+
+
+def test_the_classes_are_the_analysers_not_written_into_the_web_app(tmp_path, make_app):
+    """A model with other classes: the review accepts and the pages offer its classes, and only those."""
+    from webtools import login
+
+    class TwoClasses(FakeAnalyzer):
+        def __init__(self):
+            super().__init__()
+            self.classes = ["Benign", "Blast"]
+
+    app, clin, _ = make_app(tmp_path, analyzer=TwoClasses())
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    f0 = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1)]).json()["added"][0]
+    assert set(f0["probabilities"]) == {"Benign", "Blast"}
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
+                     json={"fields": [{"field_id": f0["id"], "decision": "override", "label": "Pre"}]})
+    assert r.status_code == 422 and r.json()["detail"].endswith("Choose one of: Benign, Blast.")
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
+                     json={"fields": [{"field_id": f0["id"], "decision": "override", "label": "Blast"}]})
+    assert r.status_code == 200 and r.json()["fields"][0]["review"]["label"] == "Blast"
+    assert r.json()["reviewed_fields_label"] == "Blast"
+    assert login(client).status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert re.findall(r'<option value="(\w+)"', page)[:2] == ["Benign", "Blast"] and 'value="Pre"' not in page
+
+
+def test_before_the_models_load_the_classes_come_from_the_classifier_config(tmp_path):
+    import json
+
+    from leukodx.assets import default_model_dir
+    from leukodx.web.analysis import AnalysisService
+    from leukodx.web.settings import Settings
+
+    service = AnalysisService(Settings(database_url=database_url_for(tmp_path / "w.db")))
+    assert service.analyzer is None and service.classes == ["Benign", "Early", "Pre", "Pro"]
+    other = tmp_path / "clf"
+    other.mkdir()
+    config = json.loads((default_model_dir("classify") / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "classes": ["A", "B"]}))
+    service = AnalysisService(Settings(database_url=database_url_for(tmp_path / "w.db"), classifier_dir=other))
+    assert service.classes == ["A", "B"]
+    assert AnalysisService(Settings(classifier_dir=tmp_path / "none")).classes == []  # unreadable: none offered
 
 
 def test_case_list_filters_and_csv(web):

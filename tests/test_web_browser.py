@@ -13,7 +13,7 @@ import pytest
 from leukodx.web.app import create_app
 from leukodx.web.auth import add_user
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import FakeAnalyzer, LiveServer, field_bytes
+from webtools import FakeAnalyzer, LiveServer, field_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,7 +13,7 @@ from leukodx.web.app import create_app
 from leukodx.web.auth import create_token
 from leukodx.web.db import open_database
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import FakeAnalyzer, ServeProcess, field_bytes
+from webtools import FakeAnalyzer, ServeProcess, field_bytes
 
 
 async def upload_until_killed(url: str, token: str, case_ids: list[int], images: list[bytes], stop: asyncio.Event,

@@ -12,7 +12,7 @@ from pathlib import Path
 from leukodx.web.auth import create_token
 from leukodx.web.db import open_database
 from leukodx.web.settings import database_url_for
-from leukodx.web.testing import ServeProcess, field_bytes
+from webtools import ServeProcess, field_bytes
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "web_load.py"
 

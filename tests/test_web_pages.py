@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from leukodx.web.app import create_app
 from leukodx.web.db import Case
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import FakeAnalyzer, field_bytes, login, make_test_app
+from webtools import FakeAnalyzer, field_bytes, login, make_test_app
 
 
 @pytest.fixture()

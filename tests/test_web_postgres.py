@@ -124,7 +124,7 @@ def test_the_api_flow_works_the_same(db_url, tmp_path, make_app):
     app, _, h = make_app(tmp_path)
     client = TestClient(app)
     cid = client.post("/api/v1/cases", headers=h, json={"reference": "PG-1"}).json()["id"]
-    from leukodx.web.testing import field_bytes
+    from webtools import field_bytes
 
     files = [("files", (f"f{i}.jpg", field_bytes("Pre", i), "image/jpeg")) for i in range(2)]
     up = client.post(f"/api/v1/cases/{cid}/images", headers=h, files=files)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from leukodx import CLASSES
+from leukodx.data.layout import TALEQANI_CLASSES as CLASSES
 from leukodx.web.app import create_app
 from leukodx.web.auth import create_token
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import field_bytes
+from webtools import field_bytes
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "leukodx" / "assets"
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from leukodx.inference.cell_classes import CELL_CLASSES
 from leukodx.web.db import Field
-from leukodx.web.testing import FakeAnalyzer, field_bytes, login
+from webtools import FakeAnalyzer, field_bytes, login
 
 
 def CellAnalyzer():  # noqa: N802
@@ -207,7 +207,9 @@ def test_the_same_image_never_becomes_two_fields(web):
                                                                                         "image/jpeg"))])
     assert again.status_code == 200 and again.json()["added"] == []
     (sk,) = again.json()["skipped"]
-    assert "already a field of this case" in sk["reason"] and "not counted twice" in sk["reason"]
+    assert sk["field_id"] == r.json()["added"][0]["id"] and sk["reason"] == (
+        "The same image (identical content) is already field 1 of this case (a.jpg); it was not added again, so its "
+        "cells are not counted twice.")
     case = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
     assert len(case["fields"]) == 1 and case["ai"]["n_fields"] == 1
     # another case may hold the same image

@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from leukodx.web.app import create_app
 from leukodx.web.auth import create_token
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import FakeAnalyzer
+from webtools import FakeAnalyzer
 
 _TMP = Path(tempfile.mkdtemp(prefix="leukodx-schema-"))
 APP = create_app(Settings(database_url=database_url_for(_TMP / "schema.db"), max_files=5), analyzer=FakeAnalyzer())

@@ -32,7 +32,8 @@ def _load_factory(spec: str):
 
     module, _, attr = spec.partition(":")
     if not module or not attr:
-        raise LeukodxError(f"--analyzer {spec!r} is not module:attribute.", "Example: leukodx.web.testing:FakeAnalyzer")
+        raise LeukodxError(f"--analyzer {spec!r} is not module:attribute.",
+                           "Example: webtools:FakeAnalyzer, with the tests folder on PYTHONPATH.")
     obj = getattr(importlib.import_module(module), attr)
     return obj() if callable(obj) else obj
 
@@ -77,13 +78,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Only this computer can connect unless "
                              "you give 0.0.0.0 (then put it behind HTTPS)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port."),
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP + " [default: $LEUKODX_DB or leukodx.db]"),
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
-    engine: str = typer.Option("onnx", help="Inference engine: onnx, onnx-int8 or torch."),
-    max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Largest accepted image, MB."),
-    max_files: int = typer.Option(50, "--max-files", min=1, help="Most images per upload request."),
+    engine: str = typer.Option(None, help="Inference engine: onnx, onnx-int8 or torch [default: onnx]."),
+    max_file_mb: float = typer.Option(None, "--max-file-mb", min=0.01,
+                                      help="Largest accepted image, MB [default: $LEUKODX_MAX_FILE_MB or 20]."),
+    max_files: int = typer.Option(None, "--max-files", min=1,
+                                  help="Most images per upload request [default: $LEUKODX_MAX_FILES or 50]."),
     workers: int = typer.Option(1, "--workers", min=1, max=64,
                                 help="Server processes (uvicorn workers). More than 1 needs a PostgreSQL --db."),
     analysis_workers: int = typer.Option(None, "--analysis-workers", min=1,
@@ -91,7 +94,8 @@ def serve(
                                          "max 4]."),
     threads: int = typer.Option(None, "--threads", min=1,
                                 help="CPU threads per analysis [default: cores / (workers x analysis workers)]."),
-    queue: int = typer.Option(32, "--queue", min=0, help="Analyses allowed to wait; more are answered 503."),
+    queue: int = typer.Option(None, "--queue", min=0, help="Analyses allowed to wait; more are answered 503 "
+                              "[default: 32]."),
     heatmap_on_upload: bool = typer.Option(False, "--heatmap-on-upload",
                                            help="Compute heat maps with every upload (else on first view)."),
     secure_cookies: bool = typer.Option(False, "--secure-cookies",
@@ -105,12 +109,22 @@ def serve(
 
     from leukodx.errors import LeukodxError
     from leukodx.web.app import create_app
-    from leukodx.web.settings import MB, Settings, database_url_for
+    from leukodx.web.settings import Settings
 
-    if engine not in ("onnx", "onnx-int8", "torch"):
+    if engine not in (None, "onnx", "onnx-int8", "torch"):
         raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx, onnx-int8 or torch.")
-    database_url = database_url_for(db)
-    if workers > 1 and database_url.startswith("sqlite"):
+    cores = os.cpu_count() or 1
+    if workers > 1 and analysis_workers is None:
+        analysis_workers = max(1, min(4, cores) // workers)
+    if workers > 1 and threads is None:
+        threads = max(1, cores // (workers * analysis_workers))
+    # only what was given on the command line overrides the environment (LEUKODX_*) and the defaults
+    settings = Settings.from_env(
+        database_url=db, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
+        max_file_mb=max_file_mb, max_files=max_files, analysis_workers=analysis_workers, analysis_threads=threads,
+        analysis_queue=queue, cookie_secure=secure_cookies or None, heatmap_on_upload=heatmap_on_upload or None,
+    )
+    if workers > 1 and settings.is_sqlite:
         raise LeukodxError(
             f"--workers {workers} needs a PostgreSQL database: SQLite lets one process write at a time, so more "
             "server processes would only queue on its lock.",
@@ -131,17 +145,6 @@ def serve(
         for d in (classifier, segmenter):
             if d is not None and not (Path(d) / "config.json").is_file():
                 raise LeukodxError(f"{d} is not a model directory (no config.json).", "Give a RUN folder from `leukodx train`.")
-    cores = os.cpu_count() or 1
-    if workers > 1 and analysis_workers is None:
-        analysis_workers = max(1, min(4, cores) // workers)
-    if workers > 1 and threads is None:
-        threads = max(1, cores // (workers * analysis_workers))
-    settings = Settings.from_env(
-        database_url=database_url, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
-        engine=engine, max_file_bytes=int(max_file_mb * MB), max_files=max_files, analysis_workers=analysis_workers,
-        analysis_threads=threads, analysis_queue=queue, cookie_secure=secure_cookies or None,
-        heatmap_on_upload=heatmap_on_upload or None,
-    )
     # migrations, the sweep of interrupted uploads and the first admin: once, here, before any worker starts
     if not settings.is_sqlite:  # other leukodx processes or PCs may be storing images while this one starts
         from leukodx.web.storage import FileStore

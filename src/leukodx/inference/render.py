@@ -1,10 +1,12 @@
-"""Pictures of an analysis: cell outlines with count and label (overlay), and the heat map (class activation map).
+"""Pictures of an analysis: cell outlines (overlay) and the heat map (class activation map), one look for
+`leukodx predict` and the web application:
 
-Used by `leukodx predict` and the web application:
-
-    >>> png = overlay_png(rgb, result)      # bytes of a PNG
+    >>> png = overlay_png(rgb, result)      # bytes of a PNG: outlines, cell numbers and a caption band on top
     >>> png = heatmap_png(rgb, result)      # bytes of a PNG (the field when no heat map was computed)
-    >>> png = overlay_png(*shrink(rgb, result, 1024))  # drawn at most 1024 pixels on the longer side
+    >>> png = overlay_png(*shrink(rgb, result, 1024), captioned=False)  # at most 1024 px, the field's own size
+
+`captioned=False` draws the picture the size of the field, without numbers or caption, so that the web pages
+can lay it over the field (they draw the cell numbers and a legend themselves).
 """
 
 from __future__ import annotations
@@ -103,13 +105,15 @@ def _label_positions(result, shape) -> list[tuple[int, tuple[float, float]]]:
     return [(c.id, c.centroid) for c in (result.cells or [])]
 
 
-def overlay_image(rgb: np.ndarray, result) -> Image.Image:
+def overlay_image(rgb: np.ndarray, result, captioned: bool = True) -> Image.Image:
     img = np.asarray(rgb, dtype=np.uint8).copy()
     labels = result.instances if result.instances is not None else result.mask
     if labels is not None and labels.shape == img.shape[:2]:
         width = max(1, round(min(img.shape[:2]) / 224))
         img[outline(labels, width)] = OUTLINE
     pil = Image.fromarray(img)
+    if not captioned:
+        return pil
     draw = ImageDraw.Draw(pil)
     font = _font(max(10, min(img.shape[:2]) // 20))
     for k, (y, x) in _label_positions(result, img.shape[:2]):
@@ -117,9 +121,10 @@ def overlay_image(rgb: np.ndarray, result) -> Image.Image:
     return _caption(pil, caption_text(result), FLAG_COLOURS.get(result.flag, (60, 60, 60)))
 
 
-def overlay_png(rgb: np.ndarray, result) -> bytes:
-    """The field with cell outlines and numbers, and a caption: label, confidence, cell count, flag."""
-    return _png(overlay_image(rgb, result))
+def overlay_png(rgb: np.ndarray, result, *, captioned: bool = True) -> bytes:
+    """The field with cell outlines (captioned: also their numbers, and a caption: label, confidence, cell count,
+    flag)."""
+    return _png(overlay_image(rgb, result, captioned))
 
 
 def colormap(v: np.ndarray) -> np.ndarray:
@@ -131,7 +136,7 @@ def colormap(v: np.ndarray) -> np.ndarray:
     return (np.concatenate([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
-def heatmap_png(rgb: np.ndarray, result, alpha: float = 0.45) -> bytes:
+def heatmap_png(rgb: np.ndarray, result, *, captioned: bool = True, alpha: float = 0.45) -> bytes:
     """The field blended with the heat map (class activation map) of the predicted class (the field alone when none)."""
     img = np.asarray(rgb, dtype=np.uint8)
     if result.heatmap is not None and result.heatmap.shape == img.shape[:2]:
@@ -141,4 +146,4 @@ def heatmap_png(rgb: np.ndarray, result, alpha: float = 0.45) -> bytes:
         text = f"heat map: what drove {result.label}"
     else:
         text = "no heat map"
-    return _png(_caption(Image.fromarray(img), text, (40, 40, 90)))
+    return _png(_caption(Image.fromarray(img), text, (40, 40, 90)) if captioned else Image.fromarray(img))

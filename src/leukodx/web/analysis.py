@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.web.settings import Settings
 
 log = logging.getLogger("leukodx.web")
@@ -49,6 +50,7 @@ class AnalysisService:
         self._executor = ThreadPoolExecutor(max_workers=settings.analysis_workers, thread_name_prefix="analysis")
         self._pending = 0
         self._lock = threading.Lock()
+        self._classes: list[str] | None = None
 
     @property
     def ready(self) -> bool:
@@ -57,6 +59,31 @@ class AnalysisService:
     @property
     def is_fake(self) -> bool:
         return bool(getattr(self.analyzer, "is_fake", False))
+
+    @property
+    def classes(self) -> list[str]:
+        """The classifier's classes: the loaded analyser's; while it loads, its model config's ([] unreadable)."""
+        if self.analyzer is not None:
+            return list(self.analyzer.classes)
+        if self._classes is None:
+            from leukodx.assets import default_model_dir
+            from leukodx.models.model_config import read_model_config
+
+            try:
+                self._classes = list(read_model_config(self.settings.classifier_dir or
+                                                       default_model_dir("classify")).classes)
+            except Exception:  # the models cannot load either: /readyz and every page say why
+                self._classes = []
+        return self._classes
+
+    def summarize(self, results: list[FieldResult]) -> CaseSummary:
+        """The analyser's own case rule (leukodx.inference.summary, as `predict` applies it); while the models
+        load, the rule's defaults over the classifier's classes."""
+        if self.analyzer is not None:
+            return self.analyzer.summarize(results)
+        from leukodx.inference.summary import summarize_case
+
+        return summarize_case(results, self.classes, 0.5)
 
     def load(self) -> None:
         """Load the bundled (or configured) models; runs in a background thread."""

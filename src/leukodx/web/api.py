@@ -6,22 +6,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from leukodx import CLASSES
+from leukodx.inference.render import heatmap_png, overlay_png, shrink
 from leukodx.web import cases as case_logic
 from leukodx.web import cells as cell_logic
 from leukodx.web.deps import ApiAdmin, ApiUser, Db
-from leukodx.web.overlays import heatmap_png, overlay_png
 from leukodx.web.uploads import GoodImage, check_uploads
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
-Label = Literal["Benign", "Early", "Pre", "Pro"]
 MAX_ID = 2**53  # ids fit SQLite/PostgreSQL integers (and JSON numbers)
 CaseId = Annotated[int, Path(ge=1, le=MAX_ID, description="The case's id.")]
-assert get_args(Label) == CLASSES
 
 
 # --- schemas ---------------------------------------------------------------------------------------------
@@ -210,7 +207,8 @@ class UploadOut(BaseModel):
 
 class Decision(BaseModel):
     decision: Literal["confirm", "override"]
-    label: Label | None = Field(default=None, description="Required to override; ignored to confirm.")
+    label: str | None = Field(default=None, max_length=100, description="Required to override: one of the model's "
+                              "classes (GET /readyz: models.classes; another answers 422); ignored to confirm.")
     note: str = Field(default="", max_length=2000)
 
 
@@ -262,6 +260,11 @@ def jsonable(obj):
     return obj
 
 
+def case_out(request: Request, db, case_id: int) -> dict:
+    """The case with its fields, as GET /cases/{id} answers it."""
+    return case_logic.case_dict(case_logic.get_case(db, case_id), request.app.state.ctx.service)
+
+
 def result_dict(name: str, r) -> dict:
     d = jsonable(r.to_dict())
     d["name"] = name
@@ -278,8 +281,9 @@ async def analyse(request: Request, images: list[GoodImage], *, heatmap: bool, r
         def job(analyzer, img=img):
             rgb = img.pixels()
             r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap)
-            ov = overlay_png(rgb, r, side) if render else None
-            hm = heatmap_png(rgb, r, side) if render and heatmap else None
+            small = shrink(rgb, r, side) if render else None
+            ov = overlay_png(*small, captioned=False) if small else None
+            hm = heatmap_png(*small, captioned=False) if small and heatmap and r.heatmap is not None else None
             r.mask = r.instances = r.heatmap = None  # drawn; not kept (memory)
             img.rgb = None
             return r, ov, hm
@@ -301,20 +305,18 @@ async def analyze(
     s = request.app.state.ctx.settings
     images = await check_uploads(files, s.max_files, s.max_file_bytes)
     done = await analyse(request, images, heatmap=heatmap, render=False)
-    results = [r for _, r, _, _ in done]
-    analyzer = request.app.state.ctx.service.analyzer
-    summary = case_logic.summarize(analyzer, results)
+    summary = case_logic.summarize(request.app.state.ctx.service, [r for _, r, _, _ in done])
     from dataclasses import asdict
 
     return {"results": [result_dict(img.name, r) for img, r, _, _ in done], "summary": jsonable(asdict(summary))}
 
 
 @router.post("/cases", response_model=CaseOut, status_code=201, responses=ERRORS, summary="Create a case")
-def create_case(body: CaseIn, who: ApiUser, db: Db):
+def create_case(request: Request, body: CaseIn, who: ApiUser, db: Db):
     """A new case for one smear. Use the lab's smear reference, not the patient's name. Another case with the
     same reference is allowed (a smear may be re-examined) but named in `warnings`."""
     case = case_logic.create_case(db, body.reference, body.note, who.name, body.specimen, body.stain)
-    out = case_logic.case_dict(case_logic.get_case(db, case.id))
+    out = case_out(request, db, case.id)
     dup = case_logic.duplicate_warning(case_logic.same_reference(db, case.reference, but=case.id))
     if dup:
         out["warnings"] = [dup, *out["warnings"]]
@@ -350,12 +352,12 @@ def list_cases(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="leukodx-cases-{stamp}.csv"'},
         )
-    return {"total": total, "cases": [case_logic.case_dict(c, with_fields=False) for c in rows]}
+    return {"total": total, "cases": [case_logic.case_dict(c) for c in rows]}
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut, responses=ERRORS, summary="One case with its fields")
-def get_case(case_id: CaseId, who: ApiUser, db: Db):
-    return case_logic.case_dict(case_logic.get_case(db, case_id))
+def get_case(request: Request, case_id: CaseId, who: ApiUser, db: Db):
+    return case_out(request, db, case_id)
 
 
 @router.post(
@@ -389,18 +391,19 @@ async def upload_images(
 
     known = await run_in_threadpool(existing)
     images = await check_uploads(files, s.max_files, s.max_file_bytes)
-    skipped: list[dict] = []
+    in_case: list[tuple[str, str]] = []  # (file, sha256) of images already a field of the case
+    twice: list[dict] = []
     fresh, seen = [], set()
     for img in images:
         digest = hashlib.sha256(img.data).hexdigest()
-        if digest in known or digest in seen:
-            skipped.append({"file": img.name, "field_id": None, "sha256": digest, "reason": (
-                "The same image (identical content) is already a field of this case; it was not added again, so "
-                "its cells are not counted twice." if digest in known else
-                "The same image (identical content) was sent twice in this upload; it was added once.")})
-            continue
-        seen.add(digest)
-        fresh.append(img)
+        if digest in known:
+            in_case.append((img.name, digest))
+        elif digest in seen:
+            twice.append({"file": img.name, "sha256": digest, "reason": "The same image (identical content) was "
+                          "sent twice in this upload; it was added once."})
+        else:
+            seen.add(digest)
+            fresh.append(img)
     done = await analyse(request, fresh, heatmap=s.heatmap_on_upload, render=True) if fresh else []
 
     def store():
@@ -432,12 +435,13 @@ async def upload_images(
             })
         with ctx.sessions() as db:
             case = case_logic.lock_case(db, case_id)
-            new, late = case_logic.add_fields(db, case, items, ctx.service.analyzer, who.name,
+            new, late = case_logic.add_fields(db, case, items, ctx.service, who.name,
                                               amendment_reason) if items else ([], [])
-            for sk in skipped:
+            for sk in twice:
                 sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
-            return {"case": case_logic.case_dict(case, with_fields=False),
-                    "added": [case_logic.field_dict(f) for f in new], "skipped": skipped + late}
+            dups = [case_logic.duplicate_skip(case, digest, name) for name, digest in in_case]
+            return {"case": case_logic.case_dict(case), "added": [case_logic.field_dict(f) for f in new],
+                    "skipped": [d for d in dups if d] + twice + late}
 
     out = await run_in_threadpool(store)
     if not out["added"]:
@@ -446,31 +450,31 @@ async def upload_images(
 
 
 @router.patch("/cases/{case_id}/review", response_model=CaseOut, responses=LOCK_ERRORS, summary="Review a case")
-def review_case(case_id: CaseId, body: ReviewIn, who: ApiUser, db: Db):
+def review_case(request: Request, case_id: CaseId, body: ReviewIn, who: ApiUser, db: Db):
     """Confirm or override the AI's call for the case (the sign-off) and/or for single fields, with a note.
     The AI's output is kept unchanged beside the reviewer's decision. Once signed off the case is locked: a
     change answers 409 unless `amendment_reason` is given; each amendment is kept in `amendments`."""
     case = case_logic.lock_case(db, case_id)
     case_logic.review(
         db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
-        body.amendment_reason,
+        body.amendment_reason, classes=request.app.state.ctx.service.classes,
     )
-    return case_logic.case_dict(case_logic.get_case(db, case_id))
+    return case_out(request, db, case_id)
 
 
 @router.patch(
     "/cases/{case_id}/fields/{field_id}/cells", response_model=CaseOut, responses=LOCK_ERRORS,
     summary="Reclassify cells of a field",
 )
-def review_cells(case_id: CaseId, field_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: CellsIn, who: ApiUser,
-                 db: Db):
+def review_cells(request: Request, case_id: CaseId, field_id: Annotated[int, Path(ge=1, le=MAX_ID)], body: CellsIn,
+                 who: ApiUser, db: Db):
     """Give cells of a field the reviewer's class (or exclude them, or undo with null). The case's differential
     and blast % are recomputed; the AI's suggestions and its own differential are kept. A signed-off case answers
     409 unless `amendment_reason` is given."""
     case = case_logic.lock_case(db, case_id)
     case_logic.review_cells(db, case, field_id, [c.model_dump() for c in body.cells], who.name,
                             body.amendment_reason)
-    return case_logic.case_dict(case_logic.get_case(db, case_id))
+    return case_out(request, db, case_id)
 
 
 @router.get(
@@ -521,11 +525,11 @@ def fields_csv(
 
 @router.post("/cases/{case_id}/confirm-unflagged", response_model=CaseOut, responses=LOCK_ERRORS,
              summary="Confirm the AI's call of every unflagged, unreviewed field")
-def confirm_unflagged(case_id: CaseId, who: ApiUser, db: Db):
+def confirm_unflagged(request: Request, case_id: CaseId, who: ApiUser, db: Db):
     """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you)."""
     case = case_logic.lock_case(db, case_id)
     case_logic.confirm_unflagged(db, case, who.name)
-    return case_logic.case_dict(case_logic.get_case(db, case_id))
+    return case_out(request, db, case_id)
 
 
 @router.delete("/cases/{case_id}", status_code=204, responses=ERRORS, summary="Delete a case (admin)")
@@ -534,7 +538,3 @@ def delete_case(request: Request, case_id: CaseId, who: ApiAdmin, db: Db):
     for name in case_logic.delete_case(db, case, who.name):
         request.app.state.ctx.store.delete(name)
     return Response(status_code=204)
-
-
-def raise_for(status: int, detail) -> None:
-    raise HTTPException(status, detail=detail)

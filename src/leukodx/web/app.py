@@ -273,7 +273,7 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     async def _rejected(request: Request, exc: UploadRejected):
         return JSONResponse({"detail": [r.as_dict() for r in exc.rejections],
                              "message": "Nothing was stored. " + " ".join(
-                                 f"{r.file}: {r.problem} {r.hint}".strip() for r in exc.rejections)},
+                                 f"{r.file + ': ' if r.file else ''}{r.problem} {r.hint}".strip() for r in exc.rejections)},
                             status_code=exc.status)
 
     @app.exception_handler(ServiceUnavailable)

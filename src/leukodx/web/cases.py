@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from leukodx import CLASSES
 from leukodx.errors import LeukodxError
+from leukodx.inference.summary import malignant_probability
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.web import cells as cell_logic
 from leukodx.web import words
@@ -155,14 +156,11 @@ def field_result(f: Field) -> FieldResult:
     )
 
 
-def summarize(analyzer, case_or_results: Case | list[FieldResult]) -> CaseSummary:
-    """The case rule (leukodx.inference.summary.summarize_case, as `predict` applies it) over a case's fields,
-    with the analyzer's classes and low-confidence threshold."""
-    from leukodx.inference.summary import summarize_case
-
+def summarize(analysis, case_or_results: Case | list[FieldResult]) -> CaseSummary:
+    """The case rule over a case's fields: `analysis.summarize` (the app's AnalysisService, or an analyser: its
+    classes, thresholds and case rule, as `predict` applies them)."""
     results = case_or_results if isinstance(case_or_results, list) else [field_result(f) for f in case_or_results.fields]
-    classes = list(getattr(analyzer, "classes", None) or CLASSES)
-    return summarize_case(results, classes, float(getattr(analyzer, "low_confidence", 0.5)))
+    return analysis.summarize(results)
 
 
 def apply_summary(case: Case, summary: CaseSummary) -> None:
@@ -190,7 +188,7 @@ def duplicate_skip(case: Case, sha256: str, name: str) -> dict | None:
     return None
 
 
-def add_fields(db: Session, case: Case, items: list[dict], analyzer, actor: str,
+def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
                amendment_reason: str | None = None) -> tuple[list[Field], list[dict]]:
     """Add analysed fields (files already stored) and update the case summary, in one transaction. An image
     already in the case (same sha256) is skipped: returns (new fields, [{"file", "field_id", "reason"}])."""
@@ -210,7 +208,7 @@ def add_fields(db: Session, case: Case, items: list[dict], analyzer, actor: str,
         new.append(f)
     db.flush()
     if new:
-        apply_summary(case, summarize(analyzer, case))
+        apply_summary(case, summarize(analysis, case))
         refresh_cells(case)
         case.updated_at = utcnow()
     for f in new:
@@ -227,15 +225,16 @@ def add_fields(db: Session, case: Case, items: list[dict], analyzer, actor: str,
     return new, skipped
 
 
-def _decide(decision: str, label: str | None, ai_label: str | None, what: str) -> str:
+def _decide(decision: str, label: str | None, ai_label: str | None, what: str, classes: Sequence[str]) -> str:
     if decision not in DECISIONS:
         raise Invalid(f"Unknown decision {decision!r}.", "Use confirm or override.")
     if decision == "confirm":
         if ai_label is None:
             raise Invalid(f"There is no AI call to confirm for {what}.", "Override it with your own call.")
         return ai_label
-    if label not in CLASSES:
-        raise Invalid(f"Overriding {what} needs a class.", f"Choose one of: {', '.join(CLASSES)}.")
+    if label is None or label not in classes:
+        raise Invalid(f"Overriding {what} needs one of the model's classes"
+                      + (f"; {label!r} is not one of them." if label else "."), f"Choose one of: {', '.join(classes)}.")
     return label
 
 
@@ -250,8 +249,9 @@ def _same_decision(obj, decision: str, label: str, note: str, actor: str) -> boo
 
 
 def review(db: Session, case: Case, actor: str, case_review: dict | None, field_reviews: list[dict],
-           amendment_reason: str | None = None) -> Case:
-    """Apply the reviewer's decisions (case and/or fields) in one transaction. The AI's output is untouched.
+           amendment_reason: str | None = None, *, classes: Sequence[str]) -> Case:
+    """Apply the reviewer's decisions (case and/or fields) in one transaction; an override names one of `classes`
+    (the analyser's, AnalysisService.classes). The AI's output is untouched.
     A signed-off case changes only with an amendment reason (else Locked); sending the very decisions it already
     holds, by the same reviewer (a double submit), changes nothing and needs none."""
     if not case_review and not field_reviews:
@@ -263,10 +263,10 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         f = by_id.get(fr["field_id"])
         if f is None:
             raise NotFound(f"Case {case.id} has no field {fr['field_id']}.", "Reload the case page.")
-        decided_fields.append((f, fr, _decide(fr["decision"], fr.get("label"), f.label, f"field {f.id}")))
+        decided_fields.append((f, fr, _decide(fr["decision"], fr.get("label"), f.label, f"field {f.id}", classes)))
     case_label = None
     if case_review:
-        case_label = _decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case")
+        case_label = _decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case", classes)
     if is_signed_off(case):
         unchanged = all(_same_decision(f, fr["decision"], lab, fr.get("note") or "", actor)
                         for f, fr, lab in decided_fields)
@@ -358,7 +358,7 @@ def confirm_unflagged(db: Session, case: Case, actor: str) -> int:
     if not todo:
         return 0
     review(db, case, actor, None, [{"field_id": f.id, "decision": "confirm", "label": None, "note": ""}
-                                   for f in todo])
+                                   for f in todo], classes=())  # confirmations name no class
     return len(todo)
 
 
@@ -368,17 +368,17 @@ def reviewed_results(case: Case) -> list[FieldResult]:
     out = []
     for f in case.fields:
         r = field_result(f)
-        if f.review_label in CLASSES:
+        if f.review_label:  # a class of the model: review() accepts no other
             r.label, r.flag, r.flag_reason, r.confidence = f.review_label, "ok", "", 1.0
-            r.probabilities = {c: float(c == f.review_label) for c in CLASSES}
-            r.malignant_probability = float(f.review_label != "Benign")
+            r.probabilities = {f.review_label: 1.0}  # every other class 0
+            r.malignant_probability = malignant_probability(r.probabilities)
         out.append(r)
     return out
 
 
-def reviewed_summary(analyzer, case: Case) -> CaseSummary:
+def reviewed_summary(analysis, case: Case) -> CaseSummary:
     """The case rule over the fields with the reviewer's field calls taken into account."""
-    return summarize(analyzer, reviewed_results(case))
+    return summarize(analysis, reviewed_results(case))
 
 
 def sign_off_warnings(case: Case) -> list[str]:
@@ -481,7 +481,10 @@ def cell_dict(c: dict) -> dict:
 EMPTY_CELLS = cell_logic.cell_summary([])
 
 
-def case_dict(case: Case, with_fields: bool = True) -> dict:
+def case_dict(case: Case, analysis=None) -> dict:
+    """The case as the API answers it; with `analysis` (the app's AnalysisService: the case rule for the reviewed
+    call) also its fields, review progress and warnings."""
+    with_fields = analysis is not None
     d = {
         "id": case.id,
         "reference": case.reference,
@@ -514,7 +517,7 @@ def case_dict(case: Case, with_fields: bool = True) -> dict:
     if with_fields:
         d["fields"] = [field_dict(f) for f in case.fields]
         d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
-        d["reviewed_fields_label"] = reviewed_summary(None, case).label if d["n_fields_reviewed"] else None
+        d["reviewed_fields_label"] = reviewed_summary(analysis, case).label if d["n_fields_reviewed"] else None
         d["warnings"] = sign_off_warnings(case)
     return d
 

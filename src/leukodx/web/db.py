@@ -370,7 +370,3 @@ def open_database(url: str) -> tuple[Engine, sessionmaker]:
     engine = make_engine(url)
     migrate(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)
-
-
-def table_names(engine: Engine) -> list[str]:
-    return inspect(engine).get_table_names()

@@ -7,9 +7,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import update
 
 from leukodx.data.images import open_image
+from leukodx.inference.render import heatmap_png, shrink
 from leukodx.web.cases import NotFound
 from leukodx.web.db import Field
-from leukodx.web.overlays import heatmap_png
 
 
 async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
@@ -34,7 +34,8 @@ async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
 
     def job(analyzer):
         rgb = np.asarray(open_image(data, name=name))
-        return heatmap_png(rgb, analyzer.analyze(rgb, name=name, heatmap=True), side)
+        r = analyzer.analyze(rgb, name=name, heatmap=True)
+        return None if r.heatmap is None else heatmap_png(*shrink(rgb, r, side), captioned=False)
 
     png = await ctx.service.run(job)
     if png is None:

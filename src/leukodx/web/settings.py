@@ -1,4 +1,5 @@
-"""Typed settings of the web application: defaults -> environment (LEUKODX_*) -> command-line flags."""
+"""Typed settings of the web application: defaults -> environment (LEUKODX_<FIELD>, e.g. LEUKODX_MAX_FILES,
+LEUKODX_MAX_FILE_MB, LEUKODX_FILES_DIR, LEUKODX_LAB_NAME; the database: LEUKODX_DB) -> command-line flags."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MB = 1024 * 1024
 
@@ -19,17 +21,20 @@ def database_url_for(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-class Settings(BaseModel):
-    """Everything the web application can be told. Build with `Settings(...)` or `Settings.from_env(...)`."""
+class Settings(BaseSettings):
+    """Everything the web application can be told: `Settings(**values)`, the environment filling what is not given."""
 
-    database_url: str = Field(default_factory=lambda: database_url_for("leukodx.db"))
+    model_config = SettingsConfigDict(env_prefix="LEUKODX_", validate_by_name=True)
+
+    database_url: str = Field(default="leukodx.db", validation_alias="LEUKODX_DB",
+                              description="A SQLite file path or a database URL (LEUKODX_DB).")
     files_dir: Path | None = Field(
         default=None, description="Where uploads, overlays and heat maps are kept (content-hash names)."
     )
     engine: Literal["onnx", "onnx-int8", "torch"] = "onnx"
     classifier_dir: Path | None = None
     segmenter_dir: Path | None = None
-    max_file_bytes: int = Field(default=20 * MB, gt=0)
+    max_file_mb: float = Field(default=20.0, gt=0, description="The largest accepted image, MB.")
     max_files: int = Field(default=50, gt=0)
     analysis_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), gt=0)
     analysis_threads: int | None = Field(
@@ -51,10 +56,19 @@ class Settings(BaseModel):
     lab_address: str = Field(default="", max_length=500,
                              description="The lab's address, printed under its name (LEUKODX_LAB_ADDRESS).")
 
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return database_url_for(v)
+
     @field_validator("files_dir")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return None if v is None else Path(v).expanduser().resolve()
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
 
     @property
     def is_sqlite(self) -> bool:
@@ -71,21 +85,5 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
-        """Defaults, then LEUKODX_DB / LEUKODX_FILES_DIR / LEUKODX_MAX_FILE_MB / LEUKODX_MAX_FILES /
-        LEUKODX_LAB_NAME / LEUKODX_LAB_ADDRESS, then overrides."""
-        values: dict = {}
-        env = os.environ
-        if env.get("LEUKODX_DB"):
-            values["database_url"] = database_url_for(env["LEUKODX_DB"])
-        if env.get("LEUKODX_FILES_DIR"):
-            values["files_dir"] = Path(env["LEUKODX_FILES_DIR"])
-        if env.get("LEUKODX_MAX_FILE_MB"):
-            values["max_file_bytes"] = int(float(env["LEUKODX_MAX_FILE_MB"]) * MB)
-        if env.get("LEUKODX_MAX_FILES"):
-            values["max_files"] = int(env["LEUKODX_MAX_FILES"])
-        if env.get("LEUKODX_LAB_NAME"):
-            values["lab_name"] = env["LEUKODX_LAB_NAME"]
-        if env.get("LEUKODX_LAB_ADDRESS"):
-            values["lab_address"] = env["LEUKODX_LAB_ADDRESS"]
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        """The environment and defaults, with the overrides that are not None (the flags a user gave)."""
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

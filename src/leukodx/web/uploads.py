@@ -118,7 +118,7 @@ async def check_uploads(files: list, max_files: int, max_bytes: int) -> list[Goo
             continue
         data = await read_limited(f, max_bytes)
         if data is None:
-            bad.append(Rejection(413, name, f"the file is over the {max_bytes / 2**20:.0f} MB limit.",
+            bad.append(Rejection(413, name, f"the file is over the {max_bytes / 2**20:.3g} MB limit.",
                                  "Export the field at a lower resolution or as JPEG."))
             continue
         try:

@@ -11,6 +11,8 @@ import re
 
 from leukodx.inference.smear_check import ADVICE as SMEAR_ADVICE
 
+# Words for the classes a model may have (the classes themselves are the analyser's, from its model config); a
+# class without words here is shown by its own name.
 CLASS_NAMES = {"Benign": "Benign (no blasts)", "Early": "Early pre-B ALL", "Pre": "Pre-B ALL", "Pro": "Pro-B ALL"}
 # the call worded as a morphology finding, as a lab reports it (a subtype needs immunophenotyping to be a diagnosis)
 CALL_WORDS = {
@@ -104,4 +106,4 @@ def reason_words(reason: str) -> str:
 
 
 def call_words(label: str | None) -> str:
-    return CALL_WORDS.get(label or "", "No call")
+    return CALL_WORDS.get(label, label) if label else "No call"

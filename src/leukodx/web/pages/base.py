@@ -5,8 +5,6 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from leukodx import CLASSES
-
 NOTICES = {
     "created": "Case created. Now add the field images of this smear.",
     "uploaded": "The new fields are analysed. Check each AI suggestion below, then sign off the case.",
@@ -30,5 +28,5 @@ def render(request: Request, name: str, status_code: int = 200, **context) -> HT
     else:
         notice = NOTICES.get(done, "")
     context.setdefault("notice", notice)
-    context.update(service=ctx.service, settings=ctx.settings, classes=CLASSES)
+    context.update(service=ctx.service, settings=ctx.settings, classes=ctx.service.classes)
     return ctx.templates.TemplateResponse(request, name, context, status_code=status_code)

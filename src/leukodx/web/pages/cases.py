@@ -127,14 +127,13 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
 def case_page_response(request: Request, db, who, case_id: int, status_code: int = 200, field_id: int | None = None,
                        **extra):
     case = case_logic.get_case(db, case_id)
-    analyzer = request.app.state.ctx.service.analyzer
     idx = _current_index(case, field_id)
     extra.setdefault("error", "")
     extra.setdefault("form", {})
     return render(
         request, "case.html", status_code, who=who, case=case, current=idx,
         field=case.fields[idx] if case.fields else None,
-        reviewed=case_logic.reviewed_summary(analyzer, case) if case.fields else None,
+        reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
         cs=cell_logic.cell_summary(f.cells or [] for f in case.fields),
         gallery=_gallery(case), warnings=case_logic.sign_off_warnings(case),
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
@@ -165,7 +164,7 @@ def review_field(
     try:
         case_logic.review(db, case, who.name, None,
                           [{"field_id": field_id, "decision": decision, "label": label or None, "note": note}],
-                          amendment_reason)
+                          amendment_reason, classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
         return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=exc.message,
@@ -223,7 +222,7 @@ def review_case(
             raise Invalid("Some fields are not reviewed or are flagged (listed above the sign-off button).",
                           "Review them, or tick 'I have seen these warnings' and sign off again.")
         case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
-                          amendment_reason)
+                          amendment_reason, classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
         return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message, form=form)
@@ -245,9 +244,8 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
 @router.get("/cases/{case_id}/report")
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
-    analyzer = request.app.state.ctx.service.analyzer
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
-                  reviewed=case_logic.reviewed_summary(analyzer, case) if case.fields else None,
+                  reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
                   cs=cell_logic.cell_summary(f.cells or [] for f in case.fields), cell_words=cell_logic.WORDS)
 
 

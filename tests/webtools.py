@@ -1,7 +1,10 @@
-"""A fake analyzer for tests and UI work: deterministic, fast, needs no trained model.
+"""Test support for the web application: a fake analyzer, synthetic field files, a live server in a thread or
+a `leukodx serve` child process, and an app with users and tokens.
 
-NOT for clinical use: its classes are derived from a hash of the pixels. Pages show a "Test mode" banner
-whenever it is in use (it has `is_fake = True`).
+The fake analyzer is deterministic, fast and needs no trained model. NOT for clinical use: its classes (the
+bundled classifier's) are drawn from a hash of the pixels. Pages show a "Test mode" banner whenever it is in use
+(it has `is_fake = True`). A `leukodx serve` child process gets it with `--analyzer webtools:FakeAnalyzer` and
+this folder on PYTHONPATH (ServeProcess does both).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage as ndi
 
-from leukodx import CLASSES, MALIGNANT_CLASSES
+from leukodx.inference.summary import malignant_probability
 from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
+
+TESTS = Path(__file__).resolve().parent
 
 if TYPE_CHECKING:
     import subprocess
@@ -28,7 +33,10 @@ class FakeAnalyzer:
     is_fake = True
 
     def __init__(self, delay_s: float = 0.0, cell_labels: bool = False):
-        self.classes = list(CLASSES)
+        from leukodx.assets import default_model_dir
+        from leukodx.models.model_config import read_model_config
+
+        self.classes = list(read_model_config(default_model_dir("classify")).classes)  # the bundled model's
         self.low_confidence = 0.5
         self.delay_s = delay_s
         self.cell_labels = cell_labels  # a made-up cell-level suggestion on every other cell (for UI tests)
@@ -55,10 +63,10 @@ class FakeAnalyzer:
             if self.cell_labels and k % 2 == 1:
                 cell.ai_label, cell.ai_confidence = ("blast" if k % 4 == 1 else "lymphocyte"), 0.8
             cells.append(cell)
-        logits = rng.normal(0, 1, len(CLASSES))
-        logits[rng.integers(len(CLASSES))] += 2.5
+        logits = rng.normal(0, 1, len(self.classes))
+        logits[rng.integers(len(self.classes))] += 2.5
         p = np.exp(logits) / np.exp(logits).sum()
-        probs = {c: float(v) for c, v in zip(CLASSES, p, strict=True)}
+        probs = {c: float(v) for c, v in zip(self.classes, p, strict=True)}
         label = max(probs, key=lambda c: probs[c])
         heat = None
         if heatmap:
@@ -71,7 +79,7 @@ class FakeAnalyzer:
             flag, reason = "low_confidence", f"confidence {probs[label]:.0%} is under 50 %; review this field closely"
         return FieldResult(
             path=name, label=label, probabilities=probs, confidence=probs[label],
-            malignant_probability=float(sum(probs[c] for c in MALIGNANT_CLASSES)), cell_count=len(cells),
+            malignant_probability=malignant_probability(probs), cell_count=len(cells),
             cells=cells, flag=flag, flag_reason=reason, mask=mask, instances=instances.astype(np.int32),
             heatmap=heat, size_note="fake analyzer: no resizing", timings_ms={"total": 0.0},
         )
@@ -138,14 +146,15 @@ class LiveServer:
 
 
 class ServeProcess:
-    """`leukodx serve` in a child process on 127.0.0.1 (for load, crash and benchmark runs).
+    """`leukodx serve` in a child process on 127.0.0.1 (for load, crash, settings and benchmark runs).
 
     >>> with ServeProcess(db, fake=True) as url: ...
     """
 
     def __init__(self, db: Path, *, fake: bool = True, port: int = 0, extra: list[str] | None = None,
-                 ready_timeout: float = 180.0):
+                 ready_timeout: float = 180.0, env: dict[str, str] | None = None):
         self.db, self.fake, self.port, self.extra = Path(db), fake, port, list(extra or [])
+        self.env = dict(env or {})  # more environment variables for the server (e.g. LEUKODX_MAX_FILES)
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -164,8 +173,10 @@ class ServeProcess:
         cmd = [sys.executable, "-m", "leukodx", "serve", "--db", str(self.db), "--port", str(self.port),
                "--log-level", "warning", *self.extra]
         if self.fake:
-            cmd += ["--analyzer", "leukodx.web.testing:FakeAnalyzer"]
-        env = {**os.environ, "LEUKODX_ADMIN_PASSWORD": os.environ.get("LEUKODX_ADMIN_PASSWORD", "admin-password")}
+            cmd += ["--analyzer", "webtools:FakeAnalyzer"]
+        env = {**os.environ, "LEUKODX_ADMIN_PASSWORD": os.environ.get("LEUKODX_ADMIN_PASSWORD", "admin-password"),
+               "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p),
+               **self.env}
         self.log = open(self.db.with_suffix(".serve.log"), "wb")  # noqa: SIM115
         self.proc = proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         url = f"http://127.0.0.1:{self.port}"

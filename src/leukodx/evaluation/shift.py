@@ -237,16 +237,13 @@ def apply_params(rgb: np.ndarray, p: LabShiftParams, mask: np.ndarray | None = N
 def other_camera(rgb: np.ndarray, rng: np.random.Generator | None = None, size: tuple[int, int] = (640, 480),
                  window: float = 1.0, mask: np.ndarray | None = None):
     """The field as another lab's camera shows it: a window `window` x the field's width, with the aspect of
-    `size` (W, H), centred (or placed at random by `rng`), enlarged to `size` (bicubic; the mask bilinear, > 0.5).
-    Pixels next to the window take part in the resampling, as on a real sensor. Returns the image, or
-    (image, mask) when a mask is given."""
+    `size` (W, H), centred (or placed at random by `rng`), enlarged to `size` (bicubic; the mask bilinear, > 0.5;
+    pixels next to the window take part, as on a sensor). Returns the image, or (image, mask) with a mask."""
     h, w = rgb.shape[:2]
     ww = round(w * window)
     wh = round(ww * size[1] / size[0])
-    if rng is None:
-        y0, x0 = (h - wh) // 2, (w - ww) // 2
-    else:
-        y0, x0 = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
+    pick = (lambda n: n // 2) if rng is None else (lambda n: int(rng.integers(0, n + 1)))
+    y0, x0 = pick(h - wh), pick(w - ww)
     box = (x0, y0, x0 + ww, y0 + wh)
     out = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BICUBIC, box=box))
     if mask is None:

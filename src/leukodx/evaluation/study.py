@@ -27,8 +27,7 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
 
 
 def aggregate(runs: list[dict], by: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-    """One row per combination of the `by` keys (in first-seen order): {key: value, metric: {mean, std, n, values}}
-    (`by=()`: one row over all runs)."""
+    """One row per combination of the `by` keys (first-seen order; none: one row): {key, metric: {mean, std, n, values}}."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(tuple(r.get(k) for k in by), []).append(r)

@@ -199,7 +199,7 @@ def _wants_html(request: Request) -> bool:
 def create_app(settings: Settings | None = None, analyzer: Any | None = None) -> FastAPI:
     """The web application. `analyzer`: any object with analyze()/summarize() (leukodx.inference.types.Analyzer);
     None loads the models named by `settings` (by default the bundled ones) once, at start-up."""
-    settings = settings or Settings.from_env()
+    settings = settings or Settings()  # the environment (LEUKODX_*) and the defaults
     engine, sessions = open_database(settings.database_url)
     store = FileStore(settings.resolved_files_dir())
     with sessions() as db:

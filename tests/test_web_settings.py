@@ -5,6 +5,7 @@ start each, a 60 s start-up limit and 30 s per request."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from leukodx.web.auth import create_token
 from leukodx.web.db import open_database
@@ -65,3 +66,14 @@ def test_a_serve_flag_overrides_the_environment(tmp_path):
         assert r.status_code == 200 and len(r.json()["results"]) == 2
         r = httpx.post(url + "/api/v1/analyze", headers=auth, files=jpgs(3), timeout=30)
         assert r.status_code == 413 and "at most 2" in r.json()["detail"][0]["problem"]
+
+
+def test_a_bad_environment_value_is_one_clear_line(monkeypatch, tmp_path, capsys):
+    from leukodx.cli import main
+
+    monkeypatch.setenv("LEUKODX_MAX_FILES", "many")
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--db", str(tmp_path / "bad.db")])
+    assert exc.value.code not in (0, None)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "The setting max_files is not valid" in err and "LEUKODX_MAX_FILES" in err and "Traceback" not in err

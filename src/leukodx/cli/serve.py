@@ -78,15 +78,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Only this computer can connect unless "
                              "you give 0.0.0.0 (then put it behind HTTPS)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port."),
-    db: str = typer.Option(None, "--db", help=DB_HELP + " [default: $LEUKODX_DB or leukodx.db]"),
+    db: str = typer.Option(None, "--db", help=DB_HELP + " (default: $LEUKODX_DB, else leukodx.db)"),
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
-    engine: str = typer.Option(None, help="Inference engine: onnx, onnx-int8 or torch [default: onnx]."),
+    engine: str = typer.Option(None, help="Inference engine: onnx, onnx-int8 or torch (default: onnx)."),
     max_file_mb: float = typer.Option(None, "--max-file-mb", min=0.01,
-                                      help="Largest accepted image, MB [default: $LEUKODX_MAX_FILE_MB or 20]."),
+                                      help="Largest accepted image, MB (default: $LEUKODX_MAX_FILE_MB, else 20)."),
     max_files: int = typer.Option(None, "--max-files", min=1,
-                                  help="Most images per upload request [default: $LEUKODX_MAX_FILES or 50]."),
+                                  help="Most images per upload request (default: $LEUKODX_MAX_FILES, else 50)."),
     workers: int = typer.Option(1, "--workers", min=1, max=64,
                                 help="Server processes (uvicorn workers). More than 1 needs a PostgreSQL --db."),
     analysis_workers: int = typer.Option(None, "--analysis-workers", min=1,
@@ -95,7 +95,7 @@ def serve(
     threads: int = typer.Option(None, "--threads", min=1,
                                 help="CPU threads per analysis [default: cores / (workers x analysis workers)]."),
     queue: int = typer.Option(None, "--queue", min=0, help="Analyses allowed to wait; more are answered 503 "
-                              "[default: 32]."),
+                              "(default: 32)."),
     heatmap_on_upload: bool = typer.Option(False, "--heatmap-on-upload",
                                            help="Compute heat maps with every upload (else on first view)."),
     secure_cookies: bool = typer.Option(False, "--secure-cookies",
@@ -106,6 +106,7 @@ def serve(
 ) -> None:
     """Serve the clinicians' web application and its HTTP API (open http://HOST:PORT in a browser)."""
     import uvicorn
+    from pydantic import ValidationError
 
     from leukodx.errors import LeukodxError
     from leukodx.web.app import create_app
@@ -119,11 +120,16 @@ def serve(
     if workers > 1 and threads is None:
         threads = max(1, cores // (workers * analysis_workers))
     # only what was given on the command line overrides the environment (LEUKODX_*) and the defaults
-    settings = Settings.from_env(
-        database_url=db, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
-        max_file_mb=max_file_mb, max_files=max_files, analysis_workers=analysis_workers, analysis_threads=threads,
-        analysis_queue=queue, cookie_secure=secure_cookies or None, heatmap_on_upload=heatmap_on_upload or None,
-    )
+    try:
+        settings = Settings.from_env(
+            database_url=db, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
+            max_file_mb=max_file_mb, max_files=max_files, analysis_workers=analysis_workers, analysis_threads=threads,
+            analysis_queue=queue, cookie_secure=secure_cookies or None, heatmap_on_upload=heatmap_on_upload or None,
+        )
+    except ValidationError as exc:
+        name = str(exc.errors()[0]["loc"][0]).upper().removeprefix("LEUKODX_")
+        raise LeukodxError(f"The setting {name.lower()} is not valid: {exc.errors()[0]['msg']}.",
+                           f"Check its flag, or the environment variable LEUKODX_{name}.") from None
     if workers > 1 and settings.is_sqlite:
         raise LeukodxError(
             f"--workers {workers} needs a PostgreSQL database: SQLite lets one process write at a time, so more "

@@ -1,0 +1,234 @@
+"""Readers for the segmenter's other sources: Raabin smear fields (YOLO boxes) and PBC single-cell crops.
+
+- **Raabin fields** (`/work/shared/data/raabin-fields`): ``images/<name>.jpg`` (575 x 575) and
+  ``labels/<name>.txt``, one YOLO box per line ``cls xc yc w h`` in 0..1 (0 = leukocyte, 1 = red cell,
+  2 = platelet). A field whose label file is missing is an **error** naming it (`read_raabin_fields`), not a
+  silent skip: every leukocyte of a field is boxed, so a field read without its boxes would teach "no leukocyte
+  here" on its leukocytes. ``missing="skip"`` skips such fields and returns their names for the caller to
+  report. The red-cell diameter of a field is the median of its red-cell boxes' sides ((w + h) / 2), boxes cut
+  at the field's edge left out; without such boxes, the source's median.
+- **PBC** (`/work/shared/data/pbc/<class>/<name>.jpg`, 8 classes, one centred cell per ~360 x 363 crop). All
+  crops come from one CellaVision DM96 at one magnification, so the red-cell diameter is one number for the
+  source: `PBC_RBC_DIAMETER`, the median over crops of `cell_references.measure_rbc_diameter` (isolated, round,
+  nucleus-free stained components), measured on 20 crops per class (160) with
+  ``measure_pbc_rbc_diameter`` (see `docs/results/cell-references/README.md`).
+
+**Splits** (`source_split`): train/val/test 70/15/15 by a hash (sha256) of ``seed:<file name>``. The unit is
+the file: PBC crops are independent cells (one centred cell each; the public data set holds no patient ids),
+and Raabin fields are independent fields cropped around different leukocytes (no patient ids either); the
+group column is the file's own name. Taleqani keeps its existing split (``benchmarks/splits/taleqani-sgdc-seed0.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from leukodx.data.cell_references import CellReference
+from leukodx.data.images import is_image_name
+from leukodx.errors import DatasetError
+
+RAABIN_CLASSES = {0: "leukocyte", 1: "rbc", 2: "platelet"}
+PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
+PBC_RBC_DIAMETER = 68.0  # px, measured (module docstring); overwritten nowhere, re-measure with measure_pbc_rbc_diameter
+RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+SPLIT_COLUMNS = ("path", "label", "split", "group")
+
+
+@dataclass(frozen=True)
+class RaabinField:
+    """One Raabin field: paths relative to the source root, and its boxes (N x 5: class, x0, y0, x1, y1 in px)."""
+
+    path: str
+    label_path: str
+    boxes: np.ndarray
+    size: tuple[int, int]  # (H, W)
+
+    @property
+    def rbc_diameter(self) -> float:
+        return raabin_rbc_diameter(self.boxes, self.size)
+
+
+def read_yolo_labels(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """YOLO label file -> N x 5 float64 (class, x0, y0, x1, y1) in pixels of an image of ``size`` (H, W)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Label file {path} is missing.",
+                           "Every Raabin field needs labels/<name>.txt next to images/<name>.jpg; restore it, "
+                           "or read with missing='skip' to leave such fields out.")
+    h, w = size
+    rows = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            c, xc, yc, bw, bh = (float(p) for p in parts[:5])
+            if len(parts) != 5 or int(c) not in RAABIN_CLASSES:
+                raise ValueError
+        except ValueError:
+            raise DatasetError(f"{path}, line {k}: {line!r} is not a YOLO box 'class xc yc w h' "
+                               f"(class {sorted(RAABIN_CLASSES)}).", "Fix or restore the label file.") from None
+        rows.append((int(c), (xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h))
+    return np.asarray(rows, np.float64).reshape(-1, 5)
+
+
+def raabin_rbc_diameter(boxes: np.ndarray, size: tuple[int, int]) -> float:
+    """Median red-cell box side ((w + h) / 2, px) of the boxes not cut at the field's edge."""
+    h, w = size
+    b = np.asarray(boxes, np.float64).reshape(-1, 5)
+    b = b[b[:, 0] == 1]
+    inside = (b[:, 1] > 1) & (b[:, 2] > 1) & (b[:, 3] < w - 1) & (b[:, 4] < h - 1)
+    b = b[inside]
+    if len(b) == 0:
+        return RAABIN_FALLBACK_RBC_DIAMETER
+    return float(np.median(((b[:, 3] - b[:, 1]) + (b[:, 4] - b[:, 2])) / 2))
+
+
+def _jpeg_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def read_raabin_fields(root: str | Path, missing: str = "error") -> tuple[list[RaabinField], list[str]]:
+    """(fields, skipped names) of a Raabin folder. ``missing``: "error" (default) raises a DatasetError naming
+    the fields whose label file is missing; "skip" leaves them out and returns their image paths."""
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise DatasetError(f"{images} does not exist.",
+                           "Point to the raabin-fields folder holding images/ and labels/.")
+    names = sorted(p for p in images.iterdir() if is_image_name(p))
+    if not names:
+        raise DatasetError(f"{images} holds no images.", "Point to the raabin-fields folder holding images/*.jpg.")
+    lost = [p for p in names if not (root / "labels" / f"{p.stem}.txt").is_file()]
+    if lost and missing != "skip":
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise DatasetError(
+            f"{len(lost)} Raabin field(s) have no label file: "
+            f"{', '.join(str(root / 'labels' / (p.stem + '.txt')) for p in lost[:5])}{more}.",
+            "Restore labels/<name>.txt for each (every leukocyte must be boxed), or pass missing='skip'.")
+    fields = []
+    for p in names:
+        if p in lost:
+            continue
+        lp = root / "labels" / f"{p.stem}.txt"
+        size = _jpeg_size(p)
+        fields.append(RaabinField(str(p.relative_to(root)), str(lp.relative_to(root)), read_yolo_labels(lp, size),
+                                  size))
+    return fields, [str(p.relative_to(root)) for p in lost]
+
+
+def read_pbc(root: str | Path) -> list[tuple[str, str]]:
+    """(path relative to root, class) of every PBC crop, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root} does not exist.", "Point to the pbc folder holding <class>/*.jpg.")
+    out = []
+    for c in PBC_CLASSES:
+        folder = root / c
+        if folder.is_dir():
+            out += [(str(p.relative_to(root)), c) for p in sorted(folder.iterdir()) if is_image_name(p)]
+    if not out:
+        raise DatasetError(f"{root} holds no PBC crops (expected <class>/*.jpg for {', '.join(PBC_CLASSES)}).",
+                           "Point to the pbc folder.")
+    return out
+
+
+def measure_pbc_rbc_diameter(root: str | Path, per_class: int = 20) -> tuple[float, int]:
+    """(median red-cell diameter px, crops measured) over the first ``per_class`` crops of each PBC class."""
+    from leukodx.data.cell_references import measure_rbc_diameter
+    from leukodx.data.images import read_rgb
+
+    ds = []
+    by_class: dict[str, int] = {}
+    for rel, c in read_pbc(root):
+        if by_class.get(c, 0) >= per_class:
+            continue
+        by_class[c] = by_class.get(c, 0) + 1
+        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER)
+        if v is not None:
+            ds.append(v)
+    return (float(np.median(ds)) if ds else PBC_RBC_DIAMETER), len(ds)
+
+
+def split_of(name: str, seed: int = 0) -> str:
+    """train / val / test of a file name, 70/15/15 by sha256 of ``seed:name``."""
+    u = int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:12], 16) / 16**12
+    a, b, _ = SPLIT_FRACTIONS
+    return "train" if u < a else "val" if u < a + b else "test"
+
+
+def source_split(rows: list[tuple[str, str]], seed: int = 0) -> list[dict[str, str]]:
+    """Split rows (path, label) by file: each row its own group (module docstring)."""
+    return [{"path": p, "label": lab, "split": split_of(Path(p).name, seed), "group": Path(p).stem}
+            for p, lab in rows]
+
+
+def write_source_split(rows: list[dict[str, str]], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(SPLIT_COLUMNS))
+        wr.writeheader()
+        wr.writerows(rows)
+    return out
+
+
+def raabin_rows(fields: list[RaabinField]) -> list[tuple[str, str]]:
+    """(path, label) rows for a split: label = "leukocyte" when the field has a leukocyte box, else "none"."""
+    return [(f.path, "leukocyte" if (f.boxes[:, 0] == 0).any() else "none") for f in fields]
+
+
+def read_source_split(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
+    """Rows of a split CSV (path,label,split,group), optionally of one split only."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"Split file {path} does not exist.",
+                           "Make it with: python benchmarks/cell_references_sheet.py --splits")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def raabin_field_reference(root: str | Path, field: RaabinField) -> CellReference:
+    """The Raabin rule's references for one field (`cell_references.raabin_reference`)."""
+    from leukodx.data.cell_references import raabin_reference
+    from leukodx.data.images import read_rgb
+
+    return raabin_reference(read_rgb(Path(root) / field.path), field.boxes, field.rbc_diameter)
+
+
+def pbc_crop_reference(root: str | Path, path: str, label: str, rbc_diameter: float = PBC_RBC_DIAMETER
+                       ) -> CellReference:
+    """The PBC rule's references for one crop (`cell_references.pbc_reference`)."""
+    from leukodx.data.cell_references import pbc_reference
+    from leukodx.data.images import read_rgb
+
+    return pbc_reference(read_rgb(Path(root) / path), label, rbc_diameter)
+
+
+def taleqani_field_reference(root: str | Path, path: str) -> CellReference:
+    """The Taleqani rule's references for one field ``Original/<class>/<name>``: its nucleus reference is the
+    repaired reference (`reference_masks.repaired_reference`) of ``Segmented/<class>/<name>``."""
+    from leukodx.data.cell_references import taleqani_reference
+    from leukodx.data.images import read_reference_mask, read_rgb
+    from leukodx.data.reference_masks import repaired_reference
+
+    root = Path(root)
+    rgb = read_rgb(root / path)
+    parts = Path(path).parts
+    seg = root / "Segmented" / Path(*parts[1:]) if parts and parts[0] == "Original" else None
+    if seg is None or not seg.is_file():
+        raise DatasetError(f"No reference mask for {root / path} (looked for {seg}).",
+                           "Use the public layout Original/<class>/<name> with Segmented/<class>/<name>.")
+    hsv = read_reference_mask(seg, size=(rgb.shape[1], rgb.shape[0]), warn=False)
+    mask, _ = repaired_reference(rgb, hsv)
+    return taleqani_reference(rgb, mask, 17.0)

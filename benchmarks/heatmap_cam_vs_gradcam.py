@@ -13,14 +13,14 @@ import torch
 from leukodx.assets import default_model_dir
 from leukodx.data.images import read_field
 from leukodx.inference import tiling
-from leukodx.inference.gradcam import GradCAM
 from leukodx.inference.pipeline import Analysis
+from leukodx.models.eager import GradCAM, load_eager
 
 cdir = sys.argv[1] if len(sys.argv) > 1 else default_model_dir("classify")
-a = Analysis(cdir, None, engine="torch")
+a = Analysis(cdir, None, engine="torch", eager=load_eager)
 print("class activation maps in the model's outputs:", a.classifier.engine.net.has_cam)
 fields = sorted(glob.glob("../shared/data/all-taleqani/Original/*/*.jpg"))[::97][:24]
-grad_cam = GradCAM(a.torch_classifier())
+grad_cam = GradCAM(a.classifier.engine.model)
 diffs, cors = [], []
 for path, r in zip(fields, a.analyze_many(fields, heatmap=True), strict=True):
     rgb = read_field(path)

@@ -91,7 +91,7 @@ def main() -> None:
     try:
         import onnxruntime as ort
 
-        from leukodx.inference.onnx import export_onnx
+        from leukodx.deploy.export import export_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"

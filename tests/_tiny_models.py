@@ -17,7 +17,7 @@ def make_tiny_models(root: Path, size: int = 64, ood_images=None) -> tuple[Path,
     cfg = {"task": "classify", "arch": "smearnet", "arch_kwargs": {"num_classes": 4}, "classes": CLASSES,
            "input_size": [size, size], "temperature": 1.5, "thresholds": {"low_confidence": 0.3}}
     if ood_images is not None:
-        from leukodx.inference.ood import fit_ood
+        from leukodx.deploy.ood_fit import fit_ood
 
         cfg["ood"] = fit_ood(cls.eval(), cfg, ood_images)
     cdir = save_model(root / "cls", cls, cfg)

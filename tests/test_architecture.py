@@ -1,4 +1,5 @@
-"""The package's import graph: no circles, and the layers below the command line never import it.
+"""The package's import graph against the layer table of docs/architecture.md: no circles, no import from a lower
+layer to a higher one, and no torch in the clinic runtime.
 
 Every `import` counts, inside functions too: a circle hidden in a function is still a circle a reader must untangle.
 """
@@ -6,11 +7,15 @@ Every `import` counts, inside functions too: a circle hidden in a function is st
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import leukodx
 
 SRC = Path(leukodx.__file__).resolve().parent
+DOC = SRC.parents[1] / "docs" / "architecture.md"
+SHARED = ("leukodx", "leukodx.errors", "leukodx.io", "leukodx.cpus", "leukodx.assets")  # root modules, for all
+CLINIC_FORBIDDEN = ("torch", "torchvision", "timm", "sklearn", "matplotlib", "safetensors", "onnx")
 
 
 def _modules() -> dict[str, Path]:
@@ -28,27 +33,65 @@ def _resolve(target: str, mods: dict[str, Path]) -> str | None:
     return target or None
 
 
+def _imports(name: str, path: Path) -> list[str]:
+    """Every name a module imports (absolute; `from a import b` gives a.b), at any depth of its code."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            out += [f"{base}.{a.name}" for a in node.names] or [base]
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([node.module] if node.module else []))
-                targets = [f"{base}.{a.name}" for a in node.names] or [base]
-            for t in targets:
-                if t.startswith("leukodx"):
-                    r = _resolve(t, mods)
-                    if r and r != name:
-                        graph[name].add(r)
+        for t in _imports(name, path):
+            if t.startswith("leukodx"):
+                r = _resolve(t, mods)
+                if r and r != name:
+                    graph[name].add(r)
     return graph
+
+
+def layer_table(text: str | None = None) -> dict[str, tuple[str, ...] | None]:
+    """{layer: the packages or modules it may import (None: everything)} from the docs' "## Layers" block."""
+    text = DOC.read_text() if text is None else text
+    block = text.split("## Layers", 1)[1].split("```")[1]
+    table: dict[str, tuple[str, ...] | None] = {}
+    for line in block.splitlines():
+        m = re.match(r"^(\w+)/\s.*\(([^()]*)\)\s*$", line)
+        if m:
+            allowed = m.group(2).strip()
+            table[m.group(1)] = None if allowed == "everything" else tuple(
+                a.strip() for a in allowed.split(",") if a.strip())
+    return table
+
+
+def layer_violations(graph: dict[str, set[str]], table: dict[str, tuple[str, ...] | None]) -> list[str]:
+    def layer(mod: str) -> str | None:
+        parts = mod.split(".")
+        return parts[1] if len(parts) > 1 and parts[1] in table else None
+
+    bad = []
+    for mod, deps in graph.items():
+        own = layer(mod)
+        if own is None or table[own] is None:
+            continue
+        allowed = tuple(f"leukodx.{a}" for a in table[own] or ())
+        for d in sorted(deps):
+            if d in SHARED or layer(d) == own:
+                continue
+            if not any(d == a or d.startswith(a + ".") for a in allowed):
+                bad.append(f"{mod} imports {d}")
+    return bad
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -107,22 +150,39 @@ def test_no_import_circles():
     assert strongly_connected(import_graph()) == []
 
 
+def test_the_layer_table_is_read_from_the_docs():
+    table = layer_table()
+    assert table["cli"] is None and table["data"] == ()
+    assert table["inference"] == ("models.model_config", "data.images")
+    assert set(table) == {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file() and p.name != "assets"}
+
+
+def test_a_layer_violation_is_found():
+    table = {"inference": ("data.images",), "evaluation": ("inference",), "data": ()}
+    graph = {"leukodx.inference.onnx": {"leukodx.evaluation.evaluate", "leukodx.data.images", "leukodx.errors"},
+             "leukodx.evaluation.evaluate": {"leukodx.inference.pipeline"},
+             "leukodx.data.layout": {"leukodx.data.images"}}
+    assert layer_violations(graph, table) == ["leukodx.inference.onnx imports leukodx.evaluation.evaluate"]
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    assert layer_violations(import_graph(), layer_table()) == []
+
+
+def test_the_clinic_runtime_imports_no_training_library_anywhere():
+    """inference/ is the clinic runtime: numpy, scipy, Pillow and ONNX Runtime; no torch, not even in a function."""
+    bad = {}
+    for name, path in _modules().items():
+        if name.startswith(("leukodx.inference", "leukodx.web")) or name in (
+                "leukodx.models.model_config", "leukodx.data.images"):
+            hits = [t for t in _imports(name, path) if t.split(".")[0] in CLINIC_FORBIDDEN]
+            if hits:
+                bad[name] = hits
+    assert bad == {}
+
+
 def test_lower_layers_never_import_the_command_line():
     bad = {m: sorted(t for t in deps if t.startswith("leukodx.cli"))
            for m, deps in import_graph().items()
            if not m.startswith("leukodx.cli") and m != "leukodx.__main__"}
     assert {m: d for m, d in bad.items() if d} == {}
-
-
-def test_clinic_modules_import_no_torch_at_module_level():
-    """The analysis and serving layers load without torch (the clinic install): torch is imported inside the
-    functions that need it."""
-    for name, path in _modules().items():
-        if not name.startswith(("leukodx.inference.pipeline", "leukodx.inference.engines", "leukodx.web",
-                                "leukodx.models.model_config", "leukodx.data.images")):
-            continue
-        tree = ast.parse(path.read_text())
-        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-        names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
-        names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
-        assert not [n for n in names if n.split(".")[0] in ("torch", "torchvision", "timm")], name

@@ -35,7 +35,7 @@ def test_predict_and_the_web_app_need_no_torch(tmp_path):
     rows = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
     assert len(rows) == 2 and any(f",{flag}," in rows[1] for flag in ("ok", "low_confidence", "out_of_distribution"))
     res = run_without_torch("from leukodx.web import create_app\nfrom leukodx.web.settings import Settings\n"
-                            "import leukodx.inference.bench, leukodx.web.app\nprint('ok')", tmp_path)
+                            "import leukodx.deploy.bench, leukodx.web.app\nprint('ok')", tmp_path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
@@ -53,7 +53,7 @@ def test_heat_maps_come_from_the_onnx_graph_without_torch(tmp_path):
     """A classifier exported with its class activation maps gives heat maps with no torch at all."""
     import torch
 
-    from leukodx.inference.onnx import export_onnx
+    from leukodx.deploy.export import export_onnx
     from leukodx.models import create_model, save_model
 
     torch.manual_seed(0)

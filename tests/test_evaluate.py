@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from leukodx import CLASSES
 from leukodx.cli import main
 from leukodx.data.images import read_reference_mask
+from leukodx.data.layout import TALEQANI_CLASSES as CLASSES
 from leukodx.data.layout import load_dataset
 from leukodx.data.synthetic import make_synthetic_dataset
 from leukodx.models import create_model, save_model
@@ -348,8 +348,8 @@ def test_evaluate_and_predict_agree_field_by_field(tmp_path, data):
     ONNX engine both use by default, for every field (tiled ones included)."""
     from PIL import Image
 
+    from leukodx.deploy.export import export_onnx
     from leukodx.evaluation.evaluate import evaluate
-    from leukodx.inference.onnx import export_onnx
     from leukodx.inference.predict import run_predict
 
     clf = save_classifier(tmp_path / "clf", size=64, temperature=0.7)

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from _tiny_models import make_tiny_models
+from leukodx.models.eager import load_eager
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from leukodx.inference.onnx import export_onnx
+    from leukodx.deploy.export import export_onnx
 
     root = tmp_path_factory.mktemp("onnx")
     cdir, sdir = make_tiny_models(root)
@@ -39,8 +40,8 @@ def test_onnx_runtime_matches_torch_any_batch(exported):
     import onnxruntime as ort
     import torch
 
-    from leukodx.inference.engines import with_features
     from leukodx.models import load_model
+    from leukodx.models.eager import with_features
 
     cdir, sdir, _ = exported
     rng = np.random.default_rng(0)
@@ -65,7 +66,7 @@ def test_engines_agree(exported):
     cdir, sdir, _ = exported
     img = synthetic_field("Pro", 64, seed=3)[0]
     a = load_analyzer(cdir, sdir, engine="onnx", threads=1)
-    b = load_analyzer(cdir, sdir, engine="torch", threads=1)
+    b = load_analyzer(cdir, sdir, engine="torch", threads=1, eager=load_eager)
     assert "ONNX" in a.classifier.engine.source and "ONNX" in a.segmenter.engine.source
     ra, rb = a.analyze(img), b.analyze(img)
     for c in ra.probabilities:
@@ -119,16 +120,18 @@ def test_model_dir_problems_are_clear(exported, tmp_path):
     (missing / "model.safetensors").unlink()
     assert load_analyzer(missing, sdir).analyze(np.full((64, 64, 3), 200, np.uint8)).label  # the ONNX file alone
     with pytest.raises(ModelError, match="model.safetensors"):
+        load_analyzer(missing, sdir, engine="torch", eager=load_eager)
+    with pytest.raises(ModelError, match="needs the training install"):  # the clinic runtime has no PyTorch
         load_analyzer(missing, sdir, engine="torch")
     (missing / "model.onnx").unlink()
     with pytest.raises(ModelError, match="model.safetensors"):
-        load_analyzer(missing, sdir)
+        load_analyzer(missing, sdir, eager=load_eager)
     with pytest.raises(ModelError, match="not a 'classify'"):
         load_analyzer(sdir, sdir)
 
 
 def test_int8_on_synthetic_data(exported, tmp_path, synthetic_data):
-    from leukodx.inference.onnx import export_onnx
+    from leukodx.deploy.export import export_onnx
 
     cdir, _, _ = exported
     d = tmp_path / "cls"
@@ -163,7 +166,7 @@ def test_stale_onnx_after_retraining_is_caught(exported, tmp_path):
     save_model(d, model, {k: v for k, v in cfg.items() if k not in ("format_version", "leukodx_version")})
     with pytest.raises(ModelError, match="exported from other weights"):
         load_analyzer(d, sdir, engine="onnx")
-    load_analyzer(d, sdir, engine="torch")  # the weights themselves are fine
+    load_analyzer(d, sdir, engine="torch", eager=load_eager)  # the weights themselves are fine
 
 
 def test_heat_map_from_onnx_outputs_matches_grad_cam(tmp_path):
@@ -171,11 +174,12 @@ def test_heat_map_from_onnx_outputs_matches_grad_cam(tmp_path):
     ONNX graph outputs gives the same heat map as Grad-CAM in PyTorch (within 0.02 per pixel), without torch."""
     import torch
 
-    from leukodx.inference.gradcam import GradCAM
-    from leukodx.inference.onnx import export_onnx
+    from leukodx.deploy.export import export_onnx
     from leukodx.inference.pipeline import Analysis
     from leukodx.inference.tiling import cut_tiles, stitch, to_batch
     from leukodx.models import create_model, save_model
+    from leukodx.models.checkpoint import load_model
+    from leukodx.models.eager import GradCAM
 
     torch.manual_seed(0)
     net = create_model("classify", "tf_efficientnet_lite0", num_classes=4)
@@ -187,7 +191,7 @@ def test_heat_map_from_onnx_outputs_matches_grad_cam(tmp_path):
     a = Analysis(d, None, engine="onnx")
     rng = np.random.default_rng(0)
     fields = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)]
-    grad_cam = GradCAM(a.torch_classifier())
+    grad_cam = GradCAM(load_model(d)[0])
     for rgb, r in zip(fields, a.analyze_many(fields, heatmap=True), strict=True):
         tiles, _, boxes = cut_tiles([rgb], (64, 64))
         ref = stitch(list(grad_cam(torch.from_numpy(to_batch(tiles)), [a.classes.index(r.label)] * len(tiles))),

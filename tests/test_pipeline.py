@@ -18,7 +18,9 @@ def analysis(tmp_path_factory):
 
     train = [synthetic_field(c, 224, seed=s)[0] for c in ("Benign", "Early", "Pre", "Pro") for s in range(24)]
     cdir, sdir = make_tiny_models(tmp_path_factory.mktemp("models"), ood_images=train)
-    return load_analyzer(cdir, sdir, engine="torch", threads=1)
+    from leukodx.models.eager import load_eager
+
+    return load_analyzer(cdir, sdir, engine="torch", threads=1, eager=load_eager)
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -52,7 +54,7 @@ def test_temperature_is_applied(analysis):
     img, _ = synthetic_field("Early", 64, seed=7)
     r = analysis.analyze(img)
     with torch.inference_mode():
-        logits = analysis.torch_classifier()(torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1)[None]))[0]
+        logits = analysis.classifier.engine.model(torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1)[None]))[0]
     p = torch.softmax(logits / 1.5, 0).numpy()
     assert np.allclose([r.probabilities[c] for c in analysis.classes], p, atol=1e-5)
 

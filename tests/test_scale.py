@@ -8,9 +8,12 @@ from PIL import Image
 
 from leukodx.data.synthetic import synthetic_instances
 from leukodx.inference import tiling
-from leukodx.inference.scale import AS_IS_RANGE, SCALE_RANGE, TRAINING_RBC_DIAMETER_224, field_scale
+from leukodx.inference.scale import field_scale
+from leukodx.models.model_config import ScaleRule
 
-REF = TRAINING_RBC_DIAMETER_224
+AS_IS_RANGE, SCALE_RANGE = ScaleRule().as_is, ScaleRule().resample
+
+REF = ScaleRule().rbc_diameter_224
 
 
 def _resize(rgb: np.ndarray, f: float) -> np.ndarray:

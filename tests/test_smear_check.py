@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from leukodx.data.synthetic import synthetic_field
-from leukodx.inference.scale import TRAINING_RBC_DIAMETER_224, estimate_rbc_diameter
+from leukodx.inference.scale import estimate_rbc_diameter
 from leukodx.inference.smear_check import check_smear
+from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224 as TRAINING_RBC_DIAMETER_224
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "all-taleqani"

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         per stage, on the same fields in the same run."""
         from rich.table import Table
 
-        from leukodx.inference.bench import ENGINE_KEYS, ROWS, bench_markdown, run_bench
+        from leukodx.deploy.bench import ENGINE_KEYS, ROWS, bench_markdown, run_bench
 
         res = run_bench(images, n=n, batch_size=batch_size, threads=threads, classifier_dir=classifier,
                         segmenter_dir=segmenter, heatmap_n=heatmap_n, repeats=repeats, seed_n=seed_n,

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export a model directory to ONNX ("image" -> "logits" [+ "features"], dynamic batch), verified
         against PyTorch; recorded in RUN/config.json when the file is written inside RUN."""
-        from leukodx.inference.onnx import export_onnx
+        from leukodx.deploy.export import export_onnx
 
         target = out or (model / "model.onnx")
         with console.status(f"exporting {model} to {target} ..."):

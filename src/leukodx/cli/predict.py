@@ -29,10 +29,11 @@ def register(app: typer.Typer) -> None:
         extra columns), DIR/predictions.json (every field + the case summary), overlay and heat-map PNGs.
         An unreadable file becomes a row with flag `unreadable`; the batch goes on."""
         from leukodx.inference.predict import run_predict
+        from leukodx.models.eager import load_eager
 
         res = run_predict(paths, out, classifier_dir=classifier, segmenter_dir=segmenter, heatmap=heatmap,
                           workers=workers, engine=engine, batch_size=batch_size, threads=threads,
-                          overlays=overlays, console=console)
+                          overlays=overlays, console=console, eager=load_eager)
         case = res["case"]
         flags = ", ".join(f"{n} {f}" for f, n in case["flags"].items() if n)
         console.print(f"[green]{res['n_fields']} field(s)[/] -> {res['csv']} ({flags})")
@@ -57,7 +58,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Refit temperature, low-confidence threshold and the out-of-distribution check on validation data,
         and store them in RUN/config.json. Re-export ONNX afterwards is not needed (the file is unchanged)."""
-        from leukodx.inference.calibrate import calibrate_model
+        from leukodx.deploy.calibrate import calibrate_model
 
         with console.status(f"calibrating {model} on {data} ..."):
             rep = calibrate_model(model, data, split, max_images=max_images, ood_only=ood_only)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leukodx import CLASSES
 from leukodx.data.images import is_image_name
 from leukodx.errors import DatasetError
 
@@ -13,6 +12,10 @@ LAYOUTS_HELP = (
     "Expected either DATA/Original/<class>/<image> (optionally with DATA/Segmented/<class>/<image> masks) "
     "or DATA/<class>/<image>, with one subfolder per class such as Benign, Early, Pre, Pro."
 )
+
+TALEQANI_CLASSES = ("Benign", "Early", "Pre", "Pro")
+"""The Taleqani data set's classes in their usual order: hematogones (benign), early pre-B, pre-B and pro-B ALL.
+A model's own classes are its config's (leukodx.models.model_config.ModelConfig.classes)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Dataset:
 
 
 def _order_classes(names: list[str]) -> list[str]:
-    known = [c for c in CLASSES if c in names]
+    known = [c for c in TALEQANI_CLASSES if c in names]
     return known + sorted(n for n in names if n not in known)
 
 

@@ -21,8 +21,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from leukodx import CLASSES
-
 
 @dataclass(frozen=True)
 class Morphology:
@@ -146,7 +144,7 @@ def segmented_view(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def make_synthetic_dataset(
     out: str | Path, per_class: int = 12, size: int = 224, seed: int = 0, layout: str = "public",
-    classes: tuple[str, ...] = CLASSES,
+    classes: tuple[str, ...] = tuple(MORPHOLOGY),
 ) -> Path:
     """Write a small data folder of synthetic fields (JPEG images, PNG masks) in the public or flat layout."""
     out = Path(out)

@@ -86,9 +86,9 @@ def bench_fields(images: str | Path | None, n: int, size: int = 224, seed: int =
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(files), min(n, len(files)), replace=False))
         return [files[i].read_bytes() for i in pick], f"{len(pick)} fields from {images}"
-    from leukodx.data.synthetic import synthetic_field
+    from leukodx.data.synthetic import MORPHOLOGY, synthetic_field
 
-    classes = ("Benign", "Early", "Pre", "Pro")
+    classes = tuple(MORPHOLOGY)
     out = []
     for i in range(n):
         buf = io.BytesIO()
@@ -101,7 +101,7 @@ def _ensure_onnx(model_dir: Path, tmp: Path) -> tuple[Path, str]:
     """The model dir itself when it has model.onnx; else a temporary copy with a fresh export."""
     if (model_dir / "model.onnx").is_file():
         return model_dir, "model.onnx shipped in the model directory"
-    from leukodx.inference.onnx import export_onnx
+    from leukodx.deploy.export import export_onnx
 
     dst = tmp / model_dir.name
     shutil.copytree(model_dir, dst, ignore=shutil.ignore_patterns("*.onnx"))
@@ -164,13 +164,14 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
 def _seed_pipeline_dirs(tmp: Path) -> tuple[Path, Path]:
     import torch
 
+    from leukodx.data.synthetic import MORPHOLOGY
     from leukodx.models import create_model, save_model
 
     torch.manual_seed(0)
     size = [SEED_PIPELINE["size"]] * 2
     arch, kw = SEED_PIPELINE["classifier"]
     c = save_model(tmp / "seed-classifier", create_model("classify", arch, **kw),
-                   {"task": "classify", "arch": arch, "arch_kwargs": kw, "classes": ["Benign", "Early", "Pre", "Pro"],
+                   {"task": "classify", "arch": arch, "arch_kwargs": kw, "classes": list(MORPHOLOGY),
                     "input_size": size})
     arch, kw = SEED_PIPELINE["segmenter"]
     s = save_model(tmp / "seed-segmenter", create_model("segment", arch, **kw),
@@ -189,6 +190,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
     from leukodx.inference.engines import INT8_FILE
     from leukodx.inference.pipeline import Analysis
     from leukodx.models.checkpoint import read_config
+    from leukodx.models.eager import load_eager
 
     threads = threads or usable_cores()
     cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
@@ -212,7 +214,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             if key == "onnx":
                 c, notes["onnx_classifier"] = _ensure_onnx(cdir, Path(tmp))
                 s, notes["onnx_segmenter"] = _ensure_onnx(sdir, Path(tmp))
-            analyses[key] = Analysis(c, s, engine=engine, threads=threads)
+            analyses[key] = Analysis(c, s, engine=engine, threads=threads, eager=load_eager)
         if log:
             log(f"measuring {', '.join(analyses)} (interleaved) ...")
         out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats))
@@ -221,7 +223,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
             if log:
                 log(f"measuring the reference study's pipeline on {min(seed_n, len(fields))} of the fields ...")
             c, s = _seed_pipeline_dirs(Path(tmp))
-            seed = bench_engines({"seed_pipeline": Analysis(c, s, engine="torch", threads=threads)},
+            seed = bench_engines({"seed_pipeline": Analysis(c, s, engine="torch", threads=threads, eager=load_eager)},
                                  fields[:seed_n], min(batch_size, 4), 0, warmup=1)
             out["seed_pipeline"] = {**seed["seed_pipeline"], "classifier_engine": "inception_resnet_v2 224 px (PyTorch "
                                     "eager)", "segmenter_engine": "unet 64->1024 224 px (PyTorch eager)"}

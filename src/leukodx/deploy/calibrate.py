@@ -1,14 +1,19 @@
-"""(Re)fit a classifier's calibration on validation data: temperature, low-confidence threshold, OOD checks.
+"""Calibration of a classifier on validation data, one rule for training and `leukodx calibrate`.
 
-    >>> report = calibrate_model("runs/cls", "data/", split_csv="split.csv")
+    >>> t = fit_temperature(val_logits, val_labels)
+    >>> rec = fit_low_confidence(softmax(val_logits / t), val_labels)     # rec["threshold"]
+    >>> report = calibrate_model("runs/cls", "data/", split_csv="split.csv")   # refits and writes config.json
 
-- **temperature** and **thresholds.low_confidence**: leukodx.inference.calibration (the rule training uses),
-  on the validation fields' logits from the model's own engine (the analysis pipeline's tiling and resizing).
-- **ood**: `leukodx.inference.ood.fit_ood`: the feature-distance model on the training fields, its threshold on
-  the validation fields together with their lab-shifted copies (so another lab's stain is not flagged), and the
-  training fields' red-cell diameter for the smear check. Any classifier: features are the input of its last
-  linear layer.
-Everything is written back into RUN/config.json (the previous values are kept under ``calibration.previous``).
+- **temperature**: the T > 0 minimising the negative log-likelihood of softmax(logits / T), on the validation
+  fields' logits from the model's own engine (the analysis pipeline's tiling and resizing).
+- **low confidence** (``thresholds.low_confidence``): the lowest calibrated confidence t (never under `floor`) at
+  which the validation fields with confidence >= t are at least `target_accuracy` right, capped so that at most
+  `max_flagged` of the validation fields fall below it: a flag must stay rare enough to be read, in distribution.
+- **ood** (`calibrate_model` only): `leukodx.deploy.ood_fit.fit_ood`: the feature-distance model on the
+  training fields, its threshold on the validation fields together with their lab-shifted copies (so another
+  lab's stain is not flagged), and the training fields' red-cell diameter (the config's ``scale``). Any
+  classifier: features are the input of its last linear layer.
+`calibrate_model` writes everything back into RUN/config.json (the previous values under ``calibration.previous``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,51 @@ from pathlib import Path
 import numpy as np
 
 from leukodx.errors import DatasetError, ModelError
-from leukodx.inference.calibration import MIN_THRESHOLD, fit_low_confidence, fit_temperature
+
+TARGET_ACCURACY = 0.99
+MAX_FLAGGED = 0.04  # of the validation fields; the out-of-distribution flag adds its own ~1 %
+MIN_THRESHOLD = 0.5
+
+
+def fit_temperature(logits, labels) -> float:
+    """1.0 when there is nothing to fit on."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if len(y) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        s = s - s.max(1, keepdims=True)
+        logp = s - np.log(np.exp(s).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(round(np.exp(res.x), 4))
+
+
+def fit_low_confidence(probs, labels, target_accuracy: float = TARGET_ACCURACY, max_flagged: float = MAX_FLAGGED,
+                       floor: float = MIN_THRESHOLD) -> dict:
+    """The threshold and what it does on the validation fields (JSON-ready, stored as config
+    ``low_confidence_fit``): threshold, reached (the target accuracy was met below the cap), coverage and
+    accuracy above it."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    rec = {"target_accuracy": target_accuracy, "max_flagged": max_flagged, "floor": floor, "n_val": int(len(y))}
+    if len(y) == 0:
+        return {**rec, "threshold": floor, "reached": False}
+    conf = p.max(1)
+    correct = p.argmax(1) == y
+    cap = float(np.quantile(conf, max_flagged))
+    chosen = next((float(t) for t in np.unique(conf) if correct[conf >= t].mean() >= target_accuracy), None)
+    t = max(floor, cap if chosen is None else min(chosen, cap))
+    kept = conf >= t
+    return {**rec, "threshold": round(float(t), 6), "reached": chosen is not None and chosen <= cap,
+            "val_coverage": float(kept.mean()), "val_accuracy_above": float(correct[kept].mean()) if kept.any() else None,
+            "val_accuracy_all": float(correct.mean())}
+
 
 
 def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
@@ -53,8 +102,9 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
 def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Path | None = None,
                     max_images: int = 2000, seed: int = 0, ood_only: bool = False, progress=None) -> dict:
 
-    from leukodx.inference.ood import fit_ood
+    from leukodx.deploy.ood_fit import apply_ood, fit_ood
     from leukodx.models.checkpoint import load_model
+    from leukodx.models.eager import load_eager
     from leukodx.models.model_config import write_model_config
 
     d = Path(model_dir)
@@ -74,7 +124,7 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     from leukodx.data.images import read_field
     from leukodx.inference.pipeline import ClassifierStage, softmax
 
-    stage = ClassifierStage(d, engine="onnx")
+    stage = ClassifierStage(d, engine="onnx", eager=load_eager)
     logits = np.concatenate([stage.field_logits([read_field(p) for p, _ in val[i:i + 32]])
                              for i in range(0, len(val), 32)])
     y = np.array([classes.index(lab) for _, lab in val])
@@ -98,7 +148,7 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
         raw["temperature"] = t
         raw.setdefault("thresholds", {})["low_confidence"] = low
         raw["low_confidence_fit"] = low_fit
-    raw["ood"] = ood
+    raw = apply_ood(raw, ood)
     report = {
         "data": str(data), "division": how, "n_train": len(train), "n_val": len(val), "temperature": t,
         "low_confidence": low, "val_accuracy": float(correct.mean()),

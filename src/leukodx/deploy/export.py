@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from leukodx.errors import DatasetError, ModelError
-from leukodx.inference.engines import INPUT_NAME, INT8_FILE, session_options, with_features
+from leukodx.inference.engines import INPUT_NAME, INT8_FILE, session_options
 from leukodx.io import file_sha256
+from leukodx.models.eager import with_features
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-3  # max abs difference of logits, relative to max(1, |logits|)
@@ -84,9 +85,9 @@ def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int 
         for it in items[:n]:
             imgs.append(_prep(it.image, h, w))
     if not imgs:
-        from leukodx.data.synthetic import synthetic_field
+        from leukodx.data.synthetic import MORPHOLOGY, synthetic_field
 
-        classes = ("Benign", "Early", "Pre", "Pro")
+        classes = tuple(MORPHOLOGY)
         imgs = [_prep(synthetic_field(classes[i % 4], max(h, w), seed=seed + i)[0], h, w) for i in range(n)]
     return np.stack(imgs)
 

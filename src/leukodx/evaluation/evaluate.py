@@ -72,6 +72,7 @@ def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
     """The given model directories, or the bundled defaults, each behind the analysis pipeline."""
     from leukodx.assets import default_model_dir
     from leukodx.inference.pipeline import Analysis
+    from leukodx.models.eager import load_eager
     from leukodx.models.model_config import read_model_config
 
     if engine not in ENGINES:
@@ -100,7 +101,8 @@ def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
         while name in used:
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        analysis = Analysis(d, None, engine, threads) if cfg.task == "classify" else Analysis(None, d, engine, threads)
+        clf, seg = (d, None) if cfg.task == "classify" else (None, d)
+        analysis = Analysis(clf, seg, engine, threads, eager=load_eager)
         loaded.append(EvaluatedModel(d, name, cfg.task, cfg.to_json(), analysis))
     return loaded, notes
 

@@ -56,11 +56,12 @@ from scipy import ndimage as ndi
 from leukodx.errors import ModelError
 from leukodx.inference.cell_classes import AI_CELL_CLASSES
 from leukodx.inference.types import CellInstance
+from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224
 
 FORMAT = "leukodx-cell-classifier"
 FORMAT_VERSION = 1
 MODEL_FILE = "cell_classifier.json"
-DEFAULT_RBC_DIAMETER = 17.0  # px: the Taleqani training fields at 224 px (leukodx.inference.scale)
+DEFAULT_RBC_DIAMETER = DEFAULT_RBC_DIAMETER_224  # px: the Taleqani training fields at 224 px
 FEATURES = (
     "log_area_rbc",
     "solidity",

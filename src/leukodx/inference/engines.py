@@ -1,4 +1,5 @@
-"""Inference engines: ONNX Runtime (the default CPU engine) and PyTorch eager, behind one small interface.
+"""Inference engines: ONNX Runtime, the clinic's engine (PyTorch eager, for training and checks, is
+leukodx.models.eager.TorchEngine, passed in as `eager`), behind one small interface.
 
 An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and returns a dict of named outputs:
 ``logits`` always, ``features`` (penultimate features, for the out-of-distribution score) for classifiers.
@@ -9,8 +10,9 @@ An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and retu
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,101 +25,7 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INPUT_NAME = "image"
 ENGINES = ("onnx", "onnx-int8", "torch")
-
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PyTorch
-
-
-def last_linear(model):
-    """The model's last nn.Linear (the classification head), or None."""
-    from torch import nn
-
-    found = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            found = m
-    return found
-
-
-def with_features(model, cam_input_size: tuple[int, int] | None = None):
-    """Wrap a classifier so it returns (logits, features): features are the input of its last nn.Linear
-    (the penultimate representation). Without a linear head, the logits double as features.
-
-    With `cam_input_size` (H, W), it also returns the class activation maps N x classes x h x w: the head's
-    weights applied to the last feature map (Zhou et al. 2016), exact for a global-average-pool + linear head,
-    which makes a heat map a by-product of the forward pass (in the ONNX graph too; no gradients, no torch at a
-    clinic). Models whose head is not linear on the pooled last feature map get no CAM output."""
-    import torch
-    from torch import nn
-
-    head = last_linear(model)
-    layer = None
-    if cam_input_size is not None and head is not None:
-        from leukodx.inference.gradcam import feature_map_layer
-
-        layer, channels = feature_map_layer(model, cam_input_size)
-        if channels != head.in_features:
-            layer = None
-
-    class ClassifierWithFeatures(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.has_cam = layer is not None
-            self._local = threading.local()  # per thread: another thread's forward must not swap them
-            if head is not None:
-                head.register_forward_pre_hook(self._grab)
-            if layer is not None:
-                layer.register_forward_hook(self._grab_map)
-
-        def _grab(self, _module, inputs):
-            self._local.features = inputs[0]
-
-        def _grab_map(self, _module, _inputs, output):
-            self._local.feature_map = output
-
-        def forward(self, x: torch.Tensor):
-            logits = self.model(x)
-            feats = getattr(self._local, "features", None) if head is not None else logits
-            self._local.features = None
-            if feats is None:
-                raise RuntimeError("the classifier head's input was not captured in this forward pass")
-            if not self.has_cam:
-                return logits, feats.flatten(1)
-            fmap, self._local.feature_map = self._local.feature_map, None
-            return logits, feats.flatten(1), torch.einsum("kc,nchw->nkhw", head.weight, fmap)
-
-    return ClassifierWithFeatures().eval()
-
-
-class TorchEngine:
-    """PyTorch eager on the CPU (torch.set_num_threads(threads))."""
-
-    name = "torch"
-
-    def __init__(self, model, task: str, threads: int | None = None, input_size: tuple[int, int] | None = None):
-        import torch
-
-        self.threads = threads or usable_cores()
-        torch.set_num_threads(self.threads)
-        self.task = task
-        self.model = model.eval()
-        self.net = with_features(self.model, input_size) if task == "classify" else self.model
-        self.source = "model.safetensors (PyTorch eager)"
-        self._lock = threading.Lock()  # the features hook keeps state: one call at a time
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        import torch
-
-        with self._lock, torch.inference_mode():
-            out = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        if self.task == "classify":
-            names = ("logits", "features", "cam")
-            return {k: v.detach().float().numpy() for k, v in zip(names, out, strict=False)}
-        return {"logits": out.detach().float().numpy()}
+EagerLoader = Callable[[Path, ModelConfig, "int | None"], Any]  # (model_dir, config, threads) -> engine
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,9 +150,10 @@ def check_onnx_record(path: Path, config: ModelConfig) -> None:
 
 
 def load_engine(model_dir: str | Path, config: ModelConfig, engine: str = "onnx", threads: int | None = None,
-                torch_model=None):
-    """The engine for one model directory. engine "onnx" uses model.onnx when present (else PyTorch, noted in
-    `.source`), "onnx-int8" uses model.int8.onnx (else model.onnx), "torch" uses PyTorch eager."""
+                eager: EagerLoader | None = None):
+    """The engine for one model directory. engine "onnx" uses model.onnx, "onnx-int8" model.int8.onnx (else
+    model.onnx), "torch" PyTorch eager. PyTorch (also for a directory without model.onnx) comes from `eager`
+    (leukodx.models.eager.load_eager, which the training install passes): the clinic runtime has no torch."""
     if engine not in ENGINES:
         raise ModelError(f"Unknown engine {engine!r}.", f"Use one of: {', '.join(ENGINES)}.")
     d = Path(model_dir)
@@ -252,11 +161,12 @@ def load_engine(model_dir: str | Path, config: ModelConfig, engine: str = "onnx"
         return OnnxEngine(d / INT8_FILE, config, threads)
     if engine in ("onnx", "onnx-int8") and (d / ONNX_FILE).is_file():
         return OnnxEngine(d / ONNX_FILE, config, threads)
-    if torch_model is None:
-        from leukodx.models.checkpoint import load_model
-
-        torch_model, _ = load_model(d)
-    eng = TorchEngine(torch_model, config.task, threads, config.input_size)
+    if eager is None:
+        raise ModelError(f"{d} has no {ONNX_FILE}" + (", and the PyTorch engine needs the training install."
+                                                      if engine == "torch" else "."),
+                         f"Export it (leukodx export onnx --model {d} --out {d / ONNX_FILE}), or install "
+                         "leukodx[train] to run it in PyTorch.")
+    eng = eager(d, config, threads)
     if engine != "torch":
         eng.source = f"model.safetensors (PyTorch eager: no {ONNX_FILE} in {d}; run `leukodx export onnx`)"
     return eng

@@ -1,12 +1,12 @@
 """Out-of-distribution checks: is this a usable smear field, and does the model see it like its training fields?
 
 A flag must mean "the model is likely wrong here, or this is not a usable smear field", never just "another
-lab". Two checks:
+lab". Two checks (fitted by leukodx.deploy.ood_fit; scored here):
 
 1. **Smear check** (``leukodx.inference.smear_check``, model-free): blank, greyscale, screenshot or document,
    no red cells, magnification far from the training fields', heavy blur. It never looks at absolute colour or
-   white balance. Its one fitted number is the training fields' red-cell diameter (``smear.rbc_diameter_224``,
-   stored under ``image_stats`` in config["ood"]).
+   white balance. Its one fitted number is the training fields' red-cell diameter (the model config's
+   ``scale.rbc_diameter_224``).
 2. **Feature distance** (``features``): a class-conditional Mahalanobis distance in the classifier's
    penultimate feature space (any classifier: the input of its last linear layer). The covariance is shared
    between classes and modelled as probabilistic PCA (top-k principal directions + isotropic residual variance,
@@ -19,51 +19,29 @@ The former image-statistics check (background brightness, white balance, stain c
 is gone: it flagged exactly the variation a robust model must tolerate, and its flags did not predict errors.
 "Model likely wrong" on a usable field is ``low_confidence`` (calibrated confidence, in the pipeline).
 
-    >>> ood = fit_ood(model, config, train_images, val_images)   # -> dict, stored as config["ood"]
-    >>> scorer = OODScorer(config["ood"])
+    >>> scorer = OODScorer(config.ood, model_dir)
     >>> flagged, reason, score = scorer.check(features, tiles_rgb, rgb=field)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-FEATURE_PERCENTILE = 99.5  # of held-out fields and their lab-shifted copies together
-SHIFT_SEVERITIES = (1.0, 1.5)
-MAX_COMPONENTS = 32
-MAX_REFERENCE_IMAGES = 400  # training fields the red-cell diameter is measured on
 IMAGE_CHECK_VERSION = 4  # 4: the smear check; 1-3 were colour/texture statistics (ignored now)
 FEATURE_REASON = ("The image is unlike anything the model was trained on (its features are far from every "
                   "class of smear field), so the call is not reliable.")
 FEATURE_ADVICE = "Read the field yourself; check that it is a stained peripheral blood smear at 100x."
+FEATURE_ARRAYS = ("means", "components", "variances")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # feature distance (probabilistic-PCA Mahalanobis, shared covariance)
 
 
-def _fit_features(feats: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
-    feats = feats.astype(np.float64)
-    d = feats.shape[1]
-    means = np.stack([feats[labels == c].mean(0) if (labels == c).any() else feats.mean(0)
-                      for c in range(n_classes)])
-    centred = feats - means[labels]
-    k = int(min(MAX_COMPONENTS, d, max(1, len(feats) - n_classes - 1)))
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    var = s**2 / max(len(feats) - n_classes, 1)
-    comps = vt[:k]
-    lam = var[:k]
-    resid = float(var[k:].sum() / max(d - k, 1)) if d > k else float(lam.min() * 0.1)
-    resid = max(resid, 1e-6 * float(lam.max() + 1e-12))
-    shrink = 0.1  # shrink the principal variances towards the residual one (stabilises small data)
-    lam = (1 - shrink) * lam + shrink * resid + resid
-    return {"means": means, "components": comps, "variances": lam, "residual_variance": resid, "dim": d}
-
-
-def _feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
+def feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
     feats = np.asarray(feats, dtype=np.float64)
     means = np.asarray(m["means"], dtype=np.float64)
     comps = np.asarray(m["components"], dtype=np.float64)
@@ -79,217 +57,47 @@ def _feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
     return best
 
 
-def _rounded(a, sig: int = 6):
-    arr = np.asarray(a, dtype=np.float64)
-    return np.vectorize(lambda v: float(f"{v:.{sig}g}"))(arr).tolist() if arr.size else arr.tolist()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fitting
-
-
-def _native_images(images) -> Iterable[tuple[np.ndarray, str]]:
-    """Yield (HxWx3 uint8 at the image's own size, key) from paths, bytes, arrays, PIL images or a tensor."""
-    from PIL import Image
-
-    from leukodx.data.images import open_image
-
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        if images.shape[1] == 3 and images.shape[-1] != 3:
-            images = images.transpose(0, 2, 3, 1)
-        images = list(np.clip(images, 0, 255).astype(np.uint8))
-    for i, item in enumerate(images):
-        if isinstance(item, tuple):  # (path, label) pairs
-            item = item[0]
-        key = str(item) if isinstance(item, str | Path) else str(i)
-        if hasattr(item, "detach"):
-            item = item.detach().cpu().numpy()
-        if isinstance(item, np.ndarray):
-            arr = item
-            if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
-                arr = arr.transpose(1, 2, 0)
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            yield np.ascontiguousarray(arr[..., :3]), key
-        elif isinstance(item, Image.Image):
-            yield np.asarray(item.convert("RGB")), key
-        else:
-            yield np.asarray(open_image(item if isinstance(item, bytes) else Path(item))), key
-
-
-def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    from PIL import Image
-
-    h, w = int(size[0]), int(size[1])
-    if rgb.shape[:2] == (h, w):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
-
-
-def _as_model_inputs(images, size: Sequence[int]) -> Iterable[np.ndarray]:
-    """Yield HxWx3 uint8 fields at model resolution from paths, bytes, arrays or an N x 3 x H x W tensor."""
-    for rgb, _ in _native_images(images):
-        yield _to_size(rgb, size)
-
-
-def _shifted_inputs(natives: list[tuple[np.ndarray, str]], size, severity: float, seed: int) -> list[np.ndarray]:
-    """Lab-shifted copies (leukodx.evaluation.shift.lab_shift, one draw per image key) at model resolution."""
-    from leukodx.evaluation.shift import lab_shift, rng_for
-
-    return [_to_size(lab_shift(rgb, rng_for(seed, key), severity=severity), size) for rgb, key in natives]
-
-
-def reference_rbc_diameter(natives: Sequence[np.ndarray], max_images: int = MAX_REFERENCE_IMAGES) -> dict | None:
-    """The training fields' red-cell diameter in px of a 224-px field (median, 5th and 95th percentile)."""
-    from leukodx.inference.scale import estimate_rbc_diameter
-
-    ds = []
-    step = max(1, len(natives) // max_images)
-    for rgb in list(natives)[::step][:max_images]:
-        d, conf = estimate_rbc_diameter(rgb)
-        if d is not None and conf >= 0.5:
-            ds.append(d * 224.0 / min(rgb.shape[:2]))
-    if len(ds) < 5:
-        return None
-    p5, med, p95 = np.percentile(ds, [5, 50, 95])
-    return {"rbc_diameter_224": round(float(med), 3), "rbc_diameter_224_p5_p95": [round(float(p5), 3),
-                                                                                  round(float(p95), 3)],
-            "n_measured": len(ds)}
-
-
-def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, max_images: int = 2000,
-            batch_size: int = 32, seed: int = 0, shift_severities: Sequence[float] = SHIFT_SEVERITIES) -> dict:
-    """Fit the checks. `train_images` / `val_images`: paths, bytes, HxWx3 arrays or an N x 3 x H x W tensor in
-    0..255; `model`: any classifier module taking N x 3 x H x W RGB 0..255 at config["input_size"].
-
-    - feature distance: class means and covariance on `train_images` (class-conditional on `labels` when given,
-      else on the classifier's predictions); threshold = FEATURE_PERCENTILE of the scores of the held-out fields
-      (`val_images`, else a fixed 20 % of `train_images` kept out of the fit) together with their lab-shifted
-      copies at `shift_severities`;
-    - smear check: the red-cell diameter of the training fields (the magnification the model was trained at).
-    Returns a JSON-ready dict, stored as config["ood"].
-    """
-    import torch
-
-    from leukodx.inference.engines import with_features
-    from leukodx.inference.smear_check import VERSION as SMEAR_VERSION
-
-    size = config["input_size"]
-    classes = list(config.get("classes") or [])
-    train_nat = list(_native_images(train_images))
-    if labels is not None:
-        labels = [classes.index(lab) if isinstance(lab, str) else int(lab) for lab in list(labels)]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(train_nat))[:max_images]
-    if val_images is None:
-        n_hold = max(1, int(round(0.2 * len(order)))) if len(order) >= 10 else 0
-        hold_idx, fit_idx = order[:n_hold], order[n_hold:]
-        val_nat = [train_nat[i] for i in hold_idx]
-        held_out = "20% of the training images, kept out of the fit"
-    else:
-        fit_idx = order
-        val_nat = list(_native_images(val_images))[:max_images]
-        held_out = "the validation images"
-    fit = [_to_size(train_nat[i][0], size) for i in fit_idx]
-    fit_labels = None if labels is None else np.array([labels[i] for i in fit_idx])
-    if len(fit) < 2:
-        raise ValueError("fit_ood needs at least 2 training images")
-
-    net = with_features(model).eval()
-
-    def features(imgs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        fs, ps = [], []
-        with torch.inference_mode():
-            for i in range(0, len(imgs), batch_size):
-                x = torch.from_numpy(np.stack(imgs[i:i + batch_size]).astype(np.float32).transpose(0, 3, 1, 2))
-                logits, f = net(x)
-                fs.append(f.numpy())
-                ps.append(logits.argmax(1).numpy())
-        return np.concatenate(fs), np.concatenate(ps)
-
-    f_fit, p_fit = features(fit)
-    n_classes = max(len(classes), int(p_fit.max()) + 1)
-    lab = fit_labels if fit_labels is not None else p_fit
-    fm = _fit_features(f_fit, lab, n_classes)
-    per_set = {}
-    if val_nat:
-        val = [_to_size(rgb, size) for rgb, _ in val_nat]
-        per_set["held_out"] = _feature_scores(features(val)[0], fm)
-        for sev in shift_severities:
-            per_set[f"lab_shift_{sev:g}"] = _feature_scores(features(_shifted_inputs(val_nat, size, sev, seed))[0], fm)
-    else:  # too few images to hold any out: score the fit images themselves
-        per_set["fit"] = _feature_scores(f_fit, fm)
-    pooled = np.concatenate(list(per_set.values()))
-    feat_thr = float(np.percentile(pooled, FEATURE_PERCENTILE))
-    ref = reference_rbc_diameter([train_nat[i][0] for i in fit_idx])
-    return {
-        "method": "smear-check+ppca-mahalanobis",
-        "n_fit": len(fit), "n_held_out": len(val_nat), "held_out": held_out,
-        "class_conditional": "labels" if fit_labels is not None else "predictions",
-        "features": {
-            "dim": int(fm["dim"]), "means": _rounded(fm["means"]), "components": _rounded(fm["components"]),
-            "variances": _rounded(fm["variances"]), "residual_variance": float(f"{fm['residual_variance']:.6g}"),
-            "threshold": feat_thr, "percentile": FEATURE_PERCENTILE,
-            "threshold_set": "held-out fields and their lab-shifted copies (severities "
-                             + ", ".join(f"{s:g}" for s in shift_severities) + ")",
-            "flag_rates": {k: round(float((v > feat_thr).mean()), 4) for k, v in per_set.items()},
-        },
-        "image_stats": {  # the model-free part: the smear check (leukodx.inference.smear_check)
-            "check": "smear", "version": IMAGE_CHECK_VERSION, "smear_check_version": SMEAR_VERSION,
-            "threshold": 1.0,  # its score is > 1 exactly when it flags
-            **(ref or {"rbc_diameter_224": None, "note": "too few red cells measured; the built-in "
-                                                         "TRAINING_RBC_DIAMETER_224 is used"}),
-        },
-    }
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # scoring
 
 
 class OODScorer:
-    """Scores fields against a fitted config["ood"] dict. The smear check runs with or without one."""
+    """Scores fields against a fitted config["ood"] dict. The smear check runs with or without one. The
+    feature statistics' arrays live in a file beside config.json (``features.file``, written by
+    leukodx.models.model_config.write_model_config); a directory from before keeps them inline."""
 
-    def __init__(self, ood: dict | None):
+    def __init__(self, ood: dict | None, model_dir: str | Path | None = None):
         ood = ood or {}
         self.features = ood.get("features")
+        if self.features and self.features.get("file"):
+            if model_dir is None:
+                raise ValueError("the OOD feature statistics are in a file: give the model directory")
+            with np.load(Path(model_dir) / self.features["file"]) as arrays:
+                self.features = {**self.features, **{k: arrays[k] for k in FEATURE_ARRAYS}}
         stats = ood.get("image_stats") or {}
         self.notes: list[str] = []
         if stats and stats.get("version") != IMAGE_CHECK_VERSION:
             self.notes.append("the colour statistics of an older leukodx are no longer used; the smear check runs "
                               "with the built-in red-cell size (refit with `leukodx calibrate --model RUN --data "
                               "DATA` to measure it on the model's training fields)")
-            stats = {}
-        self.rbc_diameter_224 = stats.get("rbc_diameter_224")
-        self.stats = {"check": "smear", "rbc_diameter_224": self.rbc_diameter_224}  # the smear check: always on
-
-    @property
-    def enabled(self) -> bool:
-        return True
 
     def feature_scores(self, feats: np.ndarray) -> np.ndarray | None:
         if not self.features or feats is None or feats.shape[1] != self.features["dim"]:
             return None
-        return _feature_scores(feats, self.features)
+        return feature_scores(feats, self.features)
 
-    def smear(self, rgb: np.ndarray):
-        from leukodx.inference.smear_check import check_smear
-
-        return check_smear(rgb, self.rbc_diameter_224)
-
-    def check(self, feats: np.ndarray | None, tiles: Sequence[np.ndarray], rgb: np.ndarray | None = None,
+    def check(self, feats: np.ndarray | None, tiles: Sequence[np.ndarray] = (), rgb: np.ndarray | None = None,
               smear=None) -> tuple[bool, str, float | None]:
         """(flagged, reason, score) for one field: `feats` T x D and `tiles` T fields at model resolution;
-        `rgb` the whole field at its own size (the smear check uses it when given, else the first tile).
-        The reason says what is wrong and what to do. Score: the larger of the smear check's and the feature
-        distance over its threshold (> 1 means flagged)."""
+        `smear` the field's smear check (leukodx.inference.smear_check; else it is run on `rgb`, the whole field
+        at its own size, or the first tile). The reason says what is wrong and what to do. Score: the larger of
+        the smear check's and the feature distance over its threshold (> 1 means flagged)."""
+        from leukodx.inference.smear_check import check_smear
+
         field = rgb if rgb is not None else (tiles[0] if len(tiles) else None)
         score = None
         if smear is not None or field is not None:
-            sm = smear if smear is not None else self.smear(np.asarray(field))
+            sm = smear if smear is not None else check_smear(np.asarray(field))
             if not sm.usable:
                 return True, f"{sm.reason} {sm.advice}", float(sm.score)
             score = float(sm.score)

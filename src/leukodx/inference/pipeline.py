@@ -24,7 +24,6 @@ model's ``thresholds.low_confidence``), else ``ok``.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +37,11 @@ from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.types import CaseSummary, FieldResult
-from leukodx.models.model_config import WEIGHTS, ModelConfig, read_model_config
+from leukodx.models.model_config import WEIGHTS, ModelConfig, ScaleRule, read_model_config
 
 if TYPE_CHECKING:
     from leukodx.inference.cell_classifier import CellClassifier
-    from leukodx.inference.gradcam import GradCAM
+    from leukodx.inference.engines import EagerLoader
 
 __all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer", "softmax"]
 
@@ -89,12 +88,13 @@ class _Field:
 class ClassifierStage:
     """A classifier model directory behind its engine: fields in, calibrated probabilities per field out."""
 
-    def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None):
+    def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None,
+                 eager: EagerLoader | None = None):
         from leukodx.inference.engines import load_engine
 
         self.dir, self.config = _open_model(model_dir, "classify")
         self.classes = list(self.config.classes)
-        self.engine = load_engine(self.dir, self.config, engine, threads)
+        self.engine = load_engine(self.dir, self.config, engine, threads, eager)
         self.temperature = float(self.config.temperature)
         self.low_confidence = float(self.config.thresholds.low_confidence)
         self.size = self.config.input_size
@@ -107,7 +107,7 @@ class ClassifierStage:
     def field_logits(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature; each
         field resampled to the training scale as the analysis does."""
-        preps = [prepare_field(rgb)[0] for rgb in rgbs]
+        preps = [prepare_field(rgb, self.config.scale)[0] for rgb in rgbs]
         tiles, owner, _ = tiling.cut_tiles([p.work for p in preps], self.size, [p.boxes for p in preps])
         logits = self.engine.run(tiling.to_batch(tiles))["logits"].astype(np.float64)
         return np.stack([logits[owner == i].mean(0) for i in range(len(rgbs))])
@@ -138,11 +138,12 @@ class ClassifierStage:
 class SegmenterStage:
     """A segmenter model directory behind its engine: fields in, leukocyte probability maps at field size out."""
 
-    def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None):
+    def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None,
+                 eager: EagerLoader | None = None):
         from leukodx.inference.engines import load_engine
 
         self.dir, self.config = _open_model(model_dir, "segment")
-        self.engine = load_engine(self.dir, self.config, engine, threads)
+        self.engine = load_engine(self.dir, self.config, engine, threads, eager)
         self.size = self.config.input_size
         self.mask_threshold = float(self.config.thresholds.mask)
         self.instance_params = self.config.thresholds.instances.as_base()
@@ -195,7 +196,10 @@ class Analysis:
     """The analysis pipeline (implements leukodx.inference.types.Analyzer). Create it with `load_analyzer`."""
 
     def __init__(self, classifier_dir: str | Path | None, segmenter_dir: str | Path | None, engine: str = "onnx",
-                 threads: int | None = None, cell_classifier: str | Path | bool | None = None):
+                 threads: int | None = None, cell_classifier: str | Path | bool | None = None,
+                 eager: EagerLoader | None = None):
+        """engine: "onnx", "onnx-int8" or "torch" (leukodx.inference.engines.load_engine); `eager` runs PyTorch
+        (leukodx.models.eager.load_eager; the training install passes it, the clinic runtime has no torch)."""
         from leukodx.cpus import usable_cores
         from leukodx.inference.ood import OODScorer
 
@@ -203,8 +207,8 @@ class Analysis:
             raise ModelError("The analysis needs a classifier, a segmenter or both.", "Give a model directory.")
         self.threads = threads or usable_cores()
         self.engine = engine
-        self.classifier = ClassifierStage(classifier_dir, engine, self.threads) if classifier_dir else None
-        self.segmenter = SegmenterStage(segmenter_dir, engine, self.threads) if segmenter_dir else None
+        self.classifier = ClassifierStage(classifier_dir, engine, self.threads, eager) if classifier_dir else None
+        self.segmenter = SegmenterStage(segmenter_dir, engine, self.threads, eager) if segmenter_dir else None
         self.cell_classifier: CellClassifier | None = None
         if self.segmenter is not None and cell_classifier is not False:
             from leukodx.inference.cell_classifier import CellClassifier
@@ -212,10 +216,12 @@ class Analysis:
             self.cell_classifier = CellClassifier.load(
                 cell_classifier if isinstance(cell_classifier, str | Path) else None)
         self.classes = self.classifier.classes if self.classifier else []
-        self.ood = OODScorer(self.classifier.config.ood if self.classifier else None)
+        self.ood = OODScorer(self.classifier.config.ood, self.classifier.dir) if self.classifier else OODScorer(None)
         self.low_confidence = self.classifier.low_confidence if self.classifier else 0.0
-        self._cam: GradCAM | None = None
-        self._cam_lock = threading.Lock()
+        # the red-cell scale every field is brought to: the classifier's, else the segmenter's
+        stage = self.classifier or self.segmenter
+        assert stage is not None
+        self.scale_rule = stage.config.scale
         self.heatmap_note = ""  # why there are no heat maps, when there cannot be any
 
     @property
@@ -230,9 +236,9 @@ class Analysis:
     def describe(self) -> dict:
         """What runs: model directories, engines, thresholds (for reports and the web app)."""
         out: dict = {"classes": self.classes, "low_confidence": self.low_confidence, "threads": self.threads,
-                     "ood": self.ood.enabled, "ood_notes": self.ood.notes, "heatmap_note": self.heatmap_note,
-                     "ood_checks": [k for k, v in (("feature distance", self.ood.features),
-                                                   ("image statistics", self.ood.stats)) if v]}
+                     "ood": True, "ood_notes": self.ood.notes, "heatmap_note": self.heatmap_note,
+                     "ood_checks": ["smear check"] + (["feature distance"] if self.ood.features else []),
+                     "rbc_diameter_224": self.scale_rule.rbc_diameter_224}
         for key, stage in (("classifier", self.classifier), ("segmenter", self.segmenter)):
             if stage is not None:
                 out[key] = {"dir": str(stage.dir), "arch": stage.config.arch, "engine": stage.engine.source,
@@ -252,14 +258,16 @@ class Analysis:
         return self.analyze_many([image], names=[name], heatmap=heatmap, batch_size=1)[0]
 
     def analyze_many(self, images: Iterable[ImageInput], *, names: Sequence[str | None] | None = None,
-                     batch_size: int = 16, heatmap: bool = False) -> list[FieldResult]:
-        """Analyse many fields, `batch_size` at a time through each model (faster than one by one)."""
+                     batch_size: int = 16, heatmap: bool = False, keep_images: bool = False) -> list[FieldResult]:
+        """Analyse many fields, `batch_size` at a time through each model (faster than one by one). Each image is
+        read and validated here, once; `keep_images` keeps the field as read in `FieldResult.image` (for
+        overlays)."""
         images = list(images)
         names = list(names) if names is not None else [None] * len(images)
         out: list[FieldResult] = []
         step = max(1, batch_size)
         for i in range(0, len(images), step):
-            out += self._analyze_chunk(images[i:i + step], names[i:i + step], heatmap)
+            out += self._analyze_chunk(images[i:i + step], names[i:i + step], heatmap, keep_images)
         return out
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:
@@ -281,10 +289,13 @@ class Analysis:
             return r
         except LeukodxError as exc:
             return FieldResult(path=label, label=None, flag="unreadable", flag_reason=exc.message)
+        except OSError as exc:  # e.g. a symlink loop, permission denied
+            return FieldResult(path=label, label=None, flag="unreadable",
+                               flag_reason=image_reason(ImageError(label or "image", f"cannot be read ({exc.strerror or exc})")))
         r = FieldResult(path=label, label=None)
         r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
-        prep, smear = prepare_field(rgb, self.ood.rbc_diameter_224)
+        prep, smear = prepare_field(rgb, self.scale_rule)
         sc = smear.scale
         if sc is not None:
             r.rbc_diameter_px = None if sc.diameter_px is None else round(float(sc.diameter_px), 2)
@@ -298,8 +309,12 @@ class Analysis:
         r.timings_ms["scale"] = (time.perf_counter() - t1) * 1000
         return _Field(result=r, original=rgb, prep=prep, smear=smear)
 
-    def _analyze_chunk(self, images, names, heatmap: bool) -> list[FieldResult]:
+    def _analyze_chunk(self, images, names, heatmap: bool, keep_images: bool = False) -> list[FieldResult]:
         read = [self._read(image, name) for image, name in zip(images, names, strict=True)]
+        if keep_images:
+            for f in read:
+                if isinstance(f, _Field):
+                    f.result.image = f.original
         fields = [f for f in read if isinstance(f, _Field)]
         if fields:
             if self.classifier:
@@ -333,8 +348,7 @@ class Analysis:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
-            flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear) if self.ood.enabled else (
-                False, "", None)
+            flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear)
             r.ood_score = None if score is None else round(float(score), 4)
             if flagged:
                 r.flag, r.flag_reason = "out_of_distribution", reason
@@ -347,58 +361,29 @@ class Analysis:
                 r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
 
-    def _grad_cam(self, tiles: list[np.ndarray], k: int) -> np.ndarray:
-        if self.classifier is None:
-            raise ModelError("A heat map needs a classifier.", "Give a classifier model directory.")
-        try:
-            import torch
-        except ModuleNotFoundError:
-            raise ModelError(f"{self.classifier.dir / 'model.onnx'} has no class activation map output, and "
-                             "Grad-CAM needs torch, which this install lacks.",
-                             f"Re-export the classifier (leukodx export onnx --model {self.classifier.dir} ...) "
-                             "with a current leukodx, or install leukodx[train].") from None
-        from leukodx.inference.gradcam import GradCAM
-
-        with self._cam_lock:  # Grad-CAM keeps activations between forward and backward: one at a time
-            if self._cam is None:
-                self._cam = GradCAM(self.torch_classifier())
-            return self._cam(torch.from_numpy(tiling.to_batch(tiles)), [k] * len(tiles))
-
-    def torch_classifier(self):
-        """The classifier as a PyTorch module (loaded on first use; Grad-CAM needs gradients)."""
-        engine_model = getattr(self.classifier.engine, "model", None) if self.classifier else None
-        if engine_model is not None:
-            return engine_model
-        from leukodx.models.checkpoint import load_model
-
-        return load_model(self.classifier.dir)[0] if self.classifier else None
-
     def _heatmap(self, fields: Sequence[_Field]) -> None:
         """The heat map of the called class: its class activation map from the classifier's own outputs (ONNX
-        or PyTorch, no gradients); Grad-CAM in PyTorch only for a model exported without one."""
+        or PyTorch, no gradients). A model exported without one has no heat maps (describe() says why)."""
+        assert self.classifier is not None
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
             assert r.label is not None  # heat maps follow ClassifierStage.run, which labels every field
             k = self.classes.index(r.label)
-            if f.cams is not None:
-                cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]
-            elif self.heatmap_note:  # no CAM output and no torch: no heat map (describe() says why)
+            if f.cams is None:
+                self.heatmap_note = (f"{self.classifier.engine.source} has no class activation map output: "
+                                     f"re-export it (leukodx export onnx --model {self.classifier.dir} --out "
+                                     f"{self.classifier.dir / 'model.onnx'}) for heat maps.")
                 continue
-            else:
-                try:
-                    cams = list(self._grad_cam(f.tiles, k))
-                except ModelError as exc:
-                    self.heatmap_note = exc.message
-                    continue
+            cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]
             heat = tiling.to_original(tiling.stitch(cams, f.boxes, *f.rgb.shape[:2]), f.prep)
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
 
 
-def prepare_field(rgb: np.ndarray, rbc_diameter_224: float | None = None) -> tuple[tiling.Prepared, SmearCheck]:
+def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None) -> tuple[tiling.Prepared, SmearCheck]:
     """The smear check of a field (with its red-cell scale) and the field resampled to the training scale."""
-    smear = check_smear(rgb, rbc_diameter_224)
+    smear = check_smear(rgb, rule)
     factor = smear.scale.factor if smear.scale is not None and smear.scale.known else None
     return tiling.prepare(rgb, factor), smear
 
@@ -409,14 +394,14 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def load_analyzer(classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,
-                  engine: str = "onnx", threads: int | None = None) -> Analysis:
+                  engine: str = "onnx", threads: int | None = None, eager: EagerLoader | None = None) -> Analysis:
     """The analysis pipeline over two model directories (default: the bundled models).
 
-    engine: "onnx" (ONNX Runtime, the model directory's model.onnx; PyTorch when a directory has none),
-    "onnx-int8" (model.int8.onnx where it exists) or "torch" (PyTorch eager). threads: CPU threads per
+    engine: "onnx" (ONNX Runtime, the model directory's model.onnx; PyTorch through `eager` when a directory has
+    none), "onnx-int8" (model.int8.onnx where it exists) or "torch" (PyTorch eager). threads: CPU threads per
     inference (default: all this process may use)."""
     from leukodx.assets import default_model_dir
 
     cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
     sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
-    return Analysis(cdir, sdir, engine=engine, threads=threads)
+    return Analysis(cdir, sdir, engine=engine, threads=threads, eager=eager)

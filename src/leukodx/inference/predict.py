@@ -18,10 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
-from leukodx.data.images import image_reason, read_field
-from leukodx.errors import ImageError, LeukodxError
+from leukodx.errors import LeukodxError
 
 CONTRACT_COLUMNS = ("path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay")
 
@@ -77,20 +74,11 @@ def output_stem(path: str) -> str:
     return f"{stem}-{digest}"
 
 
-def _decode(path: str) -> np.ndarray | ImageError:
-    try:
-        return read_field(path, path)
-    except ImageError as exc:
-        return exc
-    except LeukodxError as exc:  # pragma: no cover - other user errors while reading
-        return ImageError(path, exc.message)
-    except OSError as exc:  # e.g. a symlink loop, permission denied
-        return ImageError(path, f"cannot be read ({exc.strerror or exc})")
-
-
 def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segmenter_dir=None, heatmap: bool = True,
                 workers: int = 2, engine: str = "onnx", batch_size: int = 16, threads: int | None = None,
-                overlays: bool = True, console=None) -> dict:
+                overlays: bool = True, console=None, eager=None) -> dict:
+    """Analyse `paths` (files, folders, globs) and write predictions.csv, predictions.json, overlays and heat maps
+    to `out`. `eager`: PyTorch for model directories without model.onnx (leukodx.models.eager.load_eager)."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -104,7 +92,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         raise LeukodxError(f"No images found in {', '.join(paths)}" + (
             f" ({len(skipped)} file(s) skipped: not image names)" if skipped else "") + ".",
             "Give image files (JPEG, PNG, TIFF, BMP), folders holding them, or a glob like 'smears/*.jpg'.")
-    analysis = load_analyzer(classifier_dir, segmenter_dir, engine=engine, threads=threads)
+    analysis = load_analyzer(classifier_dir, segmenter_dir, engine=engine, threads=threads, eager=eager)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if overlays:
@@ -139,18 +127,12 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         task = progress.add_task("predict", total=len(files), last="")
         for i in range(0, len(files), chunk_size):
             chunk = files[i:i + chunk_size]
-            decoded = list(pool.map(_decode, chunk))
-            good = [(p, d) for p, d in zip(chunk, decoded, strict=True) if not isinstance(d, ImageError)]
-            analysed = iter(analysis.analyze_many([d for _, d in good], names=[p for p, _ in good],
-                                                  batch_size=batch_size, heatmap=heatmap))
+            analysed = analysis.analyze_many(chunk, names=chunk, batch_size=batch_size, heatmap=heatmap,
+                                             keep_images=True)
             rows_futs: list[tuple[FieldResult, Future[tuple[str, str]] | None]] = []
-            for p, d in zip(chunk, decoded, strict=True):
-                if isinstance(d, ImageError):
-                    r = FieldResult(path=p, label=None, flag="unreadable", flag_reason=image_reason(d))
-                    rows_futs.append((r, None))
-                else:
-                    r = next(analysed)
-                    rows_futs.append((r, pool.submit(write_pngs, r, d, output_stem(p))))
+            for p, r in zip(chunk, analysed, strict=True):
+                rgb, r.image = r.image, None
+                rows_futs.append((r, None if rgb is None else pool.submit(write_pngs, r, rgb, output_stem(p))))
             for r, fut in rows_futs:
                 ov, hm = fut.result() if fut is not None else ("", "")
                 row: dict[str, object] = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason,

@@ -16,8 +16,9 @@ The confidence (0..1) grows with the peak ratio: 1 when the outlines of many rou
 noise, gradients, text or pictures without round objects. No estimate (None) is returned when no peak stands
 out or it lies at the edge of the searched range.
 
-`TRAINING_RBC_DIAMETER_224` is the median red-cell diameter measured on the Taleqani training fields, in
-pixels of a 224-px field (the data's native size): the magnification the bundled models were trained at.
+The training fields' red-cell diameter (in pixels of a 224-px field, the data's native size: the magnification
+a model was trained at) and the ranges of `field_scale` are the model config's ``scale`` section
+(leukodx.models.model_config.ScaleRule).
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-# median over the 1,595 training rows of benchmarks/splits/taleqani-sgdc-seed0.csv (224 x 224 fields), measured
-# with estimate_rbc_diameter by `python benchmarks/non_smear.py --measure-reference`: an estimate on all 1,595;
-# 5th-95th percentile 14.5-21.7 px, 1st-99th 14.0-22.7 px.
-TRAINING_RBC_DIAMETER_224 = 17.0
+from leukodx.models.model_config import ScaleRule
 
 WORK_SIDE = 128  # the estimate is computed on the image resized so that its short side is at most this
 MIN_RADIUS = 2.0  # px at working resolution: smaller cells cannot be told from noise
@@ -123,14 +121,6 @@ def _coarse_radii(h: int, w: int) -> np.ndarray:
     return MIN_RADIUS * COARSE_STEP ** np.arange(max(n, 1))
 
 
-def symmetry_curve(rgb: np.ndarray, radii: np.ndarray | None = None, work_side: int = WORK_SIDE):
-    """(radii in working px, ratio of concentration to null per radius, working-to-original factor)."""
-    grey, f = _grey_work(rgb, work_side)
-    h, w = grey.shape
-    radii = _coarse_radii(h, w) if radii is None else np.asarray(radii, float)
-    return radii, _ratios(_voters(grey), radii, h, w), f
-
-
 def _peak(radii: np.ndarray, ratio: np.ndarray) -> tuple[float, float, int]:
     k = int(np.argmax(ratio))
     lr = np.log(radii)
@@ -173,11 +163,6 @@ def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[
 
 REFERENCE_RBC_UM = 7.5  # a normal red cell's diameter in micrometres: the ruler every smear carries
 MIN_SCALE_CONFIDENCE = 0.55  # below this the red-cell estimate is not trusted (the smear check's no_cells rule)
-# magnification (red-cell diameter / the training fields' one) within which a field is used at its own pixel size:
-# the 1st-99th percentile of the training fields themselves is 0.82-1.34 (estimator spread and real cell-size
-# variation), and the classifier was trained with zoom 0.7-1.3, so resampling inside it would only add noise
-AS_IS_RANGE = (0.8, 1.35)
-SCALE_RANGE = (0.25, 6.0)  # outside: flagged, and the field is analysed as if its short side were 224 px
 FALLBACK_SIDE = 224  # the training fields' side: a field of unknown scale is resized so its short side is this
 
 
@@ -186,7 +171,7 @@ class FieldScale:
     """How large a field's red cells are, and the resampling factor that brings them to the training size.
 
     factor: working pixels per image pixel (1.0: used as is). known: the red-cell estimate was trusted and within
-    SCALE_RANGE; when not, `factor` maps the short side to FALLBACK_SIDE (the old rule) and `reason` says why.
+    the rule's `resample` range; when not, `factor` maps the short side to FALLBACK_SIDE (the old rule) and `reason` says why.
     """
 
     diameter_px: float | None
@@ -203,8 +188,12 @@ class FieldScale:
 
 
 def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, int],
-                reference: float = TRAINING_RBC_DIAMETER_224) -> FieldScale:
-    """The scale decision for a field of `shape` (H, W) whose red cells measure `diameter_px` (its own pixels)."""
+                rule: ScaleRule | None = None) -> FieldScale:
+    """The scale decision for a field of `shape` (H, W) whose red cells measure `diameter_px` (its own pixels):
+    used as is within `rule.as_is` of the training magnification, resampled within `rule.resample`, else
+    unknown (flagged, and analysed as if its short side were FALLBACK_SIDE)."""
+    rule = rule or ScaleRule()
+    reference, lo_hi, as_is = rule.rbc_diameter_224, rule.resample, rule.as_is
     h, w = int(shape[0]), int(shape[1])
     fallback = FALLBACK_SIDE / max(1, min(h, w))
     if diameter_px is None or confidence < MIN_SCALE_CONFIDENCE:
@@ -212,11 +201,11 @@ def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, 
                           "No red cells could be measured, so the field's magnification (its scale) could not be "
                           "estimated.")
     m = float(diameter_px) / float(reference)
-    if not SCALE_RANGE[0] <= m <= SCALE_RANGE[1]:
+    if not lo_hi[0] <= m <= lo_hi[1]:
         side = "smaller" if m < 1 else "larger"
         return FieldScale(diameter_px, confidence, fallback, False, m,
                           f"The red cells are {1 / m if m < 1 else m:.1f} times {side} than in the training fields "
                           f"({diameter_px:.0f} px across instead of {reference:.0f} px), outside the "
-                          f"{SCALE_RANGE[0]:g}x-{SCALE_RANGE[1]:g}x the analysis can resample.")
-    factor = 1.0 if AS_IS_RANGE[0] <= m <= AS_IS_RANGE[1] else 1.0 / m
+                          f"{lo_hi[0]:g}x-{lo_hi[1]:g}x the analysis can resample.")
+    factor = 1.0 if as_is[0] <= m <= as_is[1] else 1.0 / m
     return FieldScale(diameter_px, confidence, factor, True, m)

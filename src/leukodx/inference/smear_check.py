@@ -16,7 +16,7 @@ camera or white balance, and not at its colours themselves:
 |               | of darkness alternating with empty rows (lines of text)                                        |
 | no_cells      | no round cells: the red-cell size estimate (leukodx.inference.scale) finds no peak, or only a  |
 |               | weak one (confidence under MIN_RBC_CONFIDENCE)                                                 |
-| magnification | the red cells are outside 0.25x-6x their size in the training fields (scale.SCALE_RANGE): the   |
+| magnification | the red cells are outside 0.25x-6x their size in the training fields (ScaleRule.resample): the  |
 |               | analysis resamples every field inside that range to the training size, and cannot outside it   |
 | blur          | the steepest edges spread over more than MAX_EDGE_WIDTH px at the training scale, or over more   |
 |               | than MAX_EDGE_RATIO of a red cell's diameter (out of focus)                                    |
@@ -25,8 +25,8 @@ The last three rules need a few pixels per red cell: on images with a short side
 skipped (features["rbc_checked"] is False); the model-space check in leukodx.inference.ood still applies.
 
 The red-cell size is measured in the image's own pixels (``rbc_diameter_px``) and in pixels of the image resized to a
-short side of 224 px (``rbc_diameter_224``), and compared with the training fields' median (`leukodx.inference.scale.TRAINING_RBC_DIAMETER_224`, or the value a
-model's config stores as ood.smear.rbc_diameter_224). The limits were set on the Taleqani training and val rows
+short side of 224 px (``rbc_diameter_224``), and compared with the training fields' median (the model config's
+``scale.rbc_diameter_224``, leukodx.models.model_config.ScaleRule). The limits were set on the Taleqani training and val rows
 and their lab-shifted copies at severity 1 and 1.5 (benchmarks/non_smear.py), never on test rows.
 """
 
@@ -39,12 +39,11 @@ from scipy import ndimage as ndi
 
 from leukodx.inference.scale import (
     MIN_SCALE_CONFIDENCE,
-    SCALE_RANGE,
-    TRAINING_RBC_DIAMETER_224,
     FieldScale,
     estimate_rbc_diameter,
     field_scale,
 )
+from leukodx.models.model_config import ScaleRule
 
 VERSION = 1
 WORK_SIDE = 128
@@ -159,16 +158,17 @@ def smear_features(rgb: np.ndarray) -> dict:
             "edge_width_224": edge_small * 224.0 / short}
 
 
-def check_smear(rgb: np.ndarray, rbc_diameter_224: float | None = None) -> SmearCheck:
+def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None) -> SmearCheck:
     """Decide whether `rgb` (HxWx3 uint8) is a usable smear field, and measure its scale (`.scale`: the factor the
-    analysis resamples it by); see the module docstring."""
-    ref = float(rbc_diameter_224 or TRAINING_RBC_DIAMETER_224)
+    analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); see the
+    module docstring."""
+    rule = rule or ScaleRule()
     f = smear_features(rgb)
     rounded = {k: (None if v is None else round(float(v), 4)) for k, v in f.items()}
     shape = np.asarray(rgb).shape[:2]
     checked = min(shape) >= MIN_CHECK_SIDE
     scale = field_scale(f["rbc_diameter_px"] if checked else None, f["rbc_confidence"] if checked else 0.0, shape,
-                        ref)
+                        rule)
 
     def bad(kind: str, reason: str, score: float) -> SmearCheck:
         return SmearCheck(False, kind, reason, ADVICE[kind], float(max(score, 1.0 + 1e-3)), rounded, scale)
@@ -199,7 +199,7 @@ def check_smear(rgb: np.ndarray, rbc_diameter_224: float | None = None) -> Smear
     if drawn > 1 or steps > 1:
         return bad("screenshot", screenshot, max(drawn, steps))
     m = float(scale.magnification or 1.0)
-    lo, hi = SCALE_RANGE
+    lo, hi = rule.resample
     if not scale.known:
         return bad("magnification", scale.reason + " The outlines and the count would not be reliable.",
                    max(lo / m, m / hi))

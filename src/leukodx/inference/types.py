@@ -40,7 +40,8 @@ class FieldResult:
     flag_reason: str = ""
     mask: np.ndarray | None = None  # HxW bool: leukocyte pixels
     instances: np.ndarray | None = None  # HxW int32: 0 background, k for cell k
-    heatmap: np.ndarray | None = None  # HxW float in [0, 1], Grad-CAM of the predicted class
+    heatmap: np.ndarray | None = None  # HxW float in [0, 1], class activation map of the predicted class
+    image: np.ndarray | None = None  # HxWx3 uint8: the field as read (only when asked for: keep_images=True)
     ood_score: float | None = None
     size_note: str = ""  # how the field was resized or tiled for the models
     rbc_diameter_px: float | None = None  # estimated red-cell diameter in the image's pixels (None: not found)
@@ -52,7 +53,7 @@ class FieldResult:
     def to_dict(self) -> dict:
         """JSON-ready: everything but the arrays."""
         d = asdict(self)
-        for k in ("mask", "instances", "heatmap"):
+        for k in ("mask", "instances", "heatmap", "image"):
             d.pop(k)
         return d
 

@@ -1,21 +1,27 @@
-"""Grad-CAM (Selvaraju et al. 2017) on a classifier's last convolutional stage, with no extra dependency.
+"""PyTorch eager inference for the training install: the eager engine, the classifier wrapped to return its
+features and class activation maps (what `export onnx` puts in the ONNX graph), and Grad-CAM for comparison.
 
-The target layer is found by running the model once: the last module, in execution order, whose output is a
-feature map (4-D, spatial size > 1). For the project's SmearNet that is its feature stack; for timm backbones
-the last stage.
+The clinic runtime (leukodx.inference) runs ONNX files only; evaluation, studies, calibration and export pass
+`load_eager` to it where PyTorch should run.
 
-    >>> cam = GradCAM(model)
-    >>> heat = cam(batch, class_index=[2])      # N x H x W in [0, 1], at the input resolution
+    >>> eng = load_eager(Path("runs/cls"), read_model_config("runs/cls"), threads=2)
+    >>> out = eng.run(batch)            # {"logits": N x C, "features": N x D, "cam": N x C x h x w}
 """
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukodx.cpus import usable_cores
+
 if TYPE_CHECKING:
     import torch
+
+    from leukodx.models.model_config import ModelConfig
 
 
 def feature_map_layer(model, size: tuple[int, int]):
@@ -94,3 +100,111 @@ class GradCAM:
             out[i] = c / hi if hi > 0 else 0.0
         self._act = self._grad = None
         return out
+
+
+def last_linear(model):
+    """The model's last nn.Linear (the classification head), or None."""
+    from torch import nn
+
+    found = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            found = m
+    return found
+
+
+def with_features(model, cam_input_size: tuple[int, int] | None = None):
+    """Wrap a classifier so it returns (logits, features): features are the input of its last nn.Linear
+    (the penultimate representation). Without a linear head, the logits double as features.
+
+    With `cam_input_size` (H, W), it also returns the class activation maps N x classes x h x w: the head's
+    weights applied to the last feature map (Zhou et al. 2016), exact for a global-average-pool + linear head,
+    which makes a heat map a by-product of the forward pass (in the ONNX graph too; no gradients, no torch at a
+    clinic). Models whose head is not linear on the pooled last feature map get no CAM output."""
+    import torch
+    from torch import nn
+
+    head = last_linear(model)
+    layer = None
+    if cam_input_size is not None and head is not None:
+        layer, channels = feature_map_layer(model, cam_input_size)
+        # a head on concatenated [mean, max] pools (SmearNet) gets the map of both halves' weights: exact for the
+        # mean half, the max half's weight spread as if it were averaged
+        pools = head.in_features // channels if head.in_features % channels == 0 else 0
+        if pools not in (1, 2):
+            layer = None
+
+    class ClassifierWithFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.has_cam = layer is not None
+            self._local = threading.local()  # per thread: another thread's forward must not swap them
+            if head is not None:
+                head.register_forward_pre_hook(self._grab)
+            if layer is not None:
+                layer.register_forward_hook(self._grab_map)
+
+        def _grab(self, _module, inputs):
+            self._local.features = inputs[0]
+
+        def _grab_map(self, _module, _inputs, output):
+            self._local.feature_map = output
+
+        def forward(self, x: torch.Tensor):
+            logits = self.model(x)
+            feats = getattr(self._local, "features", None) if head is not None else logits
+            self._local.features = None
+            if feats is None:
+                raise RuntimeError("the classifier head's input was not captured in this forward pass")
+            if not self.has_cam:
+                return logits, feats.flatten(1)
+            fmap, self._local.feature_map = self._local.feature_map, None
+            w = head.weight.reshape(head.weight.shape[0], -1, fmap.shape[1]).sum(1)
+            return logits, feats.flatten(1), torch.einsum("kc,nchw->nkhw", w, fmap)
+
+    return ClassifierWithFeatures().eval()
+
+
+class TorchEngine:
+    """PyTorch eager on the CPU (torch.set_num_threads(threads))."""
+
+    name = "torch"
+
+    def __init__(self, model, task: str, threads: int | None = None, input_size: tuple[int, int] | None = None):
+        import torch
+
+        self.threads = threads or usable_cores()
+        torch.set_num_threads(self.threads)
+        self.task = task
+        self.model = model.eval()
+        self.net = with_features(self.model, input_size) if task == "classify" else self.model
+        self.source = "model.safetensors (PyTorch eager)"
+        self._lock = threading.Lock()  # the features hook keeps state: one call at a time
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            out = self.net(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        if self.task == "classify":
+            names = ("logits", "features", "cam")
+            return {k: v.detach().float().numpy() for k, v in zip(names, out, strict=False)}
+        return {"logits": out.detach().float().numpy()}
+
+
+def load_eager(model_dir: Path, config: ModelConfig, threads: int | None = None, torch_model=None) -> TorchEngine:
+    """The PyTorch engine of a model directory (leukodx.inference.engines.load_engine's `eager`)."""
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        from leukodx.errors import ModelError
+
+        raise ModelError(f"{model_dir} needs PyTorch (no model.onnx, or --engine torch), which this install lacks.",
+                         "pip install 'leukodx[train]', or export the model: leukodx export onnx --model "
+                         f"{model_dir} --out {Path(model_dir) / 'model.onnx'}") from None
+    if torch_model is None:
+        from leukodx.models.checkpoint import load_model
+
+        torch_model, _ = load_model(model_dir)
+    return TorchEngine(torch_model, config.task, threads, config.input_size)

@@ -26,6 +26,8 @@ from leukodx.errors import ModelError
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+OOD_FILE = "ood_features.npz"  # the OOD feature statistics' arrays (leukodx.inference.ood), beside config.json
+OOD_ARRAYS = ("means", "components", "variances")
 DEFAULT_LOW_CONFIDENCE = 0.5
 DEFAULT_MASK_THRESHOLD = 0.5
 # the Taleqani training fields' median red-cell diameter in px of a 224-px field (1,595 training rows of
@@ -192,6 +194,7 @@ def write_model_config(model_dir: str | Path, config: ModelConfig | dict) -> Mod
     d = Path(model_dir)
     d.mkdir(parents=True, exist_ok=True)
     raw = config.to_json() if isinstance(config, ModelConfig) else dict(config)
+    raw = _store_arrays(d, raw)
     raw.setdefault("format_version", FORMAT_VERSION)
     raw.setdefault("leukodx_version", __version__)
     cfg = parse_model_config(json.loads(json.dumps(raw, default=str)), d / CONFIG)
@@ -199,6 +202,20 @@ def write_model_config(model_dir: str | Path, config: ModelConfig | dict) -> Mod
     tmp.write_text(json.dumps(cfg.to_json(), indent=2, default=str))
     tmp.replace(d / CONFIG)
     return cfg
+
+
+def _store_arrays(d: Path, raw: dict) -> dict:
+    """Large fitted arrays (the OOD feature statistics) go to OOD_FILE beside config.json, not inline."""
+    feats = (raw.get("ood") or {}).get("features")
+    if not isinstance(feats, dict) or not all(k in feats for k in OOD_ARRAYS):
+        return raw
+    import numpy as np
+
+    tmp = d / (OOD_FILE + ".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(feats[k], dtype=np.float64) for k in OOD_ARRAYS})
+    tmp.replace(d / OOD_FILE)
+    kept = {k: v for k, v in feats.items() if k not in OOD_ARRAYS} | {"file": OOD_FILE}
+    return raw | {"ood": raw["ood"] | {"features": kept}}
 
 
 def update_model_config(model_dir: str | Path, **changes: Any) -> ModelConfig:

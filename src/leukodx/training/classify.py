@@ -92,7 +92,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     )
     from leukodx.data.layout import load_dataset
     from leukodx.data.transforms import classification_transforms
-    from leukodx.inference.calibration import fit_low_confidence, fit_temperature
+    from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
     from leukodx.training.engine import Trainer, accuracy_metric, start_run
@@ -238,7 +238,9 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     }
     ood = _fit_ood(model, config, train_ds, val_ds, log) if fit_ood else None
     if ood is not None:
-        config["ood"] = ood
+        from leukodx.deploy.ood_fit import apply_ood
+
+        config = apply_ood(config, ood)
     save_model(out, model, config)
     metrics = {"classification": test_metrics if test_metrics is not None else {"n_images": 0},
                "model": str(out), "split": "test", "temperature": temperature,
@@ -286,7 +288,7 @@ def _write_predictions(path: Path, samples, probs: np.ndarray, classes: list[str
 
 def _fit_ood(model, config: dict, train_ds, val_ds, log) -> dict | None:
     """config["ood"] from leukodx.inference.ood.fit_ood (None, with the reason logged, when it cannot be fitted)."""
-    from leukodx.inference.ood import fit_ood
+    from leukodx.deploy.ood_fit import fit_ood
 
     t0 = time.perf_counter()
     try:

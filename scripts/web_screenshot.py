@@ -9,15 +9,18 @@ Taleqani fields from ../shared/data/all-taleqani when present (else synthetic fi
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from leukodx.web.app import create_app
 from leukodx.web.auth import add_user
 from leukodx.web.settings import Settings, database_url_for
-from leukodx.web.testing import FakeAnalyzer, LiveServer, field_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test support (a live server, a fake analyser) lives in tests/
+
+from webtools import FakeAnalyzer, LiveServer, field_bytes  # noqa: E402
 REAL = ROOT.parent / "shared" / "data" / "all-taleqani" / "Original"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

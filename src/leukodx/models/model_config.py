@@ -212,7 +212,8 @@ def _store_arrays(d: Path, raw: dict) -> dict:
     import numpy as np
 
     tmp = d / (OOD_FILE + ".tmp.npz")
-    np.savez(tmp, **{k: np.asarray(feats[k], dtype=np.float64) for k in OOD_ARRAYS})
+    arrays: dict[str, Any] = {k: np.asarray(feats[k], dtype=np.float64) for k in OOD_ARRAYS}
+    np.savez(tmp, **arrays)
     tmp.replace(d / OOD_FILE)
     kept = {k: v for k, v in feats.items() if k not in OOD_ARRAYS} | {"file": OOD_FILE}
     return raw | {"ood": raw["ood"] | {"features": kept}}

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, "--threads", help="CPU threads per inference (default: all usable)."),
         classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
         segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
-        heatmap_n: int = typer.Option(10, "--heatmap-n", min=0, help="Fields timed with a Grad-CAM heat map."),
+        heatmap_n: int = typer.Option(10, "--heatmap-n", min=0, help="Fields timed with a heat map (class activation map)."),
         repeats: int = typer.Option(1, "--repeats", min=1, help="Passes over the fields for the latency figures."),
         seed_n: int = typer.Option(10, "--seed-n", min=0, help="Fields timed with the reference study's pipeline "
                                    "(InceptionResNetV2 + 64->1024 U-Net, eager; needs the train extra); 0 skips it."),

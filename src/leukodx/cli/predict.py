@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, predictions.json, PNGs."),
         classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
         segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
-        heatmap: bool = typer.Option(True, "--heatmap/--no-heatmap", help="Grad-CAM heat-map PNGs (slower)."),
+        heatmap: bool = typer.Option(True, "--heatmap/--no-heatmap", help="Heat-map PNGs (class activation maps of the called class)."),
         workers: int = typer.Option(2, "--workers", min=1, max=64, help="Threads that read images and write PNGs."),
         engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime), onnx-int8 or torch (eager)."),
         batch_size: int = typer.Option(16, "--batch-size", min=1, max=512, help="Fields per model call."),

@@ -3,7 +3,7 @@
 All engines are measured in the same run on the same fields (encoded JPEG bytes, so decoding is measured),
 interleaved field by field so that load from other processes affects them alike:
 one field at a time for latency (p50/p95 of the full analysis without heat map: decode, classify, segment,
-cell instances, quality checks), a few fields with Grad-CAM for the heat-map stage, and the batch API
+cell instances, quality checks), a few fields with the class activation map for the heat-map stage, and the batch API
 (`analyze_many`) for throughput.
 
     >>> res = run_bench(n=50, batch_size=16)     # synthetic 224 x 224 fields when no images are given
@@ -120,7 +120,7 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
     for a in analyses.values():
         for f in fields[:warmup]:
             a.analyze(f)
-        if heatmap_n:  # Grad-CAM loads the PyTorch classifier on first use: warm it up too
+        if heatmap_n:  # warm the heat-map step up too
             for f in fields[:2]:
                 a.analyze(f, heatmap=True)
         a.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes

@@ -1,1 +1,2 @@
-"""Inference: the analysis pipeline shared by the CLI and the web app, cell instances, Grad-CAM, ONNX."""
+"""The clinic runtime: the analysis pipeline shared by `predict`, `evaluate` and the web app, on numpy and ONNX
+Runtime alone (no torch): reading, scale, tiling, engines, cell instances and calls, flags, heat maps, the case rule."""

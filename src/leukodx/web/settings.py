@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=300.0, gt=0)
     heatmap_on_upload: bool = Field(
         default=False,
-        description="Compute the Grad-CAM heat map with every upload; by default it is computed (and kept) the "
+        description="Compute the heat map (class activation map) with every upload; by default it is computed (and kept) the "
         "first time someone opens it, which keeps uploads fast.",
     )
     session_hours: float = Field(default=12.0, gt=0)

@@ -83,10 +83,11 @@ def test_predict_junk_folder(models, junk_folder, tmp_path):
 
 def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):
     from leukodx.inference.predict import run_predict
+    from leukodx.models.eager import load_eager
 
     cdir, sdir = models
     res = run_predict([str(junk_folder / "[ab]" / "*.jpg")], tmp_path / "o2", classifier_dir=cdir,
-                      segmenter_dir=sdir, heatmap=False, engine="torch", workers=1, batch_size=4)
+                      segmenter_dir=sdir, heatmap=False, engine="torch", workers=1, batch_size=4, eager=load_eager)
     assert res["n_fields"] == 2
     assert not (tmp_path / "o2" / "heatmaps").exists()  # no heat maps asked for: no folder, no files
     rows = list(csv.DictReader(open(tmp_path / "o2" / "predictions.csv")))

@@ -15,8 +15,8 @@ than 0.35 red-cell areas are filled (red-cell pallor, vacuoles). The nucleus is 
 ``max(Otsu(s) over the stained pixels of the cell's window, 90th percentile of s over the image's red-cell
 pixels + 0.15)``, so a pale stain's nucleus is still found and a pink red cell never is.
 
-**The whole cell (Raabin and PBC)**: a marker-controlled watershed of the stained matter inside the allowed
-region, flooding the (smoothed, negated) distance to unstained background, so touching discs part at their neck
+**The whole cell (Raabin and PBC)**: a marker-controlled watershed of the stained matter within one red-cell
+diameter of the allowed region, flooding the (smoothed, negated) distance to unstained background, so touching discs part at their neck
 (flooding the colour gradient instead lets a touching red cell win a pale cytoplasm across the strong
 nucleus/cytoplasm edge). Markers: the
 cell's nucleus (all its lobes); the unstained background (eroded); and "other objects": red-cell cores (the
@@ -181,7 +181,8 @@ def _grow_cell(od: np.ndarray, fg: np.ndarray, seed: np.ndarray, others: np.ndar
     matter of the allowed region (module docstring)."""
     from skimage.segmentation import watershed
 
-    region = (fg & allowed) | seed
+    # flood a wider region than the allowed one, so that red cells crossing its edge compete with their markers
+    region = (fg & _near(allowed, d)) | seed
     # flood by shape, not by colour edges: the strong nucleus/cytoplasm edge would let touching red cells win
     # the cytoplasm; on the distance to unstained background, touching discs part at their neck
     relief = -ndi.gaussian_filter(ndi.distance_transform_edt(fg | seed), max(0.5, 0.03 * d))
@@ -189,7 +190,7 @@ def _grow_cell(od: np.ndarray, fg: np.ndarray, seed: np.ndarray, others: np.ndar
     markers[others & region & ~seed] = 2
     markers[seed] = 1
     lab = watershed(relief, markers, mask=region)
-    cell = ndi.binary_fill_holes(lab == 1)
+    cell = ndi.binary_fill_holes((lab == 1) & allowed)
     opened = ndi.binary_opening(cell, _disk(OPEN_D * d))
     comp, n = ndi.label(opened)
     if n:

@@ -1,0 +1,276 @@
+"""Training data for the two-channel (whole leukocyte, nucleus) segmenter, and its masked loss.
+
+`build_cell_dataset` mixes Taleqani fields, Raabin fields, PBC crops and synthetic smears. Every image is
+resampled once so its red cells are `TARGET_RBC_DIAMETER` (17) px across, the scale the analysis brings every
+field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
+``cache_dir``, as .npz files keyed by source, path and rule version). Each draw then:
+
+- scales by U(0.8, 1.2) (the analysis' residual scale error), cuts a 224 x 224 window at a random place
+  (mirror padding where the image is smaller; padded pixels are unknown in both channels);
+- flips and rotates by multiples of 90 degrees (image and targets together);
+- perturbs the image only: stain (HED), white balance, per-channel gamma, focus blur
+  (`leukodx.data.transforms`).
+
+Items: (image float32 3 x 224 x 224 RGB 0..255, target float32 2 x 224 x 224 {0, 1}, known float32 2 x 224 x 224
+{0, 1}); channel 0 = whole cell, 1 = nucleus. `masked_bce_dice` is the loss on known pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from leukodx.data import sources
+from leukodx.data.cell_references import CellReference
+from leukodx.data.transforms import ChannelGamma, StainJitter, WhiteBalance
+
+TARGET_RBC_DIAMETER = 17.0
+CROP = 224
+SCALE_JITTER = 0.2
+SYNTHETIC_RBC_DIAMETER = 19.0  # synthetic.py draws red-cell radii U(8, 11)
+RULES_VERSION = "cell-references-1"
+SOURCES = ("taleqani", "raabin", "pbc", "synthetic")
+
+
+@dataclass(frozen=True)
+class CellItem:
+    """One image to draw from: its source, its root folder, its path in it, and its class (PBC) or seed."""
+
+    source: str
+    root: str
+    path: str
+    label: str = ""
+
+
+def load_reference(item: CellItem) -> CellReference:
+    """The item's references at its own (rule's working) scale."""
+    if item.source == "taleqani":
+        return sources.taleqani_field_reference(item.root, item.path)
+    if item.source == "raabin":
+        from leukodx.data.images import read_rgb
+
+        lp = Path(item.root) / "labels" / f"{Path(item.path).stem}.txt"
+        rgb = read_rgb(Path(item.root) / item.path)
+        boxes = sources.read_yolo_labels(lp, rgb.shape[:2])
+        from leukodx.data.cell_references import raabin_reference
+
+        return raabin_reference(rgb, boxes, sources.raabin_rbc_diameter(boxes, rgb.shape[:2]))
+    if item.source == "pbc":
+        return sources.pbc_crop_reference(item.root, item.path, item.label)
+    if item.source == "synthetic":
+        from leukodx.data.synthetic import synthetic_instances
+
+        label, seed = item.label, int(item.path)
+        img, lab = synthetic_instances(label, 224, seed)
+        cell = (lab > 0).astype(np.uint8)
+        zeros = np.zeros_like(cell)
+        # exact whole cells; synthetic_instances returns no nucleus mask, so the nucleus channel is unknown
+        return CellReference(img, cell, zeros, np.ones_like(cell), zeros, SYNTHETIC_RBC_DIAMETER)
+    raise ValueError(f"unknown source {item.source!r}; choose from {', '.join(SOURCES)}")
+
+
+def _resize(a: np.ndarray, h: int, w: int, resample: Image.Resampling) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((w, h), resample))
+
+
+def working_scale(ref: CellReference) -> dict[str, np.ndarray]:
+    """The references resampled so red cells are TARGET_RBC_DIAMETER px: image (bilinear/box), masks (nearest);
+    'stack' is uint8 H x W x 4 (cell, nucleus, cell_known, nucleus_known)."""
+    f = TARGET_RBC_DIAMETER / float(ref.rbc_diameter_px)
+    h, w = ref.image.shape[:2]
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    img = _resize(ref.image, nh, nw, Image.Resampling.BOX if f < 1 else Image.Resampling.BILINEAR)
+    stack = np.stack([ref.cell, ref.nucleus, ref.cell_known, ref.nucleus_known], -1).astype(np.uint8)
+    out = np.stack([_resize(stack[..., k], nh, nw, Image.Resampling.NEAREST) for k in range(4)], -1)
+    return {"image": img, "stack": out}
+
+
+class CellDataset(torch.utils.data.Dataset):
+    """Random 224-px training crops of `items` at 17-px red cells (module docstring). ``augment=False`` gives
+    the centre crop, no augmentation (validation). References are made on first use and kept in memory (and in
+    ``cache_dir`` as .npz when given)."""
+
+    def __init__(self, items: list[CellItem], augment: bool = True, cache_dir: str | Path | None = None,
+                 seed: int = 0):
+        self.items = list(items)
+        self.augment = augment
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.seed = seed
+        self._mem: dict[int, dict[str, np.ndarray]] = {}
+        self._colour = v2.Compose([StainJitter(0.3, 0.04, 0.08, p=0.8), WhiteBalance(0.12, p=0.8),
+                                   ChannelGamma(0.35, p=0.6),
+                                   v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3)])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _cache_path(self, item: CellItem) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{RULES_VERSION}|{item.source}|{item.root}|{item.path}|{item.label}".encode())
+        return self.cache_dir / f"{item.source}-{key.hexdigest()[:16]}.npz"
+
+    def prepared(self, i: int) -> dict[str, np.ndarray]:
+        """Item i at the working scale (cached)."""
+        if i in self._mem:
+            return self._mem[i]
+        item = self.items[i]
+        cp = self._cache_path(item)
+        if cp is not None and cp.is_file():
+            with np.load(cp) as z:
+                data = {"image": z["image"], "stack": z["stack"]}
+        else:
+            data = working_scale(load_reference(item))
+            if cp is not None:
+                cp.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cp.with_name(cp.name + ".tmp.npz")
+                np.savez_compressed(tmp, image=data["image"], stack=data["stack"])
+                tmp.replace(cp)
+        self._mem[i] = data
+        return data
+
+    def sample_weights(self, source_weights: dict[str, float] | None = None) -> list[float]:
+        """Per-item weights for a WeightedRandomSampler that draws each source with ``source_weights`` (default
+        equal per source), whatever its size."""
+        sw = source_weights or dict.fromkeys(SOURCES, 1.0)
+        counts: dict[str, int] = {}
+        for it in self.items:
+            counts[it.source] = counts.get(it.source, 0) + 1
+        return [sw.get(it.source, 0.0) / counts[it.source] for it in self.items]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        data = self.prepared(i)
+        rng = np.random.default_rng() if self.augment else np.random.default_rng(self.seed + i)
+        img, stack = data["image"], data["stack"]
+        if self.augment:
+            s = float(rng.uniform(1 - SCALE_JITTER, 1 + SCALE_JITTER))
+            h, w = img.shape[:2]
+            nh, nw = max(1, round(h * s)), max(1, round(w * s))
+            img = _resize(img, nh, nw, Image.Resampling.BILINEAR)
+            stack = np.stack([_resize(stack[..., k], nh, nw, Image.Resampling.NEAREST) for k in range(4)], -1)
+        img, stack = _crop_or_pad(img, stack, CROP, rng, random=self.augment)
+        if self.augment:
+            k = int(rng.integers(0, 4))
+            img, stack = np.rot90(img, k), np.rot90(stack, k)
+            if rng.random() < 0.5:
+                img, stack = img[:, ::-1], stack[:, ::-1]
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+        if self.augment:
+            x = self._colour(tv_tensors.Image(x)).as_subclass(torch.Tensor)
+        t = torch.from_numpy(np.ascontiguousarray(stack)).permute(2, 0, 1).float()
+        return (x * 255.0).clamp(0, 255), t[:2].clone(), t[2:].clone()
+
+
+def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.Generator, random: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size window: mirror-padded where the image is smaller (padded pixels unknown: known = 0)."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        top = int(rng.integers(0, ph + 1)) if random else ph // 2
+        left = int(rng.integers(0, pw + 1)) if random else pw // 2
+        pad = ((top, ph - top), (left, pw - left), (0, 0))
+        mode = "reflect" if h > 1 and w > 1 else "edge"
+        img = _pad(img, pad, mode)
+        stack = _pad(stack, pad, mode)
+        stack[:top, :, 2:] = 0
+        stack[top + h:, :, 2:] = 0
+        stack[:, :left, 2:] = 0
+        stack[:, left + w:, 2:] = 0
+        h, w = img.shape[:2]
+    y = int(rng.integers(0, h - size + 1)) if random else (h - size) // 2
+    x = int(rng.integers(0, w - size + 1)) if random else (w - size) // 2
+    return img[y:y + size, x:x + size], stack[y:y + size, x:x + size]
+
+
+def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
+    # np.pad's reflect needs pad < side; repeat it until the target is reached
+    out = a
+    (t, b), (lft, r), _ = pad
+    while t or b or lft or r:
+        h, w = out.shape[:2]
+        st, sb, sl, sr = min(t, h - 1), min(b, h - 1), min(lft, w - 1), min(r, w - 1)
+        if mode == "edge" or h < 2 or w < 2:
+            st, sb, sl, sr = t, b, lft, r
+            out = np.pad(out, ((st, sb), (sl, sr), (0, 0)), mode="edge")
+        else:
+            out = np.pad(out, ((st, sb), (sl, sr), (0, 0)), mode="reflect")
+        t, b, lft, r = t - st, b - sb, lft - sl, r - sr
+    return out
+
+
+def source_items(source: str, root: str | Path, split_csv: str | Path | None, split: str | None) -> list[CellItem]:
+    """The items of one source for one split (None: all). Taleqani reads ``split_csv`` (path relative to root,
+    e.g. benchmarks/splits/taleqani-sgdc-seed0.csv); Raabin and PBC their ``<source>-seed0.csv``; without a CSV
+    the split is made by `sources.split_of`."""
+    root = str(root)
+    if split_csv is not None:
+        rows = sources.read_source_split(split_csv, split)
+        return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows]
+    if source == "raabin":
+        fields, _ = sources.read_raabin_fields(root)
+        rows2 = sources.source_split(sources.raabin_rows(fields))
+    elif source == "pbc":
+        rows2 = sources.source_split(sources.read_pbc(root))
+    else:
+        raise ValueError(f"{source} needs a split CSV")
+    return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows2
+            if split is None or r["split"] == split]
+
+
+def synthetic_items(n: int, seed: int = 0) -> list[CellItem]:
+    """n synthetic smears (classes in turn, seeds from ``seed``)."""
+    from leukodx.data.synthetic import MORPHOLOGY
+
+    classes = list(MORPHOLOGY)
+    return [CellItem("synthetic", "", str(seed + k), classes[k % len(classes)]) for k in range(n)]
+
+
+def build_cell_dataset(split: str = "train", *, taleqani: str | Path | None = None,
+                       raabin: str | Path | None = None, pbc: str | Path | None = None,
+                       splits_dir: str | Path = "benchmarks/splits", synthetic: int = 0, augment: bool | None = None,
+                       cache_dir: str | Path | None = None, seed: int = 0) -> CellDataset:
+    """A `CellDataset` of ``split`` from the sources given (folders; None leaves a source out): Taleqani with
+    ``splits_dir/taleqani-sgdc-seed0.csv``, Raabin with ``raabin-fields-seed0.csv``, PBC with ``pbc-seed0.csv``
+    (each made by its hash rule when the CSV is absent), plus ``synthetic`` synthetic smears. ``augment``
+    defaults to True for train only."""
+    sd = Path(splits_dir)
+    items: list[CellItem] = []
+    if taleqani is not None:
+        items += source_items("taleqani", taleqani, sd / "taleqani-sgdc-seed0.csv", split)
+    for name, root, csv_name in (("raabin", raabin, "raabin-fields-seed0.csv"), ("pbc", pbc, "pbc-seed0.csv")):
+        if root is not None:
+            p = sd / csv_name
+            items += source_items(name, root, p if p.is_file() else None, split)
+    if synthetic:
+        items += synthetic_items(synthetic, seed=seed + {"train": 0, "val": 10**6, "test": 2 * 10**6}.get(split, 0))
+    return CellDataset(items, augment=(split == "train") if augment is None else augment, cache_dir=cache_dir,
+                       seed=seed)
+
+
+def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, smooth: float = 1.0,
+                    bce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """BCE + (1 - soft Dice) per channel on known pixels only (N x C x H x W each), summed over channels; a
+    channel with no known pixel in the batch adds nothing. The Dice is batch-global per channel."""
+    logits, target, known = logits.float(), target.float(), known.float()
+    total = logits.new_zeros(())
+    for c in range(logits.shape[1]):
+        k = known[:, c]
+        n = k.sum()
+        if float(n) == 0:
+            continue
+        lg, t = logits[:, c], target[:, c]
+        bce = (F.binary_cross_entropy_with_logits(lg, t, reduction="none") * k).sum() / n
+        p = torch.sigmoid(lg) * k
+        tt = t * k
+        dice = (2 * (p * tt).sum() + smooth) / (p.sum() + tt.sum() + smooth)
+        total = total + bce_weight * bce + dice_weight * (1 - dice)
+    return total

@@ -22,6 +22,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16, "--batch-size", min=1, max=512, help="Fields per model call."),
         threads: int = typer.Option(None, "--threads", help="CPU threads per model call (default: all)."),
         overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
+        save_masks: bool = typer.Option(False, "--save-masks", help="Also write DIR/masks/<field>_cells.png (16-bit "
+                                        "instance labels, 0 = background) and <field>_nucleus.png (0/255)."),
     ) -> None:
         """Analyse smear fields: class, calibrated confidence, malignant probability, cells counted, flag.
 
@@ -33,7 +35,7 @@ def register(app: typer.Typer) -> None:
 
         res = run_predict(paths, out, classifier_dir=classifier, segmenter_dir=segmenter, heatmap=heatmap,
                           workers=workers, engine=engine, batch_size=batch_size, threads=threads,
-                          overlays=overlays, console=console, eager=load_eager)
+                          overlays=overlays, console=console, eager=load_eager, save_masks=save_masks)
         case = res["case"]
         flags = ", ".join(f"{n} {f}" for f, n in case["flags"].items() if n)
         console.print(f"[green]{res['n_fields']} field(s)[/] -> {res['csv']} ({flags})")

@@ -285,6 +285,12 @@ def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[s
     return rgb, ref
 
 
+def _scored_mask(r) -> np.ndarray:
+    """What the reference (Segmented/) masks draw: the stained nucleus. A two-output segmenter's nucleus output
+    is scored against them; a one-output segmenter's only mask otherwise."""
+    return r.nucleus_mask if r.nucleus_mask is not None else r.mask
+
+
 def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: int = 32, shift_fn=None,
                        progress: Progress | None = None, n_examples: int = 3) -> dict:
     """Returns {"metrics", "metrics_shift" (or None), "examples": {"best": [...], "worst": [...]}}."""
@@ -296,7 +302,7 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
         return {"metrics": _skipped_section(
             "segmentation", f"none of the {len(samples)} evaluated fields has a reference mask "
             "(DATA/Segmented/<class>/<same name>)", em), "metrics_shift": None, "examples": {}}
-    thr_mask = int(em.config.get("mask_threshold", 128))
+    thr_mask = int(em.config.get("reference_mask_level", 128))
     count_ref = _reference_counter(em.config)
     acc = M.SegmentationAccumulator()
     acc_s = M.SegmentationAccumulator() if shift_fn is not None else None
@@ -327,18 +333,20 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             for s, (_, ref), rep, r in zip(kept, pairs, repaired,
                                            _segment(em, [a for a, _ in pairs], names, batch_size), strict=True):
                 n_ref = count_ref(ref)
-                acc.add(r.mask, ref, r.cell_count, n_ref, name=s.path)
-                per_class.setdefault(s.label, M.SegmentationAccumulator()).add(r.mask, ref, r.cell_count, n_ref)
-                acc_r.add(r.mask, rep, r.cell_count, count_ref(rep), name=s.path)
+                pm = _scored_mask(r)
+                acc.add(pm, ref, r.cell_count, n_ref, name=s.path)
+                per_class.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref, r.cell_count, n_ref)
+                acc_r.add(pm, rep, r.cell_count, count_ref(rep), name=s.path)
             if acc_s is not None and acc_rs is not None:
                 shifted = [shift_fn(rgb, s.path, ref) for (rgb, ref), s in zip(pairs, kept, strict=True)]
                 rep_s = [shift_fn(rgb, s.path, rep)[1] for (rgb, _), rep, s in zip(pairs, repaired, kept, strict=True)]
                 for s, (_, ref_s), rp, r in zip(kept, shifted, rep_s,
                                                 _segment(em, [a for a, _ in shifted], names, batch_size), strict=True):
                     n_ref = count_ref(ref_s)
-                    acc_s.add(r.mask, ref_s, r.cell_count, n_ref, name=s.path)
-                    per_class_s.setdefault(s.label, M.SegmentationAccumulator()).add(r.mask, ref_s, r.cell_count, n_ref)
-                    acc_rs.add(r.mask, rp, r.cell_count, count_ref(rp), name=s.path)
+                    pm = _scored_mask(r)
+                    acc_s.add(pm, ref_s, r.cell_count, n_ref, name=s.path)
+                    per_class_s.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref_s, r.cell_count, n_ref)
+                    acc_rs.add(pm, rp, r.cell_count, count_ref(rp), name=s.path)
         done += len(batch)
         if progress:
             progress(f"segment {em.name}", done, len(with_mask))

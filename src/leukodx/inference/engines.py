@@ -71,7 +71,7 @@ def check_onnx_session(sess, path: Path, config: ModelConfig) -> None:
         if n_cls and isinstance(out_shape[-1], int) and out_shape[-1] != n_cls:
             raise ModelError(f"{path} returns {out_shape[-1]} classes but config.json lists {n_cls}.", redo)
     elif len(out_shape) != 4:
-        raise ModelError(f"{path} returns logits of shape {out_shape}, not N x 1 x H x W: it is not a "
+        raise ModelError(f"{path} returns logits of shape {out_shape}, not N x channels x H x W: it is not a "
                          "segmenter's export.", redo)
 
 

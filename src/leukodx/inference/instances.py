@@ -298,3 +298,20 @@ def field_cells(mask: np.ndarray, base: dict | None = None, at_reference: bool =
             base = {**base, "reference_side": base["reference_side"] / scale}
         lab = _renumber(resize_labels(_split_per_component(small, base, at_reference), h, w) * mask)
     return lab, cells_from_labels(lab)
+
+
+def keep_nucleated(labels: np.ndarray, nucleus: np.ndarray, min_fraction: float
+                   ) -> tuple[np.ndarray, list[CellInstance]]:
+    """Only the cells whose nucleus covers at least `min_fraction` of them (every leukocyte has a nucleus; a red
+    cell's rim, a platelet clump or a smudge of background has none), renumbered 1..K."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0 or min_fraction <= 0:
+        return labels, cells_from_labels(labels)
+    area = np.bincount(labels.ravel(), minlength=n + 1)
+    nuc = np.bincount(labels[nucleus], minlength=n + 1)
+    keep = nuc >= min_fraction * np.maximum(area, 1)
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    out = lut[labels]
+    return out, cells_from_labels(out)

@@ -136,7 +136,11 @@ class ClassifierStage:
 
 
 class SegmenterStage:
-    """A segmenter model directory behind its engine: fields in, leukocyte probability maps at field size out."""
+    """A segmenter model directory behind its engine: fields in, per-pixel probability maps at field size out.
+
+    Its config's `outputs` name the channels: "cell" (the whole leukocyte; it defines the instances) and, for a
+    two-output segmenter, "nucleus" (each cell's nucleus area and N:C ratio; the reference study's metric). A
+    one-output segmenter from before has one channel, the leukocyte as its references drew it."""
 
     def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None,
                  eager: EagerLoader | None = None):
@@ -145,26 +149,39 @@ class SegmenterStage:
         self.dir, self.config = _open_model(model_dir, "segment")
         self.engine = load_engine(self.dir, self.config, engine, threads, eager)
         self.size = self.config.input_size
+        self.outputs = list(self.config.outputs) or ["cell"]
         self.mask_threshold = float(self.config.thresholds.mask)
         self.instance_params = self.config.thresholds.instances.as_base()
+        self.min_nucleus_fraction = float(self.config.thresholds.instances.min_nucleus_fraction)
+
+    @property
+    def has_nucleus(self) -> bool:
+        return "nucleus" in self.outputs
+
+    def maps(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None
+             ) -> list[np.ndarray]:
+        """Probabilities C x H x W per image (channels as `outputs`), at the image's own size (tiles stitched
+        back, overlaps averaged). `boxes`: the windows per image (the pipeline passes its working images'
+        windows); by default tiles of each image's short side, the images taken as they are (no red-cell scale)."""
+        tiles, owner, boxes = tiling.cut_tiles(rgbs, self.size, boxes)
+        logits = self.engine.run(tiling.to_batch(tiles))["logits"]
+        prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
+        return [np.stack([tiling.stitch(prob[owner == fi, c], boxes[fi], *rgb.shape[:2])
+                          for c in range(prob.shape[1])]) for fi, rgb in enumerate(rgbs)]
 
     def probabilities(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None
                       ) -> list[np.ndarray]:
-        """Foreground probability per image, at the image's own size (tiles stitched back, overlaps averaged).
-        `boxes`: the windows per image (the pipeline passes its working images' windows); by default tiles of
-        each image's short side, the images taken as they are (no red-cell scale)."""
-        tiles, owner, boxes = tiling.cut_tiles(rgbs, self.size, boxes)
-        logits = self.engine.run(tiling.to_batch(tiles))["logits"]
-        prob = 1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float32)))
-        return [tiling.stitch(prob[owner == fi], boxes[fi], *rgb.shape[:2]) for fi, rgb in enumerate(rgbs)]
+        """The cell (leukocyte) probability per image, H x W (see `maps`)."""
+        return [m[0] for m in self.maps(rgbs, boxes)]
 
     def run(self, fields: Sequence[_Field]) -> None:
-        from leukodx.inference.instances import cells_from_labels, field_cells
+        from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
         t0 = time.perf_counter()
-        probs = self.probabilities([f.rgb for f in fields], [f.boxes for f in fields])
+        maps = self.maps([f.rgb for f in fields], [f.boxes for f in fields])
         dt = (time.perf_counter() - t0) * 1000 / len(fields)
-        for f, p in zip(fields, probs, strict=True):
+        for f, m in zip(fields, maps, strict=True):
+            p = m[0]
             r = f.result
             r.timings_ms["segment"] = dt
             t1 = time.perf_counter()
@@ -172,22 +189,38 @@ class SegmenterStage:
             work_mask = p[:vh, :vw] > self.mask_threshold
             # cells are found at the training scale, where the instance parameters hold as they are
             work_labels, work_cells = field_cells(work_mask, self.instance_params, at_reference=f.prep.known)
+            work_nucleus = None
+            if self.has_nucleus:
+                work_nucleus = m[self.outputs.index("nucleus")][:vh, :vw] > self.mask_threshold
+                work_labels, work_cells = keep_nucleated(work_labels, work_nucleus, self.min_nucleus_fraction)
+                work_mask = work_labels > 0
             if f.prep.factor == 1.0:
                 r.mask, r.instances, r.cells = work_mask, work_labels, work_cells
+                if work_nucleus is not None:
+                    r.nucleus_mask = work_nucleus & work_mask
             else:
-                r.mask = tiling.to_original(p, f.prep) > self.mask_threshold
+                r.mask = (tiling.to_original(p, f.prep) > self.mask_threshold) if work_nucleus is None else (
+                    tiling.labels_to_original(work_labels, f.prep) > 0)
                 lab = tiling.labels_to_original(work_labels, f.prep) * r.mask
                 r.instances = lab.astype(np.int32)
                 r.cells = cells_from_labels(r.instances)
                 if len(r.cells) != len(work_cells):  # a cell lost to rounding at the original size: keep its count
                     r.instances = tiling.labels_to_original(work_labels, f.prep)
                     r.cells = cells_from_labels(r.instances)
+                if work_nucleus is not None:
+                    pn = m[self.outputs.index("nucleus")]
+                    r.nucleus_mask = (tiling.to_original(pn, f.prep) > self.mask_threshold) & (r.instances > 0)
             um = r.um_per_px
             h, w = r.instances.shape
+            nuc_area = (np.bincount(r.instances[r.nucleus_mask], minlength=len(r.cells) + 1)
+                        if r.nucleus_mask is not None else None)
             for c in r.cells:
                 c.touches_border = c.bbox[0] == 0 or c.bbox[1] == 0 or c.bbox[2] == h or c.bbox[3] == w
                 if um:
                     c.area_um2 = round(c.area_px * um * um, 1)
+                if nuc_area is not None:
+                    c.nucleus_area_px = int(nuc_area[c.id])
+                    c.nc_ratio = round(c.nucleus_area_px / max(c.area_px, 1), 3)
             r.cell_count = len(r.cells)
             r.timings_ms["instances"] = (time.perf_counter() - t1) * 1000
 

@@ -18,6 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from leukodx.errors import LeukodxError
 
 CONTRACT_COLUMNS = ("path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay")
@@ -74,11 +76,26 @@ def output_stem(path: str) -> str:
     return f"{stem}-{digest}"
 
 
+def write_mask_png(path: Path, mask: np.ndarray) -> None:
+    """An instance image as a 16-bit PNG (labels 0..65535), a boolean mask as an 8-bit one (0/255)."""
+    from PIL import Image
+
+    if mask.dtype == bool:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    else:
+        if int(mask.max(initial=0)) > 65535:
+            raise LeukodxError(f"{path.name}: more than 65,535 cells do not fit a 16-bit label image.",
+                               "Analyse smaller fields.")
+        Image.fromarray(mask.astype(np.uint16)).save(path)
+
+
 def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segmenter_dir=None, heatmap: bool = True,
                 workers: int = 2, engine: str = "onnx", batch_size: int = 16, threads: int | None = None,
-                overlays: bool = True, console=None, eager=None) -> dict:
+                overlays: bool = True, console=None, eager=None, save_masks: bool = False) -> dict:
     """Analyse `paths` (files, folders, globs) and write predictions.csv, predictions.json, overlays and heat maps
-    to `out`. `eager`: PyTorch for model directories without model.onnx (leukodx.models.eager.load_eager)."""
+    to `out`. `eager`: PyTorch for model directories without model.onnx (leukodx.models.eager.load_eager).
+    `save_masks`: also masks/<stem>_cells.png (16-bit instance labels, 0 = background, k = cell id k) and
+    masks/<stem>_nucleus.png (0/255, with a two-output segmenter), in the field's own pixels."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -99,8 +116,11 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         (out / "overlays").mkdir(exist_ok=True)
     if heatmap:
         (out / "heatmaps").mkdir(exist_ok=True)
+    if save_masks:
+        (out / "masks").mkdir(exist_ok=True)
     classes = analysis.classes
-    columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score"] + [
+    columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score", "cell_mask",
+                                        "nucleus_mask"] + [
         f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px"]
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     results: list[dict] = []
@@ -108,15 +128,21 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
     chunk_size = max(batch_size, 1) * 4
     t_start = time.perf_counter()
 
-    def write_pngs(r: FieldResult, rgb, stem: str) -> tuple[str, str]:
-        ov = hm = ""
+    def write_pngs(r: FieldResult, rgb, stem: str) -> dict[str, str]:
+        made = {"overlay": "", "heatmap": "", "cell_mask": "", "nucleus_mask": ""}
         if overlays:
-            ov = f"overlays/{stem}_overlay.png"
-            (out / ov).write_bytes(overlay_png(rgb, r))
+            made["overlay"] = f"overlays/{stem}_overlay.png"
+            (out / made["overlay"]).write_bytes(overlay_png(rgb, r))
         if heatmap and r.heatmap is not None:
-            hm = f"heatmaps/{stem}_heatmap.png"
-            (out / hm).write_bytes(heatmap_png(rgb, r))
-        return ov, hm
+            made["heatmap"] = f"heatmaps/{stem}_heatmap.png"
+            (out / made["heatmap"]).write_bytes(heatmap_png(rgb, r))
+        if save_masks and r.instances is not None:
+            made["cell_mask"] = f"masks/{stem}_cells.png"
+            write_mask_png(out / made["cell_mask"], r.instances)
+            if r.nucleus_mask is not None:
+                made["nucleus_mask"] = f"masks/{stem}_nucleus.png"
+                write_mask_png(out / made["nucleus_mask"], r.nucleus_mask)
+        return made
 
     with open(csv_path, "w", newline="") as fh, ThreadPoolExecutor(max_workers=workers) as pool, Progress(
             TextColumn("[bold]analysing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -129,14 +155,15 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
             chunk = files[i:i + chunk_size]
             analysed = analysis.analyze_many(chunk, names=chunk, batch_size=batch_size, heatmap=heatmap,
                                              keep_images=True)
-            rows_futs: list[tuple[FieldResult, Future[tuple[str, str]] | None]] = []
+            rows_futs: list[tuple[FieldResult, Future[dict[str, str]] | None]] = []
             for p, r in zip(chunk, analysed, strict=True):
                 rgb, r.image = r.image, None
                 rows_futs.append((r, None if rgb is None else pool.submit(write_pngs, r, rgb, output_stem(p))))
             for r, fut in rows_futs:
-                ov, hm = fut.result() if fut is not None else ("", "")
+                saved = fut.result() if fut is not None else {}
+                ov, hm = saved.get("overlay", ""), saved.get("heatmap", "")
                 row: dict[str, object] = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason,
-                                          "size_note": r.size_note, "overlay": ov, "heatmap": hm,
+                                          "size_note": r.size_note, **saved,
                                           "rbc_diameter_px": "" if r.rbc_diameter_px is None else r.rbc_diameter_px,
                                           "scale_factor": "" if r.scale_factor is None else r.scale_factor,
                                           "um_per_px": "" if r.um_per_px is None else r.um_per_px}
@@ -149,9 +176,9 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                     row.update({f"prob_{c}": f"{r.probabilities.get(c, 0.0):.4f}" for c in classes})
                 writer.writerow(row)
                 rec = r.to_dict()
-                rec.update({"overlay": ov, "heatmap": hm})
+                rec.update({"overlay": ov, "heatmap": hm, **saved})
                 results.append(rec)
-                r.mask = r.instances = r.heatmap = None  # keep memory flat on big folders
+                r.mask = r.nucleus_mask = r.instances = r.heatmap = None  # keep memory flat on big folders
                 all_results.append(r)
                 progress.update(task, advance=1, last=Path(r.path or "").name[:40])
             fh.flush()

@@ -20,6 +20,8 @@ class CellInstance:
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
     area_um2: float | None = None  # when the field's scale is known from its red cells (7.5 um across)
+    nucleus_area_px: int | None = None  # with a two-output segmenter (whole cell + nucleus)
+    nc_ratio: float | None = None  # nucleus area / whole-cell area, 0..1 (a blast's is high)
     touches_border: bool = False  # cut by the field's edge (counted; see leukodx.inference.instances)
     ai_label: str | None = None  # the cell-level model's suggestion (leukodx.inference.cell_classes.CELL_CLASSES)
     ai_confidence: float | None = None
@@ -38,7 +40,8 @@ class FieldResult:
     cells: list[CellInstance] = field(default_factory=list)
     flag: str = "ok"
     flag_reason: str = ""
-    mask: np.ndarray | None = None  # HxW bool: leukocyte pixels
+    mask: np.ndarray | None = None  # HxW bool: leukocyte pixels (whole cells with a two-output segmenter)
+    nucleus_mask: np.ndarray | None = None  # HxW bool: nucleus pixels inside the cells (two-output segmenter)
     instances: np.ndarray | None = None  # HxW int32: 0 background, k for cell k
     heatmap: np.ndarray | None = None  # HxW float in [0, 1], class activation map of the predicted class
     image: np.ndarray | None = None  # HxWx3 uint8: the field as read (only when asked for: keep_images=True)
@@ -53,7 +56,7 @@ class FieldResult:
     def to_dict(self) -> dict:
         """JSON-ready: everything but the arrays."""
         d = asdict(self)
-        for k in ("mask", "instances", "heatmap", "image"):
+        for k in ("mask", "nucleus_mask", "instances", "heatmap", "image"):
             d.pop(k)
         return d
 

@@ -46,6 +46,9 @@ class InstanceParams(BaseModel):
     max_hole: int = 150
     reference_side: int = 224
     close_radius: float = 0.0  # px: gaps up to twice this are closed first (the lobes of one nucleus joined)
+    # two-output segmenters: a cell whose nucleus covers less than this fraction of it is no leukocyte (every
+    # leukocyte has a nucleus; a red cell's rim has none)
+    min_nucleus_fraction: float = 0.0
 
     def as_base(self) -> dict:
         return {"min_area": self.min_area, "min_distance": self.min_distance, "h": self.h,
@@ -106,6 +109,9 @@ class ModelConfig(BaseModel):
     name: str | None = None
     classes: list[str] = Field(default_factory=list)
     input_size: tuple[int, int]
+    # segmenters: what each output channel is ("cell": whole leukocyte, defines instances; "nucleus"); empty for a
+    # one-output segmenter from before, whose one channel is the leukocyte (as its references drew it)
+    outputs: list[str] = Field(default_factory=list)
     normalization: str | None = None
     reference_mask_level: int = 128  # grey level above which a reference (Segmented) image is foreground
     temperature: float = 1.0

@@ -265,14 +265,14 @@ class SmearSegmenter(nn.Module):
     """
 
     def __init__(self, encoder: Encoder, neck: nn.Module | None, decoder: UNetDecoder,
-                 normalization: str = "per_image"):
+                 normalization: str = "per_image", out_channels: int = 1):
         super().__init__()
         self.normalization = normalization
         self.normalize = make_normalization(normalization)
         self.encoder = encoder
         self.neck = neck if neck is not None else nn.Identity()
         self.decoder = decoder
-        self.head = nn.Conv2d(decoder.out_channels, 1, 1)
+        self.head = nn.Conv2d(decoder.out_channels, out_channels, 1)
         self.stride = max(encoder.reductions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +290,7 @@ class SmearSegmenter(nn.Module):
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probabilities N x 1 x H x W (switches the model to eval mode)."""
+        """Per-pixel probabilities N x out_channels x H x W (switches the model to eval mode)."""
         if self.training:
             self.eval()
         return torch.sigmoid(self(x))
@@ -304,7 +304,8 @@ def parse_arch(arch: str) -> tuple[str, dict]:
 
 def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder: str | None = None,
                     normalization: str = "per_image", fpn_channels: int | None = None,
-                    in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0) -> SmearSegmenter:
+                    in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0,
+                    out_channels: int = 1) -> SmearSegmenter:
     if normalization not in NORMALIZATIONS:
         raise ModelError(f"Unknown normalization {normalization!r}.", f"Use one of: {', '.join(NORMALIZATIONS)}.")
     if not (isinstance(base_channels, int) and base_channels >= 1):
@@ -326,22 +327,26 @@ def build_segmenter(fpn: bool, base_channels: int = 64, depth: int = 4, encoder:
         raise ModelError(f"out_stride must be 1, 2 or 4, not {out_stride!r}.",
                          "1 predicts every pixel; 2 predicts at half resolution and upsamples (faster).")
     dec = UNetDecoder(enc.out_channels, enc.reductions, min_channels=max(8, base_channels), out_stride=out_stride)
-    return SmearSegmenter(enc, neck, dec, normalization)
+    if out_channels not in (1, 2):
+        raise ModelError(f"out_channels must be 1 or 2, not {out_channels!r}.",
+                         "1: leukocyte; 2: whole leukocyte and nucleus (the config's `outputs`).")
+    return SmearSegmenter(enc, neck, dec, normalization, out_channels)
 
 
 @register("segment", "unet", "The study's classic U-Net (4 levels, 64->1024 filters; --base-channels 16 on CPU); "
           "encoder=<timm name> for a timm encoder.", cpu_friendly=True)
 def build_unet(base_channels: int = 64, depth: int = 4, encoder: str | None = None,
                normalization: str = "per_image", in_channels: int = 3, out_stride: int = 1,
-               freeze_stages: int = 0) -> SmearSegmenter:
+               freeze_stages: int = 0, out_channels: int = 1) -> SmearSegmenter:
     return build_segmenter(False, base_channels, depth, encoder, normalization, None, in_channels, out_stride,
-                           freeze_stages)
+                           freeze_stages, out_channels)
 
 
 @register("segment", "unet-fpn-gelu", "The study's hybrid: U-Net whose skip features pass through an FPN with "
           "GELU; encoder=<timm name> for a timm encoder.", cpu_friendly=True)
 def build_unet_fpn_gelu(base_channels: int = 64, depth: int = 4, encoder: str | None = None,
                         normalization: str = "per_image", fpn_channels: int | None = None,
-                        in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0) -> SmearSegmenter:
+                        in_channels: int = 3, out_stride: int = 1, freeze_stages: int = 0,
+                        out_channels: int = 1) -> SmearSegmenter:
     return build_segmenter(True, base_channels, depth, encoder, normalization, fpn_channels, in_channels, out_stride,
-                           freeze_stages)
+                           freeze_stages, out_channels)

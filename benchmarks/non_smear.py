@@ -38,7 +38,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "all-taleqani"
 SIZE = 224
 PER_KIND = 10
 KINDS = ("login", "app_page", "text", "blank", "gradient", "noise", "natural", "greyscale", "blurred",
-         "magnified_x0.2", "magnified_x8")
+         "magnified_x0.2", "magnified_x16")
 WORDS = ("patient smear field report blood cell count review sign off case result confidence model lab sample "
          "date user password login submit cancel settings export print summary differential blast percent").split()
 
@@ -232,7 +232,7 @@ def magnified(rgb: np.ndarray, factor: float) -> np.ndarray:
 
 DERIVED = {"greyscale": greyscale, "blurred": blurred,
            "magnified_x0.2": lambda rgb, seed: magnified(rgb, 0.2),
-           "magnified_x8": lambda rgb, seed: magnified(rgb, 8.0)}
+           "magnified_x16": lambda rgb, seed: magnified(rgb, 16.0)}
 
 
 def split_rows(which: str) -> list[tuple[str, str]]:

@@ -64,7 +64,7 @@ def test_generated_non_smear_flagged(bench, kind):
         assert res.reason and res.advice and res.score > 1
 
 
-@pytest.mark.parametrize("kind", ["greyscale", "magnified_x0.2", "magnified_x8"])
+@pytest.mark.parametrize("kind", ["greyscale", "magnified_x0.2", "magnified_x16"])
 def test_derived_from_synthetic_smears_flagged(bench, kind):
     for i in range(4):
         rgb = synthetic_field(CLASSES[i % 4], 224, seed=600 + i)[0]
@@ -106,7 +106,7 @@ def test_reasons_speak_to_a_clinician(bench):
     grey = check_smear(bench.greyscale(rgb, 0))
     assert grey.kind == "greyscale" and "colour" in grey.advice
     assert check_smear(bench.blurred(rgb, 0)).kind == "blur"
-    big = check_smear(_resize(rgb, 7.0))  # cells 7x larger: beyond what the analysis resamples
+    big = check_smear(_resize(rgb, 14.0))  # cells 14x larger: beyond what the analysis resamples (12x)
     assert big.kind == "magnification" and "larger" in big.reason
     tiny = check_smear(rgb[:64, :64])
     assert tiny.kind == "no_cells" and "scale" in tiny.reason

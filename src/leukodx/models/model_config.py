@@ -85,7 +85,10 @@ class ScaleRule(BaseModel):
     # the 1st-99th percentile of the training fields themselves is 0.82-1.34 (estimator spread and real cell-size
     # variation), and the classifier was trained with zoom 0.7-1.3, so resampling inside it would only add noise
     as_is: tuple[float, float] = (0.8, 1.35)
-    resample: tuple[float, float] = (0.25, 6.0)
+    # up to 12x: other labs' fields are photographed at up to ~9x the Taleqani fields' pixels per red cell
+    # (Raabin: red cells 120-165 px across, measured with full confidence), and a flag is for a field the models
+    # may get wrong, not for another camera
+    resample: tuple[float, float] = (0.25, 12.0)
 
 
 class CaseRule(BaseModel):

@@ -32,7 +32,7 @@ def test_export_recorded_and_close_to_torch(exported):
         assert cfg["onnx"]["file"] == "model.onnx"
         assert cfg["onnx"]["inputs"] == ["image"]
         assert cfg["onnx"]["max_abs_diff"] == rep["max_abs_diff"]
-    assert reps["cls"]["outputs"] == ["logits", "features"]
+    assert reps["cls"]["outputs"] == ["logits", "features", "cam"]  # SmearNet: CAM of its [mean, max]-pooled head
     assert reps["seg"]["outputs"] == ["logits"]
 
 

@@ -53,7 +53,7 @@ def test_train_segment_cli_writes_a_model_directory(smears, tmp_path):
     assert cfg["task"] == "segment" and cfg["arch"] == "unet-fpn-gelu"
     assert cfg["arch_kwargs"]["base_channels"] == 4 and cfg["input_size"] == [48, 48]
     assert cfg["thresholds"]["mask"] == 0.5 and "min_area" in cfg["thresholds"]["instances"]
-    assert cfg["mask_threshold"] == 128
+    assert cfg["reference_mask_level"] == 128
     assert cfg["training"]["masks"]["train"]["n_used"] > 0
     metrics = json.loads((run / "metrics.json").read_text())
     seg = metrics["segmentation"]

@@ -277,7 +277,7 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
         "normalization": cfg.normalization,
         "input": "float32 N x 3 x H x W, RGB 0..255 (normalisation is inside the model); output logits N x 1 x H x W",
         "output": "logits of leukocyte foreground; sigmoid > thresholds.mask is the mask",
-        "mask_threshold": cfg.mask_threshold,
+        "reference_mask_level": cfg.mask_threshold,
         "thresholds": {
             "mask": PROBABILITY_THRESHOLD,
             "instances": {**DEFAULT_PARAMS,

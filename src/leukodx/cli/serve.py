@@ -82,7 +82,7 @@ def serve(
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
-    engine: str = typer.Option(None, help="Inference engine: onnx, onnx-int8 or torch (default: onnx)."),
+    engine: str = typer.Option(None, help="Inference engine: onnx or onnx-int8 (default: onnx)."),
     max_file_mb: float = typer.Option(None, "--max-file-mb", min=0.01,
                                       help="Largest accepted image, MB (default: $LEUKODX_MAX_FILE_MB, else 20)."),
     max_files: int = typer.Option(None, "--max-files", min=1,
@@ -112,8 +112,10 @@ def serve(
     from leukodx.web.app import create_app
     from leukodx.web.settings import Settings
 
-    if engine not in (None, "onnx", "onnx-int8", "torch"):
-        raise LeukodxError(f"--engine {engine!r} is unknown.", "Use onnx, onnx-int8 or torch.")
+    if engine not in (None, "onnx", "onnx-int8"):
+        raise LeukodxError(f"--engine {engine!r} is not one the web app runs (it runs ONNX models, as a clinic PC "
+                           "without torch does).", "Use onnx or onnx-int8; export a model first with "
+                           "`leukodx export onnx --model RUN --out RUN/model.onnx`.")
     cores = os.cpu_count() or 1
     if workers > 1 and analysis_workers is None:
         analysis_workers = max(1, min(4, cores) // workers)

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     files_dir: Path | None = Field(
         default=None, description="Where uploads, overlays and heat maps are kept (content-hash names)."
     )
-    engine: Literal["onnx", "onnx-int8", "torch"] = "onnx"
+    engine: Literal["onnx", "onnx-int8"] = "onnx"
     classifier_dir: Path | None = None
     segmenter_dir: Path | None = None
     max_file_mb: float = Field(default=20.0, gt=0, description="The largest accepted image, MB.")

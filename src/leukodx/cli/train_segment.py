@@ -6,6 +6,7 @@ Settings resolve as: defaults -> --preset -> --config YAML -> flags. Heavy impor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -16,8 +17,22 @@ EXAMPLE = (
     "  leukodx train segment --data DATA --out runs/unet16\n\n"
     "  leukodx train segment --data DATA --arch unet-fpn-gelu --base-channels 16 --image-size 224 --out runs/fpn\n\n"
     "  leukodx train segment --data DATA --arch unet:resnet18 --out runs/unet-r18   (timm encoder)\n\n"
-    "  leukodx train segment --data DATA --preset paper --device cuda --out runs/unet-paper"
+    "  leukodx train segment --data DATA --preset paper --device cuda --out runs/unet-paper\n\n"
+    "  leukodx train segment --data DATA --split benchmarks/splits/taleqani-sgdc-seed0.csv --raabin RAABIN --pbc PBC "
+    "--synthetic 200 --arch unet-fpn-gelu:tf_efficientnet_lite0 --pretrained efficientnet_lite0 --image-size 160 "
+    "--out runs/cellseg --time-limit-min 38   (two outputs: whole cell and nucleus, three labs)"
 )
+
+# flags of the one-output training that the two-output training (--raabin / --pbc) does not read
+ONE_OUTPUT_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment", "preset",
+                   "config", "optimizer", "schedule", "patience", "max_train_images", "max_test_images",
+                   "shift_lab", "amp", "resume")
+CELL_ONLY = ("synthetic", "samples_per_epoch", "cache_dir")
+
+
+def _flag(name: str) -> str:
+    return {"shift_lab": "--eval-lab-shift"}.get(name, "--" + name.replace("_", "-"))
+
 
 def register(app: typer.Typer) -> None:
     @app.command("segment", help="Train a leukocyte segmenter on a data folder with Segmented/ reference masks.\n\n"
@@ -81,7 +96,42 @@ def register(app: typer.Typer) -> None:
                                            "other jobs share the cores). [default: PyTorch's]"),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        raabin: Path | None = typer.Option(None, "--raabin", help="Raabin fields folder (images/, labels/ YOLO "
+                                           "boxes): trains the two-output segmenter (whole cell + nucleus)."),
+        pbc: Path | None = typer.Option(None, "--pbc", help="PBC crops folder (<class>/*.jpg): trains the two-output "
+                                        "segmenter (whole cell + nucleus)."),
+        synthetic: int | None = typer.Option(None, "--synthetic", help="Two-output training: also draw from N "
+                                             "synthetic smears (weight 0.2). [default: 0]"),
+        samples_per_epoch: int | None = typer.Option(None, "--samples-per-epoch", help="Two-output training: "
+                                                     "crops drawn per epoch (weighted by source). [default: 2000]"),
+        time_limit_min: float | None = typer.Option(None, "--time-limit-min", help="Wall-clock limit in minutes: "
+                                                    "no epoch is started that would end past it."),
+        cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Two-output training: keep the made "
+                                              "references here as .npz (reused by the next run)."),
     ) -> None:
+        if raabin is not None or pbc is not None:
+            given = {k: v for k, v in locals().items() if k in ONE_OUTPUT_ONLY and v not in (None, False)}
+            if given:
+                from leukodx.errors import LeukodxError
+
+                raise LeukodxError(f"{', '.join(_flag(k) for k in given)} do(es) not apply to the two-output "
+                                   "training (--raabin / --pbc).", "Leave it out, or train the one-output "
+                                   "segmenter without --raabin and --pbc.")
+            _train_cells(data=data, out=out, split=split, raabin=raabin, pbc=pbc, synthetic=synthetic or 0,
+                         arch=arch, base_channels=base_channels, depth=depth, encoder=encoder,
+                         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, normalization=normalization, pretrained=pretrained,
+                         samples_per_epoch=samples_per_epoch, time_limit_min=time_limit_min, cache_dir=cache_dir,
+                         max_val_images=max_val_images, seed=seed, workers=workers, threads=threads, device=device,
+                         quiet=quiet)
+            return
+        cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
+                                            ("cache_dir", cache_dir)) if v is not None]
+        if cell_given:
+            from leukodx.errors import LeukodxError
+
+            raise LeukodxError(f"{', '.join(cell_given)} only apply to the two-output training.",
+                               "Add --raabin DIR and/or --pbc DIR, or leave them out.")
         if threads:
             import torch
 
@@ -99,6 +149,8 @@ def register(app: typer.Typer) -> None:
             max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,
             resume=True if resume else None, quiet=True if quiet else None,
         )
+        if time_limit_min is not None:
+            cfg.time_limit_s = 60.0 * time_limit_min
         result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False, markup=False),
                                  evaluate_shift=shift_lab, min_mask_fraction=min_mask_fraction)
         if "config" not in result:  # a non-zero rank under torchrun
@@ -112,3 +164,37 @@ def register(app: typer.Typer) -> None:
                           f"count MAE {f(test['count_mae'])}  on {test['n_images']} test fields "
                           f"({test['n_reference_failed']} failed references)  ->  {out}/metrics.json",
                           highlight=False)
+
+
+def _train_cells(*, data: Path, out: Path, split: Path | None, raabin: Path | None, pbc: Path | None, synthetic: int,
+                 arch: str | None, base_channels: int | None, depth: int | None, encoder: str | None,
+                 image_size: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
+                 weight_decay: float | None, normalization: str | None, pretrained: str | None,
+                 samples_per_epoch: int | None, time_limit_min: float | None, cache_dir: Path | None,
+                 max_val_images: int | None, seed: int | None, workers: int | None, threads: int | None,
+                 device: str | None, quiet: bool) -> None:
+    """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC and synthetic smears."""
+    from leukodx.training.cell_segment import train_cell_segmenter
+
+    arch = arch or "unet-fpn-gelu:tf_efficientnet_lite0"
+    if encoder:
+        arch = f"{arch.partition(':')[0]}:{encoder}"
+    arch_kwargs = {k: v for k, v in (("base_channels", base_channels), ("depth", depth)) if v is not None} or None
+    opts: dict[str, Any] = {k: v for k, v in (("image_size", image_size), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                              ("weight_decay", weight_decay), ("normalization", normalization),
+                              ("samples_per_epoch", samples_per_epoch), ("seed", seed), ("workers", workers),
+                              ("device", device)) if v is not None}
+    res = train_cell_segmenter(
+        out, taleqani=data, split=split, raabin=raabin, pbc=pbc, synthetic=synthetic, arch=arch,
+        arch_kwargs=arch_kwargs, pretrained=pretrained, time_limit_min=time_limit_min, max_val_per_source=max_val_images,
+        cache_dir=cache_dir, threads=threads,
+        log_fn=None if quiet else (lambda m: err_console.print(m, highlight=False, markup=False)), **opts)
+    if not quiet:
+        best = res["val"]
+
+        def f(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        console.print(f"best epoch {res['best_epoch']}: " + "; ".join(
+            f"{s} cell {f(v['dice_cell'])} nucleus {f(v['dice_nucleus'])}" for s, v in best.items())
+            + f"  ->  {out} ({res['wall_seconds']:.0f} s)", highlight=False)

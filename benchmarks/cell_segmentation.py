@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--mask-threshold", type=float, default=None, help="override thresholds.mask (validation only)")
     ap.add_argument("--min-nucleus-fraction", type=float, default=None,
                     help="override thresholds.instances.min_nucleus_fraction (validation only)")
+    ap.add_argument("--instances", type=json.loads, default=None,
+                    help='override cell-splitting parameters, e.g. \'{"min_distance": 10, "h": 3}\' (validation only)')
     a = ap.parse_args()
     seg = a.segmenter or default_model_dir("segment")
     analysis = Analysis(None, seg)
@@ -61,8 +63,11 @@ def main() -> None:
         stage.mask_threshold = a.mask_threshold
     if a.min_nucleus_fraction is not None:
         stage.min_nucleus_fraction = a.min_nucleus_fraction
+    if a.instances:
+        stage.instance_params = {**stage.instance_params, **a.instances}
     res: dict = {"segmenter": str(seg), "outputs": stage.outputs, "split": a.split,
                  "mask_threshold": stage.mask_threshold, "min_nucleus_fraction": stage.min_nucleus_fraction,
+                 "instances": stage.instance_params,
                  "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "command": " ".join(
                      ["python benchmarks/cell_segmentation.py", "--split", a.split, "--out", str(a.out)]
                      + (["--segmenter", str(a.segmenter)] if a.segmenter else []))}

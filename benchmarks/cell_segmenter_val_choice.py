@@ -23,17 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leukodx.data import sources
-from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
-from leukodx.data.images import read_rgb
-from leukodx.data.split import read_split
-from leukodx.evaluation.cells import (
-    dice,
-    masked_counts,
-    score_boxed_field,
-    score_centred_crop,
-    summarize_scores,
-)
+from leukodx.evaluation.cells import headline, load_parts, score_parts
 from leukodx.inference.pipeline import Analysis
 from leukodx.models.model_config import read_model_config, write_model_config
 
@@ -72,21 +62,7 @@ def main() -> None:
     stage.engine = CachedEngine(stage.engine)
     t0 = time.perf_counter()
 
-    raabin_root, pbc_root, tq_root = a.data / "raabin-fields", a.data / "pbc", a.data / "all-taleqani"
-    fields = {f.path: f for f in sources.read_raabin_fields(raabin_root)[0]}
-    raabin = [(read_rgb(raabin_root / r["path"]), fields[r["path"]],
-               sources.raabin_field_reference(raabin_root, fields[r["path"]]))
-              for r in sources.read_source_split(ROOT / "benchmarks/splits/raabin-fields-seed0.csv", "val")
-              [:a.max_raabin or None]]
-    pbc_rows = sources.read_source_split(ROOT / "benchmarks/splits/pbc-seed0.csv", "val")
-    pbc_rows = pbc_rows[::max(1, len(pbc_rows) // a.max_pbc)][:a.max_pbc]
-    pbc = [(read_rgb(pbc_root / r["path"]), r["label"], sources.pbc_crop_reference(pbc_root, r["path"], r["label"]))
-           for r in pbc_rows]
-    tq_rows = [r for r in read_split(ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv", tq_root)
-               if r["split"] == "val"]
-    tq_rows = tq_rows[::max(1, len(tq_rows) // a.max_taleqani)][:a.max_taleqani]
-    taleqani = [(read_rgb(tq_root / r["path"]), sources.taleqani_field_reference(tq_root, r["path"]))
-                for r in tq_rows]
+    parts = load_parts(a.data, ROOT / "benchmarks/splits", "val", a.max_raabin, a.max_pbc, a.max_taleqani)
     load_s = time.perf_counter() - t0
 
     base = dict(stage.instance_params)
@@ -94,28 +70,11 @@ def main() -> None:
     for mask, nuc, split in itertools.product(MASK, NUCLEUS, SPLITTING):
         stage.mask_threshold, stage.min_nucleus_fraction = mask, nuc
         stage.instance_params = {**base, **split}
-        rs = analysis.analyze_many([x[0] for x in raabin])
-        r_sum = summarize_scores([score_boxed_field(r, f.boxes, ref) for r, (_, f, ref) in zip(rs, raabin, strict=True)])
-        ps = analysis.analyze_many([x[0] for x in pbc])
-        p_sum = summarize_scores([score_centred_crop(r, ref, leukocyte=lab not in NOT_LEUKOCYTE_CLASSES)
-                                  for r, (_, lab, ref) in zip(ps, pbc, strict=True)])
-        ts = analysis.analyze_many([x[0] for x in taleqani])
-        counts = [masked_counts(r.nucleus_mask, ref.nucleus, ref.nucleus_known) for r, (_, ref) in
-                  zip(ts, taleqani, strict=True)]
-        tq_dice = dice(*(int(sum(c[k] for c in counts)) for k in range(3))) or 0.0
-        parts = {"raabin_one_centre": r_sum["one_centre_per_box"], "raabin_count_exact": r_sum["count_exact"],
-                 "raabin_cell_dice": r_sum.get("cell_dice_global") or 0.0,
-                 "raabin_nucleus_dice": r_sum.get("nucleus_dice_global") or 0.0,
-                 "pbc_exactly_one": p_sum.get("exactly_one_centred_cell", 0.0),
-                 "pbc_no_cell_on_non_leukocyte": 1.0 - p_sum.get("non_leukocyte_called_cell", 0.0),
-                 "pbc_cell_dice": p_sum.get("cell_dice_global") or 0.0,
-                 "taleqani_nucleus_dice": round(tq_dice, 4)}
-        results.append({"mask": mask, "min_nucleus_fraction": nuc, **split, **parts,
-                        "objective": round(float(np.mean(list(parts.values()))), 4)})
+        results.append({"mask": mask, "min_nucleus_fraction": nuc, **split,
+                        **headline(score_parts(analysis, parts))})
         print(json.dumps(results[-1]))
     best = max(results, key=lambda r: r["objective"])
-    res = {"model": str(a.model), "subset": "val", "n_raabin": len(raabin), "n_pbc": len(pbc),
-           "n_taleqani": len(taleqani), "load_seconds": round(load_s, 1),
+    res = {"model": str(a.model), "subset": "val", **parts.describe(), "load_seconds": round(load_s, 1),
            "seconds": round(time.perf_counter() - t0, 1), "chosen": best, "candidates": results,
            "command": f"python benchmarks/cell_segmenter_val_choice.py --model {a.model} --out {a.out}"}
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,8 @@ most 40 px across): predictions are resampled (nearest) to the reference's size 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -125,3 +127,93 @@ def summarize_scores(scores: Sequence[dict]) -> dict:
             out["non_leukocyte_called_cell"] = round(float(np.mean([s["n_inside"] > 0 for s in other])), 4)
             out["n_non_leukocyte_crops"] = len(other)
     return out
+
+
+@dataclass
+class Parts:
+    """The held-out images of the three labs with their rule-made references, read once and scored many times:
+    Raabin fields (image, RaabinField, reference), PBC crops (image, class, reference) and Taleqani fields
+    (image, reference with the repaired nucleus reference)."""
+
+    raabin: list = field(default_factory=list)
+    pbc: list = field(default_factory=list)
+    taleqani: list = field(default_factory=list)
+
+    def describe(self) -> dict:
+        return {"n_raabin": len(self.raabin), "n_pbc": len(self.pbc), "n_taleqani": len(self.taleqani)}
+
+
+def _every(rows: list, n: int) -> list:
+    return rows[::max(1, len(rows) // n)][:n] if n else rows
+
+
+def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_raabin: int = 0, max_pbc: int = 0,
+               max_taleqani: int = 0) -> Parts:
+    """The `split` part ("val" or "test") of each source under `data` (raabin-fields/, pbc/, all-taleqani/), as
+    the split CSVs in `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder
+    is missing is left out."""
+    from leukodx.data import sources
+    from leukodx.data.images import read_rgb
+    from leukodx.data.split import read_split
+
+    data, splits = Path(data), Path(splits)
+    parts = Parts()
+    root = data / "raabin-fields"
+    if root.is_dir():
+        fields = {f.path: f for f in sources.read_raabin_fields(root)[0]}
+        rows = _every(sources.read_source_split(splits / "raabin-fields-seed0.csv", split), max_raabin)
+        parts.raabin = [(read_rgb(root / r["path"]), fields[r["path"]],
+                         sources.raabin_field_reference(root, fields[r["path"]])) for r in rows]
+    root = data / "pbc"
+    if root.is_dir():
+        rows = _every(sources.read_source_split(splits / "pbc-seed0.csv", split), max_pbc)
+        parts.pbc = [(read_rgb(root / r["path"]), r["label"], sources.pbc_crop_reference(root, r["path"], r["label"]))
+                     for r in rows]
+    root = data / "all-taleqani"
+    if root.is_dir():
+        rows = _every([r for r in read_split(splits / "taleqani-sgdc-seed0.csv", root) if r["split"] == split],
+                      max_taleqani)
+        parts.taleqani = [(read_rgb(root / r["path"]), sources.taleqani_field_reference(root, r["path"]))
+                          for r in rows]
+    return parts
+
+
+def score_parts(analysis, parts: Parts, batch_size: int = 16) -> dict:
+    """The analysis (its segmenter part) on every image of `parts`: per source, summarize_scores of the boxed
+    fields and centred crops, and the Taleqani fields' nucleus Dice against the repaired references."""
+    from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
+
+    out: dict = {}
+    if parts.raabin:
+        rs = analysis.analyze_many([x[0] for x in parts.raabin], batch_size=batch_size)
+        out["raabin"] = summarize_scores([score_boxed_field(r, f.boxes, ref)
+                                          for r, (_, f, ref) in zip(rs, parts.raabin, strict=True)])
+    if parts.pbc:
+        rs = analysis.analyze_many([x[0] for x in parts.pbc], batch_size=batch_size)
+        scores = [score_centred_crop(r, ref, leukocyte=lab not in NOT_LEUKOCYTE_CLASSES) | {"label": lab}
+                  for r, (_, lab, ref) in zip(rs, parts.pbc, strict=True)]
+        out["pbc"] = summarize_scores(scores)
+        out["pbc"]["per_class_exactly_one"] = {
+            c: round(float(np.mean([s["n_inside"] == 1 for s in scores if s["label"] == c])), 4)
+            for c in sorted({s["label"] for s in scores}) if c not in NOT_LEUKOCYTE_CLASSES}
+    if parts.taleqani:
+        rs = analysis.analyze_many([x[0] for x in parts.taleqani], batch_size=batch_size)
+        counts = [masked_counts(_nucleus(r), ref.nucleus, ref.nucleus_known)
+                  for r, (_, ref) in zip(rs, parts.taleqani, strict=True)]
+        d = dice(*(int(sum(c[k] for c in counts)) for k in range(3)))
+        out["taleqani"] = {"n": len(rs), "nucleus_dice_global_repaired": None if d is None else round(d, 4)}
+    return out
+
+
+def headline(scores: dict) -> dict:
+    """The rates of `score_parts` that a lab relies on, each 0..1 and higher-is-better, and their mean
+    (`objective`: what thresholds are chosen by on validation, and the study compares)."""
+    r, p, t = scores.get("raabin", {}), scores.get("pbc", {}), scores.get("taleqani", {})
+    parts = {"raabin_one_centre": r.get("one_centre_per_box"), "raabin_count_exact": r.get("count_exact"),
+             "raabin_cell_dice": r.get("cell_dice_global"), "raabin_nucleus_dice": r.get("nucleus_dice_global"),
+             "pbc_exactly_one": p.get("exactly_one_centred_cell"),
+             "pbc_no_cell_on_non_leukocyte": None if p.get("non_leukocyte_called_cell") is None else round(
+                 1.0 - p["non_leukocyte_called_cell"], 4),
+             "pbc_cell_dice": p.get("cell_dice_global"), "taleqani_nucleus_dice": t.get("nucleus_dice_global_repaired")}
+    parts = {k: float(v or 0.0) for k, v in parts.items()}
+    return parts | {"objective": round(float(np.mean(list(parts.values()))), 4)}

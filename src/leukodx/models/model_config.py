@@ -100,6 +100,16 @@ class CaseRule(BaseModel):
     undecided: tuple[float, float] = (0.25, 0.75)
 
 
+class CellAgreement(BaseModel):
+    """When a field's call and its cells disagree (the field is then flagged low_confidence, with the reason): a
+    leukaemic call needs at least `min_blasts` leukocytes the cell model calls blast; a benign call is questioned
+    when more than `max_blast_share_benign` of its counted leukocytes (and at least `min_blasts`) are blasts."""
+
+    model_config = ConfigDict(extra="allow")
+    min_blasts: int = 1
+    max_blast_share_benign: float = 0.5
+
+
 class ModelConfig(BaseModel):
     """config.json of a model directory."""
 
@@ -121,6 +131,7 @@ class ModelConfig(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     scale: ScaleRule = Field(default_factory=ScaleRule)
     case_rule: CaseRule = Field(default_factory=CaseRule)
+    cell_agreement: CellAgreement = Field(default_factory=CellAgreement)
     ood: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -174,7 +174,7 @@ def apply_summary(case: Case, summary: CaseSummary) -> None:
 
 
 def refresh_cells(case: Case) -> None:
-    case.cell_summary = cell_logic.cell_summary(f.cells or [] for f in case.fields)
+    case.cell_summary = cell_logic.cell_summary(counted_cells(case.fields))
 
 
 def duplicate_skip(case: Case, sha256: str, name: str) -> dict | None:
@@ -481,6 +481,13 @@ def cell_dict(c: dict) -> dict:
 EMPTY_CELLS = cell_logic.cell_summary([])
 
 
+def counted_cells(fields) -> list[list[dict]]:
+    """The cells that enter the case's differential and blast %: those of assessable fields only, i.e. fields with
+    a class call that are unflagged or that a reviewer has decided (the gallery still shows every cell)."""
+    return [f.cells or [] for f in fields
+            if f.label is not None and (f.flag == "ok" or f.review_decision in ("confirm", "override"))]
+
+
 def case_dict(case: Case, analysis=None) -> dict:
     """The case as the API answers it; with `analysis` (the app's AnalysisService: the case rule for the reviewed
     call) also its fields, review progress and warnings."""
@@ -509,7 +516,7 @@ def case_dict(case: Case, analysis=None) -> dict:
         "amended": bool(case.amendments),
         "amendments": list(case.amendments or []),
     }
-    cs = cell_logic.cell_summary(f.cells or [] for f in case.fields) if with_fields else (
+    cs = cell_logic.cell_summary(counted_cells(case.fields)) if with_fields else (
         case.cell_summary or EMPTY_CELLS)
     for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells",
               "n_cells_reviewed"):

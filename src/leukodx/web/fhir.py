@@ -15,7 +15,7 @@ from leukodx import __version__
 from leukodx.inference.cell_classes import CELL_CLASS_WORDS, NOT_COUNTED
 from leukodx.web import cells as cell_logic
 from leukodx.web import words
-from leukodx.web.cases import is_signed_off, iso
+from leukodx.web.cases import counted_cells, is_signed_off, iso
 from leukodx.web.db import Case
 
 LOINC = "http://loinc.org"
@@ -47,7 +47,7 @@ def diagnostic_report(case: Case, settings) -> dict:
     effective = iso(case.created_at)
     issued = iso(case.reviewed_at if signed else case.updated_at)
     label = case.review_label if signed else case.ai_label
-    cs = cell_logic.cell_summary(f.cells or [] for f in case.fields)
+    cs = cell_logic.cell_summary(counted_cells(case.fields))
     who = (case.reviewed_by or "the reviewing clinician") if signed else "nobody yet (AI suggestion only)"
     notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}."]
     if case.ai_label:

@@ -134,7 +134,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         request, "case.html", status_code, who=who, case=case, current=idx,
         field=case.fields[idx] if case.fields else None,
         reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
-        cs=cell_logic.cell_summary(f.cells or [] for f in case.fields),
+        cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)),
         gallery=_gallery(case), warnings=case_logic.sign_off_warnings(case),
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
@@ -246,7 +246,7 @@ def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
                   reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
-                  cs=cell_logic.cell_summary(f.cells or [] for f in case.fields), cell_words=cell_logic.WORDS)
+                  cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)), cell_words=cell_logic.WORDS)
 
 
 @router.get("/cases/{case_id}/fields/{field_id}/cells/{cell_id}.png")

@@ -110,6 +110,30 @@ class CellAgreement(BaseModel):
     max_blast_share_benign: float = 0.5
 
 
+class StainStats(BaseModel):
+    """Stain statistics of a set of smear fields (leukodx.inference.stain.measure): per channel (R, G, B) optical
+    density -ln((v + 1) / 256), over smear pixels only (the bright background left out), each field's dark
+    (nuclear) and light (red cell, cytoplasm) pixels weighted equally so the number of leukocytes in a field does
+    not move them; the median over fields of each field's weighted mean (`mean`) and standard deviation (`std`)."""
+
+    model_config = ConfigDict(extra="allow")
+    space: Literal["od"] = "od"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    n_images: int = 0  # fields measured
+
+
+class StainRule(BaseModel):
+    """Stain normalisation (leukodx.inference.stain.normalize): a lab's fields (`source` statistics) mapped onto
+    the training fields' (`target`) per channel in optical density, Reinhard-style; `strength` 0 = unchanged,
+    1 = the full mapping. Written by `leukodx adapt`."""
+
+    model_config = ConfigDict(extra="allow")
+    source: StainStats
+    target: StainStats
+    strength: float = Field(1.0, ge=0.0, le=1.0)
+
+
 class ModelConfig(BaseModel):
     """config.json of a model directory."""
 
@@ -132,6 +156,10 @@ class ModelConfig(BaseModel):
     scale: ScaleRule = Field(default_factory=ScaleRule)
     case_rule: CaseRule = Field(default_factory=CaseRule)
     cell_agreement: CellAgreement = Field(default_factory=CellAgreement)
+    # the training fields' stain statistics (what `leukodx adapt` maps a lab onto), and the lab's stain rule
+    # (None: fields are used as they are)
+    stain_reference: StainStats | None = None
+    stain: StainRule | None = None
     ood: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)

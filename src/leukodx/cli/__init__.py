@@ -12,6 +12,7 @@ import typer
 
 from leukodx import __version__
 from leukodx.cli import (
+    adapt,
     backup,
     bench,
     data,
@@ -48,7 +49,7 @@ for group, help_text, modules in (
     for module in modules:
         module.register(sub)
     app.add_typer(sub, name=group)
-for module in (evaluate, predict, bench, serve, backup, demo):
+for module in (evaluate, predict, bench, serve, backup, demo, adapt):
     module.register(app)
 
 

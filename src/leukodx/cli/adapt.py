@@ -1,0 +1,57 @@
+"""`leukodx adapt --data FOLDER --out DIR`: model directories adapted to a lab's own stain (leukodx.deploy.adapt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from leukodx.cli._common import console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("adapt")
+    def adapt_cmd(
+        data: Path = typer.Option(..., "--data", help="Folder of the lab's own ordinary smear fields, unlabelled "
+                                  "(JPEG, PNG, TIFF or BMP; searched recursively). A few hundred is best."),
+        out: Path = typer.Option(..., "--out", help="Output folder: DIR/classifier and DIR/segmenter."),
+        classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
+        segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory (default: bundled)."),
+        max_images: int = typer.Option(500, "--max-images", min=1, help="At most this many fields are used."),
+        strength: float = typer.Option(1.0, "--strength", min=0.0, max=1.0,
+                                       help="Stain normalisation strength: 0 = none, 1 = full."),
+        threads: int = typer.Option(None, "--threads", help="CPU threads per model call (default: all)."),
+    ) -> None:
+        """Adapt the models to this lab's stain, camera and white balance from its own UNLABELLED fields.
+
+        Measures the lab's stain and stores a stain normalisation onto the training fields' colours, and raises
+        the out-of-distribution threshold (never lowers it) just so far that the lab's ordinary fields are not
+        flagged. Temperature and the low-confidence threshold are kept (they need labels). Use the result with
+        `leukodx predict ... --classifier DIR/classifier --segmenter DIR/segmenter` or `leukodx serve` (same)."""
+        from leukodx.deploy.adapt import adapt_models
+
+        with console.status(f"adapting to {data} ...") as status:
+            rep = adapt_models(data, out, classifier_dir=classifier, segmenter_dir=segmenter,
+                               max_images=max_images, strength=strength, threads=threads,
+                               progress=lambda msg: status.update(msg))
+        skipped = rep["unreadable"] + rep["not_smear"]
+        if skipped:
+            err_console.print(f"left out {len(skipped)} image(s): " + "; ".join(skipped[:5])
+                              + (" ..." if len(skipped) > 5 else ""), highlight=False)
+        src, tgt = rep["stain"]["source"], rep["stain"]["target"]
+        console.print(f"{rep['n_used']} of {rep['n_found']} field(s) used; stain (optical density R,G,B) mean "
+                      f"{_fmt(src['mean'])} -> training {_fmt(tgt['mean'])}, std {_fmt(src['std'])} -> "
+                      f"{_fmt(tgt['std'])}", highlight=False)
+        ood = rep["ood"]
+        if "threshold" in ood:
+            console.print(f"out-of-distribution threshold {ood['trained_threshold']:.3g} -> {ood['threshold']:.3g}"
+                          f"{' (capped)' if ood['capped'] else ''}; the lab's fields flagged: "
+                          f"{ood['lab_flagged_as_is_trained_threshold']:.1%} before, "
+                          f"{ood['lab_flagged_normalised_adapted_threshold']:.1%} after", highlight=False)
+        console.print(f"[green]written[/] {rep['classifier']} and {rep['segmenter']}; use them with: leukodx "
+                      f"predict FIELDS --out RESULTS --classifier {rep['classifier']} --segmenter {rep['segmenter']}",
+                      highlight=False)
+
+
+def _fmt(v: list[float]) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"

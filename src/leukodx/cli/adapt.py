@@ -38,6 +38,10 @@ def register(app: typer.Typer) -> None:
         if skipped:
             err_console.print(f"left out {len(skipped)} image(s): " + "; ".join(skipped[:5])
                               + (" ..." if len(skipped) > 5 else ""), highlight=False)
+        if len(rep["not_smear"]) > 0.05 * max(rep["n_read"], 1):
+            err_console.print(f"[yellow]note:[/] the smear check rejects {len(rep['not_smear'])} of the lab's "
+                              f"{rep['n_read']} readable field(s); adapting does not change it (it does not look at "
+                              "colour). Check that these are ordinary stained smear fields at 100x.", highlight=False)
         src, tgt = rep["stain"]["source"], rep["stain"]["target"]
         console.print(f"{rep['n_used']} of {rep['n_found']} field(s) used; stain (optical density R,G,B) mean "
                       f"{_fmt(src['mean'])} -> training {_fmt(tgt['mean'])}, std {_fmt(src['std'])} -> "

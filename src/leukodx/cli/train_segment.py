@@ -27,7 +27,6 @@ EXAMPLE = (
 ONE_OUTPUT_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment", "preset",
                    "config", "optimizer", "schedule", "patience", "max_train_images", "max_test_images",
                    "shift_lab", "amp", "resume")
-CELL_ONLY = ("synthetic", "samples_per_epoch", "cache_dir")
 
 
 def _flag(name: str) -> str:

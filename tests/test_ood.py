@@ -66,7 +66,6 @@ def test_scorer_flags_non_smear_and_passes_smears(fitted):
 
 def test_old_fit_is_ignored_and_no_fit_still_checks():
     from leukodx.inference.ood import OODScorer
-
     from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224, parse_model_config
 
     old_stats = {"image_stats": {"version": 3, "lo": [0], "hi": [1], "threshold": 0.15}}

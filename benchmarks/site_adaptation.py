@@ -32,18 +32,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+CELL_DISAGREEMENT = "The field is called"  # the start of the cells-disagree reason (a low_confidence flag)
+
+
+def _kind(row: dict) -> str:
+    """The flag, with a low_confidence flag from the cells' disagreement (not the model's confidence) apart."""
+    if row["flag"] == "low_confidence" and row["flag_reason"].startswith(CELL_DISAGREEMENT):
+        return "cells_disagree"
+    return row["flag"]
+
 
 def _score(pred_csv: Path, truth: dict[str, str]) -> dict:
+    """Accuracy over all fields; `flagged` and `accuracy_unflagged` count the flags adaptation acts on
+    (out_of_distribution, low_confidence from the calibrated confidence, unreadable); the cells-disagree flag
+    (the cell model's, which reads the field as it is) is counted apart, and in `flagged_any`."""
     by_name = {Path(r["path"]).name: r for r in csv.DictReader(open(pred_csv))}
-    flags = [by_name[n]["flag"] for n in truth]
-    ok = np.array([f == "ok" for f in flags])
+    kinds = [_kind(by_name[n]) for n in truth]
+    ok = np.array([k in ("ok", "cells_disagree") for k in kinds])
     correct = np.array([by_name[n]["label"] == t for n, t in truth.items()])
     counts: dict[str, int] = {}
-    for f in flags:
-        counts[f] = counts.get(f, 0) + 1
+    for k in kinds:
+        counts[k] = counts.get(k, 0) + 1
     return {"n": len(truth), "accuracy_all": round(float(correct.mean()), 4),
             "accuracy_unflagged": round(float(correct[ok].mean()), 4) if ok.any() else None,
-            "flagged": round(float(1 - ok.mean()), 4), "flags": counts}
+            "flagged": round(float(1 - ok.mean()), 4),
+            "flagged_any": round(float(np.mean([k != "ok" for k in kinds])), 4), "flags": counts}
 
 
 def _run(cmd: list[str]) -> float:

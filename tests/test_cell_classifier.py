@@ -1,9 +1,11 @@
-"""The per-cell AI suggestion (leukodx.inference.cell_classifier): the bundled model loads and labels every cell;
-its features do not move with white balance, brightness or magnification; bad model files are refused clearly."""
+"""The bundled cell-type model (src/leukodx/assets/cells) through the clinic runtime: it loads without torch,
+labels every cell of a field in the model's vocabulary, keeps its answers under white-balance and brightness
+changes that per-crop standardisation removes, follows the red-cell scale, and refuses bad directories."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,8 +13,8 @@ from scipy import ndimage as ndi
 
 from leukodx.data.synthetic import synthetic_field
 from leukodx.errors import ModelError
-from leukodx.inference.cell_classes import AI_CELL_CLASSES
-from leukodx.inference.cell_classifier import FEATURES, MODEL_FILE, CellClassifier, cell_features
+from leukodx.inference.cell_classes import AI_CELL_CLASSES, MODEL_CLASSES
+from leukodx.inference.cell_classifier import CellClassifier
 from leukodx.inference.instances import cells_from_labels
 
 
@@ -25,7 +27,7 @@ def _field(label: str = "Pre", seed: int = 0, size: int = 224):
 
 @pytest.fixture(scope="module")
 def clf() -> CellClassifier:
-    return CellClassifier.load()
+    return CellClassifier.load(threads=1)
 
 
 def _fields():
@@ -33,138 +35,90 @@ def _fields():
 
 
 def test_bundled_model_loads_and_labels_every_cell(clf):
+    assert clf.classes == MODEL_CLASSES and clf.size == (64, 64)
+    assert clf.temperature > 0 and 0 < clf.low_confidence < 1 and 0 < clf.field_threshold <= 1
     n = 0
     for rgb, labels, cells in _fields():
-        clf.classify(rgb, labels, cells, None)
+        p = clf.classify(rgb, labels, cells, None)
+        assert p.shape == (len(cells), len(MODEL_CLASSES))
         for c in cells:
             assert c.ai_label in AI_CELL_CLASSES
-            assert c.ai_confidence is not None and 0.5 <= c.ai_confidence <= 1.0
+            assert c.ai_confidence is not None and 0.0 < c.ai_confidence <= 1.0
         score = clf.field_score(cells)
-        assert score is not None and 0.0 <= score <= 1.0
+        assert score is None or 0.0 <= score <= 1.0
         n += len(cells)
     assert n > 0
-    assert 0.0 < clf.field_threshold < 1.0
 
 
-def test_load_accepts_a_folder_or_the_file(tmp_path, clf):
-    (tmp_path / MODEL_FILE).write_text(json.dumps(clf.spec))
-    assert CellClassifier.load(tmp_path).field_threshold == clf.field_threshold
-    assert CellClassifier.load(tmp_path / MODEL_FILE).field_threshold == clf.field_threshold
+def test_the_clinic_runtime_has_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from leukodx.inference.cell_classifier import CellClassifier; CellClassifier.load(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_empty_cell_list(clf):
     rgb, _, _ = _field()
     empty = np.zeros(rgb.shape[:2], np.int32)
     cells: list = []
-    clf.classify(rgb, empty, cells, 17.0)
-    assert cells == []
-    assert clf.probabilities(rgb, empty, [], None).shape == (0,)
-    assert cell_features(rgb, empty, [], None).shape == (0, len(FEATURES))
-    assert clf.field_score([]) is None
+    assert clf.classify(rgb, empty, cells, 17.0).shape == (0, len(MODEL_CLASSES))
+    assert cells == [] and clf.field_score([]) is None
 
 
-CONTINUOUS = [i for i, n in enumerate(FEATURES) if n not in ("touches_border", "nucleus_pieces")]
-
-
-def _std_features(clf, rgb, labels, cells, d):
-    """The continuous features in units of their training standard deviation."""
-    return np.nan_to_num((cell_features(rgb, labels, cells, d) - clf.mean) / clf.scale)[:, CONTINUOUS]
-
-
-def _probs(clf, rgb, labels, cells, d):
-    return clf.probabilities(rgb, labels, cells, d)
-
-
-@pytest.mark.parametrize("gains,offset", [((0.9, 1.0, 1.08), 0.0), ((1.0, 1.0, 1.0), -12.0),
-                                          ((1.06, 0.95, 0.92), -8.0)])
-def test_white_balance_and_brightness_leave_the_labels(clf, gains, offset):
-    for rgb, labels, cells in _fields():
+@pytest.mark.parametrize("gains,offset", [((0.9, 1.0, 1.08), 0.0), ((1.0, 1.0, 1.0), -12.0)])
+def test_white_balance_and_brightness_barely_move_the_probabilities(clf, gains, offset):
+    """Per-crop standardisation removes a per-channel gain and offset (up to 8-bit rounding and clipping)."""
+    for rgb, labels, cells in _fields()[:4]:
         shifted = np.clip(rgb.astype(np.float64) * np.array(gains) + offset, 0, 255).round().astype(np.uint8)
-        z0 = _std_features(clf, rgb, labels, cells, 17.0)
-        z1 = _std_features(clf, shifted, labels, cells, 17.0)
-        assert np.abs(z1 - z0).max() < 0.75  # in training standard deviations (pale spots: a few pixels)
-        p0, p1 = _probs(clf, rgb, labels, cells, 17.0), _probs(clf, shifted, labels, cells, 17.0)
-        assert np.abs(p1 - p0).max() < 0.1
-        clear = np.abs(p0 - 0.5) > 0.1
-        assert ((p0 >= 0.5) == (p1 >= 0.5))[clear].all()
+        p0 = clf.probabilities(rgb, labels, cells, 17.0)
+        p1 = clf.probabilities(shifted, labels, cells, 17.0)
+        # not exact: the gain clips the bright background at 255, which moves the per-crop statistics a little
+        assert np.abs(p1 - p0).max() < 0.25
+        assert (p1.argmax(1) == p0.argmax(1)).mean() >= 0.8
 
 
-def test_a_gain_change_cancels_exactly_in_optical_density(clf):
-    """A per-channel gain (white balance / exposure) without clipping changes no colour feature beyond the
-    rounding of the 8-bit pixels."""
+def test_rescaling_the_field_with_its_red_cells_keeps_the_crops(clf):
     rgb, labels, cells = _field("Early", 3)
-    darker = np.clip(rgb.astype(np.float64) * 0.8, 0, 255).round().astype(np.uint8)
-    z0 = _std_features(clf, rgb, labels, cells, 17.0)
-    z1 = _std_features(clf, darker, labels, cells, 17.0)
-    assert np.abs(z1 - z0).max() < 0.25
+    big_rgb = np.repeat(np.repeat(rgb, 2, 0), 2, 1)
+    big_labels = np.repeat(np.repeat(labels, 2, 0), 2, 1)
+    big_cells = cells_from_labels(big_labels)
+    p0 = clf.probabilities(rgb, labels, cells, 16.0)
+    p1 = clf.probabilities(big_rgb, big_labels, big_cells, 32.0)
+    assert np.abs(p1 - p0).max() < 0.2
 
 
-def test_rescaling_the_field_with_its_red_cells_leaves_the_labels(clf):
-    for rgb, labels, cells in _fields():
-        big_rgb = np.repeat(np.repeat(rgb, 2, 0), 2, 1)
-        big_labels = np.repeat(np.repeat(labels, 2, 0), 2, 1)
-        big_cells = cells_from_labels(big_labels)
-        assert [c.id for c in big_cells] == [c.id for c in cells]
-        z0 = _std_features(clf, rgb, labels, cells, 16.0)
-        z1 = _std_features(clf, big_rgb, big_labels, big_cells, 32.0)
-        assert np.abs(z1 - z0).max() < 0.75
-        p0, p1 = _probs(clf, rgb, labels, cells, 16.0), _probs(clf, big_rgb, big_labels, big_cells, 32.0)
-        assert np.abs(p1 - p0).max() < 0.1
-        clear = np.abs(p0 - 0.5) > 0.1
-        assert ((p0 >= 0.5) == (p1 >= 0.5))[clear].all()
-
-
-def test_size_is_measured_in_red_cells(clf):
-    """The same pixels read as a larger cell when the red cells are smaller."""
-    rgb, labels, cells = _field("Benign", 2)
-    small_rbc = cell_features(rgb, labels, cells, 12.0)[:, FEATURES.index("log_area_rbc")]
-    large_rbc = cell_features(rgb, labels, cells, 24.0)[:, FEATURES.index("log_area_rbc")]
-    assert np.allclose(small_rbc - large_rbc, np.log(4.0))
-
-
-def test_labels_of_cells_not_listed_are_ignored(clf):
-    rgb, labels, cells = _field("Pre", 4)
-    extra = labels.copy()
-    extra[:6, :6] = int(labels.max()) + 5  # a labelled blob that is no listed cell
-    clf.classify(rgb, extra, cells, None)
-    assert all(c.ai_label in AI_CELL_CLASSES for c in cells)
-
-
-def test_bad_inputs_are_refused():
+def test_bad_inputs_are_refused(clf):
     rgb, labels, cells = _field()
     with pytest.raises(ValueError, match="same size"):
-        cell_features(rgb, labels[:-1], cells, None)
+        clf.classify(rgb, labels[:-1], cells, None)
 
 
-@pytest.mark.parametrize("content", ["not json at all {", "[1, 2, 3]", json.dumps({"format": "something else"}),
-                                     "TRUNCATE"])
-def test_a_bad_model_file_is_a_model_error_with_what_to_do(tmp_path, clf, content):
-    if content == "TRUNCATE":
-        spec = dict(clf.spec)
-        spec["coef"] = spec["coef"][:-1]
-        content = json.dumps(spec)
-    p = tmp_path / MODEL_FILE
-    p.write_text(content)
-    with pytest.raises(ModelError) as e:
-        CellClassifier.load(p)
-    assert str(p) in e.value.message and "train_cell_classifier.py" in e.value.message
-
-
-def test_a_missing_model_file_is_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="missing.*Reinstall"):
+def test_a_missing_or_foreign_model_directory_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError, match="missing"):
         CellClassifier.load(tmp_path / "nowhere")
+    from leukodx.assets import default_model_dir
+
+    with pytest.raises(ModelError, match="not a cell-type model"):
+        CellClassifier.load(default_model_dir("classify"))
 
 
-def test_other_features_are_refused(tmp_path, clf):
-    spec = dict(clf.spec)
-    spec["features"] = list(FEATURES[::-1])
-    with pytest.raises(ModelError, match="features"):
-        CellClassifier(spec, "test")
+def test_a_replaced_onnx_file_is_refused(tmp_path, clf):
+    d = tmp_path / "cells"
+    shutil.copytree(clf.dir, d)
+    from leukodx.assets import default_model_dir
+
+    shutil.copyfile(default_model_dir("classify") / "model.onnx", d / "model.onnx")
+    with pytest.raises(ModelError):
+        CellClassifier.load(d)
+    cfg = json.loads((clf.dir / "config.json").read_text())
+    assert cfg["cells"]["never_predicted"] == ["smudge"]
 
 
-def test_real_fields_of_leukaemia_score_higher_than_benign(real_data, clf):
-    """On a few real Taleqani fields through the bundled segmenter, the field aggregate ranks leukaemic
-    fields above benign ones (skipped without ../shared/data)."""
+def test_real_fields_of_leukaemia_show_more_blasts_than_benign(real_data, clf):
+    """On a few real Taleqani fields through the bundled segmenter, leukaemic fields have a higher blast share
+    than benign ones (skipped without ../shared/data)."""
     from leukodx.assets import default_model_dir
     from leukodx.data.images import read_field
     from leukodx.inference.instances import field_cells
@@ -180,7 +134,6 @@ def test_real_fields_of_leukaemia_score_higher_than_benign(real_data, clf):
             labels, cells = field_cells(prob > seg.mask_threshold, seg.instance_params)
             clf.classify(rgb, labels, cells, estimate_rbc_diameter(rgb)[0])
             s = clf.field_score(cells)
-            if s is not None:
-                got.append(s)
+            got.append(0.0 if s is None else s)
     assert scores["Benign"] and scores["Early"]
     assert np.mean(scores["Early"]) > np.mean(scores["Benign"])

@@ -23,6 +23,7 @@ from leukodx.cli import (
     serve,
     study_classify,
     study_segment,
+    train_cells,
     train_classify,
     train_segment,
 )
@@ -40,7 +41,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 for group, help_text, modules in (
     ("train", "Train a classifier or a segmenter; writes a model directory and its metrics.",
-     (train_classify, train_segment)),
+     (train_classify, train_segment, train_cells)),
     ("study", "The reference study's comparisons: mean ± std over seeds, a table and plots.",
      (study_classify, study_segment)),
     ("export", "Export models (ONNX, optional int8).", (export_onnx,)),

@@ -1,18 +1,30 @@
-"""The classes a leukocyte can be given in review, and the words shown for them.
+"""The classes a leukocyte can be given in review, what the cell-level model suggests, and the words shown.
 
-The cell-level model suggests one of `AI_CELL_CLASSES`; a reviewer may give any of `CELL_CLASSES`, or exclude
-the cell (`EXCLUDED`: it is then left out of the differential count). `BLAST` cells make the blast percentage::
+The cell-level model (leukodx.inference.cell_classifier) was trained on `MODEL_CLASSES`; it answers one of
+`AI_CELL_CLASSES`: a model class, or `UNIDENTIFIED` when its calibrated top probability is below the threshold
+chosen on validation cells (as commercial analysers do: such a cell is for the reviewer to classify). A
+reviewer may give any of `CELL_CLASSES`, or exclude the cell (`EXCLUDED`: it is then left out of the
+differential count). `BLAST` cells make the blast percentage::
 
     blast % = 100 * blasts / (cells counted in the differential)
+
+"smudge" is in the model's vocabulary for reviewers, but no training source has smudge cells: the model never
+suggests it (its model card says so).
 """
 
 from __future__ import annotations
 
 BLAST = "blast"
 EXCLUDED = "excluded"
+UNIDENTIFIED = "unidentified"
+NOT_LEUKOCYTE = "not_leukocyte"
+# what a reviewer may give a cell (the web API's CellLabel lists the same)
 CELL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "smudge", "artefact")
-# what the cell-level model can tell apart (it learnt from field labels: a benign field holds no blasts)
-AI_CELL_CLASSES = ("blast", "lymphocyte")
+# the cell-level model's output classes, in the order of its logits
+MODEL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
+                 "smudge", NOT_LEUKOCYTE)
+# what the cell-level model can suggest: a model class, or "unidentified" (below its confidence threshold)
+AI_CELL_CLASSES = (*MODEL_CLASSES, UNIDENTIFIED)
 CELL_CLASS_WORDS = {
     "blast": "Blast",
     "lymphocyte": "Lymphocyte / hematogone",
@@ -20,9 +32,13 @@ CELL_CLASS_WORDS = {
     "monocyte": "Monocyte",
     "eosinophil": "Eosinophil",
     "basophil": "Basophil",
+    "ig": "Immature granulocyte",
+    "erythroblast": "Erythroblast (nucleated red cell)",
     "smudge": "Smudge cell",
+    NOT_LEUKOCYTE: "Not a leukocyte",
     "artefact": "Artefact (not a leukocyte)",
+    UNIDENTIFIED: "Unidentified — verify",
     "excluded": "Excluded",
 }
-# not leukocytes to count: left out of the differential's total
-NOT_COUNTED = ("artefact", "excluded")
+# not leukocytes to count, or not yet known: left out of the differential's total
+NOT_COUNTED = ("artefact", NOT_LEUKOCYTE, "erythroblast", UNIDENTIFIED, EXCLUDED)

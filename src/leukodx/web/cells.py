@@ -7,8 +7,9 @@ suggestion (`ai_label`, `ai_confidence`: None until a cell-level model gives one
     reviewer's label  ->  else the AI's suggestion  ->  else "unclassified"   (never an invented class)
 
 Two differentials are kept: the AI's (its suggestions only) and the reviewer's (the rule above). The blast
-percentage is 100 * blasts / cells counted, where "counted" leaves out NOT_COUNTED (artefacts, excluded cells)
-and unclassified cells; it is None when no cell is counted.
+percentage is 100 * blasts / cells counted, where "counted" leaves out NOT_COUNTED (artefacts, cells that are
+not leukocytes, erythroblasts, cells the AI left unidentified, excluded cells) and unclassified cells; it is
+None when no cell is counted.
 """
 
 from __future__ import annotations
@@ -19,10 +20,19 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from leukodx.inference.cell_classes import BLAST, CELL_CLASS_WORDS, CELL_CLASSES, EXCLUDED, NOT_COUNTED
+from leukodx.inference.cell_classes import (
+    AI_CELL_CLASSES,
+    BLAST,
+    CELL_CLASS_WORDS,
+    CELL_CLASSES,
+    EXCLUDED,
+    NOT_COUNTED,
+)
 
 UNCLASSIFIED = "unclassified"
 REVIEW_LABELS = (*CELL_CLASSES, EXCLUDED)  # what a reviewer may give a cell
+# what a cell may count as: a reviewer's class or the AI's suggestion (which has a few classes more)
+KNOWN_CLASSES = tuple(dict.fromkeys((*CELL_CLASSES, *AI_CELL_CLASSES)))
 CELL_KEYS = ("id", "area_px", "centroid", "bbox", "area_um2", "touches_border", "ai_label", "ai_confidence")
 WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)"}
 KEYS = {  # keyboard shortcuts in the cell gallery: key -> class (shown on the page)
@@ -41,7 +51,7 @@ def stored_cells(result_cells: Iterable[dict] | None) -> list[dict]:
         d["bbox"] = [int(v) for v in (d.get("bbox") or (0, 0, 0, 0))]
         d["area_px"] = int(d.get("area_px") or 0)
         d["touches_border"] = bool(d.get("touches_border"))
-        if d.get("ai_label") not in CELL_CLASSES:  # an unknown suggestion is no suggestion
+        if d.get("ai_label") not in KNOWN_CLASSES:  # an unknown suggestion is no suggestion
             d["ai_label"], d["ai_confidence"] = None, None
         d["ai_confidence"] = None if d.get("ai_confidence") is None else float(d["ai_confidence"])
         d.update(label=None, reviewed_by=None, reviewed_at=None)
@@ -51,7 +61,7 @@ def stored_cells(result_cells: Iterable[dict] | None) -> list[dict]:
 
 def ai_class(cell: dict) -> str:
     label = cell.get("ai_label")
-    return label if label in CELL_CLASSES else UNCLASSIFIED
+    return label if label in KNOWN_CLASSES else UNCLASSIFIED
 
 
 def final_class(cell: dict) -> str:
@@ -62,11 +72,11 @@ def final_class(cell: dict) -> str:
 
 def differential(classes: Iterable[str]) -> dict[str, int]:
     n = Counter(classes)
-    return {c: int(n.get(c, 0)) for c in (*CELL_CLASSES, EXCLUDED, UNCLASSIFIED)}
+    return {c: int(n.get(c, 0)) for c in (*KNOWN_CLASSES, EXCLUDED, UNCLASSIFIED)}
 
 
 def blast_percent(diff: dict[str, int]) -> float | None:
-    counted = sum(v for c, v in diff.items() if c in CELL_CLASSES and c not in NOT_COUNTED)
+    counted = sum(v for c, v in diff.items() if c in KNOWN_CLASSES and c not in NOT_COUNTED)
     return None if counted == 0 else round(100.0 * diff.get(BLAST, 0) / counted, 1)
 
 
@@ -79,7 +89,7 @@ def cell_summary(fields_cells: Iterable[list[dict]]) -> dict:
         "n_cells": len(cells),
         "n_cells_reviewed": sum(1 for c in cells if c.get("label") in REVIEW_LABELS),
         "n_cells_ai_classified": sum(1 for c in cells if ai_class(c) != UNCLASSIFIED),
-        "n_counted": sum(v for c, v in rev.items() if c in CELL_CLASSES and c not in NOT_COUNTED),
+        "n_counted": sum(v for c, v in rev.items() if c in KNOWN_CLASSES and c not in NOT_COUNTED),
         "ai_differential": ai,
         "ai_blast_percent": blast_percent(ai),
         "differential": rev,

@@ -1,0 +1,227 @@
+"""The cell-type classifier: crops at the red-cell scale (mirrored at the field's edge, never dropped), the ONNX
+runtime (one batched call per field, 'unidentified' below its threshold), the trainer's input checks and a
+tiny training run on synthetic crops (no real data needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from leukodx.data.synthetic import synthetic_field
+from leukodx.errors import DatasetError, ModelError
+from leukodx.inference.cell_classes import (
+    AI_CELL_CLASSES,
+    CELL_CLASS_WORDS,
+    MODEL_CLASSES,
+    NOT_COUNTED,
+    UNIDENTIFIED,
+)
+from leukodx.inference.cell_classifier import CellClassifier, crop_cells
+from leukodx.inference.instances import cells_from_labels
+from leukodx.inference.types import CellInstance
+
+torch = pytest.importorskip("torch")
+cells_training = pytest.importorskip("leukodx.training.cells")
+
+
+# ------------------------------------------------------------------------------------------------- crops
+def _ramp(h: int = 50, w: int = 70) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([yy * 5 % 256, xx * 3 % 256, (yy + xx) % 256], -1).astype(np.uint8)
+
+
+def test_a_crop_inside_the_field_is_the_field_resized():
+    rgb = _ramp()
+    # red cells 4 px: a crop 16 px wide; centred on pixel (24.5, 34.5) in pixel-centre terms = rows 17..33
+    out = crop_cells(rgb, [(24.5, 34.5)], 4.0, size=16)
+    assert out.shape == (1, 16, 16, 3)
+    assert np.array_equal(out[0], rgb[17:33, 27:43])
+
+
+def test_crops_at_the_border_are_mirrored_not_dropped():
+    rgb = _ramp()
+    # centres on pixel corners (a pixel's centre is k + 0.5 in the crop's continuous frame): whole-pixel crops
+    centres = [(-0.5, -0.5), (48.5, 68.5), (0.0, 35.0), (25.0, 69.0)]
+    out = crop_cells(rgb, centres, 4.0, size=16)
+    assert out.shape == (4, 16, 16, 3)  # one crop per centre, whatever its place
+    # the corner crops equal crops of the explicitly mirrored field
+    padded = np.pad(rgb, ((8, 8), (8, 8), (0, 0)), mode="symmetric")
+    assert np.array_equal(out[0], padded[0:16, 0:16])
+    assert np.array_equal(out[1], padded[49:65, 69:85])
+    black = crop_cells(rgb, centres[:1], 4.0, size=16, pad="constant")
+    assert (black[0, :7, :7] == 0).all() and black[0, 8:, 8:].any()
+
+
+def test_a_crop_wider_than_the_field_still_comes_back():
+    rgb = _ramp(20, 20)
+    out = crop_cells(rgb, [(10.0, 10.0)], 30.0, size=64)  # 120 px wide, the field 20
+    assert out.shape == (1, 64, 64, 3) and out.std() > 0
+
+
+def test_crops_follow_the_red_cell_scale():
+    """A field twice as large with twice the red-cell diameter gives (nearly) the same crop."""
+    from PIL import Image
+
+    rgb, _ = synthetic_field("Pre", 128, seed=3)
+    big = np.asarray(Image.fromarray(rgb).resize((256, 256)))
+    a = crop_cells(rgb, [(64.0, 64.0)], 10.0, size=32).astype(float)
+    b = crop_cells(big, [(128.5, 128.5)], 20.0, size=32).astype(float)
+    assert np.abs(a - b).mean() < 12
+
+
+# ------------------------------------------------------------------------------------------------- training
+def _synthetic_crops(n_per: int = 12, seed: int = 0):
+    """Discs on a pale background: 'blast' large purple, 'lymphocyte' small dark, 'not_leukocyte' pink."""
+    rng = np.random.default_rng(seed)
+    s = cells_training.STORE_SIZE
+    yy, xx = np.mgrid[:s, :s] - (s - 1) / 2
+    looks = {"blast": (26, (150, 90, 200)), "lymphocyte": (14, (60, 30, 110)), "not_leukocyte": (15, (230, 150, 160))}
+    crops, labels, split = [], [], []
+    for part, n in (("train", n_per), ("val", n_per // 2), ("test", n_per // 2)):
+        for lab, (r, col) in looks.items():
+            for _ in range(n):
+                img = np.full((s, s, 3), 235.0) + rng.normal(0, 4, (s, s, 3))
+                disc = (yy - rng.normal(0, 1.5)) ** 2 + (xx - rng.normal(0, 1.5)) ** 2 <= (r * rng.uniform(0.9, 1.1)) ** 2
+                img[disc] = np.array(col) + rng.normal(0, 6, 3)
+                crops.append(np.clip(img, 0, 255).astype(np.uint8))
+                labels.append(lab)
+                split.append(part)
+    k = len(labels)
+    field_label = ["Benign" if lab == "lymphocyte" else "Pre" for lab in labels]
+    src = ["pbc" if lab == "not_leukocyte" else "taleqani" for lab in labels]
+    kind = [f"taleqani:{f}:cell" if s_ == "taleqani" else "pbc:platelet" for s_, f in zip(src, field_label, strict=True)]
+    paths = [f"Original/{f}/f{i // 2}.jpg" for i, f in enumerate(field_label)]
+    return cells_training.CropData(np.stack(crops), np.array(labels), np.array(split), np.array(src),
+                                   np.array(kind), np.array(paths), np.array(field_label)), k
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    data, _ = _synthetic_crops()
+    out = tmp_path_factory.mktemp("cells") / "run"
+    result = cells_training.train_on_crops(data, out, epochs=2, time_limit_min=0.5, pretrained=None,
+                                           samples_per_epoch=96, batch_size=32, threads=2, log=lambda m: None)
+    return out, result
+
+
+def test_a_tiny_training_run_writes_a_model_directory_with_onnx(tiny_model):
+    import json
+
+    out, result = tiny_model
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["task"] == "classify" and cfg["classes"] == list(MODEL_CLASSES)
+    assert cfg["input_size"] == [64, 64] and cfg["normalization"] == "per_image"
+    assert cfg["temperature"] > 0 and 0 < cfg["thresholds"]["low_confidence"] < 1
+    assert "Benign" in cfg["training"]["weak_label_rule"] and cfg["training"]["cleaning_rule"]
+    assert set(cfg["training"]["citations"]) >= {"pbc", "taleqani", "raabin"}
+    assert "smudge" in cfg["cells"]["never_predicted"]
+    assert (out / "model.onnx").is_file() and (out / "model.safetensors").is_file()
+    assert result["test"]["n_crops"] > 0
+
+
+def _field_cells(seed: int = 0):
+    rgb, mask = synthetic_field("Pre", 224, seed=seed)
+    labels, _ = ndi.label(mask)
+    labels = labels.astype(np.int32)
+    return rgb, labels, cells_from_labels(labels)
+
+
+def test_the_onnx_runtime_classifies_a_fields_cells_in_one_batched_call(tiny_model):
+    out, _ = tiny_model
+    clf = CellClassifier.load(out, threads=1)
+    rgb, labels, cells = _field_cells(1)
+    extra = [CellInstance(id=99, area_px=10, centroid=(1.0, 1.0), bbox=(0, 0, 3, 3))]  # at the field's corner
+    cells = cells + extra
+    calls = []
+    run = clf.engine.run
+
+    def spy(batch):
+        calls.append(batch.shape)
+        return run(batch)
+
+    clf.engine.run = spy
+    probs = clf.classify(rgb, labels, cells, 17.0)
+    assert calls == [(len(cells), 3, 64, 64)]  # one call, every cell in it (the corner one too)
+    assert probs.shape == (len(cells), len(MODEL_CLASSES)) and np.allclose(probs.sum(1), 1)
+    for c in cells:
+        assert c.ai_label in AI_CELL_CLASSES and 0 < c.ai_confidence <= 1
+    clf.classify(rgb, labels, [], 17.0)
+    assert len(calls) == 1  # no cells, no call
+
+
+def test_unidentified_below_the_threshold(tiny_model):
+    clf = CellClassifier.load(tiny_model[0], threads=1)
+    p = np.zeros((2, len(MODEL_CLASSES)))
+    p[0, 0], p[0, 1:] = 0.91, 0.09 / (len(MODEL_CLASSES) - 1)
+    p[1, :] = 1 / len(MODEL_CLASSES)
+    clf.low_confidence = 0.5
+    names, conf = clf.answer(p)
+    assert names == ["blast", UNIDENTIFIED] and conf[0] == pytest.approx(0.91)
+    rgb, labels, cells = _field_cells(2)
+    clf.low_confidence = 1.01
+    clf.classify(rgb, labels, cells, None)
+    assert cells and all(c.ai_label == UNIDENTIFIED for c in cells)
+
+
+def test_field_score_is_the_blast_share_of_counted_leukocytes():
+    def cell(label):
+        return CellInstance(id=1, area_px=1, centroid=(0.0, 0.0), bbox=(0, 0, 1, 1), ai_label=label, ai_confidence=0.9)
+
+    cells = [cell("blast"), cell("lymphocyte"), cell("not_leukocyte"), cell(UNIDENTIFIED), cell("blast")]
+    assert CellClassifier.field_score(cells) == pytest.approx(2 / 3)
+    assert CellClassifier.field_score([cell("not_leukocyte")]) is None
+
+
+def test_the_vocabulary_has_words_for_every_answer():
+    assert AI_CELL_CLASSES == (*MODEL_CLASSES, UNIDENTIFIED)
+    for c in AI_CELL_CLASSES:
+        assert CELL_CLASS_WORDS[c]
+    assert CELL_CLASS_WORDS["ig"] == "Immature granulocyte" and CELL_CLASS_WORDS["not_leukocyte"] == "Not a leukocyte"
+    assert {"not_leukocyte", UNIDENTIFIED, "excluded"} <= set(NOT_COUNTED)
+
+
+def test_a_model_of_other_classes_is_refused(tmp_path, tiny_model):
+    import json
+    import shutil
+
+    d = tmp_path / "other"
+    shutil.copytree(tiny_model[0], d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["classes"] = ["Benign", "Early", "Pre", "Pro"] + cfg["classes"][4:]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="not a cell-type model"):
+        CellClassifier.load(d)
+    with pytest.raises(ModelError, match="missing"):
+        CellClassifier.load(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+def test_a_pbc_folder_without_the_classes_names_found_and_expected(tmp_path):
+    (tmp_path / "neutrophil").mkdir()
+    (tmp_path / "blasts").mkdir()
+    with pytest.raises(DatasetError) as e:
+        cells_training.check_pbc(tmp_path)
+    msg = e.value.message
+    assert "lacks" in msg and "basophil" in msg and "it holds blasts, neutrophil" in msg and "expected" in msg
+
+
+def test_missing_folders_are_one_clear_line(tmp_path):
+    with pytest.raises(DatasetError, match="PBC folder .* does not exist"):
+        cells_training.check_pbc(tmp_path / "nope")
+    (tmp_path / "tal" / "Original" / "Benign").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="Segmented"):
+        cells_training.check_taleqani(tmp_path / "tal")
+
+
+def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
+    from leukodx.cli import main
+
+    (tmp_path / "pbc" / "neutrophil").mkdir(parents=True)
+    (tmp_path / "tal").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "cells", "--pbc", str(tmp_path / "pbc"), "--taleqani", str(tmp_path / "tal"),
+              "--taleqani-split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "lacks the class folder(s)" in err and "Traceback" not in err

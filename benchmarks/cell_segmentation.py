@@ -54,7 +54,7 @@ def main() -> None:
                     help='override cell-splitting parameters, e.g. \'{"min_distance": 10, "h": 3}\' (validation only)')
     a = ap.parse_args()
     seg = a.segmenter or default_model_dir("segment")
-    analysis = Analysis(None, seg)
+    analysis = Analysis(None, seg, cell_classifier=False)  # the segmenter alone: counts are its cells
     stage = analysis.segmenter
     assert stage is not None
     if a.mask_threshold is not None:

@@ -56,7 +56,7 @@ def main() -> None:
                                  max_val_per_source=60, cache_dir=a.cache_dir, log_fn=lambda _m: None)
             train_s = time.perf_counter() - t0
             run = {"arch": name, "seed": seed, "train_seconds": round(train_s, 1),
-                   **headline(score_parts(Analysis(None, out), parts))}
+                   **headline(score_parts(Analysis(None, out, cell_classifier=False), parts))}
             runs.append(run)
             print(json.dumps(run), flush=True)
     rows = aggregate(runs, ("arch",), METRICS)

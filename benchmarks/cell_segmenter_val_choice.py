@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--max-taleqani", type=int, default=120)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    analysis = Analysis(None, a.model)
+    analysis = Analysis(None, a.model, cell_classifier=False)  # the segmenter alone
     stage = analysis.segmenter
     assert stage is not None
     stage.engine = CachedEngine(stage.engine)

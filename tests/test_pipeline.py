@@ -29,21 +29,32 @@ def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def test_no_smear_field_gets_no_class_call_a_thumbnail_keeps_its_flagged_call(analysis):
+    blank = np.full((300, 300, 3), 235, np.uint8)
+    r = analysis.analyze(blank, name="blank.png")
+    assert r.label is None and r.cell_count == 0 and not r.cells and r.flag == "out_of_distribution"
+    assert "blank" in r.flag_reason and r.heatmap is None
+    img, _ = synthetic_field("Pre", 64, seed=100)  # too small to see its red cells: a smear may be, unjudged
+    r = analysis.analyze(img, name="f.png")
+    assert r.label is not None and r.flag == "out_of_distribution" and "too small" in r.flag_reason
+    assert r.size_note.startswith("used as is (64x64)")  # a 64-px thumbnail: its scale is unknown
+
+
 def test_result_fields_filled(analysis):
-    img, _ = synthetic_field("Pre", 64, seed=100)
+    img, _ = synthetic_field("Pre", 224, seed=100)
     r = analysis.analyze(img, name="f.png")
     assert r.path == "f.png" and r.label in analysis.classes
     assert set(r.probabilities) == set(analysis.classes)
     assert abs(sum(r.probabilities.values()) - 1) < 1e-4
     assert r.confidence == max(r.probabilities.values())
     assert abs(r.malignant_probability - (1 - r.probabilities["Benign"])) < 1e-5
-    assert r.mask.shape == (64, 64) and r.mask.dtype == bool
-    assert r.instances.shape == (64, 64) and r.cell_count == len(r.cells) == int(r.instances.max())
+    assert r.mask.shape == (224, 224) and r.mask.dtype == bool
+    assert r.instances.shape == (224, 224) and len(r.cells) == int(r.instances.max())
+    assert r.cell_count == sum(c.ai_label != "not_leukocyte" for c in r.cells)
     assert r.flag in ("ok", "low_confidence", "out_of_distribution")
     assert r.heatmap is None and r.ood_score is not None
     for stage in ("decode", "classify", "segment", "instances", "total"):
         assert stage in r.timings_ms
-    assert r.size_note.startswith("used as is (64x64)")  # a 64-px thumbnail: its scale is unknown
     d = r.to_dict()
     assert "mask" not in d and d["label"] == r.label
 

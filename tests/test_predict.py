@@ -60,19 +60,22 @@ def test_predict_junk_folder(models, junk_folder, tmp_path):
         assert rows[bad]["flag"] == "unreadable", bad
         assert why in rows[bad]["flag_reason"], rows[bad]["flag_reason"]
         assert rows[bad]["label"] == ""
-    for good in ("a/field.jpg", "b/field.jpg", "grey.png"):
+    for good in ("a/field.jpg", "b/field.jpg"):
         r = rows[good]
         assert r["flag"] in ("ok", "low_confidence", "out_of_distribution")
         assert r["label"] in ("Benign", "Early", "Pre", "Pro")
         assert 0 <= float(r["confidence"]) <= 1 and 0 <= float(r["malignant_probability"]) <= 1
         assert int(r["cell_count"]) >= 0
         assert (out / r["overlay"]).is_file() and (out / r["heatmap"]).is_file()
+    # a black-and-white picture is no stained smear field: no class call, no cells, its flag and why
+    assert rows["grey.png"]["label"] == "" and rows["grey.png"]["flag"] == "out_of_distribution"
+    assert "black and white" in rows["grey.png"]["flag_reason"] and rows["grey.png"]["cell_count"] == ""
     assert rows["a/field.jpg"]["overlay"] != rows["b/field.jpg"]["overlay"]  # no collision
     # the 224-px field's red cells are measured (the scale it was analysed at); the 64-px one is too small
     assert 12 < float(rows["a/field.jpg"]["rbc_diameter_px"]) < 26 and float(rows["a/field.jpg"]["scale_factor"]) > 0
     assert rows["b/field.jpg"]["scale_factor"] == "" and "scale" in rows["b/field.jpg"]["flag_reason"]
     doc = json.loads((out / "predictions.json").read_text())
-    assert doc["case"]["n_fields"] == 8 and doc["case"]["n_analysed"] == 3
+    assert doc["case"]["n_fields"] == 8 and doc["case"]["n_analysed"] == 2
     assert doc["case"]["flags"]["unreadable"] == 5 and doc["case"]["needs_review"]
     assert any(s.endswith("notes.txt") for s in doc["skipped"])
     assert len(doc["fields"]) == 8
@@ -128,10 +131,15 @@ def test_output_stems_unique():
 
 def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(tmp_path):
     """The bundled models (ONNX, as a clinic runs them) on synthetic smears whose leukocytes are known exactly:
-    the counts match the drawn cells on 7 of 8 fields (field 0 splits one cell in two), and the flags are the ones
-    observed when this test was written (synthetic cells are unlike the training fields: three are flagged OOD)."""
+    the counts match the drawn cells on 7 of 8 fields (field 0 joins two touching cells), three fields are flagged
+    out of distribution (synthetic cells are unlike the training fields), and every other flag is the call rule's:
+    a leukaemic call whose cells show no blast is flagged low_confidence, with that reason."""
+    from leukodx.assets import default_model_dir
     from leukodx.data.synthetic import synthetic_instances
+    from leukodx.inference.pipeline import cells_disagree
     from leukodx.inference.predict import run_predict
+    from leukodx.inference.types import CellInstance
+    from leukodx.models.model_config import read_model_config
 
     truth = {}
     for i, c in enumerate(("Benign", "Early", "Pre", "Pro") * 2):
@@ -141,8 +149,17 @@ def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(t
     res = run_predict([str(tmp_path)], tmp_path / "out", heatmap=False, workers=1)
     rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
     assert [truth[f"{i}.png"] for i in range(8)] == [2, 3, 1, 3, 1, 1, 3, 2]
-    assert [int(rows[f"{i}.png"]["cell_count"]) for i in range(8)] == [3, 3, 1, 3, 1, 1, 3, 2]
+    assert [int(rows[f"{i}.png"]["cell_count"]) for i in range(8)] == [1, 3, 1, 3, 1, 1, 3, 2]
     ood = "out_of_distribution"
-    assert [rows[f"{i}.png"]["flag"] for i in range(8)] == ["ok", ood, "ok", "ok", "ok", ood, ood, "ok"]
+    assert [i for i in range(8) if rows[f"{i}.png"]["flag"] == ood] == [1, 5, 6]
     assert all("unlike anything the model was trained on" in rows[f"{i}.png"]["flag_reason"] for i in (1, 5, 6))
+    cfg = read_model_config(default_model_dir("classify"))
+    doc = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    fields = {os.path.basename(f["path"]): f for f in doc["fields"]}
+    for i in (0, 2, 3, 4, 7):
+        f = fields[f"{i}.png"]
+        cells = [CellInstance(id=c["id"], area_px=c["area_px"], centroid=c["centroid"], bbox=c["bbox"],
+                              ai_label=c["ai_label"]) for c in f["cells"]]
+        why = cells_disagree(f["label"], cells, cfg.case_rule.benign, cfg.cell_agreement)
+        assert f["flag"] == ("low_confidence" if why else "ok") and (not why or f["flag_reason"] == why), (i, why)
     assert res["n_fields"] == 8 and res["case"]["flags"].get(ood) == 3

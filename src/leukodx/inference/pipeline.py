@@ -35,13 +35,18 @@ import numpy as np
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
+from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE
 from leukodx.inference.smear_check import SmearCheck, check_smear
-from leukodx.inference.types import CaseSummary, FieldResult
-from leukodx.models.model_config import WEIGHTS, ModelConfig, ScaleRule, read_model_config
+from leukodx.inference.stain import normalize
+from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
+from leukodx.models.model_config import WEIGHTS, CellAgreement, ModelConfig, ScaleRule, read_model_config
 
 if TYPE_CHECKING:
     from leukodx.inference.cell_classifier import CellClassifier
     from leukodx.inference.engines import EagerLoader
+
+# smear-check kinds that get no class call: not a smear field (a thumbnail too small to judge keeps its call, flagged)
+NOT_A_SMEAR = ("blank", "greyscale", "screenshot", "no_cells")
 
 __all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer", "softmax"]
 
@@ -255,6 +260,7 @@ class Analysis:
         stage = self.classifier or self.segmenter
         assert stage is not None
         self.scale_rule = stage.config.scale
+        self.stain = stage.config.stain
         self.heatmap_note = ""  # why there are no heat maps, when there cannot be any
 
     @property
@@ -329,6 +335,8 @@ class Analysis:
         r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
         prep, smear = prepare_field(rgb, self.scale_rule)
+        if self.stain is not None:  # a lab's stain mapped onto the training fields' (leukodx adapt)
+            prep.work = normalize(prep.work, self.stain)
         sc = smear.scale
         if sc is not None:
             r.rbc_diameter_px = None if sc.diameter_px is None else round(float(sc.diameter_px), 2)
@@ -367,7 +375,8 @@ class Analysis:
         return results
 
     def _classify_cells(self, fields: Sequence[_Field]) -> None:
-        """Each leukocyte's AI suggestion (blast or lymphocyte) from the cell-level model, in the field's pixels."""
+        """Each cell's AI suggestion (a cell type, not a leukocyte, or unidentified) from the cell-level model;
+        the field's `cell_count` is then its leukocytes (cells the model calls no leukocyte are kept, not counted)."""
         assert self.cell_classifier is not None
         for f in fields:
             r = f.result
@@ -375,6 +384,7 @@ class Analysis:
             if r.cells and r.instances is not None:
                 d = r.rbc_diameter_px if f.prep.known else None
                 self.cell_classifier.classify(f.original, r.instances, r.cells, d)
+                r.cell_count = sum(c.ai_label != NOT_LEUKOCYTE for c in r.cells)
             r.timings_ms["cells"] = (time.perf_counter() - t0) * 1000
 
     def _quality(self, fields: Sequence[_Field]) -> None:
@@ -383,16 +393,32 @@ class Analysis:
             t0 = time.perf_counter()
             flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear)
             r.ood_score = None if score is None else round(float(score), 4)
+            disagree = self._cells_disagree(r) if not flagged else ""
             if flagged:
                 r.flag, r.flag_reason = "out_of_distribution", reason
+                if f.smear.kind in NOT_A_SMEAR and f.smear.features.get("rbc_checked", True):
+                    # no smear field (an image big enough to judge): no class call and no cells, only the flag
+                    r.label, r.confidence, r.malignant_probability = None, 0.0, 0.0
+                    r.cells, r.cell_count, r.nucleus_mask = [], 0, None
+                    r.mask = np.zeros(f.original.shape[:2], bool)
+                    r.instances = np.zeros(f.original.shape[:2], np.int32)
             elif r.confidence < self.low_confidence:
                 r.flag = "low_confidence"
                 r.flag_reason = (f"The model is not sure (confidence {r.confidence:.2f} below "
                                  f"{self.low_confidence:.2f}); it is often wrong on such fields. Read the field "
                                  "yourself.")
+            elif disagree:
+                r.flag, r.flag_reason = "low_confidence", disagree
             else:
                 r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
+
+    def _cells_disagree(self, r: FieldResult) -> str:
+        """Why the field's call is not supported by its cells (config `cell_agreement`), or "" when it is."""
+        if self.cell_classifier is None or self.classifier is None or r.label is None or self.segmenter is None:
+            return ""
+        cfg = self.classifier.config
+        return cells_disagree(r.label, r.cells, cfg.case_rule.benign, cfg.cell_agreement)
 
     def _heatmap(self, fields: Sequence[_Field]) -> None:
         """The heat map of the called class: its class activation map from the classifier's own outputs (ONNX
@@ -401,7 +427,8 @@ class Analysis:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
-            assert r.label is not None  # heat maps follow ClassifierStage.run, which labels every field
+            if r.label is None:  # no class call (not a smear field): no heat map
+                continue
             k = self.classes.index(r.label)
             if f.cams is None:
                 self.heatmap_note = (f"{self.classifier.engine.source} has no class activation map output: "
@@ -412,6 +439,24 @@ class Analysis:
             heat = tiling.to_original(tiling.stitch(cams, f.boxes, *f.rgb.shape[:2]), f.prep)
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
+
+
+def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[str], rule: CellAgreement) -> str:
+    """The rule that a field's call must agree with its cells, in a clinician's words ("" when they agree): a
+    leukaemic call needs at least `rule.min_blasts` leukocytes the cell model calls blast; a benign call is
+    questioned when more than `rule.max_blast_share_benign` of its counted leukocytes are blasts."""
+    counted = [c for c in cells if c.ai_label is not None and c.ai_label not in NOT_COUNTED]
+    blasts = sum(c.ai_label == BLAST for c in counted)
+    if label not in benign:
+        if blasts < rule.min_blasts:
+            seen = (f"none of its {len(counted)} leukocytes looks like a blast" if counted else
+                    "no leukocyte the cell model could identify was found in it")
+            return (f"The field is called {label} (leukaemic), but {seen}: the call has no support in the cells. "
+                    "Look at the field yourself.")
+    elif counted and blasts >= max(rule.min_blasts, 1) and blasts / len(counted) > rule.max_blast_share_benign:
+        return (f"The field is called {label} (not leukaemic), but {blasts} of its {len(counted)} leukocytes look "
+                "like blasts. Look at the field yourself.")
+    return ""
 
 
 def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None) -> tuple[tiling.Prepared, SmearCheck]:

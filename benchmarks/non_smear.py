@@ -6,7 +6,7 @@
    screenshots of a login page and of other app pages, text documents, blank or near-uniform images, colour
    gradients, noise, natural-like pictures (clouds, landscapes, wood, foliage, pebbles), and, from the val rows
    of the split (never test rows), greyscale copies, heavily blurred copies (Gaussian sigma 5-8 px) and copies
-   at a fifth or eight times the magnification (outside the 0.25x-6x the analysis resamples). Without the data, synthetic smears stand in for the fields.
+   at a fifth or sixteen times the magnification (outside the 0.25x-12x the analysis resamples). Without the data, synthetic smears stand in for the fields.
 2. Runs every image through `leukodx.inference.pipeline.load_analyzer()` (what `leukodx predict` runs) and
    counts the fields not flagged `ok`, per kind (target: 100 % flagged).
 3. Runs the val rows of benchmarks/splits/taleqani-sgdc-seed0.csv and their lab-shifted copies

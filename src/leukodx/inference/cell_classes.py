@@ -19,7 +19,8 @@ EXCLUDED = "excluded"
 UNIDENTIFIED = "unidentified"
 NOT_LEUKOCYTE = "not_leukocyte"
 # what a reviewer may give a cell (the web API's CellLabel lists the same)
-CELL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "smudge", "artefact")
+CELL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
+                "smudge", "artefact")
 # the cell-level model's output classes, in the order of its logits
 MODEL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
                  "smudge", NOT_LEUKOCYTE)

@@ -36,8 +36,8 @@ class Cell(BaseModel):
     ai_confidence: float | None = None
 
 
-CellLabel = Literal["blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "smudge",
-                    "artefact", "excluded"]
+CellLabel = Literal["blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
+                    "smudge", "artefact", "excluded"]
 assert get_args(CellLabel) == cell_logic.REVIEW_LABELS
 
 

@@ -37,7 +37,7 @@ CELL_KEYS = ("id", "area_px", "centroid", "bbox", "area_um2", "touches_border", 
 WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)"}
 KEYS = {  # keyboard shortcuts in the cell gallery: key -> class (shown on the page)
     "b": "blast", "l": "lymphocyte", "n": "neutrophil", "m": "monocyte", "e": "eosinophil", "a": "basophil",
-    "s": "smudge", "t": "artefact", "x": EXCLUDED,
+    "i": "ig", "r": "erythroblast", "s": "smudge", "t": "artefact", "x": EXCLUDED,
 }
 
 

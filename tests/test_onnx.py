@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from _tiny_models import make_tiny_models
+from leukodx.data.synthetic import synthetic_field
 from leukodx.models.eager import load_eager
 
 
@@ -118,7 +119,8 @@ def test_model_dir_problems_are_clear(exported, tmp_path):
     missing = tmp_path / "missing"
     shutil.copytree(cdir, missing)
     (missing / "model.safetensors").unlink()
-    assert load_analyzer(missing, sdir).analyze(np.full((64, 64, 3), 200, np.uint8)).label  # the ONNX file alone
+    field = synthetic_field("Pre", 64, seed=1)[0]
+    assert load_analyzer(missing, sdir).analyze(field).label  # the ONNX file alone
     with pytest.raises(ModelError, match="model.safetensors"):
         load_analyzer(missing, sdir, engine="torch", eager=load_eager)
     with pytest.raises(ModelError, match="needs the training install"):  # the clinic runtime has no PyTorch

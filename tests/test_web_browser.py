@@ -101,7 +101,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         problems = page.locator("#uploads li.failed")
         expect(problems).to_have_count(2)
         expect(problems.filter(has_text="not-really.jpg")).to_contain_text("Use JPEG, PNG, TIFF or BMP")
-        expect(problems.filter(has_text="field-one.jpg")).to_contain_text("already a field of this case")
+        expect(problems.filter(has_text="field-one.jpg")).to_contain_text("already field 1 of this case")
         expect(page.locator(".thumbs li")).to_have_count(2)
         page.get_by_role("button", name="Clear this list").click()
         expect(page.locator("#uploads li.failed")).to_have_count(0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from leukodx.errors import LeukodxError
+from clitools import run_cli
 
 DATA = Path("/work/shared/data")
 
@@ -79,17 +79,7 @@ def test_tiny_real_sources_when_present(tmp_path):
 
 
 def _cli(args):
-    from typer.testing import CliRunner
-
-    from leukodx.cli import app
-
-    try:
-        r = CliRunner().invoke(app, args, catch_exceptions=True)
-    except LeukodxError as exc:  # pragma: no cover - typer re-raises in some versions
-        return 2, exc.message
-    if isinstance(r.exception, LeukodxError):
-        return 2, r.exception.message
-    return r.exit_code, r.output
+    return run_cli(args)
 
 
 def test_cli_errors_are_one_line(tmp_path):

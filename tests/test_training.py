@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from clitools import run_cli
 from leukodx.errors import LeukodxError
 from leukodx.training.config import TrainConfig, resolve_config
 
@@ -407,18 +408,7 @@ def test_temperature_and_low_confidence():
 
 
 def _cli(args):
-    from typer.testing import CliRunner
-
-    from leukodx.cli import app
-    from leukodx.errors import LeukodxError
-
-    try:
-        r = CliRunner().invoke(app, args, catch_exceptions=True)
-    except LeukodxError as exc:  # pragma: no cover - typer re-raises in some versions
-        return 2, exc.message
-    if isinstance(r.exception, LeukodxError):
-        return 2, r.exception.message
-    return r.exit_code, r.output
+    return run_cli(args)
 
 
 def test_cli_trains_a_classifier(smears, tmp_path):

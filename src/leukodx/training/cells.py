@@ -134,13 +134,17 @@ def check_pbc(root: str | Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise _missing(root, "PBC")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    lacking = [c for c in PBC_CLASSES if c not in found]
-    if lacking:
-        raise DatasetError(f"PBC folder {root} lacks the class folder(s) {', '.join(lacking)}: it holds "
-                           f"{', '.join(found) or 'no class folders'}; expected {', '.join(PBC_CLASSES)}.",
-                           "Point --pbc to the PBC folder with one folder of crops per class.")
+    _require_classes(root, "PBC", PBC_CLASSES, "Point --pbc to the PBC folder with one folder of crops per class.")
     return root
+
+
+def _require_classes(folder: Path, source: str, expected, advice: str) -> None:
+    """A DatasetError naming the class folders `folder` lacks, those it holds and those expected."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    lacking = [c for c in expected if c not in found]
+    if lacking:
+        raise DatasetError(f"{source} folder {folder} lacks the class folder(s) {', '.join(lacking)}: it holds "
+                           f"{', '.join(found) or 'no class folders'}; expected {', '.join(expected)}.", advice)
 
 
 def check_taleqani(root: str | Path) -> Path:
@@ -153,12 +157,8 @@ def check_taleqani(root: str | Path) -> Path:
         if not d.is_dir():
             raise DatasetError(f"Taleqani folder {root} has no {part}/ folder.",
                                "Point --taleqani to the public layout: Original/<class>/ and Segmented/<class>/.")
-        found = sorted(p.name for p in d.iterdir() if p.is_dir())
-        lacking = [c for c in TALEQANI_CLASSES if c not in found]
-        if lacking:
-            raise DatasetError(f"Taleqani folder {d} lacks the class folder(s) {', '.join(lacking)}: it holds "
-                               f"{', '.join(found) or 'no class folders'}; expected {', '.join(TALEQANI_CLASSES)}.",
-                               "Point --taleqani to the public layout: Original/<class>/ and Segmented/<class>/.")
+        _require_classes(d, "Taleqani", TALEQANI_CLASSES,
+                         "Point --taleqani to the public layout: Original/<class>/ and Segmented/<class>/.")
     return root
 
 

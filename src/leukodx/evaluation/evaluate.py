@@ -95,13 +95,19 @@ def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
         configs = [read_model_config(d) for d in dirs]
     loaded: list[EvaluatedModel] = []
     used: set[str] = set()
+    try:
+        cells_beside: Path | None = default_model_dir("segment")
+    except ModelError:
+        cells_beside = None
     for d, cfg in zip(dirs, configs, strict=True):
         name = str(cfg.name or d.resolve().name)
         base, k = name, 2
         while name in used:
             name, k = f"{base}-{k}", k + 1
         used.add(name)
-        clf, seg = (d, None) if cfg.task == "classify" else (None, d)
+        # a classifier is scored with the bundled segmenter and cell model beside it, as `predict` runs it: its
+        # flags include the call rule (a leukaemic call needs a blast among the field's cells)
+        clf, seg = (d, cells_beside) if cfg.task == "classify" else (None, d)
         analysis = Analysis(clf, seg, engine, threads, eager=load_eager)
         loaded.append(EvaluatedModel(d, name, cfg.task, cfg.to_json(), analysis))
     return loaded, notes

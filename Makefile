@@ -44,7 +44,8 @@ lint: install-test
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
+# the PostgreSQL tests run against a throw-away server that scripts/with-postgres.sh starts (and stops) itself
 test: install-test browser
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	$(BIN)/pytest
+	scripts/with-postgres.sh $(BIN)/pytest

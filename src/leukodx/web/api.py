@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -62,14 +64,25 @@ class FlagWords(BaseModel):
     action: str = Field(description="What to do.")
 
 
+class Change(BaseModel):
+    target: Literal["case", "field", "cell", "differential", "fields"]
+    field_id: int | None = None
+    field_number: int | None = Field(default=None, description="The field's 1-based position in the case.")
+    cell_id: int | None = None
+    before: str = Field(description="In words, e.g. 'Pre (AI)', 'blast (AI)', 'not verified'.")
+    after: str = Field(description="In words, e.g. 'Benign', 'lymphocyte', 'unassessable', 'verified by alice'.")
+
+
 class Amendment(BaseModel):
     n: int
     by: str
     at: str | None
     reason: str
-    what: str
+    what: str = Field(description="What changed, in words: 'field 4: Pre (AI) → Benign'.")
     before: Any
     after: Any
+    changes: list[Change] = Field(default=[], description="Each thing changed, with before and after in words "
+                                  "(empty for amendments recorded before leukodx kept them).")
 
 
 class AnalysisResult(BaseModel):
@@ -113,6 +126,10 @@ class AnalyzeOut(BaseModel):
 
 class CaseIn(BaseModel):
     reference: str = Field(min_length=1, max_length=100, description="The smear or slide reference; no patient names.")
+    accession: str = Field(default="", max_length=64, description="The lab's accession number (trimmed); another "
+                           "case with the same one is allowed but named in `warnings`.")
+    patient_id: str = Field(default="", max_length=64, description="The patient's identifier in the hospital (e.g. "
+                            "the MRN; no names). FHIR: the report's subject.")
     note: str = Field(default="", max_length=2000)
     specimen: str = Field(default="Peripheral blood", max_length=200)
     stain: str = Field(default="", max_length=100, description="e.g. Wright-Giemsa, May-Grünwald-Giemsa.")
@@ -128,6 +145,7 @@ class ReviewOut(BaseModel):
 
 class FieldOut(BaseModel):
     id: int
+    number: int = Field(default=0, description="The field's 1-based position in the case (as pages number it).")
     name: str
     sha256: str
     width: int
@@ -147,6 +165,11 @@ class FieldOut(BaseModel):
     uploaded_by: str
     uploaded_at: str | None
     review: ReviewOut
+    assessable: bool = Field(default=True, description="Counts in the reviewed case call and the differential: "
+                             "false when declared unassessable, or when the AI made no class call (no smear, blank) "
+                             "and no reviewer overrode it with a class.")
+    decision_suggested: Literal["confirm", "unassessable"] = Field(
+        default="confirm", description="The decision a page preselects: 'unassessable' when the AI made no class call.")
     cells: list[CellOut] = []
 
 
@@ -157,6 +180,17 @@ class AiOut(BaseModel):
     n_fields: int
     total_cell_count: int
     summary: dict[str, Any]
+    confident: bool = Field(default=False, description="The case call's confidence is at or above "
+                            "`confidence_threshold` (the analyser's low-confidence threshold, which the case rule "
+                            "uses): only then do pages offer a one-click confirm.")
+    confidence_threshold: float | None = None
+
+
+class UnassessableField(BaseModel):
+    field_id: int
+    number: int = Field(description="The field's 1-based position in the case.")
+    name: str
+    reason: str
 
 
 class CaseOut(BaseModel):
@@ -175,12 +209,29 @@ class CaseOut(BaseModel):
     locked: bool = Field(default=False, description="Signed off: changes need an amendment_reason (else 409).")
     amended: bool = False
     amendments: list[Amendment] = []
-    differential: dict[str, int] = Field(default={}, description="The reviewer's differential count {class: n}.")
-    blast_percent: float | None = Field(default=None, description="100 * blasts / cells counted (reviewer).")
-    ai_differential: dict[str, int] = {}
+    accession: str = ""
+    patient_id: str = ""
+    differential: dict[str, int] = Field(default={}, description="The case's differential count {class: n}: each "
+                                         "cell as a reviewer classified it, else the AI's pre-classification. It is "
+                                         "the reviewer's only when `differential_source` is 'verified'.")
+    blast_percent: float | None = Field(default=None, description="100 * blasts / cells counted, over "
+                                        "`differential` (see `differential_source`).")
+    ai_differential: dict[str, int] = Field(default={}, description="The AI's pre-classification alone.")
     ai_blast_percent: float | None = None
     n_cells: int = 0
-    n_cells_reviewed: int = 0
+    n_cells_reviewed: int = Field(default=0, description="Cells a reviewer gave a class (corrections).")
+    n_cells_counted: int = Field(default=0, description="Leukocytes counted in `differential` (not counted: "
+                                 "artefacts, excluded, unclassified and the like).")
+    n_cells_target_reached: bool = False
+    differential_target: int = Field(default=100, description="Leukocytes to count (set when the case was made).")
+    differential_verified: bool = False
+    differential_verified_by: str | None = None
+    differential_verified_at: str | None = None
+    differential_note: str = ""
+    differential_source: Literal["ai", "verified"] = Field(
+        default="ai", description="'ai': the AI pre-classification with the reviewer's corrections so far, not "
+        "verified; 'verified': a reviewer verified every counted cell (POST .../differential/verify).")
+    unassessable_fields: list[UnassessableField] = []
     n_fields_reviewed: int | None = None
     reviewed_fields_label: str | None = Field(
         default=None, description="The case rule over the fields with the reviewer's field calls taken into account.")
@@ -214,6 +265,9 @@ class Decision(BaseModel):
 
 class FieldDecision(Decision):
     field_id: int = Field(ge=1, le=MAX_ID)
+    decision: Literal["confirm", "override", "unassessable"] = Field(  # type: ignore[assignment]
+        description="confirm, override (with label), or unassessable (the field is left out of the case call and "
+        "the differential; give the reason in note).")
 
 
 AMENDMENT = ("Why a signed-off case is changed. Without it a signed-off case answers 409. "
@@ -233,6 +287,20 @@ class CellChange(BaseModel):
 
 class CellsIn(BaseModel):
     cells: list[CellChange] = Field(min_length=1, max_length=10000)
+    amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
+
+
+class CaseCellChange(CellChange):
+    field_id: int = Field(ge=1, le=MAX_ID)
+
+
+class CaseCellsIn(BaseModel):
+    cells: list[CaseCellChange] = Field(min_length=1, max_length=10000)
+    amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
+
+
+class VerifyIn(BaseModel):
+    note: str = Field(default="", max_length=2000)
     amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
 
 
@@ -263,6 +331,15 @@ def jsonable(obj):
 def case_out(request: Request, db, case_id: int) -> dict:
     """The case with its fields, as GET /cases/{id} answers it."""
     return case_logic.case_dict(case_logic.get_case(db, case_id), request.app.state.ctx.service)
+
+
+@contextmanager
+def locked_as_409() -> Iterator[None]:
+    """A signed-off case: the API's 409 names the field to send (pages say it in their words)."""
+    try:
+        yield
+    except case_logic.Locked as exc:
+        raise HTTPException(409, detail=exc.api_message) from None
 
 
 def result_dict(name: str, r) -> dict:
@@ -313,13 +390,17 @@ async def analyze(
 
 @router.post("/cases", response_model=CaseOut, status_code=201, responses=ERRORS, summary="Create a case")
 def create_case(request: Request, body: CaseIn, who: ApiUser, db: Db):
-    """A new case for one smear. Use the lab's smear reference, not the patient's name. Another case with the
-    same reference is allowed (a smear may be re-examined) but named in `warnings`."""
-    case = case_logic.create_case(db, body.reference, body.note, who.name, body.specimen, body.stain)
+    """A new case for one smear. Use the lab's smear reference, not the patient's name; `accession` and
+    `patient_id` (optional) are the lab's accession number and the hospital's patient identifier. Another case
+    with the same reference or accession number is allowed (a smear may be re-examined) but named in
+    `warnings`. The case's differential target is the server's LEUKODX_DIFFERENTIAL_TARGET."""
+    case = case_logic.create_case(db, body.reference, body.note, who.name, body.specimen, body.stain,
+                                  accession=body.accession, patient_id=body.patient_id,
+                                  differential_target=request.app.state.ctx.settings.differential_target)
     out = case_out(request, db, case.id)
-    dup = case_logic.duplicate_warning(case_logic.same_reference(db, case.reference, but=case.id))
-    if dup:
-        out["warnings"] = [dup, *out["warnings"]]
+    dups = [case_logic.duplicate_warning(case_logic.same_reference(db, case.reference, but=case.id)),
+            case_logic.duplicate_accession_warning(case_logic.same_accession(db, case.accession, but=case.id))]
+    out["warnings"] = [w for w in dups if w] + out["warnings"]
     return out
 
 
@@ -330,9 +411,11 @@ def create_case(request: Request, body: CaseIn, who: ApiUser, db: Db):
     summary="List cases (JSON or CSV)",
 )
 def list_cases(
+    request: Request,
     who: ApiUser,
     db: Db,
-    q: str = Query("", max_length=100, description="Search the reference, note and author."),
+    q: str = Query("", max_length=100, description="Search the reference, accession number, patient identifier, "
+                   "note and author."),
     status: Literal["all", "unreviewed", "reviewed"] = "all",
     flagged: bool | None = None,
     format: Literal["json", "csv"] = "json",
@@ -352,7 +435,8 @@ def list_cases(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="leukodx-cases-{stamp}.csv"'},
         )
-    return {"total": total, "cases": [case_logic.case_dict(c) for c in rows]}
+    threshold = case_logic.confidence_threshold(request.app.state.ctx.service)
+    return {"total": total, "cases": [case_logic.case_dict(c, threshold=threshold) for c in rows]}
 
 
 @router.get("/cases/{case_id}", response_model=CaseOut, responses=ERRORS, summary="One case with its fields")
@@ -386,7 +470,8 @@ async def upload_images(
     def existing() -> set[str]:
         with ctx.sessions() as db:
             case = case_logic.get_case(db, case_id)
-            case_logic.require_unlocked(case, amendment_reason, "adding fields")
+            with locked_as_409():
+                case_logic.require_unlocked(case, amendment_reason, "adding fields")
             return {f.sha256 for f in case.fields}
 
     known = await run_in_threadpool(existing)
@@ -440,7 +525,8 @@ async def upload_images(
             for sk in twice:
                 sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
             dups = [case_logic.duplicate_skip(case, digest, name) for name, digest in in_case]
-            return {"case": case_logic.case_dict(case), "added": [case_logic.field_dict(f) for f in new],
+            return {"case": case_logic.case_dict(case, threshold=case_logic.confidence_threshold(ctx.service)),
+                    "added": [case_logic.field_dict(f) for f in new],
                     "skipped": [d for d in dups if d] + twice + late}
 
     out = await run_in_threadpool(store)
@@ -451,14 +537,17 @@ async def upload_images(
 
 @router.patch("/cases/{case_id}/review", response_model=CaseOut, responses=LOCK_ERRORS, summary="Review a case")
 def review_case(request: Request, case_id: CaseId, body: ReviewIn, who: ApiUser, db: Db):
-    """Confirm or override the AI's call for the case (the sign-off) and/or for single fields, with a note.
-    The AI's output is kept unchanged beside the reviewer's decision. Once signed off the case is locked: a
-    change answers 409 unless `amendment_reason` is given; each amendment is kept in `amendments`."""
+    """Confirm or override the AI's call for the case (the sign-off) and/or for single fields, with a note; a
+    field may also be declared `unassessable` (no smear, blank, unreadable: give the reason in `note`), which leaves
+    it out of the reviewed case call and the differential. The AI's output is kept unchanged beside the
+    reviewer's decision. Once signed off the case is locked: a change answers 409 unless `amendment_reason` is
+    given; each amendment is kept in `amendments`, with its `changes` (before and after in words)."""
     case = case_logic.lock_case(db, case_id)
-    case_logic.review(
-        db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
-        body.amendment_reason, classes=request.app.state.ctx.service.classes,
-    )
+    with locked_as_409():
+        case_logic.review(
+            db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
+            body.amendment_reason, classes=request.app.state.ctx.service.classes,
+        )
     return case_out(request, db, case_id)
 
 
@@ -472,8 +561,36 @@ def review_cells(request: Request, case_id: CaseId, field_id: Annotated[int, Pat
     and blast % are recomputed; the AI's suggestions and its own differential are kept. A signed-off case answers
     409 unless `amendment_reason` is given."""
     case = case_logic.lock_case(db, case_id)
-    case_logic.review_cells(db, case, field_id, [c.model_dump() for c in body.cells], who.name,
-                            body.amendment_reason)
+    with locked_as_409():
+        case_logic.review_cells(db, case, field_id, [c.model_dump() for c in body.cells], who.name,
+                                body.amendment_reason)
+    return case_out(request, db, case_id)
+
+
+@router.patch("/cases/{case_id}/cells", response_model=CaseOut, responses=LOCK_ERRORS,
+              summary="Reclassify cells of any fields of a case (the gallery's batch)")
+def review_case_cells(request: Request, case_id: CaseId, body: CaseCellsIn, who: ApiUser, db: Db):
+    """Give cells of any fields of the case a class in one transaction: `{"cells": [{"field_id", "id",
+    "label"}]}`, label a class, 'excluded', or null (back to the AI's pre-classification). Answers the case. A
+    real change takes the differential's verification back. A signed-off case answers 409 unless
+    `amendment_reason` is given."""
+    case = case_logic.lock_case(db, case_id)
+    with locked_as_409():
+        case_logic.review_case_cells(db, case, [c.model_dump() for c in body.cells], who.name, body.amendment_reason)
+    return case_out(request, db, case_id)
+
+
+@router.post("/cases/{case_id}/differential/verify", response_model=CaseOut, responses=LOCK_ERRORS,
+             summary="Verify the differential")
+def verify_differential(request: Request, case_id: CaseId, who: ApiUser, db: Db, body: VerifyIn | None = None):
+    """The reviewer has checked the class of every counted leukocyte (after reclassifying what was wrong): the
+    differential becomes theirs (`differential_source`: 'verified', with who and when). Any later change of a
+    cell's class, or of which fields count, takes it back. 422 while a counted cell has no class; a signed-off
+    case answers 409 unless `amendment_reason` is given."""
+    body = body or VerifyIn()
+    case = case_logic.lock_case(db, case_id)
+    with locked_as_409():
+        case_logic.verify_differential(db, case, who.name, body.note, body.amendment_reason)
     return case_out(request, db, case_id)
 
 
@@ -501,7 +618,8 @@ def fields_csv(
     who: ApiUser,
     db: Db,
     case_id: int | None = Query(None, ge=1, le=MAX_ID, description="Only this case's fields."),
-    q: str = Query("", max_length=100, description="Search the reference, note and author."),
+    q: str = Query("", max_length=100, description="Search the reference, accession number, patient identifier, "
+                   "note and author."),
     status: Literal["all", "unreviewed", "reviewed"] = "all",
     flagged: bool | None = None,
     limit: int = Query(200, ge=1, le=10000),
@@ -528,7 +646,8 @@ def fields_csv(
 def confirm_unflagged(request: Request, case_id: CaseId, who: ApiUser, db: Db):
     """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you)."""
     case = case_logic.lock_case(db, case_id)
-    case_logic.confirm_unflagged(db, case, who.name)
+    with locked_as_409():
+        case_logic.confirm_unflagged(db, case, who.name)
     return case_out(request, db, case_id)
 
 

@@ -21,7 +21,12 @@ from leukodx.web import cells as cell_logic
 from leukodx.web import words
 from leukodx.web.db import Case, Field, FormSubmission, audit, utcnow
 
-DECISIONS = ("confirm", "override")
+CASE_DECISIONS = ("confirm", "override")
+# a field may also be declared unassessable (no smear, blank, out of focus...): it is left out of the reviewed
+# case call and of the differential; a field with no class call of the AI counts as unassessable until a
+# reviewer overrides it with a class
+DECISIONS = (*CASE_DECISIONS, "unassessable")
+UNASSESSABLE = "unassessable"
 # Who may amend a signed-off case: any clinician (or admin), their own case or another's, with a reason; every
 # amendment is recorded (who, when, reason, before, after) and shown on the case page, the report and in FHIR.
 AMENDMENT_RULE = ("Any clinician may amend a signed-off case, their own or another clinician's, by giving a "
@@ -38,7 +43,22 @@ class Invalid(LeukodxError):
 
 
 class Locked(LeukodxError):
-    """The case is signed off and the change came without an amendment reason (answered 409)."""
+    """The case is signed off and the change came without an amendment reason (answered 409).
+
+    `message` is one short sentence for a page ("Case S-1 is signed off by alice: give a reason for the amendment
+    to change it."); `api_message` names the request field an API client sends."""
+
+    def __init__(self, problem: str, hint: str, api_hint: str = ""):
+        super().__init__(problem, hint)
+        self.api_hint = api_hint or hint
+
+    @property
+    def message(self) -> str:
+        return f"{self.problem.rstrip('.')}: {self.hint[:1].lower()}{self.hint[1:]}"
+
+    @property
+    def api_message(self) -> str:
+        return f"{self.problem.rstrip('.')}: {self.api_hint[:1].lower()}{self.api_hint[1:]}"
 
 
 def is_signed_off(case: Case) -> bool:
@@ -55,19 +75,100 @@ def require_unlocked(case: Case, amendment_reason: str | None, what: str) -> str
         return ""
     reason = clean_amendment_reason(amendment_reason)
     if not reason:
-        raise Locked(
-            f"Case {case.reference} was signed off by {case.reviewed_by} on {iso(case.reviewed_at)} and is locked: "
-            f"{what} would change it.",
-            "To change it, amend it: give a reason (the API's amendment_reason, or 'Reason for the amendment' on "
-            f"the case page) and send it again. {AMENDMENT_RULE}")
+        raise Locked(f"Case {case.reference} is signed off by {case.reviewed_by or 'a clinician'}.",
+                     "Give a reason for the amendment to change it.",
+                     f"Send amendment_reason (why it is changed) with the request to amend it ({what}).")
     return reason
 
 
-def add_amendment(case: Case, actor: str, reason: str, what: str, before, after) -> dict:
+def add_amendment(case: Case, actor: str, reason: str, what: str, before, after,
+                  changes: list[dict] | None = None) -> dict:
+    """Append an amendment: who, when, why, `what` in words ("field 4: Pre (AI) → Benign"), the `before` and
+    `after` records, and `changes`: one entry per thing changed, [{"target": "case" | "field" | "cell" |
+    "differential" | "fields", "field_id", "field_number", "cell_id", "before", "after"}] in words."""
     entry = {"n": len(case.amendments or []) + 1, "by": actor, "at": iso(utcnow()), "reason": reason,
-             "what": what, "before": before, "after": after}
+             "what": what, "before": before, "after": after, "changes": list(changes or [])}
     case.amendments = [*(case.amendments or []), entry]  # a new list: the JSON column sees the change
     return entry
+
+
+def change(target: str, before: str, after: str, field: Field | None = None, number: int | None = None,
+           cell_id: int | None = None) -> dict:
+    return {"target": target, "field_id": field.id if field is not None else None,
+            "field_number": number, "cell_id": cell_id, "before": before, "after": after}
+
+
+def changes_words(changes: list[dict], most: int = 6) -> str:
+    """The changes on one line: "field 4: Pre (AI) → Benign; field 5, cell 3: blast (AI) → lymphocyte"."""
+    def one(ch: dict) -> str:
+        where = {"case": "sign-off", "differential": "differential", "fields": "fields"}.get(ch["target"], "")
+        if ch["target"] in ("field", "cell"):
+            where = f"field {ch.get('field_number') or ch.get('field_id')}"
+            if ch["target"] == "cell":
+                where += f", cell {ch.get('cell_id')}"
+        return f"{where}: {ch['before']} → {ch['after']}"
+
+    parts = [one(ch) for ch in changes]
+    if len(parts) > most:
+        parts = [*parts[:most - 1], f"and {len(parts) - most + 1} more"]
+    return "; ".join(parts)
+
+
+def field_number(case: Case, f: Field) -> int:
+    """A field's number: its 1-based position in the case (the same on every page, warning and export)."""
+    for i, x in enumerate(case.fields, start=1):
+        if x is f or x.id == f.id:
+            return i
+    return 0
+
+
+def is_assessable(f: Field) -> bool:
+    """Declared unassessable by a reviewer: no; confirmed or overridden: yes; not reviewed: when the AI made a
+    class call (a field without one, e.g. no smear or blank, counts as unassessable)."""
+    if f.review_decision == UNASSESSABLE:
+        return False
+    if f.review_decision in CASE_DECISIONS:
+        return True
+    return f.label is not None
+
+
+def field_call_words(f: Field) -> str:
+    """How a field is called now, in words: "Pre (AI)", "Benign", "unassessable", "unassessable (no AI call)"."""
+    if f.review_decision == UNASSESSABLE:
+        return UNASSESSABLE
+    if f.review_decision in CASE_DECISIONS and f.review_label:
+        return f.review_label
+    return f"{f.label} (AI)" if f.label else f"{UNASSESSABLE} (no AI call)"
+
+
+def case_call_words(case: Case) -> str:
+    if not is_signed_off(case):
+        return "not signed off"
+    return f"{case.review_label or '?'}, signed off by {case.reviewed_by}"
+
+
+def cell_class_words(c: dict) -> str:
+    """A cell's class in words: the reviewer's ("lymphocyte", "excluded"), else "blast (AI)", else unclassified."""
+    if c.get("label") in cell_logic.REVIEW_LABELS:
+        return str(c["label"])
+    ai = cell_logic.ai_class(c)
+    return f"{ai} (AI)" if ai != cell_logic.UNCLASSIFIED else cell_logic.UNCLASSIFIED
+
+
+def verification_words(case: Case) -> str:
+    return f"verified by {case.differential_verified_by}" if case.differential_verified else "not verified"
+
+
+def unverify(db: Session, case: Case, actor: str, why: str) -> dict | None:
+    """A change of the counted cells takes the differential's verification back (audited); returns the change."""
+    if not case.differential_verified:
+        return None
+    before = verification_words(case)
+    audit(db, actor, "differential.unverify", f"case:{case.id}", why=why, was_verified_by=case.differential_verified_by,
+          was_verified_at=iso(case.differential_verified_at))
+    case.differential_verified = False
+    case.differential_verified_by, case.differential_verified_at = None, None
+    return change("differential", before, f"not verified ({why})")
 
 
 def clean_reference(reference: str) -> str:
@@ -77,6 +178,36 @@ def clean_reference(reference: str) -> str:
     if len(ref) > 100:
         raise Invalid("The smear reference is longer than 100 characters.", "Use the short lab reference.")
     return ref
+
+
+def clean_identifier(value: str | None, what: str, example: str) -> str:
+    """An accession number or patient identifier: trimmed, inner spaces collapsed, at most 64 characters."""
+    text_ = " ".join((value or "").split())
+    if len(text_) > 64:
+        raise Invalid(f"The {what} is longer than 64 characters.", f"Use the lab's {what} as it is, e.g. {example}.")
+    if any(ord(ch) < 32 for ch in text_):
+        raise Invalid(f"The {what} holds control characters.", f"Type it again, e.g. {example}.")
+    return text_
+
+
+def same_accession(db: Session, accession: str, but: int | None = None) -> list[Case]:
+    """Other cases with this accession number (case and spacing ignored); none for an empty one."""
+    acc = " ".join((accession or "").split()).lower()
+    if not acc:
+        return []
+    stmt = select(Case).where(func.lower(Case.accession) == acc)
+    if but is not None:
+        stmt = stmt.where(Case.id != but)
+    return list(db.scalars(stmt.order_by(Case.id)))
+
+
+def duplicate_accession_warning(others: list[Case]) -> str:
+    if not others:
+        return ""
+    listed = ", ".join(f"case {c.id} ({c.reference}, created {(iso(c.created_at) or '?')[:10]} by {c.created_by})"
+                       for c in others[:5])
+    return (f"Another case has the same accession number: {listed}. Check the accession number; if it is the same "
+            "specimen, add its fields to the existing case instead.")
 
 
 def same_reference(db: Session, reference: str, but: int | None = None) -> list[Case]:
@@ -98,13 +229,19 @@ def duplicate_warning(others: list[Case]) -> str:
 
 
 def create_case(db: Session, reference: str, note: str, actor: str, specimen: str = "", stain: str = "",
-                form_token: str = "") -> Case:
+                form_token: str = "", *, accession: str = "", patient_id: str = "",
+                differential_target: int = 100) -> Case:
     """A new case. With `form_token` (a one-time token of the page's form) a second submission of the same
-    form makes no second case: FormSubmission's primary key refuses it (see `already_submitted`)."""
+    form makes no second case: FormSubmission's primary key refuses it (see `already_submitted`).
+    `accession` and `patient_id` are optional ("" when not given); a duplicate accession is allowed (the API
+    warns about it: `duplicate_accession_warning`). `differential_target`: Settings.differential_target."""
     ref = clean_reference(reference)
+    acc = clean_identifier(accession, "accession number", "A24-001234")
+    pid = clean_identifier(patient_id, "patient identifier", "MRN 00123456")
     case = Case(reference=ref, note=(note or "").strip()[:2000], created_by=actor,
                 specimen=" ".join((specimen or "").split())[:200] or "Peripheral blood",
-                stain=" ".join((stain or "").split())[:100])
+                stain=" ".join((stain or "").split())[:100], accession=acc, patient_id=pid,
+                differential_target=max(1, int(differential_target)), differential_verified=False)
     if form_token:
         db.add(FormSubmission(token=form_token[:64], actor=actor))
         db.flush()  # the token first: a concurrent double submit waits here, then fails on the primary key
@@ -115,8 +252,9 @@ def create_case(db: Session, reference: str, note: str, actor: str, specimen: st
         if row is not None:
             row.result_url = f"/cases/{case.id}"
     others = same_reference(db, ref, but=case.id)
-    audit(db, actor, "case.create", f"case:{case.id}", reference=case.reference,
-          duplicate_of=[c.id for c in others])
+    audit(db, actor, "case.create", f"case:{case.id}", reference=case.reference, accession=case.accession,
+          patient_id=case.patient_id, duplicate_of=[c.id for c in others],
+          same_accession=[c.id for c in same_accession(db, acc, but=case.id)])
     db.commit()
     return case
 
@@ -216,18 +354,30 @@ def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
               confidence=round(f.confidence, 4), cell_count=f.cell_count, flag=f.flag)
     for sk in skipped:
         audit(db, actor, "field.skip_duplicate", f"case:{case.id}/field:{sk['field_id']}", file=sk["file"])
+    unverified = unverify(db, case, actor, "fields added") if any(f.cells for f in new) else None
     if reason and new:
-        add_amendment(case, actor, reason, f"added {len(new)} field(s)", before,
+        n_before = before["n_fields"]
+        added = ", ".join(f"field {field_number(case, f)}" + (f" ({f.display_name})" if f.display_name else "")
+                          for f in new)
+        changes = [change("fields", f"{n_before} field{'s' if n_before != 1 else ''}",
+                          f"{len(case.fields)} fields (added {added})")]
+        if unverified:
+            changes.append(unverified)
+        add_amendment(case, actor, reason, changes_words(changes), before,
                       {"n_fields": len(case.fields), "added": [f.display_name for f in new],
-                       "differential": case.cell_summary.get("differential")})
+                       "differential": case.cell_summary.get("differential")}, changes)
         audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what="fields added")
     db.commit()
     return new, skipped
 
 
-def _decide(decision: str, label: str | None, ai_label: str | None, what: str, classes: Sequence[str]) -> str:
-    if decision not in DECISIONS:
-        raise Invalid(f"Unknown decision {decision!r}.", "Use confirm or override.")
+def _decide(decision: str, label: str | None, ai_label: str | None, what: str, classes: Sequence[str],
+            allowed: Sequence[str] = CASE_DECISIONS) -> str | None:
+    """The label a decision gives: the AI's (confirm), the reviewer's class (override), None (unassessable)."""
+    if decision not in allowed:
+        raise Invalid(f"Unknown decision {decision!r} for {what}.", f"Use {' or '.join(allowed)}.")
+    if decision == UNASSESSABLE:
+        return None
     if decision == "confirm":
         if ai_label is None:
             raise Invalid(f"There is no AI call to confirm for {what}.", "Override it with your own call.")
@@ -243,7 +393,7 @@ def _review_of(obj) -> dict:
             "reviewed_by": obj.reviewed_by, "reviewed_at": iso(obj.reviewed_at)}
 
 
-def _same_decision(obj, decision: str, label: str, note: str, actor: str) -> bool:
+def _same_decision(obj, decision: str, label: str | None, note: str, actor: str) -> bool:
     return (obj.review_decision == decision and obj.review_label == label and obj.reviewed_by == actor
             and (obj.review_note or "") == (note or "").strip()[:2000])
 
@@ -251,9 +401,11 @@ def _same_decision(obj, decision: str, label: str, note: str, actor: str) -> boo
 def review(db: Session, case: Case, actor: str, case_review: dict | None, field_reviews: list[dict],
            amendment_reason: str | None = None, *, classes: Sequence[str]) -> Case:
     """Apply the reviewer's decisions (case and/or fields) in one transaction; an override names one of `classes`
-    (the analyser's, AnalysisService.classes). The AI's output is untouched.
+    (the analyser's, AnalysisService.classes); a field may also be declared `unassessable` (with the reason in
+    its note). The AI's output is untouched.
     A signed-off case changes only with an amendment reason (else Locked); sending the very decisions it already
-    holds, by the same reviewer (a double submit), changes nothing and needs none."""
+    holds, by the same reviewer (a double submit), changes nothing and needs none. A field decision that changes
+    which cells are counted takes the differential's verification back."""
     if not case_review and not field_reviews:
         raise Invalid("The review is empty.", "Give a case decision, field decisions, or both.")
     now = utcnow()
@@ -263,11 +415,13 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         f = by_id.get(fr["field_id"])
         if f is None:
             raise NotFound(f"Case {case.id} has no field {fr['field_id']}.", "Reload the case page.")
-        decided_fields.append((f, fr, _decide(fr["decision"], fr.get("label"), f.label, f"field {f.id}", classes)))
+        decided_fields.append((f, fr, _decide(fr["decision"], fr.get("label"), f.label,
+                                              f"field {field_number(case, f)}", classes, DECISIONS)))
     case_label = None
     if case_review:
         case_label = _decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case", classes)
-    if is_signed_off(case):
+    signed = is_signed_off(case)
+    if signed:
         unchanged = all(_same_decision(f, fr["decision"], lab, fr.get("note") or "", actor)
                         for f, fr, lab in decided_fields)
         if case_review:
@@ -276,16 +430,22 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
                                                      case_review.get("note") or "", actor)
         if unchanged and not clean_amendment_reason(amendment_reason):
             return case  # the same decisions again: nothing to change, nothing to amend
-        what = ("the case's sign-off" if case_review else "") + (" and " if case_review and decided_fields else "") + (
-            f"the call of {len(decided_fields)} field(s)" if decided_fields else "")
+        n = len(decided_fields)
+        what = ("the sign-off" if case_review else "") + (" and " if case_review and n else "") + (
+            f"the call of {n} field{'s' if n != 1 else ''}" if n else "")
         reason = require_unlocked(case, amendment_reason, f"changing {what}")
         before = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
+        words_before = {f.id: field_call_words(f) for f, _, _ in decided_fields}
+        case_before = case_call_words(case)
     else:
         reason = ""
         before = None
+        words_before, case_before = {}, ""
+    counted_before = [f.id for f in case.fields if _counts(f)]
     for f, fr, label in decided_fields:
         audit(db, actor, "field.review", f"case:{case.id}/field:{f.id}", decision=fr["decision"], label=label,
-              ai_label=f.label, previous=f.review_label, note=fr.get("note") or "")
+              ai_label=f.label, previous=f.review_label, previous_decision=f.review_decision,
+              note=fr.get("note") or "")
         f.review_decision, f.review_label = fr["decision"], label
         f.review_note = (fr.get("note") or "").strip()[:2000]
         f.reviewed_by, f.reviewed_at = actor, now
@@ -296,10 +456,22 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         case.review_decision, case.review_label = case_review["decision"], label
         case.review_note = (case_review.get("note") or "").strip()[:2000]
         case.reviewed_by, case.reviewed_at = actor, now
+    unverified = None
+    if [f.id for f in case.fields if _counts(f)] != counted_before:
+        refresh_cells(case)
+        if any(f.cells for f, _, _ in decided_fields):
+            unverified = unverify(db, case, actor, "fields counted changed")
     if reason:
         after = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
-        add_amendment(case, actor, reason, what, before, after)
-        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=what)
+        changes = []
+        if case_review:
+            changes.append(change("case", case_before, case_call_words(case)))
+        for f, _, _ in decided_fields:
+            changes.append(change("field", words_before[f.id], field_call_words(f), f, field_number(case, f)))
+        if unverified:
+            changes.append(unverified)
+        add_amendment(case, actor, reason, changes_words(changes) or what, before, after, changes)
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=changes_words(changes) or what)
     case.updated_at = now
     db.commit()
     return case
@@ -314,42 +486,109 @@ def review_cells(db: Session, case: Case, field_id: int, changes: list[dict], ac
         raise NotFound(f"Case {case.id} has no field {field_id}.", "Reload the case page.")
     if not changes:
         raise Invalid("No cells were given.", "Send a list of {id, label} for the cells to reclassify.")
-    cells = [dict(c) for c in (f.cells or [])]
-    by_id = {c["id"]: c for c in cells}
+    review_case_cells(db, case, [{**ch, "field_id": field_id} for ch in changes], actor, amendment_reason)
+    return f
+
+
+def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,
+                      amendment_reason: str | None = None) -> Case:
+    """Reclassify cells of any fields of the case in one transaction (the gallery's batch):
+    [{"field_id", "id", "label"}], label one of cells.REVIEW_LABELS or None (back to the AI's suggestion).
+    A real change takes the differential's verification back (audited); the same classes again change nothing."""
+    if not changes:
+        raise Invalid("No cells were given.", "Send a list of {field_id, id, label} for the cells to reclassify.")
+    by_field = {f.id: f for f in case.fields}
+    cells_of: dict[int, dict[int, dict]] = {}
     for ch in changes:
-        if ch["id"] not in by_id:
-            raise NotFound(f"Field {field_id} has no cell {ch['id']}.", "Reload the case page to see its cells.")
+        f = by_field.get(ch["field_id"])
+        if f is None:
+            raise NotFound(f"Case {case.id} has no field {ch['field_id']}.", "Reload the case page.")
+        if f.id not in cells_of:
+            cells_of[f.id] = {c["id"]: dict(c) for c in (f.cells or [])}
+        if ch["id"] not in cells_of[f.id]:
+            raise NotFound(f"Field {field_number(case, f)} has no cell {ch['id']}.",
+                           "Reload the case page to see its cells.")
         if ch.get("label") is not None and ch["label"] not in cell_logic.REVIEW_LABELS:
             raise Invalid(f"Unknown cell class {ch['label']!r}.",
                           f"Use one of: {', '.join(cell_logic.REVIEW_LABELS)}, or null to undo.")
-    real = [ch for ch in changes if by_id[ch["id"]].get("label") != ch.get("label")]
+    last = {(ch["field_id"], ch["id"]): ch.get("label") for ch in changes}  # the last word on a cell counts
+    real = [(fid, cid, label) for (fid, cid), label in last.items() if cells_of[fid][cid].get("label") != label]
     if not real:
-        return f  # the same classes again (a double submit): nothing to change
-    reason = require_unlocked(case, amendment_reason, f"reclassifying {len(real)} cell(s) of field {field_id}")
+        return case  # the same classes again (a double submit): nothing to change
+    fields_touched = sorted({fid for fid, _, _ in real}, key=lambda i: field_number(case, by_field[i]))
+    where = ", ".join(f"field {field_number(case, by_field[i])}" for i in fields_touched)
+    reason = require_unlocked(case, amendment_reason, f"reclassifying {len(real)} cell(s) of {where}")
     now = iso(utcnow())
-    before_cells = [{"id": ch["id"], "label": by_id[ch["id"]].get("label"),
-                     "reviewed_by": by_id[ch["id"]].get("reviewed_by")} for ch in real]
-    before = {"field_id": f.id, "cells": before_cells, "differential": (case.cell_summary or {}).get("differential"),
-              "blast_percent": (case.cell_summary or {}).get("blast_percent")}
-    for ch in real:
-        c = by_id[ch["id"]]
-        c["label"] = ch.get("label")
-        c["reviewed_by"], c["reviewed_at"] = (actor, now) if ch.get("label") is not None else (None, None)
-    f.cells = cells
+    summary_before = dict(case.cell_summary or {})
+    before_cells, cell_changes = [], []
+    for fid, cid, label in real:
+        c = cells_of[fid][cid]
+        before_cells.append({"field_id": fid, "id": cid, "label": c.get("label"), "reviewed_by": c.get("reviewed_by")})
+        was = cell_class_words(c)
+        c["label"] = label
+        c["reviewed_by"], c["reviewed_at"] = (actor, now) if label is not None else (None, None)
+        cell_changes.append(change("cell", was, cell_class_words(c), by_field[fid], field_number(case, by_field[fid]), cid))
+    for fid in fields_touched:
+        f = by_field[fid]
+        order = [c["id"] for c in (f.cells or [])]
+        f.cells = [cells_of[fid][i] for i in order]  # a new list: the JSON column sees the change
     refresh_cells(case)
-    audit(db, actor, "cells.review", f"case:{case.id}/field:{f.id}",
-          cells=[{"id": ch["id"], "label": ch.get("label"), "previous": before_c["label"]}
-                 for ch, before_c in zip(real, before_cells, strict=True)])
+    for fid in fields_touched:
+        audit(db, actor, "cells.review", f"case:{case.id}/field:{fid}",
+              cells=[{"id": b["id"], "label": label, "previous": b["label"]}
+                     for (f_, _, label), b in zip(real, before_cells, strict=True) if f_ == fid])
+    unverified = unverify(db, case, actor, "cells reclassified")
     if reason:
-        add_amendment(case, actor, reason, f"cells of field {f.id}", before,
-                      {"field_id": f.id, "cells": [{"id": ch["id"], "label": ch.get("label"), "reviewed_by": actor}
-                                                   for ch in real],
-                       "differential": case.cell_summary.get("differential"),
-                       "blast_percent": case.cell_summary.get("blast_percent")})
-        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=f"cells of field {f.id}")
+        one = {"field_id": fields_touched[0]} if len(fields_touched) == 1 else {}
+        before = {**one, "cells": before_cells, "differential": summary_before.get("differential"),
+                  "blast_percent": summary_before.get("blast_percent")}
+        after = {**one, "cells": [{"field_id": fid, "id": cid, "label": label, "reviewed_by": actor if label else None}
+                                  for fid, cid, label in real],
+                 "differential": case.cell_summary.get("differential"),
+                 "blast_percent": case.cell_summary.get("blast_percent")}
+        if unverified:
+            cell_changes.append(unverified)
+        add_amendment(case, actor, reason, changes_words(cell_changes), before, after, cell_changes)
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=changes_words(cell_changes))
     case.updated_at = utcnow()
     db.commit()
-    return f
+    return case
+
+
+def verify_differential(db: Session, case: Case, actor: str, note: str = "",
+                        amendment_reason: str | None = None) -> Case:
+    """The reviewer verifies the differential: every counted leukocyte's class was checked (the AI's
+    pre-classification with the reviewer's corrections is now the reviewer's count). Records who and when;
+    any later change of a cell's class takes it back. Needs an amendment reason on a signed-off case."""
+    note = " ".join((note or "").split())[:2000]
+    if case.differential_verified and case.differential_verified_by == actor and (case.differential_note or "") == note:
+        return case  # verified already, by the same reviewer (a double click)
+    cs = cell_logic.cell_summary(counted_cells(case.fields))
+    if cs["n_cells"] == 0:
+        raise Invalid("This case has no counted leukocyte, so there is no differential to verify.",
+                      "Add fields with leukocytes, or sign off without a differential (it stays 'not verified').")
+    unclassified = cs["differential"].get(cell_logic.UNCLASSIFIED, 0)
+    if unclassified:
+        raise Invalid(f"{unclassified} counted cell{'s have' if unclassified != 1 else ' has'} no class yet.",
+                      "Give each a class or exclude it in the cell gallery, then verify the differential.")
+    reason = require_unlocked(case, amendment_reason, "verifying the differential")
+    before_words = verification_words(case)
+    before = {"differential_verified": case.differential_verified, "by": case.differential_verified_by,
+              "at": iso(case.differential_verified_at)}
+    now = utcnow()
+    case.differential_verified, case.differential_verified_by, case.differential_verified_at = True, actor, now
+    case.differential_note = note
+    refresh_cells(case)
+    audit(db, actor, "differential.verify", f"case:{case.id}", note=note, n_cells_counted=cs["n_counted"],
+          differential_target=case.differential_target, differential=cs["differential"], blast_percent=cs["blast_percent"])
+    if reason:
+        changes = [change("differential", before_words, verification_words(case))]
+        add_amendment(case, actor, reason, changes_words(changes), before,
+                      {"differential_verified": True, "by": actor, "at": iso(now)}, changes)
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=changes_words(changes))
+    case.updated_at = now
+    db.commit()
+    return case
 
 
 def confirm_unflagged(db: Session, case: Case, actor: str) -> int:
@@ -364,9 +603,12 @@ def confirm_unflagged(db: Session, case: Case, actor: str) -> int:
 
 def reviewed_results(case: Case) -> list[FieldResult]:
     """The fields as the reviewer called them: a reviewed field counts with the reviewer's class (certain,
-    unflagged), an unreviewed one with the AI's output."""
+    unflagged), an unreviewed one with the AI's output; unassessable fields (declared so, or with no class call
+    and not overridden) are left out."""
     out = []
     for f in case.fields:
+        if not is_assessable(f):
+            continue
         r = field_result(f)
         if f.review_label:  # a class of the model: review() accepts no other
             r.label, r.flag, r.flag_reason, r.confidence = f.review_label, "ok", "", 1.0
@@ -382,7 +624,8 @@ def reviewed_summary(analysis, case: Case) -> CaseSummary:
 
 
 def sign_off_warnings(case: Case) -> list[str]:
-    """What a clinician should know before signing off: unreviewed fields, and which of them are flagged."""
+    """What a clinician should know before signing off: unreviewed fields, and which of them are flagged; a
+    differential that is not verified; fewer leukocytes counted than the case's target."""
     out = []
     todo = [i for i, f in enumerate(case.fields, start=1) if not f.review_decision]
     if todo:
@@ -392,6 +635,16 @@ def sign_off_warnings(case: Case) -> list[str]:
         if f.flag != "ok" and not f.review_decision:  # a flagged field the reviewer has called is dealt with
             w = words.flag_words(f.flag, f.flag_reason)
             out.append(f"Field {i} is flagged and not reviewed ({w['title']}): {w['problem']} {w['action']}")
+    if case.fields:
+        cs = cell_logic.cell_summary(counted_cells(case.fields))
+        if not case.differential_verified:
+            out.append("The differential is not verified: its counts are the AI pre-classification"
+                       + (f" with {cs['n_cells_reviewed']} reviewer correction(s)" if cs["n_cells_reviewed"] else "")
+                       + ". Check the cells in the gallery and verify the differential.")
+        target = case.differential_target or 100
+        if cs["n_counted"] < target:
+            out.append(f"Fewer than {target} leukocytes counted ({cs['n_counted']} of {target}): add fields, or say "
+                       "in the note that the count is short.")
     return out
 
 
@@ -415,7 +668,8 @@ def list_cases(db: Session, q: str = "", status: str = "all", flagged: bool | No
     if q:
         like = f"%{q.strip().lower()}%"
         stmt = stmt.where(or_(func.lower(Case.reference).like(like), func.lower(Case.note).like(like),
-                              func.lower(Case.created_by).like(like)))
+                              func.lower(Case.created_by).like(like), func.lower(Case.accession).like(like),
+                              func.lower(Case.patient_id).like(like)))
     if status == "unreviewed":
         stmt = stmt.where(Case.review_decision.is_(None))
     elif status == "reviewed":
@@ -438,9 +692,13 @@ def final_label(obj) -> str | None:
     return obj.review_label or None
 
 
-def field_dict(f: Field, url_prefix: str = "/files/") -> dict:
+def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None) -> dict:
+    """A field as the API answers it; `number` is its 1-based position in the case (looked up when not given)."""
+    if number is None:
+        number = field_number(f.case, f) if f.case is not None else 0
     return {
         "id": f.id,
+        "number": number,
         "name": f.display_name,
         "sha256": f.sha256,
         "width": f.width,
@@ -463,8 +721,34 @@ def field_dict(f: Field, url_prefix: str = "/files/") -> dict:
             "decision": f.review_decision, "label": f.review_label, "note": f.review_note,
             "reviewed_by": f.reviewed_by, "reviewed_at": iso(f.reviewed_at),
         },
+        "assessable": is_assessable(f),
+        "decision_suggested": UNASSESSABLE if f.label is None else "confirm",
         "cells": [cell_dict(c) for c in (f.cells or [])],
     }
+
+
+def unassessable_reason(f: Field) -> str:
+    """Why a field is left out: the reviewer's note, else what the analysis said."""
+    if f.review_decision == UNASSESSABLE:
+        return f.review_note or f"Declared unassessable by {f.reviewed_by}."
+    w = words.flag_words(f.flag, f.flag_reason)
+    return f"No class call from the AI ({w['title']})." if f.flag != "ok" else "No class call from the AI."
+
+
+def unassessable_fields(case: Case) -> list[dict]:
+    return [{"field_id": f.id, "number": i, "name": f.display_name, "reason": unassessable_reason(f)}
+            for i, f in enumerate(case.fields, start=1) if not is_assessable(f)]
+
+
+def confidence_threshold(analysis) -> float:
+    """The confidence at or above which the case call is a confident one: the analyser's `low_confidence`
+    (the classifier's `thresholds.low_confidence` in its model config, which the case rule,
+    leukodx.inference.summary.summarize_case, also uses: "case confidence below it" makes a case need review);
+    the model config's default while no analyser is loaded."""
+    from leukodx.models.model_config import DEFAULT_LOW_CONFIDENCE
+
+    value = getattr(getattr(analysis, "analyzer", analysis), "low_confidence", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_LOW_CONFIDENCE
 
 
 def cell_dict(c: dict) -> dict:
@@ -481,17 +765,24 @@ def cell_dict(c: dict) -> dict:
 EMPTY_CELLS = cell_logic.cell_summary([])
 
 
+def _counts(f: Field) -> bool:
+    return is_assessable(f) and (f.flag == "ok" or f.review_decision in CASE_DECISIONS)
+
+
 def counted_cells(fields) -> list[list[dict]]:
-    """The cells that enter the case's differential and blast %: those of assessable fields only, i.e. fields with
-    a class call that are unflagged or that a reviewer has decided (the gallery still shows every cell)."""
-    return [f.cells or [] for f in fields
-            if f.label is not None and (f.flag == "ok" or f.review_decision in ("confirm", "override"))]
+    """The cells that enter the case's differential and blast %: those of assessable fields only (not declared
+    unassessable; with a class call, or overridden with one), unflagged or decided by a reviewer (the gallery
+    still shows every cell)."""
+    return [f.cells or [] for f in fields if _counts(f)]
 
 
-def case_dict(case: Case, analysis=None) -> dict:
+def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> dict:
     """The case as the API answers it; with `analysis` (the app's AnalysisService: the case rule for the reviewed
-    call) also its fields, review progress and warnings."""
+    call) also its fields, review progress and warnings. `threshold`: the confident-call threshold when no
+    `analysis` is given (`confidence_threshold`)."""
     with_fields = analysis is not None
+    if threshold is None:
+        threshold = confidence_threshold(analysis)
     d = {
         "id": case.id,
         "reference": case.reference,
@@ -505,6 +796,8 @@ def case_dict(case: Case, analysis=None) -> dict:
             "label": case.ai_label, "confidence": case.ai_confidence,
             "malignant_probability": case.ai_malignant_probability, "n_fields": case.n_fields,
             "total_cell_count": case.total_cell_count, "summary": case.summary or {},
+            "confident": bool(case.ai_label and case.ai_confidence is not None and case.ai_confidence >= threshold),
+            "confidence_threshold": threshold,
         },
         "review": {
             "decision": case.review_decision, "label": case.review_label, "note": case.review_note,
@@ -514,15 +807,28 @@ def case_dict(case: Case, analysis=None) -> dict:
         "stain": case.stain or "",
         "locked": is_signed_off(case),
         "amended": bool(case.amendments),
-        "amendments": list(case.amendments or []),
+        "amendments": [{"changes": [], **a} for a in (case.amendments or [])],
+        "accession": case.accession or "",
+        "patient_id": case.patient_id or "",
     }
     cs = cell_logic.cell_summary(counted_cells(case.fields)) if with_fields else (
         case.cell_summary or EMPTY_CELLS)
     for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells",
               "n_cells_reviewed"):
         d[k] = cs.get(k, EMPTY_CELLS[k])
+    target = case.differential_target or 100
+    n_counted = int(cs.get("n_counted", 0))
+    d["n_cells_counted"] = n_counted
+    d["n_cells_target_reached"] = n_counted >= target
+    d["differential_target"] = target
+    d["differential_verified"] = bool(case.differential_verified)
+    d["differential_verified_by"] = case.differential_verified_by if case.differential_verified else None
+    d["differential_verified_at"] = iso(case.differential_verified_at) if case.differential_verified else None
+    d["differential_note"] = case.differential_note or ""
+    d["differential_source"] = "verified" if case.differential_verified else "ai"
     if with_fields:
-        d["fields"] = [field_dict(f) for f in case.fields]
+        d["unassessable_fields"] = unassessable_fields(case)
+        d["fields"] = [field_dict(f, number=i) for i, f in enumerate(case.fields, start=1)]
         d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
         d["reviewed_fields_label"] = reviewed_summary(analysis, case).label if d["n_fields_reviewed"] else None
         d["warnings"] = sign_off_warnings(case)
@@ -533,6 +839,8 @@ CSV_COLUMNS = [
     "case_id", "reference", "created_at", "created_by", "n_fields", "ai_label", "ai_confidence",
     "ai_malignant_probability", "total_cell_count", "flagged", "status", "review_decision", "review_label",
     "reviewed_by", "reviewed_at", "review_note",
+    # appended (issue 22); the columns above keep their order for the scripts that read them
+    "accession", "patient_id", "differential_verified", "differential_verified_by",
 ]
 
 
@@ -553,7 +861,8 @@ def cases_csv(cases: list[Case]) -> str:
             "" if c.ai_malignant_probability is None else f"{c.ai_malignant_probability:.4f}",
             c.total_cell_count, int(c.flagged), "reviewed" if c.review_decision else "unreviewed",
             c.review_decision or "", c.review_label or "", _csv_safe(c.reviewed_by or ""), iso(c.reviewed_at) or "",
-            _csv_safe(c.review_note),
+            _csv_safe(c.review_note), _csv_safe(c.accession or ""), _csv_safe(c.patient_id or ""),
+            int(bool(c.differential_verified)), _csv_safe(c.differential_verified_by or ""),
         ])
     return buf.getvalue()
 
@@ -562,6 +871,8 @@ FIELD_CSV_COLUMNS = [
     "case_id", "reference", "field_id", "field_number", "name", "sha256", "ai_label", "ai_confidence",
     "ai_malignant_probability", "cell_count", "flag", "flag_text", "review_decision", "review_label", "reviewed_by",
     "reviewed_at", "review_note", "n_cells", "n_cells_reviewed", "blasts", "blast_percent", "ai_blast_percent",
+    # appended (issue 22)
+    "accession", "patient_id", "differential_verified", "differential_verified_by",
 ]
 
 
@@ -581,5 +892,7 @@ def fields_csv(cases: list[Case]) -> str:
                 _csv_safe(f.review_note), cs["n_cells"], cs["n_cells_reviewed"], cs["differential"]["blast"],
                 "" if cs["blast_percent"] is None else cs["blast_percent"],
                 "" if cs["ai_blast_percent"] is None else cs["ai_blast_percent"],
+                _csv_safe(c.accession or ""), _csv_safe(c.patient_id or ""), int(bool(c.differential_verified)),
+                _csv_safe(c.differential_verified_by or ""),
             ])
     return buf.getvalue()

@@ -110,6 +110,16 @@ class Case(Base):
     amendments: Mapped[list] = mapped_column(JSON, default=list)
     # the differential count and blast % of the AI and of the reviewer (leukodx.web.cells.cell_summary)
     cell_summary: Mapped[dict] = mapped_column(JSON, default=dict)
+    # the lab's accession number and the patient's identifier (revision 0003); "" when not given
+    accession: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    # the differential: its target count (Settings.differential_target when the case was made) and whether a
+    # reviewer verified the cells' classes (revision 0003); any later change of a cell's class unverifies it
+    differential_target: Mapped[int] = mapped_column(Integer, default=100)
+    differential_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    differential_verified_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    differential_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    differential_note: Mapped[str] = mapped_column(Text, default="")
     fields: Mapped[list[Field]] = relationship(
         back_populates="case", cascade="all, delete-orphan", order_by="Field.id", passive_deletes=True
     )

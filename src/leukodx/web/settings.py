@@ -1,11 +1,17 @@
 """Typed settings of the web application: defaults -> environment (LEUKODX_<FIELD>, e.g. LEUKODX_MAX_FILES,
-LEUKODX_MAX_FILE_MB, LEUKODX_FILES_DIR, LEUKODX_LAB_NAME; the database: LEUKODX_DB) -> command-line flags."""
+LEUKODX_MAX_FILE_MB, LEUKODX_FILES_DIR, LEUKODX_LAB_NAME, LEUKODX_TIMEZONE, LEUKODX_DIFFERENTIAL_TARGET; the
+database: LEUKODX_DB) -> command-line flags.
+
+Times are stored and sent by the API in UTC; `timezone` (the lab's, default the server's own) is only how pages
+and reports show them (`Settings.local_time`)."""
 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +25,33 @@ def database_url_for(db: str | Path) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def local_zone_name() -> str:
+    """The server's own time zone as an IANA name (TZ, /etc/timezone, the /etc/localtime link), else UTC."""
+    candidates = [os.environ.get("TZ", "").removeprefix(":")]
+    try:
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    except OSError:
+        pass
+    try:
+        link = str(Path("/etc/localtime").resolve())
+        if "zoneinfo/" in link:
+            candidates.append(link.split("zoneinfo/", 1)[1])
+    except OSError:
+        pass
+    for name in candidates:
+        if name and _is_zone(name):
+            return name
+    return "UTC"
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
 
 
 class Settings(BaseSettings):
@@ -55,6 +88,44 @@ class Settings(BaseSettings):
                           description="The lab's name, printed at the head of every report (LEUKODX_LAB_NAME).")
     lab_address: str = Field(default="", max_length=500,
                              description="The lab's address, printed under its name (LEUKODX_LAB_ADDRESS).")
+
+    timezone: str = Field(
+        default_factory=local_zone_name, max_length=100,
+        description="The lab's time zone (an IANA name such as Europe/Berlin) in which pages and reports show times "
+        "(LEUKODX_TIMEZONE); stored times stay UTC. Default: the server's own.")
+    differential_target: int = Field(
+        default=100, ge=1, le=10000,
+        description="Leukocytes to count per case (LEUKODX_DIFFERENTIAL_TARGET), as a digital morphology analyser "
+        "does; a case takes the value it has when it is created.")
+    accession_system: str = Field(
+        default="urn:leukodx:accession", min_length=1, max_length=300,
+        description="The URI of the lab's accession numbers, FHIR DiagnosticReport.identifier.system "
+        "(LEUKODX_ACCESSION_SYSTEM).")
+    patient_id_system: str = Field(
+        default="urn:leukodx:patient-id", min_length=1, max_length=300,
+        description="The URI of the hospital's patient identifiers (e.g. its MRN system), FHIR "
+        "Patient.identifier.system (LEUKODX_PATIENT_ID_SYSTEM).")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        name = (v or "").strip()
+        if not _is_zone(name):
+            close = sorted(z for z in available_timezones() if z.lower().endswith(name.lower().rsplit("/", 1)[-1]))
+            raise ValueError(f"{v!r} is not a time zone name; use an IANA name such as Europe/Berlin, "
+                             "America/New_York or UTC" + (f" (did you mean {', '.join(close[:3])}?)" if close and
+                                                          name else ""))
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def local_time(self, dt: datetime | None) -> datetime | None:
+        """A stored (UTC) time in the lab's time zone; naive times from SQLite are UTC."""
+        if dt is None:
+            return None
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(self.zone)
 
     @field_validator("database_url")
     @classmethod

@@ -10,6 +10,7 @@ this folder on PYTHONPATH (ServeProcess does both).
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,13 +33,15 @@ if TYPE_CHECKING:
 class FakeAnalyzer:
     is_fake = True
 
-    def __init__(self, delay_s: float = 0.0, cell_labels: bool = False):
+    def __init__(self, delay_s: float | None = None, cell_labels: bool = False):
         from leukodx.assets import default_model_dir
         from leukodx.models.model_config import read_model_config
 
         self.classes = list(read_model_config(default_model_dir("classify")).classes)  # the bundled model's
         self.low_confidence = 0.5
-        self.delay_s = delay_s
+        # how long each analysis takes (like the real models); `serve --analyzer webtools:FakeAnalyzer` reads it
+        # from LEUKODX_FAKE_DELAY_S
+        self.delay_s = float(os.environ.get("LEUKODX_FAKE_DELAY_S") or 0.0) if delay_s is None else delay_s
         self.cell_labels = cell_labels  # a made-up cell-level suggestion on every other cell (for UI tests)
         self.calls = 0
 

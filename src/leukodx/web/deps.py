@@ -56,6 +56,14 @@ def get_db(request: Request) -> Iterator[Session]:
 Db = Annotated[Session, Depends(get_db)]
 
 
+def release(db: Session) -> None:
+    """End the session's transaction after who-is-asking was looked up, so that its pooled connection goes back
+    to the pool at once instead of being held for the whole request. An upload holds no connection while its
+    fields are analysed (which takes the time); its one short transaction takes one when it stores them. The
+    looked-up rows stay readable (expire_on_commit=False), and a later use of `db` takes a connection again."""
+    db.commit()
+
+
 def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -84,9 +92,10 @@ def api_principal(
         last = row.last_used_at
         if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 300:
             row.last_used_at = now  # at most one write per token every 5 minutes, not one per request
-            db.commit()
+        release(db)
         return Principal(f"token:{row.name}", row.role, "token")
     p = session_principal(request, db)
+    release(db)
     if p is None:
         raise _unauthorized("Log in, or send 'Authorization: Bearer <token>' (see `leukodx token create`).")
     if request.method not in SAFE_METHODS:
@@ -104,6 +113,7 @@ def admin_principal(p: Annotated[Principal, Depends(api_principal)]) -> Principa
 
 def page_principal(request: Request, db: Db) -> Principal:
     p = session_principal(request, db)
+    release(db)
     if p is None:
         raise LoginRequired()
     return p

@@ -2,11 +2,21 @@
 tests validate it with `fhir.resources`).
 
     DiagnosticReport  status: preliminary (not signed off) | final (signed off) | amended (changed after sign-off)
-      contained: Specimen, Observation "call" (the class call), "blasts" (blast %, LOINC 26446-5),
-                 "differential" (the differential count, LOINC panel 24318-8, one component per cell class)
+      identifier: the case, the smear reference and the lab's accession number (type ACSN, system: the setting
+                  `accession_system`, LEUKODX_ACCESSION_SYSTEM)
+      subject:    the contained Patient "#patient" (its identifier: type MR, system `patient_id_system`), the
+                  Reference also carrying that identifier, so that a hospital system files the report to the
+                  patient it knows by that identifier (absent when the case has no patient identifier)
+      contained: Patient, Specimen, Observation "call" (the class call), "blasts" (blast %),
+                 "differential" (the differential count, one component per cell class)
       result: the three Observations; conclusion: the call in a lab's words
 
-Codes: LOINC where one fits; leukodx's own classes under `urn:leukodx:*` code systems (the lab maps them).
+Automated or verified: until a reviewer verifies the differential (POST .../differential/verify) its counts are
+the AI's pre-classification with the reviewer's corrections so far, and the export says so: the differential
+is coded as the automated differential panel, and both count Observations carry a method and a note "AI
+pre-classification, not verified". Once verified they are coded as a manual (microscopist-verified)
+count, with "verified by X". Codes: LOINC where one fits; leukodx's own classes under `urn:leukodx:*` code
+systems (the lab maps them).
 """
 
 from __future__ import annotations
@@ -15,12 +25,25 @@ from leukodx import __version__
 from leukodx.inference.cell_classes import CELL_CLASS_WORDS, NOT_COUNTED
 from leukodx.web import cells as cell_logic
 from leukodx.web import words
-from leukodx.web.cases import counted_cells, is_signed_off, iso
+from leukodx.web.cases import counted_cells, is_signed_off, iso, unassessable_fields
 from leukodx.web.db import Case
 
 LOINC = "http://loinc.org"
 CLASS_SYSTEM = "urn:leukodx:smear-class"
 CELL_SYSTEM = "urn:leukodx:cell-class"
+# LOINC, as the differential panels list them (e.g. the value sets of the CIBMTR reporting IG, built from LOINC):
+# 57023-4 "Auto Differential panel - Blood": an analyser's (automated) differential -> the AI's, not verified
+# 24318-8 "Manual Differential panel - Blood": a differential counted by a microscopist -> verified by one
+# 709-6   "Blasts/100 leukocytes in Blood by Manual count" -> the verified blast %
+# 26446-5 "Blasts/100 leukocytes in Blood" (method unspecified; LOINC's automated differential panel has no blast
+#         term, analysers only flag blasts) -> the AI's blast %, its method given as automated, not verified
+AUTO_DIFFERENTIAL = {"system": "http://loinc.org", "code": "57023-4", "display": "Auto Differential panel - Blood"}
+MANUAL_DIFFERENTIAL = {"system": "http://loinc.org", "code": "24318-8", "display": "Manual Differential panel - Blood"}
+BLASTS_MANUAL = {"system": "http://loinc.org", "code": "709-6",
+                 "display": "Blasts/100 leukocytes in Blood by Manual count"}
+BLASTS_UNSPECIFIED = {"system": "http://loinc.org", "code": "26446-5", "display": "Blasts/100 leukocytes in Blood"}
+METHOD_SYSTEM = "urn:leukodx:differential-method"
+ID_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 HEMATOLOGY = {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "HM", "display": "Hematology"}
 LAB = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory",
        "display": "Laboratory"}
@@ -41,19 +64,52 @@ def _observation(oid: str, status: str, code: dict, effective: str | None, **val
     return obs
 
 
+def _method(case: Case) -> tuple[dict, str]:
+    """The differential's method (a CodeableConcept) and its note: automated and not verified, or verified."""
+    if case.differential_verified:
+        at = iso(case.differential_verified_at) or ""
+        text_ = f"Verified by {case.differential_verified_by}" + (f" at {at}" if at else "") + (
+            ": AI pre-classification checked cell by cell and corrected by the reviewer"
+            + (f" ({case.differential_note})" if case.differential_note else "") + ".")
+        return {"coding": [{"system": METHOD_SYSTEM, "code": "verified",
+                            "display": "AI pre-classification verified by a reviewer"}], "text": text_}, text_
+    text_ = "AI pre-classification, not verified: the counts are the AI's classes with the reviewer's corrections so far."
+    return {"coding": [{"system": METHOD_SYSTEM, "code": "ai-not-verified",
+                        "display": "AI pre-classification, not verified"}], "text": text_}, text_
+
+
+def _patient(case: Case, settings) -> tuple[dict, dict] | None:
+    """The contained Patient and the report's subject Reference (both with the patient identifier)."""
+    if not case.patient_id:
+        return None
+    ident = {"type": {"coding": [{"system": ID_TYPES, "code": "MR", "display": "Medical record number"}]},
+             "system": settings.patient_id_system, "value": case.patient_id}
+    patient = {"resourceType": "Patient", "id": "patient", "identifier": [ident]}
+    return patient, {"reference": "#patient", "type": "Patient", "identifier": ident}
+
+
 def diagnostic_report(case: Case, settings) -> dict:
     status = report_status(case)
     signed = is_signed_off(case)
+    verified = bool(case.differential_verified)
+    count_status = status  # the report's; the code, method and note say whether the counts are verified
     effective = iso(case.created_at)
     issued = iso(case.reviewed_at if signed else case.updated_at)
     label = case.review_label if signed else case.ai_label
     cs = cell_logic.cell_summary(counted_cells(case.fields))
     who = (case.reviewed_by or "the reviewing clinician") if signed else "nobody yet (AI suggestion only)"
+    method, method_note = _method(case)
     notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}."]
     if case.ai_label:
-        notes.append(f"AI suggestion: {case.ai_label}, confidence {100 * (case.ai_confidence or 0):.0f} %.")
+        notes.append(f"AI suggestion: {case.ai_label}, confidence {words_percent(case.ai_confidence or 0)}.")
+    left_out = unassessable_fields(case)
+    if left_out:
+        notes.append("Left out as unassessable: " + "; ".join(
+            f"field {u['number']}{' (' + u['name'] + ')' if u['name'] else ''}: {u['reason']}" for u in left_out) + ".")
     for a in case.amendments or []:
         notes.append(f"Amendment {a.get('n')} by {a.get('by')} at {a.get('at')}: {a.get('reason')} ({a.get('what')}).")
+    patient = _patient(case, settings)
+    subject = {"subject": patient[1]} if patient else {}
 
     call: dict = {"text": words.call_words(label)}
     if label:
@@ -62,16 +118,18 @@ def diagnostic_report(case: Case, settings) -> dict:
         "call", status, {"coding": [{"system": "urn:leukodx:observation", "code": "smear-class",
                                      "display": "Blood smear morphology: ALL subtype call"}],
                          "text": "Blood smear morphology (ALL subtype call)"}, effective,
-        valueCodeableConcept=call, note=[{"text": n} for n in notes])
-    blast = {"text": "Blasts/100 leukocytes in Blood",
-             "coding": [{"system": LOINC, "code": "26446-5", "display": "Blasts/100 leukocytes in Blood"}]}
+        valueCodeableConcept=call, note=[{"text": n} for n in notes], **subject)
+    blast = {"text": "Blasts/100 leukocytes in Blood" + ("" if verified else " (AI pre-classification, not verified)"),
+             "coding": [BLASTS_MANUAL if verified else BLASTS_UNSPECIFIED]}
     if cs["blast_percent"] is None:
-        obs_blast = _observation("blasts", status, blast, effective, dataAbsentReason={
+        obs_blast = _observation("blasts", count_status, blast, effective, dataAbsentReason={
             "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
-                        "display": "Not Performed"}], "text": "No cell has a class yet"})
+                        "display": "Not Performed"}], "text": "No cell has a class yet"},
+            method=method, note=[{"text": method_note}], **subject)
     else:
-        obs_blast = _observation("blasts", status, blast, effective, valueQuantity={
-            "value": cs["blast_percent"], "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"})
+        obs_blast = _observation("blasts", count_status, blast, effective, valueQuantity={
+            "value": cs["blast_percent"], "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+            method=method, note=[{"text": method_note}], **subject)
     counted = cs["n_counted"]
     components = []
     for cls, n in cs["differential"].items():
@@ -83,29 +141,42 @@ def diagnostic_report(case: Case, settings) -> dict:
                      "text": cell_logic.WORDS.get(cls, cls)},
             "valueInteger": int(n),
         })
+    target = case.differential_target or 100
     obs_diff = _observation(
-        "differential", status,
-        {"coding": [{"system": LOINC, "code": "24318-8", "display": "Manual Differential panel - Blood"}],
-         "text": "Differential count of the reviewed leukocytes"}, effective,
-        valueInteger=int(counted), component=components,
-        note=[{"text": f"{cs['n_cells']} leukocytes outlined, {cs['n_cells_reviewed']} reviewed; "
-                       f"{counted} counted (not counted: {', '.join(NOT_COUNTED)} and unclassified). AI's own "
-                       f"blast %: {'none' if cs['ai_blast_percent'] is None else cs['ai_blast_percent']}."}])
+        "differential", count_status,
+        {"coding": [MANUAL_DIFFERENTIAL if verified else AUTO_DIFFERENTIAL],
+         "text": "Differential count, verified by the reviewer" if verified else
+         "Differential count: AI pre-classification, not verified"}, effective,
+        valueInteger=int(counted), component=components, method=method,
+        note=[{"text": method_note},
+              {"text": f"{cs['n_cells']} leukocytes outlined, {cs['n_cells_reviewed']} reclassified by the reviewer; "
+                       f"{counted} counted of a target of {target} (not counted: {', '.join(NOT_COUNTED)} and "
+                       f"unclassified). AI's own blast %: "
+                       f"{'none' if cs['ai_blast_percent'] is None else cs['ai_blast_percent']}."}], **subject)
     specimen = {"resourceType": "Specimen", "id": "specimen", "type": {"text": case.specimen or "Peripheral blood"},
                 "identifier": [{"system": "urn:leukodx:smear-reference", "value": case.reference}]}
+    if case.accession:
+        specimen["accessionIdentifier"] = {"system": settings.accession_system, "value": case.accession}
+    if patient:
+        specimen["subject"] = patient[1]
     if case.stain:
         specimen["note"] = [{"text": f"Stain: {case.stain}"}]
+    identifiers: list[dict] = [{"system": "urn:leukodx:case", "value": str(case.id)},
+                   {"system": "urn:leukodx:smear-reference", "value": case.reference}]
+    if case.accession:
+        identifiers.append({"type": {"coding": [{"system": ID_TYPES, "code": "ACSN", "display": "Accession ID"}]},
+                            "system": settings.accession_system, "value": case.accession})
     report: dict = {
         "resourceType": "DiagnosticReport",
         "id": f"leukodx-case-{case.id}",
-        "identifier": [{"system": "urn:leukodx:case", "value": str(case.id)},
-                       {"system": "urn:leukodx:smear-reference", "value": case.reference}],
+        "identifier": identifiers,
         "status": status,
         "category": [{"coding": [HEMATOLOGY]}],
         "code": {"text": "Peripheral blood smear review (AI-assisted)"},
+        **subject,
         "performer": [{"display": settings.lab_name}],
         "specimen": [{"reference": "#specimen"}],
-        "contained": [specimen, obs_call, obs_blast, obs_diff],
+        "contained": [*([patient[0]] if patient else []), specimen, obs_call, obs_blast, obs_diff],
         "result": [{"reference": "#call"}, {"reference": "#blasts"}, {"reference": "#differential"}],
         "conclusion": words.call_words(label) if label else "No call: no field could be analysed.",
     }
@@ -119,3 +190,10 @@ def diagnostic_report(case: Case, settings) -> dict:
         report["conclusionCode"] = [{"coding": [{"system": CLASS_SYSTEM, "code": label,
                                                  "display": words.CLASS_NAMES.get(label, label)}]}]
     return report
+
+
+def words_percent(p: float) -> str:
+    """A probability in percent, never "100 %" for one under 1 ("> 99 %")."""
+    if p < 1.0 and round(100 * p) >= 100:
+        return "> 99 %"
+    return f"{100 * p:.0f} %"

@@ -1,4 +1,5 @@
-"""The images behind the pages: stored files (to logged-in users only) and a field's heat map."""
+"""The images behind the pages and the API's links: stored files and a field's heat map, to a logged-in user
+(login session) or an API client (`Authorization: Bearer <token>`, the token that fetched the case)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,48 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from leukodx.web import heatmaps
 from leukodx.web.api import CaseId
-from leukodx.web.deps import Db, PageUser, session_principal
+from leukodx.web.auth import token_lookup
+from leukodx.web.deps import Db, LoginRequired, Principal, session_principal
 from leukodx.web.storage import MEDIA_TYPES
 
 router = APIRouter()
 
+BAD_TOKEN = ("The API token is wrong or revoked; send 'Authorization: Bearer <token>' with a token from "
+             "`leukodx token create --name NAME`.")
+BAD_SCHEME = "Use 'Authorization: Bearer <token>' with a token from `leukodx token create --name NAME`."
+
+
+def _unauthorized(message: str) -> Response:
+    return Response(message, status_code=401, media_type="text/plain",
+                    headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"})
+
+
+def file_principal(request: Request, db) -> Principal | Response:
+    """Who asks for a file: a bearer token when the request carries an Authorization header (a wrong one is 401,
+    never a fall-back to the session), else the login session; a 401 Response when neither."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, secret = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            return _unauthorized(BAD_SCHEME)
+        row = token_lookup(db, secret.strip())
+        if row is None:
+            return _unauthorized(BAD_TOKEN)
+        return Principal(f"token:{row.name}", row.role, "token")
+    who = session_principal(request, db)
+    if who is None:
+        return _unauthorized("Log in to see images, or send 'Authorization: Bearer <token>'.")
+    return who
+
 
 @router.get("/cases/{case_id}/fields/{field_id}/heatmap")
-async def field_heatmap(request: Request, case_id: CaseId, field_id: CaseId, who: PageUser):
+async def field_heatmap(request: Request, case_id: CaseId, field_id: CaseId, db: Db):
+    who = file_principal(request, db)
+    if isinstance(who, Response):
+        if not request.headers.get("authorization"):
+            raise LoginRequired()  # no session and no token: to the login page, as before
+        return who
+    db.close()  # the heat map may take a while: no connection held meanwhile
     name = await heatmaps.field_heatmap(request.app.state.ctx, case_id, field_id)
     if name is None:
         return Response("This analyzer gives no heat map.", status_code=404, media_type="text/plain")
@@ -23,9 +58,9 @@ async def field_heatmap(request: Request, case_id: CaseId, field_id: CaseId, who
 
 @router.get("/files/{name}")
 def stored_file(request: Request, name: str, db: Db):
-    who = session_principal(request, db)
-    if who is None:
-        return Response("Log in to see images.", status_code=401, media_type="text/plain")
+    who = file_principal(request, db)
+    if isinstance(who, Response):
+        return who
     path = request.app.state.ctx.store.path(name)
     if path is None:
         return Response("No such file.", status_code=404, media_type="text/plain")

@@ -162,7 +162,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         expect(page.locator("#sign-off-warnings")).to_contain_text("1 of 2 field(s) not reviewed")
         page.get_by_label("Final call").select_option("Pre")
         page.get_by_role("button", name=re.compile("^Sign off: ")).click()
-        expect(page.locator("#page-error")).to_contain_text("I have seen these warnings")
+        expect(page.locator("#case-error")).to_contain_text("I have seen these warnings")
         page.get_by_label("I have seen these warnings").check()
         page.get_by_role("button", name=re.compile("^Sign off: ")).click()
         expect(page.get_by_text("The case is signed off.")).to_be_visible()

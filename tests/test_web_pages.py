@@ -68,6 +68,9 @@ def test_pages_need_login_and_forms_need_csrf(web):
     assert r.status_code == 303
     r = client.post(f"/cases/{cid}/review", data={"label": "Pro", "note": "signed", "csrf_token": csrf},
                     follow_redirects=False)
+    assert r.status_code == 422 and "differential is not verified" in r.text  # the warnings, read first
+    r = client.post(f"/cases/{cid}/review", data={"label": "Pro", "note": "signed", "csrf_token": csrf,
+                                                  "acknowledge": "yes"}, follow_redirects=False)
     assert r.status_code == 303
     report = client.get(f"/cases/{cid}/report")
     assert report.status_code == 200 and "Signed off" not in report.text and "alice" in report.text

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+
+from leukodx.web import words
 
 NOTICES = {
     "created": "Case created. Now add the field images of this smear.",
@@ -11,14 +15,30 @@ NOTICES = {
     "field-reviewed": "Your decision for the field was saved. Showing the next field to review.",
     "cell-reviewed": "The cell's class was saved; the differential count is updated.",
     "case-reviewed": "The case is signed off. You can print the report.",
+    "differential-verified": "The differential is verified in your name.",
     "password": "Your password was changed.",
     "user-added": "The user was added.",
     "token-revoked": "The token was revoked.",
 }
 
 
+def _install_filters(ctx) -> None:
+    """Times in the lab's time zone (LEUKODX_TIMEZONE; stored in UTC), naming the zone, and probabilities through
+    the one formatting helper (words.percent: never "100 %" below 1)."""
+    env = ctx.templates.env
+    name = getattr(ctx.settings, "timezone", None) or ""
+    if env.globals.get("lab_zone_setting") == name and "lab_zone" in env.globals:
+        return
+    tz = words.zone(name)
+    env.filters["dt"] = partial(words.local_time, tz=tz)
+    env.filters["pct"] = words.percent
+    env.globals.update(lab_zone=words.zone_name(tz), lab_zone_setting=name, change_words=words.change_words,
+                       percent=words.percent)
+
+
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:
     ctx = request.app.state.ctx
+    _install_filters(ctx)
     context.setdefault("who", getattr(request.state, "who", None))
     done = request.query_params.get("done", "")
     if done.startswith("confirmed-") and done.removeprefix("confirmed-").isdigit():

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, Response
 from leukodx.errors import LeukodxError
 from leukodx.web import cases as case_logic
 from leukodx.web import cells as cell_logic
+from leukodx.web import gallery as gallery_logic
 from leukodx.web.api import CaseId
 from leukodx.web.cases import Invalid, Locked, NotFound
 from leukodx.web.db import Case, Field, utcnow
@@ -44,7 +45,7 @@ def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", s
     form.setdefault("error", "")
     form.setdefault("warning", "")
     form.setdefault("duplicates", [])
-    for k in ("reference", "note", "specimen", "stain"):
+    for k in ("reference", "accession", "patient_id", "note", "specimen", "stain"):
         form.setdefault(k, "")
     form["form_token"] = secrets.token_urlsafe(24)
     return render(request, "cases.html", status_code, who=who, rows=rows, total=total, all_total=all_total, q=q,
@@ -64,6 +65,8 @@ def cases_page(
 def new_case(
     request: Request, who: FormUser, db: Db,
     reference: Annotated[str, Form(max_length=500)] = "",
+    accession: Annotated[str, Form(max_length=500)] = "",
+    patient_id: Annotated[str, Form(max_length=500)] = "",
     note: Annotated[str, Form(max_length=5000)] = "",
     specimen: Annotated[str, Form(max_length=500)] = "",
     stain: Annotated[str, Form(max_length=500)] = "",
@@ -74,14 +77,20 @@ def new_case(
     done = case_logic.already_submitted(db, form_token)
     if done:
         return RedirectResponse(done, status_code=303)
-    form = {"reference": reference, "note": note, "specimen": specimen, "stain": stain}
+    form = {"reference": reference, "accession": accession, "patient_id": patient_id, "note": note,
+            "specimen": specimen, "stain": stain}
     try:
         ref = case_logic.clean_reference(reference)
         others = case_logic.same_reference(db, ref)
-        if others and not confirm_duplicate:
-            return _list_page(request, who, db, 409, warning=case_logic.duplicate_warning(others),
-                              duplicates=others, **form)
-        case = case_logic.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token)
+        same_acc = case_logic.same_accession(db, accession)
+        if (others or same_acc) and not confirm_duplicate:
+            warning = " ".join(w for w in (case_logic.duplicate_warning(others),
+                                           case_logic.duplicate_accession_warning(same_acc)) if w)
+            return _list_page(request, who, db, 409, warning=warning,
+                              duplicates=list({c.id: c for c in [*others, *same_acc]}.values()), **form)
+        case = case_logic.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token,
+                                      accession=accession, patient_id=patient_id,
+                                      differential_target=request.app.state.ctx.settings.differential_target)
     except LeukodxError as exc:
         db.rollback()
         return _list_page(request, who, db, 422, error=exc.message, **form)
@@ -115,13 +124,28 @@ def _next_unreviewed(case: Case, after_id: int) -> int:
 
 
 def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
-    """[(class, [cell + its field])], in the vocabulary's order, the unclassified last."""
+    """[(class, [cell + its field])] of the cells of assessable fields, grouped by the class each counts as now
+    (the AI's pre-classification unless a reviewer moved it), in the vocabulary's order, the unclassified last.
+    A flagged field's cells are shown but not counted (`counted` False) until the field is reviewed
+    (case_logic.counted_cells); unassessable fields' cells are left out."""
     groups: dict[str, list[dict]] = {}
     for i, f in enumerate(case.fields, start=1):
+        if not case_logic.is_assessable(f):
+            continue
+        scale, counted = gallery_logic.um_per_px(f.cells), _counted(f)
         for c in f.cells or []:
-            groups.setdefault(cell_logic.final_class(c), []).append({**c, "field_id": f.id, "field_no": i})
-    order = [*cell_logic.REVIEW_LABELS, cell_logic.UNCLASSIFIED]
+            groups.setdefault(cell_logic.final_class(c), []).append(
+                {**c, "field_id": f.id, "field_no": i, "um_per_px": scale, "counted": counted})
+    order = [*cell_logic.REVIEW_LABELS, *[k for k in cell_logic.KNOWN_CLASSES if k not in cell_logic.REVIEW_LABELS],
+             cell_logic.UNCLASSIFIED]
     return [(k, groups[k]) for k in order if k in groups]
+
+
+def _counted(f: Field) -> bool:
+    return case_logic.is_assessable(f) and (f.flag == "ok" or f.review_decision in case_logic.CASE_DECISIONS)
+
+
+LOCKED_WHERE = "Type it in “Reason for the amendment” below, then save again."
 
 
 def case_page_response(request: Request, db, who, case_id: int, status_code: int = 200, field_id: int | None = None,
@@ -129,17 +153,37 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     case = case_logic.get_case(db, case_id)
     idx = _current_index(case, field_id)
     extra.setdefault("error", "")
+    extra.setdefault("field_error", "")
+    extra.setdefault("case_error", "")
     extra.setdefault("form", {})
+    service = request.app.state.ctx.service
+    cd = case_logic.case_dict(case, service)
+    gallery = _gallery(case)
+    field_numbers = {f.id: i for i, f in enumerate(case.fields, start=1)}
+    field_um = {f.id: gallery_logic.um_per_px(f.cells) for f in case.fields}
     return render(
-        request, "case.html", status_code, who=who, case=case, current=idx,
+        request, "case.html", status_code, who=who, case=case, cd=cd, current=idx,
+        field_numbers=field_numbers, field_um=field_um, n_gallery=sum(len(items) for _, items in gallery),
+        unknown_scale=[f.id for f in case.fields if f.cells and not field_um[f.id] and case_logic.is_assessable(f)],
+        not_shown=[field_numbers[f.id] for f in case.fields
+                   if f.cells and case_logic.is_assessable(f) and not _counted(f)],
+        crop=gallery_logic, ai_confident=_ai_confident(cd, case),
         field=case.fields[idx] if case.fields else None,
         reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
         cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)),
-        gallery=_gallery(case), warnings=case_logic.sign_off_warnings(case),
+        gallery=gallery, warnings=cd.get("warnings", []),
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
         amendment_rule=case_logic.AMENDMENT_RULE, **extra)
+
+
+def _ai_confident(cd: dict, case: Case) -> bool:
+    """Is the AI's case call confident enough for a one-click confirm (the API's ai.confident)?"""
+    ai = cd.get("ai") or {}
+    if "confident" in ai:
+        return bool(ai["confident"])
+    return bool(case.ai_label) and not (case.summary or {}).get("needs_review", False)
 
 
 @router.get("/cases/{case_id}")
@@ -156,18 +200,28 @@ def review_field(
     note: Annotated[str, Form(max_length=5000)] = "",
     amendment_reason: Annotated[str, Form(max_length=2000)] = "",
 ):
+    """The field's call: the AI's confirmed, another class (override), or "unassessable" (the image cannot be
+    read: left out of the case call and the differential; the note is its reason)."""
     case = case_logic.lock_case(db, case_id)
     f = next((f for f in case.fields if f.id == field_id), None)
     if f is None:
         raise case_logic.NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
-    decision = "confirm" if label and label == f.label else "override"
+    if label == "unassessable":
+        item = {"field_id": field_id, "decision": "unassessable", "note": note}
+    else:
+        item = {"field_id": field_id, "decision": "confirm" if label and label == f.label else "override",
+                "label": label or None, "note": note}
     try:
-        case_logic.review(db, case, who.name, None,
-                          [{"field_id": field_id, "decision": decision, "label": label or None, "note": note}],
-                          amendment_reason, classes=request.app.state.ctx.service.classes)
+        if not label:
+            raise Invalid("No call was chosen for this field.",
+                          "Choose a class, or 'Unassessable' if the image cannot be read, then save.")
+        case_logic.review(db, case, who.name, None, [item], amendment_reason,
+                          classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
-        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=exc.message,
+        message = f"{exc.message} {LOCKED_WHERE}" if isinstance(exc, Locked) else exc.message
+        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id,
+                                  field_error=message,
                                   form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
     nxt = _next_unreviewed(case_logic.get_case(db, case_id, fresh=True), field_id)
     return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed#viewer", status_code=303)
@@ -200,7 +254,9 @@ def review_cell(
                                 amendment_reason)
     except LeukodxError as exc:
         db.rollback()
-        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=exc.message,
+        message = f"{exc.message} Type it above the gallery, then save again." if isinstance(exc, Locked) \
+            else exc.message
+        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=message,
                                   form={"amendment_reason": amendment_reason})
     return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=cell-reviewed#cell-{field_id}-{cell_id}",
                             status_code=303)
@@ -218,14 +274,17 @@ def review_case(
     decision = "confirm" if label and label == case.ai_label else "override"
     form = {"case_label": label, "case_note": note, "amendment_reason": amendment_reason}
     try:
+        if not label:
+            raise Invalid("No final call was chosen.", "Choose the class for the case in 'Final call', then sign off.")
         if case_logic.sign_off_warnings(case) and not acknowledge and not case_logic.is_signed_off(case):
-            raise Invalid("Some fields are not reviewed or are flagged (listed above the sign-off button).",
-                          "Review them, or tick 'I have seen these warnings' and sign off again.")
+            raise Invalid("There are warnings to read before sign-off (listed above the sign-off button).",
+                          "Deal with them, or tick 'I have seen these warnings' and sign off again.")
         case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
                           amendment_reason, classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
-        return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message, form=form)
+        message = f"{exc.message} {LOCKED_WHERE}" if isinstance(exc, Locked) else exc.message
+        return case_page_response(request, db, who, case_id, _status_of(exc), case_error=message, form=form)
     return RedirectResponse(f"/cases/{case_id}?done=case-reviewed#review", status_code=303)
 
 
@@ -245,13 +304,16 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
+                  cd=case_logic.case_dict(case, request.app.state.ctx.service),
+                  field_numbers={f.id: i for i, f in enumerate(case.fields, start=1)},
                   reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
                   cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)), cell_words=cell_logic.WORDS)
 
 
 @router.get("/cases/{case_id}/fields/{field_id}/cells/{cell_id}.png")
 async def cell_crop(request: Request, case_id: CaseId, field_id: CaseId, cell_id: int, who: PageUser, db: Db):
-    """One leukocyte cut from the stored field image (its box and a margin), cached."""
+    """One leukocyte cut from the stored field image, centred on its whole-cell box at the gallery's one um scale
+    with a scale bar (leukodx.web.gallery), cached."""
     f = db.get(Field, field_id)
     if f is None or f.case_id != case_id:
         return Response("No such field.", status_code=404, media_type="text/plain")
@@ -259,5 +321,8 @@ async def cell_crop(request: Request, case_id: CaseId, field_id: CaseId, cell_id
     path = request.app.state.ctx.store.path(f.image_file)
     if cell is None or path is None:
         return Response("No such cell.", status_code=404, media_type="text/plain")
-    png = await run_in_threadpool(cell_logic.crop_png, path, cell["bbox"])
+    scale = gallery_logic.um_per_px(f.cells)
+    if scale is None:
+        scale = gallery_logic.um_per_px(None, f.result)
+    png = await run_in_threadpool(gallery_logic.crop_png, path, cell["bbox"], scale)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -18,7 +18,10 @@
     var select = document.getElementById(btn.dataset.select);
     if (!select) return;
     select.addEventListener("change", function () {
-      btn.textContent = select.value === btn.dataset.ai ? btn.dataset.confirmText : btn.dataset.overrideText + " " + select.value;
+      if (!select.value && btn.dataset.emptyText) btn.textContent = btn.dataset.emptyText;
+      else if (select.value === "unassessable" && btn.dataset.unassessableText) btn.textContent = btn.dataset.unassessableText;
+      else btn.textContent = select.value === btn.dataset.ai ? btn.dataset.confirmText : btn.dataset.overrideText + " " + select.value;
+      btn.classList.add("primary");
     });
   });
 
@@ -123,6 +126,15 @@
     return { fit: fit, zoom: zoomAt, layer: setLayer };
   }
 
+  // An error inside the viewer or the sign-off box (e.g. the case is locked): show it there, with the reason box
+  ["field-error", "case-error"].forEach(function (id) {
+    var err = document.getElementById(id);
+    if (!err) return;
+    err.scrollIntoView({ block: "center" });
+    var box = document.getElementById(id === "field-error" ? "field-amendment" : "case-amendment");
+    if (box) box.focus();
+  });
+
   // -------------------------------------------------------------------------------------------- keyboard
   var classKeys = {};
   var gallery = document.getElementById("gallery");
@@ -133,16 +145,7 @@
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey || typing(e.target)) return;
     var cell = e.target.closest && e.target.closest("figure.cell");
-    if (cell) {
-      if (classKeys[e.key]) { e.preventDefault(); saveCell(cell, classKeys[e.key]); return; }
-      if (e.key === "Enter") {
-        e.preventDefault();
-        if (cell.dataset.ai) saveCell(cell, cell.dataset.ai);
-        else say("Cell " + cell.dataset.cell + " has no AI suggestion: press a class key to classify it.");
-        return;
-      }
-      return;
-    }
+    if (cell) { galleryKey(e, cell); return; }
     if (!viewer) return;
     var select = document.getElementById("field-label");
     if (/^[1-9]$/.test(e.key) && select && +e.key <= select.options.length) {
@@ -169,63 +172,227 @@
   });
 
   // -------------------------------------------------------------------------------------- the cell gallery
+  // Select cells (click, Shift-click a range, Ctrl-click one more; arrows and Space), press a class key: they
+  // move to that class and are saved at once through PATCH /api/v1/cases/{id}/cells. z undoes the last move.
   function say(text, bad) {
     var s = document.getElementById("gallery-status");
     if (s) { s.textContent = text; s.className = "img-status small" + (bad ? " error" : ""); }
   }
 
+  var allCells = gallery ? Array.prototype.slice.call(gallery.querySelectorAll("figure.cell")) : [];
+  var selected = [], anchor = null, undoStack = [], busy = false;
+  var LOCKED_TEXT = "This case is signed off, so it is locked: type the reason for the amendment in the box above the cells, then press the key again.";
+
   function words(label) {
-    var opt = gallery.querySelector('select option[value="' + label + '"]');
-    return opt ? opt.textContent : label;
+    if (!label) return "the AI's class";
+    var opt = gallery.querySelector('#move-to option[value="' + label + '"]');
+    return opt ? opt.textContent.replace(/ \(.\)$/, "") : label;
   }
 
-  function saveCell(cell, label) {
-    var cid = gallery.dataset.case, fid = cell.dataset.field, id = parseInt(cell.dataset.cell, 10);
-    var body = { cells: [{ id: id, label: label || null }] };
-    var reason = document.getElementById("cells-amendment");
-    if (gallery.dataset.locked) {
-      if (!reason || !reason.value.trim()) {
-        say("This case is signed off: type the reason for the amendment above the gallery, then classify the cell again.", true);
-        if (reason) reason.focus();
-        return;
+  function paintSelection() {
+    allCells.forEach(function (c) { c.setAttribute("aria-selected", selected.indexOf(c) >= 0 ? "true" : "false"); });
+    var n = selected.length, out = document.getElementById("selection-count");
+    if (out) out.textContent = n ? n + " cell" + (n === 1 ? "" : "s") + " selected" : "No cell selected";
+  }
+
+  function focusCell(c) {
+    if (!c) return;
+    allCells.forEach(function (x) { x.tabIndex = x === c ? 0 : -1; });
+    c.focus();
+  }
+
+  function toggle(c) {
+    var i = selected.indexOf(c);
+    if (i >= 0) selected.splice(i, 1); else selected.push(c);
+  }
+
+  function selectRange(a, b) {
+    var i = allCells.indexOf(a), j = allCells.indexOf(b);
+    if (i < 0) i = j;
+    var lo = Math.min(i, j), hi = Math.max(i, j);
+    allCells.slice(lo, hi + 1).forEach(function (c) { if (selected.indexOf(c) < 0) selected.push(c); });
+  }
+
+  function below(c, dir) {
+    // the cell straight below (dir 1) or above (dir -1) in the grid, across groups
+    var r = c.getBoundingClientRect(), best = null, bestRow = null, bestDx = Infinity;
+    allCells.forEach(function (x) {
+      var q = x.getBoundingClientRect();
+      if (dir > 0 ? q.top <= r.top + 4 : q.top >= r.top - 4) return;
+      var row = q.top;
+      if (bestRow === null || (dir > 0 ? row < bestRow - 4 : row > bestRow + 4)) { bestRow = row; best = null; bestDx = Infinity; }
+      if (Math.abs(row - bestRow) <= 4) {
+        var dx = Math.abs(q.left - r.left);
+        if (dx < bestDx) { bestDx = dx; best = x; }
       }
-      body.amendment_reason = reason.value.trim();
+    });
+    return best;
+  }
+
+  function galleryKey(e, cell) {
+    var i = allCells.indexOf(cell), next = null;
+    if (e.key === "ArrowRight") next = allCells[i + 1];
+    else if (e.key === "ArrowLeft") next = allCells[i - 1];
+    else if (e.key === "ArrowDown") next = below(cell, 1);
+    else if (e.key === "ArrowUp") next = below(cell, -1);
+    if (/^Arrow/.test(e.key)) {
+      e.preventDefault();
+      if (!next) return;
+      if (e.shiftKey) { if (selected.indexOf(cell) < 0) selected.push(cell); if (selected.indexOf(next) < 0) selected.push(next); paintSelection(); }
+      focusCell(next);
+      return;
     }
-    say("Saving cell " + id + "…");
-    fetch("/api/v1/cases/" + cid + "/fields/" + fid + "/cells", {
-      method: "PATCH", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
-      body: JSON.stringify(body)
-    }).then(function (r) {
-      return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; }, function () { return { ok: false, status: r.status, body: {} }; });
-    }).then(function (res) {
+    if (e.key === " ") { e.preventDefault(); toggle(cell); anchor = cell; paintSelection(); return; }
+    if (e.key === "Escape") { selected = []; paintSelection(); return; }
+    if (e.key === "Enter") { e.preventDefault(); var a = cell.querySelector("a.in-field"); if (a) window.location.assign(a.href); return; }
+    if (e.key === "z") { e.preventDefault(); undo(); return; }
+    var targets = selected.length ? selected.slice() : [cell];
+    if (e.key === "Backspace" || e.key === "Delete") { e.preventDefault(); move(targets, null); return; }
+    if (classKeys[e.key]) { e.preventDefault(); move(targets, classKeys[e.key]); }
+  }
+
+  function patchCells(caseId, items, reason) {
+    // one batch request for the cells of any fields; a server without the batch route gets one per field
+    function send(url, body) {
+      return fetch(url, {
+        method: "PATCH", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify(body)
+      }).then(function (r) {
+        return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; },
+                             function () { return { ok: false, status: r.status, body: {} }; });
+      });
+    }
+    var body = { cells: items };
+    if (reason) body.amendment_reason = reason;
+    return send("/api/v1/cases/" + caseId + "/cells", body).then(function (res) {
+      var noRoute = res.status === 405 || (res.status === 404 && res.body && res.body.detail === "Not Found");
+      if (!noRoute) return res;
+      var byField = {};
+      items.forEach(function (it) { (byField[it.field_id] = byField[it.field_id] || []).push({ id: it.id, label: it.label }); });
+      var chain = Promise.resolve(null);
+      Object.keys(byField).forEach(function (fid) {
+        chain = chain.then(function (prev) {
+          if (prev && !prev.ok) return prev;
+          var b = { cells: byField[fid] }; if (reason) b.amendment_reason = reason;
+          return send("/api/v1/cases/" + caseId + "/fields/" + fid + "/cells", b);
+        });
+      });
+      return chain;
+    });
+  }
+
+  function showCase(c) {
+    // the differential and its status as the server now has them
+    Object.keys(c.differential || {}).forEach(function (k) { var td = document.getElementById("diff-" + k); if (td) td.textContent = c.differential[k]; });
+    var bp = document.getElementById("blast-percent");
+    if (bp && "blast_percent" in c) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
+    var nr = document.getElementById("cells-reviewed"); if (nr && "n_cells_reviewed" in c) nr.textContent = c.n_cells_reviewed;
+    var nc = document.getElementById("n-counted"); if (nc && "n_cells_counted" in c) nc.textContent = c.n_cells_counted;
+    if (c.differential_verified === false) {
+      document.querySelectorAll("#diff-source .ok-text, #gallery-diff .ok-text, #sign-off-differential .ok-text").forEach(function (el) {
+        el.className = "warn-text"; el.textContent = "AI pre-classification with your changes, not verified (changed since the last verification)";
+      });
+    }
+  }
+
+  function move(targets, label) { save(targets, targets.map(function () { return label; }), false); }
+
+  function save(targets, labels, isUndo) {
+    var label = labels[0];
+    if (busy) { say("Still saving the last change…"); return; }
+    var reasonBox = document.getElementById("cells-amendment"), reason = "";
+    if (gallery.dataset.locked) {
+      reason = reasonBox ? reasonBox.value.trim() : "";
+      if (!reason) { say(LOCKED_TEXT, true); if (reasonBox) reasonBox.focus(); return; }
+    }
+    var items = targets.map(function (c, i) { return { field_id: +c.dataset.field, id: +c.dataset.cell, label: labels[i] }; });
+    var before = targets.map(function (c) { return { cell: c, label: c.dataset.label || null }; });
+    busy = true;
+    say("Saving " + targets.length + " cell" + (targets.length === 1 ? "" : "s") + "…");
+    patchCells(gallery.dataset.case, items, reason).then(function (res) {
+      busy = false;
       if (!res.ok) {
         var d = res.body && res.body.detail;
+        if (res.status === 409) { say(LOCKED_TEXT, true); if (reasonBox) reasonBox.focus(); return; }
         say("Not saved: " + (typeof d === "string" ? d : "the server answered " + res.status + ". Reload the page and try again."), true);
         return;
       }
-      var c = res.body;
-      var sel = cell.querySelector("select"); if (sel) sel.value = label || "";
-      cell.classList.toggle("reviewed", !!label); cell.classList.add("saved");
-      var lab = cell.querySelector(".cell-label"); if (lab) lab.textContent = label ? "Reviewer: " + words(label) : "Not reviewed";
-      Object.keys(c.differential || {}).forEach(function (k) { var td = document.getElementById("diff-" + k); if (td) td.textContent = c.differential[k]; });
-      var bp = document.getElementById("blast-percent");
-      if (bp) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
-      var nr = document.getElementById("cells-reviewed"); if (nr) nr.textContent = c.n_cells_reviewed;
-      say("Cell " + id + " saved as " + (label ? words(label) : "the AI suggests") + ". Blast percentage now " +
-          (c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %") + ".");
-      var cells = Array.prototype.slice.call(gallery.querySelectorAll("figure.cell"));
-      var next = cells[cells.indexOf(cell) + 1];
-      if (next && document.activeElement === cell) next.focus();
-    }).catch(function () { say("Not saved: the connection failed. Check that leukodx is still running, then try again.", true); });
+      targets.forEach(function (c, i) {
+        var l = labels[i];
+        c.dataset.label = l || "";
+        c.classList.toggle("reviewed", !!l); c.classList.add("saved");
+        var lab = c.querySelector(".cell-label");
+        if (lab) lab.textContent = l ? "Moved to " + words(l) : "";
+        c.setAttribute("aria-label", c.getAttribute("aria-label").replace(/: .*$/, ": " + (l ? words(l) : "as the AI pre-classified")));
+      });
+      if (!isUndo) {
+        undoStack.push(before);
+        var ub = document.getElementById("undo-move"); if (ub) ub.disabled = false;
+      }
+      if (res.body) showCase(res.body);
+      var n = targets.length, first = "Cell " + targets[0].dataset.cell + " of field " + targets[0].getAttribute("aria-label").replace(/^Cell \d+ of field (\d+).*$/, "$1");
+      say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
+          ". Blast percentage now " + (res.body && res.body.blast_percent != null ? res.body.blast_percent.toFixed(1) + " %" : "–") +
+          "." + (isUndo ? "" : " Press z to undo."));
+      selected = []; paintSelection();
+      var last = targets[targets.length - 1], after = allCells[allCells.indexOf(last) + 1];
+      if (!isUndo && after && gallery.contains(document.activeElement)) focusCell(after);
+    }).catch(function () { busy = false; say("Not saved: the connection failed. Check that leukodx is still running, then try again.", true); });
+  }
+
+  function undo() {
+    if (busy) { say("Still saving the last change…"); return; }
+    var last = undoStack.pop();
+    var ub = document.getElementById("undo-move"); if (ub) ub.disabled = !undoStack.length;
+    if (!last) { say("Nothing to undo."); return; }
+    save(last.map(function (b) { return b.cell; }), last.map(function (b) { return b.label; }), true);
   }
 
   if (gallery) {
-    gallery.querySelectorAll("form.cell-form").forEach(function (form) {
-      form.addEventListener("submit", function (ev) {
-        ev.preventDefault();
-        saveCell(form.closest("figure.cell"), form.querySelector("select").value);
+    allCells.forEach(function (c) {
+      c.addEventListener("click", function (e) {
+        if (e.target.closest("a")) return;  // "in field" opens the viewer there
+        if (e.shiftKey && anchor) { if (!(e.ctrlKey || e.metaKey)) selected = []; selectRange(anchor, c); }
+        else if (e.ctrlKey || e.metaKey) { toggle(c); anchor = c; }
+        else { selected = selected.length === 1 && selected[0] === c ? [] : [c]; anchor = c; }
+        paintSelection(); focusCell(c);
       });
+    });
+    var go = document.getElementById("move-go");
+    if (go) go.addEventListener("click", function () {
+      var focused = gallery.querySelector('figure.cell[tabindex="0"]');
+      var targets = selected.length ? selected.slice() : [];
+      if (!targets.length) { say("Select cells first: click them, or use the arrow keys and Space.", true); if (focused) focusCell(focused); return; }
+      move(targets, document.getElementById("move-to").value || null);
+    });
+    var ub = document.getElementById("undo-move");
+    if (ub) ub.addEventListener("click", undo);
+    var verify = document.getElementById("verify-differential");
+    if (verify) verify.addEventListener("click", function () {
+      var n = +verify.dataset.n, target = +verify.dataset.target;
+      var nc = document.getElementById("n-counted"); if (nc) n = +nc.textContent;
+      var body = {}, reasonBox = document.getElementById("cells-amendment");
+      if (gallery.dataset.locked) {
+        body.amendment_reason = reasonBox ? reasonBox.value.trim() : "";
+        if (!body.amendment_reason) { say(LOCKED_TEXT.replace("press the key again", "verify again"), true); if (reasonBox) reasonBox.focus(); return; }
+      }
+      var text = "Verify the differential in your name: you have checked that each of the " + n + " counted cells is in its right class" +
+        (n < target ? " (fewer than the target of " + target + " cells)" : "") + "?";
+      if (!window.confirm(text)) return;
+      say("Verifying…");
+      fetch("/api/v1/cases/" + gallery.dataset.case + "/differential/verify", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
+        body: JSON.stringify(body)
+      }).then(function (r) {
+        return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; }, function () { return { ok: false, status: r.status, body: {} }; });
+      }).then(function (res) {
+        if (res.ok) { window.location.assign("/cases/" + gallery.dataset.case + "?done=differential-verified#review"); return; }
+        if (res.status === 409) { say(LOCKED_TEXT.replace("press the key again", "verify again"), true); if (reasonBox) reasonBox.focus(); return; }
+        var d = res.body && res.body.detail;
+        say("Not verified: " + (typeof d === "string" ? d : "the server answered " + res.status + ". Reload the page and try again."), true);
+      }).catch(function () { say("Not verified: the connection failed. Check that leukodx is still running, then try again.", true); });
     });
   }
 

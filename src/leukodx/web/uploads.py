@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from leukodx.data.images import MAX_PIXELS, open_image
 from leukodx.errors import ImageError
@@ -121,22 +122,26 @@ async def check_uploads(files: list, max_files: int, max_bytes: int) -> list[Goo
             bad.append(Rejection(413, name, f"the file is over the {max_bytes / 2**20:.3g} MB limit.",
                                  "Export the field at a lower resolution or as JPEG."))
             continue
-        try:
-            img = open_image(data, name=name)
-            fmt = _format_of(data)
+        try:  # decoding (a big TIFF takes a while) runs on a worker thread, never on the event loop
+            rgb, fmt = await run_in_threadpool(_decode, data, name)
         except ImageError as exc:
             hint = exc.hint
             if status_for(exc) == 413 and "bomb" in exc.reason:
                 hint = f"Images over {MAX_PIXELS / 1e6:.0f} megapixels are refused; downscale it first."
             bad.append(Rejection(status_for(exc), name, exc.reason[:1].upper() + exc.reason[1:] + ".", hint))
             continue
-        good.append(GoodImage(name=name, data=data, rgb=np.asarray(img), ext=EXT_FOR_FORMAT.get(fmt, "png"),
-                              width=img.width, height=img.height))
+        good.append(GoodImage(name=name, data=data, rgb=rgb, ext=EXT_FOR_FORMAT.get(fmt, "png"),
+                              width=rgb.shape[1], height=rgb.shape[0]))
         if sum(g.width * g.height for g in good) > KEEP_DECODED_PIXELS:
             good[-1].rgb = None
     if bad:
         raise UploadRejected(bad)
     return good
+
+
+def _decode(data: bytes, name: str) -> tuple[np.ndarray, str]:
+    """The checked RGB pixels of an upload and its file format (ImageError when it is no usable image)."""
+    return np.asarray(open_image(data, name=name)), _format_of(data)
 
 
 def _format_of(data: bytes) -> str:

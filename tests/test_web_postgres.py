@@ -72,6 +72,13 @@ def test_a_database_from_before_alembic_upgrades_with_its_rows(db_url):
         case = db.scalar(select(Case).where(Case.reference == "OLD-1"))
         assert case.note == "made by leukodx before Alembic" and [f.display_name for f in case.fields] == ["f.jpg"]
         assert case.fields[0].probabilities == {"Pre": 1.0}
+        # revision 0003: no accession or patient yet, the default target, never verified
+        assert (case.accession, case.patient_id, case.differential_target) == ("", "", 100)
+        assert case.differential_verified is False and case.differential_verified_by is None
+        from leukodx.web.cases import case_dict
+
+        d = case_dict(case)
+        assert d["differential_source"] == "ai" and d["amendments"] == [] and d["accession"] == ""
         # the upgraded database takes new rows (sequences / autoincrement carried over)
         db.add(Case(reference="NEW-1", created_by="olduser"))
         db.commit()

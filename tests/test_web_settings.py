@@ -26,6 +26,28 @@ def jpgs(n: int) -> list:
     return [("files", (f"f{i}.jpg", field_bytes("Pre", i, size=96), "image/jpeg")) for i in range(n)]
 
 
+def test_the_labs_time_zone_and_differential_target(monkeypatch):
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("LEUKODX_TIMEZONE", "Asia/Jakarta")
+    monkeypatch.setenv("LEUKODX_DIFFERENTIAL_TARGET", "200")
+    s = Settings()
+    assert (s.timezone, s.differential_target) == ("Asia/Jakarta", 200)
+    assert s.local_time(datetime(2027, 1, 1, 12, 0)).isoformat() == "2027-01-01T19:00:00+07:00"  # stored UTC
+    assert s.local_time(datetime(2027, 1, 1, 12, 0, tzinfo=UTC)).hour == 19
+    with pytest.raises(ValidationError, match="'Europe/Berln' is not a time zone name; use an IANA name"):
+        Settings(timezone="Europe/Berln")
+    with pytest.raises(ValidationError):
+        Settings(differential_target=0)
+    monkeypatch.delenv("LEUKODX_TIMEZONE")
+    assert Settings().timezone  # the server's own zone, an IANA name
+    from zoneinfo import ZoneInfo
+
+    ZoneInfo(Settings().timezone)
+
+
 def test_settings_read_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("LEUKODX_MAX_FILES", "3")
     monkeypatch.setenv("LEUKODX_MAX_FILE_MB", "0.5")

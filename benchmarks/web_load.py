@@ -38,18 +38,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def field_images(n: int = 16) -> tuple[list[tuple[str, bytes]], str]:
-    """Real Taleqani fields when ../shared holds them (a few per class), else synthetic 224 px fields."""
+    """`n` different fields: real Taleqani fields when ../shared holds them (spread evenly over the four classes'
+    sorted file lists), else synthetic 224 px fields. Every request of a run sends a different image when n is
+    the run's request count (a case upload of an image already in the case is skipped, not analysed)."""
     if REAL.is_dir():
+        per = [sorted((REAL / label).glob("*.jpg")) for label in ("Benign", "Early", "Pre", "Pro")]
         out = []
-        for label in ("Benign", "Early", "Pre", "Pro"):
-            for p in sorted((REAL / label).glob("*.jpg"))[: n // 4]:
-                out.append((p.name, p.read_bytes()))
-        if out:
-            return out, "all-taleqani Original (224x224 JPEG)"
+        for k, paths in enumerate(per):
+            m = n // 4 + (1 if k < n % 4 else 0)
+            step = max(1, len(paths) // max(1, m))
+            out += [(p.name, p.read_bytes()) for p in paths[::step][:m]]
+        if len(out) == n:
+            return out, f"{n} different all-taleqani Original fields (224x224 JPEG), spread over the 4 classes"
     from webtools import field_bytes
 
     labels = ("Benign", "Early", "Pre", "Pro")
-    return [(f"synthetic-{i}.jpg", field_bytes(labels[i % 4], i, size=224)) for i in range(n)], "synthetic 224x224 JPEG"
+    return ([(f"synthetic-{i}.jpg", field_bytes(labels[i % 4], i, size=224)) for i in range(n)],
+            f"{n} different synthetic 224x224 JPEG fields")
 
 
 async def run_load(url: str, token: str, files: list[tuple[str, bytes]], n: int, concurrency: int,
@@ -143,22 +148,28 @@ def main() -> None:
     with sessions() as s:
         _, token = create_token(s, "load-test", "clinician")
         s.commit()
-    files, source = field_images()
+    files, source = field_images(args.n)
     result = {"what": "upload-to-result latency of one field per request, loopback, leukodx serve",
               "analyzer": "FAKE (web layer only)" if args.fake else "bundled models", "images": source,
               "machine": machine(), "serve_args": args.serve_args, "scenarios": {}}
     with ServeProcess(db, fake=args.fake, extra=args.serve_args.split()) as url:
         ready = httpx.get(url + "/readyz").json()
         result["models"] = ready.get("models")
-        # case uploads go to 10 cases in turn (about 20 fields each, like real smears)
-        case_ids = [httpx.post(url + "/api/v1/cases", headers={"Authorization": f"Bearer {token}"},
-                               json={"reference": f"LOAD-TEST-{k}"}).json()["id"] for k in range(10)]
-        paths = {"analyze": "/api/v1/analyze", "case-upload": [f"/api/v1/cases/{c}/images" for c in case_ids]}
+        auth = {"Authorization": f"Bearer {token}"}
+
+        def targets(name: str, tag: str) -> str | list[str]:
+            """analyze: one path; case uploads: 10 new cases in turn (so that no image is already in its case)."""
+            if name == "analyze":
+                return "/api/v1/analyze"
+            ids = [httpx.post(url + "/api/v1/cases", headers=auth, json={"reference": f"LOAD-{tag}-{k}"}).json()["id"]
+                   for k in range(10)]
+            return [f"/api/v1/cases/{c}/images" for c in ids]
+
         for name in args.scenarios.split(","):
-            asyncio.run(run_load(url, token, files, args.warmup, 2, paths[name]))  # warm-up, not recorded
+            asyncio.run(run_load(url, token, files, args.warmup, 2, targets(name, "warmup")))  # not recorded
             runs = {}
             for c in [int(x) for x in args.concurrency.split(",")]:
-                r = asyncio.run(run_load(url, token, files, args.n, c, paths[name]))
+                r = asyncio.run(run_load(url, token, files, args.n, c, targets(name, f"c{c}")))
                 r.pop("accepted")
                 runs[str(c)] = r
                 print(f"{name}: n={r['n']} c={c} p50={r['latency_ms']['p50']} ms p95={r['latency_ms']['p95']} ms "

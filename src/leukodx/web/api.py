@@ -469,10 +469,10 @@ async def upload_images(
 
     def existing() -> set[str]:
         with ctx.sessions() as db:
-            case = case_logic.get_case(db, case_id)
+            case, hashes = case_logic.field_hashes(db, case_id)
             with locked_as_409():
                 case_logic.require_unlocked(case, amendment_reason, "adding fields")
-            return {f.sha256 for f in case.fields}
+            return hashes
 
     known = await run_in_threadpool(existing)
     images = await check_uploads(files, s.max_files, s.max_file_bytes)
@@ -519,7 +519,7 @@ async def upload_images(
                 "result": d,
             })
         with ctx.sessions() as db:
-            case = case_logic.lock_case(db, case_id)
+            case = case_logic.lock_case(db, case_id, light=True)
             new, late = case_logic.add_fields(db, case, items, ctx.service, who.name,
                                               amendment_reason) if items else ([], [])
             for sk in twice:

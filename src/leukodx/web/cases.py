@@ -267,23 +267,34 @@ def already_submitted(db: Session, form_token: str) -> str | None:
     return None if row is None else (row.result_url or "/cases")
 
 
-def lock_case(db: Session, case_id: int) -> Case:
+def lock_case(db: Session, case_id: int, light: bool = False) -> Case:
     """Start a write transaction on the case BEFORE reading it, so concurrent uploads to one case are
     serialised (SQLite: the write lock; PostgreSQL: the row lock) and its summary never loses a field."""
     done = db.execute(update(Case).where(Case.id == case_id).values(updated_at=utcnow()))
     if getattr(done, "rowcount", 0) == 0:  # an UPDATE's CursorResult
         raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
-    return get_case(db, case_id, fresh=True)
+    return get_case(db, case_id, fresh=True, light=light)
 
 
-def get_case(db: Session, case_id: int, fresh: bool = False) -> Case:
-    stmt = select(Case).where(Case.id == case_id).options(selectinload(Case.fields))
+def get_case(db: Session, case_id: int, fresh: bool = False, light: bool = False) -> Case:
+    """The case with its fields; `light` leaves each field's full analysis result (the largest column) unread
+    until it is used, which keeps an upload into a case of many fields short."""
+    load = selectinload(Case.fields)
+    stmt = select(Case).where(Case.id == case_id).options(load.defer(Field.result) if light else load)
     if fresh:
         stmt = stmt.execution_options(populate_existing=True)
     case = db.scalar(stmt)
     if case is None:
         raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
     return case
+
+
+def field_hashes(db: Session, case_id: int) -> tuple[Case, set[str]]:
+    """The case (without its fields) and the SHA-256 of its fields' images: what an upload checks first."""
+    case = db.get(Case, case_id)
+    if case is None:
+        raise NotFound(f"There is no case {case_id}.", "Open the case list to find it.")
+    return case, set(db.scalars(select(Field.sha256).where(Field.case_id == case_id)))
 
 
 def field_result(f: Field) -> FieldResult:

@@ -284,7 +284,12 @@
 
   function showCase(c) {
     // the differential and its status as the server now has them
-    Object.keys(c.differential || {}).forEach(function (k) { var td = document.getElementById("diff-" + k); if (td) td.textContent = c.differential[k]; });
+    Object.keys(c.differential || {}).forEach(function (k) {
+      var td = document.getElementById("diff-" + k);
+      if (!td) return;
+      td.textContent = c.differential[k];
+      if (c.differential[k]) td.parentNode.hidden = false;  // a class that had no cell gets its row
+    });
     var bp = document.getElementById("blast-percent");
     if (bp && "blast_percent" in c) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
     var nr = document.getElementById("cells-reviewed"); if (nr && "n_cells_reviewed" in c) nr.textContent = c.n_cells_reviewed;

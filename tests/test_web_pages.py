@@ -228,3 +228,48 @@ def test_heat_map_is_computed_on_first_view_then_kept(web):
     assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["fields"][0]["heatmap_url"] == \
         first.headers["location"]
     assert client.get(f"/cases/{cid}/fields/999/heatmap").status_code == 404
+
+
+def test_one_percent_helper_never_rounds_up_to_certainty():
+    from leukodx.web.words import percent
+
+    assert [percent(p) for p in (0.9966, 0.995, 1.0, 0.994, 0.5, 0.004, 0.0, None)] == [
+        "> 99 %", "> 99 %", "100 %", "99 %", "50 %", "< 1 %", "0 %", "–"]
+    assert percent(0.9996, 1) == "> 99.9 %"
+
+
+def test_times_are_shown_in_the_lab_zone_naming_it():
+    from datetime import datetime
+
+    from leukodx.web.words import local_time, zone
+
+    tehran = zone("Asia/Tehran")
+    assert local_time(datetime(2026, 5, 2, 10, 0), tehran) == "2026-05-02 13:30 (Asia/Tehran)"  # naive = UTC
+    assert local_time("2026-05-02T10:00:00+00:00", tehran) == "2026-05-02 13:30 (Asia/Tehran)"
+    assert local_time(None, tehran) == "–"
+
+
+def test_gallery_crops_share_one_micrometre_scale(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from leukodx.web import gallery
+
+    cells = [{"area_px": 400, "area_um2": 400 * 0.25 ** 2}, {"area_px": 100, "area_um2": None}]
+    assert abs(gallery.um_per_px(cells) - 0.25) < 1e-9
+    assert gallery.um_per_px([], {"um_per_px": 0.1}) == 0.1 and gallery.um_per_px([], {}) is None
+    # 24 um is 96 px at 0.25 um/px and 48 px at 0.5 um/px: both drawn at 120 px, centred on the cell's box
+    l0, t0, r0, b0 = gallery.crop_box((100, 100, 120, 140), 0.25)
+    l1, t1, r1, b1 = gallery.crop_box((100, 100, 120, 140), 0.5)
+    assert (r0 - l0, r1 - l1) == (96, 48) and (l0 + r0) / 2 == 120 and (t0 + b0) / 2 == 110
+    assert gallery.crop_box((0, 0, 10, 10), None)[2] - gallery.crop_box((0, 0, 10, 10), None)[0] == gallery.CROP_PX
+    path = tmp_path / "field.png"
+    Image.fromarray(np.full((200, 300, 3), 180, np.uint8)).save(path)
+    for scale in (0.25, 0.5, None):  # near the edge: grey beyond it, never an error
+        png = gallery.crop_png(path, [0, 0, 12, 12], scale)
+        im = Image.open(io.BytesIO(png))
+        assert im.size == (gallery.CROP_PX, gallery.CROP_PX)
+        bar = np.asarray(im.convert("RGB"))[gallery.CROP_PX - 9, 6:6 + 25]
+        assert (bar == 255).all() == (scale is not None)  # the 5 um bar only where the scale is known

@@ -1,4 +1,5 @@
-"""The leukocytes of a case: what is stored per cell, the differential count and blast percentage, and cell crops.
+"""The leukocytes of a case: what is stored per cell, the differential count and blast percentage (the gallery's
+crops are leukodx.web.gallery).
 
 The vocabulary is the inference layer's (leukodx.inference.cell_classes). Per cell the web app keeps the AI's
 suggestion (`ai_label`, `ai_confidence`: None until a cell-level model gives one) and the reviewer's class
@@ -14,11 +15,8 @@ None when no cell is counted.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from collections.abc import Iterable
-from functools import lru_cache
-from pathlib import Path
 
 from leukodx.inference.cell_classes import (
     AI_CELL_CLASSES,
@@ -95,37 +93,3 @@ def cell_summary(fields_cells: Iterable[list[dict]]) -> dict:
         "differential": rev,
         "blast_percent": blast_percent(rev),
     }
-
-
-def crop_box(bbox: list[int] | tuple[int, ...], width: int, height: int, margin: float = 0.35,
-             min_margin: int = 6) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of a cell's crop: its box (row0, col0, row1, col1) grown by `margin` of its
-    longer side on every side, inside the image."""
-    r0, c0, r1, c1 = (int(v) for v in bbox)
-    pad = max(min_margin, round(margin * max(r1 - r0, c1 - c0)))
-    return max(0, c0 - pad), max(0, r0 - pad), min(width, c1 + pad), min(height, r1 + pad)
-
-
-@lru_cache(maxsize=4096)
-def _crop(path: str, mtime_ns: int, bbox: tuple[int, int, int, int], side: int) -> bytes:
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        im = opened.convert("RGB")
-    box = crop_box(bbox, im.width, im.height)
-    if box[2] <= box[0] or box[3] <= box[1]:
-        box = (0, 0, min(im.width, 8), min(im.height, 8))
-    crop = im.crop(box)
-    scale = side / max(crop.size)
-    if scale < 1 or max(crop.size) < side // 2:
-        crop = crop.resize((max(1, round(crop.width * scale)), max(1, round(crop.height * scale))),
-                           Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    crop.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def crop_png(path: Path, bbox: list[int], side: int = 128) -> bytes:
-    """A PNG of one cell cut from the stored field image (cached in memory per image file and box)."""
-    r0, c0, r1, c1 = (int(v) for v in bbox)
-    return _crop(str(path), path.stat().st_mtime_ns, (r0, c0, r1, c1), side)

@@ -82,7 +82,7 @@ def fields(tmp: Path, walkthrough: bool) -> list[Path]:
     return out
 
 
-def small_png(png: bytes, path: Path, width: int = 1100) -> None:
+def small_png(png: bytes, path: Path, width: int = 900) -> None:
     """A screenshot, scaled to at most `width` pixels and reduced to 256 colours (small files)."""
     from PIL import Image
 
@@ -275,6 +275,7 @@ def main() -> None:
         cells.first.press("n")
         expect(page.locator("#gallery-status")).to_contain_text("saved as")
         page.goto(case_url + "#amendments")
+        page.reload()  # the same page with another fragment: load it again
         facts["amendments"] = page.locator("#amendments table.changes tbody tr").all_inner_texts()
         shot(page, "11-amendments", page.locator("#amendments"))
 

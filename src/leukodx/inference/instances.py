@@ -18,6 +18,8 @@ Example::
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -221,22 +223,39 @@ def reference_components(mask, min_area: int = MIN_AREA, max_hole: int = MAX_HOL
     return int(ndi.label(m, structure=_EIGHT)[1])
 
 
+@lru_cache(maxsize=8)
+def _pixel_indices(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every pixel of an h x w image in raster order, as float64 (read-only)."""
+    rows = np.repeat(np.arange(h, dtype=np.float64), w)
+    cols = np.tile(np.arange(w, dtype=np.float64), h)
+    rows.flags.writeable = False
+    cols.flags.writeable = False
+    return rows, cols
+
+
 def cells_from_labels(lab: np.ndarray) -> list[CellInstance]:
-    """CellInstance per label 1..K of an instance image (area, centroid (row, col), bbox (r0, c0, r1, c1))."""
+    """CellInstance per label 1..K of an instance image (area, centroid (row, col), bbox (r0, c0, r1, c1)).
+
+    The centroids are sums of row and column indices over counts, in the order of the pixels, as
+    `scipy.ndimage.center_of_mass` computes them (bit for bit), with one `bincount` per axis."""
     n = int(lab.max()) if lab.size else 0
     if n == 0:
         return []
-    idx = np.arange(1, n + 1)
-    areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    cents = ndi.center_of_mass(np.ones_like(lab, dtype=np.uint8), lab, idx)
+    flat = lab.ravel()
+    areas = np.bincount(flat, minlength=n + 1)
+    rows, cols = _pixel_indices(*lab.shape)
+    norm = areas.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cr = np.bincount(flat, rows, minlength=n + 1) / norm
+        cc = np.bincount(flat, cols, minlength=n + 1) / norm
     objs = ndi.find_objects(lab)
     cells: list[CellInstance] = []
-    for k in range(n):
-        if areas[k] == 0 or objs[k] is None:
+    for k in range(1, n + 1):
+        sl = objs[k - 1]
+        if areas[k] == 0 or sl is None:
             continue
-        sl = objs[k]
         cells.append(CellInstance(id=len(cells) + 1, area_px=int(areas[k]),
-                                  centroid=(round(float(cents[k][0]), 2), round(float(cents[k][1]), 2)),
+                                  centroid=(round(float(cr[k]), 2), round(float(cc[k]), 2)),
                                   bbox=(sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)))
     return cells
 
@@ -253,7 +272,10 @@ def _renumber(lab: np.ndarray) -> np.ndarray:
 
 def _split_per_component(mask: np.ndarray, base: dict | None, at_reference: bool = False) -> np.ndarray:
     """`split_instances` with its parameters scaled to the mask (as they are with `at_reference`), run on each
-    connected component's padded bounding box: the same cells (the split is local to a component), faster."""
+    connected component's padded bounding box: the same cells (the split is local to a component), faster.
+
+    The components are split together (`_split_crops`: one canvas, one call per operation), with the result of
+    one `split_instances` call per component, bit for bit (tests/test_instances_batched.py checks it)."""
     b = {**DEFAULT_PARAMS, **(base or {})}
     params = scaled_params((b["reference_side"],) * 2, base=base) if at_reference else scaled_params(mask.shape,
                                                                                                        base=base)
@@ -261,20 +283,202 @@ def _split_per_component(mask: np.ndarray, base: dict | None, at_reference: bool
     comp, n = ndi.label(mask, structure=_EIGHT)
     out = np.zeros(mask.shape, np.int32)
     h, w = mask.shape
-    pad, next_id = 2, 0
+    pad = 2
+    crops: list[tuple[int, int, int, int, int]] = []
     for k, sl in enumerate(ndi.find_objects(comp), start=1):
         if sl is None or (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) < params["min_area"]:
             continue  # even with its holes filled it stays under the minimum cell area
-        y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, h)
-        x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, w)
-        lab, _ = split_instances(comp[y0:y1, x0:x1] == k, **params)
-        if lab.max() == 0:
+        crops.append((k, max(sl[0].start - pad, 0), min(sl[0].stop + pad, h), max(sl[1].start - pad, 0),
+                      min(sl[1].stop + pad, w)))
+    next_id = 0
+    for (_, y0, y1, x0, x1), lab in zip(crops, _split_crops(comp, crops, params), strict=True):
+        top = int(lab.max()) if lab.size else 0
+        if top == 0:
             continue
         view = out[y0:y1, x0:x1]
         fg = lab > 0
         view[fg] = lab[fg] + next_id
-        next_id += int(lab.max())
+        next_id += top
     return out
+
+
+MIRROR = 24  # px: a crop side on the field's edge is mirrored this far on the canvas (the smoothing's reflection)
+GAP = 2  # px of background between the crops on the canvas, beyond their own 2-px frame
+
+
+def _split_crops(comp: np.ndarray, crops: list[tuple[int, int, int, int, int]], params: dict) -> list[np.ndarray]:
+    """`split_instances(comp[y0:y1, x0:x1] == k, **params)[0]` for every crop (k, y0, y1, x0, x1), computed on one
+    canvas that holds all crops apart from each other.
+
+    Why the canvas gives the same numbers as one crop at a time:
+    - every crop side inside the field has a 2-px frame of background, and the canvas adds GAP more: hole
+      filling, speck removal and labels see the same objects; the distance transform finds the same nearest
+      background; the Gaussian (radius 4 px), which reflects at a crop's border, reads the frame's zeros there
+      and reads zeros on the canvas;
+    - a crop side on the field's edge has no frame: there the crop is mirrored MIRROR px onto the canvas (the
+      Gaussian's reflection; a mirrored background pixel is never nearer than its original), and a crop whose
+      distances reach MIRROR - 4 px, where the mirror could end too soon, is split on its own instead;
+    - the h-maxima reconstruction: from another crop a value can only arrive through background (0), and a crop
+      whose peak stands more than `h` above 0 has no reconstruction value below 0; a lower crop is split on
+      its own;
+    - a crop with one marker (or none, when the whole crop becomes the marker) is one cell: the watershed
+      floods its one connected object; crops with several markers run the rest of `split_instances` (marker
+      merging, watershed, small-piece merging, numbering) on their own pixels, as before."""
+    if not crops:
+        return []
+    min_area, min_distance, hh, max_hole = (params["min_area"], params["min_distance"], params["h"],
+                                            params["max_hole"])
+    if hh <= 0:
+        return [split_instances(comp[y0:y1, x0:x1] == k, min_area, min_distance, hh, max_hole)[0]
+                for k, y0, y1, x0, x1 in crops]
+    fh, fw = comp.shape
+    # canvas layout: one row of slots; per side a margin of MIRROR (field edge) or GAP (frame side)
+    slots = []
+    x = GAP
+    height = 0
+    for k, y0, y1, x0, x1 in crops:
+        edge = (y0 == 0, y1 == fh, x0 == 0, x1 == fw)  # top, bottom, left, right on the field's edge
+        mt, mb, ml, mr = (MIRROR if e else GAP for e in edge)
+        cy, cx = GAP + mt, x + ml
+        slots.append((k, y0, y1, x0, x1, cy, cx, edge, (mt, mb, ml, mr)))
+        x = cx + (x1 - x0) + mr + GAP
+        height = max(height, GAP + mt + (y1 - y0) + mb + GAP)
+    canvas = np.zeros((height, x), bool)
+    for k, y0, y1, x0, x1, cy, cx, _, _ in slots:
+        canvas[cy:cy + y1 - y0, cx:cx + x1 - x0] = comp[y0:y1, x0:x1] == k
+    clean = clean_mask(canvas, min_area, max_hole)  # the canvas's border is one background piece with every gap
+    # the distance transform and its smoothing, with the mirrored field edges
+    mirrored = clean.copy()
+    for _k, y0, y1, x0, x1, cy, cx, edge, (mt, mb, ml, mr) in slots:
+        if any(edge):
+            pads = ((mt if edge[0] else 0, mb if edge[1] else 0), (ml if edge[2] else 0, mr if edge[3] else 0))
+            block = np.pad(clean[cy:cy + y1 - y0, cx:cx + x1 - x0], pads, mode="symmetric")
+            mirrored[cy - pads[0][0]:cy + y1 - y0 + pads[0][1], cx - pads[1][0]:cx + x1 - x0 + pads[1][1]] = block
+    dist = ndi.distance_transform_edt(mirrored)
+    smooth = ndi.gaussian_filter(dist, 1.0) * clean
+    out: list[np.ndarray | None] = [None] * len(slots)
+    together = []
+    for i, (k, y0, y1, x0, x1, cy, cx, edge, _) in enumerate(slots):
+        sl = (slice(cy, cy + y1 - y0), slice(cx, cx + x1 - x0))
+        m = clean[sl]
+        if not m.any():
+            out[i] = np.zeros(m.shape, np.int32)
+            continue
+        peak = float(smooth[sl].max())
+        if peak <= hh + 1e-9 or (any(edge) and float(dist[sl][m].max()) >= MIRROR - 4):
+            out[i] = split_instances(comp[y0:y1, x0:x1] == k, min_area, min_distance, hh, max_hole)[0]
+            continue
+        together.append(i)
+    if together:
+        # the h-maxima on a tight canvas of these crops alone, 1 px of background between them
+        width = sum(slots[i][4] - slots[i][3] + 1 for i in together) - 1
+        tight = np.zeros((max(slots[i][2] - slots[i][1] for i in together), width), np.float64)
+        tight_mask = np.zeros(tight.shape, bool)
+        places = []
+        x = 0
+        for i in together:
+            k, y0, y1, x0, x1, cy, cx, _, _ = slots[i]
+            sl = (slice(cy, cy + y1 - y0), slice(cx, cx + x1 - x0))
+            tight[:y1 - y0, x:x + x1 - x0] = smooth[sl]
+            tight_mask[:y1 - y0, x:x + x1 - x0] = clean[sl]
+            places.append((i, sl, (slice(0, y1 - y0), slice(x, x + x1 - x0))))
+            x += x1 - x0 + 1
+        markers, _ = ndi.label(h_maxima_fast(tight, hh).astype(bool) & tight_mask, structure=_EIGHT)
+        for i, sl, tsl in places:
+            m = clean[sl]
+            mk = markers[tsl]
+            ids = np.unique(mk)
+            ids = ids[ids > 0]
+            if len(ids) <= 1:  # one cell: the component itself
+                out[i] = m.astype(np.int32)
+                continue
+            lut = np.zeros(int(ids[-1]) + 1, np.int32)
+            lut[ids] = np.arange(1, len(ids) + 1, dtype=np.int32)
+            out[i] = _split_marked(m, smooth[sl], lut[mk], len(ids), min_area, min_distance)
+    return [o if o is not None else np.zeros((1, 1), np.int32) for o in out]
+
+
+def _split_marked(m: np.ndarray, smooth: np.ndarray, markers: np.ndarray, n: int, min_area: int,
+                  min_distance: float) -> np.ndarray:
+    """The end of `split_instances` for one object with its h-maxima markers (1..n, n >= 2, raster order)."""
+    from skimage.segmentation import watershed
+
+    markers = _merge_close_markers(markers, n, smooth, min_distance)
+    ws = watershed(-smooth, markers, mask=m, connectivity=2)
+    ws = _merge_small_pieces(ws.astype(np.int64), min_area)
+    _, first = np.unique(ws.ravel(), return_index=True)
+    old = np.unique(ws.ravel())
+    order = [o for _, o in sorted(zip(first, old, strict=True)) if o != 0]
+    lut = np.zeros(int(ws.max()) + 1, np.int32)
+    lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return lut[ws]
+
+
+def h_maxima_fast(image: np.ndarray, h: float) -> np.ndarray:
+    """`skimage.morphology.h_maxima(image, h)` for a float64 image >= 0 with h > 0, the same pixels, sorting only
+    the pixels that are neither 0 nor the lowest seed (on a mostly empty canvas: a small part of it). The
+    reconstruction is skimage's own loop (`reconstruction_loop`), given the values in ascending order; the
+    order among equal values does not change a reconstruction."""
+    try:  # skimage's compiled loop (a private module: if a skimage release moves it, the public function)
+        from skimage.morphology._grayreconstruct import (  # type: ignore[import-not-found]
+            reconstruction_loop,
+        )
+    except ImportError:  # pragma: no cover - depends on the installed skimage
+        from skimage.morphology import h_maxima
+
+        return h_maxima(image, h)
+    image = np.asarray(image, dtype=np.float64)
+    if h > np.ptp(image):
+        return np.zeros(image.shape, dtype=np.uint8)
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    seed = image - h - resolution
+    hh, ww = image.shape
+    pad_value = np.min(seed)
+    images = np.full((2, hh + 2, ww + 2), pad_value, dtype=np.float64)
+    images[0, 1:-1, 1:-1] = seed
+    images[1, 1:-1, 1:-1] = image
+    isize = images.size
+    signed = np.result_type(np.min_scalar_type(-isize), np.int32)
+    unsigned = np.dtype(signed.char.upper())
+    stride = ww + 2
+    nb_strides = np.array([-stride - 1, -stride, -stride + 1, -1, 1, stride - 1, stride, stride + 1], signed)
+    image_stride = isize // 2
+    flat = images.reshape(-1)
+    low = flat == pad_value
+    zero = (flat == 0.0) & ~low
+    rest = np.flatnonzero(~(low | zero))
+    rest = rest[np.argsort(flat[rest])]
+    rv = flat[rest]
+    cut = int(np.searchsorted(rv, 0.0))
+    # ranks with ties equal, as skimage's rank_order: the lowest seed 0, then the values below 0, 0, above 0
+    step = np.empty(len(rv), unsigned)
+    if len(rv):
+        step[0] = 1
+        np.not_equal(rv[1:], rv[:-1], out=step[1:], casting="unsafe")
+    has_zero = bool(zero.any())
+    if cut < len(rv):
+        step[cut] = 1 + int(has_zero)
+    rank_rest = np.cumsum(step, dtype=unsigned)
+    zero_rank = (int(rank_rest[cut - 1]) if cut else 0) + 1
+    value_rank = np.zeros(isize, unsigned)
+    value_rank[rest] = rank_rest
+    value_rank[zero] = zero_rank
+    value_map = np.empty(max(int(rank_rest[-1]) if len(rv) else 0, zero_rank) + 1, np.float64)
+    value_map[0] = pad_value
+    value_map[rank_rest] = rv
+    if has_zero:
+        value_map[zero_rank] = 0.0
+    order = np.concatenate([np.flatnonzero(low), rest[:cut], np.flatnonzero(zero), rest[cut:]]).astype(signed)
+    index_sorted = order[::-1]
+    prev = np.empty(isize, signed)
+    nxt = np.empty(isize, signed)
+    prev[index_sorted[0]] = -1
+    prev[index_sorted[1:]] = index_sorted[:-1]
+    nxt[index_sorted[-1]] = -1
+    nxt[index_sorted[:-1]] = index_sorted[1:]
+    reconstruction_loop(value_rank, prev, nxt, nb_strides, index_sorted[0], image_stride)
+    rec = value_map[value_rank[:image_stride]].reshape(hh + 2, ww + 2)[1:-1, 1:-1]
+    return ((image - rec) >= h).astype(np.uint8)
 
 
 def field_cells(mask: np.ndarray, base: dict | None = None, at_reference: bool = False
@@ -300,17 +504,20 @@ def field_cells(mask: np.ndarray, base: dict | None = None, at_reference: bool =
     return lab, cells_from_labels(lab)
 
 
-def keep_nucleated(labels: np.ndarray, nucleus: np.ndarray, min_fraction: float
-                   ) -> tuple[np.ndarray, list[CellInstance]]:
+def keep_nucleated(labels: np.ndarray, nucleus: np.ndarray, min_fraction: float,
+                   cells: list[CellInstance] | None = None) -> tuple[np.ndarray, list[CellInstance]]:
     """Only the cells whose nucleus covers at least `min_fraction` of them (every leukocyte has a nucleus; a red
-    cell's rim, a platelet clump or a smudge of background has none), renumbered 1..K."""
+    cell's rim, a platelet clump or a smudge of background has none), renumbered 1..K. `cells`: the cells of
+    `labels` when known (`field_cells` gives them), returned as they are when every cell stays."""
     n = int(labels.max()) if labels.size else 0
     if n == 0 or min_fraction <= 0:
-        return labels, cells_from_labels(labels)
+        return labels, cells if cells is not None else cells_from_labels(labels)
     area = np.bincount(labels.ravel(), minlength=n + 1)
     nuc = np.bincount(labels[nucleus], minlength=n + 1)
     keep = nuc >= min_fraction * np.maximum(area, 1)
     keep[0] = False
+    if cells is not None and keep[1:].all():
+        return labels, cells
     lut = np.zeros(n + 1, np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1)
     out = lut[labels]

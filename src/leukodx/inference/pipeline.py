@@ -197,7 +197,8 @@ class SegmenterStage:
             work_nucleus = None
             if self.has_nucleus:
                 work_nucleus = m[self.outputs.index("nucleus")][:vh, :vw] > self.mask_threshold
-                work_labels, work_cells = keep_nucleated(work_labels, work_nucleus, self.min_nucleus_fraction)
+                work_labels, work_cells = keep_nucleated(work_labels, work_nucleus, self.min_nucleus_fraction,
+                                                         work_cells)
                 work_mask = work_labels > 0
             if f.prep.factor == 1.0:
                 r.mask, r.instances, r.cells = work_mask, work_labels, work_cells

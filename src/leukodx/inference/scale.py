@@ -24,6 +24,7 @@ a model was trained at) and the ranges of `field_scale` are the model config's `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -77,29 +78,57 @@ def _voters(grey: np.ndarray):
             (gx.ravel()[idx] / m).astype(np.float32))
 
 
-def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Per radius r (rows of dy, dx): how concentrated the votes are, as the sum of squared vote counts per bin
-    (bins BIN_FRACTION * r wide) over the number of votes and the outline length 2 pi r; the mean of two bin
-    grids offset by half a bin. All radii in one bincount; votes off the image land in a border bin that is
-    not counted."""
-    inv = (1.0 / (BIN_FRACTION * radii)).astype(np.float32)[:, None]
+@lru_cache(maxsize=64)
+def _bins(radii: bytes, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The vote-bin grids of `_concentration` for radii (float64 bytes) on an h x w image: 1 / bin size, rows
+    and columns of each grid, each grid's start in one flat array, and which flat bins are a grid's border
+    (read-only; the same for every field of one size)."""
+    r = np.frombuffer(radii, dtype=np.float64)
+    inv = (1.0 / (BIN_FRACTION * r)).astype(np.float32)[:, None]
     nh = np.ceil(h * inv[:, 0]).astype(np.int64) + 4
     nw = np.ceil(w * inv[:, 0]).astype(np.int64) + 4
     sizes = nh * nw
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    total = np.zeros(len(radii))
-    py, px = (ys + dy) * inv, (xs + dx) * inv
     border = np.zeros(int(sizes.sum()), bool)
-    for k in range(len(radii)):
+    for k in range(len(r)):
         blk = border[starts[k]:starts[k] + sizes[k]].reshape(nh[k], nw[k])
         blk[0], blk[-1], blk[:, 0], blk[:, -1] = True, True, True, True
+    for a in (inv, nh, nw, starts, border):
+        a.flags.writeable = False
+    return inv, nh, nw, starts, border
+
+
+def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Per radius r (rows of dy, dx): how concentrated the votes are, as the sum of squared vote counts per bin
+    (bins BIN_FRACTION * r wide) over the number of votes and the outline length 2 pi r; the mean of two bin
+    grids offset by half a bin. All radii in one bincount; votes off the image land in a border bin that is
+    not counted. (The counts are integers: squared and summed as int64 they are the float64 sums exactly.)"""
+    radii = np.ascontiguousarray(radii, dtype=np.float64)
+    inv, nh, nw, starts, border = _bins(radii.tobytes(), h, w)
+    total = np.zeros(len(radii))
+    py, px = (ys + dy) * inv, (xs + dx) * inv
+    top_y = (nh - 1)[:, None].astype(np.float32)
+    top_x = (nw - 1)[:, None].astype(np.float32)
+    nw32 = nw[:, None].astype(np.int32)
+    st32 = starts[:, None].astype(np.int32)
+    n_bins = len(border)
+    by = np.empty(py.shape, np.float32)
+    bx = np.empty(px.shape, np.float32)
     for off in (1.0, 1.5):
-        cy = np.clip(py + off, 0, (nh - 1)[:, None].astype(np.float32)).astype(np.int32)
-        cx = np.clip(px + off, 0, (nw - 1)[:, None].astype(np.float32)).astype(np.int32)
-        flat = (cy * nw[:, None].astype(np.int32) + cx + starts[:, None].astype(np.int32)).ravel()
-        m = np.bincount(flat, minlength=int(sizes.sum())).astype(np.float64)
-        m[border] = 0.0
-        total += np.add.reduceat(m * m, starts)
+        np.add(py, off, out=by)
+        np.maximum(by, 0, out=by)
+        np.minimum(by, top_y, out=by)
+        np.add(px, off, out=bx)
+        np.maximum(bx, 0, out=bx)
+        np.minimum(bx, top_x, out=bx)
+        flat = by.astype(np.int32)
+        flat *= nw32
+        flat += bx.astype(np.int32)
+        flat += st32
+        m = np.bincount(flat.ravel(), minlength=n_bins)
+        m[border] = 0
+        m *= m
+        total += np.add.reduceat(m, starts)
     return total / 2 / max(ys.shape[-1], 1) / (2 * np.pi * radii)
 
 

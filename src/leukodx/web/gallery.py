@@ -50,12 +50,20 @@ def crop_box(bbox: list[int] | tuple[int, ...], scale_um_per_px: float | None,
     return cx - half, cy - half, cx + half, cy + half
 
 
+@lru_cache(maxsize=6)
+def _field_image(path: str, mtime_ns: int):
+    """The decoded field (a gallery asks for all of a field's cells at once: decode it once)."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return opened.convert("RGB")
+
+
 @lru_cache(maxsize=4096)
 def _crop(path: str, mtime_ns: int, bbox: tuple[int, int, int, int], scale: float | None, side: int) -> bytes:
     from PIL import Image, ImageDraw
 
-    with Image.open(path) as opened:
-        im = opened.convert("RGB")
+    im = _field_image(path, mtime_ns)
     left, top, right, bottom = (round(v) for v in crop_box(bbox, scale, side))
     canvas = Image.new("RGB", (max(1, right - left), max(1, bottom - top)), BACKGROUND)  # grey past the edges
     box = (max(0, left), max(0, top), min(im.width, right), min(im.height, bottom))

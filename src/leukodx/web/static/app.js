@@ -413,7 +413,14 @@
   var queue = [], running = 0, succeeded = 0, PARALLEL = 2;
   var KEEP = "leukodx-upload-problems-" + caseId;
 
-  function pct(x) { return Math.round(x * 100) + " %"; }
+  // as words.percent on the server: a probability under 1 is never "100 %", one above 0 never "0 %"
+  function pct(x) {
+    if (x === null || x === undefined || isNaN(x)) return "–";
+    var v = Math.round(x * 100);
+    if (x < 1 && v >= 100) return "> 99 %";
+    if (x > 0 && v <= 0) return "< 1 %";
+    return v + " %";
+  }
 
   // files that were not added stay listed, with their reasons, after the page reloads (until dismissed)
   function kept() { try { return JSON.parse(sessionStorage.getItem(KEEP) || "[]"); } catch (e) { return []; } }
@@ -492,8 +499,7 @@
         var body = JSON.parse(xhr.responseText), f = body.added[0];
         if (f) {
           job.ui.li.className = "done";
-          job.ui.state.textContent = "Done — AI suggests " + (f.label || "nothing (unreadable)") +
-            (f.label ? " (" + pct(f.confidence) + ")" : "") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
+          job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + pct(f.confidence) + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
           succeeded++;
         } else {
           fail(job.ui, (body.skipped[0] || {}).reason || "the image is already in this case.");

@@ -106,7 +106,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class CellClassifier:
     """A cell-type model directory on ONNX Runtime (see the module docstring). Create it with `load`."""
 
-    def __init__(self, model_dir: str | Path, config: ModelConfig, threads: int | None = None):
+    def __init__(self, model_dir: str | Path, config: ModelConfig, threads: int | None = None, engine: str = "onnx"):
         self.dir = Path(model_dir)
         self.config = config
         if config.task != "classify" or tuple(config.classes) != MODEL_CLASSES:
@@ -119,20 +119,24 @@ class CellClassifier:
         extra = (config.model_extra or {}).get("cells") or {}
         self.width_rbc = float(extra.get("crop_rbc", CROP_RBC))
         self.field_threshold = float(extra.get("field_threshold", DEFAULT_FIELD_THRESHOLD))
-        self.engine = load_engine(self.dir, config, "onnx", threads)
+        # "onnx-int8": model.int8.onnx where the directory has one (kept only when it loses <= 0.3 points)
+        self.engine = load_engine(self.dir, config, engine if engine in ("onnx", "onnx-int8") else "onnx", threads)
         self.source = str(self.dir)
-        self.n_runs = 0  # engine calls so far (one per field with cells)
+        self.n_runs = 0  # engine calls so far (one per batch of fields with cells)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, threads: int | None = None) -> CellClassifier:
-        """The model directory at `path` (config.json + model.onnx); default the bundled one."""
+    def load(cls, path: str | Path | None = None, threads: int | None = None, engine: str = "onnx"
+             ) -> CellClassifier:
+        """The model directory at `path` (config.json + model.onnx); default the bundled one. engine "onnx" or
+        "onnx-int8" (model.int8.onnx where it exists); any other (the PyTorch engine of the field models) runs
+        the ONNX file."""
         d = Path(path) if path is not None else _bundled_dir()
         if d.is_file():  # a file of the directory (config.json, model.onnx) names the directory
             d = d.parent
         if not d.is_dir() or not (d / "config.json").is_file():
             raise ModelError(f"The cell classifier {d} is missing (no model directory with config.json there).",
                              REBUILD)
-        return cls(d, read_model_config(d), threads)
+        return cls(d, read_model_config(d), threads, engine)
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N x classes) of N x H x W x 3 uint8 crops: one engine call."""
@@ -178,6 +182,28 @@ class CellClassifier:
             c.ai_label = name
             c.ai_confidence = round(float(q), 4)
         return p
+
+    def classify_many(self, fields: Sequence[tuple[np.ndarray, np.ndarray | None, list[CellInstance], float | None]]
+                      ) -> list[np.ndarray]:
+        """`classify` for several fields (rgb, labels, cells, rbc_diameter_px) with one engine call for all their
+        cells; returns the probabilities per field."""
+        if not fields:
+            return []
+        crops, counts = [], []
+        for rgb, labels, cells, d in fields:
+            if labels is not None and np.asarray(labels).shape != np.asarray(rgb).shape[:2]:
+                raise ValueError(f"rgb must be HxWx3 and labels HxW of the same size, got {np.asarray(rgb).shape} "
+                                 f"and {np.asarray(labels).shape}")
+            crops.append(self.crops(rgb, cells, d) if cells else np.zeros((0, *self.size, 3), np.uint8))
+            counts.append(len(cells))
+        p = self.predict_crops(np.concatenate(crops)) if sum(counts) else np.zeros((0, len(self.classes)))
+        out = np.split(p, np.cumsum(counts)[:-1])
+        for (_, _, cells, _), q in zip(fields, out, strict=True):
+            names, conf = self.answer(q)
+            for c, name, v in zip(cells, names, conf, strict=True):
+                c.ai_label = name
+                c.ai_confidence = round(float(v), 4)
+        return out
 
     @staticmethod
     def field_score(cells: Sequence[CellInstance]) -> float | None:

@@ -27,11 +27,21 @@ def register(app: typer.Typer) -> None:
                                         "relative to max(1, |logits|)."),
         n_calibration: int = typer.Option(200, "--n-calibration", help="Images used to calibrate int8."),
         n_eval: int = typer.Option(400, "--n-eval", help="Images used to compare int8 with fp32."),
+        int8_only: bool = typer.Option(False, "--int8-only", help="Quantise the directory's existing model.onnx "
+                                       "(no new fp32 export) and record the int8 verdict in its config.json."),
     ) -> None:
         """Export a model directory to ONNX ("image" -> "logits" [+ "features"], dynamic batch), verified
         against PyTorch; recorded in RUN/config.json when the file is written inside RUN."""
-        from leukodx.deploy.export import export_onnx
+        from leukodx.deploy.export import add_int8, export_onnx
 
+        if int8_only:
+            if calibration is None:
+                raise typer.BadParameter("--int8-only needs --calibration DATA.")
+            with console.status(f"quantising {model / 'model.onnx'} ..."):
+                rec8 = add_int8(model, calibration, eval_data=eval_data, split_csv=split, n_calibration=n_calibration,
+                             n_eval=n_eval)
+            _print_int8(rec8, model / "model.onnx")
+            return
         target = out or (model / "model.onnx")
         with console.status(f"exporting {model} to {target} ..."):
             rep = export_onnx(model, target, opset=opset, int8=int8, calibration=calibration,
@@ -43,11 +53,17 @@ def register(app: typer.Typer) -> None:
                       f"(tolerance {rep['tolerance']:.3g})")
         q = rep.get("int8")
         if q:
-            m = q["metric"]
-            verdict = "[green]kept[/]" if q["kept"] else "[yellow]not kept[/] (file removed)"
-            console.print(f"int8: {m} fp32 {q[f'{m}_fp32']:.2f} % vs int8 {q[f'{m}_int8']:.2f} % on {q['n_eval']} "
-                          f"images ({q['eval_data']}), drop {q['drop_points']:.2f} points "
-                          f"(limit {q['max_drop_points']}): {verdict}"
-                          + (f" -> {Path(target).parent / q['file']}" if q["kept"] else ""))
+            _print_int8(q, Path(target))
         if rep.get("recorded_in"):
             console.print(f"recorded in {rep['recorded_in']} under 'onnx'")
+
+
+def _print_int8(q: dict, target: Path) -> None:
+    m = q["metric"]
+    verdict = "[green]kept[/]" if q["kept"] else "[yellow]not kept[/] (file removed)"
+    speed = (f"; {q['int8_ms_batch1']:.1f} ms vs fp32 {q['fp32_ms_batch1']:.1f} ms a call"
+             if "int8_ms_batch1" in q else "")
+    console.print(f"int8: {m} fp32 {q[f'{m}_fp32']:.2f} % vs int8 {q[f'{m}_int8']:.2f} % on {q['n_eval']} "
+                  f"images ({q['eval_data']}), drop {q['drop_points']:.2f} points "
+                  f"(limit {q['max_drop_points']}){speed}: {verdict}"
+                  + (f" -> {target.parent / q['file']}" if q["kept"] else ""))

@@ -203,10 +203,132 @@ def _score_onnx(path: Path, samples, config: dict) -> float:
         d = Path(tmp)
         shutil.copyfile(path, d / "model.onnx")
         write_model_config(d, {k: v for k, v in config.items() if k != "onnx"})
+        for extra in ("ood_features.npz",):  # arrays config.json names (the OOD statistics of a classifier)
+            if (path.parent / extra).is_file():
+                shutil.copyfile(path.parent / extra, d / extra)
         em = load_models([d], engine="onnx")[0][0]
         if config["task"] == "classify":
             return 100.0 * evaluate_classifier(em, list(samples))["metrics"]["accuracy"]
         return 100.0 * (evaluate_segmenter(em, list(samples))["metrics"]["dice_global"] or 0.0)
+
+
+def float_nodes(path: str | Path) -> list[str]:
+    """The nodes int8 leaves in float:
+
+    - the per-image normalisation a leukodx model starts with (mean, variance, square root, division: its
+      `normalize` module, everything before the first convolution): quantised, the squares and the root lose
+      the image's contrast and the model collapses (the classifier fell to 25.8 % on validation);
+    - the shape arithmetic (TF-style "same" padding, resize targets: Shape -> Cast -> Div -> Ceil -> ...):
+      quantised, a pad comes out a pixel off (the segmenter's decoder then fails to concatenate).
+    """
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    out = []
+    for n in g.node:
+        if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            break
+        out.append(n.name)
+    static = {i.name for i in g.initializer}
+    for n in g.node:
+        if n.op_type in ("Shape", "Constant", "ConstantOfShape", "Size") or (
+                n.input and all(i in static or i == "" for i in n.input)):
+            static.update(n.output)
+            out.append(n.name)
+    return sorted(set(out))
+
+
+def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax") -> None:
+    """Static int8 of one ONNX file (QDQ, weights per channel and symmetric, activations uint8 from min/max
+    ranges over `batches`, each an N x 3 x H x W float32 input; method "percentile": the 0.01-99.99th
+    percentiles instead), the per-image normalisation and the shape arithmetic left in float (`float_nodes`)."""
+    import logging
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(batches)
+
+        def get_next(self):
+            nxt = next(self._it, None)
+            return None if nxt is None else {INPUT_NAME: np.ascontiguousarray(nxt, dtype=np.float32)}
+
+    pre = out.with_name(out.name + ".pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = fp32_path
+            try:  # shape inference + graph optimisation, as ONNX Runtime recommends before quantising
+                import contextlib
+                import tempfile
+
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                # where symbolic shape inference gives up it leaves debug files in the working directory
+                with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+                    quant_pre_process(str(Path(fp32_path).resolve()), str(pre.resolve()))
+                source = pre
+            except Exception:  # noqa: BLE001 - optional step
+                pass
+            quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=float_nodes(source),
+                            calibrate_method=(CalibrationMethod.Percentile if method == "percentile"
+                                              else CalibrationMethod.MinMax),
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                           "CalibPercentile": 99.99})
+    finally:
+        root.setLevel(level)
+        pre.unlink(missing_ok=True)
+
+
+def int8_speed(fp32_path: Path, int8_path: Path, size, threads: int | None = 2, n: int = 40,
+               batch: int = 1) -> dict:
+    """Median time of one call of each file on the same input (batch x 3 x size), interleaved call by call so
+    that load from other processes hits both alike; int8 is kept only when it is also faster."""
+    x = np.random.default_rng(0).uniform(0, 255, (batch, 3, *size)).astype(np.float32)
+    sessions = [_ort_session(p, threads) for p in (fp32_path, int8_path)]
+    times: list[list[float]] = [[], []]
+    for s in sessions:
+        for _ in range(3):
+            s.run(None, {INPUT_NAME: x})
+    for _ in range(n):
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            s.run(None, {INPUT_NAME: x})
+            times[i].append((time.perf_counter() - t0) * 1000)
+    f, q = (float(np.median(t)) for t in times)
+    return {"fp32_ms_batch1": round(f, 3), "int8_ms_batch1": round(q, 3), "int8_speedup": round(f / q, 2),
+            "int8_faster": bool(q < f), "speed_threads": threads}
+
+
+def add_int8(model_dir: str | Path, calibration: str | Path, *, eval_data: str | Path | None = None,
+             split_csv: str | Path | None = None, n_calibration: int = 200, n_eval: int = 400) -> dict:
+    """int8 for a model directory's existing model.onnx (no new fp32 export): quantised, judged (accuracy or
+    Dice on validation, and speed) and, when kept, recorded in config.json under onnx.int8 beside the file."""
+    from leukodx.models.checkpoint import read_config
+    from leukodx.models.model_config import update_model_config
+
+    d = Path(model_dir)
+    if not (d / "model.onnx").is_file():
+        raise ModelError(f"{d} has no model.onnx to quantise.", f"Export it first: leukodx export onnx --model {d}")
+    config = read_config(d)
+    rec = quantize_int8(d / "model.onnx", config, calibration, eval_data, n_calibration, n_eval,
+                        split_csv=split_csv, model_dir=d)
+    onnx_rec = dict(config.get("onnx") or {})
+    onnx_rec["int8"] = rec
+    update_model_config(d, onnx=onnx_rec)
+    return rec
 
 
 def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
@@ -214,8 +336,6 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
                   split_csv: str | Path | None = None, model_dir: str | Path | None = None) -> dict:
     """Static int8 quantisation (QDQ, per-channel) calibrated on real images; kept only when accuracy
     (classification) or Dice (segmentation) drops by at most 0.3 points against fp32 on held-out images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     task = config["task"]
     h, w = config["input_size"]
     items = _dataset_items(calibration, config)
@@ -245,50 +365,22 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
         eval_items = items[half:half + n_eval]
         eval_source = f"held-out part of {calibration}"
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(calib_items)
-
-        def get_next(self):
-            nxt = next(self._it, None)
-            return None if nxt is None else {INPUT_NAME: _prep(nxt.image, h, w)[None]}
-
     out = fp32_path.with_name(INT8_FILE) if fp32_path.name == "model.onnx" else fp32_path.with_suffix(".int8.onnx")
     t0 = time.perf_counter()
-    import logging
-
-    pre = out.with_name(out.name + ".pre.onnx")
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs advice through the root logger
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            source = fp32_path
-            try:  # shape inference + graph optimisation, as ONNX Runtime recommends before quantising
-                from onnxruntime.quantization.shape_inference import quant_pre_process
-
-                quant_pre_process(str(fp32_path), str(pre))
-                source = pre
-            except Exception:  # noqa: BLE001 - optional step
-                pass
-            quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
-        pre.unlink(missing_ok=True)
+    quantize_file(fp32_path, out, (_prep(it.image, h, w)[None] for it in calib_items))
     stamp_metadata(out, fp32_path.parent if model_dir is None else Path(model_dir), config)
     metric = "accuracy" if task == "classify" else "dice"
     fp32 = _score_onnx(fp32_path, eval_items, config)
     q = _score_onnx(out, eval_items, config)
     drop = fp32 - q
-    kept = bool(drop <= INT8_MAX_DROP_POINTS)
+    speed = int8_speed(fp32_path, out, (h, w))
+    kept = bool(drop <= INT8_MAX_DROP_POINTS and speed["int8_faster"])
     rec = {
         "file": out.name, "kept": kept, "metric": metric, f"{metric}_fp32": round(fp32, 3),
         f"{metric}_int8": round(q, 3), "drop_points": round(drop, 3), "max_drop_points": INT8_MAX_DROP_POINTS,
         "n_calibration": len(calib_items), "n_eval": len(eval_items), "eval_data": eval_source,
         "calibration_data": str(calibration), "quant_format": "QDQ", "per_channel": True,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(time.perf_counter() - t0, 1), **speed,
     }
     if kept:
         rec["sha256"] = file_sha256(out)

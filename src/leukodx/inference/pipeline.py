@@ -163,13 +163,20 @@ class SegmenterStage:
     def has_nucleus(self) -> bool:
         return "nucleus" in self.outputs
 
-    def maps(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None
-             ) -> list[np.ndarray]:
+    def maps(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None,
+             tiles: Sequence[Sequence[np.ndarray]] | None = None) -> list[np.ndarray]:
         """Probabilities C x H x W per image (channels as `outputs`), at the image's own size (tiles stitched
         back, overlaps averaged). `boxes`: the windows per image (the pipeline passes its working images'
-        windows); by default tiles of each image's short side, the images taken as they are (no red-cell scale)."""
-        tiles, owner, boxes = tiling.cut_tiles(rgbs, self.size, boxes)
-        logits = self.engine.run(tiling.to_batch(tiles))["logits"]
+        windows); by default tiles of each image's short side, the images taken as they are (no red-cell scale).
+        `tiles`: those windows already cut and resized to this model's input (the classifier's, when its input
+        size is the same), per image."""
+        if tiles is not None and boxes is not None:
+            flat = [t for ts in tiles for t in ts]
+            owner = np.repeat(np.arange(len(tiles)), [len(ts) for ts in tiles])
+            boxes = list(boxes)
+        else:
+            flat, owner, boxes = tiling.cut_tiles(rgbs, self.size, boxes)
+        logits = self.engine.run(tiling.to_batch(flat))["logits"]
         prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float32)))
         return [np.stack([tiling.stitch(prob[owner == fi, c], boxes[fi], *rgb.shape[:2])
                           for c in range(prob.shape[1])]) for fi, rgb in enumerate(rgbs)]
@@ -183,7 +190,10 @@ class SegmenterStage:
         from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
         t0 = time.perf_counter()
-        maps = self.maps([f.rgb for f in fields], [f.boxes for f in fields])
+        same = all(f.tiles and len(f.tiles) == len(f.boxes) and f.tiles[0].shape[:2] == tuple(self.size)
+                   for f in fields)  # the classifier's inputs are this model's inputs too
+        maps = self.maps([f.rgb for f in fields], [f.boxes for f in fields],
+                         [f.tiles for f in fields] if same else None)
         dt = (time.perf_counter() - t0) * 1000 / len(fields)
         for f, m in zip(fields, maps, strict=True):
             p = m[0]

@@ -109,8 +109,8 @@ def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndar
     py, px = (ys + dy) * inv, (xs + dx) * inv
     top_y = (nh - 1)[:, None].astype(np.float32)
     top_x = (nw - 1)[:, None].astype(np.float32)
-    nw32 = nw[:, None].astype(np.int32)
-    st32 = starts[:, None].astype(np.int32)
+    nw_i = nw[:, None].astype(np.intp)  # bin indices as intp, the type bincount counts in (no copy)
+    st_i = starts[:, None].astype(np.intp)
     n_bins = len(border)
     by = np.empty(py.shape, np.float32)
     bx = np.empty(px.shape, np.float32)
@@ -121,10 +121,10 @@ def _concentration(ys, xs, dy, dx, radii: np.ndarray, h: int, w: int) -> np.ndar
         np.add(px, off, out=bx)
         np.maximum(bx, 0, out=bx)
         np.minimum(bx, top_x, out=bx)
-        flat = by.astype(np.int32)
-        flat *= nw32
-        flat += bx.astype(np.int32)
-        flat += st32
+        flat = by.astype(np.intp)
+        flat *= nw_i
+        flat += bx.astype(np.intp)
+        flat += st_i
         m = np.bincount(flat.ravel(), minlength=n_bins)
         m[border] = 0
         m *= m

@@ -242,12 +242,14 @@ def cells_from_labels(lab: np.ndarray) -> list[CellInstance]:
     if n == 0:
         return []
     flat = lab.ravel()
-    areas = np.bincount(flat, minlength=n + 1)
+    fg = np.flatnonzero(flat)  # the labelled pixels in raster order: the same sums per label, in the same order
+    ids = flat[fg]
+    areas = np.bincount(ids, minlength=n + 1)
     rows, cols = _pixel_indices(*lab.shape)
     norm = areas.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cr = np.bincount(flat, rows, minlength=n + 1) / norm
-        cc = np.bincount(flat, cols, minlength=n + 1) / norm
+        cr = np.bincount(ids, rows[fg], minlength=n + 1) / norm
+        cc = np.bincount(ids, cols[fg], minlength=n + 1) / norm
     objs = ndi.find_objects(lab)
     cells: list[CellInstance] = []
     for k in range(1, n + 1):

@@ -4,7 +4,8 @@ All engines are measured in the same run on the same fields (encoded JPEG bytes,
 interleaved field by field so that load from other processes affects them alike:
 one field at a time for latency (p50/p95 of the full analysis without heat map: decode, classify, segment,
 cell instances, quality checks), a few fields with the class activation map for the heat-map stage, and the batch API
-(`analyze_many`) for throughput.
+(`analyze_many`) for throughput. The reference study's pipeline (`seed_n` fields) is interleaved with them too,
+and each result reports the numpy stages and the model stages summed per field (issue 23's targets).
 
     >>> res = run_bench(n=50, batch_size=16)     # synthetic 224 x 224 fields when no images are given
 """
@@ -117,21 +118,26 @@ def _pct(v, q):
 
 
 def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size: int, heatmap_n: int, warmup: int = 3,
-                  repeats: int = 1) -> dict:
+                  repeats: int = 1, limits: dict[str, int] | None = None) -> dict:
     """Time every engine on the same fields, interleaved field by field (and batch by batch), so that a burst
-    of load from other processes hits all engines alike."""
-    for a in analyses.values():
-        for f in fields[:warmup]:
+    of load from other processes hits all engines alike. `limits`: an engine timed on only its first n fields
+    (the slow reference pipeline), still interleaved with the others; no heat maps for it."""
+    limits = limits or {}
+    n_of = {k: min(limits.get(k, len(fields)), len(fields)) for k in analyses}
+    for k, a in analyses.items():
+        for f in fields[:min(warmup, n_of[k]) if k in limits else warmup]:
             a.analyze(f)
-        if heatmap_n:  # warm the heat-map step up too
+        if heatmap_n and k not in limits:  # warm the heat-map step up too
             for f in fields[:2]:
                 a.analyze(f, heatmap=True)
-        a.analyze_many(fields[:batch_size], batch_size=batch_size)  # warm the batch shapes
+        a.analyze_many(fields[:min(batch_size, n_of[k])], batch_size=batch_size)  # warm the batch shapes
     totals: dict[str, list[float]] = {k: [] for k in analyses}
     stages: dict[str, dict[str, list[float]]] = {k: {s: [] for s in (*STAGES, "numpy", "models")} for k in analyses}
     for _ in range(repeats):
-        for f in fields:
+        for i, f in enumerate(fields):
             for k, a in analyses.items():
+                if i >= n_of[k]:
+                    continue
                 t0 = time.perf_counter()
                 r = a.analyze(f)
                 totals[k].append((time.perf_counter() - t0) * 1000)
@@ -141,12 +147,16 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
                 stages[k]["models"].append(sum(r.timings_ms.get(s, 0.0) for s in MODEL_STAGES))
     for f in fields[:heatmap_n]:
         for k, a in analyses.items():
+            if k in limits:
+                continue
             stages[k]["heatmap"].append(a.analyze(f, heatmap=True).timings_ms.get("heatmap", 0.0))
     batch_time = dict.fromkeys(analyses, 0.0)
     done: dict[str, list[FieldResult]] = {k: [] for k in analyses}
     for i in range(0, len(fields), batch_size):
-        chunk = fields[i:i + batch_size]
         for k, a in analyses.items():
+            if i >= n_of[k]:
+                continue
+            chunk = fields[i:min(i + batch_size, n_of[k])]
             t0 = time.perf_counter()
             done[k] += a.analyze_many(chunk, batch_size=batch_size)
             batch_time[k] += time.perf_counter() - t0
@@ -158,7 +168,7 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
             "analysis_mean_ms": round(float(np.mean(totals[k])), 3),
             **{f"{s}_p50_ms": _pct(v, 50) for s, v in stages[k].items()},
             "throughput_fields_per_s": round(len(done[k]) / batch_time[k], 2), "throughput_batch_size": batch_size,
-            "n_fields": len(fields), "n_heatmap": len(stages[k]["heatmap"]),
+            "n_fields": n_of[k], "n_heatmap": len(stages[k]["heatmap"]),
             "classifier_engine": models["classifier"]["engine"], "segmenter_engine": models["segmenter"]["engine"],
             "cell_engine": a.cell_classifier.engine.source if a.cell_classifier is not None else None,
             "flags": {f: sum(r.flag == f for r in done[k]) for f in ("ok", "low_confidence", "out_of_distribution",
@@ -228,20 +238,21 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
                 c, notes["onnx_classifier"] = _ensure_onnx(cdir, Path(tmp))
                 s, notes["onnx_segmenter"] = _ensure_onnx(sdir, Path(tmp))
             analyses[key] = Analysis(c, s, engine=engine, threads=threads, eager=load_eager)
-        if log:
-            log(f"measuring {', '.join(analyses)} (interleaved) ...")
-        out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats))
-        analyses.clear()
+        limits = {}
         if seed_n and _torch_version() is not None:
-            if log:
-                log(f"measuring the reference study's pipeline on {min(seed_n, len(fields))} of the fields ...")
             c, s = _seed_pipeline_dirs(Path(tmp))
-            seed = bench_engines({"seed_pipeline": Analysis(c, s, engine="torch", threads=threads, eager=load_eager)},
-                                 fields[:seed_n], min(batch_size, 4), 0, warmup=1)
-            out["seed_pipeline"] = {**seed["seed_pipeline"], "classifier_engine": "inception_resnet_v2 224 px (PyTorch "
-                                    "eager)", "segmenter_engine": "unet 64->1024 224 px (PyTorch eager)"}
+            analyses["seed_pipeline"] = Analysis(c, s, engine="torch", threads=threads, eager=load_eager)
+            limits["seed_pipeline"] = seed_n
         elif seed_n:
             notes["seed_pipeline"] = "PyTorch is not installed: the reference study's pipeline cannot be timed"
+        if log:
+            log(f"measuring {', '.join(analyses)} (interleaved; the reference study's pipeline on the first "
+                f"{min(seed_n, len(fields))} fields) ...")
+        out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats, limits=limits))
+        analyses.clear()
+        if "seed_pipeline" in out:
+            out["seed_pipeline"].update({"classifier_engine": "inception_resnet_v2 224 px (PyTorch eager)",
+                                         "segmenter_engine": "unet 64->1024 224 px (PyTorch eager)"})
     machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     out["machine"] = machine
     out["setup"] = {"fields": source, "n": len(fields), "batch_size": batch_size, "heatmap_n": heatmap_n,

@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n-calibration", type=int, default=400)
     ap.add_argument("--method", choices=("minmax", "percentile"), default="minmax")
+    ap.add_argument("--float-convs", type=int, nargs=2, default=(0, 0), metavar=("FIRST", "LAST"),
+                    help="leave this many convolutions at the start and at the end in float")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
 
@@ -68,7 +70,8 @@ def main(argv=None) -> int:
         q = Path(tmp) / INT8_FILE
         t1 = time.perf_counter()
         x_cal = inputs(calib)
-        quantize_file(a.model / "model.onnx", q, (x_cal[i:i + 16] for i in range(0, len(x_cal), 16)), a.method)
+        quantize_file(a.model / "model.onnx", q, (x_cal[i:i + 16] for i in range(0, len(x_cal), 16)), a.method,
+                      tuple(a.float_convs))
         stamp_metadata(q, a.model, config)
         f, i8 = score(a.model / "model.onnx"), score(q)
         speed = int8_speed(a.model / "model.onnx", q, tuple(config["input_size"]), batch=10)
@@ -82,6 +85,7 @@ def main(argv=None) -> int:
                "n_calibration": len(calib), "n_eval": len(val),
                "eval_data": "validation crops (single-labelled) of the sources in config.json training.sources",
                "calibration_data": "training crops of the same sources", "calibration_method": a.method,
+               "float_convs_first_last": list(a.float_convs),
                "quant_format": "QDQ", "per_channel": True,
                "seconds": round(time.perf_counter() - t1, 1), "collect_seconds": round(collect_s, 1), **speed}
         if kept:

@@ -238,10 +238,20 @@ def float_nodes(path: str | Path) -> list[str]:
     return sorted(set(out))
 
 
-def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax") -> None:
+def _end_convs(path: Path, first: int, last: int) -> list[str]:
+    import onnx
+
+    convs = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+             if n.op_type in ("Conv", "ConvTranspose", "Gemm")]
+    return convs[:first] + (convs[len(convs) - last:] if last else [])
+
+
+def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax", float_convs: tuple[int, int] = (0, 0)
+                  ) -> None:
     """Static int8 of one ONNX file (QDQ, weights per channel and symmetric, activations uint8 from min/max
     ranges over `batches`, each an N x 3 x H x W float32 input; method "percentile": the 0.01-99.99th
-    percentiles instead), the per-image normalisation and the shape arithmetic left in float (`float_nodes`)."""
+    percentiles instead), the per-image normalisation and the shape arithmetic left in float (`float_nodes`);
+    `float_convs` (first, last): that many convolutions at the start and the end of the graph left float too."""
     import logging
 
     from onnxruntime.quantization import (
@@ -282,7 +292,7 @@ def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax") -
                 pass
             quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=float_nodes(source),
+                            nodes_to_exclude=float_nodes(source) + _end_convs(source, *float_convs),
                             calibrate_method=(CalibrationMethod.Percentile if method == "percentile"
                                               else CalibrationMethod.MinMax),
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,

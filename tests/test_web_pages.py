@@ -273,3 +273,67 @@ def test_gallery_crops_share_one_micrometre_scale(tmp_path):
         assert im.size == (gallery.CROP_PX, gallery.CROP_PX)
         bar = np.asarray(im.convert("RGB"))[gallery.CROP_PX - 9, 6:6 + 25]
         assert (bar == 255).all() == (scale is not None)  # the 5 um bar only where the scale is known
+
+
+def test_a_model_probability_stored_as_1_never_reads_100_percent(web):
+    """A cell's AI confidence is stored to 4 decimals, so 0.99996 is kept as 1.0: the pages still read "> 99 %"
+    (the gallery showed "AI: Blast (100 %)")."""
+    from leukodx.web.words import model_percent
+
+    assert [model_percent(p) for p in (1.0, 0.9966, 0.5, 0.004, 0.0, None)] == [
+        "> 99 %", "> 99 %", "50 %", "< 1 %", "< 1 %", "–"]
+    client, _, _, app = web
+    assert login(client).status_code == 303 and client.get("/cases").status_code == 200
+    assert app.state.ctx.templates.env.filters["pct"](1.0) == "> 99 %"
+
+
+def _review_fields(client, clin, cid, labels):
+    fields = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["fields"]
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"fields": [
+        {"field_id": f["id"], "decision": "override", "label": lab} for f, lab in zip(fields, labels, strict=True)]})
+    assert r.status_code == 200, r.text
+
+
+def test_field_calls_that_disagree_start_no_sign_off_and_say_so(web):
+    """2 Benign and 2 Early field calls tie; the case rule's mean then puts Benign first. The sign-off must not
+    start from "Benign (your field calls)" with a primary button: the page lists the calls, asks the reviewer to
+    choose, warns before sign-off (a tick needed), and the report lists the calls instead of one class."""
+    client, clin, _, _ = web
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin,
+                    files=[jpg("Benign", 1), jpg("Early", 2), jpg("Benign", 3), jpg("Early", 4)])
+    assert r.status_code == 201, r.text
+    _review_fields(client, clin, cid, ["Benign", "Early", "Benign", "Early"])
+    assert login(client).status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert "(your field calls)" not in page and "— choose the class —" in page
+    assert "Your field calls: 2 Benign, 2 Early" in page and "do not point to one call" in page
+    assert "uncertain: read the fields yourself" in page  # the case's confidence bar speaks of the case
+    assert re.search(r'<p class="call" id="reviewed-call"><span class="muted">No single call', page)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    r = client.post(f"/cases/{cid}/review", data={"csrf_token": csrf, "label": "Early", "note": ""})
+    assert "There are warnings to read before sign-off" in r.text
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["review"]["decision"] is None
+    report = client.get(f"/cases/{cid}/report").text
+    assert "no single call: 2 Benign, 2 Early (4 of 4 fields reviewed)" in report
+
+    # the same fields all read as Early: the sign-off starts from it
+    _review_fields(client, clin, cid, ["Early"] * 4)
+    page = client.get(f"/cases/{cid}").text
+    assert "(your field calls)" in page and "do not point to one call" not in page
+    assert re.search(r'<option value="Early" selected>Early', page)
+
+
+def test_a_signed_report_gives_no_to_do_for_the_differential(web):
+    """A signed case's report states what the count is, without 'add fields' or 'verify it in the gallery'."""
+    client, clin, _, _ = web
+    cid = new_case(client, clin)
+    assert client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1)]).status_code == 201
+    assert login(client).status_code == 303
+    before = client.get(f"/cases/{cid}/report").text
+    assert ": add fields)" in before and "until a reviewer verifies it in the cell gallery" in before
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override", "label": "Pre"}})
+    assert r.status_code == 200, r.text
+    report = client.get(f"/cases/{cid}/report").text
+    assert ": add fields)" not in report and "in the cell gallery" not in report
+    assert "(fewer than the target of 100)" in report and "no reviewer verified this count" in report

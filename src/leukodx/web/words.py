@@ -65,6 +65,24 @@ def percent(p: float | None, digits: int = 0) -> str:
     return f"{shown:.{digits}f} %"
 
 
+def model_percent(p: float | None, digits: int = 0) -> str:
+    """A model's probability (the AI's confidence, a class probability): as `percent`, but a stored 1 or 0 is
+    a rounded model output (a cell's confidence is kept to 4 decimals), never certainty: 1 reads "> 99 %",
+    0 reads "< 1 %". The pages' `pct` filter."""
+    try:
+        v = float(p)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    if v != v:
+        return "–"
+    step = 10.0 ** -digits
+    if v >= 1:
+        return f"> {100 - step:.{digits}f} %"
+    if v <= 0:
+        return f"< {step:.{digits}f} %"
+    return percent(v, digits)
+
+
 def zone(name: str | None) -> tzinfo:
     """The lab's time zone (an IANA name such as "Asia/Tehran"); the server's own zone when none is given."""
     if name:

@@ -24,14 +24,14 @@ NOTICES = {
 
 def _install_filters(ctx) -> None:
     """Times in the lab's time zone (LEUKODX_TIMEZONE; stored in UTC), naming the zone, and probabilities through
-    the one formatting helper (words.percent: never "100 %" below 1)."""
+    the one formatting helper (words.model_percent: never "100 %", as a model's output is never certain)."""
     env = ctx.templates.env
     name = getattr(ctx.settings, "timezone", None) or ""
     if env.globals.get("lab_zone_setting") == name and "lab_zone" in env.globals:
         return
     tz = words.zone(name)
     env.filters["dt"] = partial(words.local_time, tz=tz)
-    env.filters["pct"] = words.percent
+    env.filters["pct"] = words.model_percent  # every probability on the pages is a model's
     env.globals.update(lab_zone=words.zone_name(tz), lab_zone_setting=name, change_words=words.change_words,
                        percent=words.percent)
 

@@ -4,6 +4,7 @@ deletion, report, and the cell crops."""
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -161,6 +162,9 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     gallery = _gallery(case)
     field_numbers = {f.id: i for i, f in enumerate(case.fields, start=1)}
     field_um = {f.id: gallery_logic.um_per_px(f.cells) for f in case.fields}
+    reviewed = case_logic.reviewed_summary(service, case) if case.fields else None
+    tally, fields_decisive = _field_calls(case, reviewed)
+    warnings = list(cd.get("warnings", [])) + _disagreement(case, tally, fields_decisive)
     return render(
         request, "case.html", status_code, who=who, case=case, cd=cd, current=idx,
         field_numbers=field_numbers, field_um=field_um, n_gallery=sum(len(items) for _, items in gallery),
@@ -169,13 +173,39 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
                    if f.cells and case_logic.is_assessable(f) and not _counted(f)],
         crop=gallery_logic, ai_confident=_ai_confident(cd, case),
         field=case.fields[idx] if case.fields else None,
-        reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
+        reviewed=reviewed, field_tally=_tally_words(tally), fields_decisive=fields_decisive,
         cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)),
-        gallery=gallery, warnings=cd.get("warnings", []),
+        gallery=gallery, warnings=warnings,
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
         amendment_rule=case_logic.AMENDMENT_RULE, **extra)
+
+
+def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool]:
+    """The reviewer's calls of the assessable fields ({class: n}, most first) and whether the case rule over
+    them is decisive enough to start the sign-off from it: every field reviewed, nothing left to review, the
+    fields agreeing (benign vs leukemic) and one class clearly ahead. 3 Benign, 3 Early, 2 Pro and 1 Pre is
+    not a Benign case, although the mean of the calls ties Benign first."""
+    calls = [f.review_label for f in case.fields if f.review_label and case_logic.is_assessable(f)]
+    tally = dict(sorted(Counter(calls).items(), key=lambda kv: -kv[1]))
+    if not tally or reviewed is None or reviewed.label is None:
+        return tally, False
+    counts = sorted(tally.values(), reverse=True)
+    ahead = len(counts) == 1 or counts[0] > counts[1]
+    return tally, ahead and not reviewed.needs_review
+
+
+def _disagreement(case: Case, tally: dict[str, int], decisive: bool) -> list[str]:
+    """The page's sign-off warning when the reviewer's own field calls point to no one call."""
+    if not tally or decisive or case.review_decision is not None:
+        return []
+    return [f"Your field calls do not point to one call ({_tally_words(tally)}): choose the final call yourself, "
+            "and say why in the note."]
+
+
+def _tally_words(tally: dict[str, int]) -> str:
+    return ", ".join(f"{n} {c}" for c, n in tally.items())
 
 
 def _ai_confident(cd: dict, case: Case) -> bool:
@@ -276,7 +306,9 @@ def review_case(
     try:
         if not label:
             raise Invalid("No final call was chosen.", "Choose the class for the case in 'Final call', then sign off.")
-        if case_logic.sign_off_warnings(case) and not acknowledge and not case_logic.is_signed_off(case):
+        reviewed = case_logic.reviewed_summary(request.app.state.ctx.service, case)
+        page_warnings = case_logic.sign_off_warnings(case) + _disagreement(case, *_field_calls(case, reviewed))
+        if page_warnings and not acknowledge and not case_logic.is_signed_off(case):
             raise Invalid("There are warnings to read before sign-off (listed above the sign-off button).",
                           "Deal with them, or tick 'I have seen these warnings' and sign off again.")
         case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
@@ -303,10 +335,13 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
 @router.get("/cases/{case_id}/report")
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     case = case_logic.get_case(db, case_id)
+    reviewed = case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None
+    tally, decisive = _field_calls(case, reviewed)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
+                  field_tally=_tally_words(tally), fields_decisive=decisive,
                   cd=case_logic.case_dict(case, request.app.state.ctx.service),
                   field_numbers={f.id: i for i, f in enumerate(case.fields, start=1)},
-                  reviewed=case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None,
+                  reviewed=reviewed,
                   cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)), cell_words=cell_logic.WORDS)
 
 

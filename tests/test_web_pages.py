@@ -337,3 +337,41 @@ def test_a_signed_report_gives_no_to_do_for_the_differential(web):
     report = client.get(f"/cases/{cid}/report").text
     assert ": add fields)" not in report and "in the cell gallery" not in report
     assert "(fewer than the target of 100)" in report and "no reviewer verified this count" in report
+
+
+class UnsureAnalyzer(FakeAnalyzer):
+    """A class call on every field, but the field named unsure-*.jpg flagged: the AI may be wrong on it."""
+
+    def analyze(self, image, *, name=None, heatmap=False):
+        r = super().analyze(image, name=name, heatmap=heatmap)
+        r.flag, r.flag_reason = ("low_confidence", "confidence 45 % is under 50 %") if "unsure" in (name or "") \
+            else ("ok", "")
+        return r
+
+
+def test_a_flagged_field_preselects_no_call_and_offers_no_one_key_confirm(tmp_path):
+    app, clin, _ = make_test_app(tmp_path, analyzer=UnsureAnalyzer())
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[
+        ("files", ("sure.jpg", field_bytes("Pre", 1), "image/jpeg")),
+        ("files", ("unsure.jpg", field_bytes("Pro", 2), "image/jpeg"))])
+    assert r.status_code == 201, r.text
+    sure, unsure = sorted(r.json()["added"], key=lambda f: f["name"])
+    assert unsure["flag"] == "low_confidence" and unsure["label"] and sure["flag"] == "ok"
+    assert login(client).status_code == 303
+
+    page = client.get(f"/cases/{cid}?field={unsure['id']}").text
+    select = re.search(r'<select id="field-label".*?</select>', page, re.S).group(0)
+    assert re.search(r'<option value="" selected disabled>— choose your call', select)
+    assert not re.search(r'<option value="[^"]+" selected', select)
+    assert re.search(r'id="field-save"[^>]*>Save: choose your call first</button>', page)
+    # saving without a choice says what to do, and nothing is stored
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    r = client.post(f"/cases/{cid}/fields/{unsure['id']}/review", data={"csrf_token": csrf, "label": ""})
+    assert "No call was chosen for this field" in r.text
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["n_fields_reviewed"] == 0
+
+    page = client.get(f"/cases/{cid}?field={sure['id']}").text
+    assert re.search(rf'<option value="{sure["label"]}" selected>', page)
+    assert re.search(r'id="field-save"[^>]*>Confirm the AI suggestion</button>', page)

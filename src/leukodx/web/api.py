@@ -53,7 +53,8 @@ class CellOut(BaseModel):
     label: str | None = Field(description="The reviewer's class (or 'excluded'); null until a reviewer gives one.")
     ai_label: str | None = Field(description="The cell-level model's suggestion; null: no AI suggestion.")
     ai_confidence: float | None
-    final_label: str = Field(description="What the cell counts as: label, else ai_label, else 'unclassified'.")
+    final_label: str = Field(description="What the cell counts as: label, else 'edge' for a cell cut by the field's "
+                             "edge (not counted), else ai_label, else 'unclassified'.")
     reviewed_by: str | None
     reviewed_at: str | None = None
 

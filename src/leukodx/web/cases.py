@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from leukodx.errors import LeukodxError
+from leukodx.inference.cell_classes import UNIDENTIFIED
 from leukodx.inference.summary import malignant_probability
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.web import cells as cell_logic
@@ -578,9 +579,11 @@ def verify_differential(db: Session, case: Case, actor: str, note: str = "",
     if cs["n_cells"] == 0:
         raise Invalid("This case has no counted leukocyte, so there is no differential to verify.",
                       "Add fields with leukocytes, or sign off without a differential (it stays 'not verified').")
-    unclassified = cs["differential"].get(cell_logic.UNCLASSIFIED, 0)
+    unclassified = cs["differential"].get(cell_logic.UNCLASSIFIED, 0) + cs["differential"].get(UNIDENTIFIED, 0)
     if unclassified:
-        raise Invalid(f"{unclassified} counted cell{'s have' if unclassified != 1 else ' has'} no class yet.",
+        raise Invalid(f"{unclassified} cell{'s' if unclassified != 1 else ''} of the counted fields "
+                      f"{'have' if unclassified != 1 else 'has'} no class yet (the AI left "
+                      f"{'them' if unclassified != 1 else 'it'} unidentified).",
                       "Give each a class or exclude it in the cell gallery, then verify the differential.")
     reason = require_unlocked(case, amendment_reason, "verifying the differential")
     before_words = verification_words(case)
@@ -634,6 +637,9 @@ def reviewed_summary(analysis, case: Case) -> CaseSummary:
     return summarize(analysis, reviewed_results(case))
 
 
+BLAST_ALERT_PERCENT = 20.0  # blasts >= 20 % of leukocytes: acute leukaemia by the WHO's criterion
+
+
 def sign_off_warnings(case: Case) -> list[str]:
     """What a clinician should know before signing off: unreviewed fields, and which of them are flagged; a
     differential that is not verified; fewer leukocytes counted than the case's target."""
@@ -652,6 +658,12 @@ def sign_off_warnings(case: Case) -> list[str]:
             out.append("The differential is not verified: its counts are the AI pre-classification"
                        + (f" with {cs['n_cells_reviewed']} reviewer correction(s)" if cs["n_cells_reviewed"] else "")
                        + ". Check the cells in the gallery and verify the differential.")
+        blasts = cs["blast_percent"]
+        calls = [c for c in (case.ai_label, case.review_label) if c]
+        if blasts is not None and blasts >= BLAST_ALERT_PERCENT and any(c.lower() == "benign" for c in calls):
+            out.append(f"The differential counts {blasts:.1f} % blasts ({BLAST_ALERT_PERCENT:.0f} % or more: the "
+                       "threshold for acute leukaemia) but the call is Benign. Check the blasts in the gallery and "
+                       "the fields before signing off.")
         target = case.differential_target or 100
         if cs["n_counted"] < target:
             out.append(f"Fewer than {target} leukocytes counted ({cs['n_counted']} of {target}): add fields, or say "

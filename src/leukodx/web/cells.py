@@ -7,6 +7,10 @@ suggestion (`ai_label`, `ai_confidence`: None until a cell-level model gives one
 
     reviewer's label  ->  else the AI's suggestion  ->  else "unclassified"   (never an invented class)
 
+A cell cut by the field's edge (`touches_border`) is only partly seen, so it is not classified from its
+crop alone: unless a reviewer gives it a class it counts as `EDGE`, which is shown but never counted (as an
+analyser counts only whole cells).
+
 Two differentials are kept: the AI's (its suggestions only) and the reviewer's (the rule above). The blast
 percentage is 100 * blasts / cells counted, where "counted" leaves out NOT_COUNTED (artefacts, cells that are
 not leukocytes, erythroblasts, cells the AI left unidentified, excluded cells) and unclassified cells; it is
@@ -28,11 +32,13 @@ from leukodx.inference.cell_classes import (
 )
 
 UNCLASSIFIED = "unclassified"
+EDGE = "edge"  # cut by the field's edge and not classed by a reviewer: shown, not counted
 REVIEW_LABELS = (*CELL_CLASSES, EXCLUDED)  # what a reviewer may give a cell
 # what a cell may count as: a reviewer's class or the AI's suggestion (which has a few classes more)
 KNOWN_CLASSES = tuple(dict.fromkeys((*CELL_CLASSES, *AI_CELL_CLASSES)))
 CELL_KEYS = ("id", "area_px", "centroid", "bbox", "area_um2", "touches_border", "ai_label", "ai_confidence")
-WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)"}
+WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)",
+         EDGE: "Cut by the field's edge (not counted unless you class it)"}
 KEYS = {  # keyboard shortcuts in the cell gallery: key -> class (shown on the page)
     "b": "blast", "l": "lymphocyte", "n": "neutrophil", "m": "monocyte", "e": "eosinophil", "a": "basophil",
     "i": "ig", "r": "erythroblast", "s": "smudge", "t": "artefact", "x": EXCLUDED,
@@ -62,15 +68,22 @@ def ai_class(cell: dict) -> str:
     return label if label in KNOWN_CLASSES else UNCLASSIFIED
 
 
+def ai_count_class(cell: dict) -> str:
+    """What the AI's differential counts the cell as: EDGE for a cell cut by the field's edge, else its
+    suggestion (or unclassified)."""
+    return EDGE if cell.get("touches_border") else ai_class(cell)
+
+
 def final_class(cell: dict) -> str:
-    """The class the cell counts as: the reviewer's, else the AI's suggestion, else unclassified."""
+    """The class the cell counts as: the reviewer's, else EDGE for a cell cut by the field's edge, else the AI's
+    suggestion, else unclassified."""
     label = cell.get("label")
-    return label if label in REVIEW_LABELS else ai_class(cell)
+    return label if label in REVIEW_LABELS else ai_count_class(cell)
 
 
 def differential(classes: Iterable[str]) -> dict[str, int]:
     n = Counter(classes)
-    return {c: int(n.get(c, 0)) for c in (*KNOWN_CLASSES, EXCLUDED, UNCLASSIFIED)}
+    return {c: int(n.get(c, 0)) for c in (*KNOWN_CLASSES, EXCLUDED, UNCLASSIFIED, EDGE)}
 
 
 def blast_percent(diff: dict[str, int]) -> float | None:
@@ -81,12 +94,13 @@ def blast_percent(diff: dict[str, int]) -> float | None:
 def cell_summary(fields_cells: Iterable[list[dict]]) -> dict:
     """The AI's and the reviewer's differential and blast %, over every field's cells."""
     cells = [c for cs in fields_cells for c in (cs or [])]
-    ai = differential(ai_class(c) for c in cells)
+    ai = differential(ai_count_class(c) for c in cells)
     rev = differential(final_class(c) for c in cells)
     return {
         "n_cells": len(cells),
         "n_cells_reviewed": sum(1 for c in cells if c.get("label") in REVIEW_LABELS),
         "n_cells_ai_classified": sum(1 for c in cells if ai_class(c) != UNCLASSIFIED),
+        "n_cells_at_edge": sum(1 for c in cells if final_class(c) == EDGE),
         "n_counted": sum(v for c, v in rev.items() if c in KNOWN_CLASSES and c not in NOT_COUNTED),
         "ai_differential": ai,
         "ai_blast_percent": blast_percent(ai),

@@ -92,7 +92,9 @@ def diagnostic_report(case: Case, settings) -> dict:
     status = report_status(case)
     signed = is_signed_off(case)
     verified = bool(case.differential_verified)
-    count_status = status  # the report's; the code, method and note say whether the counts are verified
+    # the counts are final (or amended) with the report only once a reviewer verified them; until then they are
+    # the AI's pre-classification: preliminary (the code, method and note say so too)
+    count_status = status if verified else "preliminary"
     effective = iso(case.created_at)
     issued = iso(case.reviewed_at if signed else case.updated_at)
     label = case.review_label if signed else case.ai_label
@@ -101,7 +103,7 @@ def diagnostic_report(case: Case, settings) -> dict:
     method, method_note = _method(case)
     notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}."]
     if case.ai_label:
-        notes.append(f"AI suggestion: {case.ai_label}, confidence {words_percent(case.ai_confidence or 0)}.")
+        notes.append(f"AI suggestion: {case.ai_label}, confidence {words.model_percent(case.ai_confidence or 0)}.")
     left_out = unassessable_fields(case)
     if left_out:
         notes.append("Left out as unassessable: " + "; ".join(
@@ -133,7 +135,7 @@ def diagnostic_report(case: Case, settings) -> dict:
     counted = cs["n_counted"]
     components = []
     for cls, n in cs["differential"].items():
-        if cls == cell_logic.UNCLASSIFIED and n == 0:
+        if cls in (cell_logic.UNCLASSIFIED, cell_logic.EDGE) and n == 0:
             continue
         components.append({
             "code": {"coding": [{"system": CELL_SYSTEM, "code": cls,
@@ -192,8 +194,3 @@ def diagnostic_report(case: Case, settings) -> dict:
     return report
 
 
-def words_percent(p: float) -> str:
-    """A probability in percent, never "100 %" for one under 1 ("> 99 %")."""
-    if p < 1.0 and round(100 * p) >= 100:
-        return "> 99 %"
-    return f"{100 * p:.0f} %"

@@ -138,7 +138,7 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
             groups.setdefault(cell_logic.final_class(c), []).append(
                 {**c, "field_id": f.id, "field_no": i, "um_per_px": scale, "counted": counted})
     order = [*cell_logic.REVIEW_LABELS, *[k for k in cell_logic.KNOWN_CLASSES if k not in cell_logic.REVIEW_LABELS],
-             cell_logic.UNCLASSIFIED]
+             cell_logic.UNCLASSIFIED, cell_logic.EDGE]
     return [(k, groups[k]) for k in order if k in groups]
 
 

@@ -148,8 +148,10 @@
     if (cell) { galleryKey(e, cell); return; }
     if (!viewer) return;
     var select = document.getElementById("field-label");
-    if (/^[1-9]$/.test(e.key) && select && +e.key <= select.options.length) {
-      e.preventDefault(); select.selectedIndex = +e.key - 1; select.dispatchEvent(new Event("change")); select.focus(); return;
+    // 1-9 pick the n-th call (the "choose your call" placeholder of a flagged field is not one)
+    var calls = select ? Array.prototype.filter.call(select.options, function (o) { return o.value; }) : [];
+    if (/^[1-9]$/.test(e.key) && +e.key <= calls.length) {
+      e.preventDefault(); select.value = calls[+e.key - 1].value; select.dispatchEvent(new Event("change")); select.focus(); return;
     }
     if (e.key === "Enter" || e.key === "c") {
       var form = document.getElementById("field-review-form");

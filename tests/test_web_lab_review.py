@@ -311,7 +311,12 @@ def test_image_links_answer_the_bearer_token_that_fetched_the_case(web):
     r = client.get(f["image_url"], headers={"Authorization": "Basic dXNlcjpwdw=="})
     assert r.status_code == 401 and "Bearer" in r.text
     assert client.get(f["image_url"]).status_code == 401
-    r = client.get(f"/cases/{case['id']}/fields/{f['id']}/heatmap", headers=clin, follow_redirects=False)
+    assert f["heatmap_url"] is None and f["heatmap_on_demand_url"] == f"/cases/{case['id']}/fields/{f['id']}/heatmap"
+    r = client.get(f["heatmap_on_demand_url"], headers={"Authorization": "Bearer ldx_wrong"}, follow_redirects=False)
+    assert r.status_code == 401 and "wrong or revoked" in r.text
+    r = client.get(f["heatmap_on_demand_url"], headers=clin, follow_redirects=True)  # a client following the 303
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content
+    r = client.get(f["heatmap_on_demand_url"], headers=clin, follow_redirects=False)
     assert r.status_code == 303
     assert client.get(r.headers["location"], headers=clin).status_code == 200
     heat = get(client, clin, case["id"])["fields"][0]["heatmap_url"]

@@ -162,7 +162,10 @@ class FieldOut(BaseModel):
     size_note: str
     image_url: str
     overlay_url: str | None
-    heatmap_url: str | None
+    heatmap_url: str | None = Field(description="The stored heat map (PNG); null until it was first computed.")
+    heatmap_on_demand_url: str | None = Field(
+        default=None, description="The field's heat map whenever it is wanted: computed on the first GET and kept, "
+        "answered with a 303 to the stored PNG (bearer token or login session, like image_url).")
     uploaded_by: str
     uploaded_at: str | None
     review: ReviewOut

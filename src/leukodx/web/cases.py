@@ -738,6 +738,7 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "image_url": url_prefix + f.image_file,
         "overlay_url": url_prefix + f.overlay_file if f.overlay_file else None,
         "heatmap_url": url_prefix + f.heatmap_file if f.heatmap_file else None,
+        "heatmap_on_demand_url": f"/cases/{f.case_id}/fields/{f.id}/heatmap",
         "uploaded_by": f.uploaded_by,
         "uploaded_at": iso(f.uploaded_at),
         "review": {

@@ -187,14 +187,7 @@ def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DI
         offset = int(markers.max())
         markers[missing] = comps[missing] + offset
     ws = watershed(-smooth, markers, mask=m, connectivity=2)
-    ws = _merge_small_pieces(ws.astype(np.int64), min_area)
-    # renumber 1..n in raster order
-    _, first = np.unique(ws.ravel(), return_index=True)
-    old = np.unique(ws.ravel())
-    order = [o for _, o in sorted(zip(first, old, strict=True)) if o != 0]
-    lut = np.zeros(int(ws.max()) + 1, np.int32)
-    lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)
-    labels_full[r0:r1, c0:c1] = lut[ws]
+    labels_full[r0:r1, c0:c1] = _raster_order(_merge_small_pieces(ws.astype(np.int64), min_area))
     labels = labels_full
     cells = []
     objects = ndi.find_objects(labels)
@@ -407,9 +400,12 @@ def _split_marked(m: np.ndarray, smooth: np.ndarray, markers: np.ndarray, n: int
 
     markers = _merge_close_markers(markers, n, smooth, min_distance)
     ws = watershed(-smooth, markers, mask=m, connectivity=2)
-    ws = _merge_small_pieces(ws.astype(np.int64), min_area)
-    _, first = np.unique(ws.ravel(), return_index=True)
-    old = np.unique(ws.ravel())
+    return _raster_order(_merge_small_pieces(ws.astype(np.int64), min_area))
+
+
+def _raster_order(ws: np.ndarray) -> np.ndarray:
+    """The labels of `ws` renumbered 1..n in raster order of their first pixel (0 stays 0), as int32."""
+    old, first = np.unique(ws.ravel(), return_index=True)
     order = [o for _, o in sorted(zip(first, old, strict=True)) if o != 0]
     lut = np.zeros(int(ws.max()) + 1, np.int32)
     lut[order] = np.arange(1, len(order) + 1, dtype=np.int32)

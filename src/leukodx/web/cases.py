@@ -193,28 +193,29 @@ def clean_identifier(value: str | None, what: str, example: str) -> str:
 
 def same_accession(db: Session, accession: str, but: int | None = None) -> list[Case]:
     """Other cases with this accession number (case and spacing ignored); none for an empty one."""
-    acc = " ".join((accession or "").split()).lower()
-    if not acc:
-        return []
-    stmt = select(Case).where(func.lower(Case.accession) == acc)
-    if but is not None:
-        stmt = stmt.where(Case.id != but)
-    return list(db.scalars(stmt.order_by(Case.id)))
+    return _same(db, Case.accession, accession, but) if (accession or "").strip() else []
+
+
+def _listed(others: list[Case], with_reference: bool = False) -> str:
+    return ", ".join(f"case {c.id} ({f'{c.reference}, ' if with_reference else ''}created "
+                     f"{(iso(c.created_at) or '?')[:10]} by {c.created_by})" for c in others[:5])
 
 
 def duplicate_accession_warning(others: list[Case]) -> str:
     if not others:
         return ""
-    listed = ", ".join(f"case {c.id} ({c.reference}, created {(iso(c.created_at) or '?')[:10]} by {c.created_by})"
-                       for c in others[:5])
-    return (f"Another case has the same accession number: {listed}. Check the accession number; if it is the same "
-            "specimen, add its fields to the existing case instead.")
+    return (f"Another case has the same accession number: {_listed(others, True)}. Check the accession number; if "
+            "it is the same specimen, add its fields to the existing case instead.")
 
 
 def same_reference(db: Session, reference: str, but: int | None = None) -> list[Case]:
     """Other cases with this smear reference (case and spacing ignored)."""
-    ref = " ".join((reference or "").split()).lower()
-    stmt = select(Case).where(func.lower(Case.reference) == ref)
+    return _same(db, Case.reference, reference, but)
+
+
+def _same(db: Session, column, value: str, but: int | None) -> list[Case]:
+    """Cases whose `column` equals `value` with case and spacing ignored, but case `but`."""
+    stmt = select(Case).where(func.lower(column) == " ".join((value or "").split()).lower())
     if but is not None:
         stmt = stmt.where(Case.id != but)
     return list(db.scalars(stmt.order_by(Case.id)))
@@ -223,10 +224,8 @@ def same_reference(db: Session, reference: str, but: int | None = None) -> list[
 def duplicate_warning(others: list[Case]) -> str:
     if not others:
         return ""
-    listed = ", ".join(f"case {c.id} (created {(iso(c.created_at) or '?')[:10]} by {c.created_by})"
-                       for c in others[:5])
-    return (f"Another case has the same smear reference: {listed}. Check that this is a different smear; if it "
-            "is the same smear, add its fields to the existing case instead.")
+    return (f"Another case has the same smear reference: {_listed(others)}. Check that this is a different smear; "
+            "if it is the same smear, add its fields to the existing case instead.")
 
 
 def create_case(db: Session, reference: str, note: str, actor: str, specimen: str = "", stain: str = "",

@@ -375,3 +375,30 @@ def test_a_flagged_field_preselects_no_call_and_offers_no_one_key_confirm(tmp_pa
     page = client.get(f"/cases/{cid}?field={sure['id']}").text
     assert re.search(rf'<option value="{sure["label"]}" selected>', page)
     assert re.search(r'id="field-save"[^>]*>Confirm the AI suggestion</button>', page)
+
+
+def _steps(page: str) -> list[tuple[str, str]]:
+    ol = re.search(r'<ol class="progress-steps".*?</ol>', page, re.S).group(0)
+    return [(cls, " ".join(text.split())) for cls, text in re.findall(r'<li class="([^"]*)"[^>]*>([^<]*)</li>', ol)]
+
+
+def test_progress_steps_show_only_done_and_current_steps_as_active(web):
+    """Before sign-off "Signed off" is a step still to come, not an active one; one step is current at a time."""
+    client, clin, _, _ = web
+    cid = new_case(client, clin)
+    assert login(client).status_code == 303
+    assert _steps(client.get(f"/cases/{cid}").text) == [
+        ("done", "Case created"), ("current", "Fields added (0)"), ("todo", "0 of 0 fields reviewed"),
+        ("todo", "Signed off")]
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1), jpg("Early", 2)])
+    assert r.status_code == 201, r.text
+    page = client.get(f"/cases/{cid}").text
+    assert _steps(page) == [("done", "Case created"), ("done", "Fields added (2)"),
+                            ("current", "0 of 2 fields reviewed"), ("todo", "Signed off")]
+    assert page.count('aria-current="step"') == 1
+    _review_fields(client, clin, cid, ["Pre", "Pre"])
+    assert _steps(client.get(f"/cases/{cid}").text)[2:] == [("done", "2 of 2 fields reviewed"),
+                                                             ("current", "Signed off")]
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override", "label": "Pre"}})
+    assert r.status_code == 200, r.text
+    assert [c for c, _ in _steps(client.get(f"/cases/{cid}").text)] == ["done"] * 4

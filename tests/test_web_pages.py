@@ -402,3 +402,31 @@ def test_progress_steps_show_only_done_and_current_steps_as_active(web):
     r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override", "label": "Pre"}})
     assert r.status_code == 200, r.text
     assert [c for c, _ in _steps(client.get(f"/cases/{cid}").text)] == ["done"] * 4
+
+
+def test_an_amendments_summary_line_uses_the_words_of_its_table(tmp_path):
+    """A cell moved after sign-off: the line above the table says "Blast (AI) → Lymphocyte / hematogone" as the
+    table does, not the stored "blast (AI) → lymphocyte"."""
+    app, clin, _ = make_test_app(tmp_path, analyzer=FakeAnalyzer(cell_labels=True))
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1)])
+    assert r.status_code == 201, r.text
+    fields = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["fields"]
+    _review_fields(client, clin, cid, ["Pre"])
+    blast = next(c for f in fields for c in f["cells"] if c["ai_label"] == "blast")
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={"case": {"decision": "override", "label": "Pre"}})
+    assert r.status_code == 200, r.text
+    r = client.patch(f"/api/v1/cases/{cid}/cells", headers=clin, json={
+        "cells": [{"field_id": fields[0]["id"], "id": blast["id"], "label": "lymphocyte"}],
+        "amendment_reason": "a hematogone"})
+    assert r.status_code == 200, r.text
+    assert login(client).status_code == 303
+    for url in (f"/cases/{cid}", f"/cases/{cid}/report"):
+        page = client.get(url).text
+        item = re.search(r'<li id="amendment-1">(.*?)<table', page, re.S).group(1)
+        line = " ".join(item.split())
+        assert f"Field 1, cell {blast['id']}: Blast (AI) → Lymphocyte / hematogone" in line, line
+        assert "blast" not in line and "lymphocyte" not in line, line
+        row = re.search(rf'<th scope="row">Field 1, cell {blast["id"]}</th>(.*?)</tr>', page, re.S).group(1)
+        assert '<td class="before">Blast (AI)</td>' in row and '<td class="after">Lymphocyte / hematogone</td>' in row

@@ -221,6 +221,8 @@ def _value_words(v, cell_words: dict[str, str] | None = None) -> str:
     text = str(v)
     if cell_words and text in cell_words:
         return cell_words[text]
+    if cell_words and text.endswith(" (AI)") and text[:-5] in cell_words:  # "blast (AI)": the AI's class
+        return f"{cell_words[text[:-5]]} (AI)"
     if text == "unassessable":
         return "unassessable"
     return CLASS_NAMES.get(text, text)
@@ -247,3 +249,4 @@ def change_words(change: dict, cell_words: dict[str, str] | None = None) -> dict
     else:
         words_before, words_after = _value_words(before, cell_words), _value_words(after, cell_words)
     return {"what": what, "before": words_before, "after": words_after}
+

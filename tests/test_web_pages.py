@@ -430,3 +430,38 @@ def test_an_amendments_summary_line_uses_the_words_of_its_table(tmp_path):
         assert "blast" not in line and "lymphocyte" not in line, line
         row = re.search(rf'<th scope="row">Field 1, cell {blast["id"]}</th>(.*?)</tr>', page, re.S).group(1)
         assert '<td class="before">Blast (AI)</td>' in row and '<td class="after">Lymphocyte / hematogone</td>' in row
+
+
+def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_reviewed(tmp_path):
+    """The summary and the differential's note give the same numbers in the same words: all the cells outlined,
+    and how many of them the differential takes (a flagged field's cells wait for its review)."""
+    app, clin, _ = make_test_app(tmp_path, analyzer=UnsureAnalyzer())
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[
+        ("files", ("sure.jpg", field_bytes("Pre", 1), "image/jpeg")),
+        ("files", ("unsure.jpg", field_bytes("Pro", 2), "image/jpeg"))])
+    assert r.status_code == 201, r.text
+    case = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
+    n = {f["name"]: len(f["cells"]) for f in case["fields"]}
+    assert n["sure.jpg"] and n["unsure.jpg"]
+    total = n["sure.jpg"] + n["unsure.jpg"]
+    assert login(client).status_code == 303
+
+    def texts(url):
+        page = client.get(url).text
+        return [" ".join(re.sub(r"<[^>]+>", "", t).split()) for t in
+                re.findall(r'<p id="cells-outlined">(.*?)</p>|<p class="muted small">(<strong>\d.*?) · <span id="cells-reviewed"', page, re.S)
+                for t in t if t]
+
+    want = (f"{total} leukocyte(s) outlined, {n['sure.jpg']} in the differential ({n['unsure.jpg']} in a flagged "
+            "field not yet reviewed: not counted until it is)")
+    summary, note = texts(f"/cases/{cid}")
+    assert summary == f"2 field(s) · {want}" and note == want
+    assert want in " ".join(re.sub(r"<[^>]+>", "", client.get(f"/cases/{cid}/report").text).split())
+    unsure = next(f for f in case["fields"] if f["name"] == "unsure.jpg")
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
+                     json={"fields": [{"field_id": unsure["id"], "decision": "override", "label": "Pro"}]})
+    assert r.status_code == 200, r.text
+    summary, note = texts(f"/cases/{cid}")
+    assert note == f"{total} leukocyte(s) outlined, all in the differential" and summary.endswith(note)

@@ -855,7 +855,23 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
         d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
         d["reviewed_fields_label"] = reviewed_summary(analysis, case).label if d["n_fields_reviewed"] else None
         d["warnings"] = sign_off_warnings(case)
+        d["cells_outlined"] = cells_outlined(case)
     return d
+
+
+def cells_outlined(case: Case) -> dict[str, int]:
+    """The leukocytes outlined in the case's fields: `total`, `in_differential` (of the fields the differential
+    counts: counted_cells), and those left out: of flagged fields not yet reviewed, and of unassessable fields."""
+    n = {"total": 0, "in_differential": 0, "flagged_not_reviewed": 0, "unassessable": 0,
+         "flagged_not_reviewed_fields": 0, "unassessable_fields": 0}
+    for f in case.fields:
+        k = len(f.cells or [])
+        n["total"] += k
+        key = "in_differential" if _counts(f) else "unassessable" if not is_assessable(f) else "flagged_not_reviewed"
+        n[key] += k
+        if key != "in_differential" and k:
+            n[key + "_fields"] += 1
+    return n
 
 
 CSV_COLUMNS = [

@@ -304,3 +304,43 @@ def test_a_case_call_that_is_not_confident_has_no_one_click_confirm(tmp_path):
         assert ">Sign off: choose the class first</button>" in form and 'class="decide"' in form  # not primary
         assert "The AI is not confident about this case call" in page
         assert "30 %" in page  # the field's confidence, through the one helper
+
+
+def _open_case_with_fields(p, url, tmp_path, files):
+    """Chromium logged in as clara, on a new case with `files` ({name: bytes}) added; (browser, page, case URL)."""
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(url + "/login")
+    page.get_by_label("User name").fill("clara")
+    page.get_by_label("Password").fill("clara-password")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_label("Smear reference").fill("S-2026-0888")
+    page.get_by_role("button", name="Create case").click()
+    case_url = page.url.split("?")[0]
+    for i, (name, data) in enumerate(files.items(), start=1):
+        (tmp_path / name).write_bytes(data)
+        page.locator("#file-input").set_input_files(str(tmp_path / name))
+        page.locator(".thumbs li").nth(i - 1).wait_for(timeout=30_000)
+    page.goto(case_url)
+    return browser, page, case_url
+
+
+def test_a_failed_sign_off_is_not_posted_again_on_reload(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser, page, case_url = _open_case_with_fields(p, url, tmp_path, {"f.png": png_with(SURE, smear("Pre", 31))})
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        page.locator("#case-note").fill("what I typed")
+        page.get_by_role("button", name=re.compile("^Sign off")).click()  # the warnings are not acknowledged
+        expect(page.locator("#case-error")).to_contain_text("There are warnings to read before sign-off")
+        expect(page.locator("#case-note")).to_have_value("what I typed")  # what was typed is kept
+        assert page.url == case_url + "#review", page.url
+        assert len(posts) == 1
+        page.reload()
+        expect(page.locator("#case-review-form")).to_be_visible()
+        expect(page.locator("#case-error")).to_have_count(0)
+        assert len(posts) == 1, posts  # the reload did not post the form again
+        browser.close()

@@ -465,3 +465,18 @@ def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_
     assert r.status_code == 200, r.text
     summary, note = texts(f"/cases/{cid}")
     assert note == f"{total} leukocyte(s) outlined, all in the differential" and summary.endswith(note)
+
+
+def test_a_failed_sign_off_answer_names_the_case_url_to_put_in_the_address_bar(web):
+    """The failure answer of a POST form carries the page's own URL (app.js puts it in the address bar, so a
+    reload does not post the form again); the page as a GET carries none."""
+    client, clin, _, _ = web
+    cid = new_case(client, clin)
+    assert client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1)]).status_code == 201
+    assert login(client).status_code == 303
+    page = client.get(f"/cases/{cid}").text
+    assert "data-replace-url" not in page
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    r = client.post(f"/cases/{cid}/review", data={"csrf_token": csrf, "label": "", "note": "typed note"})
+    assert r.status_code == 422 and "No final call was chosen" in r.text and ">typed note</textarea>" in r.text
+    assert f'data-replace-url="/cases/{cid}#review"' in r.text

@@ -8,6 +8,11 @@
     return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT" || el.isContentEditable);
   }
 
+  // A form's failure answer (the page at the form's POST URL, with what was typed and the error): the address
+  // bar gets the page's own URL, so a reload shows the page again and does not send the form a second time
+  var replaceUrl = document.querySelector("[data-replace-url]");
+  if (replaceUrl && window.history && window.history.replaceState) window.history.replaceState(null, "", replaceUrl.dataset.replaceUrl);
+
   // Confirmation before destructive forms
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (ev) { if (!window.confirm(form.dataset.confirm)) ev.preventDefault(); });

@@ -479,4 +479,4 @@ def test_a_failed_sign_off_answer_names_the_case_url_to_put_in_the_address_bar(w
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     r = client.post(f"/cases/{cid}/review", data={"csrf_token": csrf, "label": "", "note": "typed note"})
     assert r.status_code == 422 and "No final call was chosen" in r.text and ">typed note</textarea>" in r.text
-    assert f'data-replace-url="/cases/{cid}#review"' in r.text
+    assert f'data-replace-url="/cases/{cid}"' in r.text

@@ -159,8 +159,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     extra.setdefault("form", {})
     # a form's failure answer (the page at its POST URL): app.js puts the case's own URL in the address bar
     # (history.replaceState), so a reload GETs the page instead of posting the form again
-    where = "#review" if extra["case_error"] else "#viewer" if extra["field_error"] else ""
-    extra["replace_url"] = (f"/cases/{case_id}" + (f"?field={field_id}" if field_id is not None else "") + where
+    extra["replace_url"] = (f"/cases/{case_id}" + (f"?field={field_id}" if field_id is not None else "")
                             if request.method == "POST" else "")
     service = request.app.state.ctx.service
     cd = case_logic.case_dict(case, service)

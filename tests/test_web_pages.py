@@ -454,17 +454,28 @@ def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_
                 re.findall(r'<p id="cells-outlined">(.*?)</p>|<p class="muted small">(<strong>\d.*?) · <span id="cells-reviewed"', page, re.S)
                 for t in t if t]
 
-    want = (f"{total} leukocyte(s) outlined, {n['sure.jpg']} in the differential ({n['unsure.jpg']} in a flagged "
-            "field not yet reviewed: not counted until it is)")
+    def counted(n_in: int) -> str:
+        # the differential line's number ("17 of 100 leukocytes counted"), and the rest of the listed cells
+        k = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["n_cells_counted"]
+        assert 0 <= k <= n_in
+        return (f"{k} counted, {n_in - k} listed but not counted (cut by the field's edge, unidentified, "
+                "unclassified, excluded or not leukocytes)")
+
+    want = (f"{total} leukocyte(s) outlined: {counted(n['sure.jpg'])}, {n['unsure.jpg']} in a flagged "
+            "field not yet reviewed (not counted until it is)")
     summary, note = texts(f"/cases/{cid}")
     assert summary == f"2 field(s) · {want}" and note == want
     assert want in " ".join(re.sub(r"<[^>]+>", "", client.get(f"/cases/{cid}/report").text).split())
+    page = client.get(f"/cases/{cid}").text
+    k = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["n_cells_counted"]
+    assert page.count(f'<strong class="outlined-counted">{k}</strong> counted') == 2  # the same number, twice
+    assert f'<strong id="n-counted">{k}</strong> of 100 leukocytes counted' in page
     unsure = next(f for f in case["fields"] if f["name"] == "unsure.jpg")
     r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
                      json={"fields": [{"field_id": unsure["id"], "decision": "override", "label": "Pro"}]})
     assert r.status_code == 200, r.text
     summary, note = texts(f"/cases/{cid}")
-    assert note == f"{total} leukocyte(s) outlined, all in the differential" and summary.endswith(note)
+    assert note == f"{total} leukocyte(s) outlined: {counted(total)}" and summary.endswith(note)
 
 
 def test_a_failed_sign_off_answer_names_the_case_url_to_put_in_the_address_bar(web):

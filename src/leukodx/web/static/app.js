@@ -301,6 +301,14 @@
     if (bp && "blast_percent" in c) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
     var nr = document.getElementById("cells-reviewed"); if (nr && "n_cells_reviewed" in c) nr.textContent = c.n_cells_reviewed;
     var nc = document.getElementById("n-counted"); if (nc && "n_cells_counted" in c) nc.textContent = c.n_cells_counted;
+    if ("n_cells_counted" in c) {  // "35 leukocyte(s) outlined: 17 counted, 17 listed but not counted …" (the outlined macro)
+      document.querySelectorAll(".outlined-counted").forEach(function (el) { el.textContent = c.n_cells_counted; });
+      document.querySelectorAll(".outlined-rest").forEach(function (el) {
+        var rest = Math.max(0, +el.dataset.inDifferential - c.n_cells_counted), n = el.querySelector(".outlined-listed");
+        if (n) n.textContent = rest;
+        el.hidden = rest <= 0;
+      });
+    }
     if (c.differential_verified === false) {
       document.querySelectorAll("#diff-source .ok-text, #gallery-diff .ok-text, #sign-off-differential .ok-text").forEach(function (el) {
         el.className = "warn-text"; el.textContent = "AI pre-classification with your changes, not verified (changed since the last verification)";

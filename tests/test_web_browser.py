@@ -147,10 +147,14 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
                                "(i.scrollIntoView(), true))")
         page.wait_for_function("() => [...document.querySelectorAll('figure.cell img')].every(i => "
                                "i.complete && i.naturalWidth > 0)", timeout=20_000)
-        cells.first.focus()
-        cells.first.press("m")
+        moved = page.locator("#" + cells.first.get_attribute("id"))
+        moved.focus()
+        moved.press("m")
         expect(page.locator("#gallery-status")).to_contain_text("saved as Monocyte")
         expect(page.locator("#diff-monocyte")).to_have_text("1")
+        # under its new group at once, still focused
+        expect(page.locator("#group-monocyte + .cells").locator("#" + moved.get_attribute("id"))).to_have_count(1)
+        expect(moved).to_be_focused()
         page.reload()
         expect(page.locator("h3.gallery-group", has_text="Monocyte")).to_be_visible()
         # a crop leads to its place in the field
@@ -169,7 +173,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         expect(page.locator("#locked-note")).to_contain_text("this case is locked")
 
         # an amendment: a cell of the signed-off case needs a reason, then is kept as amendment 1
-        cell = page.locator("figure.cell").first
+        cell = page.locator("#" + page.locator("figure.cell").first.get_attribute("id"))  # by id: a move regroups it
         cell.focus()
         cell.press("b")
         expect(page.locator("#gallery-status")).to_contain_text("type the reason for the amendment")

@@ -191,6 +191,8 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
         assert n_cells >= 4
         assert page.locator("figure.cell img").first.get_attribute("width") == "120"
         before_n = int(page.locator("#diff-neutrophil").inner_text())
+        # the moved cards change places (under their new group): found by id, not by position
+        moved = page.locator("#" + cells.nth(0).get_attribute("id"))
         cells.first.focus()
         cells.first.press("Space")
         cells.first.press("Shift+ArrowRight")
@@ -198,11 +200,12 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
         page.keyboard.press("n")
         expect(page.locator("#gallery-status")).to_contain_text("2 cells saved as Neutrophil")
         expect(page.locator("#diff-neutrophil")).to_have_text(str(before_n + 2))
-        expect(cells.nth(0).locator(".cell-label")).to_have_text("Moved to Neutrophil")
+        expect(moved.locator(".cell-label")).to_have_text("Moved to Neutrophil")
         page.keyboard.press("z")
         expect(page.locator("#gallery-status")).to_contain_text("Undone")
         expect(page.locator("#diff-neutrophil")).to_have_text(str(before_n))
-        expect(cells.nth(0).locator(".cell-label")).to_have_text("")
+        expect(moved.locator(".cell-label")).to_have_text("")
+        page.keyboard.press("Escape")
         # the mouse: click, Shift-click a range; then one key for all of them
         unclassified = page.locator("#group-unclassified + .cells figure.cell")
         if unclassified.count():
@@ -212,6 +215,7 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
                 f"{unclassified.count()} cell{'s' if unclassified.count() > 1 else ''} selected")
             page.keyboard.press("l")
             expect(page.locator("#gallery-status")).to_contain_text("saved as Lymphocyte")
+            expect(page.locator("#group-unclassified")).to_have_count(0)  # the group left empty goes at once
         page.reload()
         expect(page.locator("#group-unclassified")).to_have_count(0)  # every counted cell has a class now
 
@@ -245,8 +249,8 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
         # a cell, amended from the gallery
         page.goto(case_url + "#gallery")
         page.locator("#cells-amendment").fill("cell 1 is a blast")
-        first = page.locator("figure.cell").first
-        first_id = first.get_attribute("id")
+        first_id = page.locator("figure.cell").first.get_attribute("id")
+        first = page.locator("#" + first_id)
         first.focus()
         first.press("b")
         expect(page.locator("#gallery-status")).to_contain_text("saved as Blast")
@@ -344,3 +348,66 @@ def test_a_failed_sign_off_is_not_posted_again_on_reload(server, tmp_path):
         expect(page.locator("#case-error")).to_have_count(0)
         assert len(posts) == 1, posts  # the reload did not post the form again
         browser.close()
+
+
+def test_moved_cells_go_under_their_new_group_at_once_and_z_takes_them_back(server, tmp_path):
+    """A class key puts the moved cards under the new class's heading (made if the page had none) with the counts
+    in the headings updated, without a reload; they stay selected and the focused one keeps the focus; the arrow
+    keys follow the new order; z puts them back under their old group (and the group made for them goes)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser, page, case_url = _open_case_with_fields(
+            p, url, tmp_path, {"a.jpg": field_bytes("Early", 21, size=160), "b.jpg": field_bytes("Pro", 23, size=160)})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(case_url + "#gallery")
+        page.evaluate("() => { window.notReloaded = true; }")
+
+        def groups() -> dict[str, int]:  # {class: the count in its heading}
+            return {h.get_attribute("id")[len("group-"):]: int(re.search(r"\((\d+)\)$", h.inner_text()).group(1))
+                    for h in page.locator("h3.gallery-group").all()}
+
+        def ids_under(cls: str) -> list[str]:
+            return page.locator(f"#group-{cls} + .cells figure.cell").evaluate_all("cs => cs.map(c => c.id)")
+
+        before = groups()
+        assert all(n == len(ids_under(c)) for c, n in before.items()), before
+        old = next((c for c, n in before.items() if n >= 2), None)
+        assert old, before
+        new, key = "monocyte", "m"  # a group the page has not got yet (the fake AI suggests no monocyte)
+        assert new not in before
+        a, b = ids_under(old)[:2]
+        page.locator("#" + a).click()
+        page.locator("#" + b).click(modifiers=["Control"])
+        expect(page.locator("#selection-count")).to_have_text("2 cells selected")
+        page.keyboard.press(key)
+        expect(page.locator("#gallery-status")).to_contain_text("2 cells saved as")
+        expect(page.locator(f"#group-{new} + .cells").locator(f"#{a}, #{b}")).to_have_count(2)
+        after = groups()
+        assert after.get(new, 0) == before.get(new, 0) + 2, (before, after)
+        assert after.get(old, 0) == before[old] - 2, (before, after)
+        assert (old in after) == (before[old] > 2)  # a group left empty goes
+        assert all(n == len(ids_under(c)) for c, n in after.items()), after
+        # the new group where the page's order puts it (as a reload would): monocyte after blast and lymphocyte
+        assert list(after) == [c for c in ("blast", "lymphocyte", "monocyte", "unclassified", "edge") if c in after]
+        expect(page.locator("#" + b)).to_be_focused()
+        expect(page.locator('figure.cell[aria-selected="true"]')).to_have_count(2)
+        # the arrow keys walk the new order: from b to the card after it under its new group, or the next group's
+        nxt = page.locator("figure.cell").evaluate_all(
+            "(cs, id) => { const i = cs.findIndex(c => c.id === id); return i + 1 < cs.length ? cs[i + 1].id : id; }", b)
+        page.keyboard.press("ArrowRight")
+        expect(page.locator("#" + nxt)).to_be_focused()
+        page.keyboard.press("ArrowLeft")
+        expect(page.locator("#" + b)).to_be_focused()
+
+        page.keyboard.press("z")
+        expect(page.locator("#gallery-status")).to_contain_text("Undone")
+        expect(page.locator(f"#group-{old} + .cells").locator(f"#{a}, #{b}")).to_have_count(2)
+        assert groups() == before
+        assert ids_under(old)[:2] == [a, b]  # back in their places
+        expect(page.locator("#" + b)).to_be_focused()
+        assert page.evaluate("() => window.notReloaded === true")  # all without a reload
+        browser.close()
+    assert errors == [], errors

@@ -130,16 +130,22 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
     A flagged field's cells are shown but not counted (`counted` False) until the field is reviewed
     (case_logic.counted_cells); unassessable fields' cells are left out."""
     groups: dict[str, list[dict]] = {}
+    seq = 0  # the cell's place in the page's order within any group (app.js puts a moved cell back by it)
     for i, f in enumerate(case.fields, start=1):
         if not case_logic.is_assessable(f):
             continue
         scale, counted = gallery_logic.um_per_px(f.cells), _counted(f)
         for c in f.cells or []:
             groups.setdefault(cell_logic.final_class(c), []).append(
-                {**c, "field_id": f.id, "field_no": i, "um_per_px": scale, "counted": counted})
-    order = [*cell_logic.REVIEW_LABELS, *[k for k in cell_logic.KNOWN_CLASSES if k not in cell_logic.REVIEW_LABELS],
-             cell_logic.UNCLASSIFIED, cell_logic.EDGE]
-    return [(k, groups[k]) for k in order if k in groups]
+                {**c, "field_id": f.id, "field_no": i, "um_per_px": scale, "counted": counted, "seq": seq})
+            seq += 1
+    return [(k, groups[k]) for k in GALLERY_ORDER if k in groups]
+
+
+# the gallery's groups in the page's order (app.js makes a group a moved cell needs in this order too)
+GALLERY_ORDER = (*cell_logic.REVIEW_LABELS,
+                 *[k for k in cell_logic.KNOWN_CLASSES if k not in cell_logic.REVIEW_LABELS],
+                 cell_logic.UNCLASSIFIED, cell_logic.EDGE)
 
 
 def _counted(f: Field) -> bool:
@@ -180,6 +186,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         reviewed=reviewed, field_tally=_tally_words(tally), fields_decisive=fields_decisive,
         cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)),
         gallery=gallery, warnings=warnings,
+        gallery_groups=[[k, cell_logic.WORDS.get(k, k)] for k in GALLERY_ORDER],
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,

@@ -196,6 +196,71 @@
     return opt ? opt.textContent.replace(/ \(.\)$/, "") : label;
   }
 
+  // Each card sits under the group of the class it counts as now (cells.final_class): the reviewer's class, else
+  // "edge" for a cell cut by the field's edge, else the AI's class, else "unclassified". A move puts the cards
+  // under their new group at once (made where the page's order puts it when it is not there yet; a group left
+  // empty goes), with the counts in the headings, as a reload would show them.
+  var cellsBox = document.getElementById("gallery-cells"), groupOrder = [], groupWords = {};
+  if (cellsBox && cellsBox.dataset.groups) {
+    try {
+      JSON.parse(cellsBox.dataset.groups).forEach(function (g) { groupOrder.push(g[0]); groupWords[g[0]] = g[1]; });
+    } catch (err) { groupOrder = []; }
+  }
+
+  function groupOf(c) {
+    return c.dataset.label || (c.dataset.edge ? "edge" : c.dataset.ai || "unclassified");
+  }
+
+  function groupList(cls, make) {
+    var h = document.getElementById("group-" + cls);
+    if (h) return h.nextElementSibling;
+    if (!make) return null;
+    h = document.createElement("h3");
+    h.className = "gallery-group"; h.id = "group-" + cls;
+    var list = document.createElement("div");
+    list.className = "cells"; list.setAttribute("role", "group"); list.setAttribute("aria-labelledby", h.id);
+    // before the first group that comes later in the page's order (a class the order does not know goes last)
+    var at = groupOrder.indexOf(cls), before = null;
+    if (at >= 0) {
+      Array.prototype.some.call(cellsBox.querySelectorAll("h3.gallery-group"), function (g) {
+        var k = groupOrder.indexOf(g.id.replace(/^group-/, ""));
+        if (k < 0 || k > at) { before = g; return true; }
+        return false;
+      });
+    }
+    cellsBox.insertBefore(h, before); cellsBox.insertBefore(list, before);
+    return list;
+  }
+
+  function countGroups() {
+    cellsBox.querySelectorAll("h3.gallery-group").forEach(function (h) {
+      var list = h.nextElementSibling, n = list ? list.querySelectorAll("figure.cell").length : 0, cls = h.id.replace(/^group-/, "");
+      if (!n) { if (list) list.remove(); h.remove(); return; }
+      var span = h.querySelector("span") || document.createElement("span");
+      span.className = "muted small"; span.textContent = "(" + n + ")";
+      h.textContent = (groupWords[cls] || (h.firstChild && h.firstChild.nodeType === 3 ? h.firstChild.nodeValue.trim() : cls)) + " ";
+      h.appendChild(span);
+    });
+  }
+
+  function regroup(cards) {
+    if (!cellsBox) return;
+    var had = document.activeElement;  // moving a card takes the focus from it: give it back
+    cards.forEach(function (c) {
+      var list = groupList(groupOf(c), true);
+      if (c.parentNode === list) return;
+      var seq = +c.dataset.seq, next = null;
+      Array.prototype.some.call(list.querySelectorAll("figure.cell"), function (x) {
+        if (+x.dataset.seq > seq) { next = x; return true; }
+        return false;
+      });
+      list.insertBefore(c, next);
+    });
+    countGroups();
+    allCells = Array.prototype.slice.call(gallery.querySelectorAll("figure.cell"));  // the arrow keys' order
+    if (had && had !== document.activeElement && cards.indexOf(had) >= 0) focusCell(had);
+  }
+
   function paintSelection() {
     allCells.forEach(function (c) { c.setAttribute("aria-selected", selected.indexOf(c) >= 0 ? "true" : "false"); });
     var n = selected.length, out = document.getElementById("selection-count");
@@ -355,9 +420,9 @@
       say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
           ". Blast percentage now " + (res.body && res.body.blast_percent != null ? res.body.blast_percent.toFixed(1) + " %" : "–") +
           "." + (isUndo ? "" : " Press z to undo."));
-      selected = []; paintSelection();
-      var last = targets[targets.length - 1], after = allCells[allCells.indexOf(last) + 1];
-      if (!isUndo && after && gallery.contains(document.activeElement)) focusCell(after);
+      // the cards go under their new group; they stay selected, the focused one keeps the focus
+      regroup(targets);
+      selected = targets.slice(); paintSelection();
     }).catch(function () { busy = false; say("Not saved: the connection failed. Check that leukodx is still running, then try again.", true); });
   }
 

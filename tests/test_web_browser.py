@@ -152,9 +152,10 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
         moved.press("m")
         expect(page.locator("#gallery-status")).to_contain_text("saved as Monocyte")
         expect(page.locator("#diff-monocyte")).to_have_text("1")
-        # under its new group at once, still focused
+        # under its new group at once; the focus goes on to the next card (work goes on down the group)
         expect(page.locator("#group-monocyte + .cells").locator("#" + moved.get_attribute("id"))).to_have_count(1)
-        expect(moved).to_be_focused()
+        expect(moved).not_to_be_focused()
+        expect(page.locator("figure.cell:focus")).to_have_count(1)
         page.reload()
         expect(page.locator("h3.gallery-group", has_text="Monocyte")).to_be_visible()
         # a crop leads to its place in the field

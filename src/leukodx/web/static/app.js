@@ -420,9 +420,17 @@
       say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
           ". Blast percentage now " + (res.body && res.body.blast_percent != null ? res.body.blast_percent.toFixed(1) + " %" : "–") +
           "." + (isUndo ? "" : " Press z to undo."));
-      // the cards go under their new group; they stay selected, the focused one keeps the focus
+      // the cards go under their new group at once. After a move the selection is cleared and the focus goes on
+      // to the card that followed the moved ones, so that a technologist works down a group key after key;
+      // after an undo the cards put back stay selected, the focused one keeps the focus
+      var order = allCells.slice(), last = targets[targets.length - 1], after = null;
+      for (var k = order.indexOf(last) + 1; k < order.length && !after; k++) {
+        if (targets.indexOf(order[k]) < 0) after = order[k];
+      }
+      var working = gallery.contains(document.activeElement);
       regroup(targets);
-      selected = targets.slice(); paintSelection();
+      if (isUndo) { selected = targets.slice(); paintSelection(); }
+      else { selected = []; paintSelection(); if (after && working) focusCell(after); }
     }).catch(function () { busy = false; say("Not saved: the connection failed. Check that leukodx is still running, then try again.", true); });
   }
 

@@ -16,17 +16,9 @@ from leukodx.inference.summary import malignant_probability
 from leukodx.web.app import create_app
 from leukodx.web.auth import add_user
 from leukodx.web.settings import Settings, database_url_for
-from webtools import FakeAnalyzer, LiveServer, field_bytes
+from webtools import CHROMIUM, CHROMIUM_ARGS, FakeAnalyzer, LiveServer, browser_marks, field_bytes
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium "
-                       "(Debian: apt-get install -y chromium)"),
-]
+pytestmark = browser_marks()
 
 ROCKET, SURE, UNSURE = (1, 2, 3), (3, 2, 1), (2, 2, 2)  # marker pixels (top left) of the test's PNG images
 

@@ -255,3 +255,18 @@ def login(client, user: str = "alice", password: str = "alice-password"):
     csrf = found.group(1)
     return client.post("/login", data={"username": user, "password": password, "csrf_token": csrf,
                                        "next": "/cases"}, follow_redirects=False)
+
+
+# Debian's Chromium for the real-browser tests (playwright drives it): where it is, and how it is started
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_marks() -> list:
+    """The pytest marks of a real-browser test module: `browser`, skipped with a reason without Chromium."""
+    import pytest
+
+    return [pytest.mark.browser,
+            pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is not installed at /usr/bin/chromium "
+                               "(Debian: apt-get install -y chromium)")]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test support (a live server, a fa
 from leukodx.web.app import create_app  # noqa: E402
 from leukodx.web.auth import add_user  # noqa: E402
 from leukodx.web.settings import Settings, database_url_for  # noqa: E402
-from webtools import CHROMIUM, CHROMIUM_ARGS, FakeAnalyzer, LiveServer, field_bytes  # noqa: E402
+from webtools import FakeAnalyzer, LiveServer, field_bytes, launch_chromium  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TALEQANI = DATA / "all-taleqani" / "Original"
@@ -119,7 +119,7 @@ def main() -> None:
         small_png(png, shots / f"{name}.png")
 
     with LiveServer(app) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
         page.on("dialog", lambda d: d.accept())
         page.goto(url + "/login")

@@ -13,13 +13,9 @@ import pytest
 from leukodx.web.app import create_app
 from leukodx.web.auth import add_user
 from leukodx.web.settings import Settings, database_url_for
-from webtools import CHROMIUM, CHROMIUM_ARGS, FakeAnalyzer, LiveServer, browser_marks, field_bytes
+from webtools import FakeAnalyzer, LiveServer, browser_marks, field_bytes, launch_chromium
 
 pytestmark = browser_marks()
-
-
-def launch(p):
-    return p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
 @pytest.fixture()
@@ -55,7 +51,7 @@ def test_clinician_workflow_in_a_real_browser(server, tmp_path):
     first = tmp_path / "field-one.jpg"
     first.write_bytes(field_bytes("Pre", 11, size=160))
     with sync_playwright() as p:
-        browser = launch(p)
+        browser = launch_chromium(p)
         page = browser.new_page(accept_downloads=True, viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

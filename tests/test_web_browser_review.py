@@ -16,7 +16,7 @@ from leukodx.inference.summary import malignant_probability
 from leukodx.web.app import create_app
 from leukodx.web.auth import add_user
 from leukodx.web.settings import Settings, database_url_for
-from webtools import CHROMIUM, CHROMIUM_ARGS, FakeAnalyzer, LiveServer, browser_marks, field_bytes
+from webtools import FakeAnalyzer, LiveServer, browser_marks, field_bytes, launch_chromium
 
 pytestmark = browser_marks()
 
@@ -102,7 +102,7 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -304,7 +304,7 @@ def test_a_case_call_that_is_not_confident_has_no_one_click_confirm(tmp_path):
 
 def _open_case_with_fields(p, url, tmp_path, files):
     """Chromium logged in as clara, on a new case with `files` ({name: bytes}) added; (browser, page, case URL)."""
-    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    browser = launch_chromium(p)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(url + "/login")
     page.get_by_label("User name").fill("clara")

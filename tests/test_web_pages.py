@@ -349,7 +349,9 @@ class UnsureAnalyzer(FakeAnalyzer):
         return r
 
 
-def test_a_flagged_field_preselects_no_call_and_offers_no_one_key_confirm(tmp_path):
+def sure_and_unsure_case(tmp_path):
+    """A case of two fields, sure.jpg (unflagged) and unsure.jpg (flagged: the AI may be wrong): (client,
+    clinician headers, case id, the upload's answer)."""
     app, clin, _ = make_test_app(tmp_path, analyzer=UnsureAnalyzer())
     client = TestClient(app)
     cid = new_case(client, clin)
@@ -357,6 +359,11 @@ def test_a_flagged_field_preselects_no_call_and_offers_no_one_key_confirm(tmp_pa
         ("files", ("sure.jpg", field_bytes("Pre", 1), "image/jpeg")),
         ("files", ("unsure.jpg", field_bytes("Pro", 2), "image/jpeg"))])
     assert r.status_code == 201, r.text
+    return client, clin, cid, r
+
+
+def test_a_flagged_field_preselects_no_call_and_offers_no_one_key_confirm(tmp_path):
+    client, clin, cid, r = sure_and_unsure_case(tmp_path)
     sure, unsure = sorted(r.json()["added"], key=lambda f: f["name"])
     assert unsure["flag"] == "low_confidence" and unsure["label"] and sure["flag"] == "ok"
     assert login(client).status_code == 303
@@ -435,13 +442,7 @@ def test_an_amendments_summary_line_uses_the_words_of_its_table(tmp_path):
 def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_reviewed(tmp_path):
     """The summary and the differential's note give the same numbers in the same words: all the cells outlined,
     and how many of them the differential takes (a flagged field's cells wait for its review)."""
-    app, clin, _ = make_test_app(tmp_path, analyzer=UnsureAnalyzer())
-    client = TestClient(app)
-    cid = new_case(client, clin)
-    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[
-        ("files", ("sure.jpg", field_bytes("Pre", 1), "image/jpeg")),
-        ("files", ("unsure.jpg", field_bytes("Pro", 2), "image/jpeg"))])
-    assert r.status_code == 201, r.text
+    client, clin, cid, _ = sure_and_unsure_case(tmp_path)
     case = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
     n = {f["name"]: len(f["cells"]) for f in case["fields"]}
     assert n["sure.jpg"] and n["unsure.jpg"]

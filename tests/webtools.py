@@ -263,6 +263,11 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, through playwright (`with sync_playwright() as p: launch_chromium(p)`)."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
 def browser_marks() -> list:
     """The pytest marks of a real-browser test module: `browser`, skipped with a reason without Chromium."""
     import pytest

@@ -27,6 +27,11 @@ def database_url_for(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
+def _cores() -> int:
+    """The cores analyses use at once: one analysis per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def local_zone_name() -> str:
     """The server's own time zone as an IANA name (TZ, /etc/timezone, the /etc/localtime link), else UTC."""
     candidates = [os.environ.get("TZ", "").removeprefix(":")]
@@ -69,13 +74,13 @@ class Settings(BaseSettings):
     segmenter_dir: Path | None = None
     max_file_mb: float = Field(default=20.0, gt=0, description="The largest accepted image, MB.")
     max_files: int = Field(default=50, gt=0)
-    analysis_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), gt=0,
+    analysis_workers: int = Field(default_factory=lambda: _cores(), gt=0,
                                   description="Analyses run at once: one per core (at most 4).")
     analysis_threads: int | None = Field(
         default=None, gt=0, description="CPU threads per analysis [default: cores / analysis_workers]."
     )
     analysis_queue: int = Field(
-        default_factory=lambda: 16 * max(1, min(4, os.cpu_count() or 1)), ge=0,
+        default_factory=lambda: 16 * _cores(), ge=0,
         description="Analyses allowed to wait, sized to the cores (16 per core: at about 25 ms a field, under half a "
         "second of waiting); beyond it the server answers 503 with Retry-After at once.")
     analysis_timeout_s: float = Field(default=60.0, gt=0)

@@ -106,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--taleqani-split", type=Path, default=SPLITS / "taleqani-sgdc-seed0.csv")
     ap.add_argument("--raabin-split", type=Path, default=SPLITS / "raabin-fields-seed0.csv")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--engine", default="onnx", help="onnx, or onnx-int8 (model.int8.onnx)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/cell-types"))
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    clf = CellClassifier.load(a.model, threads=a.threads)
+    clf = CellClassifier.load(a.model, threads=a.threads, engine=a.engine)
     low, ft = clf.low_confidence, clf.field_threshold
-    m: dict = {"model": str(a.model or "src/leukodx/assets/cells (bundled)"), "classes": list(clf.classes),
+    m: dict = {"model": str(a.model or "src/leukodx/assets/cells (bundled)"), "engine": a.engine, "classes": list(clf.classes),
                "temperature": clf.temperature, "low_confidence": low, "field_threshold": ft,
                "machine": f"{platform.machine()}, {platform.python_version()}"}
     size, width = clf.size[0], clf.width_rbc

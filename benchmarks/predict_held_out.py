@@ -50,11 +50,13 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", default="test")
     ap.add_argument("--severity", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--engine", default="onnx", help="predict's --engine (onnx, onnx-int8)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     rows = [r for r in read_split(args.split) if r["split"] == args.subset]
     exe = str(Path(sys.executable).with_name("leukodx"))
     res: dict = {"data": str(args.data), "split": str(args.split), "subset": args.subset, "n_rows": len(rows),
+                 "engine": args.engine,
                  "lab_shift": {"severity": args.severity, "seed": args.seed, "saved_as": "JPEG quality 95"}}
     with tempfile.TemporaryDirectory(prefix="held-out-") as tmp:
         t = Path(tmp)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
             truth[stem] = r["label"]
         for name, suffix in (("original", ".png"), ("shifted", ".jpg")):
             t0 = time.perf_counter()
-            cmd = [exe, "predict", str(t / name), "--out", str(t / f"pred-{name}")]
+            cmd = [exe, "predict", str(t / name), "--out", str(t / f"pred-{name}"), "--engine", args.engine]
             subprocess.run(cmd, check=True, capture_output=True)
             score = _score(t / f"pred-{name}" / "predictions.csv", {k + suffix: v for k, v in truth.items()})
             res["in_distribution" if name == "original" else "lab_shifted"] = {

@@ -64,7 +64,7 @@ def test_sigkill_during_uploads_leaves_a_consistent_store(tmp_path):
     db = tmp_path / "crash.db"
     files_dir = tmp_path / "crash-files"
     _, sessions = open_database(database_url_for(db))
-    from leukodx.web import cases
+    from leukodx.web.cases import store as cases
 
     with sessions() as s:
         _, token = create_token(s, "crash", "clinician")

@@ -17,7 +17,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from leukodx.inference.types import FieldResult
-from leukodx.web.cases import CSV_COLUMNS, FIELD_CSV_COLUMNS
+from leukodx.web.cases.serialise import CSV_COLUMNS, FIELD_CSV_COLUMNS
 from leukodx.web.db import AuditEntry
 from webtools import FakeAnalyzer, LiveServer, field_bytes
 

@@ -75,7 +75,7 @@ def test_a_database_from_before_alembic_upgrades_with_its_rows(db_url):
         # revision 0003: no accession or patient yet, the default target, never verified
         assert (case.accession, case.patient_id, case.differential_target) == ("", "", 100)
         assert case.differential_verified is False and case.differential_verified_by is None
-        from leukodx.web.cases import case_dict
+        from leukodx.web.cases.serialise import case_dict
 
         d = case_dict(case)
         assert d["differential_source"] == "ai" and d["amendments"] == [] and d["accession"] == ""

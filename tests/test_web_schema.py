@@ -23,7 +23,7 @@ APP = create_app(Settings(database_url=database_url_for(_TMP / "schema.db"), max
 with APP.state.ctx.sessions() as _db:
     _, TOKEN = create_token(_db, "schemathesis", "admin")
     _db.commit()
-    from leukodx.web import cases as _cases
+    from leukodx.web.cases import store as _cases
 
     for i in range(3):  # a few cases so that ids 1..3 exist
         _cases.create_case(_db, f"S-{i}", "", "seed")

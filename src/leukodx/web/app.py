@@ -27,7 +27,7 @@ from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
 from leukodx.web.analysis import AnalysisFailed, AnalysisService, AnalysisTimeout, ServiceUnavailable
-from leukodx.web.cases import Invalid, Locked, NotFound
+from leukodx.web.cases.rules import Invalid, Locked, NotFound
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
 from leukodx.web.settings import Settings

@@ -40,18 +40,7 @@ from sqlalchemy.engine import URL
 from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.io import file_sha256
-from leukodx.web.db import (
-    Base,
-    _connect_errors,
-    current_revision,
-    describe_url,
-    head_revision,
-    is_known_revision,
-    make_engine,
-    migrate,
-    newer_schema_error,
-    normalize_url,
-)
+from leukodx.web import db as database
 from leukodx.web.storage import NAME_RE
 
 FORMAT = "leukodx-backup"
@@ -61,15 +50,11 @@ SQLITE_MEMBER = "database.sqlite3"
 PG_MEMBER = "database.sql"
 FILE_COLUMNS = ("image_file", "overlay_file", "heatmap_file")
 COUNTED = ("users", "api_tokens", "login_sessions", "cases", "fields", "audit_log")
-LEUKODX_TABLES = tuple(Base.metadata.tables) + ("alembic_version",)
+LEUKODX_TABLES = tuple(database.Base.metadata.tables) + ("alembic_version",)
 
 
 class BackupError(LeukodxError):
     pass
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -118,15 +103,15 @@ def _revision_of(conn) -> str | None:
             legacy = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
             return "0001" if legacy == 1 else f"legacy-{legacy}" if legacy else None
         return None
-    return current_revision(conn)
+    return database.current_revision(conn)
 
 
 def _check_revision(rev: str | None, what: str) -> str:
     if rev is None:
         raise BackupError(f"{what} holds no leukodx database (no schema).",
                           "Check --db; `leukodx serve --db ...` creates one.")
-    if not is_known_revision(rev):
-        raise newer_schema_error(what, rev)
+    if not database.is_known_revision(rev):
+        raise database.newer_schema_error(what, rev)
     return rev
 
 
@@ -228,12 +213,12 @@ def _snapshot_postgres(url: URL, staging: Path) -> tuple[Path, dict]:
 
     pg_dump = _tool("pg_dump")
     target = staging / PG_MEMBER
-    engine = make_engine(url)
+    engine = database.make_engine(url)
     try:
-        with _connect_errors(engine), engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+        with database._connect_errors(engine), engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
             conn.execute(text("SET TRANSACTION READ ONLY"))
             snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar()
-            facts = {"schema_revision": _check_revision(_revision_of(conn), _upper(describe_url(url)))}
+            facts = {"schema_revision": _check_revision(_revision_of(conn), _upper(database.describe_url(url)))}
             facts.update(_snapshot_facts(conn))
             args, env = libpq_args(url)
             _run_to_file([pg_dump, *args, f"--snapshot={snapshot}", "--no-owner", "--no-privileges",
@@ -258,7 +243,7 @@ def _read_files(files_dir: Path, names: list[str]) -> tuple[dict[str, bytes], li
         except FileNotFoundError:
             missing.append(name)
             continue
-        if _sha256(data) != name.split(".")[0]:
+        if hashlib.sha256(data).hexdigest() != name.split(".")[0]:
             damaged.append({"name": name, "problem": "content does not match its sha256 name (damaged on disk)"})
             continue
         good[name] = data
@@ -282,7 +267,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path 
 def backup(db_url: str, files_dir: Path, out: Path, allow_damaged: bool = False) -> dict:
     """Write a consistent backup of the database `db_url` and its images in `files_dir` to `out`.
     Returns the manifest. Nothing is left under `out` unless the whole archive was written and checked."""
-    url = normalize_url(db_url)
+    url = database.normalize_url(db_url)
     out = Path(out).expanduser().absolute()
     files_dir = Path(files_dir)
     if out.is_dir():
@@ -321,7 +306,7 @@ def backup(db_url: str, files_dir: Path, out: Path, allow_damaged: bool = False)
             "leukodx_version": __version__,
             "created": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "database": {
-                "dialect": url.get_backend_name(), "member": db_file.name, "source": describe_url(url),
+                "dialect": url.get_backend_name(), "member": db_file.name, "source": database.describe_url(url),
                 "schema_revision": facts["schema_revision"], "sha256": file_sha256(db_file),
                 "bytes": db_file.stat().st_size,
             },
@@ -398,12 +383,10 @@ def read_archive(archive: Path, staging: Path | None) -> dict:
                     continue
                 if manifest is None:
                     raise _damaged(archive, "it does not start with a leukodx manifest: not a leukodx backup")
-                if m.name == manifest["database"]["member"]:
-                    dest = staging / m.name if staging is not None else None
-                elif m.name.startswith("files/") and NAME_RE.match(m.name[6:]):
-                    dest = staging / m.name if staging is not None else None
-                else:
+                if m.name != manifest["database"]["member"] and not (m.name.startswith("files/")
+                                                                     and NAME_RE.match(m.name[6:])):
                     raise _damaged(archive, f"unexpected entry {m.name!r}")
+                dest = staging / m.name if staging is not None else None
                 h = hashlib.sha256()
                 out = open(dest, "wb") if dest is not None else None  # noqa: SIM115
                 try:
@@ -449,10 +432,10 @@ def _check_manifest(archive: Path, manifest: dict) -> dict:
     if not all(NAME_RE.match(i["name"]) for i in manifest["files"]["items"]):
         raise _damaged(archive, "its manifest names a file that is not a content-hash name")
     rev = manifest["database"]["schema_revision"]
-    if not is_known_revision(rev):
+    if not database.is_known_revision(rev):
         raise BackupError(
             f"The backup {archive} has schema revision {rev}, newer than this leukodx {__version__} understands "
-            f"(newest: {head_revision()}), from leukodx {manifest.get('leukodx_version')}.",
+            f"(newest: {database.head_revision()}), from leukodx {manifest.get('leukodx_version')}.",
             "Upgrade leukodx to restore it; nothing was changed.")
     return manifest
 
@@ -473,9 +456,9 @@ def _rows_in_sqlite(path: Path) -> int:
 def _rows_in_postgres(url: URL) -> int:
     from sqlalchemy import inspect, text
 
-    engine = make_engine(url)
+    engine = database.make_engine(url)
     try:
-        with _connect_errors(engine), engine.connect() as conn:
+        with database._connect_errors(engine), engine.connect() as conn:
             tables = inspect(conn).get_table_names()
             return sum(int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in tables
                        if t not in ("alembic_version", "schema_migrations"))
@@ -519,8 +502,8 @@ def _restore_sqlite(staged: Path, url: URL) -> None:
     if check != "ok":
         raise BackupError(f"The database in the backup is damaged ({check}).", "Nothing was changed; use another backup.")
     # an older backup: bring the staged copy to this leukodx's schema before it replaces anything
-    engine = make_engine(f"sqlite:///{staged}")
-    migrate(engine)
+    engine = database.make_engine(f"sqlite:///{staged}")
+    database.migrate(engine)
     engine.dispose()
     con = sqlite3.connect(staged)
     try:
@@ -557,11 +540,11 @@ def _restore_postgres(staged: Path, url: URL) -> None:
     cmd = [psql, *args, "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-c", drop, "-f", str(staged)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BackupError(f"Restoring into {describe_url(url)} failed: {_last_line(r.stderr)}.",
+        raise BackupError(f"Restoring into {database.describe_url(url)} failed: {_last_line(r.stderr)}.",
                           "The database was left as it was (one transaction).")
-    engine = make_engine(url)
+    engine = database.make_engine(url)
     try:
-        migrate(engine)
+        database.migrate(engine)
     finally:
         engine.dispose()
 
@@ -569,7 +552,7 @@ def _restore_postgres(staged: Path, url: URL) -> None:
 def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) -> dict:
     """Restore `archive` into the database `db_url` and the store `files_dir`. Refuses a database that holds
     rows unless `force`. Returns the manifest plus what was done."""
-    url = normalize_url(db_url)
+    url = database.normalize_url(db_url)
     dialect = url.get_backend_name()
     files_dir = Path(files_dir)
     if dialect == "sqlite":
@@ -582,7 +565,7 @@ def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) ->
         base = files_dir.parent if files_dir.parent.is_dir() else Path(tempfile.gettempdir())
         nonempty = _rows_in_postgres(url)
     if nonempty and not force:
-        raise BackupError(f"{_upper(describe_url(url))} is not empty ({nonempty} rows).",
+        raise BackupError(f"{_upper(database.describe_url(url))} is not empty ({nonempty} rows).",
                           "Restore into a new database, or add --force to replace it.")
     staging = Path(tempfile.mkdtemp(prefix=".leukodx-restore-", dir=base))
     try:
@@ -597,7 +580,12 @@ def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) ->
             _restore_sqlite(staged, url)
         else:
             _restore_postgres(staged, url)
-        counts = _counts(url)
+        engine = database.make_engine(url)
+        try:
+            with engine.connect() as conn:
+                counts = _snapshot_facts(conn)["counts"]
+        finally:
+            engine.dispose()
         if counts != manifest["counts"]:
             raise BackupError(f"The restored database has {counts} rows, the backup's manifest says "
                               f"{manifest['counts']}.", "Report this; keep the archive.")
@@ -607,12 +595,3 @@ def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) ->
                           "Free space or fix permissions, then run it again.") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _counts(url: URL) -> dict:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return _snapshot_facts(conn)["counts"]
-    finally:
-        engine.dispose()

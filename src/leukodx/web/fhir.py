@@ -25,7 +25,7 @@ from leukodx import __version__
 from leukodx.inference.cell_classes import CELL_CLASS_WORDS, NOT_COUNTED
 from leukodx.web import cells as cell_logic
 from leukodx.web import words
-from leukodx.web.cases import counted_cells, is_signed_off, iso, unassessable_fields
+from leukodx.web.cases.rules import counted_cells, is_signed_off, iso, unassessable_fields
 from leukodx.web.db import Case
 
 LOINC = "http://loinc.org"

@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from leukodx.data.images import open_image
 from leukodx.inference.render import heatmap_png, shrink
-from leukodx.web.cases import NotFound
+from leukodx.web.cases.rules import NotFound
 from leukodx.web.db import Field
 
 

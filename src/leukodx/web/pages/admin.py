@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from leukodx.errors import LeukodxError
 from leukodx.web import auth
-from leukodx.web.api import CaseId
 from leukodx.web.db import ApiToken, AuditEntry, User, audit, utcnow
 from leukodx.web.deps import Db, FormUser, PageUser
 from leukodx.web.pages.base import render
+from leukodx.web.schemas import CaseId
 
 router = APIRouter()
 

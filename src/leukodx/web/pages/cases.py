@@ -13,14 +13,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from leukodx.errors import LeukodxError
-from leukodx.web import cases as case_logic
 from leukodx.web import cells as cell_logic
 from leukodx.web import gallery as gallery_logic
-from leukodx.web.api import CaseId
-from leukodx.web.cases import Invalid, Locked, NotFound
+from leukodx.web.cases import rules, serialise, store
+from leukodx.web.cases.rules import Invalid, Locked, NotFound
 from leukodx.web.db import Case, Field, utcnow
 from leukodx.web.deps import Db, FormUser, PageUser
 from leukodx.web.pages.base import render
+from leukodx.web.schemas import CaseId
 
 router = APIRouter()
 
@@ -37,8 +37,8 @@ def _status_of(exc: LeukodxError) -> int:
 def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", status: str = "all",
                flagged: str = "", **form):
     flag = {"yes": True, "no": False}.get(flagged)
-    rows, total = case_logic.list_cases(db, q, status, flag, limit=500)
-    _, all_total = case_logic.list_cases(db, limit=1)
+    rows, total = store.list_cases(db, q, status, flag, limit=500)
+    _, all_total = store.list_cases(db, limit=1)
     query = {"q": q, "status": status, **({"flagged": "true" if flag else "false"} if flag is not None else {})}
     filters = {k: v for k, v in query.items() if v}
     csv_url = "/api/v1/cases?" + urlencode({**filters, "format": "csv"})
@@ -75,21 +75,21 @@ def new_case(
     confirm_duplicate: Annotated[str, Form(max_length=10)] = "",
 ):
     """A double submit of the same form (same one-time token) makes one case: the second is sent to it."""
-    done = case_logic.already_submitted(db, form_token)
+    done = store.already_submitted(db, form_token)
     if done:
         return RedirectResponse(done, status_code=303)
     form = {"reference": reference, "accession": accession, "patient_id": patient_id, "note": note,
             "specimen": specimen, "stain": stain}
     try:
-        ref = case_logic.clean_reference(reference)
-        others = case_logic.same_reference(db, ref)
-        same_acc = case_logic.same_accession(db, accession)
+        ref = rules.clean_reference(reference)
+        others = store.same_reference(db, ref)
+        same_acc = store.same_accession(db, accession)
         if (others or same_acc) and not confirm_duplicate:
-            warning = " ".join(w for w in (case_logic.duplicate_warning(others),
-                                           case_logic.duplicate_accession_warning(same_acc)) if w)
+            warning = " ".join(w for w in (rules.duplicate_warning(others),
+                                           rules.duplicate_accession_warning(same_acc)) if w)
             return _list_page(request, who, db, 409, warning=warning,
                               duplicates=list({c.id: c for c in [*others, *same_acc]}.values()), **form)
-        case = case_logic.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token,
+        case = store.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token,
                                       accession=accession, patient_id=patient_id,
                                       differential_target=request.app.state.ctx.settings.differential_target)
     except LeukodxError as exc:
@@ -101,7 +101,7 @@ def new_case(
         if not isinstance(exc, IntegrityError):
             raise
         db.rollback()
-        return RedirectResponse(case_logic.already_submitted(db, form_token) or "/cases", status_code=303)
+        return RedirectResponse(store.already_submitted(db, form_token) or "/cases", status_code=303)
     return RedirectResponse(f"/cases/{case.id}?done=created", status_code=303)
 
 
@@ -128,11 +128,11 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
     """[(class, [cell + its field])] of the cells of assessable fields, grouped by the class each counts as now
     (the AI's pre-classification unless a reviewer moved it), in the vocabulary's order, the unclassified last.
     A flagged field's cells are shown but not counted (`counted` False) until the field is reviewed
-    (case_logic.counted_cells); unassessable fields' cells are left out."""
+    (rules.counted_cells); unassessable fields' cells are left out."""
     groups: dict[str, list[dict]] = {}
     seq = 0  # the cell's place in the page's order within any group (app.js puts a moved cell back by it)
     for i, f in enumerate(case.fields, start=1):
-        if not case_logic.is_assessable(f):
+        if not rules.is_assessable(f):
             continue
         scale, counted = gallery_logic.um_per_px(f.cells), _counted(f)
         for c in f.cells or []:
@@ -149,7 +149,7 @@ GALLERY_ORDER = (*cell_logic.REVIEW_LABELS,
 
 
 def _counted(f: Field) -> bool:
-    return case_logic.is_assessable(f) and (f.flag == "ok" or f.review_decision in case_logic.CASE_DECISIONS)
+    return rules.is_assessable(f) and (f.flag == "ok" or f.review_decision in rules.CASE_DECISIONS)
 
 
 LOCKED_WHERE = "Type it in “Reason for the amendment” below, then save again."
@@ -157,7 +157,7 @@ LOCKED_WHERE = "Type it in “Reason for the amendment” below, then save again
 
 def case_page_response(request: Request, db, who, case_id: int, status_code: int = 200, field_id: int | None = None,
                        **extra):
-    case = case_logic.get_case(db, case_id)
+    case = store.get_case(db, case_id)
     idx = _current_index(case, field_id)
     extra.setdefault("error", "")
     extra.setdefault("field_error", "")
@@ -168,29 +168,29 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     extra["replace_url"] = (f"/cases/{case_id}" + (f"?field={field_id}" if field_id is not None else "")
                             if request.method == "POST" else "")
     service = request.app.state.ctx.service
-    cd = case_logic.case_dict(case, service)
+    cd = serialise.case_dict(case, service)
     gallery = _gallery(case)
     field_numbers = {f.id: i for i, f in enumerate(case.fields, start=1)}
     field_um = {f.id: gallery_logic.um_per_px(f.cells) for f in case.fields}
-    reviewed = case_logic.reviewed_summary(service, case) if case.fields else None
+    reviewed = rules.reviewed_summary(service, case) if case.fields else None
     tally, fields_decisive = _field_calls(case, reviewed)
     warnings = list(cd.get("warnings", [])) + _disagreement(case, tally, fields_decisive)
     return render(
         request, "case.html", status_code, who=who, case=case, cd=cd, current=idx,
         field_numbers=field_numbers, field_um=field_um, n_gallery=sum(len(items) for _, items in gallery),
-        unknown_scale=[f.id for f in case.fields if f.cells and not field_um[f.id] and case_logic.is_assessable(f)],
+        unknown_scale=[f.id for f in case.fields if f.cells and not field_um[f.id] and rules.is_assessable(f)],
         not_shown=[field_numbers[f.id] for f in case.fields
-                   if f.cells and case_logic.is_assessable(f) and not _counted(f)],
+                   if f.cells and rules.is_assessable(f) and not _counted(f)],
         crop=gallery_logic, ai_confident=_ai_confident(cd, case),
         field=case.fields[idx] if case.fields else None,
         reviewed=reviewed, field_tally=_tally_words(tally), fields_decisive=fields_decisive,
-        cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)),
+        cs=cell_logic.cell_summary(rules.counted_cells(case.fields)),
         gallery=gallery, warnings=warnings,
         gallery_groups=[[k, cell_logic.WORDS.get(k, k)] for k in GALLERY_ORDER],
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
-        amendment_rule=case_logic.AMENDMENT_RULE, **extra)
+        amendment_rule=rules.AMENDMENT_RULE, **extra)
 
 
 def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool]:
@@ -198,7 +198,7 @@ def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool]:
     them is decisive enough to start the sign-off from it: every field reviewed, nothing left to review, the
     fields agreeing (benign vs leukemic) and one class clearly ahead. 3 Benign, 3 Early, 2 Pro and 1 Pre is
     not a Benign case, although the mean of the calls ties Benign first."""
-    calls = [f.review_label for f in case.fields if f.review_label and case_logic.is_assessable(f)]
+    calls = [f.review_label for f in case.fields if f.review_label and rules.is_assessable(f)]
     tally = dict(sorted(Counter(calls).items(), key=lambda kv: -kv[1]))
     if not tally or reviewed is None or reviewed.label is None:
         return tally, False
@@ -243,10 +243,10 @@ def review_field(
 ):
     """The field's call: the AI's confirmed, another class (override), or "unassessable" (the image cannot be
     read: left out of the case call and the differential; the note is its reason)."""
-    case = case_logic.lock_case(db, case_id)
+    case = store.lock_case(db, case_id)
     f = next((f for f in case.fields if f.id == field_id), None)
     if f is None:
-        raise case_logic.NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
+        raise rules.NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
     if label == "unassessable":
         item = {"field_id": field_id, "decision": "unassessable", "note": note}
     else:
@@ -256,7 +256,7 @@ def review_field(
         if not label:
             raise Invalid("No call was chosen for this field.",
                           "Choose a class, or 'Unassessable' if the image cannot be read, then save.")
-        case_logic.review(db, case, who.name, None, [item], amendment_reason,
+        store.review(db, case, who.name, None, [item], amendment_reason,
                           classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
@@ -264,15 +264,15 @@ def review_field(
         return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id,
                                   field_error=message,
                                   form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
-    nxt = _next_unreviewed(case_logic.get_case(db, case_id, fresh=True), field_id)
+    nxt = _next_unreviewed(store.get_case(db, case_id, fresh=True), field_id)
     return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed#viewer", status_code=303)
 
 
 @router.post("/cases/{case_id}/confirm-unflagged")
 def confirm_unflagged(request: Request, case_id: CaseId, who: FormUser, db: Db):
-    case = case_logic.lock_case(db, case_id)
+    case = store.lock_case(db, case_id)
     try:
-        n = case_logic.confirm_unflagged(db, case, who.name)
+        n = store.confirm_unflagged(db, case, who.name)
     except LeukodxError as exc:
         db.rollback()
         return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message)
@@ -287,11 +287,11 @@ def review_cell(
     amendment_reason: Annotated[str, Form(max_length=2000)] = "",
 ):
     """The gallery's form for one cell (without JavaScript; with it, the page uses the API)."""
-    case = case_logic.lock_case(db, case_id)
+    case = store.lock_case(db, case_id)
     try:
         if label and label not in cell_logic.REVIEW_LABELS:
             raise Invalid(f"Unknown cell class {label!r}.", "Choose a class from the list.")
-        case_logic.review_cells(db, case, field_id, [{"id": cell_id, "label": label or None}], who.name,
+        store.review_cells(db, case, field_id, [{"id": cell_id, "label": label or None}], who.name,
                                 amendment_reason)
     except LeukodxError as exc:
         db.rollback()
@@ -311,18 +311,18 @@ def review_case(
     acknowledge: Annotated[str, Form(max_length=10)] = "",
     amendment_reason: Annotated[str, Form(max_length=2000)] = "",
 ):
-    case = case_logic.lock_case(db, case_id)
+    case = store.lock_case(db, case_id)
     decision = "confirm" if label and label == case.ai_label else "override"
     form = {"case_label": label, "case_note": note, "amendment_reason": amendment_reason}
     try:
         if not label:
             raise Invalid("No final call was chosen.", "Choose the class for the case in 'Final call', then sign off.")
-        reviewed = case_logic.reviewed_summary(request.app.state.ctx.service, case)
-        page_warnings = case_logic.sign_off_warnings(case) + _disagreement(case, *_field_calls(case, reviewed))
-        if page_warnings and not acknowledge and not case_logic.is_signed_off(case):
+        reviewed = rules.reviewed_summary(request.app.state.ctx.service, case)
+        page_warnings = rules.sign_off_warnings(case) + _disagreement(case, *_field_calls(case, reviewed))
+        if page_warnings and not acknowledge and not rules.is_signed_off(case):
             raise Invalid("There are warnings to read before sign-off (listed above the sign-off button).",
                           "Deal with them, or tick 'I have seen these warnings' and sign off again.")
-        case_logic.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
+        store.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
                           amendment_reason, classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
         db.rollback()
@@ -337,23 +337,23 @@ def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
         return render(request, "error.html", 403, who=who, title="Not allowed",
                       message="Only an admin may delete a case.", action_url=f"/cases/{case_id}",
                       action="Back to the case")
-    case = case_logic.get_case(db, case_id)
-    for name in case_logic.delete_case(db, case, who.name):
+    case = store.get_case(db, case_id)
+    for name in store.delete_case(db, case, who.name):
         request.app.state.ctx.store.delete(name)
     return RedirectResponse("/cases", status_code=303)
 
 
 @router.get("/cases/{case_id}/report")
 def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
-    case = case_logic.get_case(db, case_id)
-    reviewed = case_logic.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None
+    case = store.get_case(db, case_id)
+    reviewed = rules.reviewed_summary(request.app.state.ctx.service, case) if case.fields else None
     tally, decisive = _field_calls(case, reviewed)
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
                   field_tally=_tally_words(tally), fields_decisive=decisive,
-                  cd=case_logic.case_dict(case, request.app.state.ctx.service),
+                  cd=serialise.case_dict(case, request.app.state.ctx.service),
                   field_numbers={f.id: i for i, f in enumerate(case.fields, start=1)},
                   reviewed=reviewed,
-                  cs=cell_logic.cell_summary(case_logic.counted_cells(case.fields)), cell_words=cell_logic.WORDS)
+                  cs=cell_logic.cell_summary(rules.counted_cells(case.fields)), cell_words=cell_logic.WORDS)
 
 
 @router.get("/cases/{case_id}/fields/{field_id}/cells/{cell_id}.png")

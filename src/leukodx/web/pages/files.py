@@ -7,9 +7,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from leukodx.web import heatmaps
-from leukodx.web.api import CaseId
 from leukodx.web.auth import token_lookup
 from leukodx.web.deps import Db, LoginRequired, Principal, session_principal
+from leukodx.web.schemas import CaseId
 from leukodx.web.storage import MEDIA_TYPES
 
 router = APIRouter()

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from leukodx.cli._common import console, err_console
-from leukodx.cli.serve import DB_HELP, DEFAULT_DB
+from leukodx.cli.serve import DB_HELP, resolve_db
 
 FILES_HELP = "Where the images are kept [default: as `leukodx serve` has it: beside a SQLite file, or $LEUKODX_FILES_DIR]."
 
@@ -24,7 +24,7 @@ def _mb(n: int) -> str:
 
 
 def backup(
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
     out: Path = typer.Option(..., "--out", help="The archive to write, e.g. /backup/leukodx-2026-01-31.tar.gz."),
     files_dir: Path = typer.Option(None, "--files-dir", help=FILES_HELP),
     allow_damaged: bool = typer.Option(False, "--allow-damaged",
@@ -38,6 +38,7 @@ def backup(
     from leukodx.web.backup import backup as run_backup
     from leukodx.web.settings import database_url_for
 
+    db = resolve_db(db)
     t0 = time.perf_counter()
     m = run_backup(database_url_for(db), _files_dir(db, files_dir), out, allow_damaged=allow_damaged)
     c = m["counts"]
@@ -53,7 +54,7 @@ def backup(
 
 def restore(
     archive: Path = typer.Argument(..., help="An archive from `leukodx backup`."),
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
     files_dir: Path = typer.Option(None, "--files-dir", help=FILES_HELP),
     force: bool = typer.Option(False, "--force", help="Replace a database that already holds cases, users or "
                                "tokens (its rows are lost)."),
@@ -72,6 +73,7 @@ def restore(
         console.print(f"{archive} is a complete leukodx backup of {m['created']}: {c['cases']} cases, "
                       f"{c['fields']} fields, {m['files']['count']} files, every sha256 matches.", highlight=False, soft_wrap=True)
         return
+    db = resolve_db(db)
     m = b.restore(archive, database_url_for(db), _files_dir(db, files_dir), force=force)
     c, r = m["counts"], m["restored"]
     console.print(f"Restored {archive} (made {m['created']} by leukodx {m['leukodx_version']}): {c['cases']} cases, "

@@ -10,8 +10,20 @@ import typer
 
 from leukodx.cli._common import console, err_console
 
-DB_HELP = "SQLite database file (created if missing), or a database URL such as postgresql+psycopg://..."
-DEFAULT_DB = os.environ.get("LEUKODX_DB", "leukodx.db")
+DB_HELP = ("SQLite database file (created if missing), or a database URL such as postgresql+psycopg://... "
+           "[default: $LEUKODX_DB, else ~/.local/share/leukodx/leukodx.db ($XDG_DATA_HOME/leukodx when set)]")
+
+
+def resolve_db(db: str | None) -> str:
+    """--db, else $LEUKODX_DB, else the per-user data folder (created, private): one default for `serve`,
+    `user`, `token`, `backup` and `restore`, never the source checkout or the current folder."""
+    from leukodx.web.settings import data_dir, default_database
+
+    if db:
+        return db
+    if not os.environ.get("LEUKODX_DB"):
+        data_dir().mkdir(mode=0o700, parents=True, exist_ok=True)
+    return default_database()
 
 token_app = typer.Typer(help="API tokens for the HTTP API.", no_args_is_help=True)
 user_app = typer.Typer(help="Users of the web application.", no_args_is_help=True)
@@ -22,6 +34,13 @@ def _open(db: str):
     from leukodx.web.settings import database_url_for
 
     return open_database(database_url_for(db))
+
+
+def describe_db(db: str) -> str:
+    from leukodx.web.db import describe_url
+    from leukodx.web.settings import database_url_for
+
+    return describe_url(database_url_for(db))
 
 
 def _load_factory(spec: str):
@@ -78,7 +97,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Only this computer can connect unless "
                              "you give 0.0.0.0 (then put it behind HTTPS)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port."),
-    db: str = typer.Option(None, "--db", help=DB_HELP + " (default: $LEUKODX_DB, else leukodx.db)"),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
@@ -124,7 +143,7 @@ def serve(
     # only what was given on the command line overrides the environment (LEUKODX_*) and the defaults
     try:
         settings = Settings.from_env(
-            database_url=db, files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
+            database_url=resolve_db(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
             max_file_mb=max_file_mb, max_files=max_files, analysis_workers=analysis_workers, analysis_threads=threads,
             analysis_queue=queue, cookie_secure=secure_cookies or None, heatmap_on_upload=heatmap_on_upload or None,
         )
@@ -165,9 +184,10 @@ def serve(
                           "Use HTTPS (a reverse proxy) on a shared network.")
     from leukodx.web.db import describe_url
 
-    console.print(f"leukodx is starting: open [bold]http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}[/] "
-                  f"({describe_url(settings.database_url)}, images in {settings.resolved_files_dir()}"
-                  f"{f', {workers} processes' if workers > 1 else ''}). Ctrl+C stops it.", highlight=False)
+    console.print(f"Patient data: {describe_url(settings.database_url)}, images in {settings.resolved_files_dir()} "
+                  "(--db, $LEUKODX_DB or --files-dir choose another place).", highlight=False, soft_wrap=True)
+    console.print(f"leukodx is starting: open [bold]http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}[/]"
+                  f"{f' ({workers} processes)' if workers > 1 else ''}. Ctrl+C stops it.", highlight=False)
     def run(target, **more) -> None:
         uvicorn.run(target, host=host, port=port, log_level=log_level, limit_concurrency=256, timeout_keep_alive=5,
                     timeout_graceful_shutdown=10, **more)
@@ -206,17 +226,18 @@ def worker_app():
 def token_create(
     name: str = typer.Option(..., "--name", help="Who or what will use the token, e.g. lab-pc-1."),
     role: str = typer.Option("clinician", "--role", help="clinician or admin."),
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Create an API token. It is printed once, on the last line; only its hash is stored."""
     from leukodx.web.auth import create_token
 
+    db = resolve_db(db)
     _, sessions = _open(db)
     with sessions() as s:
         _, secret = create_token(s, name, role, actor="cli")
         s.commit()
-    err_console.print(f"Token {name!r} ({role}) created. It is shown only once; keep it secret. "
-                      "Send it as 'Authorization: Bearer <token>'.")
+    err_console.print(f"Token {name!r} ({role}) created in {describe_db(db)}. It is shown only once; keep it secret. "
+                      "Send it as 'Authorization: Bearer <token>'.", highlight=False, soft_wrap=True)
     typer.echo(secret)
 
 
@@ -231,35 +252,37 @@ def user_add(
     name: str = typer.Argument(..., help="User name (letters, digits, _ . @ -)."),
     role: str = typer.Option("clinician", "--role", help="clinician or admin."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Add a user of the web application (the password is asked for, or read with --password-stdin)."""
     from leukodx.web.auth import add_user, check_role
 
     check_role(role)
+    db = resolve_db(db)
     _, sessions = _open(db)
     password = _read_password(password_stdin)
     with sessions() as s:
         add_user(s, name, password, role, actor="cli")
         s.commit()
-    console.print(f"User [bold]{name}[/] ({role}) added.")
+    console.print(f"User [bold]{name}[/] ({role}) added to {describe_db(db)}.", highlight=False, soft_wrap=True)
 
 
 @user_app.command("passwd")
 def user_passwd(
     name: str = typer.Argument(..., help="User name."),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
-    db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
+    db: str = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Set a user's password (their login sessions end)."""
     from leukodx.web.auth import set_password
 
+    db = resolve_db(db)
     _, sessions = _open(db)
     password = _read_password(password_stdin)
     with sessions() as s:
         set_password(s, name, password, actor="cli")
         s.commit()
-    console.print(f"Password of [bold]{name}[/] changed.")
+    console.print(f"Password of [bold]{name}[/] changed in {describe_db(db)}.", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

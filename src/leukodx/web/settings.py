@@ -27,6 +27,18 @@ def database_url_for(db: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
+def data_dir() -> Path:
+    """Where leukodx keeps patient data by default, outside any source checkout: ${XDG_DATA_HOME:-~/.local/share}/leukodx."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "leukodx"
+
+
+def default_database() -> str:
+    """The database of `serve`, `user`, `token`, `backup` and `restore` without --db: $LEUKODX_DB, else
+    data_dir()/leukodx.db (images beside it in leukodx-files/)."""
+    return os.environ.get("LEUKODX_DB") or str(data_dir() / "leukodx.db")
+
+
 def _cores() -> int:
     """The cores analyses use at once: one analysis per core, at most 4."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -64,8 +76,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="LEUKODX_", validate_by_name=True)
 
-    database_url: str = Field(default="leukodx.db", validation_alias="LEUKODX_DB",
-                              description="A SQLite file path or a database URL (LEUKODX_DB).")
+    database_url: str = Field(default_factory=lambda: str(data_dir() / "leukodx.db"), validation_alias="LEUKODX_DB",
+                              description="A SQLite file path or a database URL (LEUKODX_DB); default: data_dir().")
     files_dir: Path | None = Field(
         default=None, description="Where uploads, overlays and heat maps are kept (content-hash names)."
     )
@@ -155,13 +167,13 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     def resolved_files_dir(self) -> Path:
-        """Uploads live beside a SQLite file (`leukodx.db` -> `leukodx-files/`), else in ./leukodx-files."""
+        """Uploads live beside a SQLite file (`leukodx.db` -> `leukodx-files/`), else in data_dir()/leukodx-files."""
         if self.files_dir is not None:
             return self.files_dir
         if self.is_sqlite and self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
             db = Path(self.database_url.removeprefix("sqlite:///"))
             return db.with_name(db.stem + "-files")
-        return Path("leukodx-files").resolve()
+        return data_dir() / "leukodx-files"
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

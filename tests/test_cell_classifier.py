@@ -13,9 +13,14 @@ from scipy import ndimage as ndi
 
 from leukodx.data.synthetic import synthetic_field
 from leukodx.errors import ModelError
-from leukodx.inference.cell_classes import AI_CELL_CLASSES, MODEL_CLASSES
+from leukodx.assets import ASSETS
+from leukodx.inference.cell_classes import KNOWN_CLASSES, UNIDENTIFIED
 from leukodx.inference.cell_classifier import CellClassifier
 from leukodx.inference.instances import cells_from_labels
+from leukodx.models.model_config import read_model_config
+
+MODEL_CLASSES = tuple(read_model_config(ASSETS / "cells").classes)  # the bundled model's, from its config
+AI_CELL_CLASSES = (*MODEL_CLASSES, UNIDENTIFIED)
 
 
 def _field(label: str = "Pre", seed: int = 0, size: int = 224):
@@ -35,7 +40,7 @@ def _fields():
 
 
 def test_bundled_model_loads_and_labels_every_cell(clf):
-    assert clf.classes == MODEL_CLASSES and clf.size == (64, 64)
+    assert clf.classes == MODEL_CLASSES and clf.size == (64, 64) and set(AI_CELL_CLASSES) <= set(KNOWN_CLASSES)
     assert clf.temperature > 0 and 0 < clf.low_confidence < 1 and 0 < clf.field_threshold <= 1
     n = 0
     for rgb, labels, cells in _fields():
@@ -137,3 +142,24 @@ def test_real_fields_of_leukaemia_show_more_blasts_than_benign(real_data, clf):
             got.append(0.0 if s is None else s)
     assert scores["Benign"] and scores["Early"]
     assert np.mean(scores["Early"]) > np.mean(scores["Benign"])
+
+
+def test_the_cell_facts_are_the_configs_typed_section_and_old_untyped_keys_load_the_same(tmp_path, clf):
+    from leukodx.models.model_config import parse_model_config
+
+    raw = json.loads((clf.dir / "config.json").read_text())
+    cfg = parse_model_config(raw)
+    assert cfg.cells is not None and cfg.cells.crop_rbc == raw["cells"]["crop_rbc"] == clf.width_rbc
+    assert cfg.cells.field_threshold == raw["cells"]["field_threshold"] == clf.field_threshold
+    assert cfg.cells.crop_size == raw["input_size"][0] == clf.size[0]
+    assert cfg.to_json()["cells"]["field_fit"] == raw["cells"]["field_fit"]  # untyped keys kept
+    old = raw | {"cells": {"crop_rbc": 5.0}, "input_size": [48, 48]}  # format 1: the crop size was the input's
+    assert (parse_model_config(old).cells.crop_size, parse_model_config(old).cells.field_threshold) == (48, 0.5)
+    assert parse_model_config(raw | {"cells": None}).cells is None
+    d = tmp_path / "cells"
+    shutil.copytree(clf.dir, d)
+    (d / "config.json").write_text(json.dumps(raw | {"cells": raw["cells"] | {"crop_size": 32, "crop_rbc": 3}}))
+    small = CellClassifier.load(d, threads=1)
+    assert small.size == (32, 32) and small.width_rbc == 3.0
+    rgb, labels, cells = _field()
+    assert small.crops(rgb, cells, 17.0).shape == (len(cells), 32, 32, 3)

@@ -10,19 +10,15 @@ from scipy import ndimage as ndi
 
 from leukodx.data.synthetic import synthetic_field
 from leukodx.errors import DatasetError, ModelError
-from leukodx.inference.cell_classes import (
-    AI_CELL_CLASSES,
-    CELL_CLASS_WORDS,
-    MODEL_CLASSES,
-    NOT_COUNTED,
-    UNIDENTIFIED,
-)
+from leukodx.inference.cell_classes import CELL_CLASS_WORDS, KNOWN_CLASSES, NOT_COUNTED, UNIDENTIFIED
 from leukodx.inference.cell_classifier import CellClassifier, crop_cells
 from leukodx.inference.instances import cells_from_labels
 from leukodx.inference.types import CellInstance
 
 torch = pytest.importorskip("torch")
 cells_training = pytest.importorskip("leukodx.training.cells")
+MODEL_CLASSES = cells_training.MODEL_CLASSES
+AI_CELL_CLASSES = (*MODEL_CLASSES, UNIDENTIFIED)
 
 
 # ------------------------------------------------------------------------------------------------- crops
@@ -174,24 +170,33 @@ def test_field_score_is_the_blast_share_of_counted_leukocytes():
 
 
 def test_the_vocabulary_has_words_for_every_answer():
-    assert AI_CELL_CLASSES == (*MODEL_CLASSES, UNIDENTIFIED)
-    for c in AI_CELL_CLASSES:
+    assert set(AI_CELL_CLASSES) <= set(KNOWN_CLASSES)
+    for c in KNOWN_CLASSES:
         assert CELL_CLASS_WORDS[c]
     assert CELL_CLASS_WORDS["ig"] == "Immature granulocyte" and CELL_CLASS_WORDS["not_leukocyte"] == "Not a leukocyte"
     assert {"not_leukocyte", UNIDENTIFIED, "excluded"} <= set(NOT_COUNTED)
 
 
-def test_a_model_of_other_classes_is_refused(tmp_path, tiny_model):
+def test_a_model_of_other_classes_answers_in_them_and_no_cells_section_is_refused(tmp_path, tiny_model):
     import json
     import shutil
 
     d = tmp_path / "other"
     shutil.copytree(tiny_model[0], d)
     cfg = json.loads((d / "config.json").read_text())
-    cfg["classes"] = ["Benign", "Early", "Pre", "Pro"] + cfg["classes"][4:]
+    cfg["classes"] = ["b0", "b1", "b2", "b3"] + cfg["classes"][4:]
+    cfg["cells"] |= {"crop_rbc": 3.0, "field_threshold": 0.25}
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelError, match="not a cell-type model"):
-        CellClassifier.load(d)
+    clf = CellClassifier.load(d, threads=1)
+    assert clf.classes[:4] == ("b0", "b1", "b2", "b3") and (clf.width_rbc, clf.field_threshold) == (3.0, 0.25)
+    rgb, labels, cells = _field_cells(3)
+    clf.low_confidence = 0.0
+    clf.classify(rgb, labels, cells, 17.0)
+    assert cells and all(c.ai_label in clf.classes for c in cells)
+    for change in ({"task": "segment"}, {"cells": None}):
+        (d / "config.json").write_text(json.dumps(cfg | change))
+        with pytest.raises(ModelError, match="not a cell-type model"):
+            CellClassifier.load(d)
     with pytest.raises(ModelError, match="missing"):
         CellClassifier.load(tmp_path / "nowhere")
 

@@ -122,7 +122,8 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     if len(train) > max_images:
         train = [train[i] for i in sorted(rng.choice(len(train), max_images, replace=False))]
     from leukodx.data.images import read_field
-    from leukodx.inference.pipeline import ClassifierStage, softmax
+    from leukodx.inference.engines import softmax
+    from leukodx.inference.pipeline import ClassifierStage
 
     stage = ClassifierStage(d, engine="onnx", eager=load_eager)
     logits = np.concatenate([stage.field_logits([read_field(p) for p, _ in val[i:i + 32]])

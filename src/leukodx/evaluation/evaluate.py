@@ -199,7 +199,7 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
         out["probs_shift"], out["flags_shift"] = np.concatenate(probs_s), flags_s
 
     def finish(p: np.ndarray, f: list[str]) -> dict:
-        m = M.classification_metrics(y, p, classes)
+        m = M.classification_metrics(y, p, classes, (em.config.get("case_rule") or {}).get("benign"))
         m.update(M.selective_metrics(y, p, f))
         m.update(em.info())
         m.update({"temperature": float(em.config.get("temperature") or 1.0), "unreadable": unreadable})

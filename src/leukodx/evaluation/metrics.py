@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from leukodx.models.model_config import CaseRule
+
 ECE_BINS = 15
 MIN_REFERENCE_FOREGROUND = 0.001  # a reference mask under 0.1 % foreground counts as failed (see DESIGN.md)
-BENIGN = "Benign"
 
 
 def _f(x) -> float | None:
@@ -93,14 +94,15 @@ def classification_metrics(
     y_true: Sequence[int] | np.ndarray,
     probs: np.ndarray,
     classes: Sequence[str],
-    benign_class: str = BENIGN,
+    benign: Sequence[str] | None = None,
 ) -> dict:
     """Metrics of a classifier's probabilities `probs` (N x C, rows summing to 1) against class indices `y_true`.
 
     Contract keys: n_images, accuracy, balanced_accuracy, macro_f1, roc_auc_macro, ece, confusion_matrix (rows
     true, columns predicted), classes, per_class {class: precision, recall, specificity, f1, support}.
     Extras: roc_auc_note (why the AUC is None, when it is), per-class roc_auc, nll, brier, reliability (bins for a
-    reliability diagram) and, when `benign_class` is one of the classes, malignant_vs_benign (sensitivity and
+    reliability diagram) and, when a `benign` class (the model's `case_rule.benign`; default CaseRule's) is one of
+    the classes, malignant_vs_benign (sensitivity and
     specificity of "not benign", with the predicted class as the call, and its AUC on 1 - p(benign)).
     Balanced accuracy averages the recall over the classes present in `y_true`; macro F1 averages F1 over the
     classes present in `y_true` or in the predictions.
@@ -175,27 +177,28 @@ def classification_metrics(
     }
     if auc_note:
         out["roc_auc_note"] = auc_note
-    if benign_class in classes:
-        out["malignant_vs_benign"] = malignant_vs_benign(y, p, classes, benign_class)
+    benign = list(CaseRule().benign if benign is None else benign)
+    if set(benign) & set(classes):
+        out["malignant_vs_benign"] = malignant_vs_benign(y, p, classes, benign)
     return out
 
 
-def malignant_vs_benign(y: np.ndarray, p: np.ndarray, classes: Sequence[str], benign_class: str = BENIGN) -> dict:
-    """Benign vs the other classes (all of them ALL subtypes): positive = malignant."""
+def malignant_vs_benign(y: np.ndarray, p: np.ndarray, classes: Sequence[str], benign: Sequence[str]) -> dict:
+    """The `benign` classes vs the other classes (all of them ALL subtypes): positive = malignant."""
     from sklearn.metrics import roc_auc_score
 
-    b = list(classes).index(benign_class)
-    true_mal = y != b
-    pred_mal = p.argmax(axis=1) != b
+    b = [k for k, c in enumerate(classes) if c in benign]
+    true_mal = ~np.isin(y, b)
+    pred_mal = ~np.isin(p.argmax(axis=1), b)
     tp = int(np.sum(true_mal & pred_mal))
     fn = int(np.sum(true_mal & ~pred_mal))
     tn = int(np.sum(~true_mal & ~pred_mal))
     fp = int(np.sum(~true_mal & pred_mal))
     auc = None
     if 0 < true_mal.sum() < true_mal.size:
-        auc = float(roc_auc_score(true_mal.astype(int), 1.0 - p[:, b]))
+        auc = float(roc_auc_score(true_mal.astype(int), 1.0 - p[:, b].sum(axis=1)))
     return {
-        "malignant_classes": [c for c in classes if c != benign_class],
+        "malignant_classes": [c for c in classes if c not in benign],
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
         "roc_auc": auc,

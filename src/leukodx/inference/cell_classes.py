@@ -1,10 +1,11 @@
-"""The classes a leukocyte can be given in review, what the cell-level model suggests, and the words shown.
+"""The classes a leukocyte can be given in review, the classes known by name, and the words shown.
 
-The cell-level model (leukodx.inference.cell_classifier) was trained on `MODEL_CLASSES`; it answers one of
-`AI_CELL_CLASSES`: a model class, or `UNIDENTIFIED` when its calibrated top probability is below the threshold
-chosen on validation cells (as commercial analysers do: such a cell is for the reviewer to classify). A
-reviewer may give any of `CELL_CLASSES`, or exclude the cell (`EXCLUDED`: it is then left out of the
-differential count). `BLAST` cells make the blast percentage::
+The cell-level model (leukodx.inference.cell_classifier) answers one of its config's `classes`, or
+`UNIDENTIFIED` when its calibrated top probability is below the threshold chosen on validation cells (as
+commercial analysers do: such a cell is for the reviewer to classify). A reviewer may give any of
+`CELL_CLASSES`, or exclude the cell (`EXCLUDED`: it is then left out of the differential count). A class outside
+`KNOWN_CLASSES` has no words here; the web app then keeps no suggestion. `BLAST` cells make the blast
+percentage::
 
     blast % = 100 * blasts / (cells counted in the differential)
 
@@ -21,11 +22,9 @@ NOT_LEUKOCYTE = "not_leukocyte"
 # what a reviewer may give a cell (the web API's CellLabel lists the same)
 CELL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
                 "smudge", "artefact")
-# the cell-level model's output classes, in the order of its logits
-MODEL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
-                 "smudge", NOT_LEUKOCYTE)
-# what the cell-level model can suggest: a model class, or "unidentified" (below its confidence threshold)
-AI_CELL_CLASSES = (*MODEL_CLASSES, UNIDENTIFIED)
+# what a cell may carry: a reviewer's class, or a cell-level model's suggestion (the bundled model's classes, or
+# "unidentified" below its confidence threshold)
+KNOWN_CLASSES = (*CELL_CLASSES, NOT_LEUKOCYTE, UNIDENTIFIED)
 CELL_CLASS_WORDS = {
     "blast": "Blast",
     "lymphocyte": "Lymphocyte / hematogone",

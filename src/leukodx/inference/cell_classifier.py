@@ -5,15 +5,15 @@
     >>> score = clf.field_score(cells)                    # the share of blasts among the counted leukocytes
     >>> blast_field = score is not None and score >= clf.field_threshold
 
-**Crops at the red-cell scale** (`crop_cells`): each cell is cut centred on its centroid, `CROP_RBC` (4)
-red-cell diameters wide, and resized to the model's input (64 x 64 px: 16 px per red-cell diameter), so a
+**Crops at the red-cell scale** (`crop_cells`): each cell is cut centred on its centroid, config
+`cells.crop_rbc` (4) red-cell diameters wide, and resized to `cells.crop_size` (64 px: 16 px per red-cell
+diameter), so a
 field photographed at another magnification gives the same crops once its red-cell diameter is known (the
 analysis measures it; unknown: `DEFAULT_RBC_DIAMETER`, the Taleqani fields' 17 px). Where the crop passes the
 field's edge the field is mirrored (never a cell dropped for being near the edge). The model standardises
 each crop itself (per-image normalisation inside the ONNX graph).
 
-**Answer**: softmax(logits / temperature) over the model's classes (`leukodx.inference.cell_classes.
-MODEL_CLASSES`); the top class, or `UNIDENTIFIED` when its probability is below `thresholds.low_confidence`
+**Answer**: softmax(logits / temperature) over the model's classes (its config's `classes`); the top class, or `UNIDENTIFIED` when its probability is below `thresholds.low_confidence`
 of the model's config (chosen on validation cells). `ai_confidence` is the top class's calibrated probability
 (for an unidentified cell: that of its best guess). All cells of a field go through the model in one batch.
 
@@ -33,15 +33,13 @@ import numpy as np
 from PIL import Image
 
 from leukodx.errors import ModelError
-from leukodx.inference.cell_classes import BLAST, MODEL_CLASSES, NOT_COUNTED, UNIDENTIFIED
-from leukodx.inference.engines import load_engine
+from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, UNIDENTIFIED
+from leukodx.inference.engines import load_engine, softmax
 from leukodx.inference.types import CellInstance
-from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224, ModelConfig, read_model_config
+from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224, CellRule, ModelConfig, read_model_config
 
-CROP_RBC = 4.0  # the crop's side in red-cell diameters
-CROP_SIZE = 64  # px: the model's input
+CROP_RBC, CROP_SIZE = CellRule().crop_rbc, CellRule().crop_size  # a config's `cells` defaults (4 diameters, 64 px)
 DEFAULT_RBC_DIAMETER = DEFAULT_RBC_DIAMETER_224  # px: the Taleqani fields at 224 px, when a field's is unknown
-DEFAULT_FIELD_THRESHOLD = 0.5
 REBUILD = "Retrain it with `leukodx train cells ... --out RUN`, or reinstall leukodx for the bundled one."
 
 
@@ -96,29 +94,22 @@ def to_input(crops: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2))
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 class CellClassifier:
     """A cell-type model directory on ONNX Runtime (see the module docstring). Create it with `load`."""
 
     def __init__(self, model_dir: str | Path, config: ModelConfig, threads: int | None = None, engine: str = "onnx"):
         self.dir = Path(model_dir)
         self.config = config
-        if config.task != "classify" or tuple(config.classes) != MODEL_CLASSES:
-            raise ModelError(f"{self.dir} is not a cell-type model: its classes are {list(config.classes)}, a "
-                             f"cell-type model's are {list(MODEL_CLASSES)}.", REBUILD)
+        rule = config.cells
+        if config.task != "classify" or rule is None:
+            raise ModelError(f"{self.dir} is not a cell-type model: its config.json has no `cells` section (a "
+                             f"{config.task!r} model of the classes {list(config.classes)}).", REBUILD)
         self.classes = tuple(config.classes)
-        self.size = tuple(int(v) for v in config.input_size)
+        self.size = (rule.crop_size, rule.crop_size)
         self.temperature = float(config.temperature or 1.0)
         self.low_confidence = float(config.thresholds.low_confidence)
-        extra = (config.model_extra or {}).get("cells") or {}
-        self.width_rbc = float(extra.get("crop_rbc", CROP_RBC))
-        self.field_threshold = float(extra.get("field_threshold", DEFAULT_FIELD_THRESHOLD))
+        self.width_rbc = float(rule.crop_rbc)
+        self.field_threshold = float(rule.field_threshold)
         # "onnx-int8": model.int8.onnx where the directory has one (kept only when it loses <= 0.3 points)
         self.engine = load_engine(self.dir, config, engine if engine in ("onnx", "onnx-int8") else "onnx", threads)
         self.source = str(self.dir)

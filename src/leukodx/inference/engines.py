@@ -6,6 +6,7 @@ An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and retu
 
     >>> eng = load_engine("src/leukodx/assets/classifier", cfg, engine="onnx", threads=2)
     >>> out = eng.run(batch)            # {"logits": N x C, "features": N x D}
+    >>> probs = softmax(out["logits"] / temperature)   # the one softmax of the clinic runtime
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ INT8_FILE = "model.int8.onnx"
 INPUT_NAME = "image"
 ENGINES = ("onnx", "onnx-int8", "torch")
 EagerLoader = Callable[[Path, ModelConfig, "int | None"], Any]  # (model_dir, config, threads) -> engine
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis of logits `z`, in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

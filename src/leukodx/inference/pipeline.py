@@ -36,6 +36,7 @@ from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE
+from leukodx.inference.engines import softmax
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.stain import normalize
 from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
@@ -48,13 +49,7 @@ if TYPE_CHECKING:
 # smear-check kinds that get no class call: not a smear field (a thumbnail too small to judge keeps its call, flagged)
 NOT_A_SMEAR = ("blank", "greyscale", "screenshot", "no_cells")
 
-__all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer", "softmax"]
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+__all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer"]
 
 
 def _open_model(model_dir: str | Path, task: str) -> tuple[Path, ModelConfig]:
@@ -477,7 +472,7 @@ def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None) -> tuple[tilin
     """The smear check of a field (with its red-cell scale) and the field resampled to the training scale."""
     smear = check_smear(rgb, rule)
     factor = smear.scale.factor if smear.scale is not None and smear.scale.known else None
-    return tiling.prepare(rgb, factor), smear
+    return tiling.prepare(rgb, factor, (rule or ScaleRule()).window), smear
 
 
 def _unit(a: np.ndarray) -> np.ndarray:

@@ -18,9 +18,10 @@ from leukodx.inference.types import FLAGS, CaseSummary, FieldResult
 from leukodx.models.model_config import CaseRule
 
 
-def malignant_probability(probabilities: Mapping[str, float], benign: Sequence[str] = ("Benign",)) -> float:
-    """The one malignant-probability rule: 1 - the summed probability of the benign classes."""
-    return float(1.0 - sum(float(probabilities.get(c, 0.0)) for c in benign))
+def malignant_probability(probabilities: Mapping[str, float], benign: Sequence[str] | None = None) -> float:
+    """The one malignant-probability rule: 1 - the summed probability of the benign classes (the model's
+    `case_rule.benign`; None: CaseRule's default)."""
+    return float(1.0 - sum(float(probabilities.get(c, 0.0)) for c in (CaseRule().benign if benign is None else benign)))
 
 
 def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_confidence: float,

@@ -2,9 +2,10 @@
 
 1. **Scale** (`prepare`): the field is resampled by its scale factor (leukodx.inference.scale.field_scale: red
    cells brought to the training fields' 17 px; 1.0 for a field already at about that size) into the *working
-   image*. A working image with a side under WINDOW (224 px, the training fields' side) is mirror-padded to it.
-2. **Windows** (`plan_tiles`): along each axis, a working image up to WINDOW x SQUARE_ASPECT (280 px) long is one
-   span; a longer one is cut into the fewest WINDOW-px spans that cover it, overlapping evenly. Each window is
+   image*. A working image with a side under the window (config `scale.window`: 224 px, the training fields'
+   side) is mirror-padded to it.
+2. **Windows** (`plan_tiles`): along each axis, a working image up to window x SQUARE_ASPECT (280 px) long is one
+   span; a longer one is cut into the fewest window-px spans that cover it, overlapping evenly. Each window is
    resized to the model input (a 224-px training field at 160 px, for instance), as the training fields were.
 3. **Back** (`stitch`, `to_original`): per-pixel outputs are stitched at the working resolution, averaged where
    windows overlap, the padding cut off, and resized to the field's own pixels.
@@ -24,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from leukodx.models.model_config import ScaleRule
+
 SQUARE_ASPECT = 1.25
-WINDOW = 224  # px of the working image: the training fields' side
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 
 
@@ -36,7 +38,7 @@ def _spans(length: int, window: int) -> list[tuple[int, int]]:
     return [(round(i * (length - window) / (n - 1)), round(i * (length - window) / (n - 1)) + window) for i in range(n)]
 
 
-def plan_tiles(h: int, w: int, window: int = WINDOW) -> list[Box]:
+def plan_tiles(h: int, w: int, window: int) -> list[Box]:
     """Windows that cover an h x w working image (row-major): one span per axis up to window x SQUARE_ASPECT,
     else `window`-px spans spread evenly."""
     return [(y0, x0, y1, x1) for y0, y1 in _spans(h, window) for x0, x1 in _spans(w, window)]
@@ -46,7 +48,7 @@ def plan_tiles(h: int, w: int, window: int = WINDOW) -> list[Box]:
 class Prepared:
     """A field as the models see it: resampled by `factor` (working px per image px), then padded."""
 
-    work: np.ndarray  # the working image, H' x W' x 3 uint8, padded to at least WINDOW per side
+    work: np.ndarray  # the working image, H' x W' x 3 uint8, padded to at least the window per side
     factor: float
     shape: tuple[int, int]  # the field's own (H, W)
     valid: tuple[int, int]  # the working image's (H, W) before padding
@@ -54,7 +56,7 @@ class Prepared:
     known: bool = True  # False: the scale is unknown and the field is used at its own pixels
 
 
-def prepare(rgb: np.ndarray, factor: float | None = 1.0, window: int = WINDOW) -> Prepared:
+def prepare(rgb: np.ndarray, factor: float | None = 1.0, window: int = ScaleRule().window) -> Prepared:
     """Resample `rgb` by `factor` (1.0: as is), mirror-pad it to at least `window` per side, plan its windows.
 
     factor None (the field's scale is unknown): the field is used at its own pixels, in windows of its short side

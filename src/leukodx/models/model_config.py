@@ -78,10 +78,12 @@ class Thresholds(BaseModel):
 class ScaleRule(BaseModel):
     """The red-cell scale step (leukodx.inference.scale.field_scale): the training fields' red-cell diameter in
     px of a 224-px field, the magnifications (field / training) used as they are, and those resampled to the
-    training scale; outside `resample` a field is flagged."""
+    training scale; outside `resample` a field is flagged. `window`: the training fields' side in px; the working
+    image is padded to it and cut in windows of it (leukodx.inference.tiling)."""
 
     model_config = ConfigDict(extra="allow")
     rbc_diameter_224: float = DEFAULT_RBC_DIAMETER_224
+    window: int = 224
     # the 1st-99th percentile of the training fields themselves is 0.82-1.34 (estimator spread and real cell-size
     # variation), and the classifier was trained with zoom 0.7-1.3, so resampling inside it would only add noise
     as_is: tuple[float, float] = (0.8, 1.35)
@@ -108,6 +110,18 @@ class CellAgreement(BaseModel):
     model_config = ConfigDict(extra="allow")
     min_blasts: int = 1
     max_blast_share_benign: float = 0.5
+
+
+class CellRule(BaseModel):
+    """A cell-type model's facts (leukodx.inference.cell_classifier; its classes are the config's `classes`, in
+    the order of its logits): each cell is cut centred on it, `crop_rbc` red-cell diameters wide, and resized to
+    `crop_size` px (the model's input side); a field whose blast share among its counted leukocytes is at least
+    `field_threshold` (chosen on validation fields) has blasts seen."""
+
+    model_config = ConfigDict(extra="allow")
+    crop_rbc: float = 4.0
+    crop_size: int = 64
+    field_threshold: float = 0.5
 
 
 class StainStats(BaseModel):
@@ -156,6 +170,7 @@ class ModelConfig(BaseModel):
     scale: ScaleRule = Field(default_factory=ScaleRule)
     case_rule: CaseRule = Field(default_factory=CaseRule)
     cell_agreement: CellAgreement = Field(default_factory=CellAgreement)
+    cells: CellRule | None = None  # cell-type models only
     # the training fields' stain statistics (what `leukodx adapt` maps a lab onto), and the lab's stain rule
     # (None: fields are used as they are)
     stain_reference: StainStats | None = None
@@ -169,7 +184,8 @@ class ModelConfig(BaseModel):
     @classmethod
     def _old_keys(cls, data: Any) -> Any:
         """Directories written before the typed sections: `mask_threshold` was the reference masks' grey level,
-        and the training fields' red-cell diameter sat in the OOD statistics."""
+        the training fields' red-cell diameter sat in the OOD statistics, and a cell-type model's crop size was its
+        input size."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -180,6 +196,8 @@ class ModelConfig(BaseModel):
             if isinstance(d, int | float) and (((data.get("ood") or {}).get("image_stats") or {}).get("version")
                                                 == 4):
                 data["scale"] = {"rbc_diameter_224": float(d)}
+        if isinstance(data.get("cells"), dict) and "crop_size" not in data["cells"] and data.get("input_size"):
+            data["cells"] = data["cells"] | {"crop_size": int(data["input_size"][0])}
         return data
 
     @field_validator("temperature", mode="before")

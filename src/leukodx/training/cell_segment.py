@@ -50,8 +50,6 @@ from leukodx.training import cell_data
 OUTPUTS = ["cell", "nucleus"]
 REAL_SOURCES = ("taleqani", "raabin", "pbc")
 DEFAULT_SOURCE_WEIGHTS = {"taleqani": 1.0, "raabin": 1.0, "pbc": 1.0, "synthetic": 0.2}
-# the bundled one-output segmenter's (assets/segmenter/config.json) architecture settings for this encoder
-BUNDLED_ARCH_KWARGS = {"tf_efficientnet_lite0": {"out_stride": 2, "freeze_stages": 3}}
 SPLIT_FILES = {"taleqani": "taleqani-sgdc-seed0.csv", "raabin": "raabin-fields-seed0.csv", "pbc": "pbc-seed0.csv"}
 LABEL_RULES = {
     "taleqani": "nucleus = the repaired reference of Segmented/ (reference_masks.repaired_reference), supervised "
@@ -81,6 +79,15 @@ CITATIONS = {
 
 # ---------------------------------------------------------------------------------------------------------------
 # data
+
+
+def _bundled_arch_kwargs(encoder: str) -> dict:
+    """The bundled segmenter's architecture settings (its config.json) when `encoder` is its encoder."""
+    from leukodx.assets import default_model_dir
+    from leukodx.models.model_config import read_model_config
+
+    kw = read_model_config(default_model_dir("segment")).arch_kwargs
+    return {k: kw[k] for k in ("out_stride", "freeze_stages") if k in kw} if kw.get("encoder") == encoder else {}
 
 
 def check_source(name: str, root: str | Path) -> None:
@@ -309,7 +316,7 @@ def train_cell_segmenter(
 
     # --- model ---------------------------------------------------------------------------------------------
     arch_name, extra = parse_arch(arch)
-    kwargs = {"normalization": normalization, **extra, **BUNDLED_ARCH_KWARGS.get(extra.get("encoder", ""), {}),
+    kwargs = {"normalization": normalization, **extra, **_bundled_arch_kwargs(extra.get("encoder", "")),
               **(arch_kwargs or {}), "out_channels": 2}
     model = create_model("segment", arch_name, **kwargs)
     pretrained_record = _load_initial_weights(model, pretrained) if pretrained else None

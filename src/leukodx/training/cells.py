@@ -57,9 +57,12 @@ import torch
 import torch.nn.functional as F
 
 from leukodx.errors import DatasetError, LeukodxError
-from leukodx.inference.cell_classes import MODEL_CLASSES, NOT_LEUKOCYTE
+from leukodx.inference.cell_classes import NOT_LEUKOCYTE
 from leukodx.inference.cell_classifier import CROP_RBC, CROP_SIZE, crop_cells
 
+# the classes this trainer gives the model (written to its config's `classes`, in the order of its logits)
+MODEL_CLASSES = ("blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil", "basophil", "ig", "erythroblast",
+                 "smudge", NOT_LEUKOCYTE)
 ARCH = "tf_efficientnet_lite0"
 PRETRAINED = "efficientnet_lite0"
 STORE_RBC = 5.0  # stored crops: 5 red-cell diameters wide ...

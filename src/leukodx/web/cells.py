@@ -23,19 +23,17 @@ from collections import Counter
 from collections.abc import Iterable
 
 from leukodx.inference.cell_classes import (
-    AI_CELL_CLASSES,
     BLAST,
     CELL_CLASS_WORDS,
     CELL_CLASSES,
     EXCLUDED,
+    KNOWN_CLASSES,
     NOT_COUNTED,
 )
 
 UNCLASSIFIED = "unclassified"
 EDGE = "edge"  # cut by the field's edge and not classed by a reviewer: shown, not counted
 REVIEW_LABELS = (*CELL_CLASSES, EXCLUDED)  # what a reviewer may give a cell
-# what a cell may count as: a reviewer's class or the AI's suggestion (which has a few classes more)
-KNOWN_CLASSES = tuple(dict.fromkeys((*CELL_CLASSES, *AI_CELL_CLASSES)))
 CELL_KEYS = ("id", "area_px", "centroid", "bbox", "area_um2", "touches_border", "ai_label", "ai_confidence")
 WORDS = {**CELL_CLASS_WORDS, UNCLASSIFIED: "No AI suggestion (not yet classified)",
          EDGE: "Cut by the field's edge (not counted unless you class it)"}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from leukodx.assets import ASSETS
 from leukodx.data.synthetic import synthetic_field
 from leukodx.errors import ModelError
-from leukodx.assets import ASSETS
 from leukodx.inference.cell_classes import KNOWN_CLASSES, UNIDENTIFIED
 from leukodx.inference.cell_classifier import CellClassifier
 from leukodx.inference.instances import cells_from_labels

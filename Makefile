@@ -1,7 +1,27 @@
 # The README's two commands: `make run` (install, then start the clinicians' web app) and `make test`.
-PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+
+# leukodx needs Python 3.11 (pyproject.toml). The venv is made with PY=/path/to/python3.11 when given, else with
+# python3.11, else with python3 when that is 3.11; without one, make stops with one line saying what to do.
+IS_311 := import sys; sys.exit(sys.version_info[:2] != (3, 11))
+is311 = $(shell $(1) -c '$(IS_311)' >/dev/null 2>&1 && echo yes)
+GOAL := $(or $(MAKECMDGOALS),install)
+PY_HINT := install Python 3.11 (Debian/Ubuntu: apt install python3.11-venv; or python.org), then run: make $(GOAL) PY=/path/to/python3.11
+ifneq ($(filter-out browser,$(GOAL)),)
+ifeq ($(wildcard $(BIN)/python),)
+ifeq ($(origin PY),undefined)
+PY := $(firstword $(foreach p,python3.11 python3,$(if $(call is311,$(p)),$(p))))
+ifeq ($(PY),)
+$(error leukodx needs Python 3.11 and found none (python3 is $(or $(shell python3 -V 2>&1),missing)): $(PY_HINT))
+endif
+else ifeq ($(call is311,$(PY)),)
+$(error PY=$(PY) is $(or $(shell $(PY) -V 2>&1),not a Python); leukodx needs Python 3.11: $(PY_HINT))
+endif
+else ifeq ($(call is311,$(BIN)/python),)
+$(error $(VENV) was made with $(shell $(BIN)/python -V 2>&1) and leukodx needs Python 3.11: remove it (rm -rf $(VENV)), then $(PY_HINT))
+endif
+endif
 
 .PHONY: install install-train install-test browser wheelhouse run demo test lint
 

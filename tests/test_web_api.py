@@ -17,7 +17,7 @@ from leukodx.data.layout import TALEQANI_CLASSES as CLASSES
 from leukodx.web.app import create_app
 from leukodx.web.db import AuditEntry, Field, open_database
 from leukodx.web.settings import database_url_for
-from webtools import FakeAnalyzer, field_bytes
+from webtools import FakeAnalyzer, field_bytes, login
 
 # `make_app` (tests/conftest.py) builds the app on the `db_url` fixture: each test runs on SQLite and PostgreSQL.
 
@@ -55,6 +55,20 @@ def test_no_token_wrong_token_and_wrong_scheme_are_401(web):
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert client.get("/api/v1/cases", headers={"Authorization": "Basic YTpi"}).status_code == 401
     assert client.post("/api/v1/analyze", files=[jpg()]).status_code == 401
+
+
+def test_an_image_link_fetched_with_a_token_notes_the_tokens_use(web):
+    from leukodx.web.db import ApiToken
+
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    url = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 3)]).json()["added"][0]["image_url"]
+    with app.state.ctx.sessions() as db:  # forget the API calls' note: only the image link may set it now
+        db.execute(text("UPDATE api_tokens SET last_used_at = NULL"))
+        db.commit()
+    assert client.get(url, headers=clin).status_code == 200
+    with app.state.ctx.sessions() as db:
+        assert db.scalar(select(ApiToken.last_used_at).where(ApiToken.name == "clinic-pc")) is not None
 
 
 def test_clinician_cannot_delete_admin_can(web):
@@ -271,6 +285,31 @@ def test_before_the_models_load_the_classes_come_from_the_classifier_config(tmp_
     service = AnalysisService(Settings(database_url=database_url_for(tmp_path / "w.db"), classifier_dir=other))
     assert service.classes == ["A", "B"]
     assert AnalysisService(Settings(classifier_dir=tmp_path / "none")).classes == []  # unreadable: none offered
+
+
+def test_while_the_models_load_the_case_says_so_rather_than_guess(web):
+    client, clin, _, app = web
+    cid = new_case(client, clin)
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1), jpg("Benign", 2)])
+    fid = r.json()["added"][0]["id"]
+    review = {"fields": [{"field_id": fid, "decision": "override", "label": "Benign"}]}
+    assert client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json=review).status_code == 200
+    service = app.state.ctx.service
+    analyzer, service.analyzer, service.state = service.analyzer, None, "loading"  # as while loading
+    try:
+        d = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
+        assert d["ai"]["models_loading"] is True and d["ai"]["confidence_threshold"] is None
+        assert d["ai"]["confident"] is False and d["reviewed_fields_label"] is None and d["n_fields_reviewed"] == 1
+        assert client.get("/api/v1/cases", headers=clin).json()["cases"][0]["ai"]["models_loading"] is True
+        assert login(client).status_code == 303
+        page = client.get(f"/cases/{cid}").text
+        assert 'id="models-loading"' in page and "The models are still loading" in page
+        assert 'id="ai-not-confident"' not in page and 'id="reviewed-call"' not in page
+    finally:
+        service.analyzer, service.state = analyzer, "ready"
+    d = client.get(f"/api/v1/cases/{cid}", headers=clin).json()
+    assert d["ai"]["models_loading"] is False and d["ai"]["confidence_threshold"] == 0.5
+    assert d["reviewed_fields_label"] in CLASSES
 
 
 def test_case_list_filters_and_csv(web):

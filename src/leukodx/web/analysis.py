@@ -1,7 +1,7 @@
 """One shared analyzer behind a bounded queue.
 
 The models are loaded once (in the background at start-up, so /healthz answers at once and /readyz tells
-when they are ready). Analyses run on a fixed pool of `analysis_workers` threads sharing the one analyzer
+when they are ready). The service also runs an upload from end to end: check, analyse, draw, store, summarise. Analyses run on a fixed pool of `analysis_workers` threads sharing the one analyzer
 (one ONNX Runtime session); at most `analysis_queue` more may wait. Beyond that the server answers 503
 with Retry-After rather than piling up work it cannot finish.
 """
@@ -9,16 +9,25 @@ with Retry-After rather than piling up work it cannot finish.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+from fastapi.concurrency import run_in_threadpool
+
+from leukodx.cpus import usable_cores
+from leukodx.inference.render import heatmap_png, overlay_png, shrink
 from leukodx.inference.types import CaseSummary, FieldResult
+from leukodx.models.model_config import CaseRule, ModelConfig
+from leukodx.web.cases import rules, serialise, store
 from leukodx.web.settings import Settings
+from leukodx.web.uploads import GoodImage, check_uploads
 
 log = logging.getLogger("leukodx.web")
 
@@ -40,9 +49,34 @@ class AnalysisFailed(Exception):
     """The analyzer itself failed (a bug, not the user's doing): answered as 500 with a clear message."""
 
 
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def result_dict(name: str, r: FieldResult) -> dict:
+    """A field's analysis as the API answers it (and as its `result` column keeps it)."""
+    d = jsonable(r.to_dict())
+    d["name"] = name
+    d.pop("path", None)
+    d["probabilities"] = {k: float(v) for k, v in (d.get("probabilities") or {}).items()}
+    return d
+
+
 class AnalysisService:
-    def __init__(self, settings: Settings, analyzer: Any | None = None):
+    def __init__(self, settings: Settings, analyzer: Any | None = None, sessions: Any = None, file_store: Any = None):
+        """`sessions` (the database's session factory) and `file_store` (web.storage.FileStore): where uploads go."""
         self.settings = settings
+        self.sessions, self.file_store = sessions, file_store
         self.analyzer = analyzer
         self.state = "ready" if analyzer is not None else "not started"
         self.error = ""
@@ -50,7 +84,7 @@ class AnalysisService:
         self._executor = ThreadPoolExecutor(max_workers=settings.analysis_workers, thread_name_prefix="analysis")
         self._pending = 0
         self._lock = threading.Lock()
-        self._classes: list[str] | None = None
+        self._config: ModelConfig | None = None
 
     @property
     def ready(self) -> bool:
@@ -61,29 +95,37 @@ class AnalysisService:
         return bool(getattr(self.analyzer, "is_fake", False))
 
     @property
-    def classes(self) -> list[str]:
-        """The classifier's classes: the loaded analyser's; while it loads, its model config's ([] unreadable)."""
-        if self.analyzer is not None:
-            return list(self.analyzer.classes)
-        if self._classes is None:
+    def config(self) -> ModelConfig | None:
+        """The classifier's model config: the loaded analyser's, else read from its directory (None: unreadable)."""
+        loaded = getattr(getattr(self.analyzer, "classifier", None), "config", None)
+        if isinstance(loaded, ModelConfig):
+            return loaded
+        if self._config is None:
             from leukodx.assets import default_model_dir
             from leukodx.models.model_config import read_model_config
 
             try:
-                self._classes = list(read_model_config(self.settings.classifier_dir or
-                                                       default_model_dir("classify")).classes)
+                self._config = read_model_config(self.settings.classifier_dir or default_model_dir("classify"))
             except Exception:  # the models cannot load either: /readyz and every page say why
-                self._classes = []
-        return self._classes
+                return None
+        return self._config
 
-    def summarize(self, results: list[FieldResult]) -> CaseSummary:
-        """The analyser's own case rule (leukodx.inference.summary, as `predict` applies it); while the models
-        load, the rule's defaults over the classifier's classes."""
+    @property
+    def classes(self) -> list[str]:
+        """The classifier's classes: the loaded analyser's; while it loads, its model config's ([] unreadable)."""
         if self.analyzer is not None:
-            return self.analyzer.summarize(results)
-        from leukodx.inference.summary import summarize_case
+            return list(self.analyzer.classes)
+        return list(self.config.classes) if self.config else []
 
-        return summarize_case(results, self.classes, 0.5)
+    @property
+    def benign(self) -> list[str]:
+        """The classes the case rule counts as benign (the classifier config's `case_rule.benign`)."""
+        return list((self.config.case_rule if self.config else CaseRule()).benign)
+
+    def summarize(self, results: list[FieldResult]) -> CaseSummary | None:
+        """The analyser's own case rule (leukodx.inference.summary, as `predict` applies it); None while the
+        models are not loaded: pages and the API then say that the models are loading rather than guess."""
+        return None if self.analyzer is None else self.analyzer.summarize(results)
 
     def load(self) -> None:
         """Load the bundled (or configured) models; runs in a background thread."""
@@ -93,7 +135,7 @@ class AnalysisService:
             from leukodx.inference.pipeline import load_analyzer
 
             s = self.settings
-            threads = s.analysis_threads or max(1, (os.cpu_count() or 1) // s.analysis_workers)
+            threads = s.analysis_threads or max(1, usable_cores() // s.analysis_workers)
             self.analyzer = load_analyzer(
                 classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir, engine=s.engine, threads=threads
             )
@@ -154,6 +196,83 @@ class AnalysisService:
                 f"The analysis failed ({exc.__class__.__name__}: {exc}). Nothing was stored. Try again; "
                 "if it happens again, report it with the server's log."
             ) from exc
+
+    async def analyse(self, images: list[GoodImage], *, heatmap: bool, render: bool) -> list[tuple]:
+        """[(image, FieldResult, overlay PNG or None, heat-map PNG or None)], one analysis at a time per image."""
+        side = self.settings.display_max_side
+        out = []
+        for img in images:
+            def job(analyzer, img=img):
+                rgb = img.pixels()
+                r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap)
+                small = shrink(rgb, r, side) if render else None
+                ov = overlay_png(*small, captioned=False) if small else None
+                hm = heatmap_png(*small, captioned=False) if small and heatmap and r.heatmap is not None else None
+                r.mask = r.instances = r.heatmap = None  # drawn; not kept (memory)
+                img.rgb = None
+                return r, ov, hm
+
+            out.append((img, *await self.run(job)))
+        return out
+
+    async def analyse_files(self, files: list, heatmap: bool) -> dict:
+        """POST /analyze: each file checked and analysed, and the case rule over them; nothing is stored."""
+        images = await check_uploads(files, self.settings.max_files, self.settings.max_file_bytes)
+        self._check_ready()  # also with no image to analyse: the case rule is the loaded models'
+        done = await self.analyse(images, heatmap=heatmap, render=False)
+        summary = self.summarize([r for _, r, _, _ in done])
+        assert summary is not None  # the models are loaded (checked above)
+        return {"results": [result_dict(img.name, r) for img, r, _, _ in done], "summary": jsonable(asdict(summary))}
+
+    async def add_to_case(self, case_id: int, files: list, actor: str, amendment_reason: str | None) -> dict:
+        """An upload into a case: every file checked (one rejected: nothing stored), analysed, drawn, stored under
+        its content hash, and added to the case with its summary in one transaction. An image already in the case
+        (same SHA-256), or twice in the upload, is added once: `skipped` says so. Locked without a reason."""
+        def known() -> set[str]:
+            with self.sessions() as db:
+                case, hashes = store.field_hashes(db, case_id)
+                rules.require_unlocked(case, amendment_reason, "adding fields")
+                return hashes
+
+        hashes = await run_in_threadpool(known)
+        images = await check_uploads(files, self.settings.max_files, self.settings.max_file_bytes)
+        in_case: list[tuple[str, str]] = []  # (file, sha256) of images already a field of the case
+        twice: list[dict] = []
+        fresh, seen = [], set()
+        for img in images:
+            digest = hashlib.sha256(img.data).hexdigest()
+            if digest in hashes:
+                in_case.append((img.name, digest))
+            elif digest in seen:
+                twice.append({"file": img.name, "sha256": digest, "reason": "The same image (identical content) "
+                              "was sent twice in this upload; it was added once."})
+            else:
+                seen.add(digest)
+                fresh.append(img)
+        done = await self.analyse(fresh, heatmap=self.settings.heatmap_on_upload, render=True) if fresh else []
+        return await run_in_threadpool(self._store, case_id, done, in_case, twice, actor, amendment_reason)
+
+    def _store(self, case_id: int, done: list[tuple], in_case: list[tuple[str, str]], twice: list[dict],
+               actor: str, amendment_reason: str | None) -> dict:
+        blobs: list[tuple[bytes, str]] = []
+        for img, _, ov, hm in done:
+            blobs += [(img.data, img.ext)] + ([(ov, "png")] if ov else []) + ([(hm, "png")] if hm else [])
+        names = iter(self.file_store.put_all(blobs))
+        items = []
+        for img, r, ov, hm in done:
+            image_file = next(names)
+            items.append({"sha256": image_file.split(".")[0], "image_file": image_file,
+                          "overlay_file": next(names) if ov else None, "heatmap_file": next(names) if hm else None,
+                          "display_name": img.name, "width": img.width, "height": img.height,
+                          **store.field_columns(r), "result": result_dict(img.name, r)})
+        with self.sessions() as db:
+            case = store.lock_case(db, case_id, light=True)
+            new, late = store.add_fields(db, case, items, self, actor, amendment_reason) if items else ([], [])
+            for sk in twice:
+                sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
+            dups = [store.duplicate_skip(case, digest, name) for name, digest in in_case]
+            return {"case": serialise.case_dict(case, threshold=rules.confidence_threshold(self)),
+                    "added": [serialise.field_dict(f) for f in new], "skipped": [d for d in dups if d] + twice + late}
 
     @property
     def pending(self) -> int:

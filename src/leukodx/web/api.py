@@ -7,34 +7,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
-from leukodx.inference.render import heatmap_png, overlay_png, shrink
 from leukodx.web import schemas
 from leukodx.web.cases import rules, serialise, store
 from leukodx.web.deps import ApiAdmin, ApiUser, Db
-from leukodx.web.uploads import GoodImage, check_uploads
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
 
 def case_out(request: Request, db, case_id: int) -> dict:
     """The case with its fields, as GET /cases/{id} answers it."""
@@ -50,33 +32,6 @@ def locked_as_409() -> Iterator[None]:
         raise HTTPException(409, detail=exc.api_message) from None
 
 
-def result_dict(name: str, r) -> dict:
-    d = jsonable(r.to_dict())
-    d["name"] = name
-    d.pop("path", None)
-    d["probabilities"] = {k: float(v) for k, v in (d.get("probabilities") or {}).items()}
-    return d
-
-
-async def analyse(request: Request, images: list[GoodImage], *, heatmap: bool, render: bool) -> list[tuple]:
-    ctx = request.app.state.ctx
-    side = ctx.settings.display_max_side
-    out = []
-    for img in images:
-        def job(analyzer, img=img):
-            rgb = img.pixels()
-            r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap)
-            small = shrink(rgb, r, side) if render else None
-            ov = overlay_png(*small, captioned=False) if small else None
-            hm = heatmap_png(*small, captioned=False) if small and heatmap and r.heatmap is not None else None
-            r.mask = r.instances = r.heatmap = None  # drawn; not kept (memory)
-            img.rgb = None
-            return r, ov, hm
-
-        out.append((img, *await ctx.service.run(job)))
-    return out
-
-
 # --- endpoints -------------------------------------------------------------------------------------------
 
 @router.post("/analyze", response_model=schemas.AnalyzeOut, responses=schemas.UPLOAD_ERRORS, summary="Analyse fields without storing")
@@ -87,13 +42,7 @@ async def analyze(
     heatmap: bool = Query(False, description="Also compute the heat map (slower)."),
 ):
     """Analyse one or more smear field images and answer with the AI's suggestion for each. Nothing is stored."""
-    s = request.app.state.ctx.settings
-    images = await check_uploads(files, s.max_files, s.max_file_bytes)
-    done = await analyse(request, images, heatmap=heatmap, render=False)
-    summary = rules.summarize(request.app.state.ctx.service, [r for _, r, _, _ in done])
-    from dataclasses import asdict
-
-    return {"results": [result_dict(img.name, r) for img, r, _, _ in done], "summary": jsonable(asdict(summary))}
+    return await request.app.state.ctx.service.analyse_files(files, heatmap)
 
 
 @router.post("/cases", response_model=schemas.CaseOut, status_code=201, responses=schemas.ERRORS, summary="Create a case")
@@ -170,74 +119,8 @@ async def upload_images(
     If any file is rejected, nothing is stored. An image already in the case (same SHA-256) is not added again:
     `skipped` says so (201 when something was added, 200 when nothing was). A signed-off case answers 409
     unless `amendment_reason` is given."""
-    import hashlib
-
-    ctx = request.app.state.ctx
-    s = ctx.settings
-
-    def existing() -> set[str]:
-        with ctx.sessions() as db:
-            case, hashes = store.field_hashes(db, case_id)
-            with locked_as_409():
-                rules.require_unlocked(case, amendment_reason, "adding fields")
-            return hashes
-
-    known = await run_in_threadpool(existing)
-    images = await check_uploads(files, s.max_files, s.max_file_bytes)
-    in_case: list[tuple[str, str]] = []  # (file, sha256) of images already a field of the case
-    twice: list[dict] = []
-    fresh, seen = [], set()
-    for img in images:
-        digest = hashlib.sha256(img.data).hexdigest()
-        if digest in known:
-            in_case.append((img.name, digest))
-        elif digest in seen:
-            twice.append({"file": img.name, "sha256": digest, "reason": "The same image (identical content) was "
-                          "sent twice in this upload; it was added once."})
-        else:
-            seen.add(digest)
-            fresh.append(img)
-    done = await analyse(request, fresh, heatmap=s.heatmap_on_upload, render=True) if fresh else []
-
-    def save():
-        blobs: list[tuple[bytes, str]] = []
-        for img, _, ov, hm in done:
-            blobs += [(img.data, img.ext)] + ([(ov, "png")] if ov else []) + ([(hm, "png")] if hm else [])
-        names = iter(ctx.store.put_all(blobs))
-        items = []
-        for img, r, ov, hm in done:
-            d = result_dict(img.name, r)
-            image_file = next(names)
-            items.append({
-                "sha256": image_file.split(".")[0],
-                "image_file": image_file,
-                "overlay_file": next(names) if ov else None,
-                "heatmap_file": next(names) if hm else None,
-                "display_name": img.name,
-                "width": img.width,
-                "height": img.height,
-                "label": d.get("label"),
-                "probabilities": d.get("probabilities") or {},
-                "confidence": float(d.get("confidence") or 0.0),
-                "malignant_probability": float(d.get("malignant_probability") or 0.0),
-                "cell_count": int(d.get("cell_count") or 0),
-                "flag": d.get("flag") or "ok",
-                "flag_reason": d.get("flag_reason") or "",
-                "size_note": d.get("size_note") or "",
-                "result": d,
-            })
-        with ctx.sessions() as db:
-            case = store.lock_case(db, case_id, light=True)
-            new, late = store.add_fields(db, case, items, ctx.service, who.name,
-                                              amendment_reason) if items else ([], [])
-            for sk in twice:
-                sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
-            dups = [store.duplicate_skip(case, digest, name) for name, digest in in_case]
-            return {"case": serialise.case_dict(case, threshold=rules.confidence_threshold(ctx.service)),
-                    "added": [serialise.field_dict(f) for f in new],
-                    "skipped": [d for d in dups if d] + twice + late}
-
-    out = await run_in_threadpool(save)
+    with locked_as_409():
+        out = await request.app.state.ctx.service.add_to_case(case_id, files, who.name, amendment_reason)
     if not out["added"]:
         response.status_code = 200
     return out

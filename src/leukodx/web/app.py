@@ -208,7 +208,7 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     removed = store.sweep(referenced)
     if removed:
         log.warning("removed %d stored file(s) left over by an interrupted upload", len(removed))
-    service = AnalysisService(settings, analyzer)
+    service = AnalysisService(settings, analyzer, sessions, store)
     ctx = AppContext(settings, engine, sessions, store, service, make_templates())
 
     @asynccontextmanager

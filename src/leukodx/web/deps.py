@@ -78,22 +78,34 @@ def session_principal(request: Request, db: Session) -> Principal | None:
     return Principal(row.user.username, row.user.role, "user", row)
 
 
+BAD_SCHEME = "Use 'Authorization: Bearer <token>' with a token from `leukodx token create --name NAME`."
+BAD_TOKEN = "The API token is wrong or revoked. Create one with `leukodx token create --name NAME`."
+
+
+def token_principal(db: Session, header: str) -> Principal:
+    """Who an `Authorization: Bearer <token>` header is (the one parser: the API and the image links); 401 for
+    another scheme or a wrong or revoked token. The token's last use is noted, at most once in 5 minutes."""
+    scheme, _, secret = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise _unauthorized(BAD_SCHEME)
+    row = token_lookup(db, secret.strip())
+    if row is None:
+        raise _unauthorized(BAD_TOKEN)
+    now = utcnow()
+    last = row.last_used_at
+    if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 300:
+        row.last_used_at = now  # at most one write per token every 5 minutes, not one per request
+    release(db)
+    return Principal(f"token:{row.name}", row.role, "token")
+
+
 def api_principal(
     request: Request, db: Db, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
-    """Bearer token, or the browser's login session (then unsafe methods need the X-CSRF-Token header)."""
+    """Bearer token, or the browser's login session (then unsafe methods need the X-CSRF-Token header).
+    `creds` puts the bearer scheme in the OpenAPI document; the header is read by `token_principal`."""
     if request.headers.get("authorization"):
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise _unauthorized("Use 'Authorization: Bearer <token>' with a token from `leukodx token create`.")
-        row = token_lookup(db, creds.credentials)
-        if row is None:
-            raise _unauthorized("The API token is wrong or revoked. Create one with `leukodx token create --name NAME`.")
-        now = utcnow()
-        last = row.last_used_at
-        if last is None or (now - (last if last.tzinfo else last.replace(tzinfo=now.tzinfo))).total_seconds() > 300:
-            row.last_used_at = now  # at most one write per token every 5 minutes, not one per request
-        release(db)
-        return Principal(f"token:{row.name}", row.role, "token")
+        return token_principal(db, request.headers["authorization"])
     p = session_principal(request, db)
     release(db)
     if p is None:

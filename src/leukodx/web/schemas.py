@@ -165,6 +165,8 @@ class AiOut(BaseModel):
                             "`confidence_threshold` (the analyser's low-confidence threshold, which the case rule "
                             "uses): only then do pages offer a one-click confirm.")
     confidence_threshold: float | None = None
+    models_loading: bool = Field(default=False, description="The models are not loaded yet (GET /readyz): "
+                                 "`confident`, `confidence_threshold` (null) and `reviewed_fields_label` wait for them.")
 
 
 class UnassessableField(BaseModel):

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from leukodx.cpus import usable_cores
+
 MB = 1024 * 1024
 
 
@@ -41,7 +43,7 @@ def default_database() -> str:
 
 def _cores() -> int:
     """The cores analyses use at once: one analysis per core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    return min(4, usable_cores())
 
 
 def local_zone_name() -> str:

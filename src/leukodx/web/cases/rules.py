@@ -245,17 +245,17 @@ def field_result(f: Field) -> FieldResult:
     )
 
 
-def summarize(analysis, case_or_results: Case | list[FieldResult]) -> CaseSummary:
+def summarize(analysis, case_or_results: Case | list[FieldResult]) -> CaseSummary | None:
     """The case rule over a case's fields: `analysis.summarize` (the app's AnalysisService, or an analyser: its
-    classes, thresholds and case rule, as `predict` applies them)."""
+    classes, thresholds and case rule, as `predict` applies them); None while the models load."""
     results = case_or_results if isinstance(case_or_results, list) else [field_result(f) for f in case_or_results.fields]
     return analysis.summarize(results)
 
 
-def reviewed_results(case: Case) -> list[FieldResult]:
+def reviewed_results(case: Case, benign: Sequence[str]) -> list[FieldResult]:
     """The fields as the reviewer called them: a reviewed field counts with the reviewer's class (certain,
     unflagged), an unreviewed one with the AI's output; unassessable fields (declared so, or with no class call
-    and not overridden) are left out."""
+    and not overridden) are left out. `benign`: the case rule's benign classes."""
     out = []
     for f in case.fields:
         if not is_assessable(f):
@@ -264,33 +264,38 @@ def reviewed_results(case: Case) -> list[FieldResult]:
         if f.review_label:  # a class of the model: review() accepts no other
             r.label, r.flag, r.flag_reason, r.confidence = f.review_label, "ok", "", 1.0
             r.probabilities = {f.review_label: 1.0}  # every other class 0
-            r.malignant_probability = malignant_probability(r.probabilities)
+            r.malignant_probability = malignant_probability(r.probabilities, benign)
         out.append(r)
     return out
 
 
-def reviewed_summary(analysis, case: Case) -> CaseSummary:
-    """The case rule over the fields with the reviewer's field calls taken into account."""
-    return summarize(analysis, reviewed_results(case))
+def reviewed_summary(analysis, case: Case) -> CaseSummary | None:
+    """The case rule over the fields with the reviewer's field calls taken into account (`analysis`: the app's
+    AnalysisService); None while the models load."""
+    return summarize(analysis, reviewed_results(case, analysis.benign))
 
 
-def confidence_threshold(analysis) -> float:
+def confidence_threshold(analysis) -> float | None:
     """The confidence at or above which the case call is a confident one: the analyser's `low_confidence`
     (the classifier's `thresholds.low_confidence` in its model config, which the case rule,
     leukodx.inference.summary.summarize_case, also uses: "case confidence below it" makes a case need review);
-    the model config's default while no analyser is loaded."""
+    None while no analyser is loaded (the models are loading)."""
     from leukodx.models.model_config import DEFAULT_LOW_CONFIDENCE
 
-    value = getattr(getattr(analysis, "analyzer", analysis), "low_confidence", None)
+    analyzer = getattr(analysis, "analyzer", analysis)
+    if analyzer is None:
+        return None
+    value = getattr(analyzer, "low_confidence", None)
     return float(value) if isinstance(value, int | float) and value > 0 else DEFAULT_LOW_CONFIDENCE
 
 
 BLAST_ALERT_PERCENT = 20.0  # blasts >= 20 % of leukocytes: acute leukaemia by the WHO's criterion
 
 
-def sign_off_warnings(case: Case) -> list[str]:
+def sign_off_warnings(case: Case, benign: Sequence[str]) -> list[str]:
     """What a clinician should know before signing off: unreviewed fields, and which of them are flagged; a
-    differential that is not verified; fewer leukocytes counted than the case's target."""
+    differential that is not verified; many blasts under a benign call (`benign`: the case rule's benign
+    classes); fewer leukocytes counted than the case's target."""
     out = []
     todo = [i for i, f in enumerate(case.fields, start=1) if not f.review_decision]
     if todo:
@@ -307,10 +312,10 @@ def sign_off_warnings(case: Case) -> list[str]:
                        + (f" with {cs['n_cells_reviewed']} reviewer correction(s)" if cs["n_cells_reviewed"] else "")
                        + ". Check the cells in the gallery and verify the differential.")
         blasts = cs["blast_percent"]
-        calls = [c for c in (case.ai_label, case.review_label) if c]
-        if blasts is not None and blasts >= BLAST_ALERT_PERCENT and any(c.lower() == "benign" for c in calls):
+        call = next((c for c in (case.ai_label, case.review_label) if c in benign), None)
+        if blasts is not None and blasts >= BLAST_ALERT_PERCENT and call:
             out.append(f"The differential counts {blasts:.1f} % blasts ({BLAST_ALERT_PERCENT:.0f} % or more: the "
-                       "threshold for acute leukaemia) but the call is Benign. Check the blasts in the gallery and "
+                       f"threshold for acute leukaemia) but the call is {call}. Check the blasts in the gallery and "
                        "the fields before signing off.")
         target = case.differential_target or 100
         if cs["n_counted"] < target:

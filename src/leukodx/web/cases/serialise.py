@@ -33,8 +33,9 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
             "label": case.ai_label, "confidence": case.ai_confidence,
             "malignant_probability": case.ai_malignant_probability, "n_fields": case.n_fields,
             "total_cell_count": case.total_cell_count, "summary": case.summary or {},
-            "confident": bool(case.ai_label and case.ai_confidence is not None and case.ai_confidence >= threshold),
-            "confidence_threshold": threshold,
+            "confident": bool(case.ai_label and case.ai_confidence is not None and threshold is not None
+                              and case.ai_confidence >= threshold),
+            "confidence_threshold": threshold, "models_loading": threshold is None,
         },
         "review": {
             "decision": case.review_decision, "label": case.review_label, "note": case.review_note,
@@ -67,8 +68,9 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
         d["unassessable_fields"] = rules.unassessable_fields(case)
         d["fields"] = [field_dict(f, number=i) for i, f in enumerate(case.fields, start=1)]
         d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
-        d["reviewed_fields_label"] = rules.reviewed_summary(analysis, case).label if d["n_fields_reviewed"] else None
-        d["warnings"] = rules.sign_off_warnings(case)
+        reviewed = rules.reviewed_summary(analysis, case) if d["n_fields_reviewed"] else None
+        d["reviewed_fields_label"] = reviewed.label if reviewed else None
+        d["warnings"] = rules.sign_off_warnings(case, analysis.benign)
         d["cells_outlined"] = cells_outlined(case)
     return d
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from leukodx.inference.cell_classes import UNIDENTIFIED
-from leukodx.inference.types import CaseSummary
+from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.web import cells as cell_logic
 from leukodx.web.cases import rules
 from leukodx.web.db import Case, Field, FormSubmission, audit, utcnow
@@ -105,6 +105,13 @@ def field_hashes(db: Session, case_id: int) -> tuple[Case, set[str]]:
     return case, set(db.scalars(select(Field.sha256).where(Field.case_id == case_id)))
 
 
+def field_columns(r: FieldResult) -> dict:
+    """A field's columns from its analysis: the AI's call, its flag and counts (rules.field_result reads them)."""
+    return {"label": r.label, "probabilities": {k: float(v) for k, v in r.probabilities.items()},
+            "confidence": float(r.confidence), "malignant_probability": float(r.malignant_probability),
+            "cell_count": int(r.cell_count), "flag": r.flag, "flag_reason": r.flag_reason, "size_note": r.size_note}
+
+
 def apply_summary(case: Case, summary: CaseSummary) -> None:
     case.n_fields = len(case.fields)
     case.ai_label = summary.label
@@ -162,7 +169,9 @@ def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
         new.append(f)
     db.flush()
     if new:
-        apply_summary(case, rules.summarize(analysis, case))
+        summary = rules.summarize(analysis, case)
+        assert summary is not None  # fields are added after their analysis: the models are loaded
+        apply_summary(case, summary)
         refresh_cells(case)
         case.updated_at = utcnow()
     for f in new:

@@ -134,7 +134,7 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
     for i, f in enumerate(case.fields, start=1):
         if not rules.is_assessable(f):
             continue
-        scale, counted = gallery_logic.um_per_px(f.cells), _counted(f)
+        scale, counted = gallery_logic.um_per_px(f.cells), rules.counts(f)
         for c in f.cells or []:
             groups.setdefault(cell_logic.final_class(c), []).append(
                 {**c, "field_id": f.id, "field_no": i, "um_per_px": scale, "counted": counted, "seq": seq})
@@ -146,10 +146,6 @@ def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
 GALLERY_ORDER = (*cell_logic.REVIEW_LABELS,
                  *[k for k in cell_logic.KNOWN_CLASSES if k not in cell_logic.REVIEW_LABELS],
                  cell_logic.UNCLASSIFIED, cell_logic.EDGE)
-
-
-def _counted(f: Field) -> bool:
-    return rules.is_assessable(f) and (f.flag == "ok" or f.review_decision in rules.CASE_DECISIONS)
 
 
 LOCKED_WHERE = "Type it in “Reason for the amendment” below, then save again."
@@ -180,7 +176,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         field_numbers=field_numbers, field_um=field_um, n_gallery=sum(len(items) for _, items in gallery),
         unknown_scale=[f.id for f in case.fields if f.cells and not field_um[f.id] and rules.is_assessable(f)],
         not_shown=[field_numbers[f.id] for f in case.fields
-                   if f.cells and rules.is_assessable(f) and not _counted(f)],
+                   if f.cells and rules.is_assessable(f) and not rules.counts(f)],
         crop=gallery_logic, ai_confident=_ai_confident(cd, case),
         field=case.fields[idx] if case.fields else None,
         reviewed=reviewed, field_tally=_tally_words(tally), fields_decisive=fields_decisive,
@@ -193,13 +189,15 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         amendment_rule=rules.AMENDMENT_RULE, **extra)
 
 
-def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool]:
+def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool | None]:
     """The reviewer's calls of the assessable fields ({class: n}, most first) and whether the case rule over
     them is decisive enough to start the sign-off from it: every field reviewed, nothing left to review, the
     fields agreeing (benign vs leukemic) and one class clearly ahead. 3 Benign, 3 Early, 2 Pro and 1 Pre is
-    not a Benign case, although the mean of the calls ties Benign first."""
+    not a Benign case, although the mean of the calls ties Benign first. None while the models load."""
     calls = [f.review_label for f in case.fields if f.review_label and rules.is_assessable(f)]
     tally = dict(sorted(Counter(calls).items(), key=lambda kv: -kv[1]))
+    if tally and reviewed is None:
+        return tally, None  # the models are loading: the case rule is theirs
     if not tally or reviewed is None or reviewed.label is None:
         return tally, False
     counts = sorted(tally.values(), reverse=True)
@@ -207,9 +205,9 @@ def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool]:
     return tally, ahead and not reviewed.needs_review
 
 
-def _disagreement(case: Case, tally: dict[str, int], decisive: bool) -> list[str]:
+def _disagreement(case: Case, tally: dict[str, int], decisive: bool | None) -> list[str]:
     """The page's sign-off warning when the reviewer's own field calls point to no one call."""
-    if not tally or decisive or case.review_decision is not None:
+    if not tally or decisive is not False or case.review_decision is not None:
         return []
     return [f"Your field calls do not point to one call ({_tally_words(tally)}): choose the final call yourself, "
             "and say why in the note."]
@@ -318,7 +316,7 @@ def review_case(
         if not label:
             raise Invalid("No final call was chosen.", "Choose the class for the case in 'Final call', then sign off.")
         reviewed = rules.reviewed_summary(request.app.state.ctx.service, case)
-        page_warnings = rules.sign_off_warnings(case) + _disagreement(case, *_field_calls(case, reviewed))
+        page_warnings = rules.sign_off_warnings(case, request.app.state.ctx.service.benign) + _disagreement(case, *_field_calls(case, reviewed))
         if page_warnings and not acknowledge and not rules.is_signed_off(case):
             raise Invalid("There are warnings to read before sign-off (listed above the sign-off button).",
                           "Deal with them, or tick 'I have seen these warnings' and sign off again.")

@@ -3,20 +3,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from leukodx.web import heatmaps
-from leukodx.web.auth import token_lookup
-from leukodx.web.deps import Db, LoginRequired, Principal, session_principal
+from leukodx.web.deps import Db, LoginRequired, Principal, session_principal, token_principal
 from leukodx.web.schemas import CaseId
 from leukodx.web.storage import MEDIA_TYPES
 
 router = APIRouter()
-
-BAD_TOKEN = ("The API token is wrong or revoked; send 'Authorization: Bearer <token>' with a token from "
-             "`leukodx token create --name NAME`.")
-BAD_SCHEME = "Use 'Authorization: Bearer <token>' with a token from `leukodx token create --name NAME`."
 
 
 def _unauthorized(message: str) -> Response:
@@ -29,13 +24,10 @@ def file_principal(request: Request, db) -> Principal | Response:
     never a fall-back to the session), else the login session; a 401 Response when neither."""
     header = request.headers.get("authorization")
     if header:
-        scheme, _, secret = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            return _unauthorized(BAD_SCHEME)
-        row = token_lookup(db, secret.strip())
-        if row is None:
-            return _unauthorized(BAD_TOKEN)
-        return Principal(f"token:{row.name}", row.role, "token")
+        try:
+            return token_principal(db, header)
+        except HTTPException as exc:  # the API's words, as plain text (an <img> shows no JSON)
+            return _unauthorized(str(exc.detail))
     who = session_principal(request, db)
     if who is None:
         return _unauthorized("Log in to see images, or send 'Authorization: Bearer <token>'.")

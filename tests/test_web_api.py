@@ -213,6 +213,9 @@ def test_case_upload_review_keeps_ai_and_reviewer_decision(web):
     assert case["ai"]["n_fields"] == 2 and case["status"] == "unreviewed"
     fields = r.json()["added"]
     assert all(f["overlay_url"] and f["heatmap_url"] is None for f in fields)  # heat maps: on first view
+    # the words pages (and app.js) show: the confidence as words.model_percent, the blast % with one decimal
+    assert all(re.fullmatch(r"([<>] )?\d+ %", f["confidence_words"]) for f in fields)
+    assert case["blast_percent_words"] == ("–" if case["blast_percent"] is None else f"{case['blast_percent']:.1f} %")
     f0 = fields[0]
     assert app.state.ctx.service.classes == ["Benign", "Early", "Pre", "Pro"]  # the bundled classifier's config
     other = next(c for c in app.state.ctx.service.classes if c != f0["label"])

@@ -246,7 +246,14 @@ def test_a_review_a_lab_can_sign_in_a_real_browser(server, tmp_path):
         first.focus()
         first.press("b")
         expect(page.locator("#gallery-status")).to_contain_text("saved as Blast")
+        # at once, in the server's words: the verification taken back, the blast percentage as the case answers it
+        expect(page.locator("#diff-source")).to_contain_text("AI pre-classification with your changes, not verified "
+                                                             "(changed since the last verification)")
+        blasts = page.locator("#blast-percent").inner_text()
+        assert re.fullmatch(r"\d+\.\d %", blasts), blasts
+        expect(page.locator("#gallery-status")).to_contain_text(f"Blast percentage now {blasts}.")
         page.reload()
+        expect(page.locator("#blast-percent")).to_have_text(blasts)
         rows = page.locator("#amendments table.changes tbody tr")
         field_row = rows.filter(has=page.locator("th", has_text=re.compile(r"^Field 1$")))
         expect(field_row).to_have_count(1)

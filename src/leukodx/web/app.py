@@ -57,21 +57,8 @@ class AppContext:
     templates: Jinja2Templates
 
 
-def _pct(x: Any, digits: int = 0) -> str:
-    try:
-        return f"{float(x) * 100:.{digits}f} %"
-    except (TypeError, ValueError):
-        return "–"
-
-
-def _dt(x: Any) -> str:
-    return x.strftime("%Y-%m-%d %H:%M UTC") if x else "–"
-
-
 def make_templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
-    t.env.filters["pct"] = _pct
-    t.env.filters["dt"] = _dt
     t.env.globals["version"] = __version__
     from leukodx.web import words
 

@@ -131,6 +131,7 @@ class FieldOut(BaseModel):
     label: str | None
     probabilities: dict[str, float]
     confidence: float
+    confidence_words: str = Field(default="", description="`confidence` as pages write it ('87 %'; never '100 %').")
     malignant_probability: float
     cell_count: int
     flag: str
@@ -199,6 +200,8 @@ class CaseOut(BaseModel):
                                          "the reviewer's only when `differential_source` is 'verified'.")
     blast_percent: float | None = Field(default=None, description="100 * blasts / cells counted, over "
                                         "`differential` (see `differential_source`).")
+    blast_percent_words: str = Field(default="–", description="`blast_percent` as pages write it: '12.3 %', "
+                                     "'–' when no cell is counted.")
     ai_differential: dict[str, int] = Field(default={}, description="The AI's pre-classification alone.")
     ai_blast_percent: float | None = None
     n_cells: int = 0

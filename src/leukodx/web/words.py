@@ -83,6 +83,11 @@ def model_percent(p: float | None, digits: int = 0) -> str:
     return percent(v, digits)
 
 
+def blast_percent(v: float | None) -> str:
+    """A blast percentage (0..100, one decimal) as the differential shows it: "12.3 %", "–" with no cell counted."""
+    return "–" if v is None else f"{v:.1f} %"
+
+
 def zone(name: str | None) -> tzinfo:
     """The lab's time zone (an IANA name such as "Asia/Tehran"); the server's own zone when none is given."""
     if name:

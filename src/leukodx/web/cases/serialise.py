@@ -54,6 +54,7 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
     for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells",
               "n_cells_reviewed"):
         d[k] = cs.get(k, EMPTY_CELLS[k])
+    d["blast_percent_words"] = words.blast_percent(cs.get("blast_percent"))
     target = case.differential_target or 100
     n_counted = int(cs.get("n_counted", 0))
     d["n_cells_counted"] = n_counted
@@ -89,6 +90,7 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "label": f.label,
         "probabilities": f.probabilities or {},
         "confidence": f.confidence,
+        "confidence_words": words.model_percent(f.confidence),
         "malignant_probability": f.malignant_probability,
         "cell_count": f.cell_count,
         "flag": f.flag,

@@ -33,7 +33,7 @@ def _install_filters(ctx) -> None:
     env.filters["dt"] = partial(words.local_time, tz=tz)
     env.filters["pct"] = words.model_percent  # every probability on the pages is a model's
     env.globals.update(lab_zone=words.zone_name(tz), lab_zone_setting=name, change_words=words.change_words,
-                       percent=words.percent)
+                       percent=words.percent, blast_percent=words.blast_percent)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:

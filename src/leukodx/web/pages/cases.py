@@ -21,6 +21,7 @@ from leukodx.web.db import Case, Field, utcnow
 from leukodx.web.deps import Db, FormUser, PageUser
 from leukodx.web.pages.base import render
 from leukodx.web.schemas import CaseId
+from leukodx.web.uploads import ACCEPTED_TYPES
 
 router = APIRouter()
 
@@ -186,7 +187,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
         n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
-        amendment_rule=rules.AMENDMENT_RULE, **extra)
+        amendment_rule=rules.AMENDMENT_RULE, accepted_types=sorted(ACCEPTED_TYPES), **extra)
 
 
 def _field_calls(case: Case, reviewed) -> tuple[dict[str, int], bool | None]:

@@ -196,8 +196,8 @@
     return opt ? opt.textContent.replace(/ \(.\)$/, "") : label;
   }
 
-  // Each card sits under the group of the class it counts as now (cells.final_class): the reviewer's class, else
-  // "edge" for a cell cut by the field's edge, else the AI's class, else "unclassified". A move puts the cards
+  // Each card sits under the group of the class it counts as now (data-group: the server's cells.final_class,
+  // from the page and, after a move, from the case the server answers). A move puts the cards
   // under their new group at once (made where the page's order puts it when it is not there yet; a group left
   // empty goes), with the counts in the headings, as a reload would show them.
   var cellsBox = document.getElementById("gallery-cells"), groupOrder = [], groupWords = {};
@@ -205,10 +205,6 @@
     try {
       JSON.parse(cellsBox.dataset.groups).forEach(function (g) { groupOrder.push(g[0]); groupWords[g[0]] = g[1]; });
     } catch (err) { groupOrder = []; }
-  }
-
-  function groupOf(c) {
-    return c.dataset.label || (c.dataset.edge ? "edge" : c.dataset.ai || "unclassified");
   }
 
   function groupList(cls, make) {
@@ -247,7 +243,7 @@
     if (!cellsBox) return;
     var had = document.activeElement;  // moving a card takes the focus from it: give it back
     cards.forEach(function (c) {
-      var list = groupList(groupOf(c), true);
+      var list = groupList(c.dataset.group, true);
       if (c.parentNode === list) return;
       var seq = +c.dataset.seq, next = null;
       Array.prototype.some.call(list.querySelectorAll("figure.cell"), function (x) {
@@ -324,33 +320,16 @@
   }
 
   function patchCells(caseId, items, reason) {
-    // one batch request for the cells of any fields; a server without the batch route gets one per field
-    function send(url, body) {
-      return fetch(url, {
-        method: "PATCH", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify(body)
-      }).then(function (r) {
-        return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; },
-                             function () { return { ok: false, status: r.status, body: {} }; });
-      });
-    }
+    // one batch request for the cells of any fields; answers the case as the server now has it
     var body = { cells: items };
     if (reason) body.amendment_reason = reason;
-    return send("/api/v1/cases/" + caseId + "/cells", body).then(function (res) {
-      var noRoute = res.status === 405 || (res.status === 404 && res.body && res.body.detail === "Not Found");
-      if (!noRoute) return res;
-      var byField = {};
-      items.forEach(function (it) { (byField[it.field_id] = byField[it.field_id] || []).push({ id: it.id, label: it.label }); });
-      var chain = Promise.resolve(null);
-      Object.keys(byField).forEach(function (fid) {
-        chain = chain.then(function (prev) {
-          if (prev && !prev.ok) return prev;
-          var b = { cells: byField[fid] }; if (reason) b.amendment_reason = reason;
-          return send("/api/v1/cases/" + caseId + "/fields/" + fid + "/cells", b);
-        });
-      });
-      return chain;
+    return fetch("/api/v1/cases/" + caseId + "/cells", {
+      method: "PATCH", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().then(function (j) { return { ok: r.ok, status: r.status, body: j }; },
+                           function () { return { ok: false, status: r.status, body: {} }; });
     });
   }
 
@@ -363,7 +342,7 @@
       if (c.differential[k]) td.parentNode.hidden = false;  // a class that had no cell gets its row
     });
     var bp = document.getElementById("blast-percent");
-    if (bp && "blast_percent" in c) bp.textContent = c.blast_percent === null ? "–" : c.blast_percent.toFixed(1) + " %";
+    if (bp && c.blast_percent_words) bp.textContent = c.blast_percent_words;
     var nr = document.getElementById("cells-reviewed"); if (nr && "n_cells_reviewed" in c) nr.textContent = c.n_cells_reviewed;
     var nc = document.getElementById("n-counted"); if (nc && "n_cells_counted" in c) nc.textContent = c.n_cells_counted;
     if ("n_cells_counted" in c) {  // "35 leukocyte(s) outlined: 17 counted, 17 listed but not counted …" (the outlined macro)
@@ -376,7 +355,7 @@
     }
     if (c.differential_verified === false) {
       document.querySelectorAll("#diff-source .ok-text, #gallery-diff .ok-text, #sign-off-differential .ok-text").forEach(function (el) {
-        el.className = "warn-text"; el.textContent = "AI pre-classification with your changes, not verified (changed since the last verification)";
+        el.className = "warn-text"; el.textContent = el.dataset.unverified;
       });
     }
   }
@@ -403,9 +382,14 @@
         say("Not saved: " + (typeof d === "string" ? d : "the server answered " + res.status + ". Reload the page and try again."), true);
         return;
       }
+      var group = {};  // each cell's class as the server now counts it (its final_label)
+      ((res.body && res.body.fields) || []).forEach(function (f) {
+        (f.cells || []).forEach(function (x) { group[f.id + ":" + x.id] = x.final_label; });
+      });
       targets.forEach(function (c, i) {
         var l = labels[i];
         c.dataset.label = l || "";
+        c.dataset.group = group[c.dataset.field + ":" + c.dataset.cell] || c.dataset.group;
         c.classList.toggle("reviewed", !!l); c.classList.add("saved");
         var lab = c.querySelector(".cell-label");
         if (lab) lab.textContent = l ? "Moved to " + words(l) : "";
@@ -418,7 +402,7 @@
       if (res.body) showCase(res.body);
       var n = targets.length, first = "Cell " + targets[0].dataset.cell + " of field " + targets[0].getAttribute("aria-label").replace(/^Cell \d+ of field (\d+).*$/, "$1");
       say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
-          ". Blast percentage now " + (res.body && res.body.blast_percent != null ? res.body.blast_percent.toFixed(1) + " %" : "–") +
+          ". Blast percentage now " + ((res.body && res.body.blast_percent_words) || "–") +
           "." + (isUndo ? "" : " Press z to undo."));
       // the cards go under their new group at once. After a move the selection is cleared and the focus goes on
       // to the card that followed the moved ones, so that a technologist works down a group key after key;
@@ -497,18 +481,9 @@
   var caseId = zone.dataset.case;
   var maxBytes = parseInt(zone.dataset.maxBytes, 10);
   var maxFiles = parseInt(zone.dataset.maxFiles, 10);
-  var okTypes = /^(image\/(jpeg|png|tiff|bmp|x-ms-bmp)|)$/;
+  var okTypes = JSON.parse(zone.dataset.acceptedTypes || "[]");  // uploads.ACCEPTED_TYPES, from the page
   var queue = [], running = 0, succeeded = 0, PARALLEL = 2;
   var KEEP = "leukodx-upload-problems-" + caseId;
-
-  // as words.percent on the server: a probability under 1 is never "100 %", one above 0 never "0 %"
-  function pct(x) {
-    if (x === null || x === undefined || isNaN(x)) return "–";
-    var v = Math.round(x * 100);
-    if (x < 1 && v >= 100) return "> 99 %";
-    if (x > 0 && v <= 0) return "< 1 %";
-    return v + " %";
-  }
 
   // files that were not added stay listed, with their reasons, after the page reloads (until dismissed)
   function kept() { try { return JSON.parse(sessionStorage.getItem(KEEP) || "[]"); } catch (e) { return []; } }
@@ -587,7 +562,7 @@
         var body = JSON.parse(xhr.responseText), f = body.added[0];
         if (f) {
           job.ui.li.className = "done";
-          job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + pct(f.confidence) + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
+          job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + f.confidence_words + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
           succeeded++;
         } else {
           fail(job.ui, (body.skipped[0] || {}).reason || "the image is already in this case.");
@@ -614,7 +589,7 @@
     }
     files.forEach(function (file) {
       var ui = item(file);
-      if (!okTypes.test(file.type)) { fail(ui, "this is not a JPEG, PNG, TIFF or BMP image."); return; }
+      if (okTypes.indexOf(file.type) < 0) { fail(ui, "this is not a JPEG, PNG, TIFF or BMP image."); return; }
       if (file.size > maxBytes) { fail(ui, "the file is over " + Math.round(maxBytes / 1048576) + " MB. Export it smaller."); return; }
       queue.push({ file: file, ui: ui });
     });

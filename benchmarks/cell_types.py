@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from leukodx.data.cell_crops import iter_pbc, iter_raabin, iter_taleqani
+from leukodx.evaluation.cell_types import score_crops
 from leukodx.inference.cell_classifier import CellClassifier
-from leukodx.training.cells import crop_data, iter_pbc, iter_raabin, iter_taleqani, score_crops
+from leukodx.training.cells import crop_data
 
 SPLITS = Path("benchmarks/splits")
 

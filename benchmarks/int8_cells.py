@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from leukodx.io import file_sha256
     from leukodx.models.checkpoint import read_config
     from leukodx.models.model_config import update_model_config
-    from leukodx.training.cells import balanced_accuracy, centre_input, collect
+    from leukodx.training.cells import MODEL_CLASSES, balanced_accuracy, centre_input, collect
 
     config = read_config(a.model)
     src = config["training"]["sources"]
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                    pbc_split=src["pbc"]["split"], taleqani_split=src["taleqani"]["split"],
                    raabin_split=(src.get("raabin") or {}).get("split"))
     collect_s = time.perf_counter() - t0
-    single = data.single()
+    single = data.single(MODEL_CLASSES)
     rng = np.random.default_rng(0)
     train = np.flatnonzero(data.split == "train")
     calib = np.sort(rng.choice(train, min(a.n_calibration, len(train)), replace=False))

@@ -1,5 +1,5 @@
 """The whole-cell / nucleus label rules (data/cell_references), the source readers (data/sources) and the
-two-channel training data (training/cell_data)."""
+two-channel training data (data/cell_dataset)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from leukodx.data import cell_dataset as cell_data
 from leukodx.data import cell_references as cr
 from leukodx.data import sources
 from leukodx.errors import DatasetError
-from leukodx.training import cell_data
+from leukodx.training.losses import masked_bce_dice
 
 DATA = Path("/work/shared/data")
 D = 60.0  # red-cell diameter of the drawn images
@@ -157,11 +158,11 @@ def test_masked_loss_ignores_unknown_pixels():
     target = (torch.rand(2, 2, 16, 16) > 0.5).float()
     known = torch.zeros(2, 2, 16, 16)
     known[..., :8] = 1
-    a = cell_data.masked_bce_dice(logits, target, known)
+    a = masked_bce_dice(logits, target, known)
     logits2 = logits.clone()
     logits2[..., 8:] = 100.0  # change only unknown pixels
-    assert torch.allclose(a, cell_data.masked_bce_dice(logits2, target, known))
-    assert float(cell_data.masked_bce_dice(logits, target, torch.zeros_like(known))) == 0.0
+    assert torch.allclose(a, masked_bce_dice(logits2, target, known))
+    assert float(masked_bce_dice(logits, target, torch.zeros_like(known))) == 0.0
 
 
 def test_real_sources_when_present():

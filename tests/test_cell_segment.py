@@ -1,4 +1,4 @@
-"""The two-output segmenter's training (training/cell_segment) and its command: a tiny U-Net, one short epoch."""
+"""The two-output segmenter's training (training/cell_segment, through the one engine) and its command: a tiny U-Net, one short epoch."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ def _two_threads():
     torch.set_num_threads(n)
 
 
-def _train(out: Path, **kw):
+def _train(out: Path, export: bool = True, **kw):
     from leukodx.training.cell_segment import train_cell_segmenter
+    from leukodx.training.config import resolve_config
 
     args = {"arch": "unet", "arch_kwargs": {"base_channels": 4, "depth": 2}, "image_size": 96, "epochs": 1,
-            "samples_per_epoch": 16, "batch_size": 8, "lr": 3e-3, "seed": 0, **kw}
-    return train_cell_segmenter(out, **args)
+            "samples_per_epoch": 16, "batch_size": 8, "lr": 3e-3, "seed": 0, "out": str(out),
+            "splits": "benchmarks/splits", **{k: str(v) if isinstance(v, Path) else v for k, v in kw.items()}}
+    return train_cell_segmenter(resolve_config("cell_segment", overrides=args), export=export)
 
 
 def test_trains_a_two_output_model_the_analysis_reads(tmp_path):
@@ -37,7 +39,7 @@ def test_trains_a_two_output_model_the_analysis_reads(tmp_path):
     from leukodx.models.eager import load_eager
 
     run = tmp_path / "run"
-    res = _train(run, synthetic=8, time_limit_min=5)
+    res = _train(run, synthetic=8, time_limit_s=300.0)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["outputs"] == ["cell", "nucleus"] and cfg["arch_kwargs"]["out_channels"] == 2
     assert cfg["input_size"] == [96, 96] and cfg["thresholds"]["mask"] == 0.5
@@ -68,9 +70,8 @@ def test_trains_a_two_output_model_the_analysis_reads(tmp_path):
 def test_tiny_real_sources_when_present(tmp_path):
     if not (DATA / "raabin-fields" / "labels").is_dir() or not (DATA / "pbc").is_dir():
         pytest.skip("the real data (/work/shared/data) is absent")
-    res = _train(tmp_path / "run", raabin=DATA / "raabin-fields", pbc=DATA / "pbc", max_train_per_source=6,
-                 max_val_per_source=4,
-                 export=False)
+    res = _train(tmp_path / "run", raabin=DATA / "raabin-fields", pbc=DATA / "pbc", max_train_images=6,
+                 max_val_images=4, export=False)
     val = res["history"][0]["val"]
     assert set(val) == {"raabin", "pbc"} and all(v["n"] == 4 for v in val.values())
     assert all(v["known_px_cell"] > 0 for v in val.values())

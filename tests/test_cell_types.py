@@ -17,6 +17,9 @@ from leukodx.inference.types import CellInstance
 
 torch = pytest.importorskip("torch")
 cells_training = pytest.importorskip("leukodx.training.cells")
+from leukodx.data import cell_crops, sources  # noqa: E402
+from leukodx.training.config import resolve_config  # noqa: E402
+
 MODEL_CLASSES = cells_training.MODEL_CLASSES
 AI_CELL_CLASSES = (*MODEL_CLASSES, UNIDENTIFIED)
 
@@ -70,7 +73,7 @@ def test_crops_follow_the_red_cell_scale():
 def _synthetic_crops(n_per: int = 12, seed: int = 0):
     """Discs on a pale background: 'blast' large purple, 'lymphocyte' small dark, 'not_leukocyte' pink."""
     rng = np.random.default_rng(seed)
-    s = cells_training.STORE_SIZE
+    s = cell_crops.STORE_SIZE
     yy, xx = np.mgrid[:s, :s] - (s - 1) / 2
     looks = {"blast": (26, (150, 90, 200)), "lymphocyte": (14, (60, 30, 110)), "not_leukocyte": (15, (230, 150, 160))}
     crops, labels, split = [], [], []
@@ -88,7 +91,7 @@ def _synthetic_crops(n_per: int = 12, seed: int = 0):
     src = ["pbc" if lab == "not_leukocyte" else "taleqani" for lab in labels]
     kind = [f"taleqani:{f}:cell" if s_ == "taleqani" else "pbc:platelet" for s_, f in zip(src, field_label, strict=True)]
     paths = [f"Original/{f}/f{i // 2}.jpg" for i, f in enumerate(field_label)]
-    return cells_training.CropData(np.stack(crops), np.array(labels), np.array(split), np.array(src),
+    return cell_crops.CropData(np.stack(crops), np.array(labels), np.array(split), np.array(src),
                                    np.array(kind), np.array(paths), np.array(field_label)), k
 
 
@@ -96,8 +99,9 @@ def _synthetic_crops(n_per: int = 12, seed: int = 0):
 def tiny_model(tmp_path_factory):
     data, _ = _synthetic_crops()
     out = tmp_path_factory.mktemp("cells") / "run"
-    result = cells_training.train_on_crops(data, out, epochs=2, time_limit_min=0.5, pretrained=None,
-                                           samples_per_epoch=96, batch_size=32, threads=2, log=lambda m: None)
+    cfg = resolve_config("cells", overrides={"out": str(out), "epochs": 2, "time_limit_s": 30.0, "pretrained": "",
+                                             "samples_per_epoch": 96, "batch_size": 32, "threads": 2})
+    result = cells_training.train_on_crops(data, cfg, log=lambda m: None)
     return out, result
 
 
@@ -202,21 +206,28 @@ def test_a_model_of_other_classes_answers_in_them_and_no_cells_section_is_refuse
 
 
 # ------------------------------------------------------------------------------------------------- bad input
+def test_the_crop_stores_labels_are_the_runtimes_names():
+    from leukodx.inference.cell_classes import NOT_LEUKOCYTE
+
+    assert cell_crops.NOT_LEUKOCYTE == NOT_LEUKOCYTE and NOT_LEUKOCYTE in cell_crops.MODEL_CLASSES
+    assert set(cell_crops.MODEL_CLASSES) <= set(KNOWN_CLASSES)
+
+
 def test_a_pbc_folder_without_the_classes_names_found_and_expected(tmp_path):
     (tmp_path / "neutrophil").mkdir()
     (tmp_path / "blasts").mkdir()
     with pytest.raises(DatasetError) as e:
-        cells_training.check_pbc(tmp_path)
+        sources.check("pbc", tmp_path)
     msg = e.value.message
     assert "lacks" in msg and "basophil" in msg and "it holds blasts, neutrophil" in msg and "expected" in msg
 
 
 def test_missing_folders_are_one_clear_line(tmp_path):
     with pytest.raises(DatasetError, match="PBC folder .* does not exist"):
-        cells_training.check_pbc(tmp_path / "nope")
+        sources.check("pbc", tmp_path / "nope")
     (tmp_path / "tal" / "Original" / "Benign").mkdir(parents=True)
     with pytest.raises(DatasetError, match="Segmented"):
-        cells_training.check_taleqani(tmp_path / "tal")
+        sources.check("taleqani", tmp_path / "tal")
 
 
 def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):

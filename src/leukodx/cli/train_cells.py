@@ -9,7 +9,7 @@ import typer
 
 from leukodx.cli._common import console, err_console
 
-SPLITS = Path("benchmarks/splits")
+SPLITS = Path("benchmarks/splits")  # the split files' folder, run from the repository (leukodx.data.sources names them)
 EXAMPLE = (
     "Example:\n\n"
     "  leukodx train cells --pbc ../shared/data/pbc --taleqani ../shared/data/all-taleqani "
@@ -17,10 +17,12 @@ EXAMPLE = (
 )
 
 
-def _default_split(given: Path | None, name: str) -> Path | None:
+def _default_split(given: Path | None, source: str) -> Path | None:
+    from leukodx.data.sources import split_path
+
     if given is not None:
         return given
-    p = SPLITS / name
+    p = split_path(source, SPLITS)
     return p if p.is_file() else None
 
 
@@ -55,16 +57,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from leukodx.errors import DatasetError
         from leukodx.training.cells import train_cells
+        from leukodx.training.config import resolve_config
 
-        t_split = _default_split(taleqani_split, "taleqani-sgdc-seed0.csv")
+        t_split = _default_split(taleqani_split, "taleqani")
         if t_split is None:
-            raise DatasetError("No Taleqani split file: benchmarks/splits/taleqani-sgdc-seed0.csv is not here.",
+            raise DatasetError(f"No Taleqani split file: {SPLITS}/taleqani-sgdc-seed0.csv is not here.",
                                "Pass --taleqani-split FILE (make one with `leukodx data split`).")
-        result = train_cells(pbc, taleqani, out, raabin, pbc_split=_default_split(pbc_split, "pbc-seed0.csv"),
-                             taleqani_split=t_split,
-                             raabin_split=_default_split(raabin_split, "raabin-fields-seed0.csv") if raabin else None,
-                             epochs=epochs, time_limit_min=time_limit_min, seed=seed, threads=threads,
-                             limit_per_class=limit_per_class, samples_per_epoch=samples_per_epoch, clean=clean,
+        cfg = resolve_config("cells", overrides={
+            "pbc": str(pbc), "data": str(taleqani), "raabin": str(raabin) if raabin else None, "out": str(out),
+            "epochs": epochs, "time_limit_s": 60.0 * time_limit_min, "samples_per_epoch": samples_per_epoch,
+            "threads": threads, "seed": seed})
+        result = train_cells(cfg, pbc_split=_default_split(pbc_split, "pbc"), taleqani_split=t_split,
+                             raabin_split=_default_split(raabin_split, "raabin") if raabin else None,
+                             limit_per_class=limit_per_class, clean=clean,
                              log=lambda m: err_console.print(m, highlight=False, markup=False))
         test = result.get("test") or {}
         pbc_acc = (test.get("pbc") or {}).get("balanced_accuracy_top")

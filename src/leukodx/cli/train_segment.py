@@ -23,10 +23,10 @@ EXAMPLE = (
     "--out runs/cellseg --time-limit-min 38   (two outputs: whole cell and nucleus, three labs)"
 )
 
-# flags of the one-output training that the two-output training (--raabin / --pbc) does not read
-ONE_OUTPUT_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment", "preset",
-                   "config", "optimizer", "schedule", "patience", "max_train_images", "max_test_images",
-                   "shift_lab", "amp", "resume")
+# data flags of the one-output training on Taleqani fields alone (Segmented/ masks, its test split); the
+# two-output training (--raabin / --pbc) reads its own references
+TALEQANI_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment",
+                 "max_test_images", "shift_lab")
 
 
 def _flag(name: str) -> str:
@@ -105,28 +105,23 @@ def register(app: typer.Typer) -> None:
                                                      "crops drawn per epoch (weighted by source). [default: 2000]"),
         time_limit_min: float | None = typer.Option(None, "--time-limit-min", help="Wall-clock limit in minutes: "
                                                     "no epoch is started that would end past it."),
+        splits: Path = typer.Option(Path("benchmarks/splits"), "--splits", help="Two-output training: the folder "
+                                    "of the sources' split files (leukodx.data.sources names them)."),
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Two-output training: keep the made "
                                               "references here as .npz (reused by the next run)."),
     ) -> None:
-        if raabin is not None or pbc is not None:
-            given = {k: v for k, v in locals().items() if k in ONE_OUTPUT_ONLY and v not in (None, False)}
+        two_output = raabin is not None or pbc is not None
+        if two_output:
+            given = [_flag(k) for k, v in locals().items() if k in TALEQANI_ONLY and v not in (None, False)]
             if given:
                 from leukodx.errors import LeukodxError
 
-                raise LeukodxError(f"{', '.join(_flag(k) for k in given)} do(es) not apply to the two-output "
-                                   "training (--raabin / --pbc).", "Leave it out, or train the one-output "
-                                   "segmenter without --raabin and --pbc.")
-            _train_cells(data=data, out=out, split=split, raabin=raabin, pbc=pbc, synthetic=synthetic or 0,
-                         arch=arch, base_channels=base_channels, depth=depth, encoder=encoder,
-                         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, normalization=normalization, pretrained=pretrained,
-                         samples_per_epoch=samples_per_epoch, time_limit_min=time_limit_min, cache_dir=cache_dir,
-                         max_val_images=max_val_images, seed=seed, workers=workers, threads=threads, device=device,
-                         quiet=quiet)
-            return
+                raise LeukodxError(f"{', '.join(given)} do(es) not apply to the two-output training (--raabin / "
+                                   "--pbc).", "Leave it out, or train the one-output segmenter without --raabin "
+                                   "and --pbc.")
         cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
                                             ("cache_dir", cache_dir)) if v is not None]
-        if cell_given:
+        if cell_given and not two_output:
             from leukodx.errors import LeukodxError
 
             raise LeukodxError(f"{', '.join(cell_given)} only apply to the two-output training.",
@@ -135,21 +130,24 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
+        flags: dict[str, Any] = dict(
+            data=str(data), out=str(out), split=str(split) if split else None, arch=arch,
+            base_channels=base_channels, depth=depth, encoder=encoder, image_size=image_size, epochs=epochs,
+            batch_size=batch_size, lr=lr, pretrained=pretrained, preset=preset, optimizer=optimizer,
+            schedule=schedule, weight_decay=weight_decay, normalization=normalization, patience=patience, seed=seed,
+            workers=workers, max_train_images=max_train_images, max_val_images=max_val_images, amp=amp,
+            device=device, resume=True if resume else None, quiet=True if quiet else None,
+            time_limit_s=60.0 * time_limit_min if time_limit_min is not None else None)
+        if two_output:
+            _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, synthetic=synthetic, splits=splits,
+                               samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
+            return
         from leukodx.training.segment import train_segmenter
         from leukodx.training.segment_study import resolve_segment_config
 
-        cfg = resolve_segment_config(
-            config, data=str(data), out=str(out), split=str(split) if split else None, arch=arch,
-            base_channels=base_channels, depth=depth, encoder=encoder, image_size=image_size, epochs=epochs,
-            batch_size=batch_size, lr=lr, mask_threshold=mask_threshold,
-            skip_near_empty=False if include_near_empty else None, pretrained=pretrained, references=references, augment=augment, preset=preset,
-            optimizer=optimizer, schedule=schedule, weight_decay=weight_decay, normalization=normalization,
-            patience=patience, seed=seed, workers=workers, max_train_images=max_train_images,
-            max_val_images=max_val_images, max_test_images=max_test_images, amp=amp, device=device,
-            resume=True if resume else None, quiet=True if quiet else None,
-        )
-        if time_limit_min is not None:
-            cfg.time_limit_s = 60.0 * time_limit_min
+        cfg = resolve_segment_config(config, **flags, mask_threshold=mask_threshold,
+                                     skip_near_empty=False if include_near_empty else None, references=references,
+                                     augment=augment, max_test_images=max_test_images)
         result = train_segmenter(cfg, log_fn=lambda m: err_console.print(m, highlight=False, markup=False),
                                  evaluate_shift=shift_lab, min_mask_fraction=min_mask_fraction)
         if "config" not in result:  # a non-zero rank under torchrun
@@ -165,29 +163,20 @@ def register(app: typer.Typer) -> None:
                           highlight=False)
 
 
-def _train_cells(*, data: Path, out: Path, split: Path | None, raabin: Path | None, pbc: Path | None, synthetic: int,
-                 arch: str | None, base_channels: int | None, depth: int | None, encoder: str | None,
-                 image_size: int | None, epochs: int | None, batch_size: int | None, lr: float | None,
-                 weight_decay: float | None, normalization: str | None, pretrained: str | None,
-                 samples_per_epoch: int | None, time_limit_min: float | None, cache_dir: Path | None,
-                 max_val_images: int | None, seed: int | None, workers: int | None, threads: int | None,
-                 device: str | None, quiet: bool) -> None:
+def _train_two_outputs(config: Path | None, flags: dict[str, Any], *, raabin: Path | None, pbc: Path | None,
+                       synthetic: int | None, splits: Path, samples_per_epoch: int | None, cache_dir: Path | None,
+                       quiet: bool) -> None:
     """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC and synthetic smears."""
     from leukodx.training.cell_segment import train_cell_segmenter
+    from leukodx.training.config import resolve_config
+    from leukodx.training.segment_study import segment_overrides
 
-    arch = arch or "unet-fpn-gelu:tf_efficientnet_lite0"
-    if encoder:
-        arch = f"{arch.partition(':')[0]}:{encoder}"
-    arch_kwargs = {k: v for k, v in (("base_channels", base_channels), ("depth", depth)) if v is not None} or None
-    opts: dict[str, Any] = {k: v for k, v in (("image_size", image_size), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                              ("weight_decay", weight_decay), ("normalization", normalization),
-                              ("samples_per_epoch", samples_per_epoch), ("seed", seed), ("workers", workers),
-                              ("device", device)) if v is not None}
-    res = train_cell_segmenter(
-        out, taleqani=data, split=split, raabin=raabin, pbc=pbc, synthetic=synthetic, arch=arch,
-        arch_kwargs=arch_kwargs, pretrained=pretrained, time_limit_min=time_limit_min, max_val_per_source=max_val_images,
-        cache_dir=cache_dir, threads=threads,
-        log_fn=None if quiet else (lambda m: err_console.print(m, highlight=False, markup=False)), **opts)
+    overrides = segment_overrides(**flags, raabin=str(raabin) if raabin else None, pbc=str(pbc) if pbc else None,
+                                  synthetic=synthetic, splits=str(splits), samples_per_epoch=samples_per_epoch,
+                                  cache_dir=str(cache_dir) if cache_dir else None)
+    cfg = resolve_config("cell_segment", yaml_path=config, overrides=overrides)
+    res = train_cell_segmenter(cfg, log_fn=None if quiet else (lambda m: err_console.print(m, highlight=False,
+                                                                                             markup=False)))
     if not quiet:
         best = res["val"]
 
@@ -196,4 +185,4 @@ def _train_cells(*, data: Path, out: Path, split: Path | None, raabin: Path | No
 
         console.print(f"best epoch {res['best_epoch']}: " + "; ".join(
             f"{s} cell {f(v['dice_cell'])} nucleus {f(v['dice_nucleus'])}" for s, v in best.items())
-            + f"  ->  {out} ({res['wall_seconds']:.0f} s)", highlight=False)
+            + f"  ->  {cfg.out} ({res['wall_seconds']:.0f} s)", highlight=False)

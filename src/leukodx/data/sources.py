@@ -1,22 +1,28 @@
-"""Readers for the segmenter's other sources: Raabin smear fields (YOLO boxes) and PBC single-cell crops.
+"""The data sets the project trains and scores on: one registry (`SOURCES`) and the readers of their folders.
 
-- **Raabin fields** (`/work/shared/data/raabin-fields`): ``images/<name>.jpg`` (575 x 575) and
-  ``labels/<name>.txt``, one YOLO box per line ``cls xc yc w h`` in 0..1 (0 = leukocyte, 1 = red cell,
-  2 = platelet). A field whose label file is missing is an **error** naming it (`read_raabin_fields`), not a
-  silent skip: every leukocyte of a field is boxed, so a field read without its boxes would teach "no leukocyte
-  here" on its leukocytes. ``missing="skip"`` skips such fields and returns their names for the caller to
-  report. The red-cell diameter of a field is the median of its red-cell boxes' sides ((w + h) / 2), boxes cut
-  at the field's edge left out; without such boxes, the source's median.
-- **PBC** (`/work/shared/data/pbc/<class>/<name>.jpg`, 8 classes, one centred cell per ~360 x 363 crop). All
-  crops come from one CellaVision DM96 at one magnification, so the red-cell diameter is one number for the
-  source: `PBC_RBC_DIAMETER`, the median over crops of `cell_references.measure_rbc_diameter` (isolated, round,
-  nucleus-free stained components), measured on 20 crops per class (160) with
-  ``measure_pbc_rbc_diameter`` (see `docs/results/cell-references/README.md`).
+`SOURCES` holds, for every source, what the code needs to know about it in one place: its folder's name under
+the shared data root, the option that points a training command to it, what its folder holds (`check` tests
+that and says what is missing in one line), its classes, its red-cell diameter in px, its split file's name (in
+the folder the caller gives, e.g. ``benchmarks/splits``) and its citation.
+
+- **Raabin fields** (``raabin-fields``): ``images/<name>.jpg`` (575 x 575) and ``labels/<name>.txt``, one YOLO box
+  per line ``cls xc yc w h`` in 0..1 (0 = leukocyte, 1 = red cell, 2 = platelet). A field whose label file is
+  missing is an **error** naming it (`read_raabin_fields`), not a silent skip: every leukocyte of a field is
+  boxed, so a field read without its boxes would teach "no leukocyte here" on its leukocytes. ``missing="skip"``
+  skips such fields and returns their names for the caller to report. The red-cell diameter of a field is the
+  median of its red-cell boxes' sides ((w + h) / 2), boxes cut at the field's edge left out; without such
+  boxes, the source's median.
+- **PBC** (``pbc/<class>/<name>.jpg``, 8 classes, one centred cell per ~360 x 363 crop). All crops come from one
+  CellaVision DM96 at one magnification, so the red-cell diameter is one number for the source:
+  `PBC_RBC_DIAMETER`, the median over crops of `cell_references.measure_rbc_diameter` (isolated, round,
+  nucleus-free stained components), measured on 20 crops per class (160) with ``measure_pbc_rbc_diameter``
+  (see `docs/results/cell-references/README.md`).
 
 **Splits** (`source_split`): train/val/test 70/15/15 by a hash (sha256) of ``seed:<file name>``. The unit is
 the file: PBC crops are independent cells (one centred cell each; the public data set holds no patient ids),
 and Raabin fields are independent fields cropped around different leukocytes (no patient ids either); the
-group column is the file's own name. Taleqani keeps its existing split (``benchmarks/splits/taleqani-sgdc-seed0.csv``).
+group column is the file's own name. Taleqani keeps its existing split (its `split_file`). Split files are
+read with `leukodx.data.split.read_split`.
 """
 
 from __future__ import annotations
@@ -30,14 +36,110 @@ import numpy as np
 
 from leukodx.data.cell_references import CellReference
 from leukodx.data.images import is_image_name
+from leukodx.data.layout import TALEQANI_CLASSES
 from leukodx.errors import DatasetError
 
 RAABIN_CLASSES = {0: "leukocyte", 1: "rbc", 2: "platelet"}
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
 PBC_RBC_DIAMETER = 68.0  # px, measured (module docstring); overwritten nowhere, re-measure with measure_pbc_rbc_diameter
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
+TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_COLUMNS = ("path", "label", "split", "group")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One public data set: what every trainer, evaluation and benchmark needs to know about it."""
+
+    name: str  # the key in configs, metrics and model cards
+    title: str
+    folder: str  # its folder's name under the shared data root
+    flag: str  # the training commands' option for its folder
+    layout: str  # what its folder holds, as the checker's advice says it
+    parts: tuple[str, ...]  # sub-folders it must hold
+    classes: tuple[str, ...]
+    class_folders: tuple[str, ...]  # of `parts` (or the root when `parts` is empty) each holding one folder per class
+    rbc_diameter: float | None  # px; None: measured per field (see its reader)
+    split_file: str | None  # in the caller's split folder; None: none made
+    citation: str
+    benign: str | None = None  # the class whose fields hold no blasts
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in (
+    Source("pbc", "PBC", "pbc", "--pbc", "one folder of crops per class: <class>/*.jpg", (), PBC_CLASSES, ("",),
+           PBC_RBC_DIAMETER, "pbc-seed0.csv",
+           "Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rodellar J., \"A dataset of microscopic "
+           "peripheral blood cell images for development of automatic recognition systems\", Data in Brief 30 "
+           "(2020) 105474, doi:10.1016/j.dib.2020.105474; Mendeley Data doi:10.17632/snkd93bnjr.1 (CC BY 4.0)."),
+    Source("raabin", "Raabin", "raabin-fields", "--raabin", "images/*.jpg with YOLO boxes in labels/*.txt",
+           ("images", "labels"), tuple(RAABIN_CLASSES.values()), (), None, "raabin-fields-seed0.csv",
+           "Kouzehkanan Z. M. et al., \"A large dataset of white blood cells containing cell locations and "
+           "types, along with segmented nuclei and cytoplasm\", Scientific Reports 12, 1123 (2022), "
+           "doi:10.1038/s41598-021-04426-x (Raabin-WBC); boxes: the TXL-PBC data set "
+           "(lugan113/TXL-PBC_Dataset, MIT licence)."),
+    Source("taleqani", "Taleqani", "all-taleqani", "--taleqani", "the public layout: Original/<class>/ and "
+           "Segmented/<class>/", ("Original", "Segmented"), TALEQANI_CLASSES, ("Original", "Segmented"),
+           TALEQANI_RBC_DIAMETER,
+           "taleqani-sgdc-seed0.csv",
+           "Aria M., Ghaderzadeh M., Bashash D., Abolghasemi H., Asadi F., Hosseini A., \"Acute Lymphoblastic "
+           "Leukemia (ALL) image dataset\", Kaggle (mehradaria/leukemia), 2021; Ghaderzadeh et al., "
+           "International Journal of Intelligent Systems 37(8), 2022, doi:10.1002/int.22753. Research use only.",
+           benign="Benign"),
+    Source("chula", "Chula", "chula-wbc", "--chula", "images/*.jpg with typed YOLO boxes in labels/*.txt and "
+           "fields.csv", ("images", "labels"), ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte"),
+           (), 40.0, None,
+           "singgihbekti/WBC_Dataset (GitHub, commit 45759ab), Chulalongkorn University, Bangkok (MIT licence, "
+           "Copyright (c) 2022 singgihbekti)."),
+)}
+
+
+def source(name: str) -> Source:
+    """The registry's entry for `name`; an unknown name lists the known ones."""
+    if name not in SOURCES:
+        raise DatasetError(f"Unknown data source {name!r}.", f"Use one of: {', '.join(SOURCES)}.")
+    return SOURCES[name]
+
+
+def split_path(name: str, splits_dir: str | Path) -> Path:
+    """The source's split file in `splits_dir` (e.g. benchmarks/splits/pbc-seed0.csv)."""
+    f = source(name).split_file
+    if f is None:
+        raise DatasetError(f"The {source(name).title} source has no split file yet.",
+                           "Make one (by group) before training or scoring on it.")
+    return Path(splits_dir) / f
+
+
+def check(name: str, root: str | Path, flag: str | None = None) -> Path:
+    """`root` as a folder of source `name`, or one DatasetError that says what is missing (the option `flag`,
+    default the source's, named in it). Raabin's label files are read: a missing one is named."""
+    s, p = source(name), Path(root)
+    flag = flag or s.flag
+    advice = f"Point {flag} to the {s.title} folder: {s.layout}."
+    if not p.is_dir():
+        raise DatasetError(f"{s.title} folder {root} does not exist ({flag}: no such folder).", advice)
+    for part in s.parts:
+        if not (p / part).is_dir():
+            raise DatasetError(f"{s.title} folder {root} has no {part}/ folder.", advice)
+    for part in s.class_folders:
+        folder = p / part
+        found = sorted(q.name for q in folder.iterdir() if q.is_dir())
+        lacking = [c for c in s.classes if c not in found]
+        if lacking:
+            raise DatasetError(f"{s.title} folder {folder} lacks the class folder(s) {', '.join(lacking)}: it "
+                               f"holds {', '.join(found) or 'no class folders'}; expected {', '.join(s.classes)}.",
+                               advice)
+    if name == "raabin":
+        read_raabin_fields(p)  # a missing label file is named
+    return p
+
+
+def check_all(given: dict[str, str | Path | None], flags: dict[str, str] | None = None) -> None:
+    """`check` every source given (None: left out), in the registry's order."""
+    for name in SOURCES:
+        root = given.get(name)
+        if root is not None:
+            check(name, root, (flags or {}).get(name))
 
 
 @dataclass(frozen=True)
@@ -187,17 +289,6 @@ def raabin_rows(fields: list[RaabinField]) -> list[tuple[str, str]]:
     return [(f.path, "leukocyte" if (f.boxes[:, 0] == 0).any() else "none") for f in fields]
 
 
-def read_source_split(path: str | Path, split: str | None = None) -> list[dict[str, str]]:
-    """Rows of a split CSV (path,label,split,group), optionally of one split only."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"Split file {path} does not exist.",
-                           "Make it with: python benchmarks/cell_references_sheet.py --splits")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [r for r in rows if split is None or r["split"] == split]
-
-
 def raabin_field_reference(root: str | Path, field: RaabinField) -> CellReference:
     """The Raabin rule's references for one field (`cell_references.raabin_reference`)."""
     from leukodx.data.cell_references import raabin_reference
@@ -231,4 +322,4 @@ def taleqani_field_reference(root: str | Path, path: str) -> CellReference:
                            "Use the public layout Original/<class>/<name> with Segmented/<class>/<name>.")
     hsv = read_reference_mask(seg, size=(rgb.shape[1], rgb.shape[0]), warn=False)
     mask, _ = repaired_reference(rgb, hsv)
-    return taleqani_reference(rgb, mask, 17.0)
+    return taleqani_reference(rgb, mask, TALEQANI_RBC_DIAMETER)

@@ -164,8 +164,9 @@ def write_split(rows: list[dict], summary: dict, out: str | Path) -> Path:
     return meta
 
 
-def read_split(path: str | Path, data: str | Path | None = None) -> list[dict]:
-    """Read a split CSV; with `data`, check that every file it names exists there."""
+def read_split(path: str | Path, data: str | Path | None = None, part: str | None = None) -> list[dict]:
+    """Read a split CSV (columns path,label,split,group); with `data`, check that every file it names exists
+    there; with `part` ("train", "val" or "test"), only that part's rows."""
     path = Path(path)
     if not path.is_file():
         raise LeukodxError(f"Split file {path} does not exist.", "Make one with: leukodx data split DATA --out SPLIT.csv")
@@ -188,4 +189,4 @@ def read_split(path: str | Path, data: str | Path | None = None) -> list[dict]:
                 f"{path} names {len(missing)} file(s) missing from {root}: {', '.join(missing[:5])}{more}.",
                 "Use the data folder the split was made from, or make a new split.",
             )
-    return rows
+    return [r for r in rows if part is None or r["split"] == part]

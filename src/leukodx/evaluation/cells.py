@@ -149,32 +149,33 @@ def _every(rows: list, n: int) -> list:
 
 def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_raabin: int = 0, max_pbc: int = 0,
                max_taleqani: int = 0) -> Parts:
-    """The `split` part ("val" or "test") of each source under `data` (raabin-fields/, pbc/, all-taleqani/), as
-    the split CSVs in `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder
+    """The `split` part ("val" or "test") of each source under `data` (their registry folders: raabin-fields/,
+    pbc/, all-taleqani/), as their split files in `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder
     is missing is left out."""
     from leukodx.data import sources
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
 
-    data, splits = Path(data), Path(splits)
+    data = Path(data)
     parts = Parts()
-    root = data / "raabin-fields"
+
+    def rows(name: str, n: int, check: bool = False) -> list[dict]:
+        root = data / sources.SOURCES[name].folder
+        return _every(read_split(sources.split_path(name, splits), root if check else None, part=split), n)
+
+    root = data / sources.SOURCES["raabin"].folder
     if root.is_dir():
         fields = {f.path: f for f in sources.read_raabin_fields(root)[0]}
-        rows = _every(sources.read_source_split(splits / "raabin-fields-seed0.csv", split), max_raabin)
         parts.raabin = [(read_rgb(root / r["path"]), fields[r["path"]],
-                         sources.raabin_field_reference(root, fields[r["path"]])) for r in rows]
-    root = data / "pbc"
+                         sources.raabin_field_reference(root, fields[r["path"]])) for r in rows("raabin", max_raabin)]
+    root = data / sources.SOURCES["pbc"].folder
     if root.is_dir():
-        rows = _every(sources.read_source_split(splits / "pbc-seed0.csv", split), max_pbc)
         parts.pbc = [(read_rgb(root / r["path"]), r["label"], sources.pbc_crop_reference(root, r["path"], r["label"]))
-                     for r in rows]
-    root = data / "all-taleqani"
+                     for r in rows("pbc", max_pbc)]
+    root = data / sources.SOURCES["taleqani"].folder
     if root.is_dir():
-        rows = _every([r for r in read_split(splits / "taleqani-sgdc-seed0.csv", root) if r["split"] == split],
-                      max_taleqani)
         parts.taleqani = [(read_rgb(root / r["path"]), sources.taleqani_field_reference(root, r["path"]))
-                          for r in rows]
+                          for r in rows("taleqani", max_taleqani, check=True)]
     return parts
 
 

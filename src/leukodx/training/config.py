@@ -18,19 +18,24 @@ from typing import Any
 from leukodx.errors import LeukodxError
 
 OPTIMIZERS = ("adamw", "adam")
-SCHEDULES = ("cosine", "plateau", "none")
+SCHEDULES = ("cosine", "plateau", "none", "cosine_time")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. Task-specific keys are ignored by the other task."""
+    """Every setting of a training run. Task-specific keys are ignored by the other tasks."""
 
     task: str = "classify"
     # data
-    data: str | None = None
-    split: str | None = None  # split CSV; None: a fresh group-aware split
+    data: str | None = None  # the Taleqani-layout folder (Original/<class>/, Segmented/<class>/)
+    split: str | None = None  # its split CSV; None: a fresh group-aware split (cells: the one in `splits`)
+    raabin: str | None = None  # cell models: the other sources' folders (leukodx.data.sources.SOURCES)
+    pbc: str | None = None
+    splits: str | None = None  # cell models: the folder of the sources' split files (their registry names)
+    synthetic: int = 0  # cell_segment: synthetic smears added to the training data
+    cache_dir: str | None = None  # cell_segment: the references cached as .npz
     split_strategy: str = "sgdc"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -54,6 +59,8 @@ class TrainConfig:
     optimizer: str = "adamw"
     schedule: str = "cosine"
     warmup_epochs: int = 1
+    warmup_steps: int = 0  # schedule cosine_time: linear warm-up over this many steps
+    samples_per_epoch: int | None = None  # cell models: a sampler draws this many per epoch; None: one pass
     label_smoothing: float = 0.1
     balance: str = "oversample"
     augment: str = "strong"
@@ -156,6 +163,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "weight_decay": 0.0, "schedule": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0,
                   "balance": "none", "augment": "light", "patience": 10, "workers": 4},
     },
+    # the shipped two-output segmenter's recipe (assets/segmenter, training.cell_segment)
+    "cell_segment": {"cpu": {
+        "arch": "unet-fpn-gelu:tf_efficientnet_lite0", "image_size": 160, "epochs": 4, "samples_per_epoch": 2000,
+        "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "optimizer": "adamw", "schedule": "cosine",
+        "warmup_epochs": 1, "grad_clip": 5.0, "label_smoothing": 0.0, "balance": "none", "augment": "light",
+        "patience": 0, "amp": "off"}},
+    # the shipped cell model's recipe (assets/cells, training.cells); stage 2 runs at half the learning rate
+    "cells": {"cpu": {
+        "arch": "tf_efficientnet_lite0", "pretrained": "efficientnet_lite0", "image_size": 64, "drop_rate": 0.2,
+        "epochs": 12, "samples_per_epoch": 4096, "batch_size": 96, "lr": 2e-3, "weight_decay": 1e-4,
+        "optimizer": "adamw", "schedule": "cosine_time", "warmup_steps": 30, "grad_clip": None,
+        "label_smoothing": 0.0, "balance": "none", "augment": "none", "patience": 0, "time_limit_s": 960.0,
+        "amp": "off"}},
 }
 
 
@@ -209,7 +229,7 @@ def resolve_config(task: str = "classify", preset: str | None = None, yaml_path:
     from_yaml = read_yaml(yaml_path) if yaml_path else {}
     preset = overrides.get("preset") or preset or from_yaml.get("preset") or "cpu"
     if preset not in PRESETS[task]:
-        raise LeukodxError(f"Unknown preset {preset!r}.", f"Use one of: {', '.join(PRESETS[task])}.")
+        raise LeukodxError(f"Unknown --preset {preset!r} for {task}.", f"Use one of: {', '.join(PRESETS[task])}.")
     merged: dict[str, Any] = {**PRESETS[task][preset], **from_yaml, **overrides, "preset": preset, "task": task}
     if task == "classify" and merged.get("pretrained") and "arch" not in merged:
         # --pretrained NAME with no --arch: the architecture those weights belong to

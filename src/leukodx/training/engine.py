@@ -1,16 +1,25 @@
-"""One training engine for classification and segmentation.
+"""One training engine for every model the project trains: the slide classifier, the segmenters and the cell model.
 
     trainer = Trainer(model, loss_fn, train_loader, val_loader, cfg, out_dir,
                       metric_fn=accuracy_metric, metric_name="accuracy")
     history = trainer.fit()          # best weights are in `model` afterwards
 
-- `loss_fn(outputs, targets) -> scalar tensor`;
-- `metric_fn(outputs, targets) -> float` on the concatenated validation outputs (CPU, float32): the early-stopping
-  metric (higher is better unless `mode="min"`); for segmentation e.g. global Dice;
-- `batch_metric_fn(outputs, targets) -> float` (optional): shown in the progress bar while training.
+A loader's batch is ``(x, *targets)``: one target (class indices, masks) or several (the two-output segmenter's
+targets and the mask of known pixels; the cell model's allowed classes);
+- `loss_fn(outputs, *targets) -> scalar tensor` (a masked loss takes its mask as a target);
+- `metric_fn(outputs, *targets) -> float` on the concatenated validation outputs (CPU, float32): the selection
+  and early-stopping metric (higher is better unless `mode="min"`); for segmentation e.g. global Dice;
+- `batch_metric_fn(outputs, *targets) -> float` (optional): shown in the progress bar while training;
+- `prepare(batch, training) -> (x, *targets)` (optional): runs on the device on every batch, e.g. the cell
+  model's batch augmentation or a resize to the model's input;
+- `validate_fn(trainer) -> (loss, metric, extra record fields)` (optional) replaces the validation over
+  `val_loader`, e.g. per source; `on_best(trainer)` runs whenever the metric improves (write the model early).
+Sampling is the loader's: a `WeightedRandomSampler` with a fixed number of samples per epoch for the cell models.
 
-Features: AdamW/Adam; cosine (with linear warm-up) or plateau schedule; early stopping (`cfg.patience`);
-a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler, scaler, epoch, RNG states)
+Features: AdamW/Adam; cosine (with linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then
+annealed over the epochs or the time limit, whichever ends first) schedule; early stopping (`cfg.patience`);
+a time limit (`cfg.time_limit_s`: no epoch is started that would end past it; with "cosine_time" an epoch also
+stops once it is spent); a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler, scaler, epoch, RNG states)
 that `cfg.resume` continues; the best weights kept (RUN/checkpoints/best.pt); mixed precision on CUDA only
 (bf16, or fp16 with a gradient scaler); DistributedDataParallel under torchrun (only rank 0 writes or prints);
 a non-finite loss stops training with a clear error and keeps the last good checkpoint; Ctrl-C saves a
@@ -166,6 +175,9 @@ class Trainer:
         device: torch.device | None = None,
         checkpoints: bool = True,
         log_fn: Callable[[str], None] | None = None,
+        prepare: Callable | None = None,
+        validate_fn: Callable | None = None,
+        on_best: Callable | None = None,
     ):
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
@@ -182,7 +194,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids)
-        self.loss_fn = loss_fn
+        self.loss_fn, self.prepare, self.validate_fn, self.on_best = loss_fn, prepare, validate_fn, on_best
         self.train_loader, self.val_loader = train_loader, val_loader
         self.metric_fn, self.metric_name, self.mode = metric_fn, metric_name, mode
         self.batch_metric_fn, self.batch_metric_name = batch_metric_fn, batch_metric_name
@@ -195,6 +207,7 @@ class Trainer:
         self.amp = amp_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.steps_per_epoch = max(1, len(train_loader))
+        self.t_fit = time.perf_counter()
         self.optimizer = self._make_optimizer()
         self.scheduler = self._make_scheduler()
         self.history: list[dict] = []
@@ -206,6 +219,8 @@ class Trainer:
         self.stopped_early = False
         self.stopped_by = "epochs"  # or "early stopping" or "time limit"
         self.resumed_from: int | None = None
+        self.batch_losses: list[float] = []
+        self.epoch_samples = 0
 
     # --- construction ------------------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -226,6 +241,13 @@ class Trainer:
         if cfg.schedule == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=self.mode, factor=0.5,
                                                               patience=max(1, cfg.patience // 3 if cfg.patience else 2))
+        if cfg.schedule == "cosine_time":
+            total = max(1, cfg.epochs * self.steps_per_epoch)
+
+            def annealed(step: int) -> float:
+                return min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
+
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, annealed)
         if cfg.schedule == "cosine":
             total = cfg.epochs * self.steps_per_epoch
             warm = min(cfg.warmup_epochs * self.steps_per_epoch, total // 2)
@@ -311,13 +333,23 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast("cuda", dtype=self.amp)
 
-    def _to_device(self, batch):
-        x, y = batch
+    def progress(self, step: int) -> float:
+        """How much of the run is done after `step` steps: of the steps, or of the time limit when further."""
+        p = step / max(1, self.cfg.epochs * self.steps_per_epoch)
+        if self.cfg.time_limit_s:
+            p = max(p, (time.perf_counter() - self.t_fit) / self.cfg.time_limit_s)
+        return min(1.0, p)
+
+    def _to_device(self, batch, training: bool = False):
+        """(x, targets) of a batch on the device, through `prepare`."""
         nb = self.device.type == "cuda"
-        x = x.to(self.device, non_blocking=nb)
+        batch = tuple(t.to(self.device, non_blocking=nb) for t in batch)
+        if self.prepare is not None:
+            batch = tuple(self.prepare(batch, training))
+        x, *targets = batch
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=nb)
+        return x, targets
 
     def _train_epoch(self, epoch: int, progress, task) -> tuple[float, float | None]:
         self.net.train()
@@ -325,11 +357,15 @@ class Trainer:
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         total_loss, n_seen, metric_sum, metric_n = 0.0, 0, 0.0, 0
+        self.batch_losses = []
+        timed = self.cfg.schedule == "cosine_time" and self.cfg.time_limit_s
         for step, batch in enumerate(self.train_loader):
-            x, y = self._to_device(batch)
+            if timed and self.progress(0) >= 1.0 and step:
+                break  # the time limit is spent
+            x, y = self._to_device(batch, training=True)
             with self._autocast():
                 out = self.net(x)
-                loss = self.loss_fn(out.float(), y)
+                loss = self.loss_fn(out.float(), *y)
             bad = not bool(torch.isfinite(loss.detach()))
             if dist_utils.all_reduce_flag(bad, self.dist, self.device):
                 raise _NonFinite(epoch, step, float(loss.detach()))
@@ -349,11 +385,12 @@ class Trainer:
             if isinstance(self.scheduler, torch.optim.lr_scheduler.LambdaLR):
                 self.scheduler.step()
             bs = x.shape[0]
-            total_loss += float(loss.detach()) * bs
+            self.batch_losses.append(float(loss.detach()))
+            total_loss += self.batch_losses[-1] * bs
             n_seen += bs
             if self.batch_metric_fn is not None:
                 with torch.no_grad():
-                    metric_sum += self.batch_metric_fn(out.detach().float(), y) * bs
+                    metric_sum += self.batch_metric_fn(out.detach().float(), *y) * bs
                 metric_n += bs
             if progress is not None:
                 info = f"loss {total_loss / n_seen:.4f}"
@@ -363,6 +400,7 @@ class Trainer:
                     info += f"  best val {self.metric_name} {self.best_metric:.4f}"
                 progress.update(task, advance=1, info=info,
                                 description=f"epoch {epoch + 1}/{self.cfg.epochs}")
+        self.epoch_samples = n_seen
         return total_loss / max(1, n_seen), (metric_sum / metric_n if metric_n else None)
 
     def _sync_buffers(self) -> None:
@@ -375,27 +413,31 @@ class Trainer:
             dist.broadcast(b.data, 0)
 
     @torch.no_grad()
-    def predict(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs (float32, CPU) and targets for every item of `loader`, in order."""
+    def predict(self, loader) -> tuple[torch.Tensor, ...]:
+        """Outputs (float32, CPU) and each target for every item of `loader`, in order."""
         self.model.eval()
-        outs, ys = [], []
+        outs: list[torch.Tensor] = []
+        ys: list[list[torch.Tensor]] = []
         for batch in loader:
             x, y = self._to_device(batch)
             with self._autocast():
                 out = self.model(x)
             outs.append(out.float().cpu())
-            ys.append(y.cpu())
+            ys.append([t.cpu() for t in y])
         if not outs:
             return torch.empty(0), torch.empty(0)
-        return torch.cat(outs), torch.cat(ys)
+        return (torch.cat(outs), *(torch.cat(t) for t in zip(*ys, strict=True)))
 
-    def validate(self) -> tuple[float, float]:
-        outs, ys = self.predict(self.val_loader)
-        if len(ys) == 0:
-            return float("nan"), float("nan")
-        loss = float(self.loss_fn(outs, ys))
-        metric = float(self.metric_fn(outs, ys)) if self.metric_fn is not None else -loss
-        return loss, metric
+    def validate(self) -> tuple[float, float, dict]:
+        """(loss, metric, extra fields of the epoch's record) on the validation data."""
+        if self.validate_fn is not None:
+            return self.validate_fn(self)
+        outs, *ys = self.predict(self.val_loader)
+        if len(outs) == 0:
+            return float("nan"), float("nan"), {}
+        loss = float(self.loss_fn(outs, *ys))
+        metric = float(self.metric_fn(outs, *ys)) if self.metric_fn is not None else -loss
+        return loss, metric, {}
 
     def _improved(self, metric: float) -> bool:
         if math.isnan(metric):  # no validation data: keep the latest weights
@@ -417,15 +459,16 @@ class Trainer:
             self.load_checkpoint()
             self._log(f"resumed from {self.ckpt_dir / LAST} after epoch {self.epoch}")
         progress, task = self._progress()
-        t_fit = time.perf_counter()
+        self.t_fit = t_fit = time.perf_counter()
         try:
             while self.epoch < cfg.epochs and not self.stopped_early:
                 epoch = self.epoch
                 t0 = time.perf_counter()
                 train_loss, train_metric = self._train_epoch(epoch, progress, task)
                 self._sync_buffers()
-                val_loss, val_metric = self.validate()
-                if not math.isfinite(val_loss) and len(self.val_loader):
+                train_seconds = time.perf_counter() - t0
+                val_loss, val_metric, extra = self.validate()
+                if not math.isfinite(val_loss) and (self.validate_fn is not None or len(self.val_loader)):
                     raise _NonFinite(epoch, -1, val_loss)
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val_metric)
@@ -445,9 +488,15 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "epoch_seconds": round(time.perf_counter() - t0, 3),
                     "best": improved,
+                    "first_batches_loss": float(np.mean(self.batch_losses[:5])) if self.batch_losses else None,
+                    "last_batches_loss": float(np.mean(self.batch_losses[-5:])) if self.batch_losses else None,
+                    "samples_per_second": round(self.epoch_samples / max(train_seconds, 1e-9), 2),
+                    **extra,
                 }
                 self.history.append(record)
                 self.epoch = epoch + 1
+                if improved and self.on_best is not None and self.is_main:
+                    self.on_best(self)
                 if cfg.patience and self.bad_epochs >= cfg.patience:
                     self.stopped_early, self.stopped_by = True, "early stopping"
                 elif cfg.time_limit_s and self.epoch < cfg.epochs and \

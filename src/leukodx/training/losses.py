@@ -1,4 +1,5 @@
-"""Segmentation loss and the Dice used for early stopping (batch-global, at the probability threshold)."""
+"""The losses: segmentation (one output; two outputs on known pixels only), the cell model's label-set loss, and
+the Dice used for early stopping (batch-global, at the probability threshold)."""
 
 from __future__ import annotations
 
@@ -49,5 +50,27 @@ class DiceScore:
         return 1.0 if den == 0 else 2 * self.inter / den
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# data
+def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, smooth: float = 1.0,
+                    bce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
+    """BCE + (1 - soft Dice) per channel on known pixels only (N x C x H x W each), summed over channels; a
+    channel with no known pixel in the batch adds nothing. The Dice is batch-global per channel."""
+    logits, target, known = logits.float(), target.float(), known.float()
+    total = logits.new_zeros(())
+    for c in range(logits.shape[1]):
+        k = known[:, c]
+        n = k.sum()
+        if float(n) == 0:
+            continue
+        lg, t = logits[:, c], target[:, c]
+        bce = (F.binary_cross_entropy_with_logits(lg, t, reduction="none") * k).sum() / n
+        p = torch.sigmoid(lg) * k
+        tt = t * k
+        dice = (2 * (p * tt).sum() + smooth) / (p.sum() + tt.sum() + smooth)
+        total = total + bce_weight * bce + dice_weight * (1 - dice)
+    return total
+
+
+def set_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """-log P(label set) per crop, averaged: cross-entropy for a single label (`allowed`: N x classes bool)."""
+    inside = torch.logsumexp(logits.masked_fill(~allowed.bool(), float("-inf")), 1)
+    return (torch.logsumexp(logits, 1) - inside).mean()

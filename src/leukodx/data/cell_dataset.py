@@ -1,8 +1,8 @@
-"""Training data for the two-channel (whole leukocyte, nucleus) segmenter, and its masked loss.
+"""Training data for the two-channel (whole leukocyte, nucleus) segmenter.
 
-`build_cell_dataset` mixes Taleqani fields, Raabin fields, PBC crops and synthetic smears. Every image is
-resampled once so its red cells are `TARGET_RBC_DIAMETER` (17) px across, the scale the analysis brings every
-field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
+A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops and synthetic smears (`source_items`,
+`synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px across (the
+Taleqani fields' size, `sources.TALEQANI_RBC_DIAMETER`), the scale the analysis brings every field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
 ``cache_dir``, as .npz files keyed by source, path and rule version). Each draw then:
 
 - scales by U(0.8, 1.2) (the analysis' residual scale error), cuts a 224 x 224 window at a random place
@@ -12,7 +12,7 @@ field to, and its references (`leukodx.data.cell_references`) are made once and 
   (`leukodx.data.transforms`).
 
 Items: (image float32 3 x 224 x 224 RGB 0..255, target float32 2 x 224 x 224 {0, 1}, known float32 2 x 224 x 224
-{0, 1}); channel 0 = whole cell, 1 = nucleus. `masked_bce_dice` is the loss on known pixels.
+{0, 1}); channel 0 = whole cell, 1 = nucleus. The loss on known pixels is `training.losses.masked_bce_dice`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -32,7 +31,7 @@ from leukodx.data import sources
 from leukodx.data.cell_references import CellReference
 from leukodx.data.transforms import ChannelGamma, StainJitter, WhiteBalance
 
-TARGET_RBC_DIAMETER = 17.0
+TARGET_RBC_DIAMETER = sources.TALEQANI_RBC_DIAMETER
 CROP = 224
 SCALE_JITTER = 0.2
 SYNTHETIC_RBC_DIAMETER = 19.0  # synthetic.py draws red-cell radii U(8, 11)
@@ -208,12 +207,13 @@ def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
 
 
 def source_items(source: str, root: str | Path, split_csv: str | Path | None, split: str | None) -> list[CellItem]:
-    """The items of one source for one split (None: all). Taleqani reads ``split_csv`` (path relative to root,
-    e.g. benchmarks/splits/taleqani-sgdc-seed0.csv); Raabin and PBC their ``<source>-seed0.csv``; without a CSV
-    the split is made by `sources.split_of`."""
+    """The items of one source for one split (None: all), as its split CSV says (`data.split.read_split`);
+    without a CSV (Raabin and PBC only) the split is made by `sources.split_of`."""
+    from leukodx.data.split import read_split
+
     root = str(root)
     if split_csv is not None:
-        rows = sources.read_source_split(split_csv, split)
+        rows = read_split(split_csv, part=split)
         return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows]
     if source == "raabin":
         fields, _ = sources.read_raabin_fields(root)
@@ -232,45 +232,3 @@ def synthetic_items(n: int, seed: int = 0) -> list[CellItem]:
 
     classes = list(MORPHOLOGY)
     return [CellItem("synthetic", "", str(seed + k), classes[k % len(classes)]) for k in range(n)]
-
-
-def build_cell_dataset(split: str = "train", *, taleqani: str | Path | None = None,
-                       raabin: str | Path | None = None, pbc: str | Path | None = None,
-                       splits_dir: str | Path = "benchmarks/splits", synthetic: int = 0, augment: bool | None = None,
-                       cache_dir: str | Path | None = None, seed: int = 0) -> CellDataset:
-    """A `CellDataset` of ``split`` from the sources given (folders; None leaves a source out): Taleqani with
-    ``splits_dir/taleqani-sgdc-seed0.csv``, Raabin with ``raabin-fields-seed0.csv``, PBC with ``pbc-seed0.csv``
-    (each made by its hash rule when the CSV is absent), plus ``synthetic`` synthetic smears. ``augment``
-    defaults to True for train only."""
-    sd = Path(splits_dir)
-    items: list[CellItem] = []
-    if taleqani is not None:
-        items += source_items("taleqani", taleqani, sd / "taleqani-sgdc-seed0.csv", split)
-    for name, root, csv_name in (("raabin", raabin, "raabin-fields-seed0.csv"), ("pbc", pbc, "pbc-seed0.csv")):
-        if root is not None:
-            p = sd / csv_name
-            items += source_items(name, root, p if p.is_file() else None, split)
-    if synthetic:
-        items += synthetic_items(synthetic, seed=seed + {"train": 0, "val": 10**6, "test": 2 * 10**6}.get(split, 0))
-    return CellDataset(items, augment=(split == "train") if augment is None else augment, cache_dir=cache_dir,
-                       seed=seed)
-
-
-def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, smooth: float = 1.0,
-                    bce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
-    """BCE + (1 - soft Dice) per channel on known pixels only (N x C x H x W each), summed over channels; a
-    channel with no known pixel in the batch adds nothing. The Dice is batch-global per channel."""
-    logits, target, known = logits.float(), target.float(), known.float()
-    total = logits.new_zeros(())
-    for c in range(logits.shape[1]):
-        k = known[:, c]
-        n = k.sum()
-        if float(n) == 0:
-            continue
-        lg, t = logits[:, c], target[:, c]
-        bce = (F.binary_cross_entropy_with_logits(lg, t, reduction="none") * k).sum() / n
-        p = torch.sigmoid(lg) * k
-        tt = t * k
-        dice = (2 * (p * tt).sum() + smooth) / (p.sum() + tt.sum() + smooth)
-        total = total + bce_weight * bce + dice_weight * (1 - dice)
-    return total

@@ -109,3 +109,10 @@ def test_leukodx_db_and_db_still_win(place, monkeypatch, tmp_path):
     assert users(flag_db) == ["admin", "dina"] and tokens(flag_db) == ["flag-token"]
     assert not (home / ".local").exists(), "the default folder is not made when another database is given"
     assert list(cwd.iterdir()) == []
+
+
+def test_postgresql_images_default_to_the_data_folder_too(place):
+    home, cwd = place
+    s = Settings(database_url="postgresql+psycopg://leukodx@db.example/leukodx")
+    assert s.resolved_files_dir() == home / ".local" / "share" / "leukodx" / "leukodx-files"
+    assert Settings(database_url="postgresql+psycopg://x@h/d", files_dir=cwd / "img").resolved_files_dir() == cwd / "img"

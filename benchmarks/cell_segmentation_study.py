@@ -23,6 +23,7 @@ from leukodx.evaluation.cells import headline, load_parts, score_parts
 from leukodx.evaluation.study import aggregate, markdown_table, paired_comparison, paired_table
 from leukodx.inference.pipeline import Analysis
 from leukodx.training.cell_segment import train_cell_segmenter
+from leukodx.training.config import resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = {"unet": "unet:tf_efficientnet_lite0", "unet-fpn-gelu": "unet-fpn-gelu:tf_efficientnet_lite0"}
@@ -49,11 +50,13 @@ def main() -> None:
         for name, arch in ARCHS.items():
             out = a.runs / f"{name}-seed{seed}"
             t0 = time.perf_counter()
-            train_cell_segmenter(out, taleqani=d / "all-taleqani", split=ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv",
-                                 raabin=d / "raabin-fields", pbc=d / "pbc", synthetic=200, arch=arch,
-                                 arch_kwargs={"out_stride": 2, "freeze_stages": 3}, pretrained="efficientnet_lite0",
-                                 epochs=a.epochs, samples_per_epoch=a.samples_per_epoch, seed=seed,
-                                 max_val_per_source=60, cache_dir=a.cache_dir, log_fn=lambda _m: None)
+            cfg = resolve_config("cell_segment", overrides={
+                "out": str(out), "data": str(d / "all-taleqani"), "splits": str(ROOT / "benchmarks/splits"),
+                "raabin": str(d / "raabin-fields"), "pbc": str(d / "pbc"), "synthetic": 200, "arch": arch,
+                "arch_kwargs": {"out_stride": 2, "freeze_stages": 3}, "pretrained": "efficientnet_lite0",
+                "epochs": a.epochs, "samples_per_epoch": a.samples_per_epoch, "seed": seed, "max_val_images": 60,
+                "cache_dir": str(a.cache_dir) if a.cache_dir else None, "quiet": True})
+            train_cell_segmenter(cfg, log_fn=lambda _m: None)
             train_s = time.perf_counter() - t0
             run = {"arch": name, "seed": seed, "train_seconds": round(train_s, 1),
                    **headline(score_parts(Analysis(None, out, cell_classifier=False), parts))}

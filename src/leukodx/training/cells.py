@@ -22,18 +22,14 @@ probability >= `NOT_LEUKOCYTE_P` (a reference component that is no cell) is drop
 validation balanced accuracy is under `MIN_STAGE1_BALANCED_ACCURACY` cleans nothing (its calls on another lab's
 cells would be noise); ``clean=False`` skips the first stage.
 
-**Model and training**: `tf_efficientnet_lite0` (timm) with the package ImageNet weights
-(``efficientnet_lite0``), per-image standardisation inside the model, 64 px; AdamW, the learning rate annealed
-(cosine, schedule "cosine_time") over the epochs or the time limit, whichever ends first; class-balanced sampling (each label, or set
-label, drawn in proportion to min(its crops, the median label's): `_sampling_weights`); augmentation
-(`augment`): stain (optical density mixed and scaled per channel), white balance, gamma, blur, noise, any
-rotation, flips, scale +-15 %, translation (`training.cell_augment`). The loss (`losses.set_loss`) is the negative log of the probability of the crop's
-label set (cross-entropy for a single label). The second model continues from the first on all crops with the
-cleaned labels. Temperature scaling and the "unidentified" threshold are fitted on
-the validation crops, the field threshold (share of blasts) on the Taleqani validation fields; the scores are
-`leukodx.evaluation.cell_types`. The settings are the "cells" preset of `training.config`.
+**Model and training** (the "cells" preset of `training.config`): `tf_efficientnet_lite0` (timm) with the
+package ImageNet weights, per-image standardisation inside the model, 64 px; AdamW, the learning rate annealed
+(schedule "cosine_time") over the epochs or the time limit, whichever ends first; class-balanced sampling
+(`_sampling_weights`); batch augmentation (`training.cell_augment`); the loss `losses.set_loss` (-log P(label
+set)). The second model continues from the first on all crops with the cleaned labels. Temperature scaling and
+the "unidentified" threshold are fitted on the validation crops, the field threshold on the Taleqani validation
+fields; the scores are `leukodx.evaluation.cell_types`.
 """
-
 
 from __future__ import annotations
 

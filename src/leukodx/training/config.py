@@ -91,29 +91,19 @@ class TrainConfig:
         def bad(name, value, hint):
             raise LeukodxError(f"Invalid setting {name}={value!r}.", hint)
 
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", self.optimizer, f"Use one of: {', '.join(OPTIMIZERS)}.")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", self.schedule, f"Use one of: {', '.join(SCHEDULES)}.")
-        if self.device not in DEVICES:
-            bad("device", self.device, f"Use one of: {', '.join(DEVICES)}.")
-        if self.amp not in AMP_MODES:
-            bad("amp", self.amp, f"Use one of: {', '.join(AMP_MODES)}.")
+        from leukodx.data.datasets import BALANCING
+        from leukodx.data.transforms import AUGMENTATIONS
+        from leukodx.models.classifiers import NORMALIZATIONS
+
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
+                              ("amp", AMP_MODES), ("balance", BALANCING), ("augment", AUGMENTATIONS),
+                              ("normalization", NORMALIZATIONS)):
+            if getattr(self, name) not in choices:
+                bad(name, getattr(self, name), f"Use one of: {', '.join(choices)}.")
         if self.channels_last not in ("auto", "on", "off"):
             bad("channels_last", self.channels_last, "Use auto (on CUDA only), on or off.")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             bad("time_limit_s", self.time_limit_s, "Give a positive number of seconds, or leave it out for no limit.")
-        from leukodx.data.datasets import BALANCING
-        from leukodx.data.transforms import AUGMENTATIONS
-
-        if self.balance not in BALANCING:
-            bad("balance", self.balance, f"Use one of: {', '.join(BALANCING)}.")
-        if self.augment not in AUGMENTATIONS:
-            bad("augment", self.augment, f"Use one of: {', '.join(AUGMENTATIONS)}.")
-        from leukodx.models.classifiers import NORMALIZATIONS
-
-        if self.normalization not in NORMALIZATIONS:
-            bad("normalization", self.normalization, f"Use one of: {', '.join(NORMALIZATIONS)}.")
         if self.references not in ("original", "repaired"):
             bad("references", self.references, "Use original (the HSV reference masks) or repaired (rebuilt where "
                 "the thresholding failed, see leukodx.data.reference_masks).")

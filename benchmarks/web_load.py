@@ -17,24 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # webtools: the test support (fake analyzer, serve child process)
+sys.path.insert(0, str(ROOT / "tests"))  # webtools, loadtools: the test support (fake analyzer, serve, load)
 REAL = ROOT.parent / "shared" / "data" / "all-taleqani" / "Original"
 
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+from loadtools import machine, run_load  # noqa: E402
 
 
 def field_images(n: int = 16) -> tuple[list[tuple[str, bytes]], str]:
@@ -55,73 +46,6 @@ def field_images(n: int = 16) -> tuple[list[tuple[str, bytes]], str]:
     labels = ("Benign", "Early", "Pre", "Pro")
     return ([(f"synthetic-{i}.jpg", field_bytes(labels[i % 4], i, size=224)) for i in range(n)],
             f"{n} different synthetic 224x224 JPEG fields")
-
-
-async def run_load(url: str, token: str, files: list[tuple[str, bytes]], n: int, concurrency: int,
-                   path: str | list[str] = "/api/v1/analyze") -> dict:
-    """`n` requests of one field each, `concurrency` at a time (request i sends files[i % len(files)] to
-    path[i % len(path)] when `path` is a list). Returns latencies (ms), status counts, the requests answered
-    2xx (`accepted`, their indices), and the 503s: with Retry-After they are "busy" (the server's bounded queue
-    said try again), without it they count as errors like every other answer >= 400 or lost connection."""
-    import httpx
-
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors: list[str] = []
-    accepted: list[int] = []
-    busy: list[str] = []  # Retry-After values of the 503s that had one
-    counter = iter(range(n))
-    headers = {"Authorization": f"Bearer {token}"}
-
-    async def worker(client: httpx.AsyncClient):
-        for i in counter:
-            name, data = files[i % len(files)]
-            t0 = time.perf_counter()
-            try:
-                target = path if isinstance(path, str) else path[i % len(path)]
-                r = await client.post(target, headers=headers, files=[("files", (name, data, "image/jpeg"))])
-                code = r.status_code
-                if code < 300:
-                    accepted.append(i)
-                elif code == 503 and r.headers.get("retry-after"):
-                    busy.append(r.headers["retry-after"])
-                else:
-                    errors.append(f"{code}: {r.text[:200]}")
-            except httpx.HTTPError as exc:
-                code = 0
-                errors.append(f"{exc.__class__.__name__}: {exc}")
-            latencies.append((time.perf_counter() - t0) * 1000)
-            statuses[code] = statuses.get(code, 0) + 1
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        wall = time.perf_counter() - t0
-    return {
-        "n": n, "concurrency": concurrency, "path": path if isinstance(path, str) else sorted(set(path))[0] + " ...", "wall_s": round(wall, 3),
-        "throughput_per_s": round(n / wall, 2),
-        "latency_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
-                       "p99": round(percentile(latencies, 99), 1), "max": round(max(latencies), 1),
-                       "mean": round(statistics.fmean(latencies), 1)},
-        "status_counts": {str(k): v for k, v in sorted(statuses.items())},
-        "errors": errors[:10], "n_errors": len(errors),
-        "n_busy_503_with_retry_after": len(busy), "retry_after_values": sorted(set(busy)),
-        "accepted": sorted(accepted),
-    }
-
-
-def machine() -> dict:
-    """The analysis benchmark's machine description, plus the web stack's versions."""
-    from leukodx.deploy.bench import machine_info
-
-    info = machine_info(threads=None)
-    for mod in ("fastapi", "uvicorn"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:
-            pass
-    return info
 
 
 def main() -> None:

@@ -3,13 +3,13 @@ the diameter follows a rescaling of the field. Real fields are used when the sha
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from leukodx.data import synthetic
 from leukodx.data.synthetic import synthetic_field
 from leukodx.inference.scale import estimate_rbc_diameter
 from leukodx.inference.smear_check import check_smear
@@ -20,16 +20,18 @@ DATA = ROOT.parent / "shared" / "data" / "all-taleqani"
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("non_smear", ROOT / "benchmarks" / "non_smear.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return _bench()
+    """The non-smear pictures (leukodx.data.synthetic) and copies of smear fields that are none."""
+    from types import SimpleNamespace
+
+    from leukodx.evaluation.shift import magnify
+
+    derived = {"greyscale": synthetic.greyscale, "blurred": synthetic.blurred,
+               "magnified_x0.2": lambda rgb, seed: magnify(rgb, 0.2)[0],
+               "magnified_x16": lambda rgb, seed: magnify(rgb, 16.0)[0]}
+    return SimpleNamespace(**vars(synthetic), GENERATED=synthetic.NON_SMEAR, DERIVED=derived,
+                           KINDS=(*synthetic.NON_SMEAR, *derived))
 
 
 def _resize(rgb: np.ndarray, f: float) -> np.ndarray:

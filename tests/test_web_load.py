@@ -6,28 +6,17 @@ The latency of the real models is measured by benchmarks/web_load.py (recorded i
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from leukodx.web.auth import create_token
 from leukodx.web.db import open_database
 from leukodx.web.settings import database_url_for
+from loadtools import run, run_load
 from webtools import ServeProcess, field_bytes
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "web_load.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("web_load", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_200_analyses_at_concurrency_8_without_errors(tmp_path):
-    bench = load_bench()
     db = tmp_path / "load.db"
     _, sessions = open_database(database_url_for(db))
     with sessions() as s:
@@ -35,19 +24,12 @@ def test_200_analyses_at_concurrency_8_without_errors(tmp_path):
         s.commit()
     files = [(f"f{i}.jpg", field_bytes(("Benign", "Early", "Pre", "Pro")[i % 4], i, size=160)) for i in range(8)]
     with ServeProcess(db, fake=True) as url:
-        result = asyncio.run(bench.run_load(url, token, files, n=200, concurrency=8))
+        result = asyncio.run(run_load(url, token, files, n=200, concurrency=8))
     assert result["status_counts"] == {"200": 200}, result["errors"]
     assert result["n_errors"] == 0
     lat = result["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
     print(f"fake analyzer, 200 at c=8: p50 {lat['p50']} ms, p95 {lat['p95']} ms")
-
-
-def load_cases_bench():
-    spec = importlib.util.spec_from_file_location("web_load_cases", BENCH.with_name("web_load_cases.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def assert_clean(r: dict) -> None:
@@ -66,7 +48,7 @@ def test_32_concurrent_uploads_into_cases_on_sqlite_all_stored(tmp_path):
     """The collapse of issue 23: each request held a pooled database connection (from looking up its token)
     while it waited for its analysis, so beyond the pool's 15 connections the stores timed out after 30 s
     with 500s. 64 uploads at concurrency 32 into 2 cases (a fake analysis of 20 ms each)."""
-    r = load_cases_bench().run("sqlite", n=64, concurrency=32, n_cases=2, delay_ms=20)
+    r = run("sqlite", n=64, concurrency=32, n_cases=2, delay_ms=20)
     assert_clean(r)
     assert r["accepted_201"] == 64  # the queue (2 workers + 32 waiting) holds them all
 
@@ -76,7 +58,7 @@ def test_32_concurrent_uploads_into_one_case_on_postgresql_with_2_processes_all_
 
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
-    r = load_cases_bench().run(POSTGRES_URL, workers=2, n=64, concurrency=32, n_cases=1, delay_ms=20)
+    r = run(POSTGRES_URL, workers=2, n=64, concurrency=32, n_cases=1, delay_ms=20)
     assert_clean(r)
     assert r["accepted_201"] == 64 and r["workers_alive_at_end"] == 2
 
@@ -84,7 +66,7 @@ def test_32_concurrent_uploads_into_one_case_on_postgresql_with_2_processes_all_
 def test_a_full_analysis_queue_answers_503_with_retry_after_and_stores_nothing_of_it():
     """One worker and one waiting place: of 16 concurrent uploads most are refused at once with 503 and
     Retry-After (never a timeout); those answered 201 are stored, the refused ones are not."""
-    r = load_cases_bench().run("sqlite", n=32, concurrency=16, n_cases=2, delay_ms=50,
+    r = run("sqlite", n=32, concurrency=16, n_cases=2, delay_ms=50,
                                env={"LEUKODX_ANALYSIS_WORKERS": "1", "LEUKODX_ANALYSIS_QUEUE": "1"})
     assert_clean(r)
     assert r["load"]["n_busy_503_with_retry_after"] > 0 and r["accepted_201"] > 0
@@ -99,7 +81,7 @@ def test_two_server_processes_on_postgresql_take_200_uploads_without_losing_one(
 
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
-    r = load_cases_bench().run(POSTGRES_URL, workers=2, n=200, concurrency=8)
+    r = run(POSTGRES_URL, workers=2, n=200, concurrency=8)
     assert r["load"]["status_counts"] == {"201": 200}, r["load"]["errors"]
     assert len(r["worker_pids"]) == 2 and r["workers_alive_at_end"] == 2
     assert_clean(r)

@@ -11,3 +11,8 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def logical_cores() -> int:
+    """All the machine's logical CPUs (the process may be held to fewer: `usable_cores`), at least 1."""
+    return max(1, os.cpu_count() or 1)

@@ -15,6 +15,7 @@ from leukodx.cli import (
     adapt,
     backup,
     bench,
+    calibrate,
     data,
     demo,
     evaluate,
@@ -50,7 +51,7 @@ for group, help_text, modules in (
     for module in modules:
         module.register(sub)
     app.add_typer(sub, name=group)
-for module in (evaluate, predict, bench, serve, backup, demo, adapt):
+for module in (evaluate, predict, calibrate, bench, serve, backup, demo, adapt):
     module.register(app)
 
 

@@ -1,4 +1,4 @@
-"""`leukodx predict PATH... --out DIR` and `leukodx calibrate --model RUN --data DATA` (see DESIGN.md)."""
+"""`leukodx predict PATH... --out DIR` (see DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -48,26 +48,3 @@ def register(app: typer.Typer) -> None:
                           f"{case['malignant_probability']:.2f}, {case['total_cell_count']} cells in "
                           f"{case['n_analysed']} field(s)" + (" - [yellow]needs review[/]: " + "; ".join(
                               case["reasons"]) if case["needs_review"] else ""), highlight=False)
-
-    @app.command("calibrate")
-    def calibrate_cmd(
-        model: Path = typer.Option(..., "--model", help="Classifier model directory to (re)calibrate in place."),
-        data: Path = typer.Option(..., "--data", help="DATA folder (public or flat layout)."),
-        split: Path = typer.Option(None, "--split", help="Split CSV: train fits the OOD check, val the rest."),
-        max_images: int = typer.Option(2000, "--max-images", help="At most this many training fields for OOD."),
-        ood_only: bool = typer.Option(False, "--ood-only", help="Refit only the out-of-distribution checks; keep "
-                                      "the temperature and low-confidence threshold from training."),
-    ) -> None:
-        """Refit temperature, low-confidence threshold and the out-of-distribution check on validation data,
-        and store them in RUN/config.json. Re-export ONNX afterwards is not needed (the file is unchanged)."""
-        from leukodx.deploy.calibrate import calibrate_model
-
-        with console.status(f"calibrating {model} on {data} ..."):
-            rep = calibrate_model(model, data, split, max_images=max_images, ood_only=ood_only)
-        console.print(f"fields: {rep['n_train']} train (OOD fit), {rep['n_val']} validation; {rep['division']}",
-                      highlight=False)
-        console.print(f"temperature {rep['temperature']:.3f}; low_confidence threshold {rep['low_confidence']:.3f} "
-                      f"(flags {rep['val_flagged_low_confidence']:.1%} of validation fields; accuracy "
-                      f"{rep['val_accuracy']:.2%} overall)")
-        console.print(f"OOD thresholds: feature distance {rep['ood_feature_threshold']:.3g}, image statistics "
-                      f"{rep['ood_stats_threshold']:.3g}; written to {model / 'config.json'}")

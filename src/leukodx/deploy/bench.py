@@ -66,9 +66,9 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    from leukodx.cpus import usable_cores
+    from leukodx.cpus import logical_cores, usable_cores
 
-    return {"cpu": cpu, "cores_logical": os.cpu_count(), "cores_usable": usable_cores(), "threads": threads,
+    return {"cpu": cpu, "cores_logical": logical_cores(), "cores_usable": usable_cores(), "threads": threads,
             "torch": _torch_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -14,10 +14,14 @@
   lab's stain is not flagged), and the training fields' red-cell diameter (the config's ``scale``). Any
   classifier: features are the input of its last linear layer.
 `calibrate_model` writes everything back into RUN/config.json (the previous values under ``calibration.previous``).
+- **cell agreement** (`fit_cell_agreement`, a classifier's `cell_agreement`) and a segmenter's **post-processing**
+  (`fit_post_processing`: `thresholds.mask` and `thresholds.instances`): grids of candidates scored through the
+  analysis on validation parts only, the choice written into the model's config.json.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -162,4 +166,130 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     }
     raw["calibration"] = report
     write_model_config(d, raw)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fits of the analysis' rules on validation data only (`leukodx calibrate --cell-agreement | --post-processing`)
+AGREEMENT_GRID = {"min_blasts": (0, 1, 2, 3), "max_blast_share_benign": (0.3, 0.5, 0.7, 1.01)}
+POST_GRID = {"mask": (0.4, 0.5, 0.6), "min_nucleus_fraction": (0.0, 0.05, 0.15),
+             "splitting": ({"min_distance": 7.0, "h": 2.0}, {"min_distance": 10.0, "h": 3.0},
+                           {"min_distance": 13.0, "h": 4.0})}
+
+
+def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: str | Path,
+                       segmenter_dir: str | Path | None = None, max_flagged: float = 0.05, write: bool = True,
+                       log=print) -> dict:
+    """The classifier's `cell_agreement` rule (leukodx.inference.pipeline.cells_disagree), chosen on the val rows of
+    `split_csv` only: every val field goes through the analysis once (the rule off), and each candidate of
+    AGREEMENT_GRID is applied to the results. Chosen: the candidate that leaves the fewest of the imitated other
+    lab's healthy fields (`evaluation.shift.lab_shift` at severity 1.5 of the benign val rows, where the field
+    classifier errs most) called malignant unflagged, while at most `max_flagged` of the val fields are flagged;
+    written into the classifier's config.json when `write`."""
+    import itertools
+    import time
+
+    from leukodx.assets import default_model_dir
+    from leukodx.data.images import read_rgb
+    from leukodx.data.split import read_split
+    from leukodx.evaluation.shift import lab_shift, rng_for
+    from leukodx.inference.pipeline import Analysis, cells_disagree
+    from leukodx.models.model_config import CellAgreement, update_model_config
+
+    t0 = time.perf_counter()
+    data, seg = Path(data), Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
+    analysis = Analysis(classifier_dir, seg)
+    assert analysis.classifier is not None
+    analysis.classifier.config.cell_agreement = CellAgreement(min_blasts=0, max_blast_share_benign=1.01)  # off
+    benign = analysis.classifier.config.case_rule.benign
+    rows = [r for r in read_split(split_csv, data) if r["split"] == "val"]
+    rgbs = [read_rgb(data / r["path"]) for r in rows]
+    res_val = analysis.analyze_many(rgbs, names=[r["path"] for r in rows])
+    healthy = [(r, rgb) for r, rgb in zip(rows, rgbs, strict=True) if r["label"] in benign]
+    res_shift = analysis.analyze_many([lab_shift(rgb, rng_for(0, r["path"]), severity=1.5) for r, rgb in healthy])
+    wrong = [r.label != row["label"] for r, row in zip(res_val, rows, strict=True)]
+    mal_shift = [r.label is not None and r.label not in benign for r in res_shift]
+
+    def flags(results, rule) -> list[bool]:
+        return [r.flag != "ok" or bool(r.label and cells_disagree(r.label, r.cells, benign, rule)) for r in results]
+
+    candidates = []
+    for mb, share in itertools.product(*AGREEMENT_GRID.values()):
+        rule = CellAgreement(min_blasts=mb, max_blast_share_benign=share)
+        flag_val, flag_shift = flags(res_val, rule), flags(res_shift, rule)
+        unflagged = [w for w, f in zip(wrong, flag_val, strict=True) if not f]
+        candidates.append({
+            "min_blasts": mb, "max_blast_share_benign": share,
+            "val_flagged": round(sum(flag_val) / len(flag_val), 4),
+            "val_accuracy_unflagged": round(1 - sum(unflagged) / max(len(unflagged), 1), 4),
+            "val_errors_flagged": round(sum(w and f for w, f in zip(wrong, flag_val, strict=True))
+                                        / max(sum(wrong), 1), 4),
+            "shifted_healthy_called_malignant_unflagged": round(
+                sum(m and not f for m, f in zip(mal_shift, flag_shift, strict=True)) / len(res_shift), 4)})
+        log(json.dumps(candidates[-1]))
+    ok = [c for c in candidates if c["val_flagged"] <= max_flagged] or candidates[:1]
+    best = min(ok, key=lambda c: (c["shifted_healthy_called_malignant_unflagged"], -c["val_accuracy_unflagged"],
+                                  c["val_flagged"]))
+    report = {"n_val": len(rows), "n_shifted_healthy": len(res_shift), "max_flagged": max_flagged, "chosen": best,
+              "candidates": candidates, "seconds": round(time.perf_counter() - t0, 1),
+              "classifier": str(classifier_dir), "segmenter": str(seg),
+              "cells": str(getattr(analysis.cell_classifier, "dir", "bundled"))}
+    if write:
+        update_model_config(classifier_dir, cell_agreement={
+            "min_blasts": best["min_blasts"], "max_blast_share_benign": best["max_blast_share_benign"],
+            "choice": f"chosen on the val rows of {split_csv} by leukodx calibrate --cell-agreement"})
+    return report
+
+
+def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir: str | Path, max_raabin: int = 0,
+                        max_pbc: int = 240, max_taleqani: int = 120, write: bool = True, log=print) -> dict:
+    """A two-output segmenter's post-processing (the mask threshold, the nucleus rule, the cell splitting of
+    POST_GRID), chosen on the val parts of Raabin, PBC and Taleqani under `data` only (leukodx.evaluation.cells;
+    test parts are never read): the network runs once per image (its outputs are cached) and each candidate
+    re-runs only the steps after it; chosen by the mean of the rates (`headline`'s objective), written into the
+    segmenter's config.json when `write`."""
+    import hashlib
+    import itertools
+    import time
+
+    from leukodx.evaluation.cells import headline, load_parts, score_parts
+    from leukodx.inference.pipeline import Analysis
+    from leukodx.models.model_config import read_model_config, write_model_config
+
+    class CachedEngine:
+        def __init__(self, engine):
+            self.engine, self.cache, self.source = engine, {}, engine.source
+
+        def run(self, batch: np.ndarray) -> dict:
+            key = hashlib.sha1(np.ascontiguousarray(batch).tobytes()).hexdigest()
+            if key not in self.cache:
+                self.cache[key] = self.engine.run(batch)
+            return self.cache[key]
+
+    analysis = Analysis(None, segmenter_dir, cell_classifier=False)  # the segmenter alone
+    stage = analysis.segmenter
+    assert stage is not None
+    stage.engine = CachedEngine(stage.engine)
+    t0 = time.perf_counter()
+    parts = load_parts(data, splits_dir, "val", max_raabin, max_pbc, max_taleqani)
+    load_s = time.perf_counter() - t0
+    base = dict(stage.instance_params)
+    results = []
+    for mask, nuc, split in itertools.product(*POST_GRID.values()):
+        stage.mask_threshold, stage.min_nucleus_fraction = mask, nuc
+        stage.instance_params = {**base, **split}
+        results.append({"mask": mask, "min_nucleus_fraction": nuc, **split,
+                        **headline(score_parts(analysis, parts))})
+        log(json.dumps(results[-1]))
+    best = max(results, key=lambda r: r["objective"])
+    report = {"model": str(segmenter_dir), "subset": "val", **parts.describe(), "load_seconds": round(load_s, 1),
+              "seconds": round(time.perf_counter() - t0, 1), "chosen": best, "candidates": results}
+    if write:
+        cfg = read_model_config(segmenter_dir).to_json()
+        cfg["thresholds"]["mask"] = best["mask"]
+        cfg["thresholds"]["instances"].update(min_nucleus_fraction=best["min_nucleus_fraction"],
+                                              min_distance=best["min_distance"], h=best["h"])
+        cfg["thresholds"]["choice"] = (f"chosen on the val parts of Raabin, PBC and Taleqani by leukodx calibrate "
+                                       f"--post-processing (objective {best['objective']})")
+        write_model_config(segmenter_dir, cfg)
     return report

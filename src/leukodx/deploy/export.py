@@ -322,22 +322,86 @@ def int8_speed(fp32_path: Path, int8_path: Path, size, threads: int | None = 2, 
             "int8_faster": bool(q < f), "speed_threads": threads}
 
 
+def accept_int8(fp32: dict[str, float], int8: dict[str, float], speed: dict) -> bool:
+    """The one rule that keeps an int8 model: no metric (in %, on validation) loses more than
+    INT8_MAX_DROP_POINTS against fp32, and it runs faster (`int8_speed`)."""
+    return bool(max(fp32[k] - int8[k] for k in fp32) <= INT8_MAX_DROP_POINTS and speed["int8_faster"])
+
+
+def _record_int8(d: Path, rec: dict) -> None:
+    from leukodx.models.checkpoint import read_config
+    from leukodx.models.model_config import update_model_config
+
+    update_model_config(d, onnx=dict(read_config(d).get("onnx") or {}) | {"int8": rec})
+
+
+def _onnx_of(d: Path) -> Path:
+    if not (d / "model.onnx").is_file():
+        raise ModelError(f"{d} has no model.onnx to quantise.", f"Export it first: leukodx export onnx --model {d}")
+    return d / "model.onnx"
+
+
 def add_int8(model_dir: str | Path, calibration: str | Path, *, eval_data: str | Path | None = None,
              split_csv: str | Path | None = None, n_calibration: int = 200, n_eval: int = 400) -> dict:
     """int8 for a model directory's existing model.onnx (no new fp32 export): quantised, judged (accuracy or
     Dice on validation, and speed) and, when kept, recorded in config.json under onnx.int8 beside the file."""
     from leukodx.models.checkpoint import read_config
-    from leukodx.models.model_config import update_model_config
 
     d = Path(model_dir)
-    if not (d / "model.onnx").is_file():
-        raise ModelError(f"{d} has no model.onnx to quantise.", f"Export it first: leukodx export onnx --model {d}")
-    config = read_config(d)
-    rec = quantize_int8(d / "model.onnx", config, calibration, eval_data, n_calibration, n_eval,
+    rec = quantize_int8(_onnx_of(d), read_config(d), calibration, eval_data, n_calibration, n_eval,
                         split_csv=split_csv, model_dir=d)
-    onnx_rec = dict(config.get("onnx") or {})
-    onnx_rec["int8"] = rec
-    update_model_config(d, onnx=onnx_rec)
+    _record_int8(d, rec)
+    return rec
+
+
+def add_int8_crops(model_dir: str | Path, calib: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+                   method: str = "minmax", float_convs: tuple[int, int] = (0, 0), record: bool = True,
+                   collect_seconds: float | None = None) -> dict:
+    """int8 for a cell-type model directory's model.onnx from its crops (float32 N x 3 x H x W, as the model
+    takes them): calibrated on `calib` (training crops), judged by accuracy and balanced accuracy on `x_val`,
+    `y_val` (validation crops, class indices) and by speed, kept by `accept_int8`; when kept and `record`,
+    written as model.int8.onnx and recorded in config.json under onnx.int8."""
+    import shutil
+    import tempfile
+
+    from leukodx.evaluation.cell_types import balanced_accuracy
+    from leukodx.models.checkpoint import read_config
+
+    d = Path(model_dir)
+    fp32_path, config = _onnx_of(d), read_config(d)
+    temperature = float(config.get("temperature") or 1.0)
+
+    def score(path: Path) -> dict:
+        sess = _ort_session(path, 2)
+        logits = np.concatenate([sess.run(["logits"], {INPUT_NAME: x_val[i:i + 128]})[0]
+                                 for i in range(0, len(x_val), 128)])
+        pred = (logits / temperature).argmax(1)
+        return {"accuracy": round(100 * float((pred == y_val).mean()), 3),
+                "balanced_accuracy": round(100 * balanced_accuracy(pred, y_val), 3), "pred": pred}
+
+    with tempfile.TemporaryDirectory(prefix="leukodx-int8-cells-") as tmp:
+        q = Path(tmp) / INT8_FILE
+        t1 = time.perf_counter()
+        quantize_file(fp32_path, q, (calib[i:i + 16] for i in range(0, len(calib), 16)), method, float_convs)
+        stamp_metadata(q, d, config)
+        f, i8 = score(fp32_path), score(q)
+        speed = int8_speed(fp32_path, q, tuple(config["input_size"]), batch=10)
+        metrics = ("accuracy", "balanced_accuracy")
+        kept = accept_int8({k: f[k] for k in metrics}, {k: i8[k] for k in metrics}, speed)
+        rec = {"file": INT8_FILE if kept else None, "kept": kept, "metric": "accuracy and balanced accuracy",
+               **{f"{k}_{v}": r[k] for k in metrics for v, r in (("fp32", f), ("int8", i8))},
+               "drop_points": {k: round(f[k] - i8[k], 3) for k in metrics}, "max_drop_points": INT8_MAX_DROP_POINTS,
+               "agreement": round(100 * float((f["pred"] == i8["pred"]).mean()), 3),
+               "n_calibration": len(calib), "n_eval": len(x_val),
+               "eval_data": "validation crops (single-labelled) of the sources in config.json training.sources",
+               "calibration_data": "training crops of the same sources", "calibration_method": method,
+               "float_convs_first_last": list(float_convs), "quant_format": "QDQ", "per_channel": True,
+               "seconds": round(time.perf_counter() - t1, 1), "collect_seconds": collect_seconds, **speed}
+        if kept:
+            rec |= {"sha256": file_sha256(q), "size_mb": round(q.stat().st_size / 1e6, 2)}
+            if record:
+                shutil.copyfile(q, d / INT8_FILE)
+                _record_int8(d, rec)
     return rec
 
 
@@ -384,7 +448,7 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     q = _score_onnx(out, eval_items, config)
     drop = fp32 - q
     speed = int8_speed(fp32_path, out, (h, w))
-    kept = bool(drop <= INT8_MAX_DROP_POINTS and speed["int8_faster"])
+    kept = accept_int8({metric: fp32}, {metric: q}, speed)
     rec = {
         "file": out.name, "kept": kept, "metric": metric, f"{metric}_fp32": round(fp32, 3),
         f"{metric}_int8": round(q, 3), "drop_points": round(drop, 3), "max_drop_points": INT8_MAX_DROP_POINTS,

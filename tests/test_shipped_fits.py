@@ -1,0 +1,79 @@
+"""The fits that ship are commands (leukodx.deploy): the one int8 accept rule, the cell model's int8 from its crops,
+and the cell-agreement rule chosen on validation rows; each writes into the model's config.json only when asked."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from leukodx.assets import ASSETS, default_model_dir
+from leukodx.deploy.export import INT8_MAX_DROP_POINTS, accept_int8
+
+pytest.importorskip("onnxruntime")
+
+
+def test_the_one_int8_accept_rule():
+    fast, slow = {"int8_faster": True}, {"int8_faster": False}
+    assert accept_int8({"accuracy": 90.0}, {"accuracy": 90.0 - INT8_MAX_DROP_POINTS}, fast)
+    assert not accept_int8({"accuracy": 90.0}, {"accuracy": 89.6}, fast)
+    assert not accept_int8({"accuracy": 90.0}, {"accuracy": 91.0}, slow)  # better but not faster
+    both = {"accuracy": 90.0, "balanced_accuracy": 80.0}
+    assert accept_int8(both, {"accuracy": 89.9, "balanced_accuracy": 79.8}, fast)
+    assert not accept_int8(both, {"accuracy": 90.5, "balanced_accuracy": 79.5}, fast)  # every metric counts
+
+
+def test_the_cell_models_int8_from_its_crops_is_judged_and_written_only_when_asked(tmp_path):
+    from leukodx.data.synthetic import synthetic_field
+    from leukodx.deploy.export import add_int8_crops
+    from leukodx.inference.engines import INT8_FILE
+
+    d = tmp_path / "cells"
+    shutil.copytree(ASSETS / "cells", d)
+    (d / INT8_FILE).unlink()
+    before = (d / "config.json").read_text()
+    rng = np.random.default_rng(0)
+    crops = np.stack([synthetic_field("Pre", 64, seed=s)[0] for s in range(24)]).transpose(0, 3, 1, 2)
+    crops = crops.astype(np.float32)
+    y = rng.integers(0, 3, len(crops))
+    rec = add_int8_crops(d, crops[:16], crops, y, float_convs=(3, 1), record=False)
+    assert rec["metric"] == "accuracy and balanced accuracy" and rec["n_calibration"] == 16 and rec["n_eval"] == 24
+    assert set(rec["drop_points"]) == {"accuracy", "balanced_accuracy"}
+    kept = accept_int8({k: rec[f"{k}_fp32"] for k in rec["drop_points"]},
+                       {k: rec[f"{k}_int8"] for k in rec["drop_points"]}, rec)
+    assert rec["kept"] == kept and rec["max_drop_points"] == INT8_MAX_DROP_POINTS
+    assert not (d / INT8_FILE).exists() and (d / "config.json").read_text() == before  # measured, not written
+    if kept:
+        add_int8_crops(d, crops[:16], crops, y, float_convs=(3, 1))
+        assert (d / INT8_FILE).is_file()
+        assert json.loads((d / "config.json").read_text())["onnx"]["int8"]["sha256"] == rec["sha256"]
+
+
+def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_classifier(tmp_path, synthetic_data):
+    from leukodx.deploy.calibrate import AGREEMENT_GRID, fit_cell_agreement
+
+    rows = sorted(p.relative_to(synthetic_data).as_posix() for p in (synthetic_data / "Original").rglob("*.jpg"))
+    split = tmp_path / "split.csv"
+    with split.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "group"])
+        for i, p in enumerate(rows):
+            w.writerow([p, p.split("/")[1], ("val", "train", "test")[i % 3], f"g{i}"])
+    cdir = tmp_path / "classifier"
+    shutil.copytree(default_model_dir("classify"), cdir)
+    before = (cdir / "config.json").read_text()
+    rep = fit_cell_agreement(cdir, synthetic_data, split, max_flagged=1.0, write=False, log=lambda _: None)
+    n_val = sum(i % 3 == 0 for i in range(len(rows)))
+    assert rep["n_val"] == n_val and len(rep["candidates"]) == np.prod([len(v) for v in AGREEMENT_GRID.values()])
+    best = rep["chosen"]
+    assert best["shifted_healthy_called_malignant_unflagged"] == min(
+        c["shifted_healthy_called_malignant_unflagged"] for c in rep["candidates"])
+    assert (cdir / "config.json").read_text() == before  # measured, not written
+    fit_cell_agreement(cdir, synthetic_data, split, max_flagged=1.0, log=lambda _: None)
+    written = json.loads((cdir / "config.json").read_text())["cell_agreement"]
+    assert (written["min_blasts"], written["max_blast_share_benign"]) == (best["min_blasts"],
+                                                                          best["max_blast_share_benign"])
+    assert "leukodx calibrate --cell-agreement" in written["choice"]

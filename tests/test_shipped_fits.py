@@ -67,7 +67,7 @@ def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_clas
     before = (cdir / "config.json").read_text()
     rep = fit_cell_agreement(cdir, synthetic_data, split, max_flagged=1.0, write=False, log=lambda _: None)
     n_val = sum(i % 3 == 0 for i in range(len(rows)))
-    assert rep["n_val"] == n_val and len(rep["candidates"]) == np.prod([len(v) for v in AGREEMENT_GRID.values()])
+    assert rep["n_val"] == n_val and len(rep["candidates"]) == np.prod([len(v) for v in AGREEMENT_GRID])
     best = rep["chosen"]
     assert best["shifted_healthy_called_malignant_unflagged"] == min(
         c["shifted_healthy_called_malignant_unflagged"] for c in rep["candidates"])

@@ -171,10 +171,12 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
 
 # ---------------------------------------------------------------------------------------------------------------
 # fits of the analysis' rules on validation data only (`leukodx calibrate --cell-agreement | --post-processing`)
-AGREEMENT_GRID = {"min_blasts": (0, 1, 2, 3), "max_blast_share_benign": (0.3, 0.5, 0.7, 1.01)}
-POST_GRID = {"mask": (0.4, 0.5, 0.6), "min_nucleus_fraction": (0.0, 0.05, 0.15),
-             "splitting": ({"min_distance": 7.0, "h": 2.0}, {"min_distance": 10.0, "h": 3.0},
-                           {"min_distance": 13.0, "h": 4.0})}
+# min_blasts x max_blast_share_benign
+AGREEMENT_GRID: tuple[tuple[int, ...], tuple[float, ...]] = ((0, 1, 2, 3), (0.3, 0.5, 0.7, 1.01))
+# mask threshold x min_nucleus_fraction x cell splitting
+POST_GRID: tuple[tuple[float, ...], tuple[float, ...], tuple[dict[str, float], ...]] = (
+    (0.4, 0.5, 0.6), (0.0, 0.05, 0.15),
+    ({"min_distance": 7.0, "h": 2.0}, {"min_distance": 10.0, "h": 3.0}, {"min_distance": 13.0, "h": 4.0}))
 
 
 def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: str | Path,
@@ -214,7 +216,7 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
         return [r.flag != "ok" or bool(r.label and cells_disagree(r.label, r.cells, benign, rule)) for r in results]
 
     candidates = []
-    for mb, share in itertools.product(*AGREEMENT_GRID.values()):
+    for mb, share in itertools.product(*AGREEMENT_GRID):
         rule = CellAgreement(min_blasts=mb, max_blast_share_benign=share)
         flag_val, flag_shift = flags(res_val, rule), flags(res_shift, rule)
         unflagged = [w for w, f in zip(wrong, flag_val, strict=True) if not f]
@@ -275,7 +277,7 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
     load_s = time.perf_counter() - t0
     base = dict(stage.instance_params)
     results = []
-    for mask, nuc, split in itertools.product(*POST_GRID.values()):
+    for mask, nuc, split in itertools.product(*POST_GRID):
         stage.mask_threshold, stage.min_nucleus_fraction = mask, nuc
         stage.instance_params = {**base, **split}
         results.append({"mask": mask, "min_nucleus_fraction": nuc, **split,

@@ -144,12 +144,17 @@ class CellClassifier:
     def probabilities(self, rgb: np.ndarray, labels: np.ndarray | None, cells: Sequence[CellInstance],
                       rbc_diameter_px: float | None) -> np.ndarray:
         """Calibrated class probabilities (n_cells x classes) of a field's cells, in one batched call."""
-        if labels is not None and np.asarray(labels).shape != np.asarray(rgb).shape[:2]:
-            raise ValueError(f"rgb must be HxWx3 and labels HxW of the same size, got {np.asarray(rgb).shape} "
-                             f"and {np.asarray(labels).shape}")
-        if not cells:
-            return np.zeros((0, len(self.classes)))
-        return self.predict_crops(self.crops(rgb, cells, rbc_diameter_px))
+        return self._probabilities([(rgb, labels, cells, rbc_diameter_px)])
+
+    def _probabilities(self, fields: Sequence[tuple[np.ndarray, np.ndarray | None, Sequence[CellInstance],
+                                                    float | None]]) -> np.ndarray:
+        crops = []
+        for rgb, labels, cells, d in fields:
+            if labels is not None and np.asarray(labels).shape != np.asarray(rgb).shape[:2]:
+                raise ValueError(f"rgb must be HxWx3 and labels HxW of the same size, got {np.asarray(rgb).shape} "
+                                 f"and {np.asarray(labels).shape}")
+            crops += [self.crops(rgb, cells, d)] if cells else []
+        return self.predict_crops(np.concatenate(crops)) if crops else np.zeros((0, len(self.classes)))
 
     def answer(self, probs: np.ndarray) -> tuple[list[str], np.ndarray]:
         """(labels, confidences) of probability rows: the top class, or 'unidentified' below the threshold."""
@@ -162,17 +167,12 @@ class CellClassifier:
 
     def classify(self, rgb: np.ndarray, labels: np.ndarray | None, cells: list[CellInstance],
                  rbc_diameter_px: float | None) -> np.ndarray:
-        """Fill cells[i].ai_label (one of leukodx.inference.cell_classes.AI_CELL_CLASSES) and
-        cells[i].ai_confidence (the calibrated probability of the top class) in place; returns the
-        probabilities (n_cells x classes). rgb: HxWx3 uint8 field; labels: its HxW instance image (only checked
-        for its size; the crops are centred on each cell's centroid); rbc_diameter_px: the red-cell diameter in
-        those pixels (None: 17 px, the Taleqani training fields at 224 px)."""
-        p = self.probabilities(rgb, labels, cells, rbc_diameter_px)
-        names, conf = self.answer(p)
-        for c, name, q in zip(cells, names, conf, strict=True):
-            c.ai_label = name
-            c.ai_confidence = round(float(q), 4)
-        return p
+        """Fill cells[i].ai_label (one of the model's classes, or UNIDENTIFIED) and cells[i].ai_confidence (the
+        calibrated probability of the top class) in place; returns the probabilities (n_cells x classes). rgb:
+        HxWx3 uint8 field; labels: its HxW instance image (only checked for its size; the crops are centred on
+        each cell's centroid); rbc_diameter_px: the red-cell diameter in those pixels (None: 17 px, the Taleqani
+        training fields at 224 px)."""
+        return self.classify_many([(rgb, labels, cells, rbc_diameter_px)])[0]
 
     def classify_many(self, fields: Sequence[tuple[np.ndarray, np.ndarray | None, list[CellInstance], float | None]]
                       ) -> list[np.ndarray]:
@@ -180,15 +180,7 @@ class CellClassifier:
         cells; returns the probabilities per field."""
         if not fields:
             return []
-        crops, counts = [], []
-        for rgb, labels, cells, d in fields:
-            if labels is not None and np.asarray(labels).shape != np.asarray(rgb).shape[:2]:
-                raise ValueError(f"rgb must be HxWx3 and labels HxW of the same size, got {np.asarray(rgb).shape} "
-                                 f"and {np.asarray(labels).shape}")
-            crops.append(self.crops(rgb, cells, d) if cells else np.zeros((0, *self.size, 3), np.uint8))
-            counts.append(len(cells))
-        p = self.predict_crops(np.concatenate(crops)) if sum(counts) else np.zeros((0, len(self.classes)))
-        out = np.split(p, np.cumsum(counts)[:-1])
+        out = np.split(self._probabilities(fields), np.cumsum([len(f[2]) for f in fields])[:-1])
         for (_, _, cells, _), q in zip(fields, out, strict=True):
             names, conf = self.answer(q)
             for c, name, v in zip(cells, names, conf, strict=True):

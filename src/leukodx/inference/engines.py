@@ -121,11 +121,7 @@ def check_onnx_metadata(sess, path: Path, config: ModelConfig) -> None:
 
     meta = sess.get_modelmeta().custom_metadata_map or {}
     redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path.parent / ONNX_FILE}"
-    wsha = meta.get("leukodx_weights_sha256")
-    weights = path.parent / "model.safetensors"
-    if wsha and weights.is_file() and file_sha256(weights) != wsha:
-        raise ModelError(f"{path} was exported from other weights than {weights} (the model was retrained or "
-                         "the files were mixed).", redo)
+    _check_weights(path, meta.get("leukodx_weights_sha256"), redo)
     size = meta.get("leukodx_input_size")
     if size and json.loads(size) != list(config.input_size):
         raise ModelError(f"{path} was exported for input size {json.loads(size)}, but config.json says "
@@ -150,7 +146,10 @@ def check_onnx_record(path: Path, config: ModelConfig) -> None:
     if want and file_sha256(path) != want:
         raise ModelError(f"{path} is not the file recorded in config.json (its checksum differs): it was replaced "
                          "or belongs to another model.", redo)
-    wsha = rec.get("weights_sha256")
+    _check_weights(path, rec.get("weights_sha256"), redo)
+
+
+def _check_weights(path: Path, wsha: str | None, redo: str) -> None:
     weights = path.parent / "model.safetensors"
     if wsha and weights.is_file() and file_sha256(weights) != wsha:
         raise ModelError(f"{path} was exported from other weights than {weights} (the model was retrained or "

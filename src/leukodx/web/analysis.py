@@ -32,21 +32,23 @@ from leukodx.web.uploads import GoodImage, check_uploads
 log = logging.getLogger("leukodx.web")
 
 
-class ServiceUnavailable(Exception):
-    """Answered as 503 (busy, loading, or the models failed to load)."""
+class AnalysisError(Exception):
+    """Answered with `status`: the analyzer itself failed (a bug, not the user's doing) 500, with a clear message."""
+
+    status: int = 500
+    headers: dict[str, str] = {}
+
+
+class ServiceUnavailable(AnalysisError):
+    """Answered as 503 (busy, loading, or the models failed to load), with Retry-After."""
 
     def __init__(self, message: str, retry_after: int = 5):
         super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
+        self.status, self.headers = 503, {"Retry-After": str(retry_after)}
 
 
-class AnalysisTimeout(Exception):
-    """Answered as 504."""
-
-
-class AnalysisFailed(Exception):
-    """The analyzer itself failed (a bug, not the user's doing): answered as 500 with a clear message."""
+class AnalysisTimeout(AnalysisError):
+    status = 504
 
 
 def jsonable(obj):
@@ -192,7 +194,7 @@ class AnalysisService:
             ) from None
         except Exception as exc:
             log.exception("the analysis failed")
-            raise AnalysisFailed(
+            raise AnalysisError(
                 f"The analysis failed ({exc.__class__.__name__}: {exc}). Nothing was stored. Try again; "
                 "if it happens again, report it with the server's log."
             ) from exc

@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, 
 
 from leukodx.web import schemas
 from leukodx.web.cases import rules, serialise, store
+from leukodx.web.db import audit
 from leukodx.web.deps import ApiAdmin, ApiUser, Db
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -21,6 +22,14 @@ router = APIRouter(prefix="/api/v1", tags=["api"])
 def case_out(request: Request, db, case_id: int) -> dict:
     """The case with its fields, as GET /cases/{id} answers it."""
     return serialise.case_dict(store.get_case(db, case_id), request.app.state.ctx.service)
+
+
+def csv_answer(db, who, body: str, name: str, action: str, **what) -> Response:
+    """A CSV download (`name`-<UTC time>.csv), its export audited."""
+    audit(db, who.name, action, "cases", **what)
+    db.commit()
+    return Response(body, media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{name}-{datetime.now(UTC).strftime("%Y%m%d-%H%M")}.csv"'})
 
 
 @contextmanager
@@ -82,16 +91,8 @@ def list_cases(
     """The cases, newest first. `format=csv` answers a CSV file, one row per case."""
     rows, total = store.list_cases(db, q, status, flagged, limit, offset)
     if format == "csv":
-        from leukodx.web.db import audit
-
-        audit(db, who.name, "cases.export", "cases", n=len(rows), q=q, status=status, flagged=flagged)
-        db.commit()
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
-        return Response(
-            serialise.cases_csv(rows),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="leukodx-cases-{stamp}.csv"'},
-        )
+        return csv_answer(db, who, serialise.cases_csv(rows), "leukodx-cases", "cases.export", n=len(rows), q=q,
+                          status=status, flagged=flagged)
     threshold = rules.confidence_threshold(request.app.state.ctx.service)
     return {"total": total, "cases": [serialise.case_dict(c, threshold=threshold) for c in rows]}
 
@@ -153,7 +154,7 @@ def review_cells(request: Request, case_id: schemas.CaseId, field_id: Annotated[
     409 unless `amendment_reason` is given."""
     case = store.lock_case(db, case_id)
     with locked_as_409():
-        store.review_cells(db, case, field_id, [c.model_dump() for c in body.cells], who.name,
+        store.review_case_cells(db, case, [{**c.model_dump(), "field_id": field_id} for c in body.cells], who.name,
                                 body.amendment_reason)
     return case_out(request, db, case_id)
 
@@ -217,19 +218,12 @@ def fields_csv(
 ):
     """Beside the case CSV (`GET /api/v1/cases?format=csv`): one row per field, with its AI call, flag in words,
     the reviewer's call and who made it, and its cells' counts."""
-    from leukodx.web.db import audit
-
     if case_id is not None:
         rows = [store.get_case(db, case_id)]
     else:
-        rows, _ = store.list_cases(db, q, status, flagged, limit, 0)
-        rows = [store.get_case(db, c.id) for c in rows] if rows else []
-    audit(db, who.name, "fields.export", "cases", n=len(rows), case_id=case_id)
-    db.commit()
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
-    name = f"leukodx-case-{case_id}-fields-{stamp}.csv" if case_id else f"leukodx-fields-{stamp}.csv"
-    return Response(serialise.fields_csv(rows), media_type="text/csv; charset=utf-8",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        rows = [store.get_case(db, c.id) for c in store.list_cases(db, q, status, flagged, limit, 0)[0]]
+    return csv_answer(db, who, serialise.fields_csv(rows), f"leukodx-case-{case_id}-fields" if case_id else
+                      "leukodx-fields", "fields.export", n=len(rows), case_id=case_id)
 
 
 @router.post("/cases/{case_id}/confirm-unflagged", response_model=schemas.CaseOut, responses=schemas.LOCK_ERRORS,

@@ -26,8 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
-from leukodx.web.analysis import AnalysisFailed, AnalysisService, AnalysisTimeout, ServiceUnavailable
-from leukodx.web.cases.rules import Invalid, Locked, NotFound
+from leukodx.web.analysis import AnalysisError, AnalysisService
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
 from leukodx.web.settings import Settings
@@ -68,11 +67,12 @@ def make_templates() -> Jinja2Templates:
     return t
 
 
-class BodyLimit:
-    """413 before reading a body bigger than the upload limits allow (pure ASGI, so streaming stays)."""
+class Limits:
+    """413 before reading a body bigger than the upload limits allow (pure ASGI, so streaming stays), and 504
+    when a request runs past the time limit before its answer starts."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, seconds: float):
+        self.app, self.max_bytes, self.seconds = app, max_bytes, seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -101,39 +101,18 @@ class BodyLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            async with asyncio.timeout(self.seconds):
+                await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
                 await _send_json(send, 413, {"detail": "The request is too large. Send fewer or smaller files."})
+        except TimeoutError:
+            if not started:
+                await _send_json(send, 504, {"detail": f"The request took over {self.seconds:.0f} s. Try again."})
 
 
 class _TooLarge(Exception):
     pass
-
-
-class Timeout:
-    """504 when a request runs past the time limit before its answer starts."""
-
-    def __init__(self, app, seconds: float):
-        self.app, self.seconds = app, seconds
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            async with asyncio.timeout(self.seconds):
-                await self.app(scope, receive, tracking_send)
-        except TimeoutError:
-            if not started:
-                await _send_json(send, 504, {"detail": f"The request took over {self.seconds:.0f} s. Try again."})
 
 
 class SecurityHeaders:
@@ -205,14 +184,9 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
         service.close()
         engine.dispose()
 
-    app = FastAPI(
-        title="leukodx",
-        version=__version__,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        docs_url=None,  # Swagger UI would load scripts from a CDN; /api is a bundled, offline page instead
-        redoc_url=None,
-    )
+    # no Swagger UI or ReDoc: they would load scripts from a CDN; /api is a bundled, offline page instead
+    app = FastAPI(title="leukodx", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.ctx = ctx
     from leukodx.web.auth import LoginThrottle
 
@@ -263,22 +237,13 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
                                  f"{r.file + ': ' if r.file else ''}{r.problem} {r.hint}".strip() for r in exc.rejections)},
                             status_code=exc.status)
 
-    @app.exception_handler(ServiceUnavailable)
-    async def _busy(request: Request, exc: ServiceUnavailable):
-        return JSONResponse({"detail": exc.message}, status_code=503, headers={"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(AnalysisTimeout)
-    async def _timeout(request: Request, exc: AnalysisTimeout):
-        return JSONResponse({"detail": str(exc)}, status_code=504)
-
-    @app.exception_handler(AnalysisFailed)
-    async def _failed(request: Request, exc: AnalysisFailed):
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+    @app.exception_handler(AnalysisError)
+    async def _analysis(request: Request, exc: AnalysisError):  # busy or loading 503, too slow 504, failed 500
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(LeukodxError)
     async def _user_error(request: Request, exc: LeukodxError):
-        status = (404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid) else
-                  409 if isinstance(exc, Locked) else 400)
+        status = getattr(exc, "status", 400)  # NotFound 404, Invalid 422, Locked 409 (web.cases.rules)
         if _wants_html(request):
             title = {404: "Not found", 409: "This case is signed off"}.get(status, "Please check")
             return page_error(request, status, title, exc.message)
@@ -299,7 +264,6 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
         return JSONResponse({"detail": errors}, status_code=422)
 
     limit = settings.max_files * settings.max_file_bytes + 1024 * 1024
-    app.add_middleware(BodyLimit, max_bytes=limit)
-    app.add_middleware(Timeout, seconds=settings.request_timeout_s)
+    app.add_middleware(Limits, max_bytes=limit, seconds=settings.request_timeout_s)
     app.add_middleware(SecurityHeaders)
     return app

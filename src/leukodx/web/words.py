@@ -7,6 +7,7 @@ what is wrong, and what to do.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, tzinfo
 
@@ -69,17 +70,10 @@ def model_percent(p: float | None, digits: int = 0) -> str:
     """A model's probability (the AI's confidence, a class probability): as `percent`, but a stored 1 or 0 is
     a rounded model output (a cell's confidence is kept to 4 decimals), never certainty: 1 reads "> 99 %",
     0 reads "< 1 %". The pages' `pct` filter."""
-    try:
-        v = float(p)  # type: ignore[arg-type]
+    try:  # just inside (0, 1): `percent` then never reads it as certain (NaN stays NaN: "–")
+        v = min(max(float(p), math.nextafter(0, 1)), math.nextafter(1, 0))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return "–"
-    if v != v:
-        return "–"
-    step = 10.0 ** -digits
-    if v >= 1:
-        return f"> {100 - step:.{digits}f} %"
-    if v <= 0:
-        return f"< {step:.{digits}f} %"
     return percent(v, digits)
 
 

@@ -27,11 +27,11 @@ AMENDMENT_RULE = ("Any clinician may amend a signed-off case, their own or anoth
 
 
 class NotFound(LeukodxError):
-    pass
+    status = 404
 
 
 class Invalid(LeukodxError):
-    pass
+    status = 422
 
 
 class Locked(LeukodxError):
@@ -39,6 +39,8 @@ class Locked(LeukodxError):
 
     `message` is one short sentence for a page ("Case S-1 is signed off by alice: give a reason for the amendment
     to change it."); `api_message` names the request field an API client sends."""
+
+    status = 409
 
     def __init__(self, problem: str, hint: str, api_hint: str = ""):
         super().__init__(problem, hint)
@@ -58,6 +60,12 @@ def iso(dt: datetime | None) -> str | None:
     if dt is None:
         return None
     return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).isoformat()
+
+
+def review_of(obj: Case | Field) -> dict:
+    """A case's or a field's review as the API answers it (and an amendment records it)."""
+    return {"decision": obj.review_decision, "label": obj.review_label, "note": obj.review_note,
+            "reviewed_by": obj.reviewed_by, "reviewed_at": iso(obj.reviewed_at)}
 
 
 def is_signed_off(case: Case) -> bool:

@@ -20,15 +20,11 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
     with_fields = analysis is not None
     if threshold is None:
         threshold = rules.confidence_threshold(analysis)
+    verified = bool(case.differential_verified)
     d = {
-        "id": case.id,
-        "reference": case.reference,
-        "note": case.note,
-        "created_by": case.created_by,
-        "created_at": rules.iso(case.created_at),
-        "updated_at": rules.iso(case.updated_at),
-        "status": "reviewed" if case.review_decision else "unreviewed",
-        "flagged": case.flagged,
+        "id": case.id, "reference": case.reference, "note": case.note, "created_by": case.created_by,
+        "created_at": rules.iso(case.created_at), "updated_at": rules.iso(case.updated_at),
+        "status": "reviewed" if case.review_decision else "unreviewed", "flagged": case.flagged,
         "ai": {
             "label": case.ai_label, "confidence": case.ai_confidence,
             "malignant_probability": case.ai_malignant_probability, "n_fields": case.n_fields,
@@ -37,42 +33,28 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
                               and case.ai_confidence >= threshold),
             "confidence_threshold": threshold, "models_loading": threshold is None,
         },
-        "review": {
-            "decision": case.review_decision, "label": case.review_label, "note": case.review_note,
-            "reviewed_by": case.reviewed_by, "reviewed_at": rules.iso(case.reviewed_at),
-        },
-        "specimen": case.specimen or "",
-        "stain": case.stain or "",
-        "locked": rules.is_signed_off(case),
-        "amended": bool(case.amendments),
+        "review": rules.review_of(case), "specimen": case.specimen or "", "stain": case.stain or "",
+        "locked": rules.is_signed_off(case), "amended": bool(case.amendments),
         "amendments": [{"changes": [], **a} for a in (case.amendments or [])],
-        "accession": case.accession or "",
-        "patient_id": case.patient_id or "",
+        "accession": case.accession or "", "patient_id": case.patient_id or "",
     }
     cs = cell_logic.cell_summary(rules.counted_cells(case.fields)) if with_fields else (
         case.cell_summary or EMPTY_CELLS)
-    for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells",
-              "n_cells_reviewed"):
+    for k in ("differential", "blast_percent", "ai_differential", "ai_blast_percent", "n_cells", "n_cells_reviewed"):
         d[k] = cs.get(k, EMPTY_CELLS[k])
-    d["blast_percent_words"] = words.blast_percent(cs.get("blast_percent"))
-    target = case.differential_target or 100
-    n_counted = int(cs.get("n_counted", 0))
-    d["n_cells_counted"] = n_counted
-    d["n_cells_target_reached"] = n_counted >= target
-    d["differential_target"] = target
-    d["differential_verified"] = bool(case.differential_verified)
-    d["differential_verified_by"] = case.differential_verified_by if case.differential_verified else None
-    d["differential_verified_at"] = rules.iso(case.differential_verified_at) if case.differential_verified else None
-    d["differential_note"] = case.differential_note or ""
-    d["differential_source"] = "verified" if case.differential_verified else "ai"
+    target, n_counted = case.differential_target or 100, int(cs.get("n_counted", 0))
+    d.update(blast_percent_words=words.blast_percent(cs.get("blast_percent")), n_cells_counted=n_counted,
+             n_cells_target_reached=n_counted >= target, differential_target=target, differential_verified=verified,
+             differential_verified_by=case.differential_verified_by if verified else None,
+             differential_verified_at=rules.iso(case.differential_verified_at) if verified else None,
+             differential_note=case.differential_note or "", differential_source="verified" if verified else "ai")
     if with_fields:
-        d["unassessable_fields"] = rules.unassessable_fields(case)
-        d["fields"] = [field_dict(f, number=i) for i, f in enumerate(case.fields, start=1)]
-        d["n_fields_reviewed"] = sum(1 for f in case.fields if f.review_decision)
-        reviewed = rules.reviewed_summary(analysis, case) if d["n_fields_reviewed"] else None
-        d["reviewed_fields_label"] = reviewed.label if reviewed else None
-        d["warnings"] = rules.sign_off_warnings(case, analysis.benign)
-        d["cells_outlined"] = cells_outlined(case)
+        n_reviewed = sum(1 for f in case.fields if f.review_decision)
+        reviewed = rules.reviewed_summary(analysis, case) if n_reviewed else None
+        d.update(unassessable_fields=rules.unassessable_fields(case), n_fields_reviewed=n_reviewed,
+                 fields=[field_dict(f, number=i) for i, f in enumerate(case.fields, start=1)],
+                 reviewed_fields_label=reviewed.label if reviewed else None,
+                 warnings=rules.sign_off_warnings(case, analysis.benign), cells_outlined=cells_outlined(case))
     return d
 
 
@@ -103,10 +85,7 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "heatmap_on_demand_url": f"/cases/{f.case_id}/fields/{f.id}/heatmap",
         "uploaded_by": f.uploaded_by,
         "uploaded_at": rules.iso(f.uploaded_at),
-        "review": {
-            "decision": f.review_decision, "label": f.review_label, "note": f.review_note,
-            "reviewed_by": f.reviewed_by, "reviewed_at": rules.iso(f.reviewed_at),
-        },
+        "review": rules.review_of(f),
         "assessable": rules.is_assessable(f),
         "decision_suggested": rules.UNASSESSABLE if f.label is None else "confirm",
         "cells": [cell_dict(c) for c in (f.cells or [])],
@@ -154,21 +133,21 @@ def _csv_safe(value) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def cases_csv(cases: list[Case]) -> str:
+def _csv(columns: list[str], rows) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for c in cases:
-        w.writerow([
-            c.id, _csv_safe(c.reference), rules.iso(c.created_at), _csv_safe(c.created_by), c.n_fields, c.ai_label or "",
-            "" if c.ai_confidence is None else f"{c.ai_confidence:.4f}",
-            "" if c.ai_malignant_probability is None else f"{c.ai_malignant_probability:.4f}",
-            c.total_cell_count, int(c.flagged), "reviewed" if c.review_decision else "unreviewed",
-            c.review_decision or "", c.review_label or "", _csv_safe(c.reviewed_by or ""), rules.iso(c.reviewed_at) or "",
-            _csv_safe(c.review_note), _csv_safe(c.accession or ""), _csv_safe(c.patient_id or ""),
-            int(bool(c.differential_verified)), _csv_safe(c.differential_verified_by or ""),
-        ])
+    csv.writer(buf, lineterminator="\n").writerows([columns, *rows])
     return buf.getvalue()
+
+
+def cases_csv(cases: list[Case]) -> str:
+    return _csv(CSV_COLUMNS, ([
+        c.id, _csv_safe(c.reference), rules.iso(c.created_at), _csv_safe(c.created_by), c.n_fields, c.ai_label or "",
+        "" if c.ai_confidence is None else f"{c.ai_confidence:.4f}",
+        "" if c.ai_malignant_probability is None else f"{c.ai_malignant_probability:.4f}",
+        c.total_cell_count, int(c.flagged), "reviewed" if c.review_decision else "unreviewed", c.review_decision or "",
+        c.review_label or "", _csv_safe(c.reviewed_by), rules.iso(c.reviewed_at) or "", _csv_safe(c.review_note),
+        _csv_safe(c.accession), _csv_safe(c.patient_id), int(bool(c.differential_verified)),
+        _csv_safe(c.differential_verified_by)] for c in cases))
 
 
 FIELD_CSV_COLUMNS = [
@@ -182,21 +161,14 @@ FIELD_CSV_COLUMNS = [
 
 def fields_csv(cases: list[Case]) -> str:
     """One row per field of the cases (beside the case CSV, whose columns stay as they were)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FIELD_CSV_COLUMNS)
-    for c in cases:
-        for i, f in enumerate(c.fields, start=1):
-            cs = cell_logic.cell_summary([f.cells or []])
-            w.writerow([
-                c.id, _csv_safe(c.reference), f.id, i, _csv_safe(f.display_name), f.sha256, f.label or "",
+    def row(c: Case, i: int, f: Field) -> list:
+        cs = cell_logic.cell_summary([f.cells or []])
+        return [c.id, _csv_safe(c.reference), f.id, i, _csv_safe(f.display_name), f.sha256, f.label or "",
                 f"{f.confidence:.4f}" if f.label else "", f"{f.malignant_probability:.4f}" if f.label else "",
                 f.cell_count, f.flag, _csv_safe(words.flag_text(f.flag, f.flag_reason)), f.review_decision or "",
-                f.review_label or "", _csv_safe(f.reviewed_by or ""), rules.iso(f.reviewed_at) or "",
+                f.review_label or "", _csv_safe(f.reviewed_by), rules.iso(f.reviewed_at) or "",
                 _csv_safe(f.review_note), cs["n_cells"], cs["n_cells_reviewed"], cs["differential"]["blast"],
-                "" if cs["blast_percent"] is None else cs["blast_percent"],
-                "" if cs["ai_blast_percent"] is None else cs["ai_blast_percent"],
-                _csv_safe(c.accession or ""), _csv_safe(c.patient_id or ""), int(bool(c.differential_verified)),
-                _csv_safe(c.differential_verified_by or ""),
-            ])
-    return buf.getvalue()
+                _csv_safe(cs["blast_percent"]), _csv_safe(cs["ai_blast_percent"]), _csv_safe(c.accession),
+                _csv_safe(c.patient_id), int(bool(c.differential_verified)), _csv_safe(c.differential_verified_by)]
+
+    return _csv(FIELD_CSV_COLUMNS, (row(c, i, f) for c in cases for i, f in enumerate(c.fields, start=1)))

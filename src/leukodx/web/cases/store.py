@@ -196,11 +196,6 @@ def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
     return new, skipped
 
 
-def _review_of(obj) -> dict:
-    return {"decision": obj.review_decision, "label": obj.review_label, "note": obj.review_note,
-            "reviewed_by": obj.reviewed_by, "reviewed_at": rules.iso(obj.reviewed_at)}
-
-
 def _same_decision(obj, decision: str, label: str | None, note: str, actor: str) -> bool:
     return (obj.review_decision == decision and obj.review_label == label and obj.reviewed_by == actor
             and (obj.review_note or "") == (note or "").strip()[:2000])
@@ -242,7 +237,7 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         what = ("the sign-off" if case_review else "") + (" and " if case_review and n else "") + (
             f"the call of {n} field{'s' if n != 1 else ''}" if n else "")
         reason = rules.require_unlocked(case, amendment_reason, f"changing {what}")
-        before = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
+        before = {"case": rules.review_of(case), "fields": {str(f.id): rules.review_of(f) for f, _, _ in decided_fields}}
         words_before = {f.id: rules.field_call_words(f) for f, _, _ in decided_fields}
         case_before = rules.case_call_words(case)
     else:
@@ -270,7 +265,7 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         if any(f.cells for f, _, _ in decided_fields):
             unverified = unverify(db, case, actor, "fields counted changed")
     if reason:
-        after = {"case": _review_of(case), "fields": {str(f.id): _review_of(f) for f, _, _ in decided_fields}}
+        after = {"case": rules.review_of(case), "fields": {str(f.id): rules.review_of(f) for f, _, _ in decided_fields}}
         changes = []
         if case_review:
             changes.append(rules.change("case", case_before, rules.case_call_words(case)))
@@ -283,19 +278,6 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
     case.updated_at = now
     db.commit()
     return case
-
-
-def review_cells(db: Session, case: Case, field_id: int, changes: list[dict], actor: str,
-                 amendment_reason: str | None = None) -> Field:
-    """Reclassify cells of one field: [{"id", "label"}] where label is one of cells.REVIEW_LABELS (a class or
-    "excluded"), or None to take the reviewer's class back (the AI's suggestion counts again)."""
-    f = next((x for x in case.fields if x.id == field_id), None)
-    if f is None:
-        raise rules.NotFound(f"Case {case.id} has no field {field_id}.", "Reload the case page.")
-    if not changes:
-        raise rules.Invalid("No cells were given.", "Send a list of {id, label} for the cells to reclassify.")
-    review_case_cells(db, case, [{**ch, "field_id": field_id} for ch in changes], actor, amendment_reason)
-    return f
 
 
 def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,

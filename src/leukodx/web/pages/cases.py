@@ -16,7 +16,7 @@ from leukodx.errors import LeukodxError
 from leukodx.web import cells as cell_logic
 from leukodx.web import gallery as gallery_logic
 from leukodx.web.cases import rules, serialise, store
-from leukodx.web.cases.rules import Invalid, Locked, NotFound
+from leukodx.web.cases.rules import Invalid, Locked
 from leukodx.web.db import Case, Field, utcnow
 from leukodx.web.deps import Db, FormUser, PageUser
 from leukodx.web.pages.base import render
@@ -32,7 +32,7 @@ def home():
 
 
 def _status_of(exc: LeukodxError) -> int:
-    return 409 if isinstance(exc, Locked) else 404 if isinstance(exc, NotFound) else 422
+    return getattr(exc, "status", 422)  # Locked 409, NotFound 404, Invalid 422 (web.cases.rules)
 
 
 def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", status: str = "all",
@@ -44,12 +44,9 @@ def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", s
     filters = {k: v for k, v in query.items() if v}
     csv_url = "/api/v1/cases?" + urlencode({**filters, "format": "csv"})
     fields_csv_url = "/api/v1/fields.csv" + ("?" + urlencode(filters) if filters else "")
-    form.setdefault("error", "")
-    form.setdefault("warning", "")
-    form.setdefault("duplicates", [])
-    for k in ("reference", "accession", "patient_id", "note", "specimen", "stain"):
-        form.setdefault(k, "")
-    form["form_token"] = secrets.token_urlsafe(24)
+    form = {"error": "", "warning": "", "duplicates": [], **dict.fromkeys(
+        ("reference", "accession", "patient_id", "note", "specimen", "stain"), ""), **form,
+        "form_token": secrets.token_urlsafe(24)}
     return render(request, "cases.html", status_code, who=who, rows=rows, total=total, all_total=all_total, q=q,
                   status=status, flagged=flagged, csv_url=csv_url, fields_csv_url=fields_csv_url, **form)
 
@@ -156,10 +153,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
                        **extra):
     case = store.get_case(db, case_id)
     idx = _current_index(case, field_id)
-    extra.setdefault("error", "")
-    extra.setdefault("field_error", "")
-    extra.setdefault("case_error", "")
-    extra.setdefault("form", {})
+    extra = {"error": "", "field_error": "", "case_error": "", "form": {}, **extra}
     # a form's failure answer (the page at its POST URL): app.js puts the case's own URL in the address bar
     # (history.replaceState), so a reload GETs the page instead of posting the form again
     extra["replace_url"] = (f"/cases/{case_id}" + (f"?field={field_id}" if field_id is not None else "")
@@ -178,7 +172,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         unknown_scale=[f.id for f in case.fields if f.cells and not field_um[f.id] and rules.is_assessable(f)],
         not_shown=[field_numbers[f.id] for f in case.fields
                    if f.cells and rules.is_assessable(f) and not rules.counts(f)],
-        crop=gallery_logic, ai_confident=_ai_confident(cd, case),
+        crop=gallery_logic, ai_confident=cd["ai"]["confident"],
         field=case.fields[idx] if case.fields else None,
         reviewed=reviewed, field_tally=_tally_words(tally), fields_decisive=fields_decisive,
         cs=cell_logic.cell_summary(rules.counted_cells(case.fields)),
@@ -216,14 +210,6 @@ def _disagreement(case: Case, tally: dict[str, int], decisive: bool | None) -> l
 
 def _tally_words(tally: dict[str, int]) -> str:
     return ", ".join(f"{n} {c}" for c, n in tally.items())
-
-
-def _ai_confident(cd: dict, case: Case) -> bool:
-    """Is the AI's case call confident enough for a one-click confirm (the API's ai.confident)?"""
-    ai = cd.get("ai") or {}
-    if "confident" in ai:
-        return bool(ai["confident"])
-    return bool(case.ai_label) and not (case.summary or {}).get("needs_review", False)
 
 
 @router.get("/cases/{case_id}")
@@ -290,7 +276,7 @@ def review_cell(
     try:
         if label and label not in cell_logic.REVIEW_LABELS:
             raise Invalid(f"Unknown cell class {label!r}.", "Choose a class from the list.")
-        store.review_cells(db, case, field_id, [{"id": cell_id, "label": label or None}], who.name,
+        store.review_case_cells(db, case, [{"field_id": field_id, "id": cell_id, "label": label or None}], who.name,
                                 amendment_reason)
     except LeukodxError as exc:
         db.rollback()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, 
 
 from leukodx.web import schemas
 from leukodx.web.cases import rules, serialise, store
-from leukodx.web.db import audit
+from leukodx.web.db import Case, audit
 from leukodx.web.deps import ApiAdmin, ApiUser, Db
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
@@ -30,6 +30,14 @@ def csv_answer(db, who, body: str, name: str, action: str, **what) -> Response:
     db.commit()
     return Response(body, media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="{name}-{datetime.now(UTC).strftime("%Y%m%d-%H%M")}.csv"'})
+
+
+def changed(request: Request, db, case_id: int, change: Callable[[Case], object]) -> dict:
+    """`change(case)` on the case locked for writing (signed off: 409 naming amendment_reason), then the case."""
+    case = store.lock_case(db, case_id)
+    with locked_as_409():
+        change(case)
+    return case_out(request, db, case_id)
 
 
 @contextmanager
@@ -61,8 +69,8 @@ def create_case(request: Request, body: schemas.CaseIn, who: ApiUser, db: Db):
     with the same reference or accession number is allowed (a smear may be re-examined) but named in
     `warnings`. The case's differential target is the server's LEUKODX_DIFFERENTIAL_TARGET."""
     case = store.create_case(db, body.reference, body.note, who.name, body.specimen, body.stain,
-                                  accession=body.accession, patient_id=body.patient_id,
-                                  differential_target=request.app.state.ctx.settings.differential_target)
+                             accession=body.accession, patient_id=body.patient_id,
+                             differential_target=request.app.state.ctx.settings.differential_target)
     out = case_out(request, db, case.id)
     dups = [rules.duplicate_warning(store.same_reference(db, case.reference, but=case.id)),
             rules.duplicate_accession_warning(store.same_accession(db, case.accession, but=case.id))]
@@ -134,13 +142,9 @@ def review_case(request: Request, case_id: schemas.CaseId, body: schemas.ReviewI
     it out of the reviewed case call and the differential. The AI's output is kept unchanged beside the
     reviewer's decision. Once signed off the case is locked: a change answers 409 unless `amendment_reason` is
     given; each amendment is kept in `amendments`, with its `changes` (before and after in words)."""
-    case = store.lock_case(db, case_id)
-    with locked_as_409():
-        store.review(
-            db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
-            body.amendment_reason, classes=request.app.state.ctx.service.classes,
-        )
-    return case_out(request, db, case_id)
+    return changed(request, db, case_id, lambda case: store.review(
+        db, case, who.name, body.case.model_dump() if body.case else None, [f.model_dump() for f in body.fields],
+        body.amendment_reason, classes=request.app.state.ctx.service.classes))
 
 
 @router.patch(
@@ -152,11 +156,9 @@ def review_cells(request: Request, case_id: schemas.CaseId, field_id: Annotated[
     """Give cells of a field the reviewer's class (or exclude them, or undo with null). The case's differential
     and blast % are recomputed; the AI's suggestions and its own differential are kept. A signed-off case answers
     409 unless `amendment_reason` is given."""
-    case = store.lock_case(db, case_id)
-    with locked_as_409():
-        store.review_case_cells(db, case, [{**c.model_dump(), "field_id": field_id} for c in body.cells], who.name,
-                                body.amendment_reason)
-    return case_out(request, db, case_id)
+    cells = [{**c.model_dump(), "field_id": field_id} for c in body.cells]
+    return changed(request, db, case_id, lambda case: store.review_case_cells(db, case, cells, who.name,
+                                                                              body.amendment_reason))
 
 
 @router.patch("/cases/{case_id}/cells", response_model=schemas.CaseOut, responses=schemas.LOCK_ERRORS,
@@ -166,10 +168,9 @@ def review_case_cells(request: Request, case_id: schemas.CaseId, body: schemas.C
     "label"}]}`, label a class, 'excluded', or null (back to the AI's pre-classification). Answers the case. A
     real change takes the differential's verification back. A signed-off case answers 409 unless
     `amendment_reason` is given."""
-    case = store.lock_case(db, case_id)
-    with locked_as_409():
-        store.review_case_cells(db, case, [c.model_dump() for c in body.cells], who.name, body.amendment_reason)
-    return case_out(request, db, case_id)
+    cells = [c.model_dump() for c in body.cells]
+    return changed(request, db, case_id, lambda case: store.review_case_cells(db, case, cells, who.name,
+                                                                              body.amendment_reason))
 
 
 @router.post("/cases/{case_id}/differential/verify", response_model=schemas.CaseOut, responses=schemas.LOCK_ERRORS,
@@ -179,11 +180,9 @@ def verify_differential(request: Request, case_id: schemas.CaseId, who: ApiUser,
     differential becomes theirs (`differential_source`: 'verified', with who and when). Any later change of a
     cell's class, or of which fields count, takes it back. 422 while a counted cell has no class; a signed-off
     case answers 409 unless `amendment_reason` is given."""
-    body = body or schemas.VerifyIn()
-    case = store.lock_case(db, case_id)
-    with locked_as_409():
-        store.verify_differential(db, case, who.name, body.note, body.amendment_reason)
-    return case_out(request, db, case_id)
+    b = body or schemas.VerifyIn()
+    return changed(request, db, case_id, lambda case: store.verify_differential(db, case, who.name, b.note,
+                                                                                b.amendment_reason))
 
 
 @router.get(
@@ -230,10 +229,7 @@ def fields_csv(
              summary="Confirm the AI's call of every unflagged, unreviewed field")
 def confirm_unflagged(request: Request, case_id: schemas.CaseId, who: ApiUser, db: Db):
     """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you)."""
-    case = store.lock_case(db, case_id)
-    with locked_as_409():
-        store.confirm_unflagged(db, case, who.name)
-    return case_out(request, db, case_id)
+    return changed(request, db, case_id, lambda case: store.confirm_unflagged(db, case, who.name))
 
 
 @router.delete("/cases/{case_id}", status_code=204, responses=schemas.ERRORS, summary="Delete a case (admin)")

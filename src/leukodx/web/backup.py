@@ -41,7 +41,7 @@ from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.io import file_sha256
 from leukodx.web import db as database
-from leukodx.web.storage import NAME_RE
+from leukodx.web.storage import NAME_RE, fsync_dir
 
 FORMAT = "leukodx-backup"
 FORMAT_VERSION = 1
@@ -55,14 +55,6 @@ LEUKODX_TABLES = tuple(database.Base.metadata.tables) + ("alembic_version",)
 
 class BackupError(LeukodxError):
     pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _upper(text_: str) -> str:
@@ -342,7 +334,7 @@ def _write_archive(out: Path, manifest: dict, db_file: Path, files: dict[str, by
         read_archive(Path(tmp), None)  # read back: every byte where it should be, before it gets the name
         os.replace(tmp, out)
         tmp = None
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         raise _write_error(out, exc) from None
     finally:
@@ -442,26 +434,15 @@ def _check_manifest(archive: Path, manifest: dict) -> dict:
 
 # --- restore -----------------------------------------------------------------------------------------------
 
-def _rows_in_sqlite(path: Path) -> int:
-    con = sqlite3.connect(path, timeout=30)
-    try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
-                                            "AND name NOT LIKE 'sqlite_%'")]
-        return sum(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables
-                   if t not in ("alembic_version", "schema_migrations"))
-    finally:
-        con.close()
+def _rows_in(url: URL) -> int:
+    """The rows in the database's tables, the schema's version left out."""
+    from sqlalchemy import create_engine, inspect, text
 
-
-def _rows_in_postgres(url: URL) -> int:
-    from sqlalchemy import inspect, text
-
-    engine = database.make_engine(url)
+    engine = create_engine(url, **({"connect_args": {"timeout": 30}} if url.get_backend_name() == "sqlite" else {}))
     try:
         with database._connect_errors(engine), engine.connect() as conn:
-            tables = inspect(conn).get_table_names()
-            return sum(int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0) for t in tables
-                       if t not in ("alembic_version", "schema_migrations"))
+            return sum(int(conn.execute(text(f'SELECT count(*) FROM "{t}"')).scalar() or 0)
+                       for t in inspect(conn).get_table_names() if t not in ("alembic_version", "schema_migrations"))
     finally:
         engine.dispose()
 
@@ -486,7 +467,7 @@ def _place_files(staging: Path, files_dir: Path, manifest: dict) -> int:
                 os.fsync(out.fileno())
             os.replace(tmp, dst)
         added += 1
-    _fsync_dir(files_dir)
+    fsync_dir(files_dir)
     return added
 
 
@@ -516,7 +497,7 @@ def _restore_sqlite(staged: Path, url: URL) -> None:
         with open(staged, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(staged, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return
     src = sqlite3.connect(staged)
     dst = sqlite3.connect(target, timeout=60)
@@ -560,10 +541,10 @@ def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) ->
         if not target.parent.is_dir():
             raise BackupError(f"The folder for the database {target} does not exist.", "Create it, or pass another --db.")
         base = target.parent
-        nonempty = _rows_in_sqlite(target) if target.exists() else 0
+        nonempty = _rows_in(url) if target.exists() else 0
     else:
         base = files_dir.parent if files_dir.parent.is_dir() else Path(tempfile.gettempdir())
-        nonempty = _rows_in_postgres(url)
+        nonempty = _rows_in(url)
     if nonempty and not force:
         raise BackupError(f"{_upper(database.describe_url(url))} is not empty ({nonempty} rows).",
                           "Restore into a new database, or add --force to replace it.")

@@ -12,20 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-    inspect,
-    text,
-)
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, inspect, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -347,6 +334,8 @@ def normalize_url(url: str) -> URL:
 
 
 def make_engine(url: str | URL) -> Engine:
+    from sqlalchemy import create_engine, event
+
     u = normalize_url(url) if isinstance(url, str) else url
     if u.get_backend_name() == "sqlite":
         engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": 30})

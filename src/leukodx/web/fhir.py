@@ -28,7 +28,6 @@ from leukodx.web import words
 from leukodx.web.cases.rules import counted_cells, is_signed_off, iso, unassessable_fields
 from leukodx.web.db import Case
 
-LOINC = "http://loinc.org"
 CLASS_SYSTEM = "urn:leukodx:smear-class"
 CELL_SYSTEM = "urn:leukodx:cell-class"
 # LOINC, as the differential panels list them (e.g. the value sets of the CIBMTR reporting IG, built from LOINC):
@@ -123,15 +122,12 @@ def diagnostic_report(case: Case, settings) -> dict:
         valueCodeableConcept=call, note=[{"text": n} for n in notes], **subject)
     blast = {"text": "Blasts/100 leukocytes in Blood" + ("" if verified else " (AI pre-classification, not verified)"),
              "coding": [BLASTS_MANUAL if verified else BLASTS_UNSPECIFIED]}
-    if cs["blast_percent"] is None:
-        obs_blast = _observation("blasts", count_status, blast, effective, dataAbsentReason={
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
-                        "display": "Not Performed"}], "text": "No cell has a class yet"},
-            method=method, note=[{"text": method_note}], **subject)
-    else:
-        obs_blast = _observation("blasts", count_status, blast, effective, valueQuantity={
-            "value": cs["blast_percent"], "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
-            method=method, note=[{"text": method_note}], **subject)
+    value = {"dataAbsentReason": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-performed",
+        "display": "Not Performed"}], "text": "No cell has a class yet"}} if cs["blast_percent"] is None else {
+        "valueQuantity": {"value": cs["blast_percent"], "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}}
+    obs_blast = _observation("blasts", count_status, blast, effective, **value, method=method,
+                             note=[{"text": method_note}], **subject)
     counted = cs["n_counted"]
     components = []
     for cls, n in cs["differential"].items():
@@ -169,15 +165,10 @@ def diagnostic_report(case: Case, settings) -> dict:
         identifiers.append({"type": {"coding": [{"system": ID_TYPES, "code": "ACSN", "display": "Accession ID"}]},
                             "system": settings.accession_system, "value": case.accession})
     report: dict = {
-        "resourceType": "DiagnosticReport",
-        "id": f"leukodx-case-{case.id}",
-        "identifier": identifiers,
-        "status": status,
-        "category": [{"coding": [HEMATOLOGY]}],
-        "code": {"text": "Peripheral blood smear review (AI-assisted)"},
-        **subject,
-        "performer": [{"display": settings.lab_name}],
-        "specimen": [{"reference": "#specimen"}],
+        "resourceType": "DiagnosticReport", "id": f"leukodx-case-{case.id}", "identifier": identifiers,
+        "status": status, "category": [{"coding": [HEMATOLOGY]}],
+        "code": {"text": "Peripheral blood smear review (AI-assisted)"}, **subject,
+        "performer": [{"display": settings.lab_name}], "specimen": [{"reference": "#specimen"}],
         "contained": [*([patient[0]] if patient else []), specimen, obs_call, obs_blast, obs_diff],
         "result": [{"reference": "#call"}, {"reference": "#blasts"}, {"reference": "#differential"}],
         "conclusion": words.call_words(label) if label else "No call: no field could be analysed.",

@@ -29,6 +29,15 @@ def _fsync_pool():
     return _FSYNC_POOL
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore:
     # `sweep` leaves files younger than this alone: 0 for one server on SQLite (nothing else writes while it
     # starts); `leukodx serve` on PostgreSQL sets it, since other processes or PCs may be storing files then
@@ -68,7 +77,7 @@ class FileStore:
                 fh.close()
                 Path(tmp).unlink(missing_ok=True)
             raise
-        self._sync_folder()
+        fsync_dir(self.root)
         return names
 
     @staticmethod
@@ -83,32 +92,9 @@ class FileStore:
         except OSError:
             return False
 
-    def _sync_folder(self) -> None:
-        dir_fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def put(self, data: bytes, ext: str, sync_folder: bool = True) -> str:
+    def put(self, data: bytes, ext: str) -> str:
         """Store `data`; returns its name `<sha256>.<ext>`. Storing the same bytes twice is a no-op."""
-        name = f"{hashlib.sha256(data).hexdigest()}.{ext}"
-        target = self.root / name
-        if self._already_there(target, len(data)):
-            return name
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        if sync_folder:
-            self._sync_folder()
-        return name
+        return self.put_all([(data, ext)])[0]
 
     def path(self, name: str) -> Path | None:
         """The path of a stored file, or None for a name that is not a stored file's name."""

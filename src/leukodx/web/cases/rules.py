@@ -42,17 +42,13 @@ class Locked(LeukodxError):
 
     status = 409
 
-    def __init__(self, problem: str, hint: str, api_hint: str = ""):
+    def __init__(self, problem: str, hint: str, api_hint: str):
         super().__init__(problem, hint)
-        self.api_hint = api_hint or hint
+        self.api_message = f"{problem.rstrip('.')}: {api_hint[:1].lower()}{api_hint[1:]}"
 
     @property
     def message(self) -> str:
         return f"{self.problem.rstrip('.')}: {self.hint[:1].lower()}{self.hint[1:]}"
-
-    @property
-    def api_message(self) -> str:
-        return f"{self.problem.rstrip('.')}: {self.api_hint[:1].lower()}{self.api_hint[1:]}"
 
 
 def iso(dt: datetime | None) -> str | None:
@@ -216,7 +212,7 @@ def duplicate_accession_warning(others: list[Case]) -> str:
 
 
 def decide(decision: str, label: str | None, ai_label: str | None, what: str, classes: Sequence[str],
-            allowed: Sequence[str] = CASE_DECISIONS) -> str | None:
+           allowed: Sequence[str] = CASE_DECISIONS) -> str | None:
     """The label a decision gives: the AI's (confirm), the reviewer's class (override), None (unassessable)."""
     if decision not in allowed:
         raise Invalid(f"Unknown decision {decision!r} for {what}.", f"Use {' or '.join(allowed)}.")

@@ -185,12 +185,12 @@ def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
         added = ", ".join(f"field {rules.field_number(case, f)}" + (f" ({f.display_name})" if f.display_name else "")
                           for f in new)
         changes = [rules.change("fields", f"{n_before} field{'s' if n_before != 1 else ''}",
-                          f"{len(case.fields)} fields (added {added})")]
+                                f"{len(case.fields)} fields (added {added})")]
         if unverified:
             changes.append(unverified)
         rules.add_amendment(case, actor, reason, rules.changes_words(changes), before,
-                      {"n_fields": len(case.fields), "added": [f.display_name for f in new],
-                       "differential": case.cell_summary.get("differential")}, changes)
+                            {"n_fields": len(case.fields), "added": [f.display_name for f in new],
+                             "differential": case.cell_summary.get("differential")}, changes)
         audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what="fields added")
     db.commit()
     return new, skipped
@@ -219,7 +219,7 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         if f is None:
             raise rules.NotFound(f"Case {case.id} has no field {fr['field_id']}.", "Reload the case page.")
         decided_fields.append((f, fr, rules.decide(fr["decision"], fr.get("label"), f.label,
-                                              f"field {rules.field_number(case, f)}", classes, rules.DECISIONS)))
+                                                   f"field {rules.field_number(case, f)}", classes, rules.DECISIONS)))
     case_label = None
     if case_review:
         case_label = rules.decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case", classes)
@@ -297,10 +297,10 @@ def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,
             cells_of[f.id] = {c["id"]: dict(c) for c in (f.cells or [])}
         if ch["id"] not in cells_of[f.id]:
             raise rules.NotFound(f"Field {rules.field_number(case, f)} has no cell {ch['id']}.",
-                           "Reload the case page to see its cells.")
+                                 "Reload the case page to see its cells.")
         if ch.get("label") is not None and ch["label"] not in cell_logic.REVIEW_LABELS:
             raise rules.Invalid(f"Unknown cell class {ch['label']!r}.",
-                          f"Use one of: {', '.join(cell_logic.REVIEW_LABELS)}, or null to undo.")
+                                f"Use one of: {', '.join(cell_logic.REVIEW_LABELS)}, or null to undo.")
     last = {(ch["field_id"], ch["id"]): ch.get("label") for ch in changes}  # the last word on a cell counts
     real = [(fid, cid, label) for (fid, cid), label in last.items() if cells_of[fid][cid].get("label") != label]
     if not real:
@@ -356,13 +356,13 @@ def verify_differential(db: Session, case: Case, actor: str, note: str = "",
     cs = cell_logic.cell_summary(rules.counted_cells(case.fields))
     if cs["n_cells"] == 0:
         raise rules.Invalid("This case has no counted leukocyte, so there is no differential to verify.",
-                      "Add fields with leukocytes, or sign off without a differential (it stays 'not verified').")
+                            "Add fields with leukocytes, or sign off without a differential (it stays 'not verified').")
     unclassified = cs["differential"].get(cell_logic.UNCLASSIFIED, 0) + cs["differential"].get(UNIDENTIFIED, 0)
     if unclassified:
         raise rules.Invalid(f"{unclassified} cell{'s' if unclassified != 1 else ''} of the counted fields "
-                      f"{'have' if unclassified != 1 else 'has'} no class yet (the AI left "
-                      f"{'them' if unclassified != 1 else 'it'} unidentified).",
-                      "Give each a class or exclude it in the cell gallery, then verify the differential.")
+                            f"{'have' if unclassified != 1 else 'has'} no class yet (the AI left "
+                            f"{'them' if unclassified != 1 else 'it'} unidentified).",
+                            "Give each a class or exclude it in the cell gallery, then verify the differential.")
     reason = rules.require_unlocked(case, amendment_reason, "verifying the differential")
     before_words = rules.verification_words(case)
     before = {"differential_verified": case.differential_verified, "by": case.differential_verified_by,
@@ -376,7 +376,7 @@ def verify_differential(db: Session, case: Case, actor: str, note: str = "",
     if reason:
         changes = [rules.change("differential", before_words, rules.verification_words(case))]
         rules.add_amendment(case, actor, reason, rules.changes_words(changes), before,
-                      {"differential_verified": True, "by": actor, "at": rules.iso(now)}, changes)
+                            {"differential_verified": True, "by": actor, "at": rules.iso(now)}, changes)
         audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=rules.changes_words(changes))
     case.updated_at = now
     db.commit()

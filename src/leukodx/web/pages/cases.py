@@ -31,10 +31,6 @@ def home():
     return RedirectResponse("/cases", status_code=303)
 
 
-def _status_of(exc: LeukodxError) -> int:
-    return getattr(exc, "status", 422)  # Locked 409, NotFound 404, Invalid 422 (web.cases.rules)
-
-
 def _list_page(request: Request, who, db, status_code: int = 200, q: str = "", status: str = "all",
                flagged: str = "", **form):
     flag = {"yes": True, "no": False}.get(flagged)
@@ -88,8 +84,8 @@ def new_case(
             return _list_page(request, who, db, 409, warning=warning,
                               duplicates=list({c.id: c for c in [*others, *same_acc]}.values()), **form)
         case = store.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token,
-                                      accession=accession, patient_id=patient_id,
-                                      differential_target=request.app.state.ctx.settings.differential_target)
+                                 accession=accession, patient_id=patient_id,
+                                 differential_target=request.app.state.ctx.settings.differential_target)
     except LeukodxError as exc:
         db.rollback()
         return _list_page(request, who, db, 422, error=exc.message, **form)
@@ -147,6 +143,15 @@ GALLERY_ORDER = (*cell_logic.REVIEW_LABELS,
 
 
 LOCKED_WHERE = "Type it in “Reason for the amendment” below, then save again."
+
+
+def _failed(request: Request, db, who, case_id: int, exc: LeukodxError, key: str, where: str | None = LOCKED_WHERE,
+            **page):
+    """The case page again after a change failed (rolled back): the error under `key` (for a lock, `where` says
+    where to type the reason), with its status (Locked 409, NotFound 404, Invalid 422: web.cases.rules)."""
+    db.rollback()
+    page[key] = f"{exc.message} {where}" if isinstance(exc, Locked) and where else exc.message
+    return case_page_response(request, db, who, case_id, getattr(exc, "status", 422), **page)
 
 
 def case_page_response(request: Request, db, who, case_id: int, status_code: int = 200, field_id: int | None = None,
@@ -242,13 +247,10 @@ def review_field(
             raise Invalid("No call was chosen for this field.",
                           "Choose a class, or 'Unassessable' if the image cannot be read, then save.")
         store.review(db, case, who.name, None, [item], amendment_reason,
-                          classes=request.app.state.ctx.service.classes)
+                     classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
-        db.rollback()
-        message = f"{exc.message} {LOCKED_WHERE}" if isinstance(exc, Locked) else exc.message
-        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id,
-                                  field_error=message,
-                                  form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
+        return _failed(request, db, who, case_id, exc, "field_error", field_id=field_id,
+                       form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
     nxt = _next_unreviewed(store.get_case(db, case_id, fresh=True), field_id)
     return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed#viewer", status_code=303)
 
@@ -259,8 +261,7 @@ def confirm_unflagged(request: Request, case_id: CaseId, who: FormUser, db: Db):
     try:
         n = store.confirm_unflagged(db, case, who.name)
     except LeukodxError as exc:
-        db.rollback()
-        return case_page_response(request, db, who, case_id, _status_of(exc), error=exc.message)
+        return _failed(request, db, who, case_id, exc, "error", where=None)
     return RedirectResponse(f"/cases/{case_id}?done=confirmed-{min(n, 9999)}#review", status_code=303)
 
 
@@ -279,11 +280,8 @@ def review_cell(
         store.review_case_cells(db, case, [{"field_id": field_id, "id": cell_id, "label": label or None}], who.name,
                                 amendment_reason)
     except LeukodxError as exc:
-        db.rollback()
-        message = f"{exc.message} Type it above the gallery, then save again." if isinstance(exc, Locked) \
-            else exc.message
-        return case_page_response(request, db, who, case_id, _status_of(exc), field_id=field_id, error=message,
-                                  form={"amendment_reason": amendment_reason})
+        return _failed(request, db, who, case_id, exc, "error", "Type it above the gallery, then save again.",
+                       field_id=field_id, form={"amendment_reason": amendment_reason})
     return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=cell-reviewed#cell-{field_id}-{cell_id}",
                             status_code=303)
 
@@ -308,11 +306,9 @@ def review_case(
             raise Invalid("There are warnings to read before sign-off (listed above the sign-off button).",
                           "Deal with them, or tick 'I have seen these warnings' and sign off again.")
         store.review(db, case, who.name, {"decision": decision, "label": label or None, "note": note}, [],
-                          amendment_reason, classes=request.app.state.ctx.service.classes)
+                     amendment_reason, classes=request.app.state.ctx.service.classes)
     except LeukodxError as exc:
-        db.rollback()
-        message = f"{exc.message} {LOCKED_WHERE}" if isinstance(exc, Locked) else exc.message
-        return case_page_response(request, db, who, case_id, _status_of(exc), case_error=message, form=form)
+        return _failed(request, db, who, case_id, exc, "case_error", form=form)
     return RedirectResponse(f"/cases/{case_id}?done=case-reviewed#review", status_code=303)
 
 

@@ -19,8 +19,8 @@ Sampling is the loader's: a `WeightedRandomSampler` with a fixed number of sampl
 Features: AdamW/Adam; cosine (with linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then
 annealed over the epochs or the time limit, whichever ends first) schedule; early stopping (`cfg.patience`);
 a time limit (`cfg.time_limit_s`: no epoch is started that would end past it; with "cosine_time" an epoch also
-stops once it is spent); a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler, scaler, epoch, RNG states)
-that `cfg.resume` continues; the best weights kept (RUN/checkpoints/best.pt); mixed precision on CUDA only
+stops once it is spent); a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler,
+scaler, epoch, RNG states) that `cfg.resume` continues; the best weights kept (RUN/checkpoints/best.pt); mixed precision on CUDA only
 (bf16, or fp16 with a gradient scaler); DistributedDataParallel under torchrun (only rank 0 writes or prints);
 a non-finite loss stops training with a clear error and keeps the last good checkpoint; Ctrl-C saves a
 checkpoint that `--resume` continues.
@@ -242,8 +242,6 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=self.mode, factor=0.5,
                                                               patience=max(1, cfg.patience // 3 if cfg.patience else 2))
         if cfg.schedule == "cosine_time":
-            total = max(1, cfg.epochs * self.steps_per_epoch)
-
             def annealed(step: int) -> float:
                 return min(1.0, (step + 1) / max(1, cfg.warmup_steps)) * 0.5 * (1 + math.cos(math.pi * self.progress(step)))
 

@@ -445,3 +445,40 @@ def test_cli_rejects_an_image_size_the_backbone_cannot_take(smears, tmp_path):
     code, msg = _cli(["train", "classify", "--data", str(smears), "--out", str(tmp_path / "a"),
                       "--arch", "inception_resnet_v2", "--image-size", "64"])
     assert code == 2 and "64x64" in msg and "75" in msg
+
+
+def test_engine_takes_several_targets_a_prepare_hook_and_a_validation_of_its_own(tmp_path):
+    """The cell models' needs: a masked loss over two targets, a batch transform on the device, a validation per
+    source and a time-annealed learning rate; the best epoch's weights are kept and `on_best` sees each one."""
+    from leukodx.training.engine import Trainer
+
+    x = torch.randn(32, 3, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    mask = torch.ones(32, 2, dtype=torch.bool)
+    mask[::4] = False  # every fourth item teaches nothing
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, mask), batch_size=8)
+    seen: dict = {"prepared": 0, "best": []}
+
+    def prepare(batch, training):
+        seen["prepared"] += 1
+        xb, yb, mb = batch
+        return xb * 2, yb, mb
+
+    def masked_ce(out, yb, mb):
+        keep = mb.all(1)
+        return torch.nn.functional.cross_entropy(out[keep], yb[keep]) if keep.any() else out.sum() * 0
+
+    def validate_fn(tr):
+        outs, ys, ms = tr.predict(loader)
+        acc = float((outs.argmax(1) == ys).float().mean())
+        return float(masked_ce(outs, ys, ms)), acc, {"per_source": {"toy": acc}}
+
+    cfg = _toy_cfg(epochs=3, schedule="cosine_time", warmup_steps=2, time_limit_s=3600.0)
+    t = Trainer(_toy_model(), masked_ce, loader, None, cfg, tmp_path, validate_fn=validate_fn, checkpoints=False,
+                prepare=prepare, on_best=lambda tr: seen["best"].append(tr.best_epoch))
+    hist = t.fit()
+    assert len(hist) == 3 and all(h["per_source"]["toy"] == h["val_accuracy"] for h in hist)
+    assert seen["prepared"] == 3 * 4 * 2  # every training and validation batch, each epoch
+    assert seen["best"] == [h["epoch"] for h in hist if h["best"]] and t.best_epoch == seen["best"][-1]
+    assert hist[0]["lr"] > hist[-1]["lr"] and hist[-1]["lr"] < 0.05 * 0.1  # annealed to near 0 over the steps
+    assert all(h["first_batches_loss"] is not None and h["samples_per_second"] > 0 for h in hist)

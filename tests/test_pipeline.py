@@ -13,14 +13,29 @@ from leukodx.data.synthetic import synthetic_field
 
 
 @pytest.fixture(scope="module")
-def analysis(tmp_path_factory):
-    from leukodx.inference.pipeline import load_analyzer
-
+def tiny_dirs(tmp_path_factory):
     train = [synthetic_field(c, 224, seed=s)[0] for c in ("Benign", "Early", "Pre", "Pro") for s in range(24)]
-    cdir, sdir = make_tiny_models(tmp_path_factory.mktemp("models"), ood_images=train)
+    return make_tiny_models(tmp_path_factory.mktemp("models"), ood_images=train)
+
+
+@pytest.fixture(scope="module")
+def analysis(tiny_dirs):
+    from leukodx.inference.pipeline import load_analyzer
     from leukodx.models.eager import load_eager
 
-    return load_analyzer(cdir, sdir, engine="torch", threads=1, eager=load_eager)
+    return load_analyzer(*tiny_dirs, engine="torch", threads=1, eager=load_eager)
+
+
+@pytest.fixture(scope="module")
+def analysis_cells(tiny_dirs):
+    """The tiny classifier beside the bundled segmenter: a field call rests on the leukocytes found (issue 28),
+    which the bundled segmenter finds on synthetic fields and a random one does not (the tiny classifier runs in
+    PyTorch: it has no model.onnx)."""
+    from leukodx.assets import default_model_dir
+    from leukodx.inference.pipeline import load_analyzer
+    from leukodx.models.eager import load_eager
+
+    return load_analyzer(tiny_dirs[0], default_model_dir("segment"), engine="onnx", threads=1, eager=load_eager)
 
 
 def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
@@ -40,7 +55,8 @@ def test_no_smear_field_gets_no_class_call_a_thumbnail_keeps_its_flagged_call(an
     assert r.size_note.startswith("used as is (64x64)")  # a 64-px thumbnail: its scale is unknown
 
 
-def test_result_fields_filled(analysis):
+def test_result_fields_filled(analysis_cells):
+    analysis = analysis_cells
     img, _ = synthetic_field("Pre", 224, seed=100)
     r = analysis.analyze(img, name="f.png")
     assert r.path == "f.png" and r.label in analysis.classes
@@ -71,7 +87,8 @@ def test_temperature_is_applied(analysis):
 
 
 @pytest.mark.parametrize("shape", [(700, 1000), (1000, 700), (100, 100), (300, 120)])
-def test_any_size(analysis, shape):
+def test_any_size(analysis_cells, shape):
+    analysis = analysis_cells
     img = np.asarray(Image.fromarray(synthetic_field("Benign", 224, seed=1)[0]).resize(shape[::-1]))
     r = analysis.analyze(img, heatmap=True)
     assert r.mask.shape == shape and r.instances.shape == shape and r.heatmap.shape == shape
@@ -118,7 +135,8 @@ def test_batch_equals_single(analysis):
         assert one.cell_count == m.cell_count
 
 
-def test_flags(analysis):
+def test_flags(analysis_cells):
+    analysis = analysis_cells
     from leukodx.inference.pipeline import Analysis
 
     # a field nothing like the training smears: out_of_distribution, with a reason
@@ -189,3 +207,21 @@ def test_calibrate_command(tmp_path, synthetic_data):
     assert 0.5 <= cfg["thresholds"]["low_confidence"] <= 1
     assert cfg["ood"]["image_stats"]["version"] >= 2 and cfg["ood"]["features"]["dim"] > 0
     assert cfg["calibration"]["previous"]["temperature"] == 1.5
+
+
+@pytest.mark.parametrize("kind", ["login", "app_page", "text", "blank", "gradient", "noise", "natural"])
+def test_non_smear_images_get_no_call_and_no_cells(analysis, kind):
+    """Screenshots, documents, blank images, gradients, noise and photographs: no class call and no cells, with
+    or without a lab's scale (issue 28 keeps this while crops and few-red-cell fields are analysed)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("non_smear", Path(__file__).parents[1] / "benchmarks" / "non_smear.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for i in range(3):
+        img = bench.GENERATED[kind](1000 * bench.KINDS.index(kind) + i)
+        for um in (None, 0.1):
+            r = analysis.analyze(img, um_per_px=um)
+            assert r.label is None and not r.cells and r.cell_count == 0 and r.flag == "out_of_distribution"
+            assert r.no_call_reason and r.no_call_reason in r.flag_reason, (kind, i, r.no_call_reason)

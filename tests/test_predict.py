@@ -18,7 +18,10 @@ CONTRACT = ["path", "label", "confidence", "malignant_probability", "cell_count"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return make_tiny_models(tmp_path_factory.mktemp("models"))
+    """A tiny classifier and the bundled segmenter (a field call rests on the leukocytes it finds, issue 28)."""
+    from leukodx.assets import default_model_dir
+
+    return make_tiny_models(tmp_path_factory.mktemp("models"))[0], default_model_dir("segment")
 
 
 @pytest.fixture()
@@ -47,7 +50,7 @@ def test_predict_junk_folder(models, junk_folder, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(junk_folder), "--out", str(out), "--classifier", str(cdir), "--segmenter",
-              str(sdir), "--engine", "torch", "--workers", "2", "--batch-size", "2"])
+              str(sdir), "--engine", "onnx", "--workers", "2", "--batch-size", "2"])
     assert exc.value.code in (0, None)
     with open(out / "predictions.csv", newline="") as fh:
         reader = csv.DictReader(fh)
@@ -90,7 +93,7 @@ def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):
 
     cdir, sdir = models
     res = run_predict([str(junk_folder / "[ab]" / "*.jpg")], tmp_path / "o2", classifier_dir=cdir,
-                      segmenter_dir=sdir, heatmap=False, engine="torch", workers=1, batch_size=4, eager=load_eager)
+                      segmenter_dir=sdir, heatmap=False, engine="onnx", workers=1, batch_size=4, eager=load_eager)
     assert res["n_fields"] == 2
     assert not (tmp_path / "o2" / "heatmaps").exists()  # no heat maps asked for: no folder, no files
     rows = list(csv.DictReader(open(tmp_path / "o2" / "predictions.csv")))
@@ -163,3 +166,22 @@ def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(t
         why = cells_disagree(f["label"], cells, cfg.case_rule.benign, cfg.cell_agreement)
         assert f["flag"] == ("low_confidence" if why else "ok") and (not why or f["flag_reason"] == why), (i, why)
     assert res["n_fields"] == 8 and res["case"]["flags"].get(ood) == 3
+
+
+def test_predict_um_per_px_wins_and_a_bad_one_is_refused_in_one_line(models, tmp_path):
+    from clitools import run_cli
+    from leukodx.inference.predict import run_predict
+    from leukodx.models.eager import load_eager
+
+    Image.fromarray(synthetic_field("Pre", 224, seed=5)[0]).save(tmp_path / "field.png")
+    for bad in ("abc", "0", "-1", "12"):
+        code, msg = run_cli(["predict", str(tmp_path / "field.png"), "--out", str(tmp_path / "bad"),
+                             "--um-per-px", bad])
+        assert code != 0 and "micrometres per image pixel" in msg and len(msg.strip().splitlines()) == 1, msg
+        assert not (tmp_path / "bad").exists()  # refused before any work
+    cdir, sdir = models
+    run_predict([str(tmp_path / "field.png")], tmp_path / "o", classifier_dir=cdir, segmenter_dir=sdir,
+                heatmap=False, overlays=False, workers=1, eager=load_eager, um_per_px=0.3)
+    row = next(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
+    assert row["scale_source"] == "given by the lab" and float(row["um_per_px"]) == pytest.approx(0.3)
+    assert json.loads((tmp_path / "o" / "predictions.json").read_text())["um_per_px"] == 0.3

@@ -171,3 +171,57 @@ def test_real_fields_pass_and_their_greyscale_copies_do_not(bench):
         res = check_smear(shifted)
         assert res.usable, (p.name, res.kind, res.features)
         assert not check_smear(bench.greyscale(rgb, 0)).usable
+
+
+def _cell_crop(seed: int, zoom: float = 3.0, side: int = 160) -> tuple[np.ndarray, np.ndarray, float]:
+    """A single-cell crop: a synthetic field magnified `zoom` times and cut to `side` px around its first leukocyte,
+    the red cells around it cut by the edges and too large for the red-cell search. (crop, its leukocyte labels,
+    the red cells' true diameter in the crop's pixels)."""
+    from scipy import ndimage as ndi
+
+    from leukodx.data.synthetic import synthetic_instances
+
+    rgb, labels = synthetic_instances("Pre", 224, seed=seed)
+    big = _resize(rgb, zoom)
+    big_labels = np.asarray(Image.fromarray(labels).resize(big.shape[1::-1], Image.NEAREST))
+    cy, cx = ndi.center_of_mass(big_labels == 1)
+    y0 = int(np.clip(cy - side / 2, 0, big.shape[0] - side))
+    x0 = int(np.clip(cx - side / 2, 0, big.shape[1] - side))
+    return big[y0:y0 + side, x0:x0 + side], big_labels[y0:y0 + side, x0:x0 + side], 19.0 * zoom
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_single_cell_crop_with_cut_red_cells_is_a_smear_with_an_estimated_scale(seed):
+    crop, _, rbc_true = _cell_crop(seed)
+    d, conf = estimate_rbc_diameter(crop)
+    assert d is None or conf < 0.55  # its red cells cannot be measured: refused as "no cells" before issue 28
+    res = check_smear(crop)
+    assert res.usable and res.scale.known and res.scale.source.startswith("estimated from"), (res.kind, res.features)
+    assert 0.5 < res.scale.diameter_px / rbc_true < 2.0  # the estimate is near the red cells' true size
+
+
+def test_the_lab_scale_wins_over_every_estimate(bench):
+    from leukodx.inference.scale import GIVEN, MEASURED
+
+    crop = _cell_crop(0)[0]
+    res = check_smear(crop, um_per_px=0.05)
+    assert res.usable and res.scale.source == GIVEN and res.scale.um_per_px == pytest.approx(0.05)
+    rgb = synthetic_field("Pre", 224, seed=5)[0]
+    assert check_smear(rgb).scale.source == MEASURED
+    given = check_smear(rgb, um_per_px=0.3).scale
+    assert given.known and given.source == GIVEN and given.um_per_px == pytest.approx(0.3)
+    assert given.factor == pytest.approx(TRAINING_RBC_DIAMETER_224 / (7.5 / 0.3), rel=1e-3)
+    # a lab's scale does not make a picture a smear
+    for kind in ("natural", "noise", "text"):
+        assert not check_smear(bench.GENERATED[kind](1000 * bench.KINDS.index(kind)), um_per_px=0.1).usable
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "abc", "", "nan", "inf", "7", "0.001"])
+def test_a_bad_lab_scale_is_refused_in_one_line(bad):
+    from leukodx.errors import LeukodxError
+    from leukodx.inference.scale import check_um_per_px
+
+    with pytest.raises(LeukodxError) as err:
+        check_um_per_px(bad)
+    assert "\n" not in err.value.message and "micrometres per image pixel" in err.value.message
+    assert check_um_per_px(" 0.1 ") == pytest.approx(0.1)

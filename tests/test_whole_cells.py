@@ -4,6 +4,7 @@ leukocyte, and `predict --save-masks` (issue 20)."""
 from __future__ import annotations
 
 import csv
+import io
 
 import numpy as np
 import pytest
@@ -70,3 +71,75 @@ def test_predict_save_masks(tmp_path):
     assert cells.dtype == np.uint16 and cells.shape == rgb.shape[:2]
     assert len(np.unique(cells[cells > 0])) == int(row["cell_count"]) > 0
     assert set(np.unique(nucleus)) <= {0, 255} and (nucleus[cells == 0] == 0).all()
+
+
+def test_a_field_without_leukocytes_gets_no_call_and_is_left_out_of_the_case_call(analysis):
+    """A field call rests on cells (issue 28): no leukocyte found, no class call, no error flag for it."""
+    from leukodx.inference.pipeline import NO_LEUKOCYTE
+
+    rgb, labels = synthetic_instances("Early", 224, seed=1)
+    empty = analysis.analyze(_without_leukocytes(rgb, labels), heatmap=True)
+    assert empty.cell_count == 0 and empty.label is None and empty.no_call_reason == NO_LEUKOCYTE
+    assert empty.flag in ("ok", "out_of_distribution") and empty.heatmap is None and empty.probabilities
+    called = analysis.analyze(synthetic_instances("Pro", 224, seed=3)[0])
+    assert called.cell_count > 0 and called.label is not None and not called.no_call_reason
+    case = analysis.summarize([empty, called])
+    assert case.n_fields == 2 and case.n_analysed == 1 and case.total_cell_count == called.cell_count
+    assert case.mean_probabilities == pytest.approx(called.probabilities, abs=1e-6)
+    assert analysis.summarize([empty]).reasons == ["no leukocyte found in any field"]
+
+
+def test_a_single_cell_crop_is_analysed_and_its_cell_outlined(analysis):
+    """A crop that one leukocyte fills, its red cells cut by the edges (none measurable): analysed at an estimated
+    scale, the leukocyte outlined (one detected centre on it), typed and counted."""
+    from test_smear_check import _cell_crop
+
+    for seed in (0, 1):
+        crop, labels, _ = _cell_crop(seed)
+        r = analysis.analyze(crop)
+        assert r.scale_source.startswith("estimated from") and r.scale_factor is not None, r.size_note
+        assert f"(scale {r.scale_source})" in r.size_note
+        assert r.label is not None and r.cell_count >= 1, (seed, r.flag_reason, r.no_call_reason)
+        on_cell = [c for c in r.cells if labels[int(round(c.centroid[0])), int(round(c.centroid[1]))] == 1]
+        assert len(on_cell) == 1 and on_cell[0].ai_label is not None, [c.centroid for c in r.cells]
+
+
+def test_the_lab_scale_wins_through_the_analysis(analysis):
+    from test_smear_check import _cell_crop
+
+    crop = _cell_crop(0)[0]
+    r = analysis.analyze(crop, um_per_px=0.06)
+    assert r.scale_source == "given by the lab" and r.um_per_px == pytest.approx(0.06)
+    assert "(scale given by the lab)" in r.size_note
+    assert analysis.analyze(crop).scale_source != "given by the lab"
+
+
+def test_masks_overlay_and_predictions_json_describe_the_same_cells(tmp_path):
+    """`predict --save-masks`, the overlay and predictions.json: the same cells, each with touches_border and
+    nc_ratio (issue 28)."""
+    import json
+
+    from leukodx.cli import main
+    from leukodx.inference.pipeline import load_analyzer
+    from leukodx.inference.render import overlay_png
+
+    rgb, _ = synthetic_instances("Pro", 224, seed=3)
+    Image.fromarray(rgb).save(tmp_path / "field.png")
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", str(tmp_path / "field.png"), "--out", str(tmp_path / "out"), "--save-masks", "--no-heatmap"])
+    assert exc.value.code in (0, None)
+    row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    field = json.loads((tmp_path / "out" / "predictions.json").read_text())["fields"][0]
+    cells = np.asarray(Image.open(tmp_path / "out" / row["cell_mask"])).astype(np.int64)
+    assert field["cells"] and sorted(c["id"] for c in field["cells"]) == sorted(np.unique(cells[cells > 0]))
+    for c in field["cells"]:
+        ys, xs = np.nonzero(cells == c["id"])
+        assert c["area_px"] == len(ys) and c["bbox"] == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+        assert isinstance(c["touches_border"], bool) and c["touches_border"] == (
+            ys.min() == 0 or xs.min() == 0 or ys.max() + 1 == cells.shape[0] or xs.max() + 1 == cells.shape[1])
+        assert c["nc_ratio"] == pytest.approx(c["nucleus_area_px"] / c["area_px"], abs=1e-3)
+    # the overlay is drawn from the same analysis: the same field gives the same cells and the same picture
+    r = load_analyzer(threads=1).analyze(rgb)
+    assert [c.id for c in r.cells] == [c["id"] for c in field["cells"]]
+    overlay = Image.open(tmp_path / "out" / row["overlay"])
+    assert np.array_equal(np.asarray(overlay), np.asarray(Image.open(io.BytesIO(overlay_png(rgb, r)))))

@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
         overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write overlay PNGs."),
         save_masks: bool = typer.Option(False, "--save-masks", help="Also write DIR/masks/<field>_cells.png (16-bit "
                                         "instance labels, 0 = background) and <field>_nucleus.png (0/255)."),
+        um_per_px: str = typer.Option(None, "--um-per-px", help="The camera's calibration, micrometres per image "
+                                      "pixel: used instead of the scale estimated from each image."),
     ) -> None:
         """Analyse smear fields: class, calibrated confidence, malignant probability, cells counted, flag.
 
@@ -31,11 +33,14 @@ def register(app: typer.Typer) -> None:
         extra columns), DIR/predictions.json (every field + the case summary), overlay and heat-map PNGs.
         An unreadable file becomes a row with flag `unreadable`; the batch goes on."""
         from leukodx.inference.predict import run_predict
+        from leukodx.inference.scale import check_um_per_px
         from leukodx.models.eager import load_eager
 
+        um = None if um_per_px is None else check_um_per_px(um_per_px)  # a bad value: one line, before any work
         res = run_predict(paths, out, classifier_dir=classifier, segmenter_dir=segmenter, heatmap=heatmap,
                           workers=workers, engine=engine, batch_size=batch_size, threads=threads,
-                          overlays=overlays, console=console, eager=load_eager, save_masks=save_masks)
+                          overlays=overlays, console=console, eager=load_eager, save_masks=save_masks,
+                          um_per_px=um)
         case = res["case"]
         flags = ", ".join(f"{n} {f}" for f, n in case["flags"].items() if n)
         console.print(f"[green]{res['n_fields']} field(s)[/] -> {res['csv']} ({flags})")

@@ -19,7 +19,8 @@ segment (one engine per model, leukodx.inference.engines) -> cells, at the train
 **Flags** (one per field, the first that applies): ``unreadable`` (the image could not be read; the reason is
 kept and a batch goes on), ``out_of_distribution`` (not a usable smear field, or unlike anything the
 classifier was trained on, see leukodx.inference.ood), ``low_confidence`` (calibrated confidence below the
-model's ``thresholds.low_confidence``), else ``ok``.
+model's ``thresholds.low_confidence``), else ``ok``. A field call rests on cells: a smear field in which no
+leukocyte is found gets no class call (``no_call_reason``; a low_confidence flag about the call goes with it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE
 from leukodx.inference.engines import softmax
+from leukodx.inference.scale import MEASURED
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.stain import normalize
 from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
 
 # smear-check kinds that get no class call: not a smear field (a thumbnail too small to judge keeps its call, flagged)
 NOT_A_SMEAR = ("blank", "greyscale", "screenshot", "no_cells")
+# a field call rests on cells: a smear field in which no leukocyte is found gets no call, and no flag for it
+NO_LEUKOCYTE = "No leukocyte found in this field: no class call, and the field is left out of the case call."
 
 __all__ = ["Analysis", "ClassifierStage", "SegmenterStage", "load_analyzer"]
 
@@ -297,13 +301,16 @@ class Analysis:
         return out
 
     # -- public API -------------------------------------------------------------------------------------------
-    def analyze(self, image: ImageInput, *, name: str | None = None, heatmap: bool = False) -> FieldResult:
+    def analyze(self, image: ImageInput, *, name: str | None = None, heatmap: bool = False,
+                um_per_px: float | None = None) -> FieldResult:
         """Analyse one field (bytes of an upload, a path or an array). Never raises for a bad image: the result
-        then has flag `unreadable` and the reason."""
-        return self.analyze_many([image], names=[name], heatmap=heatmap, batch_size=1)[0]
+        then has flag `unreadable` and the reason. `um_per_px`: the lab's calibration, used instead of any
+        estimate of the scale (check it with leukodx.inference.scale.check_um_per_px)."""
+        return self.analyze_many([image], names=[name], heatmap=heatmap, batch_size=1, um_per_px=um_per_px)[0]
 
     def analyze_many(self, images: Iterable[ImageInput], *, names: Sequence[str | None] | None = None,
-                     batch_size: int = 16, heatmap: bool = False, keep_images: bool = False) -> list[FieldResult]:
+                     batch_size: int = 16, heatmap: bool = False, keep_images: bool = False,
+                     um_per_px: float | None = None) -> list[FieldResult]:
         """Analyse many fields, `batch_size` at a time through each model (faster than one by one). Each image is
         read and validated here, once; `keep_images` keeps the field as read in `FieldResult.image` (for
         overlays)."""
@@ -312,7 +319,7 @@ class Analysis:
         out: list[FieldResult] = []
         step = max(1, batch_size)
         for i in range(0, len(images), step):
-            out += self._analyze_chunk(images[i:i + step], names[i:i + step], heatmap, keep_images)
+            out += self._analyze_chunk(images[i:i + step], names[i:i + step], heatmap, keep_images, um_per_px)
         return out
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:
@@ -323,7 +330,7 @@ class Analysis:
         return summarize_case(results, self.classes, self.low_confidence, rule)
 
     # -- the steps --------------------------------------------------------------------------------------------
-    def _read(self, image: ImageInput, name: str | None) -> FieldResult | _Field:
+    def _read(self, image: ImageInput, name: str | None, um_per_px: float | None = None) -> FieldResult | _Field:
         label = name or (str(image) if isinstance(image, str | Path) else None)
         t0 = time.perf_counter()
         try:
@@ -340,7 +347,7 @@ class Analysis:
         r = FieldResult(path=label, label=None)
         r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()
-        prep, smear = prepare_field(rgb, self.scale_rule)
+        prep, smear = prepare_field(rgb, self.scale_rule, um_per_px)
         if self.stain is not None:  # a lab's stain mapped onto the training fields' (leukodx adapt)
             prep.work = normalize(prep.work, self.stain)
         sc = smear.scale
@@ -349,15 +356,19 @@ class Analysis:
             r.rbc_confidence = round(float(sc.confidence), 3)
             r.scale_factor = round(prep.factor, 5) if sc.known else None
             r.um_per_px = None if sc.um_per_px is None else round(sc.um_per_px, 5)
+            r.scale_source = sc.source if sc.known else ""
         sizes = [s.size for s in (self.classifier, self.segmenter) if s is not None]
         r.size_note = tiling.size_note(prep, *sizes[:2])
         if not prep.known:
             r.size_note += " (scale unknown: the field was used at its own size)"
+        elif r.scale_source and r.scale_source != MEASURED:
+            r.size_note += f" (scale {r.scale_source})"
         r.timings_ms["scale"] = (time.perf_counter() - t1) * 1000
         return _Field(result=r, original=rgb, prep=prep, smear=smear)
 
-    def _analyze_chunk(self, images, names, heatmap: bool, keep_images: bool = False) -> list[FieldResult]:
-        read = [self._read(image, name) for image, name in zip(images, names, strict=True)]
+    def _analyze_chunk(self, images, names, heatmap: bool, keep_images: bool = False,
+                       um_per_px: float | None = None) -> list[FieldResult]:
+        read = [self._read(image, name, um_per_px) for image, name in zip(images, names, strict=True)]
         if keep_images:
             for f in read:
                 if isinstance(f, _Field):
@@ -408,6 +419,7 @@ class Analysis:
                 if f.smear.kind in NOT_A_SMEAR and f.smear.features.get("rbc_checked", True):
                     # no smear field (an image big enough to judge): no class call and no cells, only the flag
                     r.label, r.confidence, r.malignant_probability = None, 0.0, 0.0
+                    r.no_call_reason = f.smear.reason
                     r.cells, r.cell_count, r.nucleus_mask = [], 0, None
                     r.mask = np.zeros(f.original.shape[:2], bool)
                     r.instances = np.zeros(f.original.shape[:2], np.int32)
@@ -420,6 +432,11 @@ class Analysis:
                 r.flag, r.flag_reason = "low_confidence", disagree
             else:
                 r.flag, r.flag_reason = "ok", ""
+            if r.label is not None and self.segmenter is not None and r.cell_count == 0:
+                r.label, r.confidence, r.malignant_probability = None, 0.0, 0.0
+                r.no_call_reason = NO_LEUKOCYTE
+                if r.flag == "low_confidence":  # about a call there no longer is
+                    r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
 
     def _cells_disagree(self, r: FieldResult) -> str:
@@ -468,9 +485,11 @@ def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[s
     return ""
 
 
-def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None) -> tuple[tiling.Prepared, SmearCheck]:
-    """The smear check of a field (with its red-cell scale) and the field resampled to the training scale."""
-    smear = check_smear(rgb, rule)
+def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float | None = None
+                  ) -> tuple[tiling.Prepared, SmearCheck]:
+    """The smear check of a field (with its red-cell scale, or the lab's `um_per_px`) and the field resampled to
+    the training scale."""
+    smear = check_smear(rgb, rule, um_per_px)
     factor = smear.scale.factor if smear.scale is not None and smear.scale.known else None
     return tiling.prepare(rgb, factor, (rule or ScaleRule()).window), smear
 

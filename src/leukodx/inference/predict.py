@@ -91,16 +91,18 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
 
 def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segmenter_dir=None, heatmap: bool = True,
                 workers: int = 2, engine: str = "onnx", batch_size: int = 16, threads: int | None = None,
-                overlays: bool = True, console=None, eager=None, save_masks: bool = False) -> dict:
+                overlays: bool = True, console=None, eager=None, save_masks: bool = False,
+                um_per_px: float | None = None) -> dict:
     """Analyse `paths` (files, folders, globs) and write predictions.csv, predictions.json, overlays and heat maps
     to `out`. `eager`: PyTorch for model directories without model.onnx (leukodx.models.eager.load_eager).
     `save_masks`: also masks/<stem>_cells.png (16-bit instance labels, 0 = background, k = cell id k) and
-    masks/<stem>_nucleus.png (0/255, with a two-output segmenter), in the field's own pixels."""
+    masks/<stem>_nucleus.png (0/255, with a two-output segmenter), in the field's own pixels. `um_per_px`: the
+    lab's calibration for every field (replaces the estimated scale; leukodx.inference.scale.check_um_per_px)."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from leukodx.inference.pipeline import load_analyzer
+    from leukodx.inference.pipeline import NO_LEUKOCYTE, load_analyzer
     from leukodx.inference.render import heatmap_png, overlay_png
     from leukodx.inference.types import FieldResult
 
@@ -121,7 +123,8 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
     classes = analysis.classes
     columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score", "cell_mask",
                                         "nucleus_mask"] + [
-        f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px"]
+        f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px", "scale_source",
+                                         "no_call_reason"]
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     results: list[dict] = []
     all_results: list[FieldResult] = []
@@ -154,7 +157,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         for i in range(0, len(files), chunk_size):
             chunk = files[i:i + chunk_size]
             analysed = analysis.analyze_many(chunk, names=chunk, batch_size=batch_size, heatmap=heatmap,
-                                             keep_images=True)
+                                             keep_images=True, um_per_px=um_per_px)
             rows_futs: list[tuple[FieldResult, Future[dict[str, str]] | None]] = []
             for p, r in zip(chunk, analysed, strict=True):
                 rgb, r.image = r.image, None
@@ -166,7 +169,10 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                                           "size_note": r.size_note, **saved,
                                           "rbc_diameter_px": "" if r.rbc_diameter_px is None else r.rbc_diameter_px,
                                           "scale_factor": "" if r.scale_factor is None else r.scale_factor,
-                                          "um_per_px": "" if r.um_per_px is None else r.um_per_px}
+                                          "um_per_px": "" if r.um_per_px is None else r.um_per_px,
+                                          "scale_source": r.scale_source, "no_call_reason": r.no_call_reason}
+                if r.no_call_reason == NO_LEUKOCYTE:
+                    row["cell_count"] = r.cell_count  # 0 leukocytes (cells called no leukocyte may be outlined)
                 if r.label is not None:
                     row.update({"label": r.label, "confidence": f"{r.confidence:.4f}",
                                 "malignant_probability": f"{r.malignant_probability:.4f}",
@@ -183,7 +189,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                 progress.update(task, advance=1, last=Path(r.path or "").name[:40])
             fh.flush()
     case = asdict(analysis.summarize(all_results))
-    doc = {"n_fields": len(files), "seconds": round(time.perf_counter() - t_start, 2),
+    doc = {"n_fields": len(files), "seconds": round(time.perf_counter() - t_start, 2), "um_per_px": um_per_px,
            "models": analysis.describe(), "case": case, "fields": results, "skipped": skipped,
            "columns": columns}
     tmp = json_path.with_name(json_path.name + ".tmp")

@@ -162,8 +162,10 @@ def _peak(radii: np.ndarray, ratio: np.ndarray) -> tuple[float, float, int]:
     return float(radii[k]), float(ratio[k]), k
 
 
-def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[float | None, float]:
-    """(typical red-cell diameter in the image's own pixels, or None; confidence 0..1) for an HxWx3 image."""
+def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE, min_confidence: float = 0.0
+                          ) -> tuple[float | None, float]:
+    """(typical red-cell diameter in the image's own pixels, or None; confidence 0..1) for an HxWx3 image.
+    The diameter is given from a peak ratio of MIN_PEAK_RATIO on, or from `min_confidence` where that is lower."""
     grey, f = _grey_work(rgb, work_side)
     h, w = grey.shape
     vot = _voters(grey)
@@ -182,7 +184,7 @@ def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[
     peak = max(peak, float(ratio[k]))
     at_edge = k == 0 or k == len(radii) - 1
     conf = float(np.clip((peak - 1.0) / (FULL_CONFIDENCE_RATIO - 1.0), 0.0, 1.0))
-    if at_edge or peak < MIN_PEAK_RATIO:
+    if at_edge or (peak < MIN_PEAK_RATIO and not 0 < min_confidence <= conf):
         return None, conf if not at_edge else min(conf, 0.2)
     return float(2 * r_best * f), conf
 
@@ -193,6 +195,26 @@ def estimate_rbc_diameter(rgb: np.ndarray, work_side: int = WORK_SIDE) -> tuple[
 REFERENCE_RBC_UM = 7.5  # a normal red cell's diameter in micrometres: the ruler every smear carries
 MIN_SCALE_CONFIDENCE = 0.55  # below this the red-cell estimate is not trusted (the smear check's no_cells rule)
 FALLBACK_SIDE = 224  # the training fields' side: a field of unknown scale is resized so its short side is this
+MEASURED = "measured red cells"  # FieldScale.source; the others: "estimated from ...", GIVEN
+GIVEN = "given by the lab"
+UM_PER_PX_RANGE = (0.02, 5.0)  # a camera calibration outside this is a typing error, not a microscope
+
+
+def check_um_per_px(value: object) -> float:
+    """A lab's calibration in micrometres per image pixel (`predict --um-per-px`, the web setting), checked: a
+    number within UM_PER_PX_RANGE, else a LeukodxError that says what to give."""
+    from leukodx.errors import LeukodxError
+
+    try:
+        um = float(str(value).strip())
+    except ValueError:
+        um = float("nan")
+    lo, hi = UM_PER_PX_RANGE
+    if not lo <= um <= hi:  # also refuses nan and inf
+        raise LeukodxError(f"The scale {value!r} um per pixel is not usable: give a number between {lo:g} and "
+                           f"{hi:g}.", "Use the camera's calibration in micrometres per image pixel (about 0.1 "
+                           "with a 100x objective), or leave it out to estimate the scale from the image.")
+    return um
 
 
 @dataclass
@@ -209,6 +231,7 @@ class FieldScale:
     known: bool
     magnification: float | None = None
     reason: str = ""
+    source: str = MEASURED  # how the red-cell size is known: MEASURED, "estimated from ..." or GIVEN
 
     @property
     def um_per_px(self) -> float | None:
@@ -217,15 +240,16 @@ class FieldScale:
 
 
 def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, int],
-                rule: ScaleRule | None = None) -> FieldScale:
+                rule: ScaleRule | None = None, source: str = MEASURED) -> FieldScale:
     """The scale decision for a field of `shape` (H, W) whose red cells measure `diameter_px` (its own pixels):
     used as is within `rule.as_is` of the training magnification, resampled within `rule.resample`, else
-    unknown (flagged, and analysed as if its short side were FALLBACK_SIDE)."""
+    unknown (flagged, and analysed as if its short side were FALLBACK_SIDE). `source`: how the diameter is known;
+    only a measured one must reach MIN_SCALE_CONFIDENCE."""
     rule = rule or ScaleRule()
     reference, lo_hi, as_is = rule.rbc_diameter_224, rule.resample, rule.as_is
     h, w = int(shape[0]), int(shape[1])
     fallback = FALLBACK_SIDE / max(1, min(h, w))
-    if diameter_px is None or confidence < MIN_SCALE_CONFIDENCE:
+    if diameter_px is None or (source == MEASURED and confidence < MIN_SCALE_CONFIDENCE):
         return FieldScale(diameter_px, confidence, fallback, False, None,
                           "No red cells could be measured, so the field's magnification (its scale) could not be "
                           "estimated.")
@@ -235,6 +259,6 @@ def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, 
         return FieldScale(diameter_px, confidence, fallback, False, m,
                           f"The red cells are {1 / m if m < 1 else m:.1f} times {side} than in the training fields "
                           f"({diameter_px:.0f} px across instead of {reference:.0f} px), outside the "
-                          f"{lo_hi[0]:g}x-{lo_hi[1]:g}x the analysis can resample.")
+                          f"{lo_hi[0]:g}x-{lo_hi[1]:g}x the analysis can resample.", source)
     factor = 1.0 if as_is[0] <= m <= as_is[1] else 1.0 / m
-    return FieldScale(diameter_px, confidence, factor, True, m)
+    return FieldScale(diameter_px, confidence, factor, True, m, "", source)

@@ -14,13 +14,19 @@ camera or white balance, and not at its colours themselves:
 | screenshot    | a few exact colours cover most of the image, or many one-pixel steps of over STEP_LEVELS grey  |
 |               | levels (drawn text and UI edges), at the original resolution (a lens makes neither), or rows  |
 |               | of darkness alternating with empty rows (lines of text)                                        |
-| no_cells      | no round cells: the red-cell size estimate (leukodx.inference.scale) finds no peak, or only a  |
-|               | weak one (confidence under MIN_RBC_CONFIDENCE)                                                 |
+| no_cells      | no stained blood cells: neither red cells (leukodx.inference.scale, confidence at least         |
+|               | MIN_RBC_CONFIDENCE) nor, where they cannot be measured (cut, few, too large for the search),  |
+|               | the stain's evidence (`stain_features`, `_stained`): optical density against the local       |
+|               | background in a stain's colours (blue absorbed least, not grey, brown or a single hue), a      |
+|               | sharp-edged stained nucleus, no pixel grain. Such a field's scale is then estimated: from the |
+|               | few or cut red cells (confidence at least RELAXED_RBC_CONFIDENCE), a known export size         |
+|               | (EXPORT_RBC_PX), else the nucleus (NUCLEUS_PER_RBC); FieldScale.source says which              |
 | magnification | the red cells are outside 0.25x-6x their size in the training fields (ScaleRule.resample): the  |
 |               | analysis resamples every field inside that range to the training size, and cannot outside it   |
 | blur          | the steepest edges spread over more than MAX_EDGE_WIDTH px at the training scale, or over more   |
 |               | than MAX_EDGE_RATIO of a red cell's diameter (out of focus)                                    |
 
+A lab's own calibration (`um_per_px`) replaces every estimate of the scale; it does not make an image a smear.
 The last three rules need a few pixels per red cell: on images with a short side under MIN_CHECK_SIDE they are
 skipped (features["rbc_checked"] is False); the model-space check in leukodx.inference.ood still applies.
 
@@ -38,7 +44,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from leukodx.inference.scale import (
+    GIVEN,
+    MEASURED,
     MIN_SCALE_CONFIDENCE,
+    REFERENCE_RBC_UM,
     FieldScale,
     estimate_rbc_diameter,
     field_scale,
@@ -65,6 +74,20 @@ MAX_EDGE_WIDTH = 11.5  # px at the training scale: contrast range / steepest gra
 # 0.56-0.64. Blur also makes red cells look larger (they merge into blobs), so the scale-corrected width alone
 # would miss it.
 MAX_EDGE_RATIO = 0.53
+# stained cells where red cells cannot be measured. The limits were set on samples of PBC crops (whole, centre-cut
+# to 120 px), Chula, Raabin and Taleqani fields against the generated non-smear kinds of benchmarks/non_smear.py;
+# benchmarks/smear_acceptance.py measures them (and fits the two ratios with --calibrate)
+RELAXED_RBC_CONFIDENCE = 0.25  # a red-cell size found with less confidence, in a stained image, is an estimate
+MIN_STAIN_OD = 0.5  # the 99.5th percentile of the optical density (sum of the channels)
+MIN_NUCLEUS_EDGE = 0.2  # the nucleus rim's density gradient over its contrast (per working px): a cell, not a haze
+MAX_GRAIN = 0.1  # mean step between neighbouring pixels over the grey range: noise, not optics
+MAX_BROWN = 0.65  # share of stained pixels that absorb blue most (brown, yellow): wood, earth, not a stain
+MAX_CYAN = 0.97  # share of stained pixels that absorb red most: all blue (a sky), no eosin anywhere
+MIN_GREY_SPREAD = 0.04  # the dark pixels' density, max - min over the channels (normalised): not grey or black
+MIN_NUCLEUS_BLUE = 0.03  # a nucleus passes blue: min(red, green density) - blue density (normalised)
+NUCLEUS_AREA = (0.002, 0.7)  # of the image
+NUCLEUS_PER_RBC = 1.4  # the nucleus blob's diameter over the red cells' (PBC 1.22, Raabin 1.40, Taleqani 2.15)
+EXPORT_RBC_PX = {(363, 360): 72.0}  # known exports (H, W): red-cell diameter, px (CellaVision DM96 crops of PBC)
 
 ADVICE = {
     "blank": "Check that the slide is in the light path and the camera is not covered, then capture again.",
@@ -91,6 +114,48 @@ class SmearCheck:
         d = asdict(self)
         d["scale"] = None if self.scale is None else asdict(self.scale)
         return d
+
+
+def stain_features(rgb: np.ndarray) -> dict:
+    """The stain's evidence on an image (the working image of `smear_features`): optical density against the
+    local background (a max filter a third of the short side wide: vignetting and colour casts cancel), which
+    channel the stained pixels absorb most, and the largest dark (nucleus) blob: area, edge, diameter (px)."""
+    a = rgb.astype(np.float32)
+    k = max(3, min(a.shape[:2]) // 3)
+    bg = np.maximum(np.stack([ndi.uniform_filter(ndi.maximum_filter(a[..., c], k), k) for c in range(3)], -1), a)
+    od = np.log(np.maximum(bg, 1.0) / np.maximum(a, 1.0))
+    s = od.sum(-1)
+    top = _q(s, 99.5)
+    f = {"stain_od": top, "brown": 1.0, "cyan": 1.0, "grey_spread": 0.0, "nucleus_blue": 0.0, "nucleus_area": 0.0,
+         "nucleus_edge": 0.0, "nucleus_px": None}
+    dark = s > 0.5 * top
+    if top < MIN_STAIN_OD or not dark.any():
+        return f
+    most = od[s > 0.1 * top].argmax(-1)
+    f["brown"], f["cyan"] = float(np.mean(most == 2)), float(np.mean(most == 0))
+    m = od[dark].mean(0)
+    m = m / max(float(m.sum()), 1e-6)
+    f["grey_spread"], f["nucleus_blue"] = float(m.max() - m.min()), float(min(m[0], m[1]) - m[2])
+    lab, n = ndi.label(ndi.binary_opening(dark))
+    if n == 0:
+        return f
+    sizes = np.bincount(lab.ravel())[1:]
+    blob = lab == int(sizes.argmax()) + 1
+    ring = ndi.binary_dilation(blob, iterations=3) & ~blob
+    contrast = float(s[blob].mean() - (np.median(s[ring]) if ring.any() else 0.0))
+    grad = np.hypot(ndi.sobel(s, 0), ndi.sobel(s, 1)) / 8.0
+    f.update(nucleus_area=float(sizes.max() / s.size), nucleus_px=float(2 * np.sqrt(sizes.max() / np.pi)),
+             nucleus_edge=float(grad[blob & ~ndi.binary_erosion(blob)].mean() / max(contrast, 1e-3)))
+    return f
+
+
+def _stained(f: dict, nucleus: bool) -> bool:
+    """A stained blood image by its stain (`stain_features` and `grain`); `nucleus`: also a leukocyte's nucleus
+    that can give the scale (a stain's blue-violet, of a plausible size)."""
+    ok = (f["stain_od"] >= MIN_STAIN_OD and f["nucleus_edge"] >= MIN_NUCLEUS_EDGE and f["grain"] <= MAX_GRAIN
+          and f["brown"] <= MAX_BROWN and f["cyan"] <= MAX_CYAN and f["grey_spread"] >= MIN_GREY_SPREAD)
+    return ok and (not nucleus or (f["nucleus_blue"] >= MIN_NUCLEUS_BLUE and f["brown"] <= 0.2
+                                   and NUCLEUS_AREA[0] <= f["nucleus_area"] <= NUCLEUS_AREA[1]))
 
 
 def _work(rgb: np.ndarray) -> np.ndarray:
@@ -170,8 +235,11 @@ def smear_features(rgb: np.ndarray) -> dict:
     else:
         top = 0.0
     step_share = _step_share(crop)
+    g = crop.astype(np.float32).mean(-1)
+    glo, ghi = _qs(g, 1, 99)
+    grain = float(np.abs(np.diff(g, axis=1)).mean() / max(ghi - glo, 1.0)) if g.shape[1] > 1 else 0.0
     # red cells (their size in a 224-px field) and focus
-    d, conf = estimate_rbc_diameter(small, work_side=RBC_WORK_SIDE)
+    d, conf = estimate_rbc_diameter(small, work_side=RBC_WORK_SIDE, min_confidence=RELAXED_RBC_CONFIDENCE)
     short = min(small.shape[:2])
     native = min(rgb.shape[:2]) / short  # image px per working px
     d224 = None if d is None else d * 224.0 / short
@@ -185,22 +253,38 @@ def smear_features(rgb: np.ndarray) -> dict:
         empty = prof < EMPTY_ROW * max(_q(prof, 90), 1e-3)
         lines = max(lines, int(np.count_nonzero(empty[1:] & ~empty[:-1]) + int(empty[0])))
     return {"grey_range": hi - lo, "text_lines": lines, "chroma_p99": _q(chroma, 99), "top_colour_share": top,
-            "step_share": step_share, "rbc_diameter_224": d224, "rbc_confidence": conf,
+            "step_share": step_share, "grain": grain, "rbc_diameter_224": d224, "rbc_confidence": conf,
             "rbc_diameter_px": None if d is None else d * native, "edge_width_px": edge_small * native,
             "edge_width_224": edge_small * 224.0 / short}
 
 
-def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None) -> SmearCheck:
+def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float | None = None) -> SmearCheck:
     """Decide whether `rgb` (HxWx3 uint8) is a usable smear field, and measure its scale (`.scale`: the factor the
     analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); see the
-    module docstring."""
+    module docstring. `um_per_px`: the lab's calibration (checked by scale.check_um_per_px), used instead of any
+    estimate of the scale."""
     rule = rule or ScaleRule()
     f = smear_features(rgb)
-    rounded = {k: (None if v is None else round(float(v), 4)) for k, v in f.items()}
     shape = np.asarray(rgb).shape[:2]
     checked = min(shape) >= MIN_CHECK_SIDE
-    scale = field_scale(f["rbc_diameter_px"] if checked else None, f["rbc_confidence"] if checked else 0.0, shape,
-                        rule)
+    conf, d = f["rbc_confidence"], f["rbc_diameter_px"] if checked else None
+    drawn = max(f["top_colour_share"] / MAX_TOP_COLOUR_SHARE, f["text_lines"] / (MAX_TEXT_LINES + 0.5))
+    steps = f["step_share"] / MAX_STEP_SHARE
+    measured = d is not None and conf >= MIN_RBC_CONFIDENCE
+    est, source = (d if measured else None), MEASURED
+    if checked and not measured and max(drawn, steps) <= 1 and f["grey_range"] >= BLANK_RANGE:
+        small = _work(np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8))
+        f.update(stain_features(small))
+        native = min(shape) / min(small.shape[:2])
+        if d is not None and conf >= RELAXED_RBC_CONFIDENCE and _stained(f, nucleus=False):
+            est, source = d, "estimated from few or cut red cells"
+        elif _stained(f, nucleus=True) and (shape[0], shape[1]) in EXPORT_RBC_PX:
+            est, source = EXPORT_RBC_PX[(shape[0], shape[1])], f"estimated from the export size ({shape[1]}x{shape[0]})"
+        elif _stained(f, nucleus=True):
+            est, source = f["nucleus_px"] * native / NUCLEUS_PER_RBC, "estimated from the leukocyte's nucleus size"
+    given = None if um_per_px is None else REFERENCE_RBC_UM / float(um_per_px)
+    scale = field_scale(given or est, 1.0 if given else conf, shape, rule, GIVEN if given else source)
+    rounded = {k: (None if v is None else round(float(v), 4)) for k, v in f.items()}
 
     def bad(kind: str, reason: str, score: float) -> SmearCheck:
         return SmearCheck(False, kind, reason, ADVICE[kind], float(max(score, 1.0 + 1e-3)), rounded, scale)
@@ -211,36 +295,31 @@ def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None) -> SmearCheck:
     if f["chroma_p99"] < GREY_CHROMA:
         return bad("greyscale", "The image is black and white; a stained smear field is a colour photograph.",
                    GREY_CHROMA / max(f["chroma_p99"], 1e-3))
-    drawn = max(f["top_colour_share"] / MAX_TOP_COLOUR_SHARE, f["text_lines"] / (MAX_TEXT_LINES + 0.5))
-    steps = f["step_share"] / MAX_STEP_SHARE
     screenshot = ("This looks like a screenshot, a drawing or a document (flat colours, lines of text or sharp "
                   "drawn edges), not a microscope photograph.")
-    conf = f["rbc_confidence"]
     if not checked:  # a thumbnail: too few pixels per red cell to judge
         rounded["rbc_checked"] = False
         if drawn > 1 or steps > 1:
             return bad("screenshot", screenshot, max(drawn, steps))
         return bad("no_cells", f"The image is only {shape[1]}x{shape[0]} px: too small to see its red cells, so its "
                    "magnification (its scale) could not be estimated.", MIN_CHECK_SIDE / max(1, min(shape)))
-    if f["rbc_diameter_px"] is None or conf < MIN_RBC_CONFIDENCE:
-        if drawn > 1:
-            return bad("screenshot", screenshot, drawn)
-        return bad("no_cells", "No red blood cells of a usable size were found, so the field's magnification (its "
-                   "scale) could not be estimated: this does not look like a blood smear field.",
-                   MIN_RBC_CONFIDENCE / max(conf, 1e-3))
-    if drawn > 1 or steps > 1:
+    if drawn > 1 or (steps > 1 and est is not None):
         return bad("screenshot", screenshot, max(drawn, steps))
+    if est is None:
+        return bad("no_cells", "No stained blood cells were found (no red cells to measure, no stained leukocyte): "
+                   "this does not look like a blood smear image.", MIN_RBC_CONFIDENCE / max(conf, 1e-3))
     m = float(scale.magnification or 1.0)
     lo, hi = rule.resample
     if not scale.known:
         return bad("magnification", scale.reason + " The outlines and the count would not be reliable.",
                    max(lo / m, m / hi))
     edge = f["edge_width_px"] * scale.factor  # at the training scale (for a 224-px field used as is: edge_width_224)
-    ratio = f["edge_width_px"] / max(float(f["rbc_diameter_px"]), 1e-3)
+    ratio = f["edge_width_px"] / max(float(scale.diameter_px or 0.0), 1e-3)
     rounded["edge_width_work"] = round(float(edge), 4)
     rounded["edge_ratio"] = round(float(ratio), 4)
     blur = max(edge / MAX_EDGE_WIDTH, ratio / MAX_EDGE_RATIO)
     if blur > 1:
         return bad("blur", "The field is out of focus: the cell outlines are blurred.", blur)
-    score = max(lo / m, m / hi, blur, MIN_RBC_CONFIDENCE / max(conf, 1e-3))
+    trust = MIN_RBC_CONFIDENCE / max(conf, 1e-3) if scale.source == MEASURED else 0.0
+    score = max(lo / m, m / hi, blur, trust)
     return SmearCheck(True, "ok", "", "", float(score), rounded, scale)

@@ -40,7 +40,8 @@ def summarize_case(results: Sequence[FieldResult], classes: Sequence[str], low_c
         return CaseSummary(n_fields=len(results), n_analysed=0, label=None, confidence=0.0,
                            malignant_probability=0.0, mean_probabilities=dict.fromkeys(classes, 0.0),
                            total_cell_count=0, flags=flags, needs_review=True,
-                           reasons=["no field could be analysed" if results else "no fields given"])
+                           reasons=["no fields given" if not results else "no leukocyte found in any field" if all(
+                               "leukocyte" in r.no_call_reason for r in results) else "no field could be analysed"])
     mean = np.mean([[r.probabilities.get(c, 0.0) for c in classes] for r in done], axis=0)
     k = int(mean.argmax())
     conf = float(mean[k])

@@ -51,6 +51,8 @@ class FieldResult:
     rbc_confidence: float = 0.0  # of that estimate, 0..1
     scale_factor: float | None = None  # the image was resampled by this before the models (1.0: as is)
     um_per_px: float | None = None  # from the red cells (7.5 um across); None when the scale is unknown
+    scale_source: str = ""  # how the scale is known: "measured red cells", "estimated from ...", "given by the lab"
+    no_call_reason: str = ""  # why label is None on a readable field: not a smear field, or no leukocyte found
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:

@@ -213,14 +213,10 @@ def test_calibrate_command(tmp_path, synthetic_data):
 def test_non_smear_images_get_no_call_and_no_cells(analysis, kind):
     """Screenshots, documents, blank images, gradients, noise and photographs: no class call and no cells, with
     or without a lab's scale (issue 28 keeps this while crops and few-red-cell fields are analysed)."""
-    import importlib.util
-    from pathlib import Path
+    from leukodx.data.synthetic import NON_SMEAR
 
-    spec = importlib.util.spec_from_file_location("non_smear", Path(__file__).parents[1] / "benchmarks" / "non_smear.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     for i in range(3):
-        img = bench.GENERATED[kind](1000 * bench.KINDS.index(kind) + i)
+        img = NON_SMEAR[kind](1000 * list(NON_SMEAR).index(kind) + i)
         for um in (None, 0.1):
             r = analysis.analyze(img, um_per_px=um)
             assert r.label is None and not r.cells and r.cell_count == 0 and r.flag == "out_of_distribution"

@@ -2,6 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --out /tmp/acc-after.json [--pipeline]
     PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --calibrate
+    PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --bench FIELDS   # analysis p50, ONNX
     .venv/bin/python benchmarks/smear_acceptance.py --report before.json after.json > docs/results/issue28/table.md
 
 The sets (read-only, from ../shared/data; each sample fixed: every k-th file of the sorted list):
@@ -183,7 +184,20 @@ def main(argv=None) -> int:
     ap.add_argument("--unseen", type=int, default=30, help="generated non-smear images per kind beyond the 10 of "
                     "benchmarks/non_smear.py (other seeds), reported apart")
     ap.add_argument("--report", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    ap.add_argument("--bench", type=Path, metavar="FIELDS", help="only time the analysis on these fields: "
+                    "leukodx bench's measurement (deploy.bench.run_bench), ONNX engine, no heat maps")
+    ap.add_argument("--bench-n", type=int, default=40)
+    ap.add_argument("--bench-repeats", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.bench:
+        from leukodx.deploy.bench import run_bench
+
+        res = run_bench(args.bench, n=args.bench_n, engines=("onnx",), heatmap_n=0, seed_n=0,
+                        repeats=args.bench_repeats)
+        keep = ("analysis_p50_ms", "analysis_p95_ms")
+        print(json.dumps({"leukodx": str(Path(__import__("leukodx").__file__).parent), "fields": res["setup"]["fields"], "load_start_end": [res["machine"].get("load_average_at_start"), res["machine"].get("load_average_at_end")],
+                          **{k: res["onnx"][k] for k in keep}}))
+        return 0
     if args.report:
         print(report(json.loads(args.report[0].read_text()), json.loads(args.report[1].read_text())))
         return 0

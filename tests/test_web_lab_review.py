@@ -126,12 +126,13 @@ def test_accession_and_patient_in_post_list_and_csv(web):
     r = client.get("/api/v1/cases", headers=clin, params={"format": "csv"})
     reader = csv.reader(io.StringIO(r.text))
     header = next(reader)
-    assert header == CSV_COLUMNS == OLD_CASE_COLUMNS + NEW_COLUMNS  # old columns kept, in order; new ones appended
+    # old columns kept, in order; new ones appended (issue 22's, then issue 31's review_basis)
+    assert header == CSV_COLUMNS == OLD_CASE_COLUMNS + NEW_COLUMNS + ["review_basis"]
     rows = {row[0]: dict(zip(header, row, strict=True)) for row in reader}
     assert rows[str(a["id"])]["accession"] == "A24-000123" and rows[str(a["id"])]["patient_id"] == "MRN 0042"
     assert rows[str(a["id"])]["differential_verified"] == "0" and rows[str(a["id"])]["differential_verified_by"] == ""
     r = client.get("/api/v1/fields.csv", headers=clin)
-    assert next(csv.reader(io.StringIO(r.text))) == FIELD_CSV_COLUMNS and FIELD_CSV_COLUMNS[-4:] == NEW_COLUMNS
+    assert next(csv.reader(io.StringIO(r.text))) == FIELD_CSV_COLUMNS and FIELD_CSV_COLUMNS[-5:] == [*NEW_COLUMNS, "review_basis"]
 
 
 # --- the differential: target, verification, batch reclassification ------------------------------------------

@@ -470,7 +470,7 @@ def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_
     page = client.get(f"/cases/{cid}").text
     k = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["n_cells_counted"]
     assert page.count(f'<strong class="outlined-counted">{k}</strong> counted') == 2  # the same number, twice
-    assert f'<strong id="n-counted">{k}</strong> of 100 leukocytes counted' in page
+    assert f'<strong class="n-counted" id="n-counted">{k}</strong> of 100 leukocytes counted' in page
     unsure = next(f for f in case["fields"] if f["name"] == "unsure.jpg")
     r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin,
                      json={"fields": [{"field_id": unsure["id"], "decision": "override", "label": "Pro"}]})

@@ -269,11 +269,13 @@ class AnalysisService:
                           **store.field_columns(r), "result": result_dict(img.name, r)})
         with self.sessions() as db:
             case = store.lock_case(db, case_id, light=True)
+            was_verified = bool(case.differential_verified)
             new, late = store.add_fields(db, case, items, self, actor, amendment_reason) if items else ([], [])
             for sk in twice:
                 sk["field_id"] = next((f.id for f in case.fields if f.sha256 == sk["sha256"]), None)
             dups = [store.duplicate_skip(case, digest, name) for name, digest in in_case]
-            return {"case": serialise.case_dict(case, threshold=rules.confidence_threshold(self)),
+            return {"case": {**serialise.case_dict(case, threshold=rules.confidence_threshold(self)),
+                             "verification_withdrawn": was_verified and not case.differential_verified},
                     "added": [serialise.field_dict(f) for f in new], "skipped": [d for d in dups if d] + twice + late}
 
     @property

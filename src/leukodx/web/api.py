@@ -33,11 +33,15 @@ def csv_answer(db, who, body: str, name: str, action: str, **what) -> Response:
 
 
 def changed(request: Request, db, case_id: int, change: Callable[[Case], object]) -> dict:
-    """`change(case)` on the case locked for writing (signed off: 409 naming amendment_reason), then the case."""
+    """`change(case)` on the case locked for writing (signed off: 409 naming amendment_reason), then the case,
+    with `verification_withdrawn` when the change took the differential's verification back."""
     case = store.lock_case(db, case_id)
+    was_verified = bool(case.differential_verified)
     with locked_as_409():
         change(case)
-    return case_out(request, db, case_id)
+    out = case_out(request, db, case_id)
+    out["verification_withdrawn"] = was_verified and not out["differential_verified"]
+    return out
 
 
 @contextmanager
@@ -99,8 +103,9 @@ def list_cases(
     """The cases, newest first. `format=csv` answers a CSV file, one row per case."""
     rows, total = store.list_cases(db, q, status, flagged, limit, offset)
     if format == "csv":
-        return csv_answer(db, who, serialise.cases_csv(rows), "leukodx-cases", "cases.export", n=len(rows), q=q,
-                          status=status, flagged=flagged)
+        threshold = rules.confidence_threshold(request.app.state.ctx.service)
+        return csv_answer(db, who, serialise.cases_csv(rows, threshold), "leukodx-cases", "cases.export", n=len(rows),
+                          q=q, status=status, flagged=flagged)
     threshold = rules.confidence_threshold(request.app.state.ctx.service)
     return {"total": total, "cases": [serialise.case_dict(c, threshold=threshold) for c in rows]}
 
@@ -197,7 +202,8 @@ def case_fhir(request: Request, case_id: schemas.CaseId, who: ApiUser, db: Db):
     from leukodx.web.fhir import diagnostic_report
 
     case = store.get_case(db, case_id)
-    body = diagnostic_report(case, request.app.state.ctx.settings)
+    body = diagnostic_report(case, request.app.state.ctx.settings,
+                             rules.confidence_threshold(request.app.state.ctx.service))
     return Response(json.dumps(body), media_type="application/fhir+json")
 
 
@@ -227,9 +233,13 @@ def fields_csv(
 
 @router.post("/cases/{case_id}/confirm-unflagged", response_model=schemas.CaseOut, responses=schemas.LOCK_ERRORS,
              summary="Confirm the AI's call of every unflagged, unreviewed field")
-def confirm_unflagged(request: Request, case_id: schemas.CaseId, who: ApiUser, db: Db):
-    """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you)."""
-    return changed(request, db, case_id, lambda case: store.confirm_unflagged(db, case, who.name))
+def confirm_unflagged(request: Request, case_id: schemas.CaseId, who: ApiUser, db: Db,
+                      body: schemas.ConfirmUnflaggedIn | None = None):
+    """Confirms the AI's call of each field that has no flag and no review yet (flagged fields stay for you). A
+    malignant call is confirmed only when its field number is in `confirm_malignant`: else 422 naming those
+    fields, and nothing is confirmed."""
+    named, benign = (body or schemas.ConfirmUnflaggedIn()).confirm_malignant, request.app.state.ctx.service.benign
+    return changed(request, db, case_id, lambda case: store.confirm_unflagged(db, case, who.name, benign, named))
 
 
 @router.delete("/cases/{case_id}", status_code=204, responses=schemas.ERRORS, summary="Delete a case (admin)")

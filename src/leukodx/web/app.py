@@ -27,6 +27,7 @@ from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
 from leukodx.web.analysis import AnalysisError, AnalysisService
+from leukodx.web.cases.rules import field_basis
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
 from leukodx.web.settings import Settings
@@ -63,7 +64,8 @@ def make_templates() -> Jinja2Templates:
 
     t.env.globals.update(flag_words=words.flag_words, call_words=words.call_words, reason_words=words.reason_words,
                          CLASS_NAMES=words.CLASS_NAMES, DECISION_WORDS=words.DECISION_WORDS,
-                         DECISION_SHORT=words.DECISION_SHORT)
+                         DECISION_SHORT=words.DECISION_SHORT, BASIS_WORDS=words.BASIS_WORDS,
+                         BASIS_SHORT=words.BASIS_SHORT, field_basis=field_basis)
     return t
 
 

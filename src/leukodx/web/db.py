@@ -93,7 +93,8 @@ class Case(Base):
     # the specimen (for the report), and what changed after sign-off (revision 0002)
     specimen: Mapped[str] = mapped_column(String(200), default="Peripheral blood")
     stain: Mapped[str] = mapped_column(String(100), default="")
-    # [{"n", "by", "at", "reason", "what", "before", "after"}], oldest first; never edited, only appended to
+    # [{"n", "by", "at", "reason", "what", "before", "after"}], oldest first; only appended to (the last one takes
+    # in the verification given again that its own change withdrew: store.verify_differential)
     amendments: Mapped[list] = mapped_column(JSON, default=list)
     # the differential count and blast % of the AI and of the reviewer (leukodx.web.cells.cell_summary)
     cell_summary: Mapped[dict] = mapped_column(JSON, default=dict)

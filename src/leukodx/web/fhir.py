@@ -25,7 +25,7 @@ from leukodx import __version__
 from leukodx.inference.cell_classes import CELL_CLASS_WORDS, NOT_COUNTED
 from leukodx.web import cells as cell_logic
 from leukodx.web import words
-from leukodx.web.cases.rules import counted_cells, is_signed_off, iso, unassessable_fields
+from leukodx.web.cases import rules
 from leukodx.web.db import Case
 
 CLASS_SYSTEM = "urn:leukodx:smear-class"
@@ -49,7 +49,7 @@ LAB = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "
 
 
 def report_status(case: Case) -> str:
-    if not is_signed_off(case):
+    if not rules.is_signed_off(case):
         return "preliminary"
     return "amended" if case.amendments else "final"
 
@@ -66,7 +66,7 @@ def _observation(oid: str, status: str, code: dict, effective: str | None, **val
 def _method(case: Case) -> tuple[dict, str]:
     """The differential's method (a CodeableConcept) and its note: automated and not verified, or verified."""
     if case.differential_verified:
-        at = iso(case.differential_verified_at) or ""
+        at = rules.iso(case.differential_verified_at) or ""
         text_ = f"Verified by {case.differential_verified_by}" + (f" at {at}" if at else "") + (
             ": AI pre-classification checked cell by cell and corrected by the reviewer"
             + (f" ({case.differential_note})" if case.differential_note else "") + ".")
@@ -87,23 +87,30 @@ def _patient(case: Case, settings) -> tuple[dict, dict] | None:
     return patient, {"reference": "#patient", "type": "Patient", "identifier": ident}
 
 
-def diagnostic_report(case: Case, settings) -> dict:
+def diagnostic_report(case: Case, settings, threshold: float | None = None) -> dict:
+    """`threshold`: the AI's confident-call threshold (rules.confidence_threshold), for whose call it is."""
     status = report_status(case)
-    signed = is_signed_off(case)
+    signed = rules.is_signed_off(case)
     verified = bool(case.differential_verified)
     # the counts are final (or amended) with the report only once a reviewer verified them; until then they are
     # the AI's pre-classification: preliminary (the code, method and note say so too)
     count_status = status if verified else "preliminary"
-    effective = iso(case.created_at)
-    issued = iso(case.reviewed_at if signed else case.updated_at)
+    effective = rules.iso(case.created_at)
+    issued = rules.iso(case.reviewed_at if signed else case.updated_at)
     label = case.review_label if signed else case.ai_label
-    cs = cell_logic.cell_summary(counted_cells(case.fields))
+    cs = cell_logic.cell_summary(rules.counted_cells(case.fields))
     who = (case.reviewed_by or "the reviewing clinician") if signed else "nobody yet (AI suggestion only)"
     method, method_note = _method(case)
     notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}."]
     if case.ai_label:
         notes.append(f"AI suggestion: {case.ai_label}, confidence {words.model_percent(case.ai_confidence or 0)}.")
-    left_out = unassessable_fields(case)
+    if signed:
+        notes.append(f"Reviewer's call: {case.review_label} ({words.BASIS_WORDS.get(rules.case_basis(case, threshold) or '')}).")
+    calls = [f"field {i}: {f.review_label} ({words.BASIS_WORDS.get(rules.field_basis(f) or '')})"
+             for i, f in enumerate(case.fields, start=1) if f.review_label]
+    if calls:
+        notes.append("Field calls: " + "; ".join(calls) + ".")
+    left_out = rules.unassessable_fields(case)
     if left_out:
         notes.append("Left out as unassessable: " + "; ".join(
             f"field {u['number']}{' (' + u['name'] + ')' if u['name'] else ''}: {u['reason']}" for u in left_out) + ".")

@@ -117,6 +117,12 @@ class ReviewOut(BaseModel):
     note: str
     reviewed_by: str | None
     reviewed_at: str | None
+    basis: Literal["confirmed_ai", "reviewer_call_same_as_unconfident_ai", "override", "reviewer_call_no_ai_call",
+                   "unassessable"] | None = Field(
+        default=None, description="What the call rests on, against the AI's call as it stands: 'confirmed_ai' (a "
+        "confident AI call, confirmed), 'reviewer_call_same_as_unconfident_ai' (the reviewer's own call; the AI's "
+        "unconfident suggestion, a flagged field or a case call under the threshold, was the same class), "
+        "'override', 'reviewer_call_no_ai_call', 'unassessable'; null before review.")
 
 
 class FieldOut(BaseModel):
@@ -173,6 +179,8 @@ class UnassessableField(BaseModel):
     number: int = Field(description="The field's 1-based position in the case.")
     name: str
     reason: str
+    reason_by: Literal["reviewer", "ai"] = Field(default="reviewer", description="'reviewer': the reviewer's note "
+                                                  "(declared unassessable); 'ai': the AI's reason (no class call).")
 
 
 class CaseOut(BaseModel):
@@ -221,6 +229,9 @@ class CaseOut(BaseModel):
         default=None, description="The case rule over the fields with the reviewer's field calls taken into account.")
     warnings: list[str] = Field(default=[], description="What to look at before signing off; a duplicate reference.")
     fields: list[FieldOut] = []
+    verification_withdrawn: bool = Field(default=False, description="The answer to a change: true when it took "
+                                         "back the differential's verification (verify it again: POST "
+                                         ".../differential/verify, with the same amendment_reason when signed off).")
 
 
 class CaseList(BaseModel):
@@ -281,6 +292,12 @@ class CaseCellChange(CellChange):
 class CaseCellsIn(BaseModel):
     cells: list[CaseCellChange] = Field(min_length=1, max_length=10000)
     amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
+
+
+class ConfirmUnflaggedIn(BaseModel):
+    confirm_malignant: list[int] = Field(default=[], max_length=1000, description="The numbers of the fields "
+                                         "with a malignant AI call (a class the case rule does not count as "
+                                         "benign) to confirm too; a malignant call not named answers 422.")
 
 
 class VerifyIn(BaseModel):

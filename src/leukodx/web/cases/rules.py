@@ -4,7 +4,7 @@ cleaning, the case rule over the fields (as the reviewer called them) and the wa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from leukodx.errors import LeukodxError
 from leukodx.inference.summary import malignant_probability
@@ -95,6 +95,16 @@ def add_amendment(case: Case, actor: str, reason: str, what: str, before, after,
     return entry
 
 
+def withdrew_verification(amendment: dict, actor: str, reason: str, now: datetime) -> bool:
+    """Did this amendment (the case's last) take the differential's verification back, by `actor` for `reason`
+    within the hour? Then verifying again belongs to it (the page offers that where the change was made)."""
+    at = datetime.fromisoformat(amendment.get("at") or "1970-01-01T00:00:00+00:00")
+    return (amendment.get("by") == actor and amendment.get("reason") == reason
+            and (now if now.tzinfo else now.replace(tzinfo=UTC)) - at < timedelta(hours=1)
+            and any(ch.get("target") == "differential" and str(ch.get("after", "")).startswith("not verified")
+                    for ch in amendment.get("changes") or []))
+
+
 def change(target: str, before: str, after: str, field: Field | None = None, number: int | None = None,
            cell_id: int | None = None) -> dict:
     return {"target": target, "field_id": field.id if field is not None else None,
@@ -153,6 +163,35 @@ def field_call_words(f: Field) -> str:
     if f.review_decision in CASE_DECISIONS and f.review_label:
         return f.review_label
     return f"{f.label} (AI)" if f.label else f"{UNASSESSABLE} (no AI call)"
+
+
+def review_basis(decision: str | None, label: str | None, ai_label: str | None, ai_confident: bool) -> str | None:
+    """What a reviewer's call rests on (the API's `review.basis`): "confirmed_ai" (the AI's confident call,
+    confirmed), "reviewer_call_same_as_unconfident_ai" (the reviewer chose the class the AI suggested without
+    confidence: a flagged field, a case call under the threshold), "override" (another class than the AI's),
+    "reviewer_call_no_ai_call", "unassessable"; None before review. Judged against the AI's call as it stands."""
+    if not decision or decision == UNASSESSABLE:
+        return decision or None
+    if not ai_label:
+        return "reviewer_call_no_ai_call"
+    if label != ai_label:
+        return "override"
+    return "confirmed_ai" if ai_confident else "reviewer_call_same_as_unconfident_ai"
+
+
+def field_basis(f: Field) -> str | None:
+    return review_basis(f.review_decision, f.review_label, f.label, f.flag == "ok")
+
+
+def ai_confident(case: Case, threshold: float | None) -> bool:
+    """Is the AI's case call confident (at or above `threshold`: confidence_threshold), so pages offer a
+    one-click confirm?"""
+    return bool(case.ai_label and case.ai_confidence is not None and threshold is not None
+                and case.ai_confidence >= threshold)
+
+
+def case_basis(case: Case, threshold: float | None) -> str | None:
+    return review_basis(case.review_decision, case.review_label, case.ai_label, ai_confident(case, threshold))
 
 
 def case_call_words(case: Case) -> str:
@@ -237,8 +276,18 @@ def unassessable_reason(f: Field) -> str:
 
 
 def unassessable_fields(case: Case) -> list[dict]:
-    return [{"field_id": f.id, "number": i, "name": f.display_name, "reason": unassessable_reason(f)}
+    """Each field left out, with its reason and whose it is (`reason_by`: "reviewer", or "ai" before review)."""
+    return [{"field_id": f.id, "number": i, "name": f.display_name, "reason": unassessable_reason(f),
+             "reason_by": "reviewer" if f.review_decision == UNASSESSABLE else "ai"}
             for i, f in enumerate(case.fields, start=1) if not is_assessable(f)]
+
+
+def bulk_confirmable(case: Case, benign: Sequence[str]) -> list[tuple[int, Field, bool]]:
+    """What "confirm all unflagged fields" confirms: (number, field, malignant call) of each field with an AI
+    call, no flag and no review yet; a malignant call (not one of the case rule's `benign` classes) is confirmed
+    in bulk only when named (store.confirm_unflagged)."""
+    return [(i, f, f.label not in benign) for i, f in enumerate(case.fields, start=1)
+            if f.flag == "ok" and f.label and not f.review_decision]
 
 
 def field_result(f: Field) -> FieldResult:

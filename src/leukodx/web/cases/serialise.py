@@ -29,11 +29,11 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
             "label": case.ai_label, "confidence": case.ai_confidence,
             "malignant_probability": case.ai_malignant_probability, "n_fields": case.n_fields,
             "total_cell_count": case.total_cell_count, "summary": case.summary or {},
-            "confident": bool(case.ai_label and case.ai_confidence is not None and threshold is not None
-                              and case.ai_confidence >= threshold),
+            "confident": rules.ai_confident(case, threshold),
             "confidence_threshold": threshold, "models_loading": threshold is None,
         },
-        "review": rules.review_of(case), "specimen": case.specimen or "", "stain": case.stain or "",
+        "review": {**rules.review_of(case), "basis": rules.case_basis(case, threshold)},
+        "specimen": case.specimen or "", "stain": case.stain or "",
         "locked": rules.is_signed_off(case), "amended": bool(case.amendments),
         "amendments": [{"changes": [], **a} for a in (case.amendments or [])],
         "accession": case.accession or "", "patient_id": case.patient_id or "",
@@ -85,7 +85,7 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "heatmap_on_demand_url": f"/cases/{f.case_id}/fields/{f.id}/heatmap",
         "uploaded_by": f.uploaded_by,
         "uploaded_at": rules.iso(f.uploaded_at),
-        "review": rules.review_of(f),
+        "review": {**rules.review_of(f), "basis": rules.field_basis(f)},
         "assessable": rules.is_assessable(f),
         "decision_suggested": rules.UNASSESSABLE if f.label is None else "confirm",
         "cells": [cell_dict(c) for c in (f.cells or [])],
@@ -124,6 +124,7 @@ CSV_COLUMNS = [
     "reviewed_by", "reviewed_at", "review_note",
     # appended (issue 22); the columns above keep their order for the scripts that read them
     "accession", "patient_id", "differential_verified", "differential_verified_by",
+    "review_basis",  # appended (issue 31)
 ]
 
 
@@ -139,7 +140,8 @@ def _csv(columns: list[str], rows) -> str:
     return buf.getvalue()
 
 
-def cases_csv(cases: list[Case]) -> str:
+def cases_csv(cases: list[Case], threshold: float | None = None) -> str:
+    """One row per case; `threshold`: the confident-call threshold (rules.confidence_threshold) for review_basis."""
     return _csv(CSV_COLUMNS, ([
         c.id, _csv_safe(c.reference), rules.iso(c.created_at), _csv_safe(c.created_by), c.n_fields, c.ai_label or "",
         "" if c.ai_confidence is None else f"{c.ai_confidence:.4f}",
@@ -147,7 +149,7 @@ def cases_csv(cases: list[Case]) -> str:
         c.total_cell_count, int(c.flagged), "reviewed" if c.review_decision else "unreviewed", c.review_decision or "",
         c.review_label or "", _csv_safe(c.reviewed_by), rules.iso(c.reviewed_at) or "", _csv_safe(c.review_note),
         _csv_safe(c.accession), _csv_safe(c.patient_id), int(bool(c.differential_verified)),
-        _csv_safe(c.differential_verified_by)] for c in cases))
+        _csv_safe(c.differential_verified_by), rules.case_basis(c, threshold) or ""] for c in cases))
 
 
 FIELD_CSV_COLUMNS = [
@@ -156,6 +158,7 @@ FIELD_CSV_COLUMNS = [
     "reviewed_at", "review_note", "n_cells", "n_cells_reviewed", "blasts", "blast_percent", "ai_blast_percent",
     # appended (issue 22)
     "accession", "patient_id", "differential_verified", "differential_verified_by",
+    "review_basis",  # appended (issue 31)
 ]
 
 
@@ -169,6 +172,7 @@ def fields_csv(cases: list[Case]) -> str:
                 f.review_label or "", _csv_safe(f.reviewed_by), rules.iso(f.reviewed_at) or "",
                 _csv_safe(f.review_note), cs["n_cells"], cs["n_cells_reviewed"], cs["differential"]["blast"],
                 _csv_safe(cs["blast_percent"]), _csv_safe(cs["ai_blast_percent"]), _csv_safe(c.accession),
-                _csv_safe(c.patient_id), int(bool(c.differential_verified)), _csv_safe(c.differential_verified_by)]
+                _csv_safe(c.patient_id), int(bool(c.differential_verified)), _csv_safe(c.differential_verified_by),
+                rules.field_basis(f) or ""]
 
     return _csv(FIELD_CSV_COLUMNS, (row(c, i, f) for c in cases for i, f in enumerate(c.fields, start=1)))

@@ -375,21 +375,39 @@ def verify_differential(db: Session, case: Case, actor: str, note: str = "",
           differential_target=case.differential_target, differential=cs["differential"], blast_percent=cs["blast_percent"])
     if reason:
         changes = [rules.change("differential", before_words, rules.verification_words(case))]
-        rules.add_amendment(case, actor, reason, rules.changes_words(changes), before,
-                            {"differential_verified": True, "by": actor, "at": rules.iso(now)}, changes)
+        after = {"differential_verified": True, "by": actor, "at": rules.iso(now)}
+        last = (case.amendments or [{}])[-1]
+        if rules.withdrew_verification(last, actor, reason, now):  # verified again in the amendment that withdrew it
+            changes = [*last["changes"], *changes]
+            case.amendments = [*case.amendments[:-1], {**last, "what": rules.changes_words(changes), "changes": changes,
+                                                       "after": {**(last.get("after") or {}), "verified_again": after}}]
+        else:
+            rules.add_amendment(case, actor, reason, rules.changes_words(changes), before, after, changes)
         audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=rules.changes_words(changes))
     case.updated_at = now
     db.commit()
     return case
 
 
-def confirm_unflagged(db: Session, case: Case, actor: str) -> int:
-    """Confirm the AI's call of every field that is unflagged and not yet reviewed; returns how many."""
-    todo = [f for f in case.fields if f.flag == "ok" and f.label and not f.review_decision]
+def confirm_unflagged(db: Session, case: Case, actor: str, benign: Sequence[str],
+                      confirm_malignant: Sequence[int] = ()) -> int:
+    """Confirm the AI's call of every field that is unflagged and not yet reviewed; returns how many. A malignant
+    call (not one of `benign`) is confirmed only when its field number is in `confirm_malignant` (else Invalid,
+    naming the fields): the reviewer has seen the list (rules.bulk_confirmable)."""
+    todo = rules.bulk_confirmable(case, benign)
     if not todo:
         return 0
+    rules.require_unlocked(case, None, "confirming the unflagged fields")
+    unnamed = [(i, f.label) for i, f, malignant in todo if malignant and i not in set(confirm_malignant)]
+    if unnamed:
+        many = len(unnamed) > 1
+        raise rules.Invalid(f"Nothing was confirmed: field{'s' if many else ''} "
+                            + ", ".join(f"{i} ({label})" for i, label in unnamed)
+                            + f" {'have' if many else 'has'} a malignant AI call, which is confirmed in bulk only "
+                            "when named.", "Check them, then name their numbers in confirm_malignant, or review "
+                            "each in the viewer.")
     review(db, case, actor, None, [{"field_id": f.id, "decision": "confirm", "label": None, "note": ""}
-                                   for f in todo], classes=())  # confirmations name no class
+                                   for _, f, _ in todo], classes=())  # confirmations name no class
     return len(todo)
 
 

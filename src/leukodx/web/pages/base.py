@@ -13,6 +13,8 @@ NOTICES = {
     "created": "Case created. Now add the field images of this smear.",
     "uploaded": "The new fields are analysed. Check each AI suggestion below, then sign off the case.",
     "field-reviewed": "Your decision for the field was saved. Showing the next field to review.",
+    "fields-all-reviewed": "Your decision for the field was saved. Every field is reviewed now: check the case "
+                           "summary, then sign off.",
     "cell-reviewed": "The cell's class was saved; the differential count is updated.",
     "case-reviewed": "The case is signed off. You can print the report.",
     "differential-verified": "The differential is verified in your name.",
@@ -47,6 +49,9 @@ def render(request: Request, name: str, status_code: int = 200, **context) -> HT
                   "left for you." if n else "There was no unflagged field left to confirm.")
     else:
         notice = NOTICES.get(done, "")
+    if notice and request.query_params.get("withdrawn") == "1":
+        notice += (" This change took back the differential's verification: it is the AI pre-classification with "
+                   "your changes now, not verified. Verify it again in the cell gallery.")
     context.setdefault("notice", notice)
     context.update(service=ctx.service, settings=ctx.settings, classes=ctx.service.classes)
     return ctx.templates.TemplateResponse(request, name, context, status_code=status_code)

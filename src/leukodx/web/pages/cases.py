@@ -111,11 +111,11 @@ def _current_index(case: Case, field_id: int | None) -> int:
     return next((i for i, f in enumerate(case.fields) if not f.review_decision), 0)
 
 
-def _next_unreviewed(case: Case, after_id: int) -> int:
+def _next_unreviewed(case: Case, after_id: int) -> int | None:
     ids = [f.id for f in case.fields]
     start = ids.index(after_id) if after_id in ids else -1
     order = case.fields[start + 1:] + case.fields[:start + 1]
-    return next((f.id for f in order if not f.review_decision), after_id)
+    return next((f.id for f in order if not f.review_decision), None)
 
 
 def _gallery(case: Case) -> list[tuple[str, list[dict]]]:
@@ -158,7 +158,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
                        **extra):
     case = store.get_case(db, case_id)
     idx = _current_index(case, field_id)
-    extra = {"error": "", "field_error": "", "case_error": "", "form": {}, **extra}
+    extra = {"error": "", "field_error": "", "case_error": "", "form": {}, "bulk_open": False, **extra}
     # a form's failure answer (the page at its POST URL): app.js puts the case's own URL in the address bar
     # (history.replaceState), so a reload GETs the page instead of posting the form again
     extra["replace_url"] = (f"/cases/{case_id}" + (f"?field={field_id}" if field_id is not None else "")
@@ -169,6 +169,10 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     field_numbers = {f.id: i for i, f in enumerate(case.fields, start=1)}
     field_um = {f.id: gallery_logic.um_per_px(f.cells) for f in case.fields}
     reviewed = rules.reviewed_summary(service, case) if case.fields else None
+    withdrawn = request.query_params.get("withdrawn") == "1"
+    bulk = rules.bulk_confirmable(case, service.benign)
+    if withdrawn and case.amendments and not extra["form"]:  # verify again in the amendment that withdrew it
+        extra["form"] = {"amendment_reason": case.amendments[-1].get("reason", "")}
     tally, fields_decisive = _field_calls(case, reviewed)
     warnings = list(cd.get("warnings", [])) + _disagreement(case, tally, fields_decisive)
     return render(
@@ -184,7 +188,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
         gallery=gallery, warnings=warnings,
         gallery_groups=[[k, cell_logic.WORDS.get(k, k)] for k in GALLERY_ORDER],
         n_reviewed=sum(1 for f in case.fields if f.review_decision),
-        n_unflagged_todo=sum(1 for f in case.fields if f.flag == "ok" and f.label and not f.review_decision),
+        bulk=bulk, bulk_malignant=[i for i, _, bad in bulk if bad], withdrawn=withdrawn,
         cell_keys=cell_logic.KEYS, review_labels=cell_logic.REVIEW_LABELS, cell_words=cell_logic.WORDS,
         amendment_rule=rules.AMENDMENT_RULE, accepted_types=sorted(ACCEPTED_TYPES), **extra)
 
@@ -242,6 +246,7 @@ def review_field(
     else:
         item = {"field_id": field_id, "decision": "confirm" if label and label == f.label else "override",
                 "label": label or None, "note": note}
+    was_verified = case.differential_verified
     try:
         if not label:
             raise Invalid("No call was chosen for this field.",
@@ -251,17 +256,30 @@ def review_field(
     except LeukodxError as exc:
         return _failed(request, db, who, case_id, exc, "field_error", field_id=field_id,
                        form={"field_label": label, "field_note": note, "amendment_reason": amendment_reason})
-    nxt = _next_unreviewed(store.get_case(db, case_id, fresh=True), field_id)
-    return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed#viewer", status_code=303)
+    case = store.get_case(db, case_id, fresh=True)
+    nxt, withdrawn = _next_unreviewed(case, field_id), _withdrawn(was_verified, case)
+    if nxt is None:  # none left to review: on to the sign-off
+        return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=fields-all-reviewed{withdrawn}#review", 303)
+    return RedirectResponse(f"/cases/{case_id}?field={nxt}&done=field-reviewed{withdrawn}#viewer", status_code=303)
+
+
+def _withdrawn(was_verified: bool, case: Case) -> str:
+    """The query that makes the page say the change took the differential's verification back, and offer it again."""
+    return "&withdrawn=1" if was_verified and not case.differential_verified else ""
 
 
 @router.post("/cases/{case_id}/confirm-unflagged")
-def confirm_unflagged(request: Request, case_id: CaseId, who: FormUser, db: Db):
+def confirm_unflagged(request: Request, case_id: CaseId, who: FormUser, db: Db,
+                      confirm_malignant: Annotated[str, Form(max_length=10000)] = ""):
+    """The confirm step's form: `confirm_malignant` holds the numbers of the malignant calls it listed."""
     case = store.lock_case(db, case_id)
     try:
-        n = store.confirm_unflagged(db, case, who.name)
+        named = [int(x) for x in confirm_malignant.split(",") if x.strip().isdigit()]
+        n = store.confirm_unflagged(db, case, who.name, request.app.state.ctx.service.benign, named)
     except LeukodxError as exc:
-        return _failed(request, db, who, case_id, exc, "error", where=None)
+        if isinstance(exc, Invalid):  # a malignant call the page did not list: the list changed
+            exc = Invalid("The list changed since you opened it:", "check it again below, then confirm.")
+        return _failed(request, db, who, case_id, exc, "error", where=None, bulk_open=True)
     return RedirectResponse(f"/cases/{case_id}?done=confirmed-{min(n, 9999)}#review", status_code=303)
 
 
@@ -274,6 +292,7 @@ def review_cell(
 ):
     """The gallery's form for one cell (without JavaScript; with it, the page uses the API)."""
     case = store.lock_case(db, case_id)
+    was_verified = case.differential_verified
     try:
         if label and label not in cell_logic.REVIEW_LABELS:
             raise Invalid(f"Unknown cell class {label!r}.", "Choose a class from the list.")
@@ -282,7 +301,8 @@ def review_cell(
     except LeukodxError as exc:
         return _failed(request, db, who, case_id, exc, "error", "Type it above the gallery, then save again.",
                        field_id=field_id, form={"amendment_reason": amendment_reason})
-    return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=cell-reviewed#cell-{field_id}-{cell_id}",
+    withdrawn = _withdrawn(was_verified, case)
+    return RedirectResponse(f"/cases/{case_id}?field={field_id}&done=cell-reviewed{withdrawn}#cell-{field_id}-{cell_id}",
                             status_code=303)
 
 

@@ -344,7 +344,10 @@
     var bp = document.getElementById("blast-percent");
     if (bp && c.blast_percent_words) bp.textContent = c.blast_percent_words;
     var nr = document.getElementById("cells-reviewed"); if (nr && "n_cells_reviewed" in c) nr.textContent = c.n_cells_reviewed;
-    var nc = document.getElementById("n-counted"); if (nc && "n_cells_counted" in c) nc.textContent = c.n_cells_counted;
+    if ("n_cells_counted" in c) {  // "19 of 100 leukocytes counted": the differential's line and the gallery's
+      document.querySelectorAll(".n-counted").forEach(function (el) { el.textContent = c.n_cells_counted; });
+      document.querySelectorAll(".n-short").forEach(function (el) { el.hidden = !!c.n_cells_target_reached; });
+    }
     if ("n_cells_counted" in c) {  // "35 leukocyte(s) outlined: 17 counted, 17 listed but not counted …" (the outlined macro)
       document.querySelectorAll(".outlined-counted").forEach(function (el) { el.textContent = c.n_cells_counted; });
       document.querySelectorAll(".outlined-rest").forEach(function (el) {
@@ -358,6 +361,13 @@
         el.className = "warn-text"; el.textContent = el.dataset.unverified;
       });
     }
+  }
+
+  // a change that took the differential's verification back says so, and the Verify button offers it again
+  function withdrawn() {
+    var v = document.getElementById("verify-differential");
+    if (v) v.textContent = v.dataset.againText;
+    return document.getElementById("gallery-status").dataset.withdrawn;
   }
 
   function move(targets, label) { save(targets, targets.map(function () { return label; }), false); }
@@ -403,7 +413,7 @@
       var n = targets.length, first = "Cell " + targets[0].dataset.cell + " of field " + targets[0].getAttribute("aria-label").replace(/^Cell \d+ of field (\d+).*$/, "$1");
       say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
           ". Blast percentage now " + ((res.body && res.body.blast_percent_words) || "–") +
-          "." + (isUndo ? "" : " Press z to undo."));
+          "." + (isUndo ? "" : " Press z to undo.") + (res.body && res.body.verification_withdrawn ? " " + withdrawn().replace(/^Your change/, "This") : ""));
       // the cards go under their new group at once. After a move the selection is cleared and the focus goes on
       // to the card that followed the moved ones, so that a technologist works down a group key after key;
       // after an undo the cards put back stay selected, the focused one keeps the focus
@@ -482,7 +492,8 @@
   var maxBytes = parseInt(zone.dataset.maxBytes, 10);
   var maxFiles = parseInt(zone.dataset.maxFiles, 10);
   var okTypes = JSON.parse(zone.dataset.acceptedTypes || "[]");  // uploads.ACCEPTED_TYPES, from the page
-  var queue = [], running = 0, succeeded = 0, PARALLEL = 2;
+  // one upload at a time: each file is a field once its upload ends, so fields are numbered in the order chosen
+  var queue = [], running = 0, succeeded = 0, PARALLEL = 1;
   var KEEP = "leukodx-upload-problems-" + caseId;
 
   // files that were not added stay listed, with their reasons, after the page reloads (until dismissed)
@@ -562,7 +573,8 @@
         var body = JSON.parse(xhr.responseText), f = body.added[0];
         if (f) {
           job.ui.li.className = "done";
-          job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + f.confidence_words + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "");
+          job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + f.confidence_words + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "") +
+            (body.case.verification_withdrawn ? ". " + zone.dataset.withdrawn : "");
           succeeded++;
         } else {
           fail(job.ui, (body.skipped[0] || {}).reason || "the image is already in this case.");

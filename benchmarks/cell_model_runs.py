@@ -3,6 +3,11 @@ bundled model's directory), as a markdown table; used to show that a retrain thr
 the old trainer's figures (docs/results/issue27/README.md).
 
     python benchmarks/cell_model_runs.py src/leukodx/assets/cells /tmp/runs/old-f0 /tmp/runs/new-f0 --part val
+    PYTHONPATH=OTHER_CHECKOUT/src python benchmarks/cell_model_runs.py --crops-hash --data ../shared/data
+
+``--crops-hash``: the number and sha256 of the crops (pixels and every column) that `training.cells.collect` makes
+from the three sources with the project's split files, so two versions of the code can be shown to train on the
+same crops (``--limit-per-class`` as `leukodx train cells`).
 """
 
 from __future__ import annotations
@@ -52,11 +57,35 @@ def figures(run: Path, part: str) -> dict:
             "best_val_balanced_accuracy": best, "epochs": len(hist)}
 
 
+def crops_hash(data: Path, splits: Path, limit_per_class: int | None) -> tuple[int, str]:
+    import hashlib
+
+    import numpy as np
+
+    from leukodx.training.cells import collect
+
+    crops = collect(data / "pbc", data / "all-taleqani", data / "raabin-fields", pbc_split=splits / "pbc-seed0.csv",
+                    taleqani_split=splits / "taleqani-sgdc-seed0.csv",
+                    raabin_split=splits / "raabin-fields-seed0.csv", seed=0, limit_per_class=limit_per_class,
+                    log=lambda m: None)
+    h = hashlib.sha256()
+    for k in ("crops", "labels", "split", "source", "kind", "path", "field_label"):
+        h.update(np.ascontiguousarray(getattr(crops, k)).tobytes())
+    return len(crops), h.hexdigest()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", type=Path, nargs="+", help="model directories (config.json with metrics)")
+    ap.add_argument("runs", type=Path, nargs="*", help="model directories (config.json with metrics)")
     ap.add_argument("--part", choices=("val", "test"), default="val")
+    ap.add_argument("--crops-hash", action="store_true", help="print the number and sha256 of the collected crops")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--splits", type=Path, default=Path("benchmarks/splits"))
+    ap.add_argument("--limit-per-class", type=int, default=None)
     a = ap.parse_args()
+    if a.crops_hash:
+        print(*crops_hash(a.data, a.splits, a.limit_per_class))
+        return
     cols = [figures(r, a.part) for r in a.runs]
     print(f"| {a.part} | " + " | ".join(str(r) for r in a.runs) + " |")
     print("|---|" + "---|" * len(a.runs))

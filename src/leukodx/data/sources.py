@@ -88,7 +88,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            benign="Benign"),
     Source("chula", "Chula", "chula-wbc", "--chula", "images/*.jpg with typed YOLO boxes in labels/*.txt and "
            "fields.csv", ("images", "labels"), ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte"),
-           (), 40.0, None,
+           (), 40.0, None,  # classes in the order of its label files' class numbers; red cells as its README says
            "singgihbekti/WBC_Dataset (GitHub, commit 45759ab), Chulalongkorn University, Bangkok (MIT licence, "
            "Copyright (c) 2022 singgihbekti)."),
 )}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from leukodx.data import sources
 from leukodx.data.cell_references import contact_sheet, overlay
-from leukodx.data.split import read_split
+from leukodx.data.split import read_split, write_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +36,9 @@ def main() -> None:
     fields, _ = sources.read_raabin_fields(data / "raabin-fields")
     pbc = sources.read_pbc(data / "pbc")
     if a.splits:
-        sources.write_source_split(sources.source_split(sources.raabin_rows(fields), a.seed),
-                                   ROOT / f"benchmarks/splits/raabin-fields-seed{a.seed}.csv")
-        sources.write_source_split(sources.source_split(pbc, a.seed), ROOT / f"benchmarks/splits/pbc-seed{a.seed}.csv")
+        write_split(sources.source_split(sources.raabin_rows(fields), a.seed), None,
+                    ROOT / f"benchmarks/splits/raabin-fields-seed{a.seed}.csv")
+        write_split(sources.source_split(pbc, a.seed), None, ROOT / f"benchmarks/splits/pbc-seed{a.seed}.csv")
     if "taleqani" in only:
         rows = read_split(ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv")
         refs = [sources.taleqani_field_reference(data / "all-taleqani", r["path"]) for r in rng.sample(rows, a.n)]

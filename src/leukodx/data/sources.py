@@ -27,7 +27,6 @@ read with `leukodx.data.split.read_split`.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,6 @@ PBC_RBC_DIAMETER = 68.0  # px, measured (module docstring); overwritten nowhere,
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
 TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
-SPLIT_COLUMNS = ("path", "label", "split", "group")
 
 
 @dataclass(frozen=True)
@@ -272,16 +270,6 @@ def source_split(rows: list[tuple[str, str]], seed: int = 0) -> list[dict[str, s
     """Split rows (path, label) by file: each row its own group (module docstring)."""
     return [{"path": p, "label": lab, "split": split_of(Path(p).name, seed), "group": Path(p).stem}
             for p, lab in rows]
-
-
-def write_source_split(rows: list[dict[str, str]], out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(SPLIT_COLUMNS))
-        wr.writeheader()
-        wr.writerows(rows)
-    return out
 
 
 def raabin_rows(fields: list[RaabinField]) -> list[tuple[str, str]]:

@@ -150,7 +150,8 @@ def make_split(
     return rows, summary
 
 
-def write_split(rows: list[dict], summary: dict, out: str | Path) -> Path:
+def write_split(rows: list[dict], summary: dict | None, out: str | Path) -> Path:
+    """Write a split CSV (path,label,split,group) and, when given, its summary beside it (.json; returned)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -160,7 +161,8 @@ def write_split(rows: list[dict], summary: dict, out: str | Path) -> Path:
         w.writerows(rows)
     tmp.replace(out)
     meta = out.with_suffix(".json")
-    meta.write_text(json.dumps(summary, indent=2))
+    if summary is not None:
+        meta.write_text(json.dumps(summary, indent=2))
     return meta
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import update
 
-from leukodx.data.images import open_image
-from leukodx.inference.render import heatmap_png, shrink
 from leukodx.web.cases.rules import NotFound
 from leukodx.web.db import Field
+from leukodx.web.uploads import GoodImage
 
 
 async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
@@ -29,15 +27,8 @@ async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
     path = ctx.store.path(image_file)
     if path is None:
         raise NotFound("The field's image file is missing.", "Upload the field again.")
-    data = await run_in_threadpool(path.read_bytes)
-    side = ctx.settings.display_max_side
-
-    def job(analyzer):
-        rgb = np.asarray(open_image(data, name=name))
-        r = analyzer.analyze(rgb, name=name, heatmap=True)
-        return None if r.heatmap is None else heatmap_png(*shrink(rgb, r, side), captioned=False)
-
-    png = await ctx.service.run(job)
+    image = GoodImage(name, await run_in_threadpool(path.read_bytes), None, "", 0, 0)  # decoded when analysed
+    [(_, _, _, png)] = await ctx.service.analyse([image], heatmap=True, render=True)
     if png is None:
         return None
 

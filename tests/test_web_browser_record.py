@@ -120,5 +120,13 @@ def test_the_record_and_the_small_things_at_1366_by_768(server, tmp_path):
         expect(page.locator(".notice")).to_contain_text("Every field is reviewed now")
         assert "next field to review" not in page.locator(".notice").inner_text()
         assert re.search(r"4 of 4 fields reviewed", page.locator("#reviewed-count").inner_text())
+        # verified again, then a field added: the page it reloads to says the verification was taken back
+        page.goto(case_url + "#gallery")
+        page.locator("#verify-differential").click()
+        expect(page.locator(".notice")).to_contain_text("verified in your name")
+        (tmp_path / "e.png").write_bytes(field_png("Pre", 99, size=320))
+        page.locator("#file-input").set_input_files(str(tmp_path / "e.png"))
+        expect(page.locator(".notice")).to_contain_text("took back the differential's verification", timeout=30_000)
+        expect(page.locator("#gallery-status")).to_contain_text("Verify the differential again")
         assert not errors, errors
         browser.close()

@@ -142,7 +142,7 @@ def test_a_malignant_call_is_never_confirmed_in_bulk_unless_named(live):
         assert r.status_code == 422, r.text
         detail = r.json()["detail"]
         assert "malignant" in detail and "confirm_malignant" in detail and "field 1" not in detail.lower()
-        assert ("4 (Pro)" in detail) and (("2 (Pre)" in detail) == (body is None or 2 not in body.get("confirm_malignant", [])))
+        assert "4 (Pro)" in detail and ("2 (Pre)" in detail) == (body is None or 2 not in body.get("confirm_malignant", []))
     assert api.get(f"/api/v1/cases/{cid}").json() == before  # nothing was confirmed
     r = api.post(f"/api/v1/cases/{cid}/confirm-unflagged", json={"confirm_malignant": [2, 4]})
     assert r.status_code == 200, r.text

@@ -65,7 +65,7 @@ def make_templates() -> Jinja2Templates:
     t.env.globals.update(flag_words=words.flag_words, call_words=words.call_words, reason_words=words.reason_words,
                          CLASS_NAMES=words.CLASS_NAMES, DECISION_WORDS=words.DECISION_WORDS,
                          DECISION_SHORT=words.DECISION_SHORT, BASIS_WORDS=words.BASIS_WORDS,
-                         BASIS_SHORT=words.BASIS_SHORT, field_basis=field_basis)
+                         field_basis=field_basis)
     return t
 
 

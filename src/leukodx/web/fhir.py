@@ -106,10 +106,9 @@ def diagnostic_report(case: Case, settings, threshold: float | None = None) -> d
         notes.append(f"AI suggestion: {case.ai_label}, confidence {words.model_percent(case.ai_confidence or 0)}.")
     if signed:
         notes.append(f"Reviewer's call: {case.review_label} ({words.BASIS_WORDS.get(rules.case_basis(case, threshold) or '')}).")
-    calls = [f"field {i}: {f.review_label} ({words.BASIS_WORDS.get(rules.field_basis(f) or '')})"
-             for i, f in enumerate(case.fields, start=1) if f.review_label]
-    if calls:
-        notes.append("Field calls: " + "; ".join(calls) + ".")
+    calls = "; ".join(f"field {i}: {f.review_label} ({words.BASIS_WORDS.get(rules.field_basis(f) or '')})"
+                      for i, f in enumerate(case.fields, start=1) if f.review_label)
+    notes += [f"Field calls: {calls}."] if calls else []
     left_out = rules.unassessable_fields(case)
     if left_out:
         notes.append("Left out as unassessable: " + "; ".join(

@@ -119,10 +119,9 @@ class ReviewOut(BaseModel):
     reviewed_at: str | None
     basis: Literal["confirmed_ai", "reviewer_call_same_as_unconfident_ai", "override", "reviewer_call_no_ai_call",
                    "unassessable"] | None = Field(
-        default=None, description="What the call rests on, against the AI's call as it stands: 'confirmed_ai' (a "
-        "confident AI call, confirmed), 'reviewer_call_same_as_unconfident_ai' (the reviewer's own call; the AI's "
-        "unconfident suggestion, a flagged field or a case call under the threshold, was the same class), "
-        "'override', 'reviewer_call_no_ai_call', 'unassessable'; null before review.")
+        default=None, description="Whose call it is, against the AI's call as it stands: a confident AI call "
+        "confirmed; the reviewer's call where the AI's (a flagged field, a case call under its threshold) was "
+        "the same; ...; null before review.")
 
 
 class FieldOut(BaseModel):
@@ -229,9 +228,8 @@ class CaseOut(BaseModel):
         default=None, description="The case rule over the fields with the reviewer's field calls taken into account.")
     warnings: list[str] = Field(default=[], description="What to look at before signing off; a duplicate reference.")
     fields: list[FieldOut] = []
-    verification_withdrawn: bool = Field(default=False, description="The answer to a change: true when it took "
-                                         "back the differential's verification (verify it again: POST "
-                                         ".../differential/verify, with the same amendment_reason when signed off).")
+    verification_withdrawn: bool = Field(default=False, description="The answer to a change: it took back the "
+                                         "differential's verification (POST .../differential/verify again).")
 
 
 class CaseList(BaseModel):
@@ -295,9 +293,8 @@ class CaseCellsIn(BaseModel):
 
 
 class ConfirmUnflaggedIn(BaseModel):
-    confirm_malignant: list[int] = Field(default=[], max_length=1000, description="The numbers of the fields "
-                                         "with a malignant AI call (a class the case rule does not count as "
-                                         "benign) to confirm too; a malignant call not named answers 422.")
+    confirm_malignant: list[int] = Field(default=[], max_length=1000, description="Numbers of the fields with "
+                                         "a malignant AI call to confirm too; one not named answers 422.")
 
 
 class VerifyIn(BaseModel):

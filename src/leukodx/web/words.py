@@ -25,13 +25,10 @@ CALL_WORDS = {
 }
 DECISION_WORDS = {"confirm": "confirmed the AI suggestion", "override": "overrode the AI suggestion"}
 DECISION_SHORT = {"confirm": "confirmed", "override": "overridden"}
-# what a reviewer's call rests on (rules.review_basis): the record says whose call it is
+# whose call a reviewer's call is (rules.review_basis); short: the words before ";"
 BASIS_WORDS = {"confirmed_ai": "confirmed the AI suggestion", "override": "overrode the AI suggestion",
                "reviewer_call_same_as_unconfident_ai": "reviewer's call; the AI's unconfident suggestion was the same",
                "reviewer_call_no_ai_call": "reviewer's call; the AI made no call", "unassessable": "unassessable"}
-BASIS_SHORT = {"confirmed_ai": "confirmed", "override": "overridden", "unassessable": "unassessable",
-               "reviewer_call_same_as_unconfident_ai": "reviewer's call (AI unsure, same class)",
-               "reviewer_call_no_ai_call": "reviewer's call (no AI call)"}
 
 FLAG_TITLES = {
     "ok": "No flags",

@@ -96,12 +96,10 @@ def add_amendment(case: Case, actor: str, reason: str, what: str, before, after,
 
 
 def withdrew_verification(amendment: dict, actor: str, reason: str, now: datetime) -> bool:
-    """Did this amendment (the case's last) take the differential's verification back, by `actor` for `reason`
-    within the hour? Then verifying again belongs to it (the page offers that where the change was made)."""
-    at = datetime.fromisoformat(amendment.get("at") or "1970-01-01T00:00:00+00:00")
+    """Did this amendment take the differential's verification back, by `actor` for `reason`, within the hour?"""
     return (amendment.get("by") == actor and amendment.get("reason") == reason
-            and (now if now.tzinfo else now.replace(tzinfo=UTC)) - at < timedelta(hours=1)
-            and any(ch.get("target") == "differential" and str(ch.get("after", "")).startswith("not verified")
+            and (amendment.get("at") or "") >= str(iso(now - timedelta(hours=1)))
+            and any(ch.get("target") == "differential" and str(ch.get("after")).startswith("not verified")
                     for ch in amendment.get("changes") or []))
 
 
@@ -166,10 +164,8 @@ def field_call_words(f: Field) -> str:
 
 
 def review_basis(decision: str | None, label: str | None, ai_label: str | None, ai_confident: bool) -> str | None:
-    """What a reviewer's call rests on (the API's `review.basis`): "confirmed_ai" (the AI's confident call,
-    confirmed), "reviewer_call_same_as_unconfident_ai" (the reviewer chose the class the AI suggested without
-    confidence: a flagged field, a case call under the threshold), "override" (another class than the AI's),
-    "reviewer_call_no_ai_call", "unassessable"; None before review. Judged against the AI's call as it stands."""
+    """Whose call a reviewer's call is (the API's `review.basis`, schemas.ReviewOut), against the AI's call as it
+    stands; `ai_confident`: a case call at its threshold, an unflagged field."""
     if not decision or decision == UNASSESSABLE:
         return decision or None
     if not ai_label:
@@ -184,8 +180,7 @@ def field_basis(f: Field) -> str | None:
 
 
 def ai_confident(case: Case, threshold: float | None) -> bool:
-    """Is the AI's case call confident (at or above `threshold`: confidence_threshold), so pages offer a
-    one-click confirm?"""
+    """Is the AI's case call at or above `threshold` (confidence_threshold), so pages offer a one-click confirm?"""
     return bool(case.ai_label and case.ai_confidence is not None and threshold is not None
                 and case.ai_confidence >= threshold)
 
@@ -283,9 +278,8 @@ def unassessable_fields(case: Case) -> list[dict]:
 
 
 def bulk_confirmable(case: Case, benign: Sequence[str]) -> list[tuple[int, Field, bool]]:
-    """What "confirm all unflagged fields" confirms: (number, field, malignant call) of each field with an AI
-    call, no flag and no review yet; a malignant call (not one of the case rule's `benign` classes) is confirmed
-    in bulk only when named (store.confirm_unflagged)."""
+    """What "confirm all unflagged fields" confirms: (number, field, malignant: not one of the `benign` classes)
+    of each field with an AI call, no flag and no review yet."""
     return [(i, f, f.label not in benign) for i, f in enumerate(case.fields, start=1)
             if f.flag == "ok" and f.label and not f.review_decision]
 

@@ -392,20 +392,15 @@ def verify_differential(db: Session, case: Case, actor: str, note: str = "",
 def confirm_unflagged(db: Session, case: Case, actor: str, benign: Sequence[str],
                       confirm_malignant: Sequence[int] = ()) -> int:
     """Confirm the AI's call of every field that is unflagged and not yet reviewed; returns how many. A malignant
-    call (not one of `benign`) is confirmed only when its field number is in `confirm_malignant` (else Invalid,
-    naming the fields): the reviewer has seen the list (rules.bulk_confirmable)."""
+    call (not one of `benign`) only when its field number is in `confirm_malignant`, else Invalid names them."""
     todo = rules.bulk_confirmable(case, benign)
     if not todo:
         return 0
     rules.require_unlocked(case, None, "confirming the unflagged fields")
-    unnamed = [(i, f.label) for i, f, malignant in todo if malignant and i not in set(confirm_malignant)]
+    unnamed = ", ".join(f"{i} ({f.label})" for i, f, bad in todo if bad and i not in set(confirm_malignant))
     if unnamed:
-        many = len(unnamed) > 1
-        raise rules.Invalid(f"Nothing was confirmed: field{'s' if many else ''} "
-                            + ", ".join(f"{i} ({label})" for i, label in unnamed)
-                            + f" {'have' if many else 'has'} a malignant AI call, which is confirmed in bulk only "
-                            "when named.", "Check them, then name their numbers in confirm_malignant, or review "
-                            "each in the viewer.")
+        raise rules.Invalid(f"Nothing was confirmed: a malignant AI call is confirmed in bulk only when named (not "
+                            f"named: field {unnamed}).", "Check them, then give their numbers in confirm_malignant.")
     review(db, case, actor, None, [{"field_id": f.id, "decision": "confirm", "label": None, "note": ""}
                                    for _, f, _ in todo], classes=())  # confirmations name no class
     return len(todo)

@@ -493,7 +493,7 @@
   var maxFiles = parseInt(zone.dataset.maxFiles, 10);
   var okTypes = JSON.parse(zone.dataset.acceptedTypes || "[]");  // uploads.ACCEPTED_TYPES, from the page
   // one upload at a time: each file is a field once its upload ends, so fields are numbered in the order chosen
-  var queue = [], running = 0, succeeded = 0, PARALLEL = 1;
+  var queue = [], running = 0, succeeded = 0, PARALLEL = 1, withdrew = false;
   var KEEP = "leukodx-upload-problems-" + caseId;
 
   // files that were not added stay listed, with their reasons, after the page reloads (until dismissed)
@@ -552,7 +552,7 @@
       var note = document.createElement("li"); note.className = "done";
       note.textContent = "All uploads finished. Showing the results…"; list.append(note);
       succeeded = 0;
-      setTimeout(function () { window.location.assign("/cases/" + caseId + "?done=uploaded&n=" + Date.now() + "#review"); }, 400);
+      setTimeout(function () { window.location.assign("/cases/" + caseId + "?done=uploaded" + (withdrew ? "&withdrawn=1" : "") + "&n=" + Date.now() + "#review"); }, 400);
     }
   }
 
@@ -575,6 +575,7 @@
           job.ui.li.className = "done";
           job.ui.state.textContent = (f.label ? "Done — AI suggests " + f.label + " (" + f.confidence_words + ")" : "Done — no class call (review it as unassessable)") + ", " + f.cell_count + " cell(s)" + (f.flag !== "ok" ? ", flagged: " + f.flag_words.title : "") +
             (body.case.verification_withdrawn ? ". " + zone.dataset.withdrawn : "");
+          withdrew = withdrew || body.case.verification_withdrawn;
           succeeded++;
         } else {
           fail(job.ui, (body.skipped[0] || {}).reason || "the image is already in this case.");

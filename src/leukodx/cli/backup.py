@@ -19,10 +19,6 @@ def _files_dir(db: str, files_dir: Path | None) -> Path:
     return Settings.from_env(database_url=database_url_for(db), files_dir=files_dir).resolved_files_dir()
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
-
-
 def backup(
     db: str = typer.Option(None, "--db", help=DB_HELP),
     out: Path = typer.Option(..., "--out", help="The archive to write, e.g. /backup/leukodx-2026-01-31.tar.gz."),
@@ -42,9 +38,9 @@ def backup(
     t0 = time.perf_counter()
     m = run_backup(database_url_for(db), _files_dir(db, files_dir), out, allow_damaged=allow_damaged)
     c = m["counts"]
-    size = Path(out).stat().st_size
+    size_mb = Path(out).stat().st_size / 2**20
     console.print(f"Backup written: [bold]{out}[/] ({c['cases']} cases, {c['fields']} fields, {c['users']} users, "
-                  f"{m['files']['count']} files, {_mb(size)}, schema {m['database']['schema_revision']}) in "
+                  f"{m['files']['count']} files, {size_mb:.1f} MB, schema {m['database']['schema_revision']}) in "
                   f"{time.perf_counter() - t0:.1f} s.", highlight=False, soft_wrap=True)
     if m["damaged"]:
         err_console.print(f"[bold yellow]warning:[/] {len(m['damaged'])} file(s) were missing or damaged and are "

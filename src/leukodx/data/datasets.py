@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from leukodx.data.images import MaskSizeWarning, read_reference_mask, read_rgb
+from leukodx.data.inspect import NEAR_EMPTY_FRACTION
 from leukodx.data.layout import Sample, load_dataset
 from leukodx.errors import DatasetError, ImageError
 
 BALANCING = ("oversample", "weights", "none")
-NEAR_EMPTY_FRACTION = 0.001  # < 0.1 % foreground: the reference mask failed
 
 
 def _decode(path: Path, max_side: int | None) -> np.ndarray:

@@ -7,6 +7,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 NEAR_DUPLICATE_MAX_DISTANCE = 10
 """Two fields whose 64-bit DCT perceptual hashes differ in at most this many bits are near duplicates.
@@ -33,38 +35,18 @@ def perceptual_hash(rgb: np.ndarray) -> int:
     return value
 
 
-def _popcount(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
-
-
 def hamming_matrix(hashes: list[int]) -> np.ndarray:
     arr = np.array(hashes, dtype=np.uint64)
-    return _popcount(arr[:, None] ^ arr[None, :])
+    return np.bitwise_count(arr[:, None] ^ arr[None, :])
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def _components(n: int, pairs) -> list[list[int]]:
-    uf = _UnionFind(n)
-    for a, b in pairs:
-        uf.union(int(a), int(b))
+def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of the graph on 0..n-1 with edges `pairs`, each sorted, ordered by smallest member."""
+    a, b = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
+    for i, c in enumerate(label.tolist()):
+        groups.setdefault(c, []).append(i)
     return list(groups.values())
 
 

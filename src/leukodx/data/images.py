@@ -66,38 +66,24 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, min_side:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
                 if img.format not in ALLOWED_FORMATS:
-                    raise ImageError(
-                        label,
-                        f"format {img.format} is not accepted",
-                        "Use JPEG, PNG, TIFF or BMP.",
-                    )
+                    raise ImageError(label, f"format {img.format} is not accepted", "Use JPEG, PNG, TIFF or BMP.")
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise ImageError(
-                        label,
-                        f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the {MAX_PIXELS / 1e6:.0f} MP limit",
-                        "Downscale it, or crop the field of interest.",
-                    )
+                    raise ImageError(label, f"image is {w}x{h} = {w * h / 1e6:.0f} MP, over the "
+                                     f"{MAX_PIXELS / 1e6:.0f} MP limit", "Downscale it, or crop the field of interest.")
                 if min(w, h) < min_side:
-                    raise ImageError(
-                        label,
-                        f"image is {w}x{h}, smaller than the {min_side} px minimum side",
-                        "Use the full microscope field, not a thumbnail.",
-                    )
+                    raise ImageError(label, f"image is {w}x{h}, smaller than the {min_side} px minimum side",
+                                     "Use the full microscope field, not a thumbnail.")
                 img.load()
                 return _to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImageError(
-            label,
-            f"looks like a decompression bomb ({exc.__class__.__name__})",
-            f"Images over {MAX_PIXELS / 1e6:.0f} MP are refused; downscale it first.",
-        ) from None
+        raise ImageError(label, f"looks like a decompression bomb ({exc.__class__.__name__})",
+                         f"Images over {MAX_PIXELS / 1e6:.0f} MP are refused; downscale it first.") from None
     except UnidentifiedImageError:
-        raise ImageError(
-            label, "not an image (cannot identify the format)", "Use JPEG, PNG, TIFF or BMP files."
-        ) from None
+        raise ImageError(label, "not an image (cannot identify the format)",
+                         "Use JPEG, PNG, TIFF or BMP files.") from None
     except OSError as exc:
         text = str(exc)
         if "truncated" in text.lower() or "broken data stream" in text.lower():
@@ -122,14 +108,10 @@ def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int,
     """
     img = open_image(path).convert("L")
     target = None if size is None else (size[0], size[1])
-    if target is not None and img.size != target and warn:
-        warnings.warn(
-            f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {target[0]}x{target[1]}; "
-            "the mask was resized (nearest neighbour) to match.",
-            MaskSizeWarning,
-            stacklevel=2,
-        )
     if target is not None and img.size != target:
+        if warn:
+            warnings.warn(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {target[0]}x{target[1]}; "
+                          "the mask was resized (nearest neighbour) to match.", MaskSizeWarning, stacklevel=2)
         img = img.resize(target, Image.Resampling.NEAREST)
     return np.asarray(img) > threshold
 

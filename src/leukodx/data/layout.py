@@ -50,11 +50,8 @@ class Dataset:
     def require_nonempty(self) -> None:
         """Raise when a class is empty: training and splitting need every class."""
         if self.empty_classes:
-            names = ", ".join(self.empty_classes)
-            raise DatasetError(
-                f"Class folder(s) {names} in {self.root} hold no images.",
-                "Add images to them, or remove the empty folders.",
-            )
+            raise DatasetError(f"Class folder(s) {', '.join(self.empty_classes)} in {self.root} hold no images.",
+                               "Add images to them, or remove the empty folders.")
 
 
 def _order_classes(names: list[str]) -> list[str]:
@@ -114,12 +111,5 @@ def load_dataset(root: str | Path) -> Dataset:
             n += 1
         if n == 0:
             empty.append(name)
-    return Dataset(
-        root=root,
-        layout=layout,
-        classes=classes,
-        samples=samples,
-        empty_classes=empty,
-        ignored=ignored,
-        has_masks=seg_root is not None,
-    )
+    return Dataset(root=root, layout=layout, classes=classes, samples=samples, empty_classes=empty, ignored=ignored,
+                   has_masks=seg_root is not None)

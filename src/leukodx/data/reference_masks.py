@@ -34,17 +34,16 @@ from scipy import ndimage as ndi
 MIN_VALID_FRACTION = 0.01  # an HSV reference under this foreground fraction is taken as failed, and rebuilt
 STAIN_MARGIN = 0.2  # OD units over the field's median score
 MIN_OBJECT_PX = 40  # at 224 px; scaled with the field's area
-BACKGROUND_PERCENTILE = 97.0
 SOURCES = ("hsv", "stain_rule")
 
 
 def stain_score(rgb: np.ndarray) -> np.ndarray:
     """The nuclear-stain score s = OD_green - OD_blue per pixel (float32 HxW), OD relative to the field's own
     background."""
-    x = ndi.uniform_filter(np.asarray(rgb)[..., :3].astype(np.float32), (3, 3, 1))
-    bg = np.percentile(x.reshape(-1, 3), BACKGROUND_PERCENTILE, axis=0)
-    od = -np.log(np.clip((x + 1.0) / (bg + 1.0), 1e-3, 1.0))
-    return (od[..., 1] - od[..., 2]).astype(np.float32)
+    from leukodx.data.cell_references import optical_density
+
+    od = optical_density(rgb)
+    return od[..., 1] - od[..., 2]
 
 
 def stain_mask(rgb: np.ndarray) -> np.ndarray:

@@ -82,11 +82,11 @@ class StainJitter(_ImageOnly):
         self.strength, self.shift, self.hue = strength, shift, hue
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
-        params["alpha"] = 1 + (torch.rand(3) * 2 - 1) * self.strength
-        params["beta"] = (torch.rand(3) * 2 - 1) * self.shift
-        params["noise"] = torch.randn(3, 3) * self.hue
-        return params
+        return super().make_params(flat_inputs) | {
+            "alpha": 1 + (torch.rand(3) * 2 - 1) * self.strength,
+            "beta": (torch.rand(3) * 2 - 1) * self.shift,
+            "noise": torch.randn(3, 3) * self.hue,
+        }
 
     def apply_image(self, img, params):
         m = _stain_matrix()
@@ -107,9 +107,7 @@ class WhiteBalance(_ImageOnly):
         self.amount = amount
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
-        params["gain"] = 1 + (torch.rand(3) * 2 - 1) * self.amount
-        return params
+        return super().make_params(flat_inputs) | {"gain": 1 + (torch.rand(3) * 2 - 1) * self.amount}
 
     def apply_image(self, img, params):
         return (img * params["gain"].view(3, 1, 1)).clamp(0, 1)
@@ -123,10 +121,8 @@ class ChannelGamma(_ImageOnly):
         self.amount = amount
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
         lim = float(np.log1p(self.amount))
-        params["gamma"] = torch.exp((torch.rand(3) * 2 - 1) * lim)
-        return params
+        return super().make_params(flat_inputs) | {"gamma": torch.exp((torch.rand(3) * 2 - 1) * lim)}
 
     def apply_image(self, img, params):
         return img.clamp(1e-4, 1).pow(params["gamma"].view(3, 1, 1))
@@ -140,9 +136,8 @@ class HueRotate(_ImageOnly):
         self.degrees = degrees
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
-        params["angle"] = float((torch.rand(()) * 2 - 1) * self.degrees * np.pi / 180)
-        return params
+        return super().make_params(flat_inputs) | {
+            "angle": float((torch.rand(()) * 2 - 1) * self.degrees * np.pi / 180)}
 
     def apply_image(self, img, params):
         a = params["angle"]
@@ -164,9 +159,7 @@ class SensorNoise(_ImageOnly):
         self.sigma = sigma
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
-        params["std"] = float(torch.rand(())) * self.sigma
-        return params
+        return super().make_params(flat_inputs) | {"std": float(torch.rand(())) * self.sigma}
 
     def apply_image(self, img, params):
         return (img + torch.randn_like(img) * params["std"]).clamp(0, 1)
@@ -180,9 +173,8 @@ class JpegReencode(_ImageOnly):
         self.quality = quality
 
     def make_params(self, flat_inputs):
-        params = super().make_params(flat_inputs)
-        params["quality"] = int(torch.randint(self.quality[0], self.quality[1] + 1, ()))
-        return params
+        return super().make_params(flat_inputs) | {
+            "quality": int(torch.randint(self.quality[0], self.quality[1] + 1, ()))}
 
     def apply_image(self, img, params):
         import io
@@ -345,26 +337,26 @@ def _as_image(rgb: np.ndarray | torch.Tensor) -> tv_tensors.Image:
     return tv_tensors.Image(t)
 
 
-class ClassificationTransform:
-    """Callable: HxWx3 uint8 array -> float32 3xHxW tensor in 0..255 (augmented when `augment` != none)."""
+class _Transform:
+    """The `build_transform` pipeline of one size and augmentation strength."""
 
     def __init__(self, size: int | tuple[int, int], augment: str = "none"):
         self.size, self.augment = size, augment
         self.pipeline = build_transform(size, augment)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, augment={self.augment!r})"
+
+
+class ClassificationTransform(_Transform):
+    """Callable: HxWx3 uint8 array -> float32 3xHxW tensor in 0..255 (augmented when `augment` != none)."""
 
     def __call__(self, rgb) -> torch.Tensor:
         return self.pipeline(_as_image(rgb)).as_subclass(torch.Tensor).contiguous()
 
-    def __repr__(self) -> str:
-        return f"ClassificationTransform(size={self.size}, augment={self.augment!r})"
 
-
-class SegmentationTransform:
+class SegmentationTransform(_Transform):
     """Callable: (HxWx3 uint8, HxW bool/uint8 mask) -> (float32 3xHxW in 0..255, float32 1xHxW in {0, 1})."""
-
-    def __init__(self, size: int | tuple[int, int], augment: str = "none"):
-        self.size, self.augment = size, augment
-        self.pipeline = build_transform(size, augment)
 
     def __call__(self, rgb, mask) -> tuple[torch.Tensor, torch.Tensor]:
         m = torch.from_numpy(np.array(mask, dtype=np.uint8, copy=True))
@@ -372,9 +364,6 @@ class SegmentationTransform:
             m = m[None]
         img, msk = self.pipeline(_as_image(rgb), tv_tensors.Mask(m))
         return img.as_subclass(torch.Tensor).contiguous(), msk.as_subclass(torch.Tensor).contiguous()
-
-    def __repr__(self) -> str:
-        return f"SegmentationTransform(size={self.size}, augment={self.augment!r})"
 
 
 def classification_transforms(size: int, augment: str = "light") -> tuple[ClassificationTransform,

@@ -51,9 +51,7 @@ def plot_confusion(cm, classes, path: Path, title: str = "Confusion matrix") -> 
                     color="white" if share[i, j] > 0.6 else "black")
     ax.set_xticks(range(n), classes, rotation=30)
     ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, path)
 
 
@@ -64,11 +62,8 @@ def plot_roc(curves: dict, path: Path, title: str = "ROC curves (one vs rest)") 
     for name, (fpr, tpr, a) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {a:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title=title)
     if curves:
         ax.legend(loc="lower right", fontsize=8)
     else:
@@ -91,14 +86,10 @@ def plot_reliability(bins: dict, path: Path, ece: float | None = None, title: st
     ax.bar(centres[ok], conf[ok] - acc[ok], bottom=acc[ok], width=width * 0.95, color="#e45756", alpha=0.35,
            label="gap to confidence")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=title + (f" (ECE {ece:.3f})" if ece is not None else ""))
     ax.legend(loc="upper left", fontsize=8)
     ax2.bar(centres, count / max(count.sum(), 1), width=width * 0.95, color="#72b7b2")
-    ax2.set_xlabel("confidence (max probability)")
-    ax2.set_ylabel("share")
-    ax2.set_xlim(0, 1)
+    ax2.set(xlabel="confidence (max probability)", ylabel="share", xlim=(0, 1))
     return _save(fig, path)
 
 
@@ -125,9 +116,7 @@ def plot_dice_histogram(series: dict[str, list[float]], path: Path, title: str =
     for name, values in series.items():
         if values:
             ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})")
-    ax.set_xlabel("Dice (fields whose reference has >= 0.1 % foreground)")
-    ax.set_ylabel("fields")
-    ax.set_title(title)
+    ax.set(xlabel="Dice (fields whose reference has >= 0.1 % foreground)", ylabel="fields", title=title)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -204,9 +193,7 @@ def _img(path: Path | None, alt: str) -> str:
 def _fmt(v, pct: bool = False) -> str:
     if v is None:
         return "—"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
+    if isinstance(v, int):  # bool too
         return str(v)
     if isinstance(v, float):
         return f"{v:.2%}" if pct else f"{v:.4f}"

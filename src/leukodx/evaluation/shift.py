@@ -35,7 +35,6 @@ import io
 import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TypedDict
 
 import numpy as np
 from PIL import Image
@@ -46,29 +45,22 @@ RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.
 RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)
 
 
-class _Ranges(TypedDict):
-    magnification: float
-    stain_strength: float
-    stain_offset: float
-    stain_hue: float
-    white_balance: float
-    brightness: float
-    contrast: float
-    blur_sigma: float
-    jpeg_quality: tuple[int, int]
+@dataclass(frozen=True)
+class _Ranges:
+    """The ranges at severity 1; see the module docstring."""
+
+    magnification: float = 0.20
+    stain_strength: float = 0.30
+    stain_offset: float = 0.03
+    stain_hue: float = 0.10
+    white_balance: float = 0.10
+    brightness: float = 20.0
+    contrast: float = 0.20
+    blur_sigma: float = 1.5
+    jpeg_quality: tuple[int, int] = (40, 90)
 
 
-RANGES: _Ranges = {  # at severity 1; see the module docstring
-    "magnification": 0.20,
-    "stain_strength": 0.30,
-    "stain_offset": 0.03,
-    "stain_hue": 0.10,
-    "white_balance": 0.10,
-    "brightness": 20.0,
-    "contrast": 0.20,
-    "blur_sigma": 1.5,
-    "jpeg_quality": (40, 90),
-}
+RANGES = _Ranges()
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,7 @@ def rng_for(seed: int, key: int | str) -> np.random.Generator:
 def describe(severity: float = 1.0) -> dict:
     """The ranges used at `severity`, for reports and metrics.json."""
     s = float(severity)
-    m, st, so, sh = RANGES["magnification"], RANGES["stain_strength"], RANGES["stain_offset"], RANGES["stain_hue"]
+    m, st, so, sh = RANGES.magnification, RANGES.stain_strength, RANGES.stain_offset, RANGES.stain_hue
     q_lo, q_hi = _jpeg_range(s)
     return {
         "name": "lab",
@@ -109,16 +101,16 @@ def describe(severity: float = 1.0) -> dict:
         "stain_strength": [max(0.0, 1 - st * s), 1 + st * s],
         "stain_offset_od": [-so * s, so * s],
         "stain_hue_od_tilt": sh * s,
-        "white_balance_gain": [max(0.0, 1 - RANGES["white_balance"] * s), 1 + RANGES["white_balance"] * s],
-        "brightness": [-RANGES["brightness"] * s, RANGES["brightness"] * s],
-        "contrast": [max(0.0, 1 - RANGES["contrast"] * s), 1 + RANGES["contrast"] * s],
-        "blur_sigma_px": [0.0, RANGES["blur_sigma"] * s],
+        "white_balance_gain": [max(0.0, 1 - RANGES.white_balance * s), 1 + RANGES.white_balance * s],
+        "brightness": [-RANGES.brightness * s, RANGES.brightness * s],
+        "contrast": [max(0.0, 1 - RANGES.contrast * s), 1 + RANGES.contrast * s],
+        "blur_sigma_px": [0.0, RANGES.blur_sigma * s],
         "jpeg_quality": None if s <= 0 else [q_lo, q_hi],
     }
 
 
 def _jpeg_range(s: float) -> tuple[int, int]:
-    lo, hi = RANGES["jpeg_quality"]
+    lo, hi = RANGES.jpeg_quality
     return max(10, round(hi - (hi - lo) * s)), hi
 
 
@@ -135,20 +127,20 @@ def sample_params(rng: np.random.Generator, severity: float = 1.0) -> LabShiftPa
         raise ValueError("severity must be >= 0")
     u = rng.uniform(-1.0, 1.0, size=17)  # every part draws from its own slots
     vectors = RGB_FROM_HED.copy()
-    vectors[:2] = np.clip(vectors[:2] + RANGES["stain_hue"] * s * u[7:13].reshape(2, 3), 0.01, None)
+    vectors[:2] = np.clip(vectors[:2] + RANGES.stain_hue * s * u[7:13].reshape(2, 3), 0.01, None)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     q_lo, q_hi = _jpeg_range(s)
     quality = None if s <= 0 else int(round(q_lo + (u[16] + 1) / 2 * (q_hi - q_lo)))
     return LabShiftParams(
-        scale=float(max(0.5, 1 + RANGES["magnification"] * s * u[0])),
-        stain_strength=(float(max(0.0, 1 + RANGES["stain_strength"] * s * u[1])),
-                        float(max(0.0, 1 + RANGES["stain_strength"] * s * u[2])), 1.0),
-        stain_offset=(float(RANGES["stain_offset"] * s * u[3]), float(RANGES["stain_offset"] * s * u[4]), 0.0),
+        scale=float(max(0.5, 1 + RANGES.magnification * s * u[0])),
+        stain_strength=(float(max(0.0, 1 + RANGES.stain_strength * s * u[1])),
+                        float(max(0.0, 1 + RANGES.stain_strength * s * u[2])), 1.0),
+        stain_offset=(float(RANGES.stain_offset * s * u[3]), float(RANGES.stain_offset * s * u[4]), 0.0),
         stain_vectors=tuple(_triple(row) for row in vectors),
-        channel_gains=_triple(max(0.0, 1 + RANGES["white_balance"] * s * g) for g in u[13:16]),
-        brightness=float(RANGES["brightness"] * s * u[5]),
-        contrast=float(max(0.0, 1 + RANGES["contrast"] * s * u[6])),
-        blur_sigma=float(RANGES["blur_sigma"] * s * (rng.uniform(0.0, 1.0))),
+        channel_gains=_triple(max(0.0, 1 + RANGES.white_balance * s * g) for g in u[13:16]),
+        brightness=float(RANGES.brightness * s * u[5]),
+        contrast=float(max(0.0, 1 + RANGES.contrast * s * u[6])),
+        blur_sigma=float(RANGES.blur_sigma * s * (rng.uniform(0.0, 1.0))),
         jpeg_quality=quality,
     )
 

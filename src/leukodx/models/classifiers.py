@@ -209,10 +209,7 @@ class SmearNet(nn.Module):
           cpu_friendly=True)
 def build_smearnet(num_classes: int = 4, normalization: str = "per_image", drop_rate: float = 0.1,
                    image_size: int | None = None, pretrained_file: str | Path | None = None) -> SmearClassifier:
-    net = SmearNet(num_classes, drop_rate=drop_rate)
-    if pretrained_file:
-        _load_own(net, pretrained_file, "smearnet")
-    return SmearClassifier(net, normalization)
+    return _own(SmearNet(num_classes, drop_rate=drop_rate), "smearnet", normalization, pretrained_file)
 
 
 @register("classify", "smearnet-wide", "Wider SmearNet (~1.6 M parameters), a little slower, more capacity.",
@@ -220,15 +217,16 @@ def build_smearnet(num_classes: int = 4, normalization: str = "per_image", drop_
 def build_smearnet_wide(num_classes: int = 4, normalization: str = "per_image", drop_rate: float = 0.2,
                         image_size: int | None = None, pretrained_file: str | Path | None = None) -> SmearClassifier:
     net = SmearNet(num_classes, widths=(32, 64, 128, 256), depths=(1, 2, 2, 3), drop_rate=drop_rate)
+    return _own(net, "smearnet-wide", normalization, pretrained_file)
+
+
+def _own(net: nn.Module, arch: str, normalization: str, pretrained_file: str | Path | None) -> SmearClassifier:
+    """A project network behind the normalisation module, with --pretrained weights when given."""
     if pretrained_file:
-        _load_own(net, pretrained_file, "smearnet-wide")
+        # the project networks have a head named fc (torch's stubs type Module attributes as Tensor/Module only)
+        net.pretrained_cfg = {"classifier": "fc"}  # type: ignore[assignment]
+        load_pretrained(net, pretrained_file, arch)
     return SmearClassifier(net, normalization)
-
-
-def _load_own(net: nn.Module, path, arch: str) -> None:
-    # the project networks have a head named fc
-    net.pretrained_cfg = {"classifier": "fc"}  # type: ignore[assignment]  # torch stubs: Module attrs are Tensor/Module only
-    load_pretrained(net, path, arch)
 
 
 # ---------------------------------------------------------------------------------------------------------------

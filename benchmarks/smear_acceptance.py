@@ -214,7 +214,7 @@ def main(argv=None) -> int:
         from leukodx.inference.pipeline import load_analyzer
 
         analysis = load_analyzer()
-        doc["pipeline"] = {k: pipeline_counts(analysis, v) for k, v in data.items()}
+        doc["pipeline"] = {k: pipeline_counts(analysis, v) for k, v in data.items() if "unseen" not in k}
     for tag, prefix in (("non_smear_refused", "non_smear_"), ("non_smear_unseen_refused", "non_smear_unseen_")):
         ns = [v for k, v in doc["smear"].items() if k.startswith(prefix) and k.removeprefix(prefix)
               in NON_SMEAR_KINDS_REFUSED]

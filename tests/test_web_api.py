@@ -454,3 +454,45 @@ def test_heat_maps_with_every_upload_when_configured(tmp_path, make_app):
     cid = new_case(client, clin)
     r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg()])
     assert r.status_code == 201 and r.json()["added"][0]["heatmap_url"].endswith(".png")
+
+
+def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says_so(tmp_path, make_app):
+    """Issue 28: LEUKODX_UM_PER_PX, an upload's own um_per_px (which wins; a bad one is refused in one line), and a
+    field in which no leukocyte is found: no call, no flag, and the API, page, report, CSV and FHIR say why."""
+    from leukodx.inference.pipeline import NO_LEUKOCYTE
+
+    class NoLeukocyteIn(FakeAnalyzer):
+        scales: list = []
+
+        def analyze(self, image, *, name=None, heatmap=False, um_per_px=None):
+            r = super().analyze(image, name=name, heatmap=heatmap, um_per_px=um_per_px)
+            self.scales.append(um_per_px)
+            if name and name.startswith("empty"):
+                r.label, r.confidence, r.cells, r.cell_count, r.no_call_reason = None, 0.0, [], 0, NO_LEUKOCYTE
+            return r
+
+    analyzer = NoLeukocyteIn()
+    app, clin, _ = make_app(tmp_path, analyzer, um_per_px=0.1)
+    client = TestClient(app)
+    cid = new_case(client, clin)
+    assert client.post(f"/api/v1/cases/{cid}/images", headers=clin, files=[jpg("Pre", 1)]).status_code == 201
+    assert analyzer.scales == [0.1]  # the setting
+    r = client.post(f"/api/v1/cases/{cid}/images", headers=clin, data={"um_per_px": "0.2"},
+                    files=[("files", ("empty.jpg", field_bytes("Pre", 2), "image/jpeg"))])
+    assert r.status_code == 201 and analyzer.scales[-1] == 0.2  # the upload's own wins
+    f = r.json()["added"][0]
+    assert f["label"] is None and f["flag"] == "ok" and f["decision_suggested"] == "unassessable"
+    assert f["flag_words"]["problem"] == NO_LEUKOCYTE
+    bad = client.post(f"/api/v1/cases/{cid}/images", headers=clin, data={"um_per_px": "abc"}, files=[jpg("Pre", 3)])
+    assert bad.status_code == 400 and "micrometres per image pixel" in bad.json()["detail"]
+    assert len(analyzer.scales) == 2  # refused before any analysis
+    csv_text = client.get(f"/api/v1/fields.csv?case_id={cid}", headers=clin).text
+    assert "No leukocyte found in this field" in csv_text
+    fhir = client.get(f"/api/v1/cases/{cid}/fhir", headers=clin).text
+    assert "No leukocyte found in this field" in fhir
+    login(client)
+    for url in (f"/cases/{cid}?field={f['id']}", f"/cases/{cid}/report"):
+        page = client.get(url)
+        assert page.status_code == 200 and "No leukocyte found in this field" in page.text, url
+    with pytest.raises(Exception, match="micrometres per image pixel"):
+        make_app(tmp_path / "bad", analyzer, um_per_px="-1")

@@ -45,7 +45,8 @@ class FakeAnalyzer:
         self.cell_labels = cell_labels  # a made-up cell-level suggestion on every other cell (for UI tests)
         self.calls = 0
 
-    def analyze(self, image, *, name: str | None = None, heatmap: bool = False) -> FieldResult:
+    def analyze(self, image, *, name: str | None = None, heatmap: bool = False,
+                um_per_px: float | None = None) -> FieldResult:
         from leukodx.data.images import read_rgb
 
         rgb = image if isinstance(image, np.ndarray) else read_rgb(image if not isinstance(image, Path) else str(image))
@@ -84,7 +85,8 @@ class FakeAnalyzer:
             path=name, label=label, probabilities=probs, confidence=probs[label],
             malignant_probability=malignant_probability(probs), cell_count=len(cells),
             cells=cells, flag=flag, flag_reason=reason, mask=mask, instances=instances.astype(np.int32),
-            heatmap=heat, size_note="fake analyzer: no resizing", timings_ms={"total": 0.0},
+            heatmap=heat, size_note="fake analyzer: no resizing", timings_ms={"total": 0.0}, um_per_px=um_per_px,
+            scale_source="given by the lab" if um_per_px else "",
         )
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:

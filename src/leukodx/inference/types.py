@@ -85,7 +85,8 @@ class Analyzer(Protocol):
     classes: list[str]
 
     def analyze(
-        self, image: np.ndarray | bytes | str | Path, *, name: str | None = None, heatmap: bool = False
+        self, image: np.ndarray | bytes | str | Path, *, name: str | None = None, heatmap: bool = False,
+        um_per_px: float | None = None,
     ) -> FieldResult: ...
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary: ...

@@ -199,14 +199,18 @@ class AnalysisService:
                 "if it happens again, report it with the server's log."
             ) from exc
 
-    async def analyse(self, images: list[GoodImage], *, heatmap: bool, render: bool) -> list[tuple]:
-        """[(image, FieldResult, overlay PNG or None, heat-map PNG or None)], one analysis at a time per image."""
+    async def analyse(self, images: list[GoodImage], *, heatmap: bool, render: bool,
+                      um_per_px: float | None = None) -> list[tuple]:
+        """[(image, FieldResult, overlay PNG or None, heat-map PNG or None)], one analysis at a time per image;
+        `um_per_px` (else the LEUKODX_UM_PER_PX setting) replaces the scale estimated from each image."""
         side = self.settings.display_max_side
+        um = um_per_px or self.settings.um_per_px
+        given = {"um_per_px": um} if um else {}
         out = []
         for img in images:
             def job(analyzer, img=img):
                 rgb = img.pixels()
-                r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap)
+                r = analyzer.analyze(rgb, name=img.name, heatmap=heatmap, **given)
                 small = shrink(rgb, r, side) if render else None
                 ov = overlay_png(*small, captioned=False) if small else None
                 hm = heatmap_png(*small, captioned=False) if small and heatmap and r.heatmap is not None else None
@@ -226,7 +230,8 @@ class AnalysisService:
         assert summary is not None  # the models are loaded (checked above)
         return {"results": [result_dict(img.name, r) for img, r, _, _ in done], "summary": jsonable(asdict(summary))}
 
-    async def add_to_case(self, case_id: int, files: list, actor: str, amendment_reason: str | None) -> dict:
+    async def add_to_case(self, case_id: int, files: list, actor: str, amendment_reason: str | None,
+                          um_per_px: float | None = None) -> dict:
         """An upload into a case: every file checked (one rejected: nothing stored), analysed, drawn, stored under
         its content hash, and added to the case with its summary in one transaction. An image already in the case
         (same SHA-256), or twice in the upload, is added once: `skipped` says so. Locked without a reason."""
@@ -251,7 +256,8 @@ class AnalysisService:
             else:
                 seen.add(digest)
                 fresh.append(img)
-        done = await self.analyse(fresh, heatmap=self.settings.heatmap_on_upload, render=True) if fresh else []
+        done = await self.analyse(fresh, heatmap=self.settings.heatmap_on_upload, render=True,
+                                  um_per_px=um_per_px) if fresh else []
         return await run_in_threadpool(self._store, case_id, done, in_case, twice, actor, amendment_reason)
 
     def _store(self, case_id: int, done: list[tuple], in_case: list[tuple[str, str]], twice: list[dict],

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 
+from leukodx.inference.scale import check_um_per_px
 from leukodx.web import schemas
 from leukodx.web.cases import rules, serialise, store
 from leukodx.web.db import Case, audit
@@ -128,13 +129,16 @@ async def upload_images(
     who: ApiUser,
     files: Annotated[list[UploadFile], File(description="One or more field images (JPEG, PNG, TIFF, BMP).")],
     amendment_reason: Annotated[str | None, Form(max_length=1000, description=schemas.AMENDMENT)] = None,
+    um_per_px: Annotated[str | None, Form(description="The camera's calibration, micrometres per image pixel: "
+                                          "used instead of the estimated scale (and of LEUKODX_UM_PER_PX).")] = None,
 ):
     """Each image is checked, analysed, stored under its content hash and added to the case in one transaction.
     If any file is rejected, nothing is stored. An image already in the case (same SHA-256) is not added again:
     `skipped` says so (201 when something was added, 200 when nothing was). A signed-off case answers 409
     unless `amendment_reason` is given."""
     with locked_as_409():
-        out = await request.app.state.ctx.service.add_to_case(case_id, files, who.name, amendment_reason)
+        um = check_um_per_px(um_per_px) if um_per_px else None
+        out = await request.app.state.ctx.service.add_to_case(case_id, files, who.name, amendment_reason, um)
     if not out["added"]:
         response.status_code = 200
     return out

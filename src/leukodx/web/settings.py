@@ -124,6 +124,9 @@ class Settings(BaseSettings):
         default="urn:leukodx:accession", min_length=1, max_length=300,
         description="The URI of the lab's accession numbers, FHIR DiagnosticReport.identifier.system "
         "(LEUKODX_ACCESSION_SYSTEM).")
+    um_per_px: float | None = Field(
+        default=None, description="The camera's calibration in micrometres per image pixel (LEUKODX_UM_PER_PX), used "
+        "instead of the scale estimated from each image; an upload may give its own.")
     patient_id_system: str = Field(
         default="urn:leukodx:patient-id", min_length=1, max_length=300,
         description="The URI of the hospital's patient identifiers (e.g. its MRN system), FHIR "
@@ -139,6 +142,13 @@ class Settings(BaseSettings):
                              "America/New_York or UTC" + (f" (did you mean {', '.join(close[:3])}?)" if close and
                                                           name else ""))
         return name
+
+    @field_validator("um_per_px", mode="before")
+    @classmethod
+    def _um_per_px(cls, v: object) -> float | None:
+        from leukodx.inference.scale import check_um_per_px
+
+        return None if v is None or v == "" else check_um_per_px(v)  # a bad value: one line (LeukodxError)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -125,8 +125,9 @@ def _sentence(text: str) -> str:
 
 def flag_words(flag: str, reason: str = "") -> dict[str, str]:
     """{"title", "problem", "action"} for a field's flag: a short title, what is wrong and what to do."""
-    if flag == "ok" or not flag:
-        return {"title": FLAG_TITLES["ok"], "problem": "", "action": ""}
+    if flag == "ok" or not flag:  # with a reason only when no leukocyte was found: no call, no flag
+        return {"title": "No leukocyte found" if reason else FLAG_TITLES["ok"], "problem": " ".join(reason.split()),
+                "action": ""}
     title = FLAG_TITLES.get(flag, "Check this field")
     problem, action = _DEFAULT.get(flag, ("The AI flagged this field.", "Read the field yourself."))
     reason = " ".join((reason or "").split())

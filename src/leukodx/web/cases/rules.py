@@ -267,7 +267,7 @@ def unassessable_reason(f: Field) -> str:
     if f.review_decision == UNASSESSABLE:
         return f.review_note or f"Declared unassessable by {f.reviewed_by}."
     w = words.flag_words(f.flag, f.flag_reason)
-    return f"No class call from the AI ({w['title']})." if f.flag != "ok" else "No class call from the AI."
+    return f"No class call from the AI ({w['title']})." if f.flag != "ok" else w["problem"] or "No class call from the AI."
 
 
 def unassessable_fields(case: Case) -> list[dict]:

@@ -562,6 +562,8 @@
     var form = new FormData(); form.append("files", job.file, job.file.name);
     var amend = document.getElementById("upload-amendment");
     if (amend && amend.value.trim()) form.append("amendment_reason", amend.value.trim());
+    var um = document.getElementById("upload-um-per-px");
+    if (um && um.value.trim()) form.append("um_per_px", um.value.trim());
     xhr.open("POST", "/api/v1/cases/" + caseId + "/images");
     xhr.setRequestHeader("X-CSRF-Token", csrf);
     xhr.setRequestHeader("Accept", "application/json");

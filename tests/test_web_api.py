@@ -494,5 +494,7 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
     for url in (f"/cases/{cid}?field={f['id']}", f"/cases/{cid}/report"):
         page = client.get(url)
         assert page.status_code == 200 and "No leukocyte found in this field" in page.text, url
+    client.get(f["heatmap_on_demand_url"])  # drawn later: at the scale the upload gave
+    assert analyzer.scales[-1] == 0.2
     with pytest.raises(Exception, match="micrometres per image pixel"):
         make_app(tmp_path / "bad", analyzer, um_per_px="-1")

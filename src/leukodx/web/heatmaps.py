@@ -19,16 +19,17 @@ async def field_heatmap(ctx, case_id: int, field_id: int) -> str | None:
             f = db.get(Field, field_id)
             if f is None or f.case_id != case_id:
                 raise NotFound(f"Case {case_id} has no field {field_id}.", "Reload the case page.")
-            return f.heatmap_file, f.image_file, f.display_name
+            given = (f.result or {}).get("scale_source") == "given by the lab"  # the scale the upload gave
+            return f.heatmap_file, f.image_file, f.display_name, (f.result or {}).get("um_per_px") if given else None
 
-    heat, image_file, name = await run_in_threadpool(lookup)
+    heat, image_file, name, um_per_px = await run_in_threadpool(lookup)
     if heat is not None:
         return heat
     path = ctx.store.path(image_file)
     if path is None:
         raise NotFound("The field's image file is missing.", "Upload the field again.")
     image = GoodImage(name, await run_in_threadpool(path.read_bytes), None, "", 0, 0)  # decoded when analysed
-    [(_, _, _, png)] = await ctx.service.analyse([image], heatmap=True, render=True)
+    [(_, _, _, png)] = await ctx.service.analyse([image], heatmap=True, render=True, um_per_px=um_per_px)
     if png is None:
         return None
 

@@ -23,7 +23,6 @@ CALL_WORDS = {
     "Pre": "Morphology consistent with pre-B ALL; confirm by flow cytometry",
     "Pro": "Morphology consistent with pro-B ALL; confirm by flow cytometry",
 }
-DECISION_WORDS = {"confirm": "confirmed the AI suggestion", "override": "overrode the AI suggestion"}
 DECISION_SHORT = {"confirm": "confirmed", "override": "overridden"}
 # whose call a reviewer's call is (rules.review_basis); short: the words before ";"
 BASIS_WORDS = {"confirmed_ai": "confirmed the AI suggestion", "override": "overrode the AI suggestion",

@@ -314,7 +314,8 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     def validate_fn(tr) -> tuple[float, float, dict]:
         val = {s: validate(tr.model, vl, cfg.image_size, tr.device) for s, vl in val_loaders.items()}
         score = selection_score(val)
-        log("val " + "; ".join(f"{s} cell {_f(v['dice_cell'])} nucleus {_f(v['dice_nucleus'])}"
+        loss = f"{np.mean(tr.batch_losses):.4f}" if tr.batch_losses else "n/a"
+        log(f"epoch {tr.epoch + 1}: train loss {loss}; val " + "; ".join(f"{s} cell {_f(v['dice_cell'])} nucleus {_f(v['dice_nucleus'])}"
                                for s, v in val.items()) + f"; score {score:.4f}")
         n = sum(v["n"] for v in val.values())
         return sum(v["loss"] * v["n"] for v in val.values()) / max(n, 1), score, {"val": val, "score": score}

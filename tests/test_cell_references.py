@@ -179,3 +179,25 @@ def test_real_sources_when_present():
     ref = sources.pbc_crop_reference(DATA / "pbc", p, c)
     h, w = ref.cell.shape
     assert ref.cell[h // 2 - 3:h // 2 + 4, w // 2 - 3:w // 2 + 4].any()
+
+
+def test_the_source_registry_holds_each_sources_facts_and_one_checker(tmp_path):
+    from leukodx.data.split import read_split, write_split
+
+    assert set(sources.SOURCES) == {"pbc", "raabin", "taleqani", "chula"}
+    for s in sources.SOURCES.values():
+        assert s.citation and s.classes and s.flag.startswith("--") and s.folder
+    assert sources.SOURCES["taleqani"].rbc_diameter == cell_data.TARGET_RBC_DIAMETER == 17.0
+    assert sources.split_path("pbc", tmp_path) == tmp_path / "pbc-seed0.csv"
+    with pytest.raises(DatasetError, match="no split file"):
+        sources.split_path("chula", tmp_path)
+    (tmp_path / "chula" / "images").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="has no labels/ folder") as e:
+        sources.check("chula", tmp_path / "chula")
+    assert "--chula" in e.value.hint
+    with pytest.raises(DatasetError, match=r"--data: no such folder"):
+        sources.check_all({"taleqani": tmp_path / "nope", "pbc": None}, flags={"taleqani": "--data"})
+    rows = sources.source_split([("a/x.jpg", "leukocyte"), ("a/y.jpg", "none")])
+    write_split(rows, None, tmp_path / "s.csv")
+    assert [r["path"] for r in read_split(tmp_path / "s.csv")] == ["a/x.jpg", "a/y.jpg"]
+    assert not (tmp_path / "s.json").exists()  # no summary given, none written

@@ -36,17 +36,23 @@ def _decode(path: Path, max_side: int | None) -> np.ndarray:
     return rgb
 
 
-def _decode_all(paths: list[Path], max_side: int | None, workers: int = 4) -> list[np.ndarray | ImageError]:
+def _decode_all(samples: list[Sample], max_side: int | None, skipped: list[str],
+                workers: int = 4) -> list[tuple[Sample, np.ndarray]]:
+    """(sample, pixels) of the readable samples, in order; each unreadable one is named in `skipped`."""
     def one(p):
         try:
             return _decode(p, max_side)
         except ImageError as exc:
             return exc
 
-    if len(paths) < 32:
-        return [one(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, paths))
+    if len(samples) < 32:
+        decoded = [one(s.image) for s in samples]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            decoded = list(pool.map(one, [s.image for s in samples]))
+    skipped += [f"{s.path} ({img.reason})" for s, img in zip(samples, decoded, strict=True)
+                if isinstance(img, ImageError)]
+    return [(s, img) for s, img in zip(samples, decoded, strict=True) if not isinstance(img, ImageError)]
 
 
 class ClassificationDataset(torch.utils.data.Dataset):
@@ -62,16 +68,10 @@ class ClassificationDataset(torch.utils.data.Dataset):
         if unknown:
             raise DatasetError(f"Samples carry class(es) {unknown} that the model does not know ({self.classes}).",
                                "Use a split made from this data folder.")
-        decoded = _decode_all([s.image for s in samples], max_side)
-        self.samples: list[Sample] = []
-        self.images: list[np.ndarray] = []
         self.skipped: list[str] = []
-        for s, img in zip(samples, decoded, strict=True):
-            if isinstance(img, ImageError):
-                self.skipped.append(f"{s.path} ({img.reason})")
-                continue
-            self.samples.append(s)
-            self.images.append(img)
+        decoded = _decode_all(samples, max_side, self.skipped)
+        self.samples = [s for s, _ in decoded]
+        self.images = [img for _, img in decoded]
         if self.skipped:
             warnings.warn(f"{len(self.skipped)} unreadable image(s) left out, e.g. {self.skipped[0]}", stacklevel=2)
         self.labels = [index[s.label] for s in self.samples]
@@ -105,21 +105,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.samples: list[Sample] = []
         self.images: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
-        self.missing_masks: list[str] = []
         self.near_empty: list[str] = []
         self.skipped: list[str] = []
         self.resized_masks: list[str] = []
-        with_mask: list[tuple[Sample, Path]] = []
-        for s in samples:
-            if s.mask is not None:
-                with_mask.append((s, s.mask))
-            else:
-                self.missing_masks.append(s.path)
-        decoded = _decode_all([s.image for s, _ in with_mask], max_side)
-        for (s, mask_path), img in zip(with_mask, decoded, strict=True):
-            if isinstance(img, ImageError):
-                self.skipped.append(f"{s.path} ({img.reason})")
-                continue
+        self.missing_masks = [s.path for s in samples if s.mask is None]
+        for s, img in _decode_all([s for s in samples if s.mask is not None], max_side, self.skipped):
+            mask_path = s.mask
+            assert mask_path is not None  # only samples with a mask were decoded
             h, w = img.shape[:2]
             try:
                 with warnings.catch_warnings(record=True) as caught:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,10 +76,7 @@ def inspect_dataset(
     read = [(s, s.pixels) for s in scans if s.pixels is not None]
     ok = [s for s, _ in read]
     pixels = [px for _, px in read]
-    sizes: dict[str, int] = {}
-    for px in pixels:
-        key = f"{px.size[0]}x{px.size[1]}"
-        sizes[key] = sizes.get(key, 0) + 1
+    sizes = Counter(f"{px.size[0]}x{px.size[1]}" for px in pixels)
     exact, near, _ = find_duplicate_groups([px.digest for px in pixels], [px.phash for px in pixels], near_distance)
     paths = [s.sample.path for s in ok]
     near_empty = {c: 0 for c in ds.classes}
@@ -88,7 +86,7 @@ def inspect_dataset(
             fr = [s.mask_fraction for s in ok if s.sample.label == c and s.mask_fraction is not None]
             near_empty[c] = sum(f < NEAR_EMPTY_FRACTION for f in fr)
             mask_fraction_median[c] = round(float(np.median(fr)), 4) if fr else None
-    report = {
+    return {
         "data": str(ds.root),
         "layout": ds.layout,
         "n_images": len(ds.samples),
@@ -112,4 +110,3 @@ def inspect_dataset(
             "size_mismatch_resized": [s.sample.path for s in scans if s.mask_resized],
         },
     }
-    return report

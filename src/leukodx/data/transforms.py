@@ -215,12 +215,11 @@ class RandomZoom(v2.Transform):
         is_mask = isinstance(inpt, tv_tensors.Mask)
         xf = x.float()
         pad_y, pad_x = max(0, ch - h), max(0, cw - w)
-        if pad_y or pad_x:  # zoom out: mirror-pad (reflect needs pad < size: repeat if it is larger)
-            while pad_y or pad_x:
-                py, px = min(pad_y, xf.shape[-2] - 1), min(pad_x, xf.shape[-1] - 1)
-                xf = torch.nn.functional.pad(xf[None], (px // 2, px - px // 2, py // 2, py - py // 2),
-                                             mode="reflect")[0]
-                pad_y, pad_x = pad_y - py, pad_x - px
+        while pad_y or pad_x:  # zoom out: mirror-pad (reflect needs pad < size: repeat if it is larger)
+            py, px = min(pad_y, xf.shape[-2] - 1), min(pad_x, xf.shape[-1] - 1)
+            xf = torch.nn.functional.pad(xf[None], (px // 2, px - px // 2, py // 2, py - py // 2),
+                                         mode="reflect")[0]
+            pad_y, pad_x = pad_y - py, pad_x - px
         hh, ww = xf.shape[-2:]
         y0 = int(params["ty"] * (hh - ch + 1)) if hh > ch else 0
         x0 = int(params["tx"] * (ww - cw + 1)) if ww > cw else 0
@@ -306,16 +305,12 @@ def _augment_list(size: int, strength: str) -> list[v2.Transform]:
     ]
 
 
-def _check(strength: str) -> None:
-    if strength not in AUGMENTATIONS:
-        from leukodx.errors import LeukodxError
-
-        raise LeukodxError(f"Unknown augmentation strength {strength!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}.")
-
-
 def build_transform(size: int | tuple[int, int], augment: str = "none") -> v2.Compose:
     """The v2 pipeline on tv_tensors (Image uint8 [+ Mask]) -> float 0..255 image [+ {0,1} mask]."""
-    _check(augment)
+    if augment not in AUGMENTATIONS:
+        from leukodx.errors import LeukodxError
+
+        raise LeukodxError(f"Unknown augmentation strength {augment!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}.")
     side = size if isinstance(size, int) else size[0]
     ops: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)]
     if augment == "none" or (not isinstance(size, int) and size[0] != size[1]):

@@ -126,14 +126,12 @@ def plot_shift_examples(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: P
     plt = _plt()
     n = max(len(pairs), 1)
     fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
-    for k in range(n):
-        for r in range(2):
-            axes[r][k].axis("off")
-        if k < len(pairs):
-            title, a, b = pairs[k]
-            axes[0][k].imshow(a)
-            axes[0][k].set_title(title, fontsize=8)
-            axes[1][k].imshow(b)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, (title, a, b) in enumerate(pairs):
+        axes[0][k].imshow(a)
+        axes[0][k].set_title(title, fontsize=8)
+        axes[1][k].imshow(b)
     axes[0][0].text(-0.05, 0.5, "original", transform=axes[0][0].transAxes, rotation=90, va="center", ha="right")
     axes[1][0].text(-0.05, 0.5, "lab-shifted", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right")
     return _save(fig, path)
@@ -145,11 +143,11 @@ def plot_fields(items: list[tuple[str, np.ndarray]], path: Path, ncol: int = 6) 
     ncol = max(1, min(ncol, len(items)))
     nrow = max(1, -(-len(items) // ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.9 * nrow), squeeze=False)
-    for k, ax in enumerate(axes.ravel()):
+    for ax in axes.ravel():
         ax.axis("off")
-        if k < len(items):
-            ax.imshow(items[k][1])
-            ax.set_title(items[k][0], fontsize=7)
+    for ax, (caption, rgb) in zip(axes.ravel(), items, strict=False):
+        ax.imshow(rgb)
+        ax.set_title(caption, fontsize=7)
     return _save(fig, path)
 
 
@@ -166,14 +164,12 @@ def plot_overlays(rows: list[tuple[str, list[dict]]], path: Path) -> Path:
     plt = _plt()
     ncol = max((len(items) for _, items in rows), default=1) or 1
     fig, axes = plt.subplots(len(rows), ncol, figsize=(3.0 * ncol, 3.3 * len(rows)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
     for r, (row_title, items) in enumerate(rows):
-        for c in range(ncol):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(items):
-                it = items[c]
-                ax.imshow(overlay(it["rgb"], it["pred"], it["ref"]))
-                ax.set_title(f"{row_title}, {it['title']}", fontsize=7)
+        for ax, it in zip(axes[r], items, strict=False):
+            ax.imshow(overlay(it["rgb"], it["pred"], it["ref"]))
+            ax.set_title(f"{row_title}, {it['title']}", fontsize=7)
     fig.suptitle("green: both   red: predicted only   blue: reference only", fontsize=9)
     return _save(fig, path)
 

@@ -63,13 +63,9 @@ def _same_path(a, b) -> bool:
         return False
 
 
-def _model_split_overlap(model_dir: Path, config: dict, data, samples: list[Sample]) -> tuple[int, str] | None:
+def _model_split_overlap(model_dir: Path, tr: dict, samples: list[Sample]) -> tuple[int, str] | None:
     """(number of evaluated fields that are train/val rows of the model's own split, that file), when the split
-    it was trained with can be found (DIR/split.csv, or config training.split_file) and it was made from this
-    data folder."""
-    tr = config.get("training") or {}
-    if not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
-        return None
+    it was trained with can be found (DIR/split.csv, or its config's training.split_file, `tr`)."""
     candidates = [model_dir / "split.csv"]
     if isinstance(tr.get("split_file"), str) and tr["split_file"]:
         candidates += [Path(tr["split_file"]), model_dir / tr["split_file"]]
@@ -91,7 +87,7 @@ def leakage_notes(models: Sequence[ModelRef], data, split_csv, split: str, sampl
         tr = config.get("training") or {}
         if not isinstance(tr, dict) or not tr.get("data") or not _same_path(tr["data"], data):
             continue
-        overlap = _model_split_overlap(model_dir, config, data, samples)
+        overlap = _model_split_overlap(model_dir, tr, samples)
         if overlap is not None:
             n, path = overlap
             if n:

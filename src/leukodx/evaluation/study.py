@@ -68,11 +68,9 @@ def markdown_table(rows: list[dict], by: Sequence[str], metrics: Sequence[str], 
 def bar_plot(rows: list[dict], runs: list[dict], by: Sequence[str], metric: str, path: str | Path,
              title: str = "", ylabel: str | None = None) -> Path:
     """Bars of mean ± std of `metric` per group, each run's value as a dot; PNG via matplotlib (Agg)."""
-    import matplotlib
+    from leukodx.evaluation.report import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     labels = ["\n".join(str(r[k]) for k in by) for r in rows]
     means = [r[metric]["mean"] if r[metric]["mean"] is not None else 0.0 for r in rows]
     stds = [r[metric]["std"] or 0.0 for r in rows]

@@ -60,16 +60,13 @@ class GradCAM:
         self._act: torch.Tensor | None = None
         self._grad: torch.Tensor | None = None
 
-    def _find_layer(self, x):
-        return feature_map_layer(self.model, tuple(x.shape[-2:]))[0]
-
     def __call__(self, x, class_index) -> np.ndarray:
         """x: float tensor N x 3 x H x W (0..255); class_index: one int per image. Returns N x H x W in [0, 1]."""
         import torch
         import torch.nn.functional as F
 
         if self.layer is None:
-            self.layer = self._find_layer(x)
+            self.layer = feature_map_layer(self.model, tuple(x.shape[-2:]))[0]
 
         def fwd(_m, _i, out):
             if not out.requires_grad:  # another thread's no-grad forward through the shared model: not ours

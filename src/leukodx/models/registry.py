@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ class ModelSpec:
 
 _REGISTRY: dict[tuple[str, str], ModelSpec] = {}
 _FALLBACKS: dict[str, Callable] = {}  # task -> builder(name, **kwargs) for names timm knows
-_loaded = False
 
 
 def register(task: str, name: str, description: str = "", cpu_friendly: bool = False):
@@ -50,13 +50,10 @@ def register_fallback(task: str):
     return deco
 
 
+@functools.cache
 def _load_plugins() -> None:
-    global _loaded
-    if _loaded:
-        return
     for mod in _PLUGINS:
         importlib.import_module(mod)
-    _loaded = True
 
 
 def available(task: str) -> list[str]:
@@ -70,12 +67,6 @@ def spec(task: str, name: str) -> ModelSpec | None:
     return _REGISTRY.get((task, name))
 
 
-def _timm_names() -> list[str]:
-    import timm
-
-    return timm.list_models()
-
-
 def create_model(task: str, name: str, **kwargs):
     """Build a model by task and name; an unknown name gets an error that lists the valid names."""
     if task not in TASKS:
@@ -84,7 +75,9 @@ def create_model(task: str, name: str, **kwargs):
     if s is not None:
         return s.builder(**kwargs)
     if task == "classify":
-        timm_names = _timm_names()
+        import timm
+
+        timm_names = timm.list_models()
         if name in timm_names and task in _FALLBACKS:
             return _FALLBACKS[task](name, **kwargs)
         close = difflib.get_close_matches(name, available(task) + timm_names, n=5)

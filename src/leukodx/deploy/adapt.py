@@ -154,9 +154,7 @@ def _feature_scores(stage, scorer, works: list[np.ndarray], preps: list, rule: S
         ps = preps[i:i + batch]
         tiles, owner, _ = tiling.cut_tiles([normalize(p.work, rule) for p in ps], stage.size, [p.boxes for p in ps])
         feats = stage.engine.run(tiling.to_batch(tiles)).get("features")
-        if feats is None:
-            return np.array([])
-        s = scorer.feature_scores(feats)
+        s = None if feats is None else scorer.feature_scores(feats)
         if s is None:
             return np.array([])
         out += [float(s[owner == k].max()) for k in range(len(ps))]

@@ -218,19 +218,13 @@ SEGMENTATION_ROWS = [("n_images", "fields with a reference mask", False),
 
 
 def _metric_table(sections: list[tuple[str, dict | None]], rows) -> str:
-    header = ["metric"] + [name for name, _ in sections]
-    body = []
-    for key, label, pct in rows:
-        body.append([html.escape(label)] + [_fmt((m or {}).get(key), pct) for _, m in sections])
-    return _table(header, body)
+    body = [[html.escape(label)] + [_fmt((m or {}).get(key), pct) for _, m in sections] for key, label, pct in rows]
+    return _table(["metric"] + [name for name, _ in sections], body)
 
 
 def _per_class_table(m: dict) -> str:
-    rows = []
-    for name, pc in m.get("per_class", {}).items():
-        rows.append([html.escape(name), _fmt(pc.get("precision")), _fmt(pc.get("recall")),
-                     _fmt(pc.get("specificity")), _fmt(pc.get("f1")), _fmt(pc.get("roc_auc")),
-                     _fmt(pc.get("support"))])
+    keys = ("precision", "recall", "specificity", "f1", "roc_auc", "support")
+    rows = [[html.escape(name)] + [_fmt(pc.get(k)) for k in keys] for name, pc in m.get("per_class", {}).items()]
     return _table(["class", "precision", "recall", "specificity", "F1", "ROC AUC", "support"], rows)
 
 

@@ -105,7 +105,7 @@ class TimmEncoder(Encoder):
             raise ModelError(f"timm model {name!r} cannot serve as a segmentation encoder ({exc}).",
                              "Choose a convolutional backbone such as resnet18 or efficientnet_b0.") from None
         n = len(_feature_info(probe, name))
-        indices = tuple(range(max(0, n - depth - 1), n)) if n > depth + 1 else tuple(range(n))
+        indices = tuple(range(max(0, n - depth - 1), n))  # the deepest depth + 1 features
         self.body = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_channels,
                                       out_indices=indices)
         self.name = name

@@ -107,6 +107,7 @@ def test_the_record_and_the_small_things_at_1366_by_768(server, tmp_path):
         page.keyboard.press(EXCLUDE_KEY)
         status = page.locator("#gallery-status")
         expect(status).to_contain_text("took back the differential's verification")
+        expect(status).to_have_class(re.compile(r"\bwarn-text\b"))  # a warning, not a plain status line
         expect(page.locator("#verify-differential")).to_have_text("Verify the differential again")
         after = api.get(f"/api/v1/cases/{cid}").json()
         assert after["n_cells_counted"] == before - 1 and not after["differential_verified"]

@@ -81,7 +81,7 @@ def new_case(
         if (others or same_acc) and not confirm_duplicate:
             warning = " ".join(w for w in (rules.duplicate_warning(others),
                                            rules.duplicate_accession_warning(same_acc)) if w)
-            return _list_page(request, who, db, 409, warning=warning,
+            return _list_page(request, who, db, 409, warning=warning, same=(bool(others), bool(same_acc)),
                               duplicates=list({c.id: c for c in [*others, *same_acc]}.values()), **form)
         case = store.create_case(db, ref, note, who.name, specimen, stain, form_token=form_token,
                                  accession=accession, patient_id=patient_id,

@@ -181,9 +181,9 @@
   // -------------------------------------------------------------------------------------- the cell gallery
   // Select cells (click, Shift-click a range, Ctrl-click one more; arrows and Space), press a class key: they
   // move to that class and are saved at once through PATCH /api/v1/cases/{id}/cells. z undoes the last move.
-  function say(text, bad) {
+  function say(text, bad, warn) {  // warn: the line says that a verification was taken back
     var s = document.getElementById("gallery-status");
-    if (s) { s.textContent = text; s.className = "img-status small" + (bad ? " error" : ""); }
+    if (s) { s.textContent = text; s.className = "img-status small" + (bad ? " error" : warn ? " warn-text" : ""); }
   }
 
   var allCells = gallery ? Array.prototype.slice.call(gallery.querySelectorAll("figure.cell")) : [];
@@ -413,7 +413,8 @@
       var n = targets.length, first = "Cell " + targets[0].dataset.cell + " of field " + targets[0].getAttribute("aria-label").replace(/^Cell \d+ of field (\d+).*$/, "$1");
       say((isUndo ? "Undone: " : "") + (n === 1 ? first : n + " cells") + (isUndo ? " back as before" : label ? " saved as " + words(label) : " back to the AI's class") +
           ". Blast percentage now " + ((res.body && res.body.blast_percent_words) || "–") +
-          "." + (isUndo ? "" : " Press z to undo.") + (res.body && res.body.verification_withdrawn ? " " + withdrawn().replace(/^Your change/, "This") : ""));
+          "." + (isUndo ? "" : " Press z to undo.") + (res.body && res.body.verification_withdrawn ? " " + withdrawn().replace(/^Your change/, "This") : ""),
+          false, !!(res.body && res.body.verification_withdrawn));
       // the cards go under their new group at once. After a move the selection is cleared and the focus goes on
       // to the card that followed the moved ones, so that a technologist works down a group key after key;
       // after an undo the cards put back stay selected, the focused one keeps the focus

@@ -144,6 +144,17 @@ def main() -> None:
                                 "flag": f["flag"], "cells": f["cell_count"]} for i, f in enumerate(case["fields"], 1)]
             facts["case_ai"] = {k: case["ai"][k] for k in ("label", "confidence", "confident")}
 
+            # a second case with the same accession number (another reference): what the question says; not made
+            tech.goto(args.url + "/cases")
+            tech.get_by_label("Smear reference").fill(ref + "-B")
+            tech.get_by_label("Accession number").fill(acc)
+            tech.get_by_role("button", name="Create case").click()
+            tech.wait_for_load_state()
+            facts["duplicate_accession"] = {
+                "warning": tech.locator("#duplicate-warning").inner_text() if tech.locator(
+                    "#duplicate-warning").count() else None,
+                "button": tech.locator("#new-case-form button[type=submit]").inner_text()}
+
             # before any review: the summary (unassessable list, needs attention)
             tech.goto(case_url)
             tech.wait_for_load_state()
@@ -161,6 +172,8 @@ def main() -> None:
             first_flagged = flagged[0] if flagged else fields[0]
             tech.goto(f"{case_url}?field={first_flagged['id']}#viewer")
             tech.wait_for_load_state()
+            facts["viewer_conf_bar"] = tech.locator(".viewer-body .conf-fill").first.get_attribute("class") \
+                if tech.locator(".viewer-body .conf-fill").count() else None
             facts["viewer_in_view"] = {sel: in_view(tech, sel) for sel in (
                 ".viewer-body .call", ".viewer-body .badge", ".viewer-body .flag-reason", "#field-save")}
             shot(tech, "03-viewer-1366")
@@ -284,6 +297,9 @@ def main() -> None:
             hema.keyboard.press("s")
             expect(hema.locator("#gallery-status")).to_contain_text("verif", timeout=20_000)
             facts["amend_status"] = hema.locator("#gallery-status").inner_text()
+            facts["amend_status_class"] = hema.locator("#gallery-status").get_attribute("class")
+            facts["amend_reason_box_shows_whole"] = hema.locator("#cells-amendment").evaluate(
+                "el => el.scrollWidth <= el.clientWidth")
             facts["amend_verify_button"] = hema.locator("#verify-differential").inner_text()
             facts["amend_diff_line"] = hema.locator("#gallery-diff").inner_text()
             hema.evaluate("() => window.scrollTo(0, document.getElementById('gallery').offsetTop - 10)")

@@ -97,19 +97,14 @@ def load_dataset(root: str | Path) -> Dataset:
     empty: list[str] = []
     ignored: list[str] = []
     for name in classes:
-        d = image_root / name
         masks: dict[str, Path] = {}
         if seg_root is not None and (seg_root / name).is_dir():
             masks = {p.stem: p for p in _files(seg_root / name) if is_image_name(p)}
-        n = 0
-        for f in _files(d):
-            rel = f.relative_to(root).as_posix()
-            if not is_image_name(f):
-                ignored.append(rel)
-                continue
-            samples.append(Sample(path=rel, label=name, image=f, mask=masks.get(f.stem)))
-            n += 1
-        if n == 0:
+        files = _files(image_root / name)
+        images = [f for f in files if is_image_name(f)]
+        ignored += [f.relative_to(root).as_posix() for f in files if not is_image_name(f)]
+        samples += [Sample(f.relative_to(root).as_posix(), name, f, masks.get(f.stem)) for f in images]
+        if not images:
             empty.append(name)
     return Dataset(root=root, layout=layout, classes=classes, samples=samples, empty_classes=empty, ignored=ignored,
                    has_masks=seg_root is not None)

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFont, UnidentifiedImageError
 
 from leukodx.errors import ImageError
 
@@ -165,3 +165,11 @@ def read_field(image: ImageInput, name: str | None = None) -> np.ndarray:
     if isinstance(image, bytes | bytearray):
         return np.asarray(open_image(bytes(image), name or "upload"))
     return np.asarray(open_image(Path(image), name))
+
+
+def font(size: int):
+    """Pillow's default font at `size` px (the fixed bitmap font where Pillow has no FreeType)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()

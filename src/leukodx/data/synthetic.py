@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage as ndi
+
+from leukodx.data.images import font
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,6 @@ WORDS = ("patient smear field report blood cell count review sign off case resul
          "date user password login submit cancel settings export print summary differential blast percent").split()
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _text_line(rng, n_words: int) -> str:
     return " ".join(rng.choice(WORDS, n_words)).capitalize()
 
@@ -192,17 +187,17 @@ def login_page(seed: int, size: int = 224) -> np.ndarray:
     d = ImageDraw.Draw(img)
     accent = tuple(int(v) for v in rng.integers(20, 200, 3))
     d.rectangle([0, 0, w, h // 8], fill=accent)
-    d.text((w // 20, h // 40), "leukodx", fill=(255, 255, 255), font=_font(max(10, h // 16)))
+    d.text((w // 20, h // 40), "leukodx", fill=(255, 255, 255), font=font(max(10, h // 16)))
     box_w = int(w * rng.uniform(0.5, 0.8))
     x0 = (w - box_w) // 2
     for k, label in enumerate(("Username", "Password")):
         y = int(h * (0.3 + 0.2 * k))
-        d.text((x0, y - h // 18), label, fill=(40, 40, 40), font=_font(max(8, h // 22)))
+        d.text((x0, y - h // 18), label, fill=(40, 40, 40), font=font(max(8, h // 22)))
         d.rectangle([x0, y, x0 + box_w, y + h // 12], outline=(150, 150, 150), fill=(255, 255, 255), width=2)
     y = int(h * 0.72)
     d.rounded_rectangle([x0, y, x0 + box_w, y + h // 10], radius=h // 40, fill=accent)
-    d.text((x0 + box_w // 3, y + h // 40), "Log in", fill=(255, 255, 255), font=_font(max(8, h // 20)))
-    d.text((x0, int(h * 0.9)), "Research use only", fill=(120, 120, 120), font=_font(max(8, h // 28)))
+    d.text((x0 + box_w // 3, y + h // 40), "Log in", fill=(255, 255, 255), font=font(max(8, h // 20)))
+    d.text((x0, int(h * 0.9)), "Research use only", fill=(120, 120, 120), font=font(max(8, h // 28)))
     return np.asarray(img)
 
 
@@ -213,7 +208,7 @@ def app_page(seed: int, size: int = 224) -> np.ndarray:
     img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(240, 256, 3)))
     d = ImageDraw.Draw(img)
     d.rectangle([0, 0, w // 5, h], fill=tuple(int(v) for v in rng.integers(30, 90, 3)))
-    f = _font(max(8, h // 24))
+    f = font(max(8, h // 24))
     for i in range(8):
         y = h // 10 + i * h // 10
         d.text((w // 50, y), _text_line(rng, 1), fill=(230, 230, 230), font=f)
@@ -237,7 +232,7 @@ def text_page(seed: int, size: int = 224) -> np.ndarray:
     img = Image.new("RGB", (w, h), paper)
     d = ImageDraw.Draw(img)
     fs = int(rng.integers(9, 18))
-    f = _font(fs)
+    f = font(fs)
     y = fs
     while y < h - fs:
         d.text((fs, y), _text_line(rng, int(rng.integers(3, 9))), fill=ink, font=f)

@@ -15,7 +15,9 @@ import io
 from dataclasses import replace
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from leukodx.data.images import font
 
 OUTLINE = (0, 230, 90)
 FLAG_COLOURS = {"ok": (20, 120, 40), "low_confidence": (200, 120, 0), "out_of_distribution": (190, 30, 30),
@@ -65,13 +67,6 @@ def outline(labels: np.ndarray, width: int = 1) -> np.ndarray:
     return edge
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # pragma: no cover - old Pillow
-        return ImageFont.load_default()
-
-
 def _caption(img: Image.Image, text: str, colour) -> Image.Image:
     w, h = img.size
     size = max(10, min(24, w // 22))
@@ -80,7 +75,7 @@ def _caption(img: Image.Image, text: str, colour) -> Image.Image:
     out.paste(img, (0, band))
     draw = ImageDraw.Draw(out)
     draw.rectangle([0, 0, w, band], fill=colour)
-    draw.text((4, 3), text, fill=(255, 255, 255), font=_font(size))
+    draw.text((4, 3), text, fill=(255, 255, 255), font=font(size))
     return out
 
 
@@ -115,9 +110,9 @@ def overlay_image(rgb: np.ndarray, result, captioned: bool = True) -> Image.Imag
     if not captioned:
         return pil
     draw = ImageDraw.Draw(pil)
-    font = _font(max(10, min(img.shape[:2]) // 20))
+    face = font(max(10, min(img.shape[:2]) // 20))
     for k, (y, x) in _label_positions(result, img.shape[:2]):
-        draw.text((x, y), str(k), fill=(255, 255, 0), font=font, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
+        draw.text((x, y), str(k), fill=(255, 255, 0), font=face, anchor="mm", stroke_width=1, stroke_fill=(0, 0, 0))
     return _caption(pil, caption_text(result), FLAG_COLOURS.get(result.flag, (60, 60, 60)))
 
 

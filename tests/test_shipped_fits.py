@@ -77,3 +77,13 @@ def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_clas
     assert (written["min_blasts"], written["max_blast_share_benign"]) == (best["min_blasts"],
                                                                           best["max_blast_share_benign"])
     assert "leukodx calibrate --cell-agreement" in written["choice"]
+
+
+def test_calibrate_names_what_a_rule_fit_needs(tmp_path):
+    from clitools import run_cli
+
+    for extra in (["--post-processing"], ["--cell-agreement"], ["--cell-agreement", "--post-processing",
+                                                                  "--split", str(tmp_path)]):
+        code, out = run_cli(["calibrate", "--model", str(default_model_dir("segment")), "--data", str(tmp_path),
+                             *extra])
+        assert code != 0 and "--cell-agreement" in out and "--post-processing" in out, out

@@ -52,16 +52,34 @@ def test_the_cell_models_int8_from_its_crops_is_judged_and_written_only_when_ask
         assert json.loads((d / "config.json").read_text())["onnx"]["int8"]["sha256"] == rec["sha256"]
 
 
-def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_classifier(tmp_path, synthetic_data):
-    from leukodx.deploy.calibrate import AGREEMENT_GRID, fit_cell_agreement
-
-    rows = sorted(p.relative_to(synthetic_data).as_posix() for p in (synthetic_data / "Original").rglob("*.jpg"))
+def _split(tmp_path, data):
+    rows = sorted(p.relative_to(data).as_posix() for p in (data / "Original").rglob("*.jpg"))
     split = tmp_path / "split.csv"
     with split.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split", "group"])
         for i, p in enumerate(rows):
             w.writerow([p, p.split("/")[1], ("val", "train", "test")[i % 3], f"g{i}"])
+    return rows, split
+
+
+def test_calibrate_fits_on_the_train_and_val_rows_of_a_split(tmp_path, synthetic_data):
+    pytest.importorskip("torch")
+    from _tiny_models import make_tiny_models
+    from leukodx.deploy.calibrate import calibrate_model
+
+    rows, split = _split(tmp_path, synthetic_data)
+    cdir, _ = make_tiny_models(tmp_path / "models")
+    rep = calibrate_model(cdir, synthetic_data, split)
+    assert (rep["n_train"], rep["n_val"]) == (sum(i % 3 == 1 for i in range(len(rows))),
+                                              sum(i % 3 == 0 for i in range(len(rows))))
+    assert json.loads((cdir / "config.json").read_text())["temperature"] == rep["temperature"]
+
+
+def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_classifier(tmp_path, synthetic_data):
+    from leukodx.deploy.calibrate import AGREEMENT_GRID, fit_cell_agreement
+
+    rows, split = _split(tmp_path, synthetic_data)
     cdir = tmp_path / "classifier"
     shutil.copytree(default_model_dir("classify"), cdir)
     before = (cdir / "config.json").read_text()

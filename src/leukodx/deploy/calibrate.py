@@ -80,12 +80,8 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
     if split_csv is not None:
         from leukodx.data.split import read_split
 
-        rows = read_split(split_csv, data)
-        tr = [(Path(data) / r["path"] if isinstance(r, dict) else Path(data) / r.path,
-               r["label"] if isinstance(r, dict) else r.label,
-               r["split"] if isinstance(r, dict) else r.split) for r in rows]
-        train = [(p, lab) for p, lab, s in tr if s == "train"]
-        val = [(p, lab) for p, lab, s in tr if s == "val"]
+        train, val = ([(Path(data) / r["path"], r["label"]) for r in read_split(split_csv, data, part)]
+                      for part in ("train", "val"))
         how = f"split {split_csv} (train -> OOD fit, val -> temperature and thresholds)"
     else:
         ds = load_dataset(data)

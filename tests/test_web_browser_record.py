@@ -82,6 +82,11 @@ def test_the_record_and_the_small_things_at_1366_by_768(server, tmp_path):
         page.goto(f"{case_url}?field={flagged['id']}#viewer")
         for sel in (".viewer-body .call", ".viewer-body .badge", ".viewer-body .flag-reason"):
             assert in_view(page, sel), (sel, page.locator(sel).first.bounding_box())
+        # the flagged field's call box shows its whole first line (no call chosen yet)
+        fits = page.evaluate("""() => { const el = document.getElementById('field-label'), s = getComputedStyle(el);
+            const c = document.createElement('canvas').getContext('2d'); c.font = s.font;
+            return c.measureText(el.options[el.selectedIndex].text).width <= el.clientWidth - 40; }""")
+        assert fits
 
         # bulk confirmation: the list, the malignant calls named, one question
         page.locator("#confirm-unflagged").click()

@@ -286,6 +286,8 @@ def main() -> None:
             hema.locator("#sign-off").click()
             expect(hema.get_by_text("The case is signed off.")).to_be_visible()
             facts["signed"] = hema.locator(".review-box .signed").first.inner_text()
+            facts["locked_summary_before_upload_box"] = hema.evaluate("""() => !!(document.getElementById('review')
+                .compareDocumentPosition(document.getElementById('upload-box')) & Node.DOCUMENT_POSITION_FOLLOWING)""")
             shot(hema, "07-signed-off", hema.locator("#review"))
 
             # the amendment: one cell moved after sign-off; the withdrawn verification said aloud; verify again

@@ -462,7 +462,7 @@ def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_
         return (f"{k} counted, {n_in - k} listed but not counted (cut by the field's edge, unidentified, "
                 "unclassified, excluded or not leukocytes)")
 
-    want = (f"{total} leukocyte(s) outlined: {counted(n['sure.jpg'])}, {n['unsure.jpg']} in a flagged "
+    want = (f"{total} cell(s) outlined: {counted(n['sure.jpg'])}, {n['unsure.jpg']} in a flagged "
             "field not yet reviewed (not counted until it is)")
     summary, note = texts(f"/cases/{cid}")
     assert summary == f"2 field(s) · {want}" and note == want
@@ -476,7 +476,7 @@ def test_outlined_and_differential_cell_numbers_agree_before_a_flagged_field_is_
                      json={"fields": [{"field_id": unsure["id"], "decision": "override", "label": "Pro"}]})
     assert r.status_code == 200, r.text
     summary, note = texts(f"/cases/{cid}")
-    assert note == f"{total} leukocyte(s) outlined: {counted(total)}" and summary.endswith(note)
+    assert note == f"{total} cell(s) outlined: {counted(total)}" and summary.endswith(note)
 
 
 def test_a_failed_sign_off_answer_names_the_case_url_to_put_in_the_address_bar(web):

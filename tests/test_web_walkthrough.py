@@ -1,5 +1,5 @@
 """What issue 31's walkthrough found on the pages (docs/results/issue31-walkthrough): the new-case form's second
-question names what the cases share, a field the AI is unsure about has no green confidence bar, and a withdrawn
+question names what the cases share, a field the AI is unsure about has no green confidence bar, a field's outlines and its leukocytes add up, and a withdrawn
 verification is shown as a warning in the gallery's status line."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from leukodx.inference.cell_classes import NOT_LEUKOCYTE
 from test_web_record import MarkedAnalyzer, field_png, words
 from webtools import LiveServer, login
 
@@ -23,6 +24,9 @@ class UnsureButHighAnalyzer(MarkedAnalyzer):
         r = super().analyze(image, name=name, heatmap=heatmap)
         if name and name.startswith("unsure"):
             r.confidence, r.flag, r.flag_reason = 0.91, "low_confidence", "unsure on another lab's field"
+        if name and name.startswith("debris"):  # one outline the AI calls no leukocyte (left out of its count)
+            r.cells[0].ai_label = NOT_LEUKOCYTE
+            r.cell_count = len(r.cells) - 1
         return r
 
 
@@ -83,3 +87,16 @@ def test_a_withdrawn_verification_is_a_warning_in_the_gallery_status(web):
     assert "took back the differential's verification" in unescape(status.group(2))
     page = client.get(f"/cases/{cid}?field={f}").text  # nothing withdrawn just now: a plain status line
     assert re.search(r'<p class="img-status small" id="gallery-status"', page)
+
+
+def test_the_outlines_the_ai_calls_no_leukocyte_are_said_so_the_counts_add_up(web):
+    api, client = web
+    cid = api.post("/api/v1/cases", json={"reference": "S-W-5"}).json()["id"]
+    api.post(f"/api/v1/cases/{cid}/images", files=[("files", ("debris.png", field_png("Pre", 4), "image/png"))])
+    (f,) = api.get(f"/api/v1/cases/{cid}").json()["fields"]
+    n = len(f["cells"])
+    assert n >= 2 and f["cell_count"] == n - 1
+    page = client.get(f"/cases/{cid}?field={f['id']}").text
+    viewer = words(page[page.index('id="viewer"'):page.index('id="gallery"')])
+    assert f"{n - 1} leukocyte(s) outlined (and 1 more outline that the AI calls no leukocyte)" in viewer
+    assert f"{n} cell(s) outlined:" in words(page[page.index('id="cells-outlined"'):])  # the case: every outline

@@ -348,7 +348,7 @@
       document.querySelectorAll(".n-counted").forEach(function (el) { el.textContent = c.n_cells_counted; });
       document.querySelectorAll(".n-short").forEach(function (el) { el.hidden = !!c.n_cells_target_reached; });
     }
-    if ("n_cells_counted" in c) {  // "35 leukocyte(s) outlined: 17 counted, 17 listed but not counted …" (the outlined macro)
+    if ("n_cells_counted" in c) {  // "35 cell(s) outlined: 17 counted, 17 listed but not counted …" (the outlined macro)
       document.querySelectorAll(".outlined-counted").forEach(function (el) { el.textContent = c.n_cells_counted; });
       document.querySelectorAll(".outlined-rest").forEach(function (el) {
         var rest = Math.max(0, +el.dataset.inDifferential - c.n_cells_counted), n = el.querySelector(".outlined-listed");

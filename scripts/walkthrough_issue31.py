@@ -130,7 +130,11 @@ def main() -> None:
             api = api_for(tech)
             t0 = time.time()
             tech.locator("#file-input").set_input_files([str(f) for f in files])  # all at once, as a user does
-            expect(tech.locator(".uploads li")).to_have_count(len(files), timeout=60_000)
+            expect(tech.locator(".uploads")).to_contain_text("All uploads finished", timeout=600_000)
+            try:  # the page reloads itself a moment later, to show the results
+                facts["upload_lines"] = tech.locator(".uploads li").all_inner_texts()
+            except Exception:  # noqa: BLE001 - it reloaded first
+                facts["upload_lines"] = None
             deadline = time.time() + 900
             while time.time() < deadline:
                 case = api.get(f"/api/v1/cases/{cid}").json()
@@ -138,7 +142,6 @@ def main() -> None:
                     break
                 time.sleep(2)
             facts["upload_all_seconds"] = round(time.time() - t0, 1)
-            facts["upload_lines"] = tech.locator(".uploads li").all_inner_texts()
             facts["numbered_as_chosen"] = [f["name"] for f in case["fields"]] == [f.name for f in files]
             facts["fields"] = [{"number": i, "name": f["name"], "ai": f["label"], "confidence": f["confidence"],
                                 "flag": f["flag"], "cells": f["cell_count"]} for i, f in enumerate(case["fields"], 1)]

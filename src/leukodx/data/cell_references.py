@@ -157,10 +157,7 @@ def _remove_small(m: np.ndarray, min_px: float) -> np.ndarray:
 
 
 def _band(m: np.ndarray, d: float) -> np.ndarray:
-    r = BAND_D * d
-    if r < 0.75:
-        r = 0.75
-    k = _disk(r)
+    k = _disk(max(0.75, BAND_D * d))
     return ndi.binary_dilation(m, k) & ~ndi.binary_erosion(m, k, border_value=1)
 
 

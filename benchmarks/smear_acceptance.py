@@ -17,8 +17,8 @@ The sets (read-only, from ../shared/data; each sample fixed: every k-th file of 
 "Refused as no smear" is what the analysis treats as no smear field (no class call, no cells):
 `check_smear(rgb).kind` in `pipeline.NOT_A_SMEAR` on an image large enough to judge. It is model-free, so the
 same command runs on any checkout (put its src/ on PYTHONPATH). `--pipeline` also runs the bundled models
-(`load_analyzer()`, what `leukodx predict` runs) and counts fields with no call, with at least one leukocyte
-outlined, and how each scale was found.
+(`load_analyzer()`, what `leukodx predict` runs) on the first `--pipeline-n` images of each set and counts fields
+with no call, with at least one leukocyte outlined, and how each scale was found.
 `--calibrate` prints the two ratios of the stain path in leukodx.inference.smear_check (NUCLEUS_PER_RBC and the
 CellaVision export's red-cell size), from the images whose red cells are measured.
 """
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--non-smear-dir", type=Path, default=Path("/tmp/leukodx-smear-acceptance"))
     ap.add_argument("--out", type=Path, help="JSON results")
     ap.add_argument("--pipeline", action="store_true", help="also run the bundled models on every image")
+    ap.add_argument("--pipeline-n", type=int, default=25, help="images of each set run through the models")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--unseen", type=int, default=30, help="generated non-smear images per kind beyond the 10 of "
                     "benchmarks/non_smear.py (other seeds), reported apart")
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
         from leukodx.inference.pipeline import load_analyzer
 
         analysis = load_analyzer()
-        doc["pipeline"] = {k: pipeline_counts(analysis, v) for k, v in data.items() if "unseen" not in k}
+        doc["pipeline"] = {k: pipeline_counts(analysis, v[:args.pipeline_n]) for k, v in data.items()
+                           if "unseen" not in k}
     for tag, prefix in (("non_smear_refused", "non_smear_"), ("non_smear_unseen_refused", "non_smear_unseen_")):
         ns = [v for k, v in doc["smear"].items() if k.startswith(prefix) and k.removeprefix(prefix)
               in NON_SMEAR_KINDS_REFUSED]

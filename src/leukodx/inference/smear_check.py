@@ -149,6 +149,14 @@ def stain_features(rgb: np.ndarray) -> dict:
     return f
 
 
+def _grain(rgb: np.ndarray) -> float:
+    """Mean step between neighbouring pixels (grey, the centre crop at the original resolution) over the grey
+    range: large for noise, small through a lens."""
+    g = _centre_crop(rgb, NATIVE_CROP).astype(np.float32).mean(-1)
+    lo, hi = _qs(g, 1, 99)
+    return float(np.abs(np.diff(g, axis=1)).mean() / max(hi - lo, 1.0)) if g.shape[1] > 1 else 0.0
+
+
 def _stained(f: dict, nucleus: bool) -> bool:
     """A stained blood image by its stain (`stain_features` and `grain`); `nucleus`: also a leukocyte's nucleus
     that can give the scale (a stain's blue-violet, of a plausible size)."""
@@ -235,9 +243,6 @@ def smear_features(rgb: np.ndarray) -> dict:
     else:
         top = 0.0
     step_share = _step_share(crop)
-    g = crop.astype(np.float32).mean(-1)
-    glo, ghi = _qs(g, 1, 99)
-    grain = float(np.abs(np.diff(g, axis=1)).mean() / max(ghi - glo, 1.0)) if g.shape[1] > 1 else 0.0
     # red cells (their size in a 224-px field) and focus
     d, conf = estimate_rbc_diameter(small, work_side=RBC_WORK_SIDE, min_confidence=RELAXED_RBC_CONFIDENCE)
     short = min(small.shape[:2])
@@ -253,7 +258,7 @@ def smear_features(rgb: np.ndarray) -> dict:
         empty = prof < EMPTY_ROW * max(_q(prof, 90), 1e-3)
         lines = max(lines, int(np.count_nonzero(empty[1:] & ~empty[:-1]) + int(empty[0])))
     return {"grey_range": hi - lo, "text_lines": lines, "chroma_p99": _q(chroma, 99), "top_colour_share": top,
-            "step_share": step_share, "grain": grain, "rbc_diameter_224": d224, "rbc_confidence": conf,
+            "step_share": step_share, "rbc_diameter_224": d224, "rbc_confidence": conf,
             "rbc_diameter_px": None if d is None else d * native, "edge_width_px": edge_small * native,
             "edge_width_224": edge_small * 224.0 / short}
 
@@ -273,8 +278,9 @@ def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float
     measured = d is not None and conf >= MIN_RBC_CONFIDENCE
     est, source = (d if measured else None), MEASURED
     if checked and not measured and max(drawn, steps) <= 1 and f["grey_range"] >= BLANK_RANGE:
-        small = _work(np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8))
-        f.update(stain_features(small))
+        rgb8 = np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8)
+        small = _work(rgb8)
+        f.update(stain_features(small), grain=_grain(rgb8))
         native = min(shape) / min(small.shape[:2])
         if d is not None and conf >= RELAXED_RBC_CONFIDENCE and _stained(f, nucleus=False):
             est, source = d, "estimated from few or cut red cells"

@@ -12,7 +12,8 @@ The sets (read-only, from ../shared/data; each sample fixed: every k-th file of 
 - `pbc_to257`: the whole crop resampled to 257 x 257 px (the size of another hospital's ALL crops);
 - `chula`: all 500 Chulalongkorn fields; `raabin`: 100 Raabin fields; `taleqani`: 100 Taleqani fields;
 - `non_smear_<kind>`: the 110 images of benchmarks/non_smear.py (70 generated, 40 made from smear fields);
-  `non_smear_unseen_<kind>`: 30 more of each generated kind (other seeds, not looked at when the limits were set).
+  `non_smear_seen_<kind>`: 30 more of each generated kind (seeds 10-39), looked at when the stain rule's limits
+  were set; `non_smear_unseen_<kind>`: 60 more (seeds 40-99), not looked at.
 
 "Refused as no smear" is what the analysis treats as no smear field (no class call, no cells):
 `check_smear(rgb).kind` in `pipeline.NOT_A_SMEAR` on an image large enough to judge. It is model-free, so the
@@ -38,6 +39,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+SEEN = 40  # generated non-smear images per kind looked at when the stain rule's limits were set
 NON_SMEAR_KINDS_REFUSED = ("login", "app_page", "text", "blank", "gradient", "noise", "natural", "greyscale")
 
 
@@ -82,11 +84,13 @@ def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tup
 
     taleqani = data / "all-taleqani"
     paths, _ = non_smear.generate(non_smear_dir, taleqani if (taleqani / "Original").is_dir() else None,
-                                  per_kind=non_smear.PER_KIND + unseen)
+                                  per_kind=SEEN + unseen)
     for kind, ps in paths.items():
         out[f"non_smear_{kind}"] = [(p.name, _read(p)) for p in ps[:non_smear.PER_KIND]]
-        if unseen and kind in non_smear.GENERATED:  # seeds the stain rule's limits were not set on
-            out[f"non_smear_unseen_{kind}"] = [(p.name, _read(p)) for p in ps[non_smear.PER_KIND:]]
+        if unseen and kind in non_smear.GENERATED:
+            # seeds 10-39 were looked at when the stain rule's limits were set; from 40 on they were not
+            out[f"non_smear_seen_{kind}"] = [(p.name, _read(p)) for p in ps[non_smear.PER_KIND:SEEN]]
+            out[f"non_smear_unseen_{kind}"] = [(p.name, _read(p)) for p in ps[SEEN:]]
     return out
 
 
@@ -182,8 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pipeline", action="store_true", help="also run the bundled models on every image")
     ap.add_argument("--pipeline-n", type=int, default=25, help="images of each set run through the models")
     ap.add_argument("--calibrate", action="store_true")
-    ap.add_argument("--unseen", type=int, default=30, help="generated non-smear images per kind beyond the 10 of "
-                    "benchmarks/non_smear.py (other seeds), reported apart")
+    ap.add_argument("--unseen", type=int, default=60, help="generated non-smear images per kind from seed 40 on "
+                    "(not looked at when the limits were set), reported apart")
     ap.add_argument("--report", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     ap.add_argument("--bench", type=Path, metavar="FIELDS", help="only time the analysis on these fields: "
                     "leukodx bench's measurement (deploy.bench.run_bench), ONNX engine, no heat maps")
@@ -216,8 +220,9 @@ def main(argv=None) -> int:
 
         analysis = load_analyzer()
         doc["pipeline"] = {k: pipeline_counts(analysis, v[:args.pipeline_n]) for k, v in data.items()
-                           if "unseen" not in k}
-    for tag, prefix in (("non_smear_refused", "non_smear_"), ("non_smear_unseen_refused", "non_smear_unseen_")):
+                           if "seen_" not in k}
+    for tag, prefix in (("non_smear_refused", "non_smear_"), ("non_smear_seen_refused", "non_smear_seen_"),
+                        ("non_smear_unseen_refused", "non_smear_unseen_")):
         ns = [v for k, v in doc["smear"].items() if k.startswith(prefix) and k.removeprefix(prefix)
               in NON_SMEAR_KINDS_REFUSED]
         doc[tag] = f"{sum(v['refused_no_smear'] for v in ns)} of {sum(v['n'] for v in ns)}"

@@ -84,6 +84,8 @@ MAX_GRAIN = 0.1  # mean step between neighbouring pixels over the grey range: no
 MAX_BROWN = 0.65  # share of stained pixels that absorb blue most (brown, yellow): wood, earth, not a stain
 MAX_CYAN = 0.97  # share of stained pixels that absorb red most: all blue (a sky), no eosin anywhere
 MIN_GREY_SPREAD = 0.04  # the dark pixels' density, max - min over the channels (normalised): not grey or black
+MAX_HUE_MIX = 0.25  # the least common of the three most-absorbed channels: a stain has one or two, noise all three
+MIN_NUCLEUS_PURITY = 0.8  # the nucleus blob's share in its commonest most-absorbed channel: one stain, not a mosaic
 MIN_NUCLEUS_BLUE = 0.03  # a nucleus passes blue: min(red, green density) - blue density (normalised)
 NUCLEUS_AREA = (0.002, 0.7)  # of the image
 NUCLEUS_PER_RBC = 1.4  # the nucleus blob's diameter over the red cells' (PBC 1.22, Raabin 1.40, Taleqani 2.15)
@@ -126,13 +128,13 @@ def stain_features(rgb: np.ndarray) -> dict:
     od = np.log(np.maximum(bg, 1.0) / np.maximum(a, 1.0))
     s = od.sum(-1)
     top = _q(s, 99.5)
-    f = {"stain_od": top, "brown": 1.0, "cyan": 1.0, "grey_spread": 0.0, "nucleus_blue": 0.0, "nucleus_area": 0.0,
+    f = {"stain_od": top, "brown": 1.0, "cyan": 1.0, "hue_mix": 1.0, "nucleus_purity": 0.0, "grey_spread": 0.0, "nucleus_blue": 0.0, "nucleus_area": 0.0,
          "nucleus_edge": 0.0, "nucleus_px": None}
     dark = s > 0.5 * top
     if top < MIN_STAIN_OD or not dark.any():
         return f
-    most = od[s > 0.1 * top].argmax(-1)
-    f["brown"], f["cyan"] = float(np.mean(most == 2)), float(np.mean(most == 0))
+    shares = np.bincount(od[s > 0.1 * top].argmax(-1), minlength=3) / max(int(np.count_nonzero(s > 0.1 * top)), 1)
+    f["brown"], f["cyan"], f["hue_mix"] = float(shares[2]), float(shares[0]), float(shares.min())
     m = od[dark].mean(0)
     m = m / max(float(m.sum()), 1e-6)
     f["grey_spread"], f["nucleus_blue"] = float(m.max() - m.min()), float(min(m[0], m[1]) - m[2])
@@ -145,6 +147,7 @@ def stain_features(rgb: np.ndarray) -> dict:
     contrast = float(s[blob].mean() - (np.median(s[ring]) if ring.any() else 0.0))
     grad = np.hypot(ndi.sobel(s, 0), ndi.sobel(s, 1)) / 8.0
     f.update(nucleus_area=float(sizes.max() / s.size), nucleus_px=float(2 * np.sqrt(sizes.max() / np.pi)),
+             nucleus_purity=float(np.bincount(od[blob].argmax(-1), minlength=3).max() / sizes.max()),
              nucleus_edge=float(grad[blob & ~ndi.binary_erosion(blob)].mean() / max(contrast, 1e-3)))
     return f
 
@@ -161,8 +164,10 @@ def _stained(f: dict, nucleus: bool) -> bool:
     """A stained blood image by its stain (`stain_features` and `grain`); `nucleus`: also a leukocyte's nucleus
     that can give the scale (a stain's blue-violet, of a plausible size)."""
     ok = (f["stain_od"] >= MIN_STAIN_OD and f["nucleus_edge"] >= MIN_NUCLEUS_EDGE and f["grain"] <= MAX_GRAIN
-          and f["brown"] <= MAX_BROWN and f["cyan"] <= MAX_CYAN and f["grey_spread"] >= MIN_GREY_SPREAD)
+          and f["brown"] <= MAX_BROWN and f["cyan"] <= MAX_CYAN and f["grey_spread"] >= MIN_GREY_SPREAD
+          and f["hue_mix"] <= MAX_HUE_MIX)
     return ok and (not nucleus or (f["nucleus_blue"] >= MIN_NUCLEUS_BLUE and f["brown"] <= 0.2
+                                   and f["nucleus_purity"] >= MIN_NUCLEUS_PURITY
                                    and NUCLEUS_AREA[0] <= f["nucleus_area"] <= NUCLEUS_AREA[1]))
 
 

@@ -225,3 +225,19 @@ def test_a_bad_lab_scale_is_refused_in_one_line(bad):
         check_um_per_px(bad)
     assert "\n" not in err.value.message and "micrometres per image pixel" in err.value.message
     assert check_um_per_px(" 0.1 ") == pytest.approx(0.1)
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "pbc").is_dir(), reason="shared data absent")
+def test_other_labs_crops_and_fields_are_smears():
+    """Issue 28 on real images (benchmarks/smear_acceptance.py measures the whole sets): PBC crops whole and cut to
+    their central 120 px, and Chula fields with few or cut red cells, are not refused as no smear."""
+    data = ROOT.parent / "shared" / "data"
+    crops = [np.asarray(Image.open(p).convert("RGB")) for k in sorted((data / "pbc").glob("*"))
+             for p in sorted(k.glob("*.jpg"))[:2]]
+    for rgb in crops:
+        h, w = rgb.shape[:2]
+        for img in (rgb, rgb[(h - 120) // 2:(h + 120) // 2, (w - 120) // 2:(w + 120) // 2]):
+            assert check_smear(img).kind not in ("no_cells", "screenshot", "blank", "greyscale")
+    chula = sorted((data / "chula-wbc" / "images").glob("*.jpg"))[::25]
+    refused = [p.name for p in chula if check_smear(np.asarray(Image.open(p).convert("RGB"))).kind == "no_cells"]
+    assert len(refused) <= 1, refused

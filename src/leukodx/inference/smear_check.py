@@ -88,6 +88,7 @@ MAX_HUE_MIX = 0.25  # the least common of the three most-absorbed channels: a st
 MIN_NUCLEUS_PURITY = 0.8  # the nucleus blob's share in its commonest most-absorbed channel: one stain, not a mosaic
 MIN_NUCLEUS_BLUE = 0.03  # a nucleus passes blue: min(red, green density) - blue density (normalised)
 NUCLEUS_AREA = (0.002, 0.7)  # of the image
+MAX_DARK_AREA = 0.9  # the largest dark blob's share of the image: a stained image has a lighter ground somewhere
 NUCLEUS_PER_RBC = 1.4  # the nucleus blob's diameter over the red cells' (PBC 1.22, Raabin 1.40, Taleqani 2.15)
 EXPORT_RBC_PX = {(363, 360): 72.0}  # known exports (H, W): red-cell diameter, px (CellaVision DM96 crops of PBC)
 
@@ -165,7 +166,7 @@ def _stained(f: dict, nucleus: bool) -> bool:
     that can give the scale (a stain's blue-violet, of a plausible size)."""
     ok = (f["stain_od"] >= MIN_STAIN_OD and f["nucleus_edge"] >= MIN_NUCLEUS_EDGE and f["grain"] <= MAX_GRAIN
           and f["brown"] <= MAX_BROWN and f["cyan"] <= MAX_CYAN and f["grey_spread"] >= MIN_GREY_SPREAD
-          and f["hue_mix"] <= MAX_HUE_MIX)
+          and f["hue_mix"] <= MAX_HUE_MIX and f["nucleus_area"] <= MAX_DARK_AREA)
     return ok and (not nucleus or (f["nucleus_blue"] >= MIN_NUCLEUS_BLUE and f["brown"] <= 0.2
                                    and f["nucleus_purity"] >= MIN_NUCLEUS_PURITY
                                    and NUCLEUS_AREA[0] <= f["nucleus_area"] <= NUCLEUS_AREA[1]))

@@ -170,6 +170,19 @@ def test_signing_off_twice_the_same_way_is_not_an_amendment(web):
     assert again.status_code == 200 and again.json()["amendments"] == []
 
 
+def test_an_amendment_that_changes_nothing_is_refused_and_not_recorded(web):
+    client, clin, _, _ = web
+    cid, _ = case_with_fields(client, clin, n=1)
+    signed = sign_off(client, clin, cid).json()
+    r = client.patch(f"/api/v1/cases/{cid}/review", headers=clin, json={
+        "case": {"decision": signed["review"]["decision"], "label": signed["review"]["label"],
+                 "note": signed["review"]["note"] or ""},
+        "amendment_reason": "pressed the amend button by mistake"})
+    assert r.status_code == 422, r.text
+    assert "Nothing to amend" in r.json()["detail"] and "change the note" in r.json()["detail"]
+    assert client.get(f"/api/v1/cases/{cid}", headers=clin).json()["amendments"] == []
+
+
 def test_amendments_are_kept_with_who_when_why_before_and_after(web):
     client, clin, admin, _ = web
     cid, case = case_with_fields(client, clin)

@@ -234,6 +234,9 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
                                                      case_review.get("note") or "", actor)
         if unchanged and not rules.clean_amendment_reason(amendment_reason):
             return case  # the same decisions again: nothing to change, nothing to amend
+        if unchanged:
+            raise rules.Invalid("Nothing to amend: these are the calls and notes already signed off.",
+                                "Choose another class or change the note, or leave the signed-off case as it is.")
         n = len(decided_fields)
         what = ("the sign-off" if case_review else "") + (" and " if case_review and n else "") + (
             f"the call of {n} field{'s' if n != 1 else ''}" if n else "")

@@ -49,6 +49,9 @@ def test_bundled_model_loads_and_labels_every_cell(clf):
         for c in cells:
             assert c.ai_label in AI_CELL_CLASSES
             assert c.ai_confidence is not None and 0.0 < c.ai_confidence <= 1.0
+            assert c.ai_probabilities is not None and list(c.ai_probabilities) == list(MODEL_CLASSES)
+            assert sum(c.ai_probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+            assert max(c.ai_probabilities.values()) == pytest.approx(c.ai_confidence, abs=1e-4)
         score = clf.field_score(cells)
         assert score is None or 0.0 <= score <= 1.0
         n += len(cells)

@@ -85,6 +85,10 @@ def test_predict_junk_folder(models, junk_folder, tmp_path):
     a = next(f for f in doc["fields"] if f["path"].endswith("a/field.jpg"))
     assert a["um_per_px"] == pytest.approx(7.5 / a["rbc_diameter_px"], rel=1e-3)
     assert all("touches_border" in c and "ai_label" in c for c in a["cells"])
+    for c in a["cells"]:  # each typed cell carries every class's calibrated probability beside its label
+        if c["ai_label"] is not None:
+            assert set(c["ai_probabilities"]) >= {"blast", "lymphocyte"}
+            assert sum(c["ai_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_predict_glob_and_no_heatmap(models, junk_folder, tmp_path):

@@ -167,8 +167,8 @@ class CellClassifier:
 
     def classify(self, rgb: np.ndarray, labels: np.ndarray | None, cells: list[CellInstance],
                  rbc_diameter_px: float | None) -> np.ndarray:
-        """Fill cells[i].ai_label (one of the model's classes, or UNIDENTIFIED) and cells[i].ai_confidence (the
-        calibrated probability of the top class) in place; returns the probabilities (n_cells x classes). rgb:
+        """Fill cells[i].ai_label (one of the model's classes, or UNIDENTIFIED), cells[i].ai_confidence (the
+        calibrated probability of the top class) and cells[i].ai_probabilities ({class: probability}) in place; returns the probabilities (n_cells x classes). rgb:
         HxWx3 uint8 field; labels: its HxW instance image (only checked for its size; the crops are centred on
         each cell's centroid); rbc_diameter_px: the red-cell diameter in those pixels (None: 17 px, the Taleqani
         training fields at 224 px)."""
@@ -183,9 +183,10 @@ class CellClassifier:
         out = np.split(self._probabilities(fields), np.cumsum([len(f[2]) for f in fields])[:-1])
         for (_, _, cells, _), q in zip(fields, out, strict=True):
             names, conf = self.answer(q)
-            for c, name, v in zip(cells, names, conf, strict=True):
+            for c, name, v, row in zip(cells, names, conf, q, strict=True):
                 c.ai_label = name
                 c.ai_confidence = round(float(v), 4)
+                c.ai_probabilities = {k: round(float(p), 4) for k, p in zip(self.classes, row, strict=True)}
         return out
 
     @staticmethod

@@ -25,6 +25,7 @@ class CellInstance:
     touches_border: bool = False  # cut by the field's edge (counted; see leukodx.inference.instances)
     ai_label: str | None = None  # the cell-level model's suggestion (leukodx.inference.cell_classes.CELL_CLASSES)
     ai_confidence: float | None = None
+    ai_probabilities: dict[str, float] | None = None  # {class: calibrated probability}, the model's classes
 
 
 @dataclass

@@ -494,6 +494,8 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
     for url in (f"/cases/{cid}?field={f['id']}", f"/cases/{cid}/report"):
         page = client.get(url)
         assert page.status_code == 200 and "No leukocyte found in this field" in page.text, url
+    viewer = client.get(f"/cases/{cid}?field={f['id']}").text.split('id="viewer"')[1]
+    assert "No leukocyte found: no call" in viewer and "No flags" not in viewer  # not an all-clear badge
     client.get(f["heatmap_on_demand_url"])  # drawn later: at the scale the upload gave
     assert analyzer.scales[-1] == 0.2
     with pytest.raises(Exception, match="micrometres per image pixel"):

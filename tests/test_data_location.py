@@ -116,3 +116,24 @@ def test_postgresql_images_default_to_the_data_folder_too(place):
     s = Settings(database_url="postgresql+psycopg://leukodx@db.example/leukodx")
     assert s.resolved_files_dir() == home / ".local" / "share" / "leukodx" / "leukodx-files"
     assert Settings(database_url="postgresql+psycopg://x@h/d", files_dir=cwd / "img").resolved_files_dir() == cwd / "img"
+
+
+def test_the_demo_user_of_make_run_is_switched_off_when_the_clinic_serves_without_demo(place, monkeypatch):
+    """`make run` (serve --demo) leaves demo/demo in the one default place; a later `serve` without --demo on the
+    same database switches that account off (audited, said at start), and --demo switches it on again."""
+    db = data_dir() / "leukodx.db"
+
+    def active() -> bool:
+        with sqlite3.connect(db) as con:
+            return bool(con.execute("select active from users where username = 'demo'").fetchone()[0])
+
+    out, _ = serve_start(monkeypatch, "--demo")
+    assert "password demo" in out and active()
+    out, _ = serve_start(monkeypatch)
+    assert "demo" in out and "switched off" in out and not active()
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from audit_log where action = 'user.disable'").fetchone()[0] == 1
+    out, _ = serve_start(monkeypatch)  # said once: nothing left to switch off
+    assert "switched off" not in out and not active()
+    serve_start(monkeypatch, "--demo")
+    assert active()

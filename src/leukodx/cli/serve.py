@@ -64,16 +64,28 @@ def _first_admin(sessions, demo: bool) -> None:
 
     from sqlalchemy import func, select
 
-    from leukodx.web.auth import add_user, hash_password
+    from leukodx.web.auth import add_user, hash_password, verify_password
     from leukodx.web.db import User, audit
 
     with sessions() as db:
-        if demo and db.scalar(select(User).where(User.username == "demo")) is None:
-            db.add(User(username="demo", password_hash=hash_password("demo"), role="clinician"))
+        user = db.scalar(select(User).where(User.username == "demo"))
+        demo_password = user is not None and verify_password("demo", user.password_hash)
+        if demo and (user is None or (demo_password and not user.active)):
+            if user is None:
+                db.add(User(username="demo", password_hash=hash_password("demo"), role="clinician"))
+            else:
+                user.active = True
             audit(db, "serve", "user.add", "user:demo", role="clinician", demo=True)
             db.commit()
             err_console.print("[bold yellow]--demo:[/] user [bold]demo[/], password [bold]demo[/] "
                               "(for trying leukodx only; never use --demo with real patients' smears).")
+        elif not demo and user is not None and user.active and demo_password:
+            # `make run` (serve --demo) left demo/demo in the data folder a clinic then serves: switch it off
+            user.active = False
+            audit(db, "serve", "user.disable", "user:demo", why="the demo password, served without --demo")
+            db.commit()
+            err_console.print("[bold yellow]note:[/] user [bold]demo[/] (password demo, made by `make run`) is "
+                              "switched off because this server runs without --demo.")
         if db.scalar(select(func.count(User.id)).where(User.role == "admin")):
             return
         password = os.environ.get("LEUKODX_ADMIN_PASSWORD") or ""

@@ -12,7 +12,7 @@ from leukodx.cli._common import console, err_console
 def register(app: typer.Typer) -> None:
     @app.command("adapt")
     def adapt_cmd(
-        data: Path = typer.Option(..., "--data", help="Folder of the lab's own ordinary smear fields, unlabelled "
+        data: Path = typer.Option(None, "--data", help="Folder of the lab's own ordinary smear fields, unlabelled "
                                   "(JPEG, PNG, TIFF or BMP; searched recursively). A few hundred is best."),
         out: Path = typer.Option(..., "--out", help="Output folder: DIR/classifier and DIR/segmenter."),
         classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory (default: bundled)."),
@@ -21,6 +21,14 @@ def register(app: typer.Typer) -> None:
         strength: float = typer.Option(1.0, "--strength", min=0.0, max=1.0,
                                        help="Stain normalisation strength: 0 = none, 1 = full."),
         threads: int = typer.Option(None, "--threads", help="CPU threads per model call (default: all)."),
+        cells: Path = typer.Option(None, "--cells", help="Instead of --data: the lab's LABELLED cells, DIR/<class>/"
+                                   "*.jpg (each image centred on its cell; classes: the cell model's or non_blast), "
+                                   "optional DIR/cases.csv (file,case). Writes OUT/cells and a commissioning report."),
+        um_per_px: str = typer.Option(None, "--um-per-px", help="With --cells: micrometres per image pixel."),
+        min_sensitivity: float = typer.Option(0.90, "--min-sensitivity", min=0.0, max=1.0),
+        min_specificity: float = typer.Option(0.90, "--min-specificity", min=0.0, max=1.0),
+        kinds_only: bool = typer.Option(False, "--kinds-only", help="With --cells and no blasts: adapt the cell "
+                                        "kinds only (P(blast) stays the bundled model's; blast figures not measured)."),
     ) -> None:
         """Adapt the models to this lab's stain, camera and white balance from its own UNLABELLED fields.
 
@@ -28,6 +36,13 @@ def register(app: typer.Typer) -> None:
         the out-of-distribution threshold (never lowers it) just so far that the lab's ordinary fields are not
         flagged. Temperature and the low-confidence threshold are kept (they need labels). Use the result with
         `leukodx predict ... --classifier DIR/classifier --segmenter DIR/segmenter` or `leukodx serve` (same)."""
+        from leukodx.errors import LeukodxError
+
+        if (data is None) == (cells is None):
+            raise LeukodxError("Give either --data (unlabelled fields) or --cells (labelled cells).",
+                               "See `leukodx adapt --help`.")
+        if cells is not None:
+            return _commission(cells, out, um_per_px, min_sensitivity, min_specificity, kinds_only)
         from leukodx.deploy.adapt import adapt_models
 
         with console.status(f"adapting to {data} ...") as status:
@@ -55,6 +70,21 @@ def register(app: typer.Typer) -> None:
         console.print(f"[green]written[/] {rep['classifier']} and {rep['segmenter']}; use them with: leukodx "
                       f"predict FIELDS --out RESULTS --classifier {rep['classifier']} --segmenter {rep['segmenter']}",
                       highlight=False)
+
+
+def _commission(cells: Path, out: Path, um_per_px: str | None, min_sens: float, min_spec: float,
+                kinds_only: bool) -> None:
+    from leukodx.deploy.commission import commission_cells
+    from leukodx.inference.scale import check_um_per_px
+
+    um = None if um_per_px is None else check_um_per_px(um_per_px)
+    with console.status(f"commissioning on {cells} ...") as status:
+        rep = commission_cells(cells, out, um_per_px=um, min_sensitivity=min_sens, min_specificity=min_spec,
+                               kinds_only=kinds_only, progress=lambda msg: status.update(msg))
+    console.print(f"{rep['n_cells']} cells, {rep['n_folds']}-fold cross-validation, {rep['seconds']} s. "
+                  f"{rep['recommendation']}", highlight=False)
+    console.print(f"[green]written[/] {out}/cells, {out}/commissioning.json and {out}/commissioning.html; use it "
+                  f"with: leukodx predict FIELDS --out RESULTS --cells {out}/cells", highlight=False)
 
 
 def _fmt(v: list[float]) -> str:

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
                                         "instance labels, 0 = background) and <field>_nucleus.png (0/255)."),
         um_per_px: str = typer.Option(None, "--um-per-px", help="The camera's calibration, micrometres per image "
                                       "pixel: used instead of the scale estimated from each image."),
+        cells: Path = typer.Option(None, "--cells", help="Cell-type model directory (default: bundled), e.g. "
+                                   "OUT/cells of `leukodx adapt --cells`."),
     ) -> None:
         """Analyse smear fields: class, calibrated confidence, malignant probability, cells counted, flag.
 
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
         res = run_predict(paths, out, classifier_dir=classifier, segmenter_dir=segmenter, heatmap=heatmap,
                           workers=workers, engine=engine, batch_size=batch_size, threads=threads,
                           overlays=overlays, console=console, eager=load_eager, save_masks=save_masks,
-                          um_per_px=um)
+                          um_per_px=um, cells_dir=cells)
         case = res["case"]
         flags = ", ".join(f"{n} {f}" for f, n in case["flags"].items() if n)
         console.print(f"[green]{res['n_fields']} field(s)[/] -> {res['csv']} ({flags})")

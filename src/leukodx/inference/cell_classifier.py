@@ -41,6 +41,48 @@ from leukodx.models.model_config import DEFAULT_RBC_DIAMETER_224, CellRule, Mode
 CROP_RBC, CROP_SIZE = CellRule().crop_rbc, CellRule().crop_size  # a config's `cells` defaults (4 diameters, 64 px)
 DEFAULT_RBC_DIAMETER = DEFAULT_RBC_DIAMETER_224  # px: the Taleqani fields at 224 px, when a field's is unknown
 REBUILD = "Retrain it with `leukodx train cells ... --out RUN`, or reinstall leukodx for the bundled one."
+NON_BLAST = "non_blast"  # a commissioning label: any cell type but a blast
+HEAD_FILE = "head.npz"
+
+
+class CellHead:
+    """A lab's fitted head (`leukodx adapt --cells`, leukodx.deploy.commission): multinomial logistic regression on
+    the model's standardised `features`, over the lab's labelled classes (`non_blast` may be one). Adapted
+    probabilities over the model's classes: a labelled class gets the head's; the head's `non_blast` share is spread
+    over the unlabelled non-blast classes in proportion to the bundled model's probabilities; without a `blast`
+    class (a kinds-only commissioning) P(blast) stays the bundled model's and the head shares the rest."""
+
+    def __init__(self, classes: Sequence[str], mean: np.ndarray, std: np.ndarray, weights: np.ndarray,
+                 bias: np.ndarray):
+        self.classes = list(classes)
+        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        self.weights, self.bias = np.asarray(weights, np.float64), np.asarray(bias, np.float64)
+
+    @classmethod
+    def load(cls, model_dir: Path, head: dict) -> CellHead:
+        with np.load(model_dir / str(head.get("file", HEAD_FILE))) as z:
+            return cls(head["classes"], z["mean"], z["std"], z["weights"], z["bias"])
+
+    def head_probs(self, features: np.ndarray) -> np.ndarray:
+        x = (np.asarray(features, np.float64) - self.mean) / self.std
+        return softmax(x @ self.weights + self.bias)
+
+    def apply(self, features: np.ndarray, bundled: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
+        """Adapted probabilities (N x len(vocab)) from the features and the bundled model's probabilities."""
+        q, b = self.head_probs(features), np.asarray(bundled, np.float64)
+        out = np.zeros_like(b)
+        col = {k: i for i, k in enumerate(vocab)}
+        for j, k in enumerate(self.classes):
+            if k in col:
+                out[:, col[k]] = q[:, j]
+        rest = [col[k] for k in vocab if k not in self.classes and k != BLAST]
+        if NON_BLAST in self.classes and rest:
+            share = b[:, rest] + 1e-12
+            out[:, rest] = q[:, [self.classes.index(NON_BLAST)]] * share / share.sum(1, keepdims=True)
+        if BLAST not in self.classes:  # kinds only: the bundled model's P(blast), the head shares the rest
+            out *= (1 - b[:, [col[BLAST]]]) / np.maximum(out.sum(1, keepdims=True), 1e-12)
+            out[:, col[BLAST]] = b[:, col[BLAST]]
+        return out / out.sum(1, keepdims=True)
 
 
 def _bundled_dir() -> Path:
@@ -113,6 +155,8 @@ class CellClassifier:
         # "onnx-int8": model.int8.onnx where the directory has one (kept only when it loses <= 0.3 points)
         self.engine = load_engine(self.dir, config, engine if engine in ("onnx", "onnx-int8") else "onnx", threads)
         self.source = str(self.dir)
+        head = (config.model_extra or {}).get("head")  # a lab's commissioning head (leukodx adapt --cells)
+        self.head = CellHead.load(self.dir, head) if isinstance(head, dict) else None
         self.n_runs = 0  # engine calls so far (one per batch of fields with cells)
 
     @classmethod
@@ -131,11 +175,17 @@ class CellClassifier:
 
     def predict_crops(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N x classes) of N x H x W x 3 uint8 crops: one engine call."""
+        features, probs = self.run_crops(crops)
+        return probs if self.head is None or len(crops) == 0 else self.head.apply(features, probs, self.classes)
+
+    def run_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features N x D, the model's own calibrated probabilities N x classes) of crops: one engine call."""
         if len(crops) == 0:
-            return np.zeros((0, len(self.classes)))
-        logits = self.engine.run(to_input(crops))["logits"]
+            return np.zeros((0, 0)), np.zeros((0, len(self.classes)))
+        out = self.engine.run(to_input(crops))
         self.n_runs += 1
-        return softmax(np.asarray(logits, dtype=np.float64) / self.temperature)
+        feats = np.asarray(out.get("features", np.zeros((len(crops), 0))), dtype=np.float64)
+        return feats, softmax(np.asarray(out["logits"], dtype=np.float64) / self.temperature)
 
     def crops(self, rgb: np.ndarray, cells: Sequence[CellInstance], rbc_diameter_px: float | None) -> np.ndarray:
         """The model's input crops of a field's cells (centred on each cell's centroid)."""

@@ -298,6 +298,8 @@ class Analysis:
             out["mask_threshold"] = self.segmenter.mask_threshold
         if self.cell_classifier is not None:
             out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
+            if getattr(self.cell_classifier, "head", None) is not None:
+                out["cell_commissioning"] = (self.cell_classifier.config.model_extra or {}).get("commissioning")
         return out
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -500,14 +502,16 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def load_analyzer(classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,
-                  engine: str = "onnx", threads: int | None = None, eager: EagerLoader | None = None) -> Analysis:
+                  engine: str = "onnx", threads: int | None = None, eager: EagerLoader | None = None,
+                  cell_classifier: str | Path | None = None) -> Analysis:
     """The analysis pipeline over two model directories (default: the bundled models).
 
     engine: "onnx" (ONNX Runtime, the model directory's model.onnx; PyTorch through `eager` when a directory has
     none), "onnx-int8" (model.int8.onnx where it exists) or "torch" (PyTorch eager). threads: CPU threads per
-    inference (default: all this process may use)."""
+    inference (default: all this process may use). cell_classifier: a cell-type model directory (default: bundled;
+    `leukodx adapt --cells` writes one with a lab's head)."""
     from leukodx.assets import default_model_dir
 
     cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
     sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
-    return Analysis(cdir, sdir, engine=engine, threads=threads, eager=eager)
+    return Analysis(cdir, sdir, engine=engine, threads=threads, eager=eager, cell_classifier=cell_classifier)

@@ -92,7 +92,7 @@ def write_mask_png(path: Path, mask: np.ndarray) -> None:
 def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segmenter_dir=None, heatmap: bool = True,
                 workers: int = 2, engine: str = "onnx", batch_size: int = 16, threads: int | None = None,
                 overlays: bool = True, console=None, eager=None, save_masks: bool = False,
-                um_per_px: float | None = None) -> dict:
+                um_per_px: float | None = None, cells_dir: str | Path | None = None) -> dict:
     """Analyse `paths` (files, folders, globs) and write predictions.csv, predictions.json, overlays and heat maps
     to `out`. `eager`: PyTorch for model directories without model.onnx (leukodx.models.eager.load_eager).
     `save_masks`: also masks/<stem>_cells.png (16-bit instance labels, 0 = background, k = cell id k) and
@@ -111,7 +111,8 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
         raise LeukodxError(f"No images found in {', '.join(paths)}" + (
             f" ({len(skipped)} file(s) skipped: not image names)" if skipped else "") + ".",
             "Give image files (JPEG, PNG, TIFF, BMP), folders holding them, or a glob like 'smears/*.jpg'.")
-    analysis = load_analyzer(classifier_dir, segmenter_dir, engine=engine, threads=threads, eager=eager)
+    analysis = load_analyzer(classifier_dir, segmenter_dir, engine=engine, threads=threads, eager=eager,
+                             cell_classifier=cells_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if overlays:

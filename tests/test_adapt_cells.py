@@ -92,6 +92,9 @@ def test_adapt_cells_writes_the_model_and_the_report_and_predict_uses_the_head(t
     run_predict([str(tmp_path / "f")], tmp_path / "R", heatmap=False, overlays=False, cells_dir=out / "cells")
     res = json.loads((tmp_path / "R" / "predictions.json").read_text())
     assert res["models"]["cell_commissioning"]["data_sha256"] == saved["data_sha256"]
+    with pytest.raises(DatasetError, match="not an earlier commissioning"):  # never replaces another folder
+        commission_cells(lab, tmp_path / "f")
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0.png", "1.png"]
     cells = [c for f in res["fields"] for c in f.get("cells") or []]
     assert cells and all(abs(sum(c["ai_probabilities"].values()) - 1) < 1e-2 for c in cells)
 

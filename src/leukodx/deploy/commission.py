@@ -39,10 +39,6 @@ L2 = 1.0  # penalty on the weights (sum of the class-balanced log-losses + L2 / 
 BATCH = 64
 
 
-def _fail(problem: str, hint: str) -> DatasetError:
-    return DatasetError(problem, hint)
-
-
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str]) -> CellHead:
     """Multinomial logistic regression of features x (N x D) on labels y (indices into classes)."""
     from scipy.optimize import minimize
@@ -119,12 +115,12 @@ def figures(probs: np.ndarray, labels: list[str], truth: list[str], vocab: list[
 
 def _collect(cells: Path, vocab: list[str]) -> tuple[list[Path], list[str]]:
     if not cells.is_dir():
-        raise _fail(f"{cells} is not a folder.", "Give a folder of class folders: DIR/<class>/*.jpg.")
+        raise DatasetError(f"{cells} is not a folder.", "Give a folder of class folders: DIR/<class>/*.jpg.")
     allowed = set(vocab) | {NON_BLAST}
     dirs = sorted(d for d in cells.iterdir() if d.is_dir())
     bad = [d.name for d in dirs if d.name not in allowed]
     if bad:
-        raise _fail(f"Unknown class folder(s) in {cells}: {', '.join(bad)}.",
+        raise DatasetError(f"Unknown class folder(s) in {cells}: {', '.join(bad)}.",
                     f"Name each folder after one of: {', '.join(vocab)}, {NON_BLAST}.")
     files = [(f, d.name) for d in dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     return [f for f, _ in files], [c for _, c in files]
@@ -175,11 +171,11 @@ def cell_features(clf: CellClassifier, files: list[Path], um_per_px: float | Non
             progress(f"cells {i + 1}/{len(files)}")
     if unreadable:
         more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
-        raise _fail(f"Cannot read {len(unreadable)} file(s): {', '.join(unreadable[:5])}{more}.",
+        raise DatasetError(f"Cannot read {len(unreadable)} file(s): {', '.join(unreadable[:5])}{more}.",
                     "Replace or remove them (JPEG, PNG, TIFF or BMP images).")
     if no_cell:
         more = f" and {len(no_cell) - 5} more" if len(no_cell) > 5 else ""
-        raise _fail(f"No stained cell found in the middle of: {', '.join(no_cell[:5])}{more}.",
+        raise DatasetError(f"No stained cell found in the middle of: {', '.join(no_cell[:5])}{more}.",
                     "Each image must be centred on the stained cell it labels; remove or recrop them.")
     runs = [clf.run_crops(np.stack(crops[i:i + BATCH])) for i in range(0, len(crops), BATCH)]
     return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
@@ -191,26 +187,28 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
     """Fit, cross-validate and write `out`/cells, `out`/commissioning.json and `out`/commissioning.html."""
     t0 = time.perf_counter()
     cells, out = Path(cells), Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "commissioning.json").is_file():
+        raise DatasetError(f"{out} exists and is not an earlier commissioning's output.", "Give a new --out folder.")
     clf = CellClassifier.load(model_dir)
     if clf.head is not None:
-        raise _fail(f"{clf.dir} already has a lab's head.", "Commission from the bundled model (leave out --model).")
+        raise DatasetError(f"{clf.dir} already has a lab's head.", "Commission from the bundled model (leave out --model).")
     vocab = list(clf.classes)
     files, truth = _collect(cells, vocab)
     n_blast = truth.count(BLAST)
     n_other = len(truth) - n_blast
     if kinds_only and n_blast:
-        raise _fail(f"--kinds-only, but {cells}/blast holds {n_blast} cell(s).", "Leave out --kinds-only.")
+        raise DatasetError(f"--kinds-only, but {cells}/blast holds {n_blast} cell(s).", "Leave out --kinds-only.")
     need = [] if kinds_only else [f"{MIN_CELLS - n} more {w}" for n, w in ((n_blast, "blast(s)"),
                                                                           (n_other, "non-blast cell(s)")) if n < MIN_CELLS]
     if kinds_only and len(set(truth)) < 2:
         need = ["cells of at least two kinds"]
     if need:
-        raise _fail(f"Too few labelled cells in {cells} ({n_blast} blast(s), {n_other} other): need "
+        raise DatasetError(f"Too few labelled cells in {cells} ({n_blast} blast(s), {n_other} other): need "
                     f"{' and '.join(need)}.", f"Add them (at least {MIN_CELLS} of each), or use --kinds-only "
                     "without blasts.")
     groups = _cases(cells, files)
     if len(set(groups)) < 2:
-        raise _fail("All cells belong to one case: cross-validation needs at least two.", "Add cells of other cases.")
+        raise DatasetError("All cells belong to one case: cross-validation needs at least two.", "Add cells of other cases.")
     feats, bundled = cell_features(clf, files, um_per_px, progress)
     head_classes = sorted(set(truth), key=lambda c: vocab.index(c) if c in vocab else len(vocab))
     y = np.array([head_classes.index(t) for t in truth])
@@ -272,16 +270,19 @@ def _recommend(adapted: dict, own: dict, min_sens: float, min_spec: float) -> tu
 def _html(r: dict) -> str:
     e = html.escape
 
+    def ci(v: list[float] | None) -> str:
+        return "" if v is None else f"{v[0]:.1%} to {v[1]:.1%}"
+
     def rows(fig: dict) -> str:
-        return "".join(f"<tr><td>{e(c)}</td><td>{v['n']}</td><td>{v['recall']:.1%}</td><td>{v['ci95']}</td></tr>"
+        return "".join(f"<tr><td>{e(c)}</td><td>{v['n']}</td><td>{v['recall']:.1%}</td><td>{ci(v['ci95'])}</td></tr>"
                        for c, v in fig["recall"].items())
 
     def blast(fig: dict) -> str:
         b = fig["blast"]
         if not isinstance(b, dict):
             return f"<p>{e(b)}</p>"
-        return (f"<p>sensitivity {b['sensitivity']:.1%} {b['sensitivity_ci95']}, specificity {b['specificity']:.1%} "
-                f"{b['specificity_ci95']}, AUC {b['auc']}</p>")
+        return (f"<p>blast sensitivity {b['sensitivity']:.1%} (95 % CI {ci(b['sensitivity_ci95'])}), specificity "
+                f"{b['specificity']:.1%} ({ci(b['specificity_ci95'])}), AUC {b['auc']}</p>")
 
     head = "<tr><th>class</th><th>cells</th><th>recall</th><th>95 % CI</th></tr>"
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>leukodx commissioning</title><style>body{{"

@@ -172,11 +172,11 @@ def cell_features(clf: CellClassifier, files: list[Path], um_per_px: float | Non
     if unreadable:
         more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
         raise DatasetError(f"Cannot read {len(unreadable)} file(s): {', '.join(unreadable[:5])}{more}.",
-                    "Replace or remove them (JPEG, PNG, TIFF or BMP images).")
+                           "Replace or remove them (JPEG, PNG, TIFF or BMP images).")
     if no_cell:
         more = f" and {len(no_cell) - 5} more" if len(no_cell) > 5 else ""
         raise DatasetError(f"No stained cell found in the middle of: {', '.join(no_cell[:5])}{more}.",
-                    "Each image must be centred on the stained cell it labels; remove or recrop them.")
+                           "Each image must be centred on the stained cell it labels; remove or recrop them.")
     runs = [clf.run_crops(np.stack(crops[i:i + BATCH])) for i in range(0, len(crops), BATCH)]
     return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
 
@@ -191,7 +191,7 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
         raise DatasetError(f"{out} exists and is not an earlier commissioning's output.", "Give a new --out folder.")
     clf = CellClassifier.load(model_dir)
     if clf.head is not None:
-        raise DatasetError(f"{clf.dir} already has a lab's head.", "Commission from the bundled model (leave out --model).")
+        raise DatasetError(f"{clf.dir} already has a lab's head.", "Commission from the bundled cell model.")
     vocab = list(clf.classes)
     files, truth = _collect(cells, vocab)
     n_blast = truth.count(BLAST)
@@ -204,11 +204,12 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
         need = ["cells of at least two kinds"]
     if need:
         raise DatasetError(f"Too few labelled cells in {cells} ({n_blast} blast(s), {n_other} other): need "
-                    f"{' and '.join(need)}.", f"Add them (at least {MIN_CELLS} of each), or use --kinds-only "
-                    "without blasts.")
+                           f"{' and '.join(need)}.", f"Add them (at least {MIN_CELLS} of each), or use "
+                           "--kinds-only without blasts.")
     groups = _cases(cells, files)
     if len(set(groups)) < 2:
-        raise DatasetError("All cells belong to one case: cross-validation needs at least two.", "Add cells of other cases.")
+        raise DatasetError("All cells belong to one case: cross-validation needs at least two.",
+                           "Add cells of other cases.")
     feats, bundled = cell_features(clf, files, um_per_px, progress)
     head_classes = sorted(set(truth), key=lambda c: vocab.index(c) if c in vocab else len(vocab))
     y = np.array([head_classes.index(t) for t in truth])
@@ -221,7 +222,8 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
         oof[m] = fit_head(feats[~m], y[~m], head_classes).apply(feats[m], bundled[m], vocab)
     head = fit_head(feats, y, head_classes)
     blast = not kinds_only
-    adapted, own = figures(oof, clf.answer(oof)[0], truth, vocab, blast), figures(bundled, clf.answer(bundled)[0], truth, vocab, blast)
+    adapted = figures(oof, clf.answer(oof)[0], truth, vocab, blast)
+    own = figures(bundled, clf.answer(bundled)[0], truth, vocab, blast)
     use, why = _recommend(adapted, own, min_sensitivity, min_specificity)
     digest = hashlib.sha256()
     for path, t in sorted(zip(files, truth, strict=True)):
@@ -234,11 +236,23 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "leukodx_version": __version__}
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, clf, head, report, adapted, t0)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return report
+
+
+def _write(tmp: Path, clf: CellClassifier, head: CellHead, report: dict, adapted: dict, t0: float) -> None:
     (tmp / "cells").mkdir(parents=True)
     shutil.copy2(clf.dir / "model.onnx", tmp / "cells" / "model.onnx")  # model.int8.onnx left out: its features differ
     np.savez(tmp / "cells" / HEAD_FILE, mean=head.mean, std=head.std, weights=head.weights, bias=head.bias)
     cfg = json.loads((clf.dir / "config.json").read_text())
-    cfg["head"] = {"kind": "logistic", "file": HEAD_FILE, "classes": head_classes, "l2": L2}
+    cfg["head"] = {"kind": "logistic", "file": HEAD_FILE, "classes": head.classes, "l2": L2}
     cfg["commissioning"] = {k: report[k] for k in ("date", "n_cells", "per_class", "use_adapted", "recommendation",
                                                     "data_sha256")} | {"blast_cv": adapted["blast"]}
     (tmp / "cells" / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -246,10 +260,6 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
     (tmp / "commissioning.json").write_text(json.dumps(report, indent=2))
     (tmp / "commissioning.html").write_text(_html(report))
     CellClassifier.load(tmp / "cells")  # the written model loads
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return report
 
 
 def _recommend(adapted: dict, own: dict, min_sens: float, min_spec: float) -> tuple[bool, str]:

@@ -97,12 +97,15 @@ def _auc(score: np.ndarray, pos: np.ndarray) -> float | None:
 def figures(probs: np.ndarray, labels: list[str], truth: list[str], vocab: list[str], blast: bool) -> dict:
     """Blast sensitivity/specificity (answer == blast) with Wilson intervals, the P(blast) AUC, per-class recall."""
     t, a = np.array(truth), np.array(labels)
-    out: dict = {"recall": {}, "accuracy": round(float(np.mean([(a == t) | ((t == NON_BLAST) & (a != BLAST) & (
-        a != UNIDENTIFIED)) for a, t in zip(labels, truth, strict=True)])), 4)}
-    for c in sorted(set(truth)):
+    out: dict = {"recall": {}}
+    hits = 0
+    for c in sorted(set(truth)):  # non_blast: any answer but blast or unidentified is right
         m = t == c
         hit = (a[m] != BLAST) & (a[m] != UNIDENTIFIED) if c == NON_BLAST else a[m] == c
-        out["recall"][c] = {"recall": round(float(hit.mean()), 4), "n": int(m.sum()), "ci95": _wilson(int(hit.sum()), int(m.sum()))}
+        hits += int(hit.sum())
+        out["recall"][c] = {"recall": round(float(hit.mean()), 4), "n": int(m.sum()),
+                            "ci95": _wilson(int(hit.sum()), int(m.sum()))}
+    out["accuracy"] = round(hits / len(t), 4)
     if not blast:
         return out | {"blast": "not measured (no blast cells labelled)"}
     pos, called = t == BLAST, a == BLAST
@@ -121,7 +124,7 @@ def _collect(cells: Path, vocab: list[str]) -> tuple[list[Path], list[str]]:
     bad = [d.name for d in dirs if d.name not in allowed]
     if bad:
         raise DatasetError(f"Unknown class folder(s) in {cells}: {', '.join(bad)}.",
-                    f"Name each folder after one of: {', '.join(vocab)}, {NON_BLAST}.")
+                           f"Name each folder after one of: {', '.join(vocab)}, {NON_BLAST}.")
     files = [(f, d.name) for d in dirs for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     return [f for f, _ in files], [c for _, c in files]
 

@@ -257,6 +257,8 @@ def test_sign_off_warnings_name_unreviewed_and_flagged_fields(web):
     w = client.get(f"/api/v1/cases/{cid}", headers=clin).json()["warnings"]
     assert any("2 of 2 field(s) not reviewed" in x for x in w)
     assert any(x.startswith("Field 2 is flagged") and "out_of_distribution" not in x for x in w)
+    # the flag's own words are on the field and under "Needs attention", not repeated in the warnings
+    assert all("its flag says why" in x for x in w if x.startswith("Field 2 is flagged"))
     # confirm all unflagged fields: the flagged one stays for the clinician (a malignant call is named to be confirmed)
     out = client.post(f"/api/v1/cases/{cid}/confirm-unflagged", headers=clin, json={"confirm_malignant": [1]}).json()
     assert [f["review"]["decision"] for f in out["fields"]] == ["confirm", None]

@@ -351,7 +351,7 @@ def sign_off_warnings(case: Case, benign: Sequence[str]) -> list[str]:
     for i, f in enumerate(case.fields, start=1):
         if f.flag != "ok" and not f.review_decision:  # a flagged field the reviewer has called is dealt with
             w = words.flag_words(f.flag, f.flag_reason)
-            out.append(f"Field {i} is flagged and not reviewed ({w['title']}): {w['problem']} {w['action']}")
+            out.append(f"Field {i} is flagged and not reviewed ({w['title']}): review it first; its flag says why.")
     if case.fields:
         cs = cell_logic.cell_summary(counted_cells(case.fields))
         if not case.differential_verified:

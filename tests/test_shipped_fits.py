@@ -105,3 +105,18 @@ def test_calibrate_names_what_a_rule_fit_needs(tmp_path):
         code, out = run_cli(["calibrate", "--model", str(default_model_dir("segment")), "--data", str(tmp_path),
                              *extra])
         assert code != 0 and "--cell-agreement" in out and "--post-processing" in out, out
+
+
+def test_the_cell_models_int8_refuses_an_out_file_it_would_not_write(tmp_path):
+    """The int8 of a cell-type model is made from and written into its own directory: `--out` elsewhere is refused
+    in one line before any work, and nothing is written (it used to be ignored, overwriting RUN/model.onnx)."""
+    from typer.testing import CliRunner
+
+    from leukodx.cli import app
+
+    run = tmp_path / "cells"
+    run.mkdir()
+    shutil.copy(ASSETS / "cells" / "config.json", run / "config.json")
+    r = CliRunner().invoke(app, ["export", "onnx", "--model", str(run), "--int8", "--out", str(tmp_path / "x.onnx")])
+    assert r.exit_code != 0 and "Leave out --out" in " ".join(r.output.split())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cells", "config.json"]

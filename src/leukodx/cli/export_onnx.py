@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
         from leukodx.models.model_config import read_model_config
 
         if (int8 or int8_only) and read_model_config(model).cells is not None:  # a cell-type model: its own crops
+            if out is not None and out.resolve() != (model / "model.onnx").resolve():
+                raise typer.BadParameter(f"{out}: the int8 of a cell-type model is made from and written into "
+                                         f"{model} itself. Leave out --out, or copy {model} and export the copy.")
             if not int8_only:
                 export_onnx(model, model / "model.onnx", opset=opset, tolerance=tolerance)
             with console.status(f"collecting the crops of {model}'s training sources ..."):

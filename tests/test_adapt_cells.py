@@ -75,6 +75,7 @@ def test_adapt_cells_writes_the_model_and_the_report_and_predict_uses_the_head(t
         out / "commissioning.html").read_text()
     cfg = json.loads((out / "cells" / "config.json").read_text())
     assert cfg["head"]["classes"] == ["blast", "neutrophil", "non_blast"] and "commissioning" in cfg
+    assert cfg["cells"]["blast_threshold"] == 0.0  # its commissioned blast call applies, not the bundled threshold
     assert not (out / "cells" / "model.int8.onnx").exists()
 
     clf, plain = CellClassifier.load(out / "cells"), CellClassifier.load()

@@ -166,10 +166,34 @@ def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(t
     for i in (0, 2, 3, 4, 7):
         f = fields[f"{i}.png"]
         cells = [CellInstance(id=c["id"], area_px=c["area_px"], centroid=c["centroid"], bbox=c["bbox"],
-                              ai_label=c["ai_label"]) for c in f["cells"]]
+                              ai_label=c["ai_label"], ai_confidence=c.get("ai_confidence"),
+                              ai_probabilities=c.get("ai_probabilities")) for c in f["cells"]]
         why = cells_disagree(f["label"], cells, cfg.case_rule.benign, cfg.cell_agreement)
         assert f["flag"] == ("low_confidence" if why else "ok") and (not why or f["flag_reason"] == why), (i, why)
     assert res["n_fields"] == 8 and res["case"]["flags"].get(ood) == 3
+
+
+def test_a_leukaemic_call_needs_a_blast_the_cell_model_trusts_and_unrecognised_cells_are_named():
+    from leukodx.inference.pipeline import cells_disagree
+    from leukodx.inference.types import CellInstance
+    from leukodx.models.model_config import CellAgreement
+
+    def cell(label, p_blast):
+        return CellInstance(id=1, area_px=900, centroid=(50.0, 50.0), bbox=(30, 30, 70, 70), ai_label=label,
+                            ai_confidence=max(p_blast, 0.5), ai_probabilities={"blast": p_blast})
+
+    rule = CellAgreement(min_blasts=1, min_blast_probability=0.8, max_unidentified_share=0.6)
+    unsure = [cell("blast", 0.66), cell("lymphocyte", 0.2)]
+    why = cells_disagree("Pro", unsure, ["Benign"], rule)
+    assert "none of its 2 leukocytes is recognised as a blast with a probability of 80 % or more" in why
+    assert cells_disagree("Pro", [cell("blast", 0.85)], ["Benign"], rule) == ""
+    assert cells_disagree("Pro", unsure, ["Benign"], rule, blast_threshold=0.5) == ""  # a lab's own threshold
+    assert cells_disagree("Pro", unsure, ["Benign"], rule.model_copy(update={"min_blast_probability": 0.0})) == ""
+    strange = [cell("unidentified", 0.3), cell("unidentified", 0.1), cell("lymphocyte", 0.0),
+               cell("not_leukocyte", 0.0)]
+    why = cells_disagree("Benign", strange, ["Benign"], rule)
+    assert "does not recognise 2 of its 3 leukocytes" in why and "Look at the field yourself" in why
+    assert cells_disagree("Benign", strange, ["Benign"], CellAgreement()) == ""  # off by default
 
 
 def test_predict_um_per_px_wins_and_a_bad_one_is_refused_in_one_line(models, tmp_path):

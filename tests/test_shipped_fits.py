@@ -92,8 +92,8 @@ def test_the_cell_agreement_rule_is_chosen_on_val_rows_and_written_into_the_clas
     assert (cdir / "config.json").read_text() == before  # measured, not written
     fit_cell_agreement(cdir, synthetic_data, split, max_flagged=1.0, log=lambda _: None)
     written = json.loads((cdir / "config.json").read_text())["cell_agreement"]
-    assert (written["min_blasts"], written["max_blast_share_benign"]) == (best["min_blasts"],
-                                                                          best["max_blast_share_benign"])
+    keys = ("min_blasts", "max_blast_share_benign", "min_blast_probability", "max_unidentified_share")
+    assert {k: written[k] for k in keys} == {k: best[k] for k in keys}
     assert "leukodx calibrate --cell-agreement" in written["choice"]
 
 

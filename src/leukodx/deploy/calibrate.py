@@ -167,8 +167,10 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
 
 # ---------------------------------------------------------------------------------------------------------------
 # fits of the analysis' rules on validation data only (`leukodx calibrate --cell-agreement | --post-processing`)
-# min_blasts x max_blast_share_benign
-AGREEMENT_GRID: tuple[tuple[int, ...], tuple[float, ...]] = ((0, 1, 2, 3), (0.3, 0.5, 0.7, 1.01))
+# min_blasts x max_blast_share_benign x min_blast_probability x max_unidentified_share (1.01: off)
+AGREEMENT_GRID: tuple[tuple[float, ...], ...] = ((0, 1, 2, 3), (0.3, 0.5, 0.7, 1.01), (0.0, 0.6, 0.75, 0.9),
+                                                 (0.5, 0.75, 1.01))
+AGREEMENT_KEYS = ("min_blasts", "max_blast_share_benign", "min_blast_probability", "max_unidentified_share")
 # mask threshold x min_nucleus_fraction x cell splitting
 POST_GRID: tuple[tuple[float, ...], tuple[float, ...], tuple[dict[str, float], ...]] = (
     (0.4, 0.5, 0.6), (0.0, 0.05, 0.15),
@@ -208,16 +210,19 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
     wrong = [r.label != row["label"] for r, row in zip(res_val, rows, strict=True)]
     mal_shift = [r.label is not None and r.label not in benign for r in res_shift]
 
+    own = getattr(analysis.cell_classifier, "blast_threshold", None)
+
     def flags(results, rule) -> list[bool]:
-        return [r.flag != "ok" or bool(r.label and cells_disagree(r.label, r.cells, benign, rule)) for r in results]
+        return [r.flag != "ok" or bool(r.label and cells_disagree(r.label, r.cells, benign, rule, own))
+                for r in results]
 
     candidates = []
-    for mb, share in itertools.product(*AGREEMENT_GRID):
-        rule = CellAgreement(min_blasts=mb, max_blast_share_benign=share)
+    for values in itertools.product(*AGREEMENT_GRID):
+        choice = dict(zip(AGREEMENT_KEYS, values, strict=True))
+        rule = CellAgreement.model_validate(choice)
         flag_val, flag_shift = flags(res_val, rule), flags(res_shift, rule)
         unflagged = [w for w, f in zip(wrong, flag_val, strict=True) if not f]
-        candidates.append({
-            "min_blasts": mb, "max_blast_share_benign": share,
+        candidates.append(choice | {
             "val_flagged": round(sum(flag_val) / len(flag_val), 4),
             "val_accuracy_unflagged": round(1 - sum(unflagged) / max(len(unflagged), 1), 4),
             "val_errors_flagged": round(sum(w and f for w, f in zip(wrong, flag_val, strict=True))
@@ -233,8 +238,7 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
               "classifier": str(classifier_dir), "segmenter": str(seg),
               "cells": str(getattr(analysis.cell_classifier, "dir", "bundled"))}
     if write:
-        update_model_config(classifier_dir, cell_agreement={
-            "min_blasts": best["min_blasts"], "max_blast_share_benign": best["max_blast_share_benign"],
+        update_model_config(classifier_dir, cell_agreement={k: best[k] for k in AGREEMENT_KEYS} | {
             "choice": f"chosen on the val rows of {split_csv} by leukodx calibrate --cell-agreement"})
     return report
 

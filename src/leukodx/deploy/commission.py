@@ -256,6 +256,8 @@ def _write(tmp: Path, clf: CellClassifier, head: CellHead, report: dict, adapted
     np.savez(tmp / "cells" / HEAD_FILE, mean=head.mean, std=head.std, weights=head.weights, bias=head.bias)
     cfg = json.loads((clf.dir / "config.json").read_text())
     cfg["head"] = {"kind": "logistic", "file": HEAD_FILE, "classes": head.classes, "l2": L2}
+    if BLAST in head.classes:  # its blast call is the one commissioned (top class blast): trusted as it stands
+        cfg["cells"]["blast_threshold"] = 0.0
     cfg["commissioning"] = {k: report[k] for k in ("date", "n_cells", "per_class", "use_adapted", "recommendation",
                                                     "data_sha256")} | {"blast_cv": adapted["blast"]}
     (tmp / "cells" / "config.json").write_text(json.dumps(cfg, indent=2))

@@ -152,6 +152,7 @@ class CellClassifier:
         self.low_confidence = float(config.thresholds.low_confidence)
         self.width_rbc = float(rule.crop_rbc)
         self.field_threshold = float(rule.field_threshold)
+        self.blast_threshold = rule.blast_threshold  # None: the classifier's cell_agreement.min_blast_probability
         # "onnx-int8": model.int8.onnx where the directory has one (kept only when it loses <= 0.3 points)
         self.engine = load_engine(self.dir, config, engine if engine in ("onnx", "onnx-int8") else "onnx", threads)
         self.source = str(self.dir)

@@ -36,7 +36,7 @@ import numpy as np
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
-from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE
+from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE, UNIDENTIFIED
 from leukodx.inference.engines import softmax
 from leukodx.inference.scale import MEASURED
 from leukodx.inference.smear_check import SmearCheck, check_smear
@@ -446,7 +446,8 @@ class Analysis:
         if self.cell_classifier is None or self.classifier is None or r.label is None or self.segmenter is None:
             return ""
         cfg = self.classifier.config
-        return cells_disagree(r.label, r.cells, cfg.case_rule.benign, cfg.cell_agreement)
+        return cells_disagree(r.label, r.cells, cfg.case_rule.benign, cfg.cell_agreement,
+                              self.cell_classifier.blast_threshold)
 
     def _heatmap(self, fields: Sequence[_Field]) -> None:
         """The heat map of the called class: its class activation map from the classifier's own outputs (ONNX
@@ -469,15 +470,28 @@ class Analysis:
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
 
 
-def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[str], rule: CellAgreement) -> str:
+def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[str], rule: CellAgreement,
+                   blast_threshold: float | None = None) -> str:
     """The rule that a field's call must agree with its cells, in a clinician's words ("" when they agree): a
-    leukaemic call needs at least `rule.min_blasts` leukocytes the cell model calls blast; a benign call is
-    questioned when more than `rule.max_blast_share_benign` of its counted leukocytes are blasts."""
-    counted = [c for c in cells if c.ai_label is not None and c.ai_label not in NOT_COUNTED]
-    blasts = sum(c.ai_label == BLAST for c in counted)
+    leukaemic call needs at least `rule.min_blasts` leukocytes the cell model calls blast with P(blast) of at
+    least `blast_threshold` (None: `rule.min_blast_probability`); a benign call is questioned when more than
+    `rule.max_blast_share_benign` of its counted leukocytes are blasts; any call when at least
+    `rule.max_unidentified_share` of its leukocytes are unidentified."""
+    trust = rule.min_blast_probability if blast_threshold is None else blast_threshold
+    leukocytes = [c for c in cells if c.ai_label is not None and c.ai_label != NOT_LEUKOCYTE]
+    counted = [c for c in leukocytes if c.ai_label not in NOT_COUNTED]
+    blasts = sum(c.ai_label == BLAST and (c.ai_probabilities or {}).get(BLAST, c.ai_confidence or 0.0) >= trust
+                 for c in counted)
+    unknown = sum(c.ai_label == UNIDENTIFIED for c in leukocytes)
+    strange = (f"the cell model does not recognise {unknown} of its {len(leukocytes)} leukocytes (they may look "
+               "unlike the cells it learnt: another stain, camera or magnification)")
+    if leukocytes and unknown / len(leukocytes) >= rule.max_unidentified_share:
+        return (f"The field is called {label}, but {strange}, so its cells can neither support nor question the "
+                "call. Look at the field yourself.")
     if label not in benign:
         if blasts < rule.min_blasts:
-            seen = (f"none of its {len(counted)} leukocytes looks like a blast" if counted else
+            sure = f" with a probability of {100 * trust:.0f} % or more" if trust > 0 else ""
+            seen = (f"none of its {len(counted)} leukocytes is recognised as a blast{sure}" if counted else
                     "no leukocyte the cell model could identify was found in it")
             return (f"The field is called {label} (leukaemic), but {seen}: the call has no support in the cells. "
                     "Look at the field yourself.")

@@ -104,24 +104,32 @@ class CaseRule(BaseModel):
 
 class CellAgreement(BaseModel):
     """When a field's call and its cells disagree (the field is then flagged low_confidence, with the reason): a
-    leukaemic call needs at least `min_blasts` leukocytes the cell model calls blast; a benign call is questioned
-    when more than `max_blast_share_benign` of its counted leukocytes (and at least `min_blasts`) are blasts."""
+    leukaemic call needs at least `min_blasts` leukocytes the cell model calls blast with a calibrated P(blast) of
+    at least `min_blast_probability` (a cell model's own `cells.blast_threshold`, e.g. a lab's commissioned head,
+    takes its place); a benign call is questioned when more than `max_blast_share_benign` of its counted
+    leukocytes (and at least `min_blasts`) are blasts; any call is questioned when at least
+    `max_unidentified_share` of its leukocytes are ones the cell model does not recognise."""
 
     model_config = ConfigDict(extra="allow")
     min_blasts: int = 1
     max_blast_share_benign: float = 0.5
+    min_blast_probability: float = 0.0
+    max_unidentified_share: float = 1.01  # above 1: off
 
 
 class CellRule(BaseModel):
     """A cell-type model's facts (leukodx.inference.cell_classifier; its classes are the config's `classes`, in
     the order of its logits): each cell is cut centred on it, `crop_rbc` red-cell diameters wide, and resized to
     `crop_size` px (the model's input side); a field whose blast share among its counted leukocytes is at least
-    `field_threshold` (chosen on validation fields) has blasts seen."""
+    `field_threshold` (chosen on validation fields) has blasts seen. `blast_threshold`, where set (a lab's
+    commissioned head), is the P(blast) from which its blast call is trusted, in place of the classifier's
+    `cell_agreement.min_blast_probability`."""
 
     model_config = ConfigDict(extra="allow")
     crop_rbc: float = 4.0
     crop_size: int = 64
     field_threshold: float = 0.5
+    blast_threshold: float | None = None
 
 
 class StainStats(BaseModel):

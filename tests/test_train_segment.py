@@ -152,7 +152,7 @@ def test_require_masks_message(tmp_path):
 
 
 def test_study_summary_mean_std_and_table():
-    from leukodx.training.segment_study import study_table, summarize_study
+    from leukodx.training.study import study_table, summarize_study
 
     def run(arch, seed, dice):
         test = {"dice_global": dice, "dice_global_all": dice, "dice_mean": dice, "iou_global": dice / 2,
@@ -190,9 +190,9 @@ def test_min_mask_fraction_and_pretrained(smears, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from leukodx.models.checkpoint import load_model
-    from leukodx.training.segment import _load_initial_weights
+    from leukodx.training.segment import load_initial_weights
 
     fresh, _ = load_model(run4)
-    _load_initial_weights(fresh, run)
+    load_initial_weights(fresh, run, print)
     want = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())

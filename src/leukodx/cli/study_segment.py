@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        from leukodx.training.segment_study import run_segmentation_study
+        from leukodx.training.study import run_segmentation_study
 
         names = [a.strip() for a in archs.split(",") if a.strip()]
         flags = {"preset": preset, "base_channels": base_channels, "depth": depth, "encoder": encoder,

@@ -142,8 +142,7 @@ def register(app: typer.Typer) -> None:
             _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, synthetic=synthetic, splits=splits,
                                samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
             return
-        from leukodx.training.segment import train_segmenter
-        from leukodx.training.segment_study import resolve_segment_config
+        from leukodx.training.segment import resolve_segment_config, train_segmenter
 
         cfg = resolve_segment_config(config, **flags, mask_threshold=mask_threshold,
                                      skip_near_empty=False if include_near_empty else None, references=references,
@@ -169,7 +168,7 @@ def _train_two_outputs(config: Path | None, flags: dict[str, Any], *, raabin: Pa
     """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC and synthetic smears."""
     from leukodx.training.cell_segment import train_cell_segmenter
     from leukodx.training.config import resolve_config
-    from leukodx.training.segment_study import segment_overrides
+    from leukodx.training.segment import segment_overrides
 
     overrides = segment_overrides(**flags, raabin=str(raabin) if raabin else None, pbc=str(pbc) if pbc else None,
                                   synthetic=synthetic, splits=str(splits), samples_per_epoch=samples_per_epoch,

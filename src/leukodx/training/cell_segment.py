@@ -258,7 +258,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     from leukodx.models.segmenters import parse_arch
     from leukodx.training.config import save_run_config
     from leukodx.training.engine import Trainer, resolve_device, seed_everything
-    from leukodx.training.segment import _load_initial_weights
+    from leukodx.training.segment import load_initial_weights
 
     t_start = time.perf_counter()
     if not cfg.out:
@@ -286,10 +286,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     bundled_arch, instances = bundled_settings(extra.get("encoder", ""))
     kwargs = {"normalization": cfg.normalization, **extra, **bundled_arch, **cfg.arch_kwargs, "out_channels": 2}
     model = create_model("segment", arch_name, **kwargs)
-    pretrained_record = _load_initial_weights(model, cfg.pretrained) if cfg.pretrained else None
-    if pretrained_record:
-        log(f"encoder: ImageNet weights {cfg.pretrained} ({pretrained_record['n_loaded']} tensors, "
-            f"{pretrained_record['licence']})")
+    pretrained_record = load_initial_weights(model, cfg.pretrained, log)
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"{arch_name} {kwargs}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "

@@ -16,7 +16,6 @@ import copy
 import json
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +70,6 @@ def _loader(ds, batch_size, sampler=None, shuffle=False, workers=0, seed=0, drop
                                        drop_last=drop_last, pin_memory=pin, persistent_workers=workers > 0)
 
 
-def _counts(samples) -> dict[str, int]:
-    return dict(Counter(s.label for s in samples))
-
-
 def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: bool = True,
                      fit_ood: bool = True) -> dict:
     """Train, calibrate and score a classifier as `cfg` says. Returns a summary (paths, metrics, wall time).
@@ -82,20 +77,13 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     `split` may be a leukodx.data.datasets.SplitInfo (the study passes one); otherwise cfg.split or a fresh
     group-aware split (cfg.split_strategy, cfg.seed) is used.
     """
-    from leukodx.data.datasets import (
-        ClassificationDataset,
-        EpochSampler,
-        class_weights,
-        load_split,
-        samples_for_split,
-        subset,
-    )
+    from leukodx.data.datasets import ClassificationDataset, EpochSampler, class_weights
     from leukodx.data.layout import load_dataset
     from leukodx.data.transforms import classification_transforms
     from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
-    from leukodx.training.engine import Trainer, accuracy_metric, start_run
+    from leukodx.training.engine import Trainer, accuracy_metric, run_split, split_record, start_run
 
     t_start = time.perf_counter()
     out, device, info, log = start_run(cfg, data_hint="a folder with Original/<class>/ images", log_fn=log_fn,
@@ -105,12 +93,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     ds = load_dataset(cfg.data)
     ds.require_nonempty()
     classes = ds.classes
-    if split is None:
-        split = load_split(cfg.data, cfg.split, strategy=cfg.split_strategy, seed=cfg.seed, val=cfg.val_fraction,
-                           test=cfg.test_fraction, common_test=cfg.common_test, test_seed=cfg.test_seed)
-    train_s = subset(samples_for_split(cfg.data, split, "train", ds), cfg.max_train_images, cfg.seed)
-    val_s = subset(samples_for_split(cfg.data, split, "val", ds), cfg.max_val_images, cfg.seed)
-    test_s = subset(samples_for_split(cfg.data, split, "test", ds), cfg.max_test_images, 0)
+    split, train_s, val_s, test_s = run_split(cfg, ds, split)
     if not train_s:
         raise LeukodxError("The split has no training images.", "Make a split with a train part (leukodx data split).")
     missing = sorted(set(classes) - {s.label for s in train_s})
@@ -206,15 +189,7 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
         "low_confidence_fit": low,
         "n_parameters": n_params,
         "training": {
-            "data": str(Path(cfg.data).resolve()),
-            "split_file": split.summary.get("split_file"),
-            "split_strategy": split.summary.get("strategy"),
-            "split_seed": split.summary.get("seed"),
-            "common_test": split.summary.get("common_test"),
-            "test_seed": split.summary.get("test_seed"),
-            "split_note": split.summary.get("note", "Split by field and duplicate group; not by patient."),
-            "counts": {"train": _counts(train_ds.samples), "val": _counts(val_ds.samples),
-                       "test": _counts(test_s)},
+            **split_record(cfg, split, {"train": train_ds.samples, "val": val_ds.samples, "test": test_s}),
             "subset": {"max_train_images": cfg.max_train_images, "max_val_images": cfg.max_val_images,
                        "max_test_images": cfg.max_test_images},
             "pretrained": ({"spec": cfg.pretrained, **pretrained_record} if cfg.pretrained else None),

@@ -32,6 +32,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -142,6 +143,36 @@ def start_run(cfg: TrainConfig, *, data_hint: str, log_fn: Callable | None = Non
     seed_everything(cfg.seed)  # same init on every rank; DDP also broadcasts rank 0's weights
     log = (lambda m: None) if (cfg.quiet or not info.is_main) else (log_fn or (lambda m: print(m, flush=True)))
     return out, device, info, log
+
+
+def run_split(cfg: TrainConfig, ds, split=None):
+    """(split, train, val, test samples) of a field trainer: `split` (a SplitInfo) or cfg.split or a fresh
+    group-aware split; each part cut to cfg.max_*_images (stratified; test with seed 0)."""
+    from leukodx.data.datasets import load_split, samples_for_split, subset
+
+    data = cfg.data
+    assert data is not None  # start_run refuses a run without --data
+    if split is None:
+        split = load_split(data, cfg.split, strategy=cfg.split_strategy, seed=cfg.seed, val=cfg.val_fraction,
+                           test=cfg.test_fraction, common_test=cfg.common_test, test_seed=cfg.test_seed)
+    parts = [subset(samples_for_split(data, split, name, ds), n, seed) for name, n, seed in (
+        ("train", cfg.max_train_images, cfg.seed), ("val", cfg.max_val_images, cfg.seed),
+        ("test", cfg.max_test_images, 0))]
+    return split, *parts
+
+
+def split_record(cfg: TrainConfig, split, counts: dict) -> dict:
+    """The data and split entries of config.json's "training" (`counts`: per part, per class)."""
+    return {
+        "data": str(Path(str(cfg.data)).resolve()),
+        "split_file": split.summary.get("split_file"),
+        "split_strategy": split.summary.get("strategy"),
+        "split_seed": split.summary.get("seed"),
+        "common_test": split.summary.get("common_test"),
+        "test_seed": split.summary.get("test_seed"),
+        "split_note": split.summary.get("note", "Split by field and duplicate group; not by patient."),
+        "counts": {k: dict(Counter(s.label for s in v)) for k, v in counts.items()},
+    }
 
 
 def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:

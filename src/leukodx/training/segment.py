@@ -43,6 +43,35 @@ def require_masks(dataset, data) -> None:
         )
 
 
+# the preset's base channels when --base-channels is not given: small on CPU, the study's 64 for --preset paper
+BASE_CHANNELS = {"cpu": 16, "paper": 64}
+
+
+def segment_overrides(**kw) -> dict:
+    """Flag values -> TrainConfig overrides (None = not given); --base-channels/--encoder go to arch_kwargs."""
+    base, encoder, depth = kw.pop("base_channels"), kw.pop("encoder"), kw.pop("depth")
+    arch_kwargs = {}
+    if base is not None:
+        arch_kwargs["base_channels"] = base
+    if depth is not None:
+        arch_kwargs["depth"] = depth
+    if encoder:
+        arch_kwargs["encoder"] = encoder
+    kw["arch_kwargs"] = arch_kwargs or None
+    return kw
+
+
+def resolve_segment_config(yaml_path=None, **flags):
+    """resolve_config("segment", ...) with the preset's base channels filled in when none were given."""
+    from leukodx.training.config import resolve_config
+
+    overrides = segment_overrides(**flags)
+    cfg = resolve_config("segment", yaml_path=yaml_path, overrides=overrides)
+    if "base_channels" not in cfg.arch_kwargs and "encoder" not in cfg.arch_kwargs and ":" not in cfg.arch:
+        cfg.arch_kwargs = {**cfg.arch_kwargs, "base_channels": BASE_CHANNELS.get(cfg.preset, 16)}
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # training
 
@@ -71,12 +100,6 @@ def build_segmenter_model(cfg):
     return arch, model, arch_kwargs
 
 
-def _counts(samples) -> dict[str, int]:
-    from collections import Counter
-
-    return dict(Counter(s.label for s in samples))
-
-
 _BRIEF_KEYS = ("n_images", "n_scored", "n_reference_failed", "dice_global", "dice_global_all", "dice_mean",
                "iou_global", "pixel_accuracy", "count_mae", "n_missing_masks")
 
@@ -98,17 +121,21 @@ def _drop_low_foreground(ds, fraction: float) -> list[str]:
 ENCODER_UNUSED = ("conv_head.", "bn2.", "classifier.")  # a classifier's head: not part of a features_only encoder
 
 
-def _load_initial_weights(model, source) -> dict | None:
+def load_initial_weights(model, source, log) -> dict | None:
     """Start from the weights of a segmenter model directory (or its model.safetensors), or put ImageNet weights
     (a registered name such as efficientnet_lite0, leukodx.models.pretrained) into a timm encoder. Returns the
-    pretrained record for config.json when encoder weights were loaded."""
+    pretrained record for config.json when encoder weights were loaded (and logs it); None for no `source`."""
     from safetensors.torch import load_file
 
     from leukodx.errors import ModelError
     from leukodx.models.pretrained import PRETRAINED
 
+    if not source:
+        return None
     if str(source) in PRETRAINED:
-        return load_encoder_weights(model, str(source))
+        record = load_encoder_weights(model, str(source))
+        log(f"encoder: ImageNet weights {source} ({record['n_loaded']} tensors, {record['licence']})")
+        return record
     p = Path(source)
     f = p / "model.safetensors" if p.is_dir() else p
     if not f.is_file():
@@ -152,14 +179,14 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     split), RUN/history.json, RUN/split.csv, RUN/run_config.yaml, RUN/checkpoints/. `split` may be a
     leukodx.data.datasets.SplitInfo (the study passes one). Returns a summary (config, metrics, wall time).
     """
-    from leukodx.data.datasets import SegmentationDataset, load_split, samples_for_split, subset
+    from leukodx.data.datasets import SegmentationDataset
     from leukodx.data.layout import load_dataset
     from leukodx.data.split import write_split
     from leukodx.data.transforms import segmentation_transforms
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
     from leukodx.training.config import save_run_config
-    from leukodx.training.engine import Trainer, start_run
+    from leukodx.training.engine import Trainer, run_split, split_record, start_run
 
     t_start = time.perf_counter()
     out, device, info, log = start_run(cfg, data_hint="a folder with Original/ and Segmented/", log_fn=log_fn,
@@ -167,18 +194,10 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
 
     ds = load_dataset(cfg.data)
     require_masks(ds, cfg.data)
-    if split is None:
-        split = load_split(cfg.data, cfg.split, strategy=cfg.split_strategy, seed=cfg.seed, val=cfg.val_fraction,
-                           test=cfg.test_fraction, common_test=cfg.common_test, test_seed=cfg.test_seed)
-    train_s = subset(samples_for_split(cfg.data, split, "train", ds), cfg.max_train_images, cfg.seed)
-    val_s = subset(samples_for_split(cfg.data, split, "val", ds), cfg.max_val_images, cfg.seed)
-    test_s = subset(samples_for_split(cfg.data, split, "test", ds), cfg.max_test_images, 0)
+    split, train_s, val_s, test_s = run_split(cfg, ds, split)
 
     arch, model, arch_kwargs = build_segmenter_model(cfg)
-    pretrained_record = _load_initial_weights(model, cfg.pretrained) if cfg.pretrained else None
-    if pretrained_record:
-        log(f"encoder: ImageNet weights {cfg.pretrained} ({pretrained_record['n_loaded']} tensors, "
-            f"{pretrained_record['licence']})")
+    pretrained_record = load_initial_weights(model, cfg.pretrained, log)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.arch} {arch_kwargs}: {n_params / 1e6:.2f} M parameters, {cfg.image_size} px, device {device}")
 
@@ -285,14 +304,7 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
         },
         "n_parameters": n_params,
         "training": {
-            "data": str(Path(cfg.data).resolve()),
-            "split_file": split.summary.get("split_file"),
-            "split_strategy": split.summary.get("strategy"),
-            "split_seed": split.summary.get("seed"),
-            "common_test": split.summary.get("common_test"),
-            "test_seed": split.summary.get("test_seed"),
-            "split_note": split.summary.get("note", "Split by field and duplicate group; not by patient."),
-            "counts": {"train": _counts(train_ds.samples), "val": _counts(val_ds.samples), "test": _counts(test_s)},
+            **split_record(cfg, split, {"train": train_ds.samples, "val": val_ds.samples, "test": test_s}),
             "masks": {"train": tsum, "val": vsum},
             "references": cfg.references,
             "pretrained": pretrained_record,
@@ -331,9 +343,9 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     if per_image is not None:
         (out / "test_fields.json").write_text(json.dumps(per_image, indent=1, default=float))
     if test_metrics:
-        log(_summary_line("test", test_metrics))
+        log(summary_line("test", test_metrics))
     if shift_metrics:
-        log(_summary_line("test, lab shift", shift_metrics))
+        log(summary_line("test, lab shift", shift_metrics))
     log(f"model directory: {out} (wall time {wall:.0f} s)")
     dist_utils.cleanup()
     result.update({"config": config, "metrics": metrics, "test_metrics": test_metrics, "shift_metrics": shift_metrics,
@@ -347,7 +359,7 @@ def _fmt(v, pct=False) -> str:
     return f"{100 * v:.2f} %" if pct else f"{v:.4f}"
 
 
-def _summary_line(name: str, m: dict) -> str:
+def summary_line(name: str, m: dict) -> str:
     return (f"{name}: dice_global {_fmt(m['dice_global'])}, dice_global_all {_fmt(m['dice_global_all'])}, "
             f"pixel accuracy {_fmt(m['pixel_accuracy'], True)}, count MAE {_fmt(m['count_mae'])} "
             f"({m['n_images']} fields, {m['n_reference_failed']} with a failed reference mask, "

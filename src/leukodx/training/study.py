@@ -1,4 +1,4 @@
-"""The reference study's classification comparison: architectures x split strategies x seeds.
+"""The reference study's comparisons: classifiers (architectures x split strategies x seeds) and segmenters.
 
 Every run is scored on ONE common, group-aware test set (make_split(..., common_test=True): the test part is drawn
 first with test_seed alone, so SGDC and per-class splits of every seed share it); the split strategy and seed are
@@ -8,8 +8,10 @@ Each run is then scored the way `leukodx evaluate --shift lab` scores it: throug
 seeded variation per field as `evaluate --shift lab --seed 0`); RUN/scores.json. Metrics under lab shift carry the
 prefix "lab_". Reference models (e.g. the bundled classifier) are scored the same way beside the runs, and the
 levels of each factor with two or more levels are compared pairwise over seeds (paired t-test).
-A run directory that already holds metrics.json (and scores.json) is reused, so an interrupted study continues
-where it stopped.
+The segmentation comparison (`run_segmentation_study`: U-Net vs U-Net-FPN-GELU) trains every (architecture,
+seed) with `train_segmenter` on sgdc splits around the same kind of common test set, scored as `train segment`
+scores it. A run directory that already holds metrics.json (and scores.json) is reused, so an interrupted study
+continues where it stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from leukodx.cpus import usable_cores
 from leukodx.errors import LeukodxError
+from leukodx.evaluation.study import aggregate, markdown_table
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "flag_rate")
 SHIFTED = tuple(f"lab_{m}" for m in METRICS)
@@ -32,6 +35,30 @@ HEADERS = {"arch": "architecture", "strategy": "split", "roc_auc_macro": "ROC AU
            "train_seconds": "train s", "lab_accuracy": "lab-shift accuracy",
            "lab_balanced_accuracy": "lab-shift balanced acc.", "lab_macro_f1": "lab-shift macro F1",
            "lab_roc_auc_macro": "lab-shift ROC AUC", "lab_ece": "lab-shift ece", "lab_flag_rate": "lab-shift flagged"}
+
+
+def _common_split(data, strategy: str, seed: int, test_seed: int, seen: dict):
+    """make_split(common_test=True) of one (strategy, seed) as a SplitInfo; its test part is checked against the
+    first one drawn (`seen`): make_split's contract, checked because every comparison rests on it."""
+    from leukodx.data.datasets import SplitInfo
+    from leukodx.data.split import make_split
+
+    rows, summary = make_split(data, strategy=strategy, seed=seed, common_test=True, test_seed=test_seed)
+    test = {r["path"] for r in rows if r["split"] == "test"}
+    if seen.setdefault("test", test) != test:
+        raise LeukodxError("The common test set differs between splits.", "Report this as a bug.")
+    return SplitInfo(rows, {**{k: v for k, v in summary.items() if k != "counts"}, "split_file": None})
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file()
+
+
+def _machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": usable_cores(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def score_model(model_dir: Path, samples: list, cache: Path, *, engine: str = "torch", batch_size: int = 32) -> dict:
@@ -86,9 +113,9 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                              out: str | Path, *, preset: str = "cpu", config_yaml=None, overrides: dict | None = None,
                              test_seed: int = 0, command: str = "", log=print,
                              reference_models: list[str | Path] | None = None) -> dict:
-    from leukodx.data.datasets import SplitInfo, samples_for_split, subset
-    from leukodx.data.split import STRATEGIES, make_split
-    from leukodx.evaluation.study import aggregate, bar_plot, markdown_table, paired_comparison, paired_table
+    from leukodx.data.datasets import samples_for_split, subset
+    from leukodx.data.split import STRATEGIES
+    from leukodx.evaluation.study import bar_plot, paired_comparison, paired_table
     from leukodx.training.classify import build_classifier
     from leukodx.training.config import resolve_config
     from leukodx.training.engine import TrainingInterrupted
@@ -121,25 +148,19 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     splits: dict[tuple[str, int], dict] = {}
-    common_test: set[str] | None = None
+    seen: dict = {}
     test_sets: dict[int | None, list] = {}
     # seed-major order: every arch x strategy cell gets its first seed before any gets a second, so a study cut
     # short (a per-run --time-limit-s, a lent GPU's budget) has the most informative runs done first
     for seed in seed_list:
         for strategy in strategies:
-            rows, summary = make_split(data, strategy=strategy, seed=seed, common_test=True, test_seed=test_seed)
-            test = {r["path"] for r in rows if r["split"] == "test"}
-            if common_test is None:
-                common_test = test
-            elif test != common_test:  # make_split's contract; checked because every comparison rests on it
-                raise LeukodxError("The common test set differs between splits.", "Report this as a bug.")
-            split = SplitInfo(rows, {**{k: v for k, v in summary.items() if k != "counts"}, "split_file": None})
+            split = _common_split(data, strategy, seed, test_seed, seen)
             counts = split.counts()
             splits[(strategy, seed)] = {"strategy": strategy, "seed": seed, "counts": counts}
             for arch in archs:
                 name = f"{arch}-{strategy}-seed{seed}"
                 run_dir = out / "runs" / name
-                if (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file():
+                if _done(run_dir):
                     log(f"[{name}] already done, reused")
                 else:
                     cfg = resolve_config("classify", preset, config_yaml, {
@@ -165,8 +186,9 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                     f"({row['n_test']} test fields, {row['train_seconds']:.0f} s training, best epoch "
                     f"{row['best_epoch']} of {row['epochs_run']})")
 
-    references = _score_references(reference_models or [], common_test or set(), test_sets[runs[-1]["max_test_images"]],
-                                   out, log)
+    common_test = seen.get("test", set())
+    references = _score_references(reference_models or [], common_test, test_sets[runs[-1]["max_test_images"]], out,
+                                   log)
     by = ("arch", "strategy")
     table_rows = aggregate(runs, by, METRICS + SHIFTED + EXTRA)
     comparisons = [c for c in (paired_comparison(runs, f, METRICS + SHIFTED) for f in ("strategy", "arch")) if c]
@@ -181,7 +203,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                                               "augment", "balance", "label_smoothing", "normalization", "patience",
                                               "max_train_images", "max_val_images", "max_test_images", "pretrained",
                                               "device")},
-        "common_test": {"test_seed": test_seed, "n_fields": len(common_test or ()),
+        "common_test": {"test_seed": test_seed, "n_fields": len(common_test),
                         "n_scored": first["n_test"],
                         "note": "One group-aware test set shared by every run (duplicate groups kept on one side); "
                                 "split by field, not by patient (no patient IDs are published)."},
@@ -193,8 +215,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         "wall_seconds": round(wall, 1),  # this invocation (reused runs cost nothing here)
         "runs_wall_seconds_sum": round(sum(r["wall_seconds"] or 0 for r in runs), 1),
         "runs_train_seconds_sum": round(sum(r["train_seconds"] or 0 for r in runs), 1),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": usable_cores(), "torch_threads": _threads()},
+        "machine": _machine(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     table = "\n\n".join([
@@ -256,7 +277,173 @@ def _reference_table(references: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _threads() -> int:
-    import torch
+# ---------------------------------------------------------------------------------------------------------------
+# segmentation
 
-    return torch.get_num_threads()
+SEG_METRICS = ("dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy", "count_mae")
+
+
+def _cells(records: list[dict], metrics) -> dict:
+    """evaluation.study.aggregate of all `records` as one group: {metric: {mean, std, n, values}}."""
+    row = aggregate(records or [{}], (), metrics)[0]
+    return {m: row[m] for m in metrics}
+
+
+def summarize_study(runs: list[dict], archs: list[str]) -> dict:
+    """Per architecture: mean ± std (sample std over seeds) of every study metric, test and lab shift."""
+    out = {}
+    for arch in archs:
+        rs = [r for r in runs if r["arch"] == arch]
+        shifted = [r["test_lab_shift"] for r in rs if r.get("test_lab_shift")]
+        out[arch] = {"n_runs": len(rs), "test": _cells([r["test"] for r in rs if r.get("test")], SEG_METRICS),
+                     "test_lab_shift": _cells(shifted, SEG_METRICS) if shifted else {},
+                     **_cells(rs, ("train_seconds", "epochs_run")),
+                     "n_parameters": rs[0]["n_parameters"] if rs else None}
+    return out
+
+
+def study_table(summary: dict) -> str:
+    """A markdown table (evaluation.study.markdown_table): one row per architecture, mean ± std over seeds."""
+    shift = ("dice_global, lab shift",) if any(e["test_lab_shift"] for e in summary.values()) else ()
+    rows = [{"architecture": arch, "params": f"{(e['n_parameters'] or 0) / 1e6:.2f} M", "n_runs": e["n_runs"],
+             **e["test"], "dice_global, lab shift": e["test_lab_shift"].get("dice_global"),
+             "train s": e["train_seconds"]} for arch, e in summary.items()]
+    return markdown_table(rows, ("architecture", "params"), SEG_METRICS + shift + ("train s",),
+                          percent=("pixel_accuracy",), headers={"pixel_accuracy": "pixel accuracy"},
+                          digits={"count_mae": 2, "train s": 0, **dict.fromkeys(SEG_METRICS[:4] + shift, 4)}) + "\n"
+
+
+def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    archs = list(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, (m, label, k) in zip(axes, [("dice_global", "Dice (global)", 1), ("pixel_accuracy", "pixel accuracy %", 100),
+                                       ("count_mae", "count MAE (cells/field)", 1)], strict=True):
+        means = [(summary[a]["test"][m]["mean"] or 0) * k for a in archs]
+        stds = [(summary[a]["test"][m]["std"] or 0) * k for a in archs]
+        ax.bar(range(len(archs)), means, yerr=stds, capsize=4, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][
+            : len(archs)])
+        for i, a in enumerate(archs):
+            vals = [v * k for v in summary[a]["test"][m]["values"]]
+            ax.scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(archs)), archs, fontsize=8)
+        ax.set_title(label, fontsize=9)
+        if m != "count_mae" and any(means):
+            lo = min(v for a in archs for v in summary[a]["test"][m]["values"]) * k
+            ax.set_ylim(max(0, lo - (k * 0.05)), None)
+    fig.suptitle("test split, mean ± std over seeds (dots: single runs)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=110)
+    plt.close(fig)
+    files.append("metrics.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    colours = {a: c for a, c in zip(archs, ["#4c72b0", "#dd8452", "#55a868", "#c44e52"], strict=False)}
+    for r in runs:
+        hist = r.get("history") or []
+        ax.plot([h["epoch"] for h in hist], [h.get("val_dice") for h in hist], color=colours.get(r["arch"], "k"),
+                alpha=0.8, label=f"{r['arch']} seed {r['seed']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Dice")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "val_dice.png", dpi=110)
+    plt.close(fig)
+    files.append("val_dice.png")
+    return files
+
+
+def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flags: dict, evaluate_shift: bool = False,
+                           log_fn=None, test_seed: int = 0, config=None) -> dict:
+    """Train every (arch, seed) on one common group-aware test set; DIR/results.json, DIR/table.md, plots.
+
+    `base_flags` are train-segment settings (as for resolve_segment_config) shared by every run, over the YAML
+    file `config` (a recipe such as benchmarks/configs/segment-lite0-unet.yaml) when given; `archs` override its
+    arch. Each seed draws its
+    own train/val split of the remaining fields (make_split(common_test=True)). Runs already finished in
+    DIR/runs/ (their metrics.json exists) are read back, not retrained.
+    """
+    from leukodx.data.layout import load_dataset
+    from leukodx.training.segment import require_masks, resolve_segment_config, summary_line, train_segmenter
+
+    log = log_fn or (lambda m: print(m, flush=True))
+    if not archs:
+        raise LeukodxError("No architectures given.", "Pass e.g. --archs unet,unet-fpn-gelu.")
+    if seeds < 1:
+        raise LeukodxError(f"--seeds {seeds} is not a positive number.", "Pass e.g. --seeds 3.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    require_masks(load_dataset(data), data)
+    t0 = time.perf_counter()
+    settings = {**base_flags, "config": str(config) if config else None}
+    if config:
+        settings["config_contents"] = Path(config).read_text()
+    runs: list[dict] = []
+    seen: dict = {}
+    for seed in range(seeds):
+        split = _common_split(data, "sgdc", seed, test_seed, seen)
+        for arch in archs:
+            name = f"{arch.replace(':', '-')}-seed{seed}"
+            run_dir = out / "runs" / name
+            if _done(run_dir):
+                cfgj = json.loads((run_dir / "config.json").read_text())
+                mj = json.loads((run_dir / "metrics.json").read_text())
+                hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+                log(f"[{name}] already done, read back")
+                runs.append(_seg_run_record(arch, seed, run_dir, cfgj, mj, hist))
+                continue
+            cfg = resolve_segment_config(config, **{**base_flags, "data": str(data), "out": str(run_dir), "arch": arch,
+                                                 "seed": seed, "quiet": True})
+            log(f"[{name}] training ({cfg.epochs} epochs max, {cfg.image_size} px, {cfg.arch_kwargs})")
+            res = train_segmenter(cfg, split=split, log_fn=lambda m, n=name: log(f"[{n}] {m}"),
+                                  checkpoints=False, evaluate_shift=evaluate_shift)
+            runs.append(_seg_run_record(arch, seed, run_dir, res["config"], res["metrics"], res["history"]))
+            if res.get("test_metrics"):
+                log(f"[{name}] {res['train_seconds']:.0f} s training, {res['wall_seconds']:.0f} s in all; "
+                    + summary_line("test", res["test_metrics"]))
+            _write_study(out, data, archs, seeds, runs, settings, time.perf_counter() - t0, seen.get("test"))
+    result = _write_study(out, data, archs, seeds, runs, settings, time.perf_counter() - t0, seen.get("test"))
+    result["plots"] = _study_plots(out, runs, result["summary"])
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def _seg_run_record(arch, seed, run_dir, config, metrics, history) -> dict:
+    seg = metrics.get("segmentation") or {}
+    shift = metrics.get("segmentation_lab_shift")
+    tr = config.get("training", {})
+    from leukodx.training.segment import brief
+
+    return {"arch": arch, "seed": seed, "dir": str(run_dir), "test": brief(seg),
+            "test_lab_shift": brief(shift) if shift else None, "train_seconds": tr.get("train_seconds"),
+            "wall_seconds": tr.get("wall_seconds"), "epochs_run": tr.get("epochs_run"), "best_epoch": tr.get("best_epoch"),
+            "val_dice": (config.get("metrics") or {}).get("val_dice"), "n_parameters": config.get("n_parameters"),
+            "arch_kwargs": config.get("arch_kwargs"), "masks": tr.get("masks"),
+            "history": [{"epoch": h["epoch"], "val_dice": h.get("val_dice"), "train_loss": h.get("train_loss")}
+                        for h in history]}
+
+
+def _write_study(out: Path, data, archs, seeds, runs, base_flags, seconds, test_paths) -> dict:
+    summary = summarize_study(runs, archs)
+    result = {
+        "study": "segmentation: U-Net vs U-Net-FPN-GELU",
+        "data": str(Path(data).resolve()),
+        "archs": archs,
+        "seeds": seeds,
+        "settings": base_flags,
+        "split": "sgdc, one common group-aware test set (test_seed 0) for every run; train/val redrawn per seed; "
+                 "by field and duplicate group, not by patient (no patient IDs are published)",
+        "n_test_fields": len(test_paths or []),
+        "summary": summary,
+        "runs": runs,
+        "wall_seconds": round(seconds, 1),
+        "machine": _machine(),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / "table.md").write_text(study_table(summary))
+    return result

@@ -60,12 +60,13 @@ def score_boxed_field(result, boxes: np.ndarray, reference=None) -> dict:
            "flag": result.flag}
     if reference is not None:
         out["cell"] = masked_counts(result.mask, reference.cell, reference.cell_known)
-        out["nucleus"] = masked_counts(_nucleus(result), reference.nucleus, reference.nucleus_known)
+        out["nucleus"] = masked_counts(scored_nucleus(result), reference.nucleus, reference.nucleus_known)
     return out
 
 
-def _nucleus(result) -> np.ndarray | None:
-    """The nucleus output; a one-output segmenter's only mask (trained on nucleus references) otherwise."""
+def scored_nucleus(result) -> np.ndarray | None:
+    """What nucleus references (and the study's Segmented/ masks, the stained nucleus) are scored against: a
+    two-output segmenter's nucleus output; a one-output segmenter's only mask otherwise."""
     return result.nucleus_mask if result.nucleus_mask is not None else result.mask
 
 
@@ -92,7 +93,7 @@ def score_centred_crop(result, reference, leukocyte: bool = True) -> dict:
         if len(inside) == 1 and result.instances is not None:
             own = result.instances == inside[0].id
         out["cell"] = masked_counts(own, reference.cell, reference.cell_known)
-        out["nucleus"] = masked_counts(_nucleus(result), reference.nucleus, reference.nucleus_known)
+        out["nucleus"] = masked_counts(scored_nucleus(result), reference.nucleus, reference.nucleus_known)
     return out
 
 
@@ -199,7 +200,7 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16) -> dict:
             for c in sorted({s["label"] for s in scores}) if c not in NOT_LEUKOCYTE_CLASSES}
     if parts.taleqani:
         rs = analysis.analyze_many([x[0] for x in parts.taleqani], batch_size=batch_size)
-        counts = [masked_counts(_nucleus(r), ref.nucleus, ref.nucleus_known)
+        counts = [masked_counts(scored_nucleus(r), ref.nucleus, ref.nucleus_known)
                   for r, (_, ref) in zip(rs, parts.taleqani, strict=True)]
         d = dice(*(int(sum(c[k] for c in counts)) for k in range(3)))
         out["taleqani"] = {"n": len(rs), "nucleus_dice_global_repaired": None if d is None else round(d, 4)}

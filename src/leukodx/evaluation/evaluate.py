@@ -266,10 +266,6 @@ def _reference_counter(config: dict):
     return count
 
 
-def _segment(em: EvaluatedModel, rgbs: list[np.ndarray], names: list[str], batch_size: int):
-    return em.analysis.analyze_many(rgbs, names=names, batch_size=batch_size)
-
-
 def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[str]):
     from PIL import Image
 
@@ -291,16 +287,11 @@ def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[s
     return rgb, ref
 
 
-def _scored_mask(r) -> np.ndarray:
-    """What the reference (Segmented/) masks draw: the stained nucleus. A two-output segmenter's nucleus output
-    is scored against them; a one-output segmenter's only mask otherwise."""
-    return r.nucleus_mask if r.nucleus_mask is not None else r.mask
-
-
 def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: int = 32, shift_fn=None,
                        progress: Progress | None = None, n_examples: int = 3) -> dict:
     """Returns {"metrics", "metrics_shift" (or None), "examples": {"best": [...], "worst": [...]}}."""
     from leukodx.data.reference_masks import repaired_reference
+    from leukodx.evaluation.cells import scored_nucleus
 
     with_mask = [s for s in samples if s.mask is not None]
     n_missing = len(samples) - len(with_mask)
@@ -321,6 +312,17 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
     per_class_s: dict[str, M.SegmentationAccumulator] = {}
     unreadable: list[dict] = []
     resized: list[str] = []
+
+    def score(kept, pairs, repaired, a, classes, a_rep):
+        """The fields' (rgb, reference) `pairs` analysed; each scored against its reference and repaired one."""
+        results = em.analysis.analyze_many([rgb for rgb, _ in pairs], names=[s.path for s in kept],
+                                           batch_size=batch_size)
+        for s, (_, ref), rep, r in zip(kept, pairs, repaired, results, strict=True):
+            n_ref, pm = count_ref(ref), scored_nucleus(r)
+            a.add(pm, ref, r.cell_count, n_ref, name=s.path)
+            classes.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref, r.cell_count, n_ref)
+            a_rep.add(pm, rep, r.cell_count, count_ref(rep), name=s.path)
+
     done = 0
     for batch in _batches(with_mask, batch_size):
         pairs, kept = [], []
@@ -330,29 +332,16 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
                 pairs.append(pair)
                 kept.append(s)
         if pairs:
-            names = [s.path for s in kept]
             repaired = []
             for rgb, ref in pairs:
                 rep, source = repaired_reference(rgb, ref)
                 repaired.append(rep)
                 sources[source] = sources.get(source, 0) + 1
-            for s, (_, ref), rep, r in zip(kept, pairs, repaired,
-                                           _segment(em, [a for a, _ in pairs], names, batch_size), strict=True):
-                n_ref = count_ref(ref)
-                pm = _scored_mask(r)
-                acc.add(pm, ref, r.cell_count, n_ref, name=s.path)
-                per_class.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref, r.cell_count, n_ref)
-                acc_r.add(pm, rep, r.cell_count, count_ref(rep), name=s.path)
+            score(kept, pairs, repaired, acc, per_class, acc_r)
             if acc_s is not None and acc_rs is not None:
                 shifted = [shift_fn(rgb, s.path, ref) for (rgb, ref), s in zip(pairs, kept, strict=True)]
                 rep_s = [shift_fn(rgb, s.path, rep)[1] for (rgb, _), rep, s in zip(pairs, repaired, kept, strict=True)]
-                for s, (_, ref_s), rp, r in zip(kept, shifted, rep_s,
-                                                _segment(em, [a for a, _ in shifted], names, batch_size), strict=True):
-                    n_ref = count_ref(ref_s)
-                    pm = _scored_mask(r)
-                    acc_s.add(pm, ref_s, r.cell_count, n_ref, name=s.path)
-                    per_class_s.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref_s, r.cell_count, n_ref)
-                    acc_rs.add(pm, rp, r.cell_count, count_ref(rp), name=s.path)
+                score(kept, shifted, rep_s, acc_s, per_class_s, acc_rs)
         done += len(batch)
         if progress:
             progress(f"segment {em.name}", done, len(with_mask))
@@ -395,7 +384,7 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             rgb, ref = pair
             if shifted_group:
                 rgb, ref = shift_fn(rgb, s.path, ref)
-            r = _segment(em, [rgb], [s.path], 1)[0]
+            r = em.analysis.analyze_many([rgb], names=[s.path], batch_size=1)[0]
             items.append({"rgb": rgb, "pred": r.mask, "ref": ref, "title": f"Dice {rec['dice']:.3f}\n{Path(s.path).name}"})
         examples[group] = items
     def repaired_section(a: M.SegmentationAccumulator) -> dict:

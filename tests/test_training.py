@@ -160,8 +160,8 @@ def test_random_zoom_covers_plus_minus_30_percent():
 def test_datasets_decode_once_split_and_balance(smears):
     from leukodx.data.datasets import (
         ClassificationDataset,
+        EpochSampler,
         SegmentationDataset,
-        balanced_sampler,
         class_weights,
         load_split,
         samples_for_split,
@@ -187,7 +187,7 @@ def test_datasets_decode_once_split_and_balance(smears):
     labels = [0] * 12 + [1] * 3 + [2] * 6
     w = class_weights(labels, 4)
     assert w[1] > w[2] > w[0] and w[3] == 0
-    sampler = balanced_sampler(labels, seed=0)
+    sampler = EpochSampler(len(labels), labels=labels, seed=0)  # oversampling
     drawn = [labels[i] for i in sampler]
     assert len(drawn) == 36 and drawn.count(0) == drawn.count(1) == drawn.count(2) == 12
     sampler.set_epoch(1)

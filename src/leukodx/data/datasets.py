@@ -302,8 +302,3 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank
-
-
-def balanced_sampler(labels: list[int], seed: int = 0, num_replicas: int = 1, rank: int = 0) -> EpochSampler:
-    """Oversampling: each epoch draws every class up to the largest class's count."""
-    return EpochSampler(len(labels), labels=labels, seed=seed, num_replicas=num_replicas, rank=rank)

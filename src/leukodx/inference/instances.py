@@ -205,11 +205,6 @@ def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DI
     return labels, cells
 
 
-def count_cells(mask, **params) -> int:
-    """Number of single cells in a leukocyte mask (see `split_instances`)."""
-    return len(split_instances(mask, **params)[1])
-
-
 def reference_components(mask, min_area: int = MIN_AREA, max_hole: int = MAX_HOLE) -> int:
     """Connected components (8-connected) of a reference mask after the same speck rule as `split_instances`."""
     m = clean_mask(mask, min_area, max_hole)

@@ -14,20 +14,11 @@ separates the classes (a colour shortcut that collapses on another lab's smears)
 
 Strengths: ``none`` (resize only), ``light``, ``strong``, ``robust``.
 
-``robust`` (the bundled classifier's recipe) covers a broader family of lab-to-lab changes than the evaluation's
-synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one simulator can still fail on
-another lab's real smears. It draws, per image:
-
-- magnification x0.7..x1.3 (zoom in: random crop; zoom out: mirror padding, as a wider field of view looks),
-  aspect 0.9..1.1, flips and 90 degree rotations;
-- stain strength x0.6..x1.4 and offset +-0.05 OD per stain, stain colour vectors tilted (std 0.12), in
-  optical-density (HED) space;
-- per-channel gamma 0.7..1.4 (camera response curves, which per-image standardisation does not remove);
-- white balance +-15 %, a hue rotation of up to +-12 degrees about the grey axis, brightness, contrast,
-  saturation;
-- focus blur (sigma 0.1..2.0 px) or sharpening (camera firmware), sensor noise;
-- JPEG re-encoding at quality 25..95;
-- rarely, greyscale.
+``robust`` (the bundled classifier's recipe, `_robust_list`) covers a broader family of lab-to-lab changes than
+the evaluation's synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one simulator
+can still fail on another lab's real smears. Beyond the above it adds per-channel gamma (camera response curves,
+which per-image standardisation does not remove), sharpening (camera firmware), sensor noise and JPEG
+re-encoding, with wider ranges; zooming out mirror-pads, as a wider field of view looks.
 """
 
 from __future__ import annotations

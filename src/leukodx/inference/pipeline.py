@@ -9,12 +9,9 @@ It is the only route from an image to a result. `leukodx predict`, `leukodx eval
     >>> r.label, r.confidence, r.malignant_probability, r.cell_count, r.flag
     >>> case = analysis.summarize([r, ...])              # CaseSummary
 
-The steps: read (leukodx.data.images) -> smear check and red-cell scale (leukodx.inference.smear_check,
-leukodx.inference.scale) -> resample to the training scale and cut windows (leukodx.inference.tiling) -> classify +
-segment (one engine per model, leukodx.inference.engines) -> cells, at the training scale
-(leukodx.inference.instances) -> results mapped back to the field's own pixels -> flags -> case summary
-(leukodx.inference.summary). Either model may be left out (``Analysis(classifier_dir, None)``), which
-`evaluate` uses to score one model; the steps that run are the same.
+The steps and the module of each are drawn in docs/architecture.md ("The one path an image takes"). Either model
+may be left out (``Analysis(classifier_dir, None)``), which `evaluate` uses to score one model; the steps that run
+are the same.
 
 **Flags** (one per field, the first that applies): ``unreadable`` (the image could not be read; the reason is
 kept and a batch goes on), ``out_of_distribution`` (not a usable smear field, or unlike anything the

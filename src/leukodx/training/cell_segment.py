@@ -7,15 +7,10 @@ crop to the model input (image bilinear with antialiasing, targets and their kno
 the analysis resizes its 224-px windows, and trains through the one engine (`training.engine.Trainer`) with the
 masked BCE + Dice loss (`losses.masked_bce_dice`: unknown pixels teach nothing).
 
-- a weighted sampler draws each source with its weight (default Taleqani, Raabin, PBC 1 each, synthetic 0.2),
-  whatever its size, with a fixed number of samples per epoch (`cfg.samples_per_epoch`);
-- AdamW, cosine schedule with one warm-up epoch (per step), gradient clipping;
-- every epoch: global Dice per source and channel on the known pixels of the val part's centre crops; the epoch
-  with the best mean over the real sources' channels is kept (its weights are written as soon as it is reached,
-  so a run that is cut short still leaves a model directory);
-- an optional wall-clock limit (`cfg.time_limit_s`, counted from the start, references included);
-- RUN/train.log (progress), RUN/history.json (each epoch), RUN/run_config.yaml, RUN/config.json +
-  model.safetensors (`leukodx.models.save_model`; `outputs: ["cell", "nucleus"]`), RUN/model.onnx.
+A weighted sampler draws each source with its weight (`DEFAULT_SOURCE_WEIGHTS`) whatever its size; the epoch
+with the best `selection_score` is kept, its weights written as soon as it is reached, so a run cut short (by
+`cfg.time_limit_s`, counted from the start, references included) still leaves a model directory: RUN/train.log,
+history.json, run_config.yaml, config.json + model.safetensors (`outputs: ["cell", "nucleus"]`), model.onnx.
 
 Every reference is made once (and cached as .npz in ``cfg.cache_dir`` when given) before training starts, in this
 process, so the data loader does no reference work and does not contend with training for the cores.

@@ -49,35 +49,16 @@ def _fit_features(feats: np.ndarray, labels: np.ndarray, n_classes: int) -> dict
 
 
 def _native_images(images) -> Iterable[tuple[np.ndarray, str]]:
-    """Yield (HxWx3 uint8 at the image's own size, key) from paths, bytes, arrays, PIL images or a tensor."""
-    from PIL import Image
-
+    """Yield (HxWx3 uint8 at the image's own size, key) from HxWx3 uint8 arrays, paths or bytes."""
     from leukodx.data.images import open_image
 
-    if hasattr(images, "detach"):
-        images = images.detach().cpu().numpy()
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        if images.shape[1] == 3 and images.shape[-1] != 3:
-            images = images.transpose(0, 2, 3, 1)
-        images = list(np.clip(images, 0, 255).astype(np.uint8))
     for i, item in enumerate(images):
-        if isinstance(item, tuple):  # (path, label) pairs
-            item = item[0]
-        key = str(item) if isinstance(item, str | Path) else str(i)
-        if hasattr(item, "detach"):
-            item = item.detach().cpu().numpy()
         if isinstance(item, np.ndarray):
-            arr = item
-            if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
-                arr = arr.transpose(1, 2, 0)
-            arr = np.clip(arr, 0, 255).astype(np.uint8)
-            if arr.ndim == 2:
-                arr = np.repeat(arr[..., None], 3, axis=2)
-            yield np.ascontiguousarray(arr[..., :3]), key
-        elif isinstance(item, Image.Image):
-            yield np.asarray(item.convert("RGB")), key
+            yield np.ascontiguousarray(np.clip(item, 0, 255).astype(np.uint8)[..., :3]), str(i)
+        elif isinstance(item, bytes):
+            yield np.asarray(open_image(item)), str(i)
         else:
-            yield np.asarray(open_image(item if isinstance(item, bytes) else Path(item))), key
+            yield np.asarray(open_image(Path(item))), str(item)
 
 
 def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -116,8 +97,7 @@ def reference_rbc_diameter(natives: Sequence[np.ndarray], max_images: int = MAX_
 
 def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, max_images: int = 2000,
             batch_size: int = 32, seed: int = 0, shift_severities: Sequence[float] = SHIFT_SEVERITIES) -> dict:
-    """Fit the checks. `train_images` / `val_images`: paths, bytes, HxWx3 arrays or an N x 3 x H x W tensor in
-    0..255; `model`: any classifier module taking N x 3 x H x W RGB 0..255 at config["input_size"].
+    """Fit the checks. `train_images` / `val_images`: paths, bytes or HxWx3 uint8 arrays; `model`: any classifier module taking N x 3 x H x W RGB 0..255 at config["input_size"].
 
     - feature distance: class means and covariance on `train_images` (class-conditional on `labels` when given,
       else on the classifier's predictions); threshold = FEATURE_PERCENTILE of the scores of the held-out fields

@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
             _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, synthetic=synthetic, splits=splits,
                                samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
             return
-        from leukodx.training.segment import resolve_segment_config, train_segmenter
+        from leukodx.training.segment import fmt, resolve_segment_config, train_segmenter
 
         cfg = resolve_segment_config(config, **flags, mask_threshold=mask_threshold,
                                      skip_near_empty=False if include_near_empty else None, references=references,
@@ -153,11 +153,8 @@ def register(app: typer.Typer) -> None:
             return
         test = result.get("test_metrics")
         if test and not cfg.quiet:
-            def f(v, pct=False):
-                return "n/a" if v is None else (f"{100 * v:.2f} %" if pct else f"{v:.4f}")
-
-            console.print(f"dice_global {f(test['dice_global'])}  pixel accuracy {f(test['pixel_accuracy'], True)}  "
-                          f"count MAE {f(test['count_mae'])}  on {test['n_images']} test fields "
+            console.print(f"dice_global {fmt(test['dice_global'])}  pixel accuracy {fmt(test['pixel_accuracy'], True)}  "
+                          f"count MAE {fmt(test['count_mae'])}  on {test['n_images']} test fields "
                           f"({test['n_reference_failed']} failed references)  ->  {out}/metrics.json",
                           highlight=False)
 
@@ -168,7 +165,7 @@ def _train_two_outputs(config: Path | None, flags: dict[str, Any], *, raabin: Pa
     """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC and synthetic smears."""
     from leukodx.training.cell_segment import train_cell_segmenter
     from leukodx.training.config import resolve_config
-    from leukodx.training.segment import segment_overrides
+    from leukodx.training.segment import fmt, segment_overrides
 
     overrides = segment_overrides(**flags, raabin=str(raabin) if raabin else None, pbc=str(pbc) if pbc else None,
                                   synthetic=synthetic, splits=str(splits), samples_per_epoch=samples_per_epoch,
@@ -177,11 +174,6 @@ def _train_two_outputs(config: Path | None, flags: dict[str, Any], *, raabin: Pa
     res = train_cell_segmenter(cfg, log_fn=None if quiet else (lambda m: err_console.print(m, highlight=False,
                                                                                              markup=False)))
     if not quiet:
-        best = res["val"]
-
-        def f(v):
-            return "n/a" if v is None else f"{v:.4f}"
-
         console.print(f"best epoch {res['best_epoch']}: " + "; ".join(
-            f"{s} cell {f(v['dice_cell'])} nucleus {f(v['dice_nucleus'])}" for s, v in best.items())
+            f"{s} cell {fmt(v['dice_cell'])} nucleus {fmt(v['dice_nucleus'])}" for s, v in res["val"].items())
             + f"  ->  {cfg.out} ({res['wall_seconds']:.0f} s)", highlight=False)

@@ -253,7 +253,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     from leukodx.models.segmenters import parse_arch
     from leukodx.training.config import save_run_config
     from leukodx.training.engine import Trainer, resolve_device, seed_everything
-    from leukodx.training.segment import load_initial_weights
+    from leukodx.training.segment import fmt, load_initial_weights
 
     t_start = time.perf_counter()
     if not cfg.out:
@@ -307,7 +307,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
         val = {s: validate(tr.model, vl, cfg.image_size, tr.device) for s, vl in val_loaders.items()}
         score = selection_score(val)
         loss = f"{np.mean(tr.batch_losses):.4f}" if tr.batch_losses else "n/a"
-        log(f"epoch {tr.epoch + 1}: train loss {loss}; val " + "; ".join(f"{s} cell {_f(v['dice_cell'])} nucleus {_f(v['dice_nucleus'])}"
+        log(f"epoch {tr.epoch + 1}: train loss {loss}; val " + "; ".join(f"{s} cell {fmt(v['dice_cell'])} nucleus {fmt(v['dice_nucleus'])}"
                                for s, v in val.items()) + f"; score {score:.4f}")
         n = sum(v["n"] for v in val.values())
         return sum(v["loss"] * v["n"] for v in val.values()) / max(n, 1), score, {"val": val, "score": score}
@@ -385,7 +385,3 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     return {"out": str(out), "history": history, "best_epoch": trainer.best_epoch or 0,
             "val": history[trainer.best_epoch - 1]["val"] if trainer.best_epoch else {}, "wall_seconds": wall,
             "config": config, "stopped_by": trainer.stopped_by}
-
-
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"

@@ -353,15 +353,16 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     return result
 
 
-def _fmt(v, pct=False) -> str:
+def fmt(v, pct=False) -> str:
+    """A metric for a log line: 4 decimals, or a percentage; "n/a" for None."""
     if v is None:
         return "n/a"
     return f"{100 * v:.2f} %" if pct else f"{v:.4f}"
 
 
 def summary_line(name: str, m: dict) -> str:
-    return (f"{name}: dice_global {_fmt(m['dice_global'])}, dice_global_all {_fmt(m['dice_global_all'])}, "
-            f"pixel accuracy {_fmt(m['pixel_accuracy'], True)}, count MAE {_fmt(m['count_mae'])} "
+    return (f"{name}: dice_global {fmt(m['dice_global'])}, dice_global_all {fmt(m['dice_global_all'])}, "
+            f"pixel accuracy {fmt(m['pixel_accuracy'], True)}, count MAE {fmt(m['count_mae'])} "
             f"({m['n_images']} fields, {m['n_reference_failed']} with a failed reference mask, "
             f"{m.get('n_missing_masks', 0)} without a mask)")
 

@@ -314,11 +314,9 @@ def study_table(summary: dict) -> str:
 
 
 def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
-    import matplotlib
+    from leukodx.evaluation.report import _plt
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     files = []
     archs = list(summary)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))

@@ -172,10 +172,9 @@ def _nucleus_threshold(s: np.ndarray, window_fg: np.ndarray, rbc_px: np.ndarray)
     return max(t_otsu, rbc_hi + NUCLEUS_MARGIN, NUCLEUS_FLOOR)
 
 
-def _grow_cell(od: np.ndarray, fg: np.ndarray, seed: np.ndarray, others: np.ndarray, allowed: np.ndarray,
-               d: float) -> np.ndarray:
-    """The seed's whole cell: marker-controlled watershed on the stained-matter gradient, inside the stained
-    matter of the allowed region (module docstring)."""
+def _grow_cell(fg: np.ndarray, seed: np.ndarray, others: np.ndarray, allowed: np.ndarray, d: float) -> np.ndarray:
+    """The seed's whole cell: marker-controlled watershed of the stained matter near the allowed region (module
+    docstring)."""
     from skimage.segmentation import watershed
 
     # flood a wider region than the allowed one, so that red cells crossing its edge compete with their markers
@@ -296,7 +295,7 @@ def raabin_reference(rgb: np.ndarray, boxes: np.ndarray, rbc_diameter: float) ->
             nuc_seed = nuc
         # red cells whose centre lies well inside the box are overlapped by the cell: no marker there
         others = rbc_core & ~_near(nuc_seed, NEAR_NUCLEUS_RBC_D * d) & ~_ellipse((h, w), b, 0.8)
-        c = _grow_cell(od, fg, nuc_seed, others, allowed, d)
+        c = _grow_cell(fg, nuc_seed, others, allowed, d)
         cell |= c
         nucleus |= nuc & c
         unknown |= _rect((h, w), b, 1.0 + RAABIN_BOX_MARGIN) & ~_rect((h, w), b) & ~c
@@ -344,7 +343,7 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
     other_big = _remove_small(other_nuc, PBC_OTHER_NUCLEUS_AREA * rbc_area)
     rbc_core = _rbc_colour_core(od, fg, rbc_px, nuc_all, d) & ~_near(seed, NEAR_NUCLEUS_RBC_D * d)
     allowed = ndi.distance_transform_edt(~seed) <= PBC_RADIUS_D * d
-    cell = _grow_cell(od, fg, seed, rbc_core | other_big, allowed, d)
+    cell = _grow_cell(fg, seed, rbc_core | other_big, allowed, d)
     nucleus = seed & cell
     unknown_both = _near(other_big, PBC_OTHER_RING_D * d) & ~cell
     band = _band(cell, d) | _band(nucleus, d)

@@ -143,8 +143,7 @@ def _target(cfg: ModelConfig, other: ModelConfig | None, model_dir: Path) -> Sta
     return ref
 
 
-def _feature_scores(stage, scorer, works: list[np.ndarray], preps: list, rule: StainRule | None,
-                    batch: int = 16) -> np.ndarray:
+def _feature_scores(stage, scorer, preps: list, rule: StainRule | None, batch: int = 16) -> np.ndarray:
     """Each field's feature distance (max over its windows) as the analysis scores it, fields normalised by `rule`."""
     from leukodx.inference import tiling
     from leukodx.inference.stain import normalize
@@ -229,8 +228,8 @@ def adapt_models(data: str | Path, out: str | Path, classifier_dir: str | Path |
     ood_report: dict = {"rule": RULE, "percentile": OOD_PERCENTILE, "max_raise": MAX_RAISE}
     if feats.get("threshold") is not None:
         trained = float(feats["threshold"])
-        raw = _feature_scores(stage, scorer, works, preps, None)
-        norm = _feature_scores(stage, scorer, works, preps, rules["classifier"])
+        raw = _feature_scores(stage, scorer, preps, None)
+        norm = _feature_scores(stage, scorer, preps, rules["classifier"])
         if len(norm):
             pct = float(np.percentile(norm, OOD_PERCENTILE))
             new = min(max(trained, pct), MAX_RAISE * trained)

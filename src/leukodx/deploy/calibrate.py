@@ -100,7 +100,7 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
 
 
 def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Path | None = None,
-                    max_images: int = 2000, seed: int = 0, ood_only: bool = False, progress=None) -> dict:
+                    max_images: int = 2000, seed: int = 0, ood_only: bool = False) -> dict:
 
     from leukodx.deploy.ood_fit import apply_ood, fit_ood
     from leukodx.models.checkpoint import load_model

@@ -81,7 +81,7 @@ def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int 
     h, w = config["input_size"]
     imgs = []
     if data is not None:
-        items = _dataset_items(data, config)
+        items = _dataset_items(data)
         for it in items[:n]:
             imgs.append(_prep(it.image, h, w))
     if not imgs:
@@ -100,7 +100,7 @@ def _prep(image, h: int, w: int) -> np.ndarray:
     return to_batch([resize_rgb(read_field(image), h, w)])[0]
 
 
-def _dataset_items(data: str | Path, config: dict) -> list:
+def _dataset_items(data: str | Path) -> list:
     """The data folder's samples (leukodx.data.layout.Sample) in a fixed shuffled order."""
     from leukodx.data.layout import load_dataset
 
@@ -135,7 +135,7 @@ def verify_against_torch(net, path: Path, example: np.ndarray, output_names: lis
 def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET, int8: bool = False,
                 calibration: str | Path | None = None, eval_data: str | Path | None = None,
                 tolerance: float = DEFAULT_TOLERANCE, n_calibration: int = 200, n_eval: int = 400,
-                split_csv: str | Path | None = None, progress=None) -> dict:
+                split_csv: str | Path | None = None) -> dict:
     """Export `model_dir` to `out`, verify it against PyTorch, optionally add an int8 model; returns a report."""
     import torch
 
@@ -176,7 +176,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
         if calibration is None:
             raise DatasetError("--int8 needs --calibration DATA (real images to calibrate the int8 ranges).",
                                "Give the data folder the model was trained on.")
-        report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval, progress,
+        report["int8"] = quantize_int8(out, config, calibration, eval_data, n_calibration, n_eval,
                                        split_csv=split_csv, model_dir=d)
     if out.resolve().parent == d.resolve():
         from leukodx.models.model_config import update_model_config
@@ -406,13 +406,13 @@ def add_int8_crops(model_dir: str | Path, calib: np.ndarray, x_val: np.ndarray, 
 
 
 def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_data: str | Path | None,
-                  n_calibration: int = 200, n_eval: int = 400, progress=None,
+                  n_calibration: int = 200, n_eval: int = 400,
                   split_csv: str | Path | None = None, model_dir: str | Path | None = None) -> dict:
     """Static int8 quantisation (QDQ, per-channel) calibrated on real images; kept only when accuracy
     (classification) or Dice (segmentation) drops by at most 0.3 points against fp32 on held-out images."""
     task = config["task"]
     h, w = config["input_size"]
-    items = _dataset_items(calibration, config)
+    items = _dataset_items(calibration)
     split_rows = None
     if split_csv is not None:
         from leukodx.data.split import read_split
@@ -431,7 +431,7 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
         eval_source = f"{part} rows of {split_csv}"
     elif eval_data is not None:
         calib_items = items[:n_calibration]
-        eval_items = _dataset_items(eval_data, config)[:n_eval]
+        eval_items = _dataset_items(eval_data)[:n_eval]
         eval_source = str(eval_data)
     else:  # disjoint parts of the same folder: calibrate on one, judge on the other
         half = len(items) // 2

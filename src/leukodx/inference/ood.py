@@ -10,10 +10,8 @@ lab". Two checks (fitted by leukodx.deploy.ood_fit; scored here):
 2. **Feature distance** (``features``): a class-conditional Mahalanobis distance in the classifier's
    penultimate feature space (any classifier: the input of its last linear layer). The covariance is shared
    between classes and modelled as probabilistic PCA (top-k principal directions + isotropic residual variance,
-   shrunk). Score = min over classes of the squared distance / feature dimension. Its threshold is a high
-   percentile (FEATURE_PERCENTILE) of the scores of held-out fields **and of their lab-shifted copies**
-   (``lab_shift`` at SHIFT_SEVERITIES), so that it fires on images the model has never seen anything like
-   (non-smear pictures, heavy corruption), not on a stain, white balance or magnification it handles.
+   shrunk). Score = min over classes of the squared distance / feature dimension; its threshold, and why it
+   is fitted on lab-shifted copies too: leukodx.deploy.ood_fit.
 
 The former image-statistics check (background brightness, white balance, stain colour, texture scale ranges)
 is gone: it flagged exactly the variation a robust model must tolerate, and its flags did not predict errors.
@@ -30,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from leukodx.models.model_config import OOD_ARRAYS
+
 IMAGE_CHECK_VERSION = 4  # 4: the smear check; 1-3 were colour/texture statistics (ignored now)
 FEATURE_REASON = ("The image is unlike anything the model was trained on (its features are far from every "
                   "class of smear field), so the call is not reliable.")
 FEATURE_ADVICE = "Read the field yourself; check that it is a stained peripheral blood smear at 100x."
-FEATURE_ARRAYS = ("means", "components", "variances")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,7 +72,7 @@ class OODScorer:
             if model_dir is None:
                 raise ValueError("the OOD feature statistics are in a file: give the model directory")
             with np.load(Path(model_dir) / self.features["file"]) as arrays:
-                self.features = {**self.features, **{k: arrays[k] for k in FEATURE_ARRAYS}}
+                self.features = {**self.features, **{k: arrays[k] for k in OOD_ARRAYS}}
         stats = ood.get("image_stats") or {}
         self.notes: list[str] = []
         if stats and stats.get("version") != IMAGE_CHECK_VERSION:

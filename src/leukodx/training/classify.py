@@ -175,7 +175,6 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
         _write_predictions(out / "test_predictions.csv", test_ds.samples, test_probs, classes)
 
     wall = time.perf_counter() - t_start
-    best_epoch = trainer.best_epoch
     config = {
         "task": "classify",
         "arch": cfg.arch,
@@ -193,21 +192,12 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
             "subset": {"max_train_images": cfg.max_train_images, "max_val_images": cfg.max_val_images,
                        "max_test_images": cfg.max_test_images},
             "pretrained": ({"spec": cfg.pretrained, **pretrained_record} if cfg.pretrained else None),
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "stopped_early": trainer.stopped_early,
-            "stopped_by": trainer.stopped_by,
-            "channels_last": trainer.channels_last,
-            "resumed_from_epoch": trainer.resumed_from,
-            "train_seconds": round(train_seconds, 1),
-            "wall_seconds": round(wall, 1),
+            **trainer.run_record(train_seconds, wall),
             "device": str(device),
             "world_size": info.world_size,
             "torch_threads": torch.get_num_threads(),
             "loader_workers": cfg.workers,
             "amp": str(trainer.amp).replace("torch.", "") if trainer.amp else None,
-            "torch_version": torch.__version__,
-            "config": cfg.to_dict(),
         },
         "metrics": {"val": _brief(val_metrics), "test": _brief(test_metrics)},
     }

@@ -481,6 +481,14 @@ class Trainer:
         if self.log_fn is not None:
             self.log_fn(msg)
 
+    def run_record(self, train_seconds: float, wall_seconds: float) -> dict:
+        """What a model's config.json "training" says of the run: epochs, why it stopped, times, settings."""
+        return {"epochs_run": len(self.history), "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                "stopped_by": self.stopped_by, "channels_last": self.channels_last,
+                "resumed_from_epoch": self.resumed_from, "train_seconds": round(train_seconds, 1),
+                "wall_seconds": round(wall_seconds, 1), "torch_version": torch.__version__,
+                "config": self.cfg.to_dict()}
+
     # --- the loop ----------------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         cfg = self.cfg

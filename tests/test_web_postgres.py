@@ -46,7 +46,7 @@ def test_a_new_database_gets_exactly_the_models_schema(db_url):
     from alembic.runtime.migration import MigrationContext
 
     engine = make_engine(db_url)
-    assert migrate(engine) == ["0001", "0002", "0003"] and head_revision() == "0003"
+    assert migrate(engine) == ["0001", "0002", "0003", "0004"] and head_revision() == "0004"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []  # the migrations build what the models describe, nothing more or less
@@ -72,6 +72,7 @@ def test_a_database_from_before_alembic_upgrades_with_its_rows(db_url):
         case = db.scalar(select(Case).where(Case.reference == "OLD-1"))
         assert case.note == "made by leukodx before Alembic" and [f.display_name for f in case.fields] == ["f.jpg"]
         assert case.fields[0].probabilities == {"Pre": 1.0}
+        assert case.fields[0].cell_model is None  # revision 0004: analysed before versions were kept
         # revision 0003: no accession or patient yet, the default target, never verified
         assert (case.accession, case.patient_id, case.differential_target) == ("", "", 100)
         assert case.differential_verified is False and case.differential_verified_by is None
@@ -124,7 +125,7 @@ def test_processes_starting_together_migrate_once(db_url, tmp_path):
                               text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-500:] for o in outs]
-    assert sorted(o[0].strip() for o in outs) == ["['0001', '0002', '0003']", "[]", "[]"]
+    assert sorted(o[0].strip() for o in outs) == ["['0001', '0002', '0003', '0004']", "[]", "[]"]
 
 
 def test_the_api_flow_works_the_same(db_url, tmp_path, make_app):

@@ -87,6 +87,7 @@ class FakeAnalyzer:
             cells=cells, flag=flag, flag_reason=reason, mask=mask, instances=instances.astype(np.int32),
             heatmap=heat, size_note="fake analyzer: no resizing", timings_ms={"total": 0.0}, um_per_px=um_per_px,
             scale_source="given by the lab" if um_per_px else "",
+            cell_model=getattr(getattr(self, "cell_classifier", None), "version", None),  # one the web app set
         )
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:

@@ -24,6 +24,8 @@ def register(app: typer.Typer) -> None:
         cells: Path = typer.Option(None, "--cells", help="Instead of --data: the lab's LABELLED cells, DIR/<class>/"
                                    "*.jpg (each image centred on its cell; classes: the cell model's or non_blast), "
                                    "optional DIR/cases.csv (file,case). Writes OUT/cells and a commissioning report."),
+        from_db: str = typer.Option(None, "--from-db", help="Also or instead of --cells: the cells reviewers classed "
+                                    "in signed-off cases of the web app's database (its --db: a SQLite file or a URL)."),
         um_per_px: str = typer.Option(None, "--um-per-px", help="With --cells: micrometres per image pixel."),
         min_sensitivity: float = typer.Option(0.90, "--min-sensitivity", min=0.0, max=1.0),
         min_specificity: float = typer.Option(0.90, "--min-specificity", min=0.0, max=1.0),
@@ -38,11 +40,11 @@ def register(app: typer.Typer) -> None:
         `leukodx predict ... --classifier DIR/classifier --segmenter DIR/segmenter` or `leukodx serve` (same)."""
         from leukodx.errors import LeukodxError
 
-        if (data is None) == (cells is None):
-            raise LeukodxError("Give either --data (unlabelled fields) or --cells (labelled cells).",
+        if (data is None) == (cells is None and from_db is None):
+            raise LeukodxError("Give either --data (unlabelled fields) or --cells and/or --from-db (labelled cells).",
                                "See `leukodx adapt --help`.")
-        if cells is not None:
-            return _commission(cells, out, um_per_px, min_sensitivity, min_specificity, kinds_only)
+        if data is None:
+            return _commission(cells, from_db, out, um_per_px, min_sensitivity, min_specificity, kinds_only)
         from leukodx.deploy.adapt import adapt_models
 
         with console.status(f"adapting to {data} ...") as status:
@@ -72,15 +74,26 @@ def register(app: typer.Typer) -> None:
                       highlight=False)
 
 
-def _commission(cells: Path, out: Path, um_per_px: str | None, min_sens: float, min_spec: float,
-                kinds_only: bool) -> None:
+def _commission(cells: Path | None, from_db: str | None, out: Path, um_per_px: str | None, min_sens: float,
+                min_spec: float, kinds_only: bool) -> None:
     from leukodx.deploy.commission import commission_cells
+    from leukodx.errors import LeukodxError
     from leukodx.inference.scale import check_um_per_px
 
     um = None if um_per_px is None else check_um_per_px(um_per_px)
-    with console.status(f"commissioning on {cells} ...") as status:
+    more = None
+    if from_db:
+        from leukodx.web.adapt import labelled_crops
+        from leukodx.web.db import open_database
+        from leukodx.web.settings import Settings
+
+        if "://" not in from_db and not Path(from_db).is_file():
+            raise LeukodxError(f"There is no database {from_db}.", "Give the --db that `leukodx serve` uses.")
+        settings = Settings(database_url=from_db)
+        more = labelled_crops(open_database(settings.database_url)[1], settings.resolved_files_dir())
+    with console.status("commissioning ...") as status:
         rep = commission_cells(cells, out, um_per_px=um, min_sensitivity=min_sens, min_specificity=min_spec,
-                               kinds_only=kinds_only, progress=lambda msg: status.update(msg))
+                               kinds_only=kinds_only, progress=lambda msg: status.update(msg), from_db=more)
     console.print(f"{rep['n_cells']} cells, {rep['n_folds']}-fold cross-validation, {rep['seconds']} s. "
                   f"{rep['recommendation']}", highlight=False)
     console.print(f"[green]written[/] {out}/cells, {out}/commissioning.json and {out}/commissioning.html; use it "

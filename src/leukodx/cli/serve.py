@@ -113,6 +113,8 @@ def serve(
     files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
     classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
     segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+    cells: Path = typer.Option(None, "--cells", help="Cell model directory to start with, e.g. A/cells of `leukodx "
+                               "adapt` (an admin may activate another on the Adapt page) [default: bundled]."),
     engine: str = typer.Option(None, help="Inference engine: onnx or onnx-int8 (default: onnx)."),
     max_file_mb: float = typer.Option(None, "--max-file-mb", min=0.01,
                                       help="Largest accepted image, MB (default: $LEUKODX_MAX_FILE_MB, else 20)."),
@@ -155,7 +157,8 @@ def serve(
     # only what was given on the command line overrides the environment (LEUKODX_*) and the defaults
     try:
         settings = Settings.from_env(
-            database_url=resolve_db(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter, engine=engine,
+            database_url=resolve_db(db), files_dir=files_dir, classifier_dir=classifier, segmenter_dir=segmenter,
+            cells_dir=cells, engine=engine,
             max_file_mb=max_file_mb, max_files=max_files, analysis_workers=analysis_workers, analysis_threads=threads,
             analysis_queue=queue, cookie_secure=secure_cookies or None, heatmap_on_upload=heatmap_on_upload or None,
         )
@@ -181,7 +184,7 @@ def serve(
         except ModelError as exc:
             raise ModelError(exc.problem, "Reinstall leukodx, or give model directories of your own with "
                              "--classifier RUN --segmenter RUN.") from None
-        for d in (classifier, segmenter):
+        for d in (classifier, segmenter, cells):
             if d is not None and not (Path(d) / "config.json").is_file():
                 raise LeukodxError(f"{d} is not a model directory (no config.json).", "Give a RUN folder from `leukodx train`.")
     # migrations, the sweep of interrupted uploads and the first admin: once, here, before any worker starts

@@ -37,6 +37,8 @@ from leukodx.inference.engines import softmax
 MIN_CELLS = 10  # blasts and non-blasts each
 L2 = 1.0  # penalty on the weights (sum of the class-balanced log-losses + L2 / 2 * |W|^2)
 BATCH = 64
+# more labelled cells for commission_cells: the model -> [(crop cut by its geometry, class, case, a key for the hash)]
+LabelledCrops = Callable[[CellClassifier], list[tuple[np.ndarray, str, str, str]]]
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, classes: list[str]) -> CellHead:
@@ -152,9 +154,9 @@ def _has_stained_cell(rgb: np.ndarray) -> bool:
     return centre.size > 0 and float(np.log(np.percentile(g, 90) / np.percentile(centre, 2))) >= 0.25
 
 
-def cell_features(clf: CellClassifier, files: list[Path], um_per_px: float | None,
-                  progress: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, the bundled model's probabilities) of the centre cell of each image, cut as the pipeline cuts it."""
+def cell_crops(clf: CellClassifier, files: list[Path], um_per_px: float | None,
+               progress: Callable[[str], None] | None = None) -> list[np.ndarray]:
+    """The crop of the centre cell of each image, cut as the pipeline cuts it (at the image's red-cell scale)."""
     from leukodx.inference.smear_check import check_smear
 
     crops, unreadable, no_cell = [], [], []
@@ -180,40 +182,47 @@ def cell_features(clf: CellClassifier, files: list[Path], um_per_px: float | Non
         more = f" and {len(no_cell) - 5} more" if len(no_cell) > 5 else ""
         raise DatasetError(f"No stained cell found in the middle of: {', '.join(no_cell[:5])}{more}.",
                            "Each image must be centred on the stained cell it labels; remove or recrop them.")
-    runs = [clf.run_crops(np.stack(crops[i:i + BATCH])) for i in range(0, len(crops), BATCH)]
-    return np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+    return crops
 
 
-def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path | None = None,
+def commission_cells(cells: str | Path | None, out: str | Path, model_dir: str | Path | None = None,
                      um_per_px: float | None = None, min_sensitivity: float = 0.90, min_specificity: float = 0.90,
-                     kinds_only: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-    """Fit, cross-validate and write `out`/cells, `out`/commissioning.json and `out`/commissioning.html."""
+                     kinds_only: bool = False, progress: Callable[[str], None] | None = None,
+                     from_db: LabelledCrops | None = None) -> dict:
+    """Fit, cross-validate and write `out`/cells, `out`/commissioning.json and `out`/commissioning.html. `from_db`
+    (also or instead of the folder `cells`): more labelled cells, as crops cut by the model's geometry
+    (leukodx.web.adapt.labelled_crops: the cells reviewers classed in signed-off cases)."""
     t0 = time.perf_counter()
-    cells, out = Path(cells), Path(out)
+    out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "commissioning.json").is_file():
         raise DatasetError(f"{out} exists and is not an earlier commissioning's output.", "Give a new --out folder.")
     clf = CellClassifier.load(model_dir)
     if clf.head is not None:
         raise DatasetError(f"{clf.dir} already has a lab's head.", "Commission from the bundled cell model.")
     vocab = list(clf.classes)
-    files, truth = _collect(cells, vocab)
+    files, truth = _collect(Path(cells), vocab) if cells is not None else ([], [])
+    db = from_db(clf) if from_db else []  # [(crop, class, case, key)]
+    truth += [t for _, t, _, _ in db]
     n_blast = truth.count(BLAST)
     n_other = len(truth) - n_blast
+    where = " and ".join([str(cells)] * (cells is not None) + ["the signed-off cases"] * (from_db is not None))
     if kinds_only and n_blast:
-        raise DatasetError(f"--kinds-only, but {cells}/blast holds {n_blast} cell(s).", "Leave out --kinds-only.")
+        raise DatasetError(f"--kinds-only, but {where} hold(s) {n_blast} blast(s).", "Leave out --kinds-only.")
     need = [] if kinds_only else [f"{MIN_CELLS - n} more {w}" for n, w in ((n_blast, "blast(s)"),
                                                                           (n_other, "non-blast cell(s)")) if n < MIN_CELLS]
     if kinds_only and len(set(truth)) < 2:
         need = ["cells of at least two kinds"]
     if need:
-        raise DatasetError(f"Too few labelled cells in {cells} ({n_blast} blast(s), {n_other} other): need "
+        raise DatasetError(f"Too few labelled cells in {where} ({n_blast} blast(s), {n_other} other): need "
                            f"{' and '.join(need)}.", f"Add them (at least {MIN_CELLS} of each), or use "
                            "--kinds-only without blasts.")
-    groups = _cases(cells, files)
+    groups = np.concatenate([_cases(Path(cells), files) if cells is not None else [], [g for _, _, g, _ in db]])
     if len(set(groups)) < 2:
         raise DatasetError("All cells belong to one case: cross-validation needs at least two.",
                            "Add cells of other cases.")
-    feats, bundled = cell_features(clf, files, um_per_px, progress)
+    crops = cell_crops(clf, files, um_per_px, progress) + [c for c, _, _, _ in db]
+    runs = [clf.run_crops(np.stack(crops[i:i + BATCH])) for i in range(0, len(crops), BATCH)]
+    feats, bundled = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
     head_classes = sorted(set(truth), key=lambda c: vocab.index(c) if c in vocab else len(vocab))
     y = np.array([head_classes.index(t) for t in truth])
     fold = folds(y, groups)
@@ -229,11 +238,14 @@ def commission_cells(cells: str | Path, out: str | Path, model_dir: str | Path |
     own = figures(bundled, clf.answer(bundled)[0], truth, vocab, blast)
     use, why = _recommend(adapted, own, min_sensitivity, min_specificity)
     digest = hashlib.sha256()
-    for path, t in sorted(zip(files, truth, strict=True)):
+    for path, t in sorted(zip(files, truth[:len(files)], strict=True)):
         digest.update(f"{hashlib.sha256(path.read_bytes()).hexdigest()} {t}\n".encode())
-    report = {"cells": str(cells), "n_cells": len(truth), "per_class": {c: truth.count(c) for c in head_classes},
-              "n_cases": int(len(np.unique(groups))), "grouped_by_case": (cells / "cases.csv").is_file(),
-              "n_folds": int(fold.max() + 1), "kinds_only": kinds_only, "adapted_cv": adapted, "bundled": own,
+    for key, t in sorted((k, t) for _, t, _, k in db):
+        digest.update(f"{key} {t}\n".encode())
+    report = {"cells": where, "n_cells": len(truth), "per_class": {c: truth.count(c) for c in head_classes},
+              "n_cases": int(len(np.unique(groups))), "n_folds": int(fold.max() + 1), "kinds_only": kinds_only,
+              "grouped_by_case": bool(db) or (cells is not None and (Path(cells) / "cases.csv").is_file()),
+              "adapted_cv": adapted, "bundled": own,
               "min_sensitivity": min_sensitivity, "min_specificity": min_specificity, "use_adapted": use,
               "recommendation": why, "data_sha256": digest.hexdigest(), "model": str(clf.dir),
               "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "leukodx_version": __version__}

@@ -26,6 +26,7 @@ docs/results/cell-types/ (rebuilt by `leukodx train cells` and `benchmarks/cell_
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -158,6 +159,11 @@ class CellClassifier:
         self.source = str(self.dir)
         head = (config.model_extra or {}).get("head")  # a lab's commissioning head (leukodx adapt --cells)
         self.head = CellHead.load(self.dir, head) if isinstance(head, dict) else None
+        # the version each field records: a content hash of the model's files (config, ONNX, a lab's head)
+        digest = hashlib.sha256()
+        for p in sorted(p for p in self.dir.iterdir() if p.name == "config.json" or p.suffix in (".onnx", ".npz")):
+            digest.update(p.name.encode() + hashlib.sha256(p.read_bytes()).digest())
+        self.version = ("adapted-" if self.head else "") + digest.hexdigest()[:12]
         self.n_runs = 0  # engine calls so far (one per batch of fields with cells)
 
     @classmethod

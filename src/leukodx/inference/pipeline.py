@@ -295,6 +295,7 @@ class Analysis:
             out["mask_threshold"] = self.segmenter.mask_threshold
         if self.cell_classifier is not None:
             out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
+            out["cell_model"] = getattr(self.cell_classifier, "version", None)
             if getattr(self.cell_classifier, "head", None) is not None:
                 out["cell_commissioning"] = (self.cell_classifier.config.model_extra or {}).get("commissioning")
         return out
@@ -394,10 +395,11 @@ class Analysis:
         """Each cell's AI suggestion (a cell type, not a leukocyte, or unidentified) from the cell-level model;
         the field's `cell_count` is then its leukocytes (cells the model calls no leukocyte are kept, not counted).
         The cells of all the fields go through the model in one batch."""
-        assert self.cell_classifier is not None
+        clf = self.cell_classifier  # read once: the web app may swap in another (an adapted) cell model
+        assert clf is not None
         t0 = time.perf_counter()
         todo = [f for f in fields if f.result.cells and f.result.instances is not None]
-        self.cell_classifier.classify_many(
+        clf.classify_many(
             [(f.original, f.result.instances, f.result.cells, f.result.rbc_diameter_px if f.prep.known else None)
              for f in todo])
         for f in todo:
@@ -405,6 +407,7 @@ class Analysis:
         dt = (time.perf_counter() - t0) * 1000 / max(len(fields), 1)
         for f in fields:
             f.result.timings_ms["cells"] = dt
+            f.result.cell_model = clf.version
 
     def _quality(self, fields: Sequence[_Field]) -> None:
         for f in fields:

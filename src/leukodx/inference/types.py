@@ -54,6 +54,7 @@ class FieldResult:
     um_per_px: float | None = None  # from the red cells (7.5 um across); None when the scale is unknown
     scale_source: str = ""  # how the scale is known: "measured red cells", "estimated from ...", "given by the lab"
     no_call_reason: str = ""  # why label is None on a readable field: not a smear field, or no leukocyte found
+    cell_model: str | None = None  # the version (CellClassifier.version) of the cell model that typed its cells
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:

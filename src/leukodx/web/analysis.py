@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from leukodx.cpus import usable_cores
 from leukodx.inference.render import heatmap_png, overlay_png, shrink
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.models.model_config import CaseRule, ModelConfig
+from leukodx.web import adapt
 from leukodx.web.cases import rules, serialise, store
 from leukodx.web.settings import Settings
 from leukodx.web.uploads import GoodImage, check_uploads
@@ -87,6 +89,7 @@ class AnalysisService:
         self._pending = 0
         self._lock = threading.Lock()
         self._config: ModelConfig | None = None
+        self._cells_entry = 0  # the audit entry of the cell model in use (0: the settings' own)
 
     @property
     def ready(self) -> bool:
@@ -138,9 +141,10 @@ class AnalysisService:
 
             s = self.settings
             threads = s.analysis_threads or max(1, usable_cores() // s.analysis_workers)
-            self.analyzer = load_analyzer(
-                classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir, engine=s.engine, threads=threads
-            )
+            entry, cells = self._active_cells()
+            self.analyzer = load_analyzer(classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir,
+                                          engine=s.engine, threads=threads, cell_classifier=cells)
+            self._cells_entry = entry
             self.load_seconds = time.perf_counter() - t0
             self.state = "ready"
             log.info("models loaded in %.1f s", self.load_seconds)
@@ -148,6 +152,23 @@ class AnalysisService:
             self.state = "failed"
             self.error = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
             log.error("the models could not be loaded: %s", self.error)
+
+    def _active_cells(self) -> tuple[int, Path | None]:
+        if self.sessions is None:
+            return 0, self.settings.cells_dir
+        with self.sessions() as db:
+            return adapt.active_choice(db, self.settings)
+
+    def sync_cells(self) -> None:
+        """Use the cell model an admin chose last (web.adapt.active_choice), if another is in use: new analyses
+        take it; fields analysed before keep the version they recorded."""
+        entry, cells = self._active_cells()
+        if entry != self._cells_entry and self.analyzer is not None:
+            from leukodx.inference.cell_classifier import CellClassifier
+
+            clf = CellClassifier.load(cells, getattr(self.analyzer, "threads", None), self.settings.engine)
+            self.analyzer.cell_classifier, self._cells_entry = clf, entry
+            log.info("cell model %s in use", clf.version)
 
     def start_loading(self) -> None:
         if self.analyzer is None and self.state == "not started":
@@ -236,6 +257,7 @@ class AnalysisService:
         its content hash, and added to the case with its summary in one transaction. An image already in the case
         (same SHA-256), or twice in the upload, is added once: `skipped` says so. Locked without a reason."""
         def known() -> set[str]:
+            self.sync_cells()  # another server process may have activated another cell model
             with self.sessions() as db:
                 case, hashes = store.field_hashes(db, case_id)
                 rules.require_unlocked(case, amendment_reason, "adding fields")

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from leukodx import __version__
 from leukodx.errors import LeukodxError
 from leukodx.web import api, pages
+from leukodx.web.adapt import Adaptation
 from leukodx.web.analysis import AnalysisError, AnalysisService
 from leukodx.web.cases.rules import field_basis
 from leukodx.web.db import Field, open_database
@@ -55,6 +56,7 @@ class AppContext:
     store: FileStore
     service: AnalysisService
     templates: Jinja2Templates
+    adaptation: Adaptation = field(default_factory=Adaptation)  # the admin page's, in the background
 
 
 def make_templates() -> Jinja2Templates:
@@ -245,7 +247,7 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     async def _user_error(request: Request, exc: LeukodxError):
         status = getattr(exc, "status", 400)  # NotFound 404, Invalid 422, Locked 409 (web.cases.rules)
         if _wants_html(request):
-            title = {404: "Not found", 409: "This case is signed off"}.get(status, "Please check")
+            title = {403: "Not allowed", 404: "Not found", 409: "This case is signed off"}.get(status, "Please check")
             return page_error(request, status, title, exc.message)
         return JSONResponse({"detail": exc.message}, status_code=status)
 

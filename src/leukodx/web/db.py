@@ -145,6 +145,8 @@ class Field(Base):
     # the leukocytes: [{"id", "area_px", "centroid", "bbox", ..., "ai_label", "ai_confidence", "label",
     # "reviewed_by", "reviewed_at"}] (revision 0002; see leukodx.web.cells)
     cells: Mapped[list] = mapped_column(JSON, default=list)
+    # the version of the cell model that pre-classified the cells (revision 0004; None: analysed before)
+    cell_model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     case: Mapped[Case] = relationship(back_populates="fields")
 
 

@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from leukodx.errors import LeukodxError
 from leukodx.web.auth import session_lookup, token_lookup
 from leukodx.web.db import LoginSession, utcnow
 
@@ -39,6 +40,10 @@ class LoginRequired(Exception):
 
 class CsrfFailed(Exception):
     pass
+
+
+class NotAllowed(LeukodxError):
+    status = 403
 
 
 def ctx(request: Request):
@@ -139,7 +144,15 @@ async def check_form_csrf(request: Request, p: Annotated[Principal, Depends(page
     return p
 
 
+def _admin(p: Principal) -> Principal:
+    if not p.is_admin:
+        raise NotAllowed("Only an admin may open the administration pages.")
+    return p
+
+
 ApiUser = Annotated[Principal, Depends(api_principal)]
 ApiAdmin = Annotated[Principal, Depends(admin_principal)]
 PageUser = Annotated[Principal, Depends(page_principal)]
 FormUser = Annotated[Principal, Depends(check_form_csrf)]
+AdminPage = Annotated[Principal, Depends(lambda p=Depends(page_principal): _admin(p))]  # a 403 page for others
+AdminForm = Annotated[Principal, Depends(lambda p=Depends(check_form_csrf): _admin(p))]

@@ -90,6 +90,7 @@ class AnalysisResult(BaseModel):
                                        "models (red cells to the training size); null when its scale is unknown.")
     um_per_px: float | None = Field(default=None, description="Micrometres per pixel, from red cells 7.5 um across.")
     ood_score: float | None = None
+    cell_model: str | None = Field(default=None, description="The cell model's version (a content hash).")
     cells: list[Cell] = []
     timings_ms: dict[str, float] = {}
 
@@ -141,6 +142,8 @@ class FieldOut(BaseModel):
     flag_reason: str = Field(description="The analysis's own reason (engineering terms); pages show flag_words.")
     flag_words: FlagWords
     size_note: str
+    cell_model: str | None = Field(default=None, description="The version (a content hash) of the cell model that "
+                                   "pre-classified its cells; null: analysed before leukodx recorded it.")
     image_url: str
     overlay_url: str | None
     heatmap_url: str | None = Field(description="The stored heat map (PNG); null until it was first computed.")

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     engine: Literal["onnx", "onnx-int8"] = "onnx"
     classifier_dir: Path | None = None
     segmenter_dir: Path | None = None
+    cells_dir: Path | None = Field(default=None, description="The starting cell model (`serve --cells A/cells`) "
+                                   "until an admin activates another on the Adapt page; default: the bundled one.")
     max_file_mb: float = Field(default=20.0, gt=0, description="The largest accepted image, MB.")
     max_files: int = Field(default=50, gt=0)
     analysis_workers: int = Field(default_factory=lambda: _cores(), gt=0,

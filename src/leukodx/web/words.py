@@ -85,6 +85,12 @@ def blast_percent(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f} %"
 
 
+def cell_model_words(versions) -> str:
+    """The cell model version(s) that pre-classified fields' cells (CellClassifier.version, Field.cell_model)."""
+    vs = list(versions)
+    return "; ".join(sorted({v for v in vs if v}) + ([] if all(vs) else ["not recorded (analysed before)"]))
+
+
 def zone(name: str | None) -> tzinfo:
     """The lab's time zone (an IANA name such as "Asia/Tehran"); the server's own zone when none is given."""
     if name:

@@ -79,6 +79,7 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "flag_reason": f.flag_reason,
         "flag_words": words.flag_words(f.flag, f.flag_reason),
         "size_note": f.size_note,
+        "cell_model": f.cell_model,
         "image_url": url_prefix + f.image_file,
         "overlay_url": url_prefix + f.overlay_file if f.overlay_file else None,
         "heatmap_url": url_prefix + f.heatmap_file if f.heatmap_file else None,

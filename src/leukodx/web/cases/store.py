@@ -109,7 +109,7 @@ def field_columns(r: FieldResult) -> dict:
     """A field's columns from its analysis: the AI's call, its flag and counts (rules.field_result reads them)."""
     return {"label": r.label, "probabilities": {k: float(v) for k, v in r.probabilities.items()},
             "confidence": float(r.confidence), "malignant_probability": float(r.malignant_probability),
-            "cell_count": int(r.cell_count), "flag": r.flag, "size_note": r.size_note,
+            "cell_count": int(r.cell_count), "flag": r.flag, "size_note": r.size_note, "cell_model": r.cell_model,
             "flag_reason": r.flag_reason or getattr(r, "no_call_reason", "")}  # "ok" with a reason: no leukocyte
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from leukodx.web.pages import account, admin, apidocs, cases, files, login
+from leukodx.web.pages import account, adapt, admin, apidocs, cases, files, login
 from leukodx.web.pages.base import render
 
 router = APIRouter(include_in_schema=False)
-for _module in (login, cases, files, account, admin, apidocs):
+for _module in (login, cases, files, account, admin, adapt, apidocs):
     router.include_router(_module.router)
 
 __all__ = ["render", "router"]

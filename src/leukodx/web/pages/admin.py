@@ -6,25 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from leukodx.errors import LeukodxError
 from leukodx.web import auth
 from leukodx.web.db import ApiToken, AuditEntry, User, audit, utcnow
-from leukodx.web.deps import Db, FormUser, PageUser
+from leukodx.web.deps import AdminForm, AdminPage, Db
 from leukodx.web.pages.base import render
 from leukodx.web.schemas import CaseId
 
 router = APIRouter()
-
-
-def _admin_or_403(request: Request, who) -> Response | None:
-    if who.is_admin:
-        return None
-    return render(request, "error.html", 403, who=who, title="Not allowed",
-                  message="Only an admin may manage users and API tokens.", action_url="/cases",
-                  action="Back to the cases")
 
 
 def _admin_page(request: Request, who, db, status_code: int = 200, **extra):
@@ -38,19 +30,17 @@ def _admin_page(request: Request, who, db, status_code: int = 200, **extra):
 
 
 @router.get("/admin")
-def admin_page(request: Request, who: PageUser, db: Db):
-    return _admin_or_403(request, who) or _admin_page(request, who, db)
+def admin_page(request: Request, who: AdminPage, db: Db):
+    return _admin_page(request, who, db)
 
 
 @router.post("/admin/users")
 async def admin_add_user(
-    request: Request, who: FormUser, db: Db,
+    request: Request, who: AdminForm, db: Db,
     username: Annotated[str, Form(max_length=64)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
     role: Annotated[str, Form(max_length=20)] = "clinician",
 ):
-    if (denied := _admin_or_403(request, who)) is not None:
-        return denied
     try:
         await run_in_threadpool(auth.add_user, db, username.strip(), password, role, who.name)
         db.commit()
@@ -62,12 +52,10 @@ async def admin_add_user(
 
 @router.post("/admin/tokens")
 def admin_create_token(
-    request: Request, who: FormUser, db: Db,
+    request: Request, who: AdminForm, db: Db,
     name: Annotated[str, Form(max_length=200)] = "",
     role: Annotated[str, Form(max_length=20)] = "clinician",
 ):
-    if (denied := _admin_or_403(request, who)) is not None:
-        return denied
     try:
         _, secret = auth.create_token(db, name, role, actor=who.name)
         db.commit()
@@ -78,9 +66,7 @@ def admin_create_token(
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
-def admin_revoke_token(request: Request, token_id: CaseId, who: FormUser, db: Db):
-    if (denied := _admin_or_403(request, who)) is not None:
-        return denied
+def admin_revoke_token(request: Request, token_id: CaseId, who: AdminForm, db: Db):
     row = db.get(ApiToken, token_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()

@@ -21,6 +21,8 @@ NOTICES = {
     "password": "Your password was changed.",
     "user-added": "The user was added.",
     "token-revoked": "The token was revoked.",
+    "cell-model-active": "The adapted cell model is active: new analyses use it; fields analysed before keep theirs.",
+    "cell-model-bundled": "Rolled back: new analyses use the bundled cell model; fields analysed before keep theirs.",
 }
 
 
@@ -35,7 +37,8 @@ def _install_filters(ctx) -> None:
     env.filters["dt"] = partial(words.local_time, tz=tz)
     env.filters["pct"] = words.model_percent  # every probability on the pages is a model's
     env.globals.update(lab_zone=words.zone_name(tz), lab_zone_setting=name, change_words=words.change_words,
-                       percent=words.percent, blast_percent=words.blast_percent)
+                       percent=words.percent, blast_percent=words.blast_percent,
+                       cell_model_words=words.cell_model_words)
 
 
 def render(request: Request, name: str, status_code: int = 200, **context) -> HTMLResponse:

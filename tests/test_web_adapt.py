@@ -105,7 +105,7 @@ def test_serve_cells_starts_with_the_adapted_model_and_each_field_names_its_vers
         assert up.json()["added"][0]["cell_model"] == version
         assert api.get(f"/api/v1/cases/{cid}").json()["fields"][0]["cell_model"] == version
         notes = [n["text"] for r in api.get(f"/api/v1/cases/{cid}/fhir").json()["contained"] for n in r.get("note", [])]
-        assert f"Cells pre-classified by the cell model {version}." in notes
+        assert f"Cell model version: {version}." in notes
         with httpx.Client(base_url=url, timeout=60) as page:
             assert login(page, "admin", "admin-password").status_code == 303
             assert version in page.get(f"/cases/{cid}/report").text

@@ -101,8 +101,9 @@ def diagnostic_report(case: Case, settings, threshold: float | None = None) -> d
     cs = cell_logic.cell_summary(rules.counted_cells(case.fields))
     who = (case.reviewed_by or "the reviewing clinician") if signed else "nobody yet (AI suggestion only)"
     method, method_note = _method(case)
-    notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}.",
-             f"Cells pre-classified by the cell model {words.cell_model_words(f.cell_model for f in case.fields)}."]
+    notes = [f"AI-assisted (leukodx {__version__}); reviewed by {who}."]
+    if case.fields:
+        notes.append(f"Cell model version: {words.cell_model_words(f.cell_model for f in case.fields)}.")
     if case.ai_label:
         notes.append(f"AI suggestion: {case.ai_label}, confidence {words.model_percent(case.ai_confidence or 0)}.")
     if signed:

@@ -24,6 +24,7 @@ router = APIRouter()
 
 def _page(request: Request, who, db, status_code: int = 200, error: str = ""):
     ctx = request.app.state.ctx
+    ctx.service.sync_cells()  # the choice another server process made
     counts = adapt.class_counts(db, KNOWN_CLASSES)
     n_blast = counts.get(BLAST, 0)
     log = db.scalars(select(AuditEntry).where(AuditEntry.action.in_((adapt.ACTIVATE, adapt.ROLLBACK,

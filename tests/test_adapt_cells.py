@@ -158,3 +158,11 @@ def test_adapt_cells_and_predict_cells_run_in_the_clinic_install(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     res = cli_without_torch(["adapt", "--cells", str(lab / "blast"), "--out", str(tmp_path / "B")], tmp_path)
     assert res.returncode != 0 and not (tmp_path / "B").exists()
+
+
+def test_wilson_intervals_never_leave_0_to_1():
+    from leukodx.deploy.commission import _wilson
+
+    assert [str(v) for v in _wilson(0, 14)][0] == "0.0" and _wilson(14, 14)[1] == 1.0  # never "-0.0 %" on a page
+    lo, hi = _wilson(3, 10)
+    assert 0 < lo < 0.3 < hi < 1

@@ -63,10 +63,18 @@ def test_adapt_from_db_learns_the_reviewers_cells_of_signed_off_cases(tmp_path):
         second, third = labelled_case(api, "S-2", 100), labelled_case(api, "S-3", 200)
         done = adapt_cli("--from-db", db, "--out", str(tmp_path / "A"))
         assert done.returncode == 0, done.stderr
+        from test_adapt_cells import _lab
+
+        lab = _lab(tmp_path / "lab", {"blast": 4, "non_blast": 3}, cases=2)  # a folder of cells beside them
+        both = adapt_cli("--cells", str(lab), "--from-db", db, "--out", str(tmp_path / "B"))
+        assert both.returncode == 0, both.stderr
     rep = json.loads((tmp_path / "A" / "commissioning.json").read_text())
     assert rep["per_class"] == dict(first + second + third)  # the reviewer's classes, never the AI's
     assert rep["n_cases"] == 3 and rep["grouped_by_case"] and "signed-off cases" in rep["cells"]
     assert CellClassifier.load(tmp_path / "A" / "cells").version.startswith("adapted-")
+    rep_b = json.loads((tmp_path / "B" / "commissioning.json").read_text())
+    assert rep_b["per_class"] == {**rep["per_class"], "blast": rep["per_class"]["blast"] + 4, "non_blast": 3}
+    assert rep_b["n_cases"] == 5 and rep_b["data_sha256"] != rep["data_sha256"]
 
     # each crop is cut from the stored field at the cell's centroid, at the field's scale, as the analysis cuts it
     _, sessions = open_database(database_url_for(db))
@@ -80,7 +88,7 @@ def test_adapt_from_db_learns_the_reviewers_cells_of_signed_off_cases(tmp_path):
         key = f"{f.sha256}:{c['id']}"
         d = f.result.get("rbc_diameter_px") if f.result.get("scale_factor") is not None else None
     crop, label, case, _ = next(x for x in cut if x[3] == key)
-    assert (label, case) == (k, f"case:{f.case_id}")
+    assert (label, case) == (k, f"web case {f.case_id}")  # never one group with a folder case of that name
     assert np.array_equal(crop, crop_cells(image, [c["centroid"]], d, clf.size[0], clf.width_rbc)[0])
 
 

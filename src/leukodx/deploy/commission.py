@@ -85,7 +85,7 @@ def _wilson(k: int, n: int) -> list[float] | None:
         return None
     p, z = k / n, 1.959964
     c, h = (p + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(float(c - h), 4), round(float(c + h), 4)]
+    return [round(max(0.0, float(c - h)), 4), round(min(1.0, float(c + h)), 4)]  # never -0.0 or past 1
 
 
 def _auc(score: np.ndarray, pos: np.ndarray) -> float | None:
@@ -221,6 +221,8 @@ def commission_cells(cells: str | Path | None, out: str | Path, model_dir: str |
         raise DatasetError("All cells belong to one case: cross-validation needs at least two.",
                            "Add cells of other cases.")
     crops = cell_crops(clf, files, um_per_px, progress) + [c for c, _, _, _ in db]
+    if progress:
+        progress(f"the cell model's features of {len(crops)} cells")
     runs = [clf.run_crops(np.stack(crops[i:i + BATCH])) for i in range(0, len(crops), BATCH)]
     feats, bundled = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
     head_classes = sorted(set(truth), key=lambda c: vocab.index(c) if c in vocab else len(vocab))

@@ -58,7 +58,7 @@ def labelled_crops(sessions, files_dir: Path):
                 d = result.get("rbc_diameter_px") if result.get("scale_factor") is not None else None
                 crops = crop_cells(read_field(files_dir / f.image_file), [c["centroid"] for c, _ in cells], d,
                                    clf.size[0], clf.width_rbc)
-                out += [(crop, k, f"case:{f.case_id}", f"{f.sha256}:{c['id']}")
+                out += [(crop, k, f"web case {f.case_id}", f"{f.sha256}:{c['id']}")
                         for crop, (c, k) in zip(crops, cells, strict=True)]
         return out
 

@@ -5,6 +5,7 @@ and each field records the cell model's version, which the case API, the printed
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -117,6 +118,13 @@ def test_serve_cells_starts_with_the_adapted_model_and_each_field_names_its_vers
         with httpx.Client(base_url=url, timeout=60) as page:
             assert login(page, "admin", "admin-password").status_code == 303
             assert version in page.get(f"/cases/{cid}/report").text
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.get("/admin/adapt").text).group(1)
+            r = page.post("/admin/adapt/choose", data={"csrf_token": csrf, "reason": "back to the bundled one"})
+            assert r.status_code == 303
+            assert api.get("/readyz").json()["models"]["cell_model"] == CellClassifier.load().version
+    # the admin's choice outlives a restart, --cells or not
+    with ServeProcess(db, fake=False, extra=["--cells", str(tmp_path / "A" / "cells")]) as url:
+        assert httpx.get(url + "/readyz").json()["models"]["cell_model"] == CellClassifier.load().version
     bad = subprocess.run([sys.executable, "-m", "leukodx", "serve", "--db", str(db), "--cells", str(tmp_path / "lab")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "is not a model directory" in bad.stderr

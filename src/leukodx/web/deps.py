@@ -146,7 +146,7 @@ async def check_form_csrf(request: Request, p: Annotated[Principal, Depends(page
 
 def _admin(p: Principal) -> Principal:
     if not p.is_admin:
-        raise NotAllowed("Only an admin may open the administration pages.")
+        raise NotAllowed("Only an admin may do this (manage users, tokens and the cell model, delete cases).")
     return p
 
 

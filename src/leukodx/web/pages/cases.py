@@ -18,7 +18,7 @@ from leukodx.web import gallery as gallery_logic
 from leukodx.web.cases import rules, serialise, store
 from leukodx.web.cases.rules import Invalid, Locked
 from leukodx.web.db import Case, Field, utcnow
-from leukodx.web.deps import Db, FormUser, PageUser
+from leukodx.web.deps import AdminForm, Db, FormUser, PageUser
 from leukodx.web.pages.base import render
 from leukodx.web.schemas import CaseId
 from leukodx.web.uploads import ACCEPTED_TYPES
@@ -333,11 +333,7 @@ def review_case(
 
 
 @router.post("/cases/{case_id}/delete")
-def delete_case(request: Request, case_id: CaseId, who: FormUser, db: Db):
-    if not who.is_admin:
-        return render(request, "error.html", 403, who=who, title="Not allowed",
-                      message="Only an admin may delete a case.", action_url=f"/cases/{case_id}",
-                      action="Back to the case")
+def delete_case(request: Request, case_id: CaseId, who: AdminForm, db: Db):
     case = store.get_case(db, case_id)
     for name in store.delete_case(db, case, who.name):
         request.app.state.ctx.store.delete(name)

@@ -3,6 +3,7 @@ two-channel training data (data/cell_dataset)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_real_sources_when_present():
     assert ref.cell[h // 2 - 3:h // 2 + 4, w // 2 - 3:w // 2 + 4].any()
 
 
-def test_the_source_registry_holds_each_sources_facts_and_one_checker(tmp_path):
+def test_the_source_registry_holds_each_sources_facts_and_one_checker(tmp_path, monkeypatch):
     from leukodx.data.split import read_split, write_split
 
     assert set(sources.SOURCES) == {"pbc", "raabin", "taleqani", "chula"}
@@ -189,6 +190,8 @@ def test_the_source_registry_holds_each_sources_facts_and_one_checker(tmp_path):
         assert s.citation and s.classes and s.flag.startswith("--") and s.folder
     assert sources.SOURCES["taleqani"].rbc_diameter == cell_data.TARGET_RBC_DIAMETER == 17.0
     assert sources.split_path("pbc", tmp_path) == tmp_path / "pbc-seed0.csv"
+    assert sources.split_path("chula", tmp_path) == tmp_path / "chula-wbc-seed0.csv"
+    monkeypatch.setitem(sources.SOURCES, "chula", dataclasses.replace(sources.SOURCES["chula"], split_file=None))
     with pytest.raises(DatasetError, match="no split file"):
         sources.split_path("chula", tmp_path)
     (tmp_path / "chula" / "images").mkdir(parents=True)

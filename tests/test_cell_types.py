@@ -241,3 +241,47 @@ def test_the_command_says_what_is_wrong_in_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "lacks the class folder(s)" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------- Chula source
+def _chula_folder(root, slides=("1", "2", "3", "4")):
+    """A tiny chula-wbc folder: per slide a lymphocyte group (L-<slide>) and a neutrophil group (N-<slide>), 2
+    frames each with one typed box; slide 1 frames 1..2 hold a further degenerate box; one field has no labels."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["file,group,part_in_source,kinds,n_boxes"]
+    for s in slides:
+        for letter, cls in (("L", 3), ("N", 0)):
+            for k in range(2):
+                name = f"{letter}-{s}_{k:04d}"
+                Image.new("RGB", (120, 80), (200, 150, 160)).save(root / "images" / f"{name}.jpg")
+                box = f"{cls} 0.5 0.5 0.5 0.7\n" + ("1 0.1 0.1 0.01 0.02\n" if s == "1" else "")
+                if (s, letter, k) != ("4", "N", 1):
+                    (root / "labels" / f"{name}.txt").write_text(box)
+                rows.append(f"{name}.jpg,{letter}-{s},train,x,1")
+    (root / "fields.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_the_chula_split_keeps_a_slide_on_one_side_and_each_kind_in_val_and_test(tmp_path):
+    rows = sources.chula_split(_chula_folder(tmp_path / "chula", slides=("1", "2", "3", "4", "5", "6")))
+    part_of_slide: dict = {}
+    for r in rows:
+        part_of_slide.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(p) == 1 for p in part_of_slide.values())  # L-3 and N-3 (one slide) never apart
+    for kind in ("lymphocyte", "neutrophil"):
+        assert {r["split"] for r in rows if r["label"] == kind} == {"train", "val", "test"}
+    assert rows == sources.chula_split(tmp_path / "chula")  # deterministic
+
+
+def test_the_chula_reader_gives_each_typed_box_its_kind_at_the_sources_scale(tmp_path):
+    root = _chula_folder(tmp_path / "chula")
+    samples = list(cell_crops.iter_chula(root))
+    assert len(samples) == 15  # 16 fields, one without its label file (its leukocytes unknown, not absent)
+    assert all(s.rbc_diameter == sources.SOURCES["chula"].rbc_diameter and len(s.centres) == 1 for s in samples)
+    assert {s.path[len("images/"):][0]: s.labels[0] for s in samples} == {"L": "lymphocyte", "N": "neutrophil"}
+    (root / "labels" / "L-2_0000.txt").write_text("7 0.5 0.5 0.5 0.5\n")
+    with pytest.raises(DatasetError, match="class 0 to 4"):
+        list(cell_crops.iter_chula(root))

@@ -112,7 +112,8 @@ def cell_crops(model: Path, n_calibration: int, seed: int = 0) -> tuple[np.ndarr
     src = config["training"]["sources"]
     data = collect(src["pbc"]["dir"], src["taleqani"]["dir"], (src.get("raabin") or {}).get("dir"),
                    pbc_split=src["pbc"]["split"], taleqani_split=src["taleqani"]["split"],
-                   raabin_split=(src.get("raabin") or {}).get("split"))
+                   raabin_split=(src.get("raabin") or {}).get("split"), chula=(src.get("chula") or {}).get("dir"),
+                   chula_split=(src.get("chula") or {}).get("split"))
     single = data.single(config["classes"])
     train = np.flatnonzero(data.split == "train")
     calib = np.sort(np.random.default_rng(seed).choice(train, min(n_calibration, len(train)), replace=False))

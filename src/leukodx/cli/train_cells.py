@@ -43,6 +43,10 @@ def register(app: typer.Typer) -> None:
                                                    "[default: benchmarks/splits/taleqani-sgdc-seed0.csv]"),
         raabin_split: Path | None = typer.Option(None, "--raabin-split", help="Raabin split CSV. [default: "
                                                  "benchmarks/splits/raabin-fields-seed0.csv when present]"),
+        chula: Path | None = typer.Option(None, "--chula", help="Chulalongkorn fields folder (images/, typed YOLO "
+                                          "boxes in labels/, fields.csv): its leukocytes by kind."),
+        chula_split: Path | None = typer.Option(None, "--chula-split", help="Chula split CSV (by slide). [default: "
+                                                "benchmarks/splits/chula-wbc-seed0.csv when present]"),
         epochs: int = typer.Option(12, "--epochs", help="Maximum epochs of the second stage (4096 crops each; the "
                                    "first stage runs a third as many)."),
         time_limit_min: float = typer.Option(16.0, "--time-limit-min", help="Wall-clock budget in minutes, "
@@ -65,11 +69,13 @@ def register(app: typer.Typer) -> None:
                                "Pass --taleqani-split FILE (make one with `leukodx data split`).")
         cfg = resolve_config("cells", overrides={
             "pbc": str(pbc), "data": str(taleqani), "raabin": str(raabin) if raabin else None, "out": str(out),
+            "chula": str(chula) if chula else None,
             "epochs": epochs, "time_limit_s": 60.0 * time_limit_min, "samples_per_epoch": samples_per_epoch,
             "threads": threads, "seed": seed})
         result = train_cells(cfg, pbc_split=_default_split(pbc_split, "pbc"), taleqani_split=t_split,
                              raabin_split=_default_split(raabin_split, "raabin") if raabin else None,
                              limit_per_class=limit_per_class, clean=clean,
+                             chula_split=_default_split(chula_split, "chula") if chula else None,
                              log=lambda m: err_console.print(m, highlight=False, markup=False))
         test = result.get("test") or {}
         pbc_acc = (test.get("pbc") or {}).get("balanced_accuracy_top")

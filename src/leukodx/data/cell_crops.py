@@ -15,6 +15,8 @@ and one row of columns per crop.
   background that far away.
 - Raabin fields: up to `RAABIN_RBC_PER_FIELD` red-cell boxes and every platelet box -> not_leukocyte; every
   leukocyte box -> `ANY_LEUKOCYTE` (the boxes have no types).
+- Chula fields: every typed leukocyte box -> its kind, at the source's red-cell diameter; only leukocytes are
+  boxed, so no negatives; a field without a label file is skipped (its leukocytes are unknown).
 
 Each source's folder is checked by `leukodx.data.sources.check`; its split file read by `data.split.read_split`.
 """
@@ -270,6 +272,26 @@ def iter_raabin(root: str | Path, split_csv: str | Path | None = None, parts: It
         yield s
 
 
+def iter_chula(root: str | Path, split_csv: str | Path | None = None, parts: Iterable[str] = ("train", "val", "test"),
+               limit_per_class: int | None = None) -> Iterator[Sample]:
+    """Each Chula field's typed leukocyte boxes (split: the file, else `sources.chula_split`, by slide)."""
+    from leukodx.data.images import read_rgb
+
+    root, src = sources.check("chula", root), sources.SOURCES["chula"]
+    rows = read_split(split_csv) if split_csv is not None else sources.chula_split(root)
+    parts, taken = set(parts), Counter[tuple[str, str]]()
+    for r in rows:
+        lp = root / "labels" / f"{Path(r['path']).stem}.txt"
+        if r["split"] not in parts or not lp.is_file() or taken[(r["label"], r["split"])] >= (limit_per_class or 1e9):
+            continue
+        taken[(r["label"], r["split"])] += 1
+        rgb = read_rgb(root / r["path"])
+        b = sources.read_yolo_labels(lp, rgb.shape[:2], len(src.classes))
+        b = b[np.minimum(b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]) >= 8]  # a box of a few px (L-8_0730) is no cell
+        kinds = [src.classes[int(c)] for c in b[:, 0]]
+        yield Sample("chula", r["path"], r["split"], r["group"], rgb, float(src.rbc_diameter or 40.0),
+                     [((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5) for _, x0, y0, x1, y1 in b], kinds,
+                     [f"chula:{k}" for k in kinds], r["label"])
 
 
 @dataclass

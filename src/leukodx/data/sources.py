@@ -86,7 +86,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
            benign="Benign"),
     Source("chula", "Chula", "chula-wbc", "--chula", "images/*.jpg with typed YOLO boxes in labels/*.txt and "
            "fields.csv", ("images", "labels"), ("neutrophil", "eosinophil", "basophil", "lymphocyte", "monocyte"),
-           (), 40.0, None,  # classes in the order of its label files' class numbers; red cells as its README says
+           (), 40.0, "chula-wbc-seed0.csv",  # classes in the order of its label files' class numbers; red cells as its README says
            "singgihbekti/WBC_Dataset (GitHub, commit 45759ab), Chulalongkorn University, Bangkok (MIT licence, "
            "Copyright (c) 2022 singgihbekti)."),
 )}
@@ -154,7 +154,7 @@ class RaabinField:
         return raabin_rbc_diameter(self.boxes, self.size)
 
 
-def read_yolo_labels(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+def read_yolo_labels(path: str | Path, size: tuple[int, int], n_classes: int = len(RAABIN_CLASSES)) -> np.ndarray:
     """YOLO label file -> N x 5 float64 (class, x0, y0, x1, y1) in pixels of an image of ``size`` (H, W)."""
     path = Path(path)
     if not path.is_file():
@@ -169,11 +169,11 @@ def read_yolo_labels(path: str | Path, size: tuple[int, int]) -> np.ndarray:
             continue
         try:
             c, xc, yc, bw, bh = (float(p) for p in parts[:5])
-            if len(parts) != 5 or int(c) not in RAABIN_CLASSES:
+            if len(parts) != 5 or not 0 <= int(c) < n_classes:
                 raise ValueError
         except ValueError:
             raise DatasetError(f"{path}, line {k}: {line!r} is not a YOLO box 'class xc yc w h' "
-                               f"(class {sorted(RAABIN_CLASSES)}).", "Fix or restore the label file.") from None
+                               f"(class 0 to {n_classes - 1}).", "Fix or restore the label file.") from None
         rows.append((int(c), (xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w, (yc + bh / 2) * h))
     return np.asarray(rows, np.float64).reshape(-1, 5)
 
@@ -270,6 +270,35 @@ def source_split(rows: list[tuple[str, str]], seed: int = 0) -> list[dict[str, s
     """Split rows (path, label) by file: each row its own group (module docstring)."""
     return [{"path": p, "label": lab, "split": split_of(Path(p).name, seed), "group": Path(p).stem}
             for p, lab in rows]
+
+
+def chula_split(root: str | Path, seed: int = 0) -> list[dict[str, str]]:
+    """Split rows of the Chula fields (fields.csv) by slide. A group is named <kind letter>-<slide> and one slide
+    holds several kinds (L-8 and M-8: frames of one sequence, interleaved), so the unit is the slide: the split's
+    group column. Slides, most frames first (ties by sha256 of ``seed:slide``), each go to the part whose
+    frames of the slide's kinds fall furthest under its share (`SPLIT_FRACTIONS` of each kind's frames; ties:
+    test, val, train), so that every kind with three slides or more has one in val and one in test."""
+    import csv
+    from collections import Counter
+
+    rows = list(csv.DictReader((Path(root) / "fields.csv").open(newline="")))
+    kinds = {k[0].upper(): k for k in SOURCES["chula"].classes}
+    kind, slide = {}, {}
+    for r in rows:
+        letter, _, slide[r["file"]] = r["group"].partition("-")
+        kind[r["file"]] = kinds.get(letter, "unknown")
+    frames = Counter((slide[f], kind[f]) for f in kind)
+    total = Counter(k for s, k in frames.elements())
+    share = dict(zip(("train", "val", "test"), SPLIT_FRACTIONS, strict=True))
+    have: dict[str, Counter] = {p: Counter() for p in share}
+    part_of = {}
+    for s in sorted({s for s, _ in frames}, key=lambda s: (-sum(n for (t, _), n in frames.items() if t == s),
+                                                         hashlib.sha256(f"{seed}:{s}".encode()).hexdigest())):
+        mine = {k: n for (t, k), n in frames.items() if t == s}
+        part_of[s] = max(("test", "val", "train"), key=lambda p: sum(
+            n * (share[p] * total[k] - have[p][k]) / total[k] for k, n in mine.items()))
+        have[part_of[s]].update(mine)
+    return [{"path": f"images/{f}", "label": kind[f], "split": part_of[slide[f]], "group": slide[f]} for f in kind]
 
 
 def raabin_rows(fields: list[RaabinField]) -> list[tuple[str, str]]:

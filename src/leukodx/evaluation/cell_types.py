@@ -79,8 +79,10 @@ def score_crops(probs: np.ndarray, data: CropData, low: float, field_threshold: 
     answers = [MODEL_CLASSES[k] if q >= low else UNIDENTIFIED for k, q in zip(top, conf, strict=True)]
     ans = np.array(answers, dtype=str)
     out: dict = {"n_crops": int(len(data)), "unidentified_share": float((ans == UNIDENTIFIED).mean()) if len(ans) else None}
-    pbc = data.source == "pbc"
-    if pbc.any():
+    for name in ("pbc", "chula"):  # the sources with a typed label per crop
+        pbc = data.source == name
+        if not pbc.any():
+            continue
         per = {}
         for cls in sorted(set(data.labels[pbc].tolist())):
             sel = pbc & (data.labels == cls)
@@ -89,8 +91,8 @@ def score_crops(probs: np.ndarray, data: CropData, low: float, field_threshold: 
                         "unidentified": round(float((ans[sel] == UNIDENTIFIED).mean()), 4),
                         "confusions": dict(Counter(ans[sel].tolist()).most_common(4))}
         ys = np.array([MODEL_CLASSES.index(c) for c in data.labels[pbc]])
-        out["pbc"] = {"per_class": per, "accuracy_top": round(float((top[pbc] == ys).mean()), 4),
-                      "balanced_accuracy_top": round(balanced_accuracy(top[pbc], ys), 4), "n": int(pbc.sum())}
+        out[name] = {"per_class": per, "accuracy_top": round(float((top[pbc] == ys).mean()), 4),
+                     "balanced_accuracy_top": round(balanced_accuracy(top[pbc], ys), 4), "n": int(pbc.sum())}
     tal = (data.source == "taleqani") & np.char.endswith(data.kind.astype(str), ":cell")
     if tal.any():
         y = np.isin(data.field_label[tal], TALEQANI_MALIGNANT)

@@ -114,15 +114,18 @@ def crop_data(samples: Iterable[Sample], size: int = STORE_SIZE, width_rbc: floa
 
 def collect(pbc: str | Path, taleqani: str | Path, raabin: str | Path | None, *, pbc_split: str | Path | None,
             taleqani_split: str | Path, raabin_split: str | Path | None, seed: int = 0,
-            limit_per_class: int | None = None, log: Callable[[str], None] = print) -> CropData:
+            limit_per_class: int | None = None, log: Callable[[str], None] = print, chula: str | Path | None = None,
+            chula_split: str | Path | None = None) -> CropData:
     """All training, validation and test crops of the sources (checked first, each in one line)."""
-    sources.check_all({"pbc": pbc, "taleqani": taleqani, "raabin": raabin})
+    sources.check_all({"pbc": pbc, "taleqani": taleqani, "raabin": raabin, "chula": chula})
     parts = []
     readers = [("PBC", lambda: cell_crops.iter_pbc(pbc, pbc_split, limit_per_class=limit_per_class)),
                ("Taleqani", lambda: cell_crops.iter_taleqani(taleqani, taleqani_split, seed=seed, limit_per_class=limit_per_class))]
     if raabin is not None:
         readers.append(("Raabin", lambda: cell_crops.iter_raabin(raabin, raabin_split, seed=seed, limit=None if limit_per_class
                                                       is None else 4 * limit_per_class)))
+    if chula is not None:
+        readers.append(("Chula", lambda: cell_crops.iter_chula(chula, chula_split, limit_per_class=limit_per_class)))
     for name, read in readers:
         t0 = time.perf_counter()
         parts.append(crop_data(read()))
@@ -342,7 +345,9 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
             "unidentified": "top calibrated probability below thresholds.low_confidence"}).model_dump(),
         "training": {
             "sources": sources_used or {}, "citations": {**{s: sources.SOURCES[s].citation for s in
-                                                           ("pbc", "taleqani", "raabin")}, "weights": WEIGHTS_CITATION},
+                                                           ("pbc", "taleqani", "raabin", "chula")
+                                                           if s != "chula" or (data.source == s).any()},
+                                                        "weights": WEIGHTS_CITATION},
             "weak_label_rule": WEAK_LABEL_RULE, "cleaning_rule": CLEANING_RULE, "cleaning": cleaning,
             "counts": data.counts(),
             "crop": {"centre": "the cell (PBC: the crop's centre; Taleqani: the nucleus reference component; "
@@ -379,19 +384,23 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
 
 def train_cells(cfg: TrainConfig, *, pbc_split: str | Path | None = None, taleqani_split: str | Path,
                 raabin_split: str | Path | None = None, limit_per_class: int | None = None, clean: bool = True,
-                log: Callable[[str], None] = print) -> dict:
-    """Collect the crops of ``cfg.pbc``, ``cfg.data`` (Taleqani) and ``cfg.raabin``, then `train_on_crops`."""
+                log: Callable[[str], None] = print, chula_split: str | Path | None = None) -> dict:
+    """Collect the crops of ``cfg.pbc``, ``cfg.data`` (Taleqani), ``cfg.raabin`` and ``cfg.chula``, then
+    `train_on_crops`."""
     if not cfg.pbc or not cfg.data:
         raise LeukodxError("The cell model needs the PBC and Taleqani folders.", "Pass --pbc and --taleqani.")
     t0 = time.perf_counter()
     data = collect(cfg.pbc, cfg.data, cfg.raabin, pbc_split=pbc_split, taleqani_split=taleqani_split,
-                   raabin_split=raabin_split, seed=cfg.seed, limit_per_class=limit_per_class, log=log)
+                   raabin_split=raabin_split, seed=cfg.seed, limit_per_class=limit_per_class, log=log,
+                   chula=cfg.chula, chula_split=chula_split)
     collect_s = time.perf_counter() - t0
     used = {
         "pbc": {"dir": str(Path(cfg.pbc).resolve()), "split": str(pbc_split) if pbc_split else "sources.source_split"},
         "taleqani": {"dir": str(Path(cfg.data).resolve()), "split": str(taleqani_split)},
         "raabin": ({"dir": str(Path(cfg.raabin).resolve()), "split": str(raabin_split) if raabin_split
                     else "sources.source_split"} if cfg.raabin is not None else None),
+        "chula": ({"dir": str(Path(cfg.chula).resolve()), "split": str(chula_split) if chula_split
+                   else "sources.chula_split"} if cfg.chula is not None else None),
         "limit_per_class": limit_per_class, "collect_seconds": round(collect_s, 1),
     }
     left = max(30.0, cfg.time_limit_s - collect_s) if cfg.time_limit_s else None

@@ -33,6 +33,7 @@ class TrainConfig:
     split: str | None = None  # its split CSV; None: a fresh group-aware split (cells: the one in `splits`)
     raabin: str | None = None  # cell models: the other sources' folders (leukodx.data.sources.SOURCES)
     pbc: str | None = None
+    chula: str | None = None
     splits: str | None = None  # cell models: the folder of the sources' split files (their registry names)
     synthetic: int = 0  # cell_segment: synthetic smears added to the training data
     cache_dir: str | None = None  # cell_segment: the references cached as .npz

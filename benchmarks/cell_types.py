@@ -8,9 +8,14 @@
   not_leukocyte.
 - Raabin test fields: leukocyte boxes called not_leukocyte (should be rare), red cells and platelets called
   not_leukocyte.
+- Chula fields (with --chula; issue 29, a clinic camera): per kind, the top class right (of all the model's
+  classes) and the top of the five kinds right, each with n and its balanced mean, over --chula-parts (default
+  test; "all" for a model trained without Chula). The split is by slide (`sources.chula_split`).
 
     python benchmarks/cell_types.py --pbc ../shared/data/pbc --taleqani ../shared/data/all-taleqani \
-        --raabin ../shared/data/raabin-fields --out docs/results/cell-types
+        --raabin ../shared/data/raabin-fields --chula ../shared/data/chula-wbc --out docs/results/cell-types
+    python benchmarks/cell_types.py --model RUN --pbc ... --taleqani ... --chula ... --chula-parts all \
+        --pbc-parts val --out /tmp/zero-shot    # a recipe chosen on labs held out of training
 
 Writes OUT/metrics.json and OUT/README.md.
 """
@@ -26,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from leukodx.data.cell_crops import iter_pbc, iter_raabin, iter_taleqani
-from leukodx.evaluation.cell_types import score_crops
+from leukodx.data.cell_crops import iter_chula, iter_pbc, iter_raabin, iter_taleqani
+from leukodx.data.sources import SOURCES
+from leukodx.evaluation.cell_types import balanced_accuracy, score_crops
 from leukodx.inference.cell_classifier import CellClassifier
 from leukodx.training.cells import crop_data
 
@@ -41,6 +47,28 @@ def _probs(clf: CellClassifier, crops: np.ndarray, batch: int = 256) -> np.ndarr
 
 def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def chula_scores(probs: np.ndarray, data, low: float, classes: list[str]) -> dict:
+    """score_crops' Chula part plus, per kind, the top of the five kinds right (the other classes left out)."""
+    kinds = list(SOURCES["chula"].classes)
+    out = score_crops(probs, data, low)["chula"]
+    cols = [classes.index(k) for k in kinds]
+    pred = probs[:, cols].argmax(1)
+    y = np.array([kinds.index(k) for k in data.labels])
+    for k, v in out["per_class"].items():
+        v["accuracy_top_of_kinds"] = round(float((pred[y == kinds.index(k)] == kinds.index(k)).mean()), 4)
+    out["balanced_accuracy_top_of_kinds"] = round(balanced_accuracy(pred, y), 4)
+    return out
+
+
+def chula_table(c: dict) -> str:
+    rows = "\n".join(f"| {k} | {v['n']} | {_pct(v['accuracy_top'])} | {_pct(v['accuracy_top_of_kinds'])} | "
+                     f"{_pct(v['accuracy_answer'])} | {_pct(v['unidentified'])} | "
+                     f"{', '.join(f'{a} {n}' for a, n in v['confusions'].items())} |" for k, v in c["per_class"].items())
+    return ("| kind | n | top class correct | top of the 5 kinds correct | answer correct | unidentified | answers |\n"
+            f"|---|---|---|---|---|---|---|\n{rows}\n| balanced | {c['n']} | {_pct(c['balanced_accuracy_top'])} | "
+            f"{_pct(c['balanced_accuracy_top_of_kinds'])} | | | |")
 
 
 def readme(m: dict, command: str) -> str:
@@ -63,7 +91,7 @@ diameters wide, 64 px). {m['seconds']} s on {m['machine']}.
 
     {command}
 
-## PBC test part (another lab; {pbc['n']} crops, one centred cell each)
+## PBC {m['pbc_parts']} part (another lab; {pbc['n']} crops, one centred cell each)
 Top-class accuracy {_pct(pbc['accuracy_top'])}, balanced {_pct(pbc['balanced_accuracy_top'])}. "Answer" counts
 an 'unidentified' answer as wrong.
 
@@ -95,7 +123,13 @@ label exists in these data.
   {rl.get('answers')}).
 - Red-cell and platelet boxes called not_leukocyte: {_pct(neg.get('called_not_leukocyte'))} of {neg.get('n', 0)}
   ({neg.get('by_kind')}).
-"""
+""" + ("" if "chula" not in m else f"""
+## Chula fields, parts {m['chula_parts']} (a clinic camera; slides {', '.join(m['chula_slides'])})
+Each typed leukocyte box's centre, cropped at the source's red-cell diameter ({m['chula_rbc']} px). "Top of the 5
+kinds" reads only the five kinds' probabilities; "answer" counts 'unidentified' as wrong.
+
+{chula_table(m['chula'])}
+""")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pbc-split", type=Path, default=SPLITS / "pbc-seed0.csv")
     ap.add_argument("--taleqani-split", type=Path, default=SPLITS / "taleqani-sgdc-seed0.csv")
     ap.add_argument("--raabin-split", type=Path, default=SPLITS / "raabin-fields-seed0.csv")
+    ap.add_argument("--pbc-parts", default="test", help="PBC split parts, comma-separated (e.g. val)")
+    ap.add_argument("--chula", type=Path, default=None, help="the chula-wbc folder (typed leukocyte boxes)")
+    ap.add_argument("--chula-split", type=Path, default=SPLITS / "chula-wbc-seed0.csv")
+    ap.add_argument("--chula-parts", default="test", help="Chula split parts, comma-separated, or 'all'")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--engine", default="onnx", help="onnx, or onnx-int8 (model.int8.onnx)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/cell-types"))
@@ -116,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     low, ft = clf.low_confidence, clf.field_threshold
     m: dict = {"model": str(a.model or "src/leukodx/assets/cells (bundled)"), "engine": a.engine, "classes": list(clf.classes),
                "temperature": clf.temperature, "low_confidence": low, "field_threshold": ft,
-               "machine": f"{platform.machine()}, {platform.python_version()}"}
+               "machine": f"{platform.machine()}, {platform.python_version()}", "pbc_parts": a.pbc_parts}
     size, width = clf.size[0], clf.width_rbc
-    pbc = crop_data(iter_pbc(a.pbc, a.pbc_split, parts=("test",)), size, width)
+    pbc = crop_data(iter_pbc(a.pbc, a.pbc_split, parts=a.pbc_parts.split(",")), size, width)
     m["pbc"] = score_crops(_probs(clf, pbc.crops), pbc, low, ft)
     print(f"PBC: {len(pbc)} crops", file=sys.stderr)
     tal = crop_data(iter_taleqani(a.taleqani, a.taleqani_split, parts=("test",)), size, width)
@@ -128,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         raab = crop_data(iter_raabin(a.raabin, a.raabin_split, parts=("test",)), size, width)
         m["raabin"] = score_crops(_probs(clf, raab.crops), raab, low, ft)
         print(f"Raabin: {len(raab)} crops", file=sys.stderr)
+    if a.chula is not None:
+        parts = ("train", "val", "test") if a.chula_parts == "all" else tuple(a.chula_parts.split(","))
+        samples = list(iter_chula(a.chula, a.chula_split, parts=parts))
+        chula = crop_data(samples, size, width)
+        m["chula"] = chula_scores(_probs(clf, chula.crops), chula, low, list(clf.classes))
+        m.update(chula_parts=",".join(parts), chula_slides=sorted({s.group for s in samples}),
+                 chula_rbc=SOURCES["chula"].rbc_diameter)
+        print(f"Chula: {len(chula)} crops", file=sys.stderr)
     m["seconds"] = round(time.perf_counter() - t0, 1)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "metrics.json").write_text(json.dumps(m, indent=2, default=float))
@@ -135,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     (a.out / "README.md").write_text(readme(m, command))
     print(json.dumps({"pbc_balanced_accuracy": m["pbc"]["pbc"]["balanced_accuracy_top"],
                       "taleqani_cell_auc": m["taleqani"]["taleqani"]["cells"]["auc_p_blast"],
-                      "taleqani_field_auc": m["taleqani"]["taleqani"]["fields"]["auc_blast_share"]}))
+                      "pbc_lymphocyte_top": m["pbc"]["pbc"]["per_class"]["lymphocyte"]["accuracy_top"],
+                      "taleqani_field_auc": m["taleqani"]["taleqani"]["fields"]["auc_blast_share"],
+                      **({"chula_balanced_top": m["chula"]["balanced_accuracy_top"],
+                          "chula_balanced_top_of_kinds": m["chula"]["balanced_accuracy_top_of_kinds"],
+                          "chula_top_per_kind": {k: v["accuracy_top"] for k, v in m["chula"]["per_class"].items()},
+                          "chula_n": m["chula"]["n"]} if "chula" in m else {})}))
     return 0
 
 

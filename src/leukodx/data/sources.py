@@ -27,7 +27,9 @@ read with `leukodx.data.split.read_split`.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,14 +275,9 @@ def source_split(rows: list[tuple[str, str]], seed: int = 0) -> list[dict[str, s
 
 
 def chula_split(root: str | Path, seed: int = 0) -> list[dict[str, str]]:
-    """Split rows of the Chula fields (fields.csv) by slide. A group is named <kind letter>-<slide> and one slide
-    holds several kinds (L-8 and M-8: frames of one sequence, interleaved), so the unit is the slide: the split's
-    group column. Slides, most frames first (ties by sha256 of ``seed:slide``), each go to the part whose
-    frames of the slide's kinds fall furthest under its share (`SPLIT_FRACTIONS` of each kind's frames; ties:
-    test, val, train), so that every kind with three slides or more has one in val and one in test."""
-    import csv
-    from collections import Counter
-
+    """Split rows of the Chula fields by slide (a group <kind letter>-<slide>; L-8 and M-8 are frames of one
+    sequence, interleaved): slides, most frames first (ties by sha256 of ``seed:slide``), each go to the part whose
+    frames of the slide's kinds fall furthest under its share of each kind's frames (ties: test, val, train)."""
     rows = list(csv.DictReader((Path(root) / "fields.csv").open(newline="")))
     kinds = {k[0].upper(): k for k in SOURCES["chula"].classes}
     kind, slide = {}, {}

@@ -79,10 +79,8 @@ def score_crops(probs: np.ndarray, data: CropData, low: float, field_threshold: 
     answers = [MODEL_CLASSES[k] if q >= low else UNIDENTIFIED for k, q in zip(top, conf, strict=True)]
     ans = np.array(answers, dtype=str)
     out: dict = {"n_crops": int(len(data)), "unidentified_share": float((ans == UNIDENTIFIED).mean()) if len(ans) else None}
-    for name in ("pbc", "chula"):  # the sources with a typed label per crop
+    for name in (s for s in ("pbc", "chula") if (data.source == s).any()):  # a typed label per crop
         pbc = data.source == name
-        if not pbc.any():
-            continue
         per = {}
         for cls in sorted(set(data.labels[pbc].tolist())):
             sel = pbc & (data.labels == cls)

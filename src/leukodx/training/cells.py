@@ -344,10 +344,8 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
             "never_predicted": [c for c in MODEL_CLASSES if c not in present],
             "unidentified": "top calibrated probability below thresholds.low_confidence"}).model_dump(),
         "training": {
-            "sources": sources_used or {}, "citations": {**{s: sources.SOURCES[s].citation for s in
-                                                           ("pbc", "taleqani", "raabin", "chula")
-                                                           if s != "chula" or (data.source == s).any()},
-                                                        "weights": WEIGHTS_CITATION},
+            "sources": sources_used or {}, "citations": {  # the sources it learnt from
+                **{s: sources.SOURCES[s].citation for s in sorted(set(data.source.tolist()))}, "weights": WEIGHTS_CITATION},
             "weak_label_rule": WEAK_LABEL_RULE, "cleaning_rule": CLEANING_RULE, "cleaning": cleaning,
             "counts": data.counts(),
             "crop": {"centre": "the cell (PBC: the crop's centre; Taleqani: the nucleus reference component; "
@@ -385,8 +383,7 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
 def train_cells(cfg: TrainConfig, *, pbc_split: str | Path | None = None, taleqani_split: str | Path,
                 raabin_split: str | Path | None = None, limit_per_class: int | None = None, clean: bool = True,
                 log: Callable[[str], None] = print, chula_split: str | Path | None = None) -> dict:
-    """Collect the crops of ``cfg.pbc``, ``cfg.data`` (Taleqani), ``cfg.raabin`` and ``cfg.chula``, then
-    `train_on_crops`."""
+    """Collect the crops of the sources in `cfg` (pbc, data: Taleqani, raabin, chula), then `train_on_crops`."""
     if not cfg.pbc or not cfg.data:
         raise LeukodxError("The cell model needs the PBC and Taleqani folders.", "Pass --pbc and --taleqani.")
     t0 = time.perf_counter()
@@ -394,14 +391,10 @@ def train_cells(cfg: TrainConfig, *, pbc_split: str | Path | None = None, taleqa
                    raabin_split=raabin_split, seed=cfg.seed, limit_per_class=limit_per_class, log=log,
                    chula=cfg.chula, chula_split=chula_split)
     collect_s = time.perf_counter() - t0
-    used = {
-        "pbc": {"dir": str(Path(cfg.pbc).resolve()), "split": str(pbc_split) if pbc_split else "sources.source_split"},
-        "taleqani": {"dir": str(Path(cfg.data).resolve()), "split": str(taleqani_split)},
-        "raabin": ({"dir": str(Path(cfg.raabin).resolve()), "split": str(raabin_split) if raabin_split
-                    else "sources.source_split"} if cfg.raabin is not None else None),
-        "chula": ({"dir": str(Path(cfg.chula).resolve()), "split": str(chula_split) if chula_split
-                   else "sources.chula_split"} if cfg.chula is not None else None),
-        "limit_per_class": limit_per_class, "collect_seconds": round(collect_s, 1),
-    }
+    given = {"pbc": (cfg.pbc, pbc_split), "taleqani": (cfg.data, taleqani_split), "raabin": (cfg.raabin, raabin_split),
+             "chula": (cfg.chula, chula_split)}
+    used: dict = {k: {"dir": str(Path(d).resolve()), "split": str(sp) if sp else None}
+                  for k, (d, sp) in given.items() if d is not None}
+    used.update(limit_per_class=limit_per_class, collect_seconds=round(collect_s, 1))
     left = max(30.0, cfg.time_limit_s - collect_s) if cfg.time_limit_s else None
     return train_on_crops(data, dataclasses.replace(cfg, time_limit_s=left), sources_used=used, clean=clean, log=log)

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
                                    "*.jpg (each image centred on its cell; classes: the cell model's or non_blast), "
                                    "optional DIR/cases.csv (file,case). Writes OUT/cells and a commissioning report."),
         from_db: str = typer.Option(None, "--from-db", help="Also or instead of --cells: the cells reviewers classed "
-                                    "in signed-off cases of the web app's database (its --db: a SQLite file or a URL)."),
+                                    "in signed-off cases of the web app's database (its --db: a SQLite file or a URL; "
+                                    "images beside a SQLite file, else in $LEUKODX_FILES_DIR)."),
         um_per_px: str = typer.Option(None, "--um-per-px", help="With --cells: micrometres per image pixel."),
         min_sensitivity: float = typer.Option(0.90, "--min-sensitivity", min=0.0, max=1.0),
         min_specificity: float = typer.Option(0.90, "--min-specificity", min=0.0, max=1.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,13 @@ def test_adapt_cells_writes_the_model_and_the_report_and_predict_uses_the_head(t
     with pytest.raises(DatasetError, match="not an earlier commissioning"):  # never replaces another folder
         commission_cells(lab, tmp_path / "f")
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0.png", "1.png"]
+    assert {f["cell_model"] for f in res["fields"]} == {clf.version}  # each field names the model that typed it
+    assert clf.version.startswith("adapted-") and plain.version != clf.version
+    # the version is the files' content: the same files elsewhere, the same version; a change, another
+    shutil.copytree(out / "cells", tmp_path / "copy")
+    assert CellClassifier.load(tmp_path / "copy").version == clf.version
+    np.savez(tmp_path / "copy" / "head.npz", **{k: v * 1.01 for k, v in np.load(out / "cells" / "head.npz").items()})
+    assert CellClassifier.load(tmp_path / "copy").version != clf.version
     cells = [c for f in res["fields"] for c in f.get("cells") or []]
     assert cells and all(abs(sum(c["ai_probabilities"].values()) - 1) < 1e-2 for c in cells)
 

@@ -48,6 +48,9 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
 
         def log_in(user: str) -> None:
             page.context.clear_cookies()
@@ -63,6 +66,10 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         log_in("root")
         page.get_by_role("link", name="Adapt to this lab").click()
         expect(page.locator("#labelled-cells")).to_contain_text("No cell classed by a reviewer")
+        # too few: how a cell becomes a labelled cell is open, with the way to the cases
+        expect(page.locator("#how-to-label")).to_contain_text("a cell left under the AI's class is not a labelled cell")
+        expect(page.locator("#how-to-label a[href='/cases']")).to_be_visible()
+        expect(page.locator("#rollback")).to_have_count(0)  # the bundled model is in use: nothing to roll back to
         page.get_by_role("button", name="Run the adaptation").click()  # too few: refused, nothing written
         expect(page.locator("#adapt-status")).to_contain_text("need 10 more blast(s)", timeout=60_000)
         assert not any(models_dir(app.state.ctx.settings).glob("2*"))
@@ -71,12 +78,25 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         counts = labelled_case(api, "S-1", 0) + labelled_case(api, "S-2", 100) + labelled_case(api, "S-3", 200)
         page.reload()
         expect(page.locator("#labelled-cells")).to_contain_text(f"{counts['blast']} blast(s)")
+        expect(page.locator("#labelled-cells")).to_contain_text("Lymphocyte / hematogone")  # the gallery's words
         page.get_by_role("button", name="Run the adaptation").click()
         expect(page.locator("#recommendation")).to_contain_text("model", timeout=120_000)
         expect(page.locator("#adapted-figures")).to_contain_text("sensitivity")
+        (name, rep), = [(d.name, json.loads((d / "commissioning.json").read_text()))
+                        for d in models_dir(app.state.ctx.settings).glob("2*")]
+        if rep["use_adapted"]:
+            expect(page.locator("#not-recommended")).to_have_count(0)
+        else:  # what to do when the report says no, and activating asks first
+            expect(page.locator("#not-recommended")).to_contain_text("label more cells, of more cases")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than its screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.set_viewport_size({"width": 1366, "height": 768})
         page.get_by_role("link", name="The full commissioning report").click()
         expect(page.locator("h1")).to_have_text("Cell model commissioning")
+        # its own inline style applies (a policy of its own), with no Content-Security-Policy error
+        assert "sans-serif" in page.evaluate("getComputedStyle(document.body).fontFamily")
         page.go_back()
+        expect(page.locator("#adapt-log")).to_contain_text(f"report of {name}")
 
         page.locator("#activate-reason").fill("   ")  # a blank reason: refused, nothing changes
         page.get_by_role("button", name="Activate this adapted cell model").click()
@@ -84,6 +104,7 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         page.locator("#activate-reason").fill("Commissioning of 2027-03: beats the bundled model")
         page.get_by_role("button", name="Activate this adapted cell model").click()
         expect(page.locator(".notice")).to_contain_text("The adapted cell model is active")
+        assert sum("advises keeping" in d for d in dialogs) == (0 if rep["use_adapted"] else 2)  # both tries asked
         adapted = page.locator("#active-version").inner_text()
         assert adapted.startswith("adapted-") and adapted != bundled
 
@@ -93,6 +114,14 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         page.goto(url + f"/cases/{new_case}")
         page.locator("#tech-details summary").click()
         expect(page.locator("#cell-model")).to_contain_text(adapted)
+        expect(page.locator("#case-cell-model")).to_contain_text(f"adapted to this lab's own labelled cells ({adapted})")
+        page.set_viewport_size({"width": 390, "height": 844})  # the case page too (its differential scrolls)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.goto(url + f"/cases/{new_case}/report")
+        expect(page.locator("#report-cell-model")).to_contain_text(f"{adapted} (adapted-…: adapted to this lab")
+        page.goto(url + f"/cases/{old_case}")
+        expect(page.locator("#case-cell-model")).to_have_count(0)
 
         # a restart (another app on the same database) uses the active choice
         again = create_app(app.state.ctx.settings, analyzer=FakeAnalyzer())
@@ -101,11 +130,17 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         again.state.ctx.engine.dispose()
 
         page.goto(url + "/admin/adapt")
+        page.get_by_role("button", name="Run the adaptation").click()  # a second run: the page follows it ...
         page.locator("#rollback-reason").fill("Trial ended")
+        if page.locator("#adapt-status[data-reload]").count():  # ... but never reloads away what is being typed
+            assert page.locator("head meta[http-equiv=refresh]").count() == 0
+            page.wait_for_timeout(2500)
+            expect(page.locator("#rollback-reason")).to_have_value("Trial ended")
         page.get_by_role("button", name="Roll back to the bundled cell model").click()
         expect(page.locator(".notice")).to_contain_text("Rolled back")
         expect(page.locator("#active-version")).to_have_text(bundled)
         expect(page.locator("#adapt-log")).to_contain_text("Trial ended")
+        expect(page.locator("#adapt-status")).to_contain_text("Done", timeout=120_000)  # it went on, and finished
         assert upload(api, "NEW-2")[1]["cell_model"] == bundled
         browser.close()
     assert errors == []

@@ -13,13 +13,14 @@ from sqlalchemy import select
 
 from leukodx.deploy.commission import MIN_CELLS
 from leukodx.errors import LeukodxError
-from leukodx.inference.cell_classes import BLAST, KNOWN_CLASSES
+from leukodx.inference.cell_classes import BLAST, CELL_CLASS_WORDS, KNOWN_CLASSES
 from leukodx.web import adapt
 from leukodx.web.db import AuditEntry
 from leukodx.web.deps import AdminForm, AdminPage, Db
 from leukodx.web.pages.base import render
 
 router = APIRouter()
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 
 def _page(request: Request, who, db, status_code: int = 200, error: str = ""):
@@ -33,7 +34,8 @@ def _page(request: Request, who, db, status_code: int = 200, error: str = ""):
     return render(request, "adapt.html", status_code, who=who, counts=counts, n_blast=n_blast,
                   n_other=sum(counts.values()) - n_blast, min_cells=MIN_CELLS, job=ctx.adaptation,
                   latest=adapt.latest_run(ctx.settings), error=error, log=[(e, json.loads(e.detail)) for e in log],
-                  active=getattr(ctx.service.analyzer, "cell_classifier", None))
+                  active=getattr(ctx.service.analyzer, "cell_classifier", None), class_words=CELL_CLASS_WORDS,
+                  bundled=adapt.active_choice(db, ctx.settings)[1] is None)
 
 
 @router.get("/admin/adapt")
@@ -64,4 +66,6 @@ def adapt_report(request: Request, run: str, who: AdminPage):
     path = adapt.models_dir(request.app.state.ctx.settings) / run / "commissioning.html"
     if not adapt.RUN_NAME.match(run) or not path.is_file():
         raise HTTPException(404)
-    return FileResponse(path, media_type="text/html")
+    # the report is a file of its own with an inline style (the app's policy allows none): it gets a policy of its
+    # own that allows that style, and nothing else (no script, no frame, no form)
+    return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})

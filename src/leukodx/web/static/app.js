@@ -13,6 +13,15 @@
   var replaceUrl = document.querySelector("[data-replace-url]");
   if (replaceUrl && window.history && window.history.replaceState) window.history.replaceState(null, "", replaceUrl.dataset.replaceUrl);
 
+  // A page that follows a job (data-reload: seconds) reloads itself, but never while a text box has focus or text:
+  // what is being typed is not lost
+  var reload = document.querySelector("[data-reload]");
+  if (reload) setInterval(function () {
+    var busy = typing(document.activeElement) || Array.prototype.some.call(
+      document.querySelectorAll("input:not([type=hidden]), textarea"), function (el) { return el.value.trim() !== ""; });
+    if (!busy) window.location.reload();
+  }, 1000 * Number(reload.dataset.reload));
+
   // Confirmation before destructive forms
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (ev) { if (!window.confirm(form.dataset.confirm)) ev.preventDefault(); });

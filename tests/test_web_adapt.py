@@ -82,9 +82,10 @@ def test_adapt_from_db_learns_the_reviewers_cells_of_signed_off_cases(tmp_path):
     clf = CellClassifier.load()
     cut = labelled_crops(sessions, app.state.ctx.store.root)(clf)
     with sessions() as s:
-        from leukodx.web.adapt import reviewed_cells
+        from leukodx.web.adapt import class_counts, reviewed_cells
 
         f, c, k = reviewed_cells(s)[0]
+        assert class_counts(s, tuple(rep["per_class"])) == {k: (n, 3) for k, n in rep["per_class"].items()}
         image = read_field(app.state.ctx.store.root / f.image_file)
         key = f"{f.sha256}:{c['id']}"
         d = f.result.get("rbc_diameter_px") if f.result.get("scale_factor") is not None else None

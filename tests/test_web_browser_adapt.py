@@ -72,11 +72,19 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         expect(page.locator("#rollback")).to_have_count(0)  # the bundled model is in use: nothing to roll back to
         page.get_by_role("button", name="Run the adaptation").click()  # too few: refused, nothing written
         expect(page.locator("#adapt-status")).to_contain_text("need 10 more blast(s)", timeout=60_000)
+        expect(page.locator("#adapt-status")).to_contain_text("See “How cells become labelled cells” above.")
+        assert "--" not in page.locator("#adapt-status").inner_text()  # no command-line hint on a web page
         assert not any(models_dir(app.state.ctx.settings).glob("2*"))
 
         old_case, _ = upload(api, "OLD-1")  # analysed before any change: no version recorded by the fake analyser
-        counts = labelled_case(api, "S-1", 0) + labelled_case(api, "S-2", 100) + labelled_case(api, "S-3", 200)
+        counts = labelled_case(api, "S-1", 0)
+        page.reload()  # every class in one case: said per class
+        expect(page.locator("#labelled-cells .one-case")).to_have_count(len(counts))
+        counts += labelled_case(api, "S-2", 100) + labelled_case(api, "S-3", 200)
         page.reload()
+        expect(page.locator("#labelled-cells .one-case")).to_have_count(0)
+        blast_row = page.locator("#labelled-cells tbody tr", has_text="Blast").locator("td")
+        expect(blast_row).to_have_text(["Blast", str(counts["blast"]), "3"])  # cells, and the cases they are in
         expect(page.locator("#labelled-cells")).to_contain_text(f"{counts['blast']} blast(s)")
         expect(page.locator("#labelled-cells")).to_contain_text("Lymphocyte / hematogone")  # the gallery's words
         page.get_by_role("button", name="Run the adaptation").click()

@@ -33,12 +33,12 @@ def register(app: typer.Typer) -> None:
         kinds_only: bool = typer.Option(False, "--kinds-only", help="With --cells and no blasts: adapt the cell "
                                         "kinds only (P(blast) stays the bundled model's; blast figures not measured)."),
     ) -> None:
-        """Adapt the models to this lab's stain, camera and white balance from its own UNLABELLED fields.
+        """Adapt to this lab: its stain from UNLABELLED fields (--data), its cells from LABELLED cells (--cells).
 
-        Measures the lab's stain and stores a stain normalisation onto the training fields' colours, and raises
-        the out-of-distribution threshold (never lowers it) just so far that the lab's ordinary fields are not
-        flagged. Temperature and the low-confidence threshold are kept (they need labels). Use the result with
-        `leukodx predict ... --classifier DIR/classifier --segmenter DIR/segmenter` or `leukodx serve` (same)."""
+        --data: a stain normalisation onto the training fields' colours, and the out-of-distribution threshold
+        raised (never lowered) so far that the lab's ordinary fields are not flagged: OUT/classifier, OUT/segmenter.
+        --cells and/or --from-db: a head on the cell model's features, OUT/cells, and a commissioning report
+        (cross-validated blast sensitivity and specificity beside the bundled model's): `serve --cells OUT/cells`."""
         from leukodx.errors import LeukodxError
 
         if (data is None) == (cells is None and from_db is None):

@@ -36,10 +36,11 @@ def reviewed_cells(db) -> list[tuple[Field, dict, str]]:
             for f in fields for c in f.cells or [] if c.get("label")]
 
 
-def class_counts(db, vocab: tuple[str, ...]) -> dict[str, int]:
-    """The labelled cells per class of the cell model's vocabulary."""
-    n = Counter(k for _, _, k in reviewed_cells(db))
-    return {k: n[k] for k in vocab if n[k]}
+def class_counts(db, vocab: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(labelled cells, cases they are in) per class of the cell model's vocabulary."""
+    cells = reviewed_cells(db)
+    n, cases = Counter(k for _, _, k in cells), Counter(k for k, _ in {(k, f.case_id) for f, _, k in cells})
+    return {k: (n[k], cases[k]) for k in vocab if n[k]}
 
 
 def labelled_crops(sessions, files_dir: Path):
@@ -141,7 +142,7 @@ class Adaptation:
                 db.commit()
             self.state, self.message = "done", f"finished in {rep['seconds']} s"
         except LeukodxError as exc:
-            self.state, self.message = "failed", str(exc)
+            self.state, self.message = "failed", exc.problem if "--" in exc.hint else exc.message  # no CLI hint
         except Exception as exc:  # a bug: logged, said on the page
             log.exception("the adaptation failed")
             self.state, self.message = "failed", f"{exc.__class__.__name__}: {exc}"

@@ -27,12 +27,12 @@ def _page(request: Request, who, db, status_code: int = 200, error: str = ""):
     ctx = request.app.state.ctx
     ctx.service.sync_cells()  # the choice another server process made
     counts = adapt.class_counts(db, KNOWN_CLASSES)
-    n_blast = counts.get(BLAST, 0)
+    n_blast = counts.get(BLAST, (0, 0))[0]
     log = db.scalars(select(AuditEntry).where(AuditEntry.action.in_((adapt.ACTIVATE, adapt.ROLLBACK,
                                                                       "cell_model.adapt")))
                      .order_by(AuditEntry.id.desc()).limit(20)).all()
     return render(request, "adapt.html", status_code, who=who, counts=counts, n_blast=n_blast,
-                  n_other=sum(counts.values()) - n_blast, min_cells=MIN_CELLS, job=ctx.adaptation,
+                  n_other=sum(n for n, _ in counts.values()) - n_blast, min_cells=MIN_CELLS, job=ctx.adaptation,
                   latest=adapt.latest_run(ctx.settings), error=error, log=[(e, json.loads(e.detail)) for e in log],
                   active=getattr(ctx.service.analyzer, "cell_classifier", None), class_words=CELL_CLASS_WORDS,
                   bundled=adapt.active_choice(db, ctx.settings)[1] is None)

@@ -5,7 +5,12 @@ Cuts a cell-centred crop (3 x the box's longer side, centred on it) of every lab
 DIR/cases.csv = the field's `group` (fields.csv), then runs `leukodx adapt --cells DIR --out OUT --kinds-only`
 (no blasts exist there). Results: docs/results/issue29-commissioning/README.md.
 
-    python benchmarks/commission_chula.py [--data ../shared/data/chula-wbc] [--per-kind 80] --out /tmp/chula-adapt
+    python benchmarks/commission_chula.py [--data ../shared/data/chula-wbc] [--per-kind 80] [--model CELLS] \
+        --out /tmp/chula-adapt
+
+--model: the cell model to commission (default the bundled one); once the bundled model has trained on Chula's
+train groups, give a model trained the same way without Chula (`leukodx train cells` without --chula) so the lab
+stays one it never saw.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ def main() -> None:
                     / "chula-wbc")
     ap.add_argument("--per-kind", type=int, default=80)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--model", type=Path, default=None, help="cell model directory (default: the bundled one)")
     ap.add_argument("--ungrouped", action="store_true", help="no cases.csv: folds may split a slide (diagnostic)")
     a = ap.parse_args()
     from leukodx.deploy.commission import commission_cells
@@ -70,7 +76,7 @@ def main() -> None:
         t0 = time.perf_counter()
         lab = cut_crops(a.data, Path(tmp) / "lab", a.per_kind, cases=not a.ungrouped)
         cut = time.perf_counter() - t0
-        rep = commission_cells(lab, a.out, kinds_only=True)
+        rep = commission_cells(lab, a.out, model_dir=a.model, kinds_only=True)
     print(json.dumps({"cut_s": round(cut, 1), "seconds": rep["seconds"], "n_cells": rep["n_cells"],
                       "per_class": rep["per_class"], "n_cases": rep["n_cases"], "n_folds": rep["n_folds"],
                       "recall_adapted_cv": {k: v["recall"] for k, v in rep["adapted_cv"]["recall"].items()},

@@ -109,6 +109,7 @@ def test_an_admin_adapts_activates_and_rolls_back_the_cell_model(server, tmp_pat
         page.locator("#activate-reason").fill("   ")  # a blank reason: refused, nothing changes
         page.get_by_role("button", name="Activate this adapted cell model").click()
         expect(page.locator("#adapt-error")).to_contain_text("Give a reason")
+        assert page.url == url + "/admin/adapt"  # a reload shows the page, and does not send the form again
         page.locator("#activate-reason").fill("Commissioning of 2027-03: beats the bundled model")
         page.get_by_role("button", name="Activate this adapted cell model").click()
         expect(page.locator(".notice")).to_contain_text("The adapted cell model is active")

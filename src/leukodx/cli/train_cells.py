@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
                                           "boxes in labels/, fields.csv): its leukocytes by kind."),
         chula_split: Path | None = typer.Option(None, "--chula-split", help="Chula split CSV (by slide). [default: "
                                                 "benchmarks/splits/chula-wbc-seed0.csv when present]"),
+        pretrained: str | None = typer.Option(None, "--pretrained", help="Initial weights: a package's name, or a "
+                                              "cell model's model.safetensors to continue it. [default: "
+                                              "efficientnet_lite0]"),
         epochs: int = typer.Option(12, "--epochs", help="Maximum epochs of the second stage (4096 crops each; the "
                                    "first stage runs a third as many)."),
         time_limit_min: float = typer.Option(16.0, "--time-limit-min", help="Wall-clock budget in minutes, "
@@ -71,7 +74,7 @@ def register(app: typer.Typer) -> None:
             "pbc": str(pbc), "data": str(taleqani), "raabin": str(raabin) if raabin else None, "out": str(out),
             "chula": str(chula) if chula else None,
             "epochs": epochs, "time_limit_s": 60.0 * time_limit_min, "samples_per_epoch": samples_per_epoch,
-            "threads": threads, "seed": seed})
+            "threads": threads, "seed": seed, **({"pretrained": pretrained} if pretrained else {})})
         result = train_cells(cfg, pbc_split=_default_split(pbc_split, "pbc"), taleqani_split=t_split,
                              raabin_split=_default_split(raabin_split, "raabin") if raabin else None,
                              limit_per_class=limit_per_class, clean=clean,

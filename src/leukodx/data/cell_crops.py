@@ -15,8 +15,7 @@ and one row of columns per crop.
   background that far away.
 - Raabin fields: up to `RAABIN_RBC_PER_FIELD` red-cell boxes and every platelet box -> not_leukocyte; every
   leukocyte box -> `ANY_LEUKOCYTE` (the boxes have no types).
-- Chula fields: every typed leukocyte box -> its kind, at the source's red-cell diameter; only leukocytes are
-  boxed, so no negatives; a field without a label file is skipped (its leukocytes are unknown).
+- Chula fields: every typed leukocyte box -> its kind (only leukocytes are boxed: no negatives).
 
 Each source's folder is checked by `leukodx.data.sources.check`; its split file read by `data.split.read_split`.
 """
@@ -274,7 +273,7 @@ def iter_raabin(root: str | Path, split_csv: str | Path | None = None, parts: It
 
 def iter_chula(root: str | Path, split_csv: str | Path | None = None, parts: Iterable[str] = ("train", "val", "test"),
                limit_per_class: int | None = None) -> Iterator[Sample]:
-    """Each Chula field's typed leukocyte boxes (split: the file, else `sources.chula_split`, by slide)."""
+    """Each labelled Chula field's typed leukocyte boxes (split: the file, else `sources.chula_split`)."""
     from leukodx.data.images import read_rgb
 
     root, src = sources.check("chula", root), sources.SOURCES["chula"]

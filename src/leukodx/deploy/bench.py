@@ -13,6 +13,7 @@ and each result reports the numpy stages and the model stages summed per field (
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import platform
 import shutil
@@ -145,11 +146,10 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
                     stages[k][s].append(r.timings_ms.get(s, 0.0))
                 stages[k]["numpy"].append(sum(r.timings_ms.get(s, 0.0) for s in NUMPY_STAGES))
                 stages[k]["models"].append(sum(r.timings_ms.get(s, 0.0) for s in MODEL_STAGES))
-    for f in fields[:heatmap_n]:
-        for k, a in analyses.items():
-            if k in limits:
-                continue
-            stages[k]["heatmap"].append(a.analyze(f, heatmap=True).timings_ms.get("heatmap", 0.0))
+    for k, a in ((k, a) for k, a in analyses.items() if k not in limits):
+        # the first `heatmap_n` fields with a class call: a field without one (no leukocyte) gets no heat map
+        maps = (a.analyze(f, heatmap=True).timings_ms.get("heatmap") for f in fields)
+        stages[k]["heatmap"] += list(itertools.islice((t for t in maps if t is not None), heatmap_n))
     batch_time = dict.fromkeys(analyses, 0.0)
     done: dict[str, list[FieldResult]] = {k: [] for k in analyses}
     for i in range(0, len(fields), batch_size):

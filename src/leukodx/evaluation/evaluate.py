@@ -144,11 +144,11 @@ def _shift_fn(shift: str | None, seed: int, severity: float):
 
 
 def _class_rows(em: EvaluatedModel, rgbs: list[np.ndarray], paths: list[str], batch_size: int):
-    """(probabilities N x C, flags, flag reasons) from the pipeline."""
+    """(probabilities N x C, flags, calls: the field's class, '' where the pipeline makes none) from the pipeline."""
     classes = em.config["classes"]
     results = em.analysis.analyze_many(rgbs, names=paths, batch_size=batch_size)
     probs = np.array([[r.probabilities[c] for c in classes] for r in results], dtype=np.float64)
-    return probs, [r.flag for r in results], [r.flag_reason for r in results]
+    return probs, [r.flag for r in results], [r.label or "" for r in results]
 
 
 def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: int = 32, shift_fn=None,
@@ -166,6 +166,7 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
     probs, probs_s = [], []
     flags: list[str] = []
     flags_s: list[str] = []
+    calls: list[str] = []
     done = 0
     for batch in _batches(samples, batch_size):
         rgbs, kept = [], []
@@ -176,9 +177,10 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
                 kept.append(s)
         if rgbs:
             names = [s.path for s in kept]
-            p, f, _ = _class_rows(em, rgbs, names, batch_size)
+            p, f, c = _class_rows(em, rgbs, names, batch_size)
             probs.append(p)
             flags += f
+            calls += c
             if shift_fn is not None:
                 p, f, _ = _class_rows(em, [shift_fn(rgb, s.path) for rgb, s in zip(rgbs, kept, strict=True)],
                                       names, batch_size)
@@ -193,7 +195,7 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
         raise DatasetError("None of the selected images could be read.",
                            f"Check the files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']}.")
     y = np.asarray(ys)
-    out: dict = {"y": y, "probs": np.concatenate(probs), "paths": paths, "classes": classes, "flags": flags,
+    out: dict = {"y": y, "probs": np.concatenate(probs), "paths": paths, "classes": classes, "flags": flags, "calls": calls,
                  "probs_shift": None, "flags_shift": None, "metrics_shift": None}
     if shift_fn is not None:
         out["probs_shift"], out["flags_shift"] = np.concatenate(probs_s), flags_s
@@ -239,7 +241,7 @@ def write_classification_predictions(res: dict, path: Path) -> Path:
         w.writerow(head)
         for i, path_ in enumerate(res["paths"]):
             p = res["probs"][i]
-            row = [path_, classes[res["y"][i]], classes[int(p.argmax())], f"{p.max():.6f}", res["flags"][i]]
+            row = [path_, classes[res["y"][i]], res["calls"][i], f"{p.max():.6f}", res["flags"][i]]
             row += [f"{v:.6f}" for v in p]
             if res["probs_shift"] is not None:
                 ps = res["probs_shift"][i]

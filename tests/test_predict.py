@@ -194,6 +194,10 @@ def test_a_leukaemic_call_needs_a_blast_the_cell_model_trusts_and_unrecognised_c
     why = cells_disagree("Benign", strange, ["Benign"], rule)
     assert "does not recognise 2 of its 3 leukocytes" in why and "Look at the field yourself" in why
     assert cells_disagree("Benign", strange, ["Benign"], CellAgreement()) == ""  # off by default
+    two = CellAgreement(min_blasts=2)
+    why = cells_disagree("Pre", [cell("blast", 0.9), cell("lymphocyte", 0.1)], ["Benign"], two)
+    assert "only 1 of its 2 leukocytes is recognised as a blast, and the rule asks for at least 2" in why
+    assert "none of" not in why
 
 
 def test_predict_um_per_px_wins_and_a_bad_one_is_refused_in_one_line(models, tmp_path):

@@ -493,8 +493,12 @@ def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[s
             sure = f" with a probability of {100 * trust:.0f} % or more" if trust > 0 else ""
             seen = (f"none of its {len(counted)} leukocytes is recognised as a blast{sure}" if counted else
                     "no leukocyte the cell model could identify was found in it")
-            return (f"The field is called {label} (leukaemic), but {seen}: the call has no support in the cells. "
-                    "Look at the field yourself.")
+            if blasts:  # some, but fewer than the rule asks
+                seen = (f"only {blasts} of its {len(counted)} leukocytes {'is' if blasts == 1 else 'are'} recognised "
+                        f"as a blast{sure}, and the rule asks for at least {rule.min_blasts}")
+            support = "too little" if blasts else "no"
+            return (f"The field is called {label} (leukaemic), but {seen}: the call has {support} support in the "
+                    "cells. Look at the field yourself.")
     elif counted and blasts >= max(rule.min_blasts, 1) and blasts / len(counted) > rule.max_blast_share_benign:
         return (f"The field is called {label} (not leukaemic), but {blasts} of its {len(counted)} leukocytes look "
                 "like blasts. Look at the field yourself.")

@@ -186,3 +186,12 @@ def test_lower_layers_never_import_the_command_line():
            for m, deps in import_graph().items()
            if not m.startswith("leukodx.cli") and m != "leukodx.__main__"}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_small_rooms_and_one_training_loop():
+    """No module over 600 lines (migrations left out); one engine does the backward passes (with and without AMP)."""
+    long = {p.relative_to(SRC).as_posix(): n for p in SRC.rglob("*.py") if "migrations" not in p.parts
+            and (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}
+    backward = [p.name for p in (SRC / "training").rglob("*.py") for _ in range(p.read_text().count(".backward("))]
+    assert backward == ["engine.py", "engine.py"]

@@ -122,12 +122,9 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def start_run(cfg: TrainConfig, *, data_hint: str, log_fn: Callable | None = None, cpu_threads: int | None = None):
-    """What every training run starts with, for both tasks.
-
-    Checks that --data and --out are given and that a finished run is not overwritten without --resume;
-    picks the device; sets `cpu_threads` torch threads on CPU (or whenever --threads was given); joins DDP when
-    launched by torchrun; seeds; and returns (out, device, dist info, log function; silent when quiet or not
-    rank 0)."""
+    """What every training run starts with: refuses a run without --data or --out, or one that would overwrite a
+    finished run without --resume; picks the device and `cpu_threads`; joins DDP under torchrun; seeds. Returns
+    (out, device, dist info, log function; silent when quiet or not rank 0)."""
     if not cfg.data:
         raise LeukodxError("No data folder given.", f"Pass --data DATA ({data_hint}).")
     if not cfg.out:
@@ -180,10 +177,6 @@ def accuracy_metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     if len(targets) == 0:
         return float("nan")
     return float((outputs.argmax(1) == targets).float().mean())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the engine
 
 
 class Trainer:

@@ -98,6 +98,8 @@ def test_adapt_cells_writes_the_model_and_the_report_and_predict_uses_the_head(t
         commission_cells(lab, tmp_path / "f")
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["0.png", "1.png"]
     assert {f["cell_model"] for f in res["fields"]} == {clf.version}  # each field names the model that typed it
+    with open(tmp_path / "R" / "predictions.csv", newline="") as fh:  # the CSV names it too (appended column)
+        assert {r["cell_model"] for r in csv.DictReader(fh)} == {clf.version}
     assert clf.version.startswith("adapted-") and plain.version != clf.version
     # the version is the files' content: the same files elsewhere, the same version; a change, another
     shutil.copytree(out / "cells", tmp_path / "copy")

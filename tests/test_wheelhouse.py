@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -28,15 +29,17 @@ def test_offline_install_from_the_wheelhouse_predicts(tmp_path):
     assert not list(wh.glob("torch-*.whl"))  # the clinic install has no torch
     venv = tmp_path / "clinic"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # the clinic venv alone: a PYTHONPATH naming a checkout's src would make pip see leukodx as installed already
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-index", "--find-links", str(wh),
-                          "leukodx"], capture_output=True, text=True, timeout=900)
+                          "leukodx"], capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     from leukodx.data.synthetic import synthetic_field
 
     Image.fromarray(synthetic_field("Pro", 224, seed=1)[0]).save(tmp_path / "field.png")
     res = subprocess.run([str(venv / "bin" / "leukodx"), "predict", str(tmp_path / "field.png"), "--out",
-                          str(tmp_path / "p")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          str(tmp_path / "p")], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len((tmp_path / "p" / "predictions.csv").read_text().splitlines()) == 2
-    res = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True)
+    res = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True, env=env)
     assert res.returncode != 0 and "No module named 'torch'" in res.stderr

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test support (a live server, a fa
 from leukodx.web.app import create_app  # noqa: E402
 from leukodx.web.auth import add_user  # noqa: E402
 from leukodx.web.settings import Settings, database_url_for  # noqa: E402
-from webtools import FakeAnalyzer, LiveServer, field_bytes, launch_chromium  # noqa: E402
+from webtools import FakeAnalyzer, LiveServer, exclude_cells_without_an_ai_class, field_bytes, launch_chromium  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 TALEQANI = DATA / "all-taleqani" / "Original"
@@ -237,13 +237,7 @@ def main() -> None:
         shot(page, "08-gallery-crops", page.locator("#gallery .cells").first)
         # the cells the AI left unidentified or unclassified need a decision (else the differential cannot be
         # verified): here they are excluded, selected with the mouse
-        for group in ("unidentified", "unclassified"):
-            todo = page.locator(f"#group-{group} + .cells figure.cell")
-            if todo.count():
-                todo.first.click()
-                todo.last.click(modifiers=["Shift"])
-                page.keyboard.press("x")
-                expect(page.locator("#gallery-status")).to_contain_text("saved as")
+        exclude_cells_without_an_ai_class(page)
         # 1: verify the differential
         page.locator("#verify-differential").click()
         page.wait_for_url(re.compile(r"done=differential-verified"), timeout=20_000)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from review_walkthrough import rocket_jpeg, small_png  # noqa: E402
 
-from webtools import launch_chromium  # noqa: E402
+from webtools import exclude_cells_without_an_ai_class, launch_chromium  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 W, H = 1366, 768
@@ -235,13 +235,7 @@ def main() -> None:
             g["undo_status"] = tech.locator("#gallery-status").inner_text()
             g["n_after_undo"] = n_counted.first.inner_text()
             g["n_after_undo_api"] = api.get(f"/api/v1/cases/{cid}").json()["n_cells_counted"]
-            for grp in ("unidentified", "unclassified"):  # cells without an AI class: excluded by the tech
-                todo = tech.locator(f"#group-{grp} + .cells figure.cell")
-                if todo.count():
-                    todo.first.click()
-                    todo.last.click(modifiers=["Shift"])
-                    tech.keyboard.press("x")
-                    expect(tech.locator("#gallery-status")).to_contain_text("saved as")
+            exclude_cells_without_an_ai_class(tech)  # cells without an AI class: excluded by the tech
             g["groups"] = tech.locator("h3.gallery-group").all_inner_texts()
             facts["gallery"] = g
             tech.close()

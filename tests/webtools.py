@@ -271,6 +271,20 @@ def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
 
 
+def exclude_cells_without_an_ai_class(page) -> None:
+    """In the case page's gallery, select every cell the AI left unidentified or unclassified (first, then the last
+    with Shift) and exclude it with the `x` key, as a technologist does before verifying the differential."""
+    from playwright.sync_api import expect
+
+    for group in ("unidentified", "unclassified"):
+        todo = page.locator(f"#group-{group} + .cells figure.cell")
+        if todo.count():
+            todo.first.click()
+            todo.last.click(modifiers=["Shift"])
+            page.keyboard.press("x")
+            expect(page.locator("#gallery-status")).to_contain_text("saved as")
+
+
 def browser_marks() -> list:
     """The pytest marks of a real-browser test module: `browser`, skipped with a reason without Chromium."""
     import pytest

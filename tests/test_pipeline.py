@@ -86,6 +86,36 @@ def test_temperature_is_applied(analysis):
     assert np.allclose([r.probabilities[c] for c in analysis.classes], p, atol=1e-5)
 
 
+def test_test_time_views_average_the_flipped_fields_logits(tiny_dirs):
+    """config `tta`: the logits are the mean over the field and its flipped copies, before the temperature; the
+    features and heat map stay the unflipped field's."""
+    import torch
+
+    from leukodx.inference.pipeline import ClassifierStage
+    from leukodx.models.eager import load_eager
+
+    stage = ClassifierStage(tiny_dirs[0], engine="torch", threads=1, eager=load_eager)
+    img, _ = synthetic_field("Pro", 224, seed=3)
+    x = torch.from_numpy(img.astype(np.float32).transpose(2, 0, 1)[None])
+    with torch.inference_mode():
+        views = [stage.engine.model(v)[0].numpy() for v in (x, x.flip(-1), x.flip(-2), x.flip(-2, -1))]
+    plain = stage.field_logits([img])[0]
+    stage.config.tta = ["hflip", "vflip", "rot180"]
+    assert np.allclose(plain, views[0], atol=1e-4)
+    assert np.allclose(stage.field_logits([img])[0], np.mean(views, 0), atol=1e-4)
+
+    class Corner:  # logits: the top-left pixel, so each view sees another corner of the tile
+        def run(self, b):
+            return {"logits": b[:, :, 0, 0], "features": b[:, :, 0, 0] * 0 + np.arange(len(b))[:, None]}
+
+    stage.engine = Corner()
+    b = np.zeros((2, 3, 4, 4), np.float32)
+    b[:, :, 0, 0], b[:, :, 0, -1], b[:, :, -1, 0], b[:, :, -1, -1] = 4, 8, 12, 16
+    out = stage._run(b)
+    assert np.allclose(out["logits"], 10) and out["logits"].shape == (2, 3)  # (4 + 8 + 12 + 16) / 4
+    assert np.array_equal(out["features"][:, 0], [0, 1])  # the unflipped tiles' own features
+
+
 @pytest.mark.parametrize("shape", [(700, 1000), (1000, 700), (100, 100), (300, 120)])
 def test_any_size(analysis_cells, shape):
     analysis = analysis_cells

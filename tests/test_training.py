@@ -73,7 +73,7 @@ def test_training_path_needs_no_web_dependencies():
 # --- transforms and data sets ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("augment", ["none", "light", "strong", "robust"])
+@pytest.mark.parametrize("augment", ["none", "light", "strong", "robust", "moderate"])
 def test_transforms_keep_image_and_mask_aligned(augment):
     from leukodx.data.transforms import ClassificationTransform, SegmentationTransform
 
@@ -347,6 +347,27 @@ def test_early_stopping_and_best_weights(tmp_path):
     assert len(hist) == 4 and t.stopped_early and t.best_epoch == 2
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
     assert all(torch.equal(best["model"][k], v) for k, v in t.model.state_dict().items())
+
+
+def test_converged_stop_once_the_validation_loss_is_flat(tmp_path):
+    from leukodx.training.config import loss_flat
+    from leukodx.training.engine import Trainer
+
+    flat = [{"val_loss": v} for v in (1.0, 0.8, 0.6, 0.598, 0.61, 0.605)]
+    assert loss_flat(flat, 3) and not loss_flat(flat[:5], 3) and not loss_flat(flat, 0)
+    assert not loss_flat(flat + [{"val_loss": 0.5}], 3)  # a fall of more than 1 % in the last 3 epochs
+    losses = iter([1.0, 0.7, 0.5, 0.499, 0.52, 0.51, 0.4, 0.3])
+
+    class Fixed(Trainer):
+        def validate(self):
+            return next(losses), 0.5, {}
+
+    t = Fixed(_toy_model(), torch.nn.CrossEntropyLoss(), *_toy_loaders(),
+              _toy_cfg(epochs=8, patience=0, converge_patience=3), tmp_path)
+    hist = t.fit()
+    assert len(hist) == 6 and t.stopped_by == "converged"
+    with pytest.raises(LeukodxError, match="converge"):
+        _toy_cfg(converge_patience=-1).validate()
 
 
 def test_time_limit_starts_no_epoch_that_would_end_past_it(tmp_path):

@@ -36,8 +36,10 @@ def register(app: typer.Typer) -> None:
                                                    "fields for every run)."),
         pretrained: Path | None = typer.Option(None, "--pretrained", help="Local weights file for the backbone "
                                                "(only with a single --archs)."),
-        augment: str | None = typer.Option(None, "--augment", help="none, light or strong."),
+        augment: str | None = typer.Option(None, "--augment", help="none, light, strong, moderate or robust."),
         patience: int | None = typer.Option(None, "--patience", help="Early stopping patience (0 = off)."),
+        converge: int | None = typer.Option(None, "--converge", help="Stop a run as converged once its validation "
+                                            "loss has not fallen by more than 1 % for this many epochs (0 = off)."),
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes."),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
         test_seed: int = typer.Option(0, "--test-seed", help="Seed of the common test set."),
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
         overrides = {"image_size": image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                      "max_train_images": max_train_images, "max_val_images": max_val_images,
                      "max_test_images": max_test_images, "pretrained": str(pretrained) if pretrained else None,
-                     "augment": augment, "patience": patience, "workers": workers, "device": device,
+                     "augment": augment, "patience": patience, "converge_patience": converge, "workers": workers, "device": device,
                      "time_limit_s": time_limit_s}
         run_classification_study(
             data, arch_list, [s.strip() for s in strategies.split(",") if s.strip()], seeds, out, preset=preset,

@@ -12,7 +12,7 @@ separates the classes (a colour shortcut that collapses on another lab's smears)
 - white balance (per-channel gains), brightness, contrast, saturation, hue;
 - focus blur and random greyscale.
 
-Strengths: ``none`` (resize only), ``light``, ``strong``, ``robust``.
+Strengths: ``none`` (resize only), ``light``, ``strong``, ``robust``, ``moderate`` (robust at half its ranges).
 
 ``robust`` (the bundled classifier's recipe, `_robust_list`) covers a broader family of lab-to-lab changes than
 the evaluation's synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one simulator
@@ -30,7 +30,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "light", "strong", "robust")
+AUGMENTATIONS = ("none", "light", "strong", "robust", "moderate")
 
 # Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as skimage's rgb2hed
 _HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -246,31 +246,34 @@ class To255(v2.Transform):
         return inpt
 
 
-def _robust_list(size: int) -> list[v2.Transform]:
+def _robust_list(size: int, scale: float = 1.0) -> list[v2.Transform]:
+    """`robust` (scale 1) or `moderate` (scale 0.5: every range halved, no greyscale; a milder lab shift that keeps
+    more of the in-distribution accuracy): the same family of lab-to-lab changes."""
+    k = scale
     return [
-        RandomZoom(size, amount=0.3, aspect=1.1),
+        RandomZoom(size, amount=0.3 * k, aspect=1 + 0.1 * k),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         RandomRot90(),
-        StainJitter(strength=0.4, shift=0.05, hue=0.12, p=0.9),
-        ChannelGamma(0.4, p=0.6),
-        WhiteBalance(0.15, p=0.8),
-        HueRotate(12.0, p=0.4),
-        v2.RandomApply([v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3)], p=0.8),
+        StainJitter(strength=0.4 * k, shift=0.05 * k, hue=0.12 * k, p=0.9),
+        ChannelGamma(0.4 * k, p=0.6),
+        WhiteBalance(0.15 * k, p=0.8),
+        HueRotate(12.0 * k, p=0.4),
+        v2.RandomApply([v2.ColorJitter(brightness=0.3 * k, contrast=0.3 * k, saturation=0.3 * k)], p=0.8),
         v2.RandomChoice([
-            v2.GaussianBlur(kernel_size=max(3, (size // 24) | 1), sigma=(0.1, 2.0)),
-            v2.RandomAdjustSharpness(sharpness_factor=2.0, p=1.0),
+            v2.GaussianBlur(kernel_size=max(3, (size // 24) | 1), sigma=(0.1, 2.0 * k)),
+            v2.RandomAdjustSharpness(sharpness_factor=1 + k, p=1.0),
             v2.Identity(),
-        ], p=[0.35, 0.1, 0.55]),
-        SensorNoise(0.02, p=0.2),
-        JpegReencode((25, 95), p=0.4),
-        v2.RandomGrayscale(p=0.05),
+        ], p=[0.35 * k, 0.1 * k, 1 - 0.45 * k]),
+        SensorNoise(0.02 * k, p=0.2),
+        JpegReencode((round(95 - 70 * k), 95), p=0.4),
+        v2.RandomGrayscale(p=0.05 if k >= 1 else 0.0),
     ]
 
 
 def _augment_list(size: int, strength: str) -> list[v2.Transform]:
-    if strength == "robust":
-        return _robust_list(size)
+    if strength in ("robust", "moderate"):
+        return _robust_list(size, 1.0 if strength == "robust" else 0.5)
     if strength == "light":
         mag, stain, wb, jitter, blur_p, grey_p = 0.2, (0.15, 0.02, 0.03), 0.08, 0.15, 0.1, 0.05
     else:  # strong

@@ -110,13 +110,25 @@ class ClassifierStage:
         field resampled to the training scale as the analysis does."""
         preps = [prepare_field(rgb, self.config.scale)[0] for rgb in rgbs]
         tiles, owner, _ = tiling.cut_tiles([p.work for p in preps], self.size, [p.boxes for p in preps])
-        logits = self.engine.run(tiling.to_batch(tiles))["logits"].astype(np.float64)
+        logits = self._run(tiling.to_batch(tiles))["logits"].astype(np.float64)
         return np.stack([logits[owner == i].mean(0) for i in range(len(rgbs))])
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's outputs; with test-time views (config `tta`), one call on the batch and its flipped copies,
+        the logits averaged over the views (features and heat map are the unflipped field's)."""
+        if not self.config.tta:
+            return self.engine.run(batch)
+        flip = {"hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}
+        views = [batch] + [np.flip(batch, axis=flip[v]) for v in self.config.tta]
+        out = self.engine.run(np.ascontiguousarray(np.concatenate(views)))
+        n = len(batch)
+        logits = out["logits"].reshape(len(views), n, -1).mean(0)
+        return {k: v[:n] for k, v in out.items()} | {"logits": logits}
 
     def run(self, fields: Sequence[_Field]) -> None:
         t0 = time.perf_counter()
         tiles, owner, _ = tiling.cut_tiles([f.rgb for f in fields], self.size, [f.boxes for f in fields])
-        out = self.engine.run(tiling.to_batch(tiles))
+        out = self._run(tiling.to_batch(tiles))
         probs = softmax(out["logits"].astype(np.float64) / self.temperature)
         feats = out.get("features")
         cams = out.get("cam")

@@ -174,6 +174,9 @@ class ModelConfig(BaseModel):
     normalization: str | None = None
     reference_mask_level: int = 128  # grey level above which a reference (Segmented) image is foreground
     temperature: float = 1.0
+    # classifiers: test-time views beside the field as it is ("hflip", "vflip", "rot180"); their logits are averaged
+    # before the temperature (chosen on validation; `leukodx calibrate` refits the temperature over them)
+    tta: list[Literal["hflip", "vflip", "rot180"]] = Field(default_factory=list)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     scale: ScaleRule = Field(default_factory=ScaleRule)
     case_rule: CaseRule = Field(default_factory=CaseRule)

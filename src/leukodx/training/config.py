@@ -66,6 +66,8 @@ class TrainConfig:
     balance: str = "oversample"
     augment: str = "strong"
     patience: int = 6  # early stopping: epochs without improvement of the validation metric; 0 = off
+    converge_patience: int = 0  # stop as converged: this many epochs without the validation loss falling below
+    converge_tolerance: float = 0.01  # its best so far by more than this share of it; 0 = off (see `loss_flat`)
     grad_clip: float | None = 5.0
     # segmentation
     mask_threshold: int = 128
@@ -103,6 +105,9 @@ class TrainConfig:
                 bad(name, getattr(self, name), f"Use one of: {', '.join(choices)}.")
         if self.channels_last not in ("auto", "on", "off"):
             bad("channels_last", self.channels_last, "Use auto (on CUDA only), on or off.")
+        if self.converge_patience < 0 or not 0 <= self.converge_tolerance < 1:
+            bad("converge_patience/converge_tolerance", (self.converge_patience, self.converge_tolerance),
+                "Give a patience of 0 (off) or more epochs, and a tolerance from 0 to below 1 (e.g. 0.01 = 1 %).")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             bad("time_limit_s", self.time_limit_s, "Give a positive number of seconds, or leave it out for no limit.")
         if self.references not in ("original", "repaired"):
@@ -168,6 +173,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "label_smoothing": 0.0, "balance": "none", "augment": "none", "patience": 0, "time_limit_s": 960.0,
         "amp": "off"}},
 }
+
+
+def loss_flat(history: list[dict[str, Any]], patience: int, tolerance: float = 0.01) -> bool:
+    """Converged: none of the last `patience` epochs lowered the validation loss below the best before them by
+    more than `tolerance` of it (the loss is flat; e.g. patience 3, tolerance 1 %)."""
+    losses = [float(h["val_loss"]) for h in history]
+    if patience <= 0 or len(losses) <= patience:
+        return False
+    best_before = min(losses[:-patience])
+    return min(losses[-patience:]) > best_before * (1 - tolerance)
 
 
 def field_names() -> list[str]:

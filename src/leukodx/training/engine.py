@@ -17,7 +17,7 @@ targets and the mask of known pixels; the cell model's allowed classes);
 Sampling is the loader's: a `WeightedRandomSampler` with a fixed number of samples per epoch for the cell models.
 
 Features: AdamW/Adam; cosine (with linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then
-annealed over the epochs or the time limit, whichever ends first) schedule; early stopping (`cfg.patience`);
+annealed over the epochs or the time limit, whichever ends first) schedule; early stopping (`cfg.patience`) and a convergence stop (`cfg.converge_patience`);
 a time limit (`cfg.time_limit_s`: no epoch is started that would end past it; with "cosine_time" an epoch also
 stops once it is spent); a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler,
 scaler, epoch, RNG states) that `cfg.resume` continues; the best weights kept (RUN/checkpoints/best.pt); mixed precision on CUDA only
@@ -43,7 +43,7 @@ from torch import nn
 
 from leukodx.errors import LeukodxError
 from leukodx.training import distributed as dist_utils
-from leukodx.training.config import TrainConfig
+from leukodx.training.config import TrainConfig, loss_flat
 
 LAST = "last.ckpt"
 BEST = "best.pt"
@@ -529,6 +529,8 @@ class Trainer:
                     self.on_best(self)
                 if cfg.patience and self.bad_epochs >= cfg.patience:
                     self.stopped_early, self.stopped_by = True, "early stopping"
+                elif loss_flat(self.history, cfg.converge_patience, cfg.converge_tolerance):
+                    self.stopped_early, self.stopped_by = True, "converged"  # validation loss flat
                 elif cfg.time_limit_s and self.epoch < cfg.epochs and \
                         time.perf_counter() - t_fit + record["epoch_seconds"] > cfg.time_limit_s:
                     self.stopped_early, self.stopped_by = True, "time limit"  # the next epoch would end past it
@@ -542,8 +544,10 @@ class Trainer:
                     self._log(f"stopped by the time limit of {cfg.time_limit_s:.0f} s after epoch {self.epoch} "
                               f"(best {self.best_metric:.4f} at epoch {self.best_epoch})")
                 elif self.stopped_early:
-                    self._log(f"early stop: no better val {self.metric_name} for {cfg.patience} epochs "
-                              f"(best {self.best_metric:.4f} at epoch {self.best_epoch})")
+                    why = (f"val loss flat (within {cfg.converge_tolerance:.0%}) for {cfg.converge_patience} epochs"
+                           if self.stopped_by == "converged" else f"no better val {self.metric_name} for "
+                           f"{cfg.patience} epochs")
+                    self._log(f"early stop: {why} (best {self.best_metric:.4f} at epoch {self.best_epoch})")
         except KeyboardInterrupt:
             path = self.save_checkpoint(interrupted=True)
             where = f"a checkpoint was saved to {path}" if path else "no checkpoint was written (checkpoints off)"

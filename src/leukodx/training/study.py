@@ -24,6 +24,7 @@ from pathlib import Path
 from leukodx.cpus import usable_cores
 from leukodx.errors import LeukodxError
 from leukodx.evaluation.study import aggregate, markdown_table
+from leukodx.training.config import loss_flat
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro", "ece", "flag_rate")
 SHIFTED = tuple(f"lab_{m}" for m in METRICS)
@@ -95,6 +96,7 @@ def _run_row(arch, strategy, seed, run_dir: Path) -> dict:
     cfg = json.loads((run_dir / "config.json").read_text())
     test = json.loads((run_dir / "metrics.json").read_text())["classification"]
     tr = cfg["training"]
+    hist = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
     return {
         "arch": arch, "strategy": strategy, "seed": seed, "run": run_dir.name,
         "trainer_test_accuracy": test.get("accuracy"), "trainer_test_balanced_accuracy": test.get("balanced_accuracy"),
@@ -106,6 +108,8 @@ def _run_row(arch, strategy, seed, run_dir: Path) -> dict:
         "stopped_by": tr.get("stopped_by") or ("early stopping" if tr.get("stopped_early") else "epochs"),
         "split_strategy": tr["split_strategy"], "split_seed": tr["split_seed"], "test_seed": tr["test_seed"],
         "temperature": cfg.get("temperature"),
+        # converged: the validation loss was flat (no fall of more than 1 %) over the run's last 3 epochs
+        "converged": loss_flat(hist, 3, 0.01), "val_loss_per_epoch": [round(h["val_loss"], 4) for h in hist],
     }
 
 
@@ -184,7 +188,8 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                 log(f"[{name}] test balanced accuracy {row['balanced_accuracy']:.4f} (lab shift "
                     f"{row['lab_balanced_accuracy']:.4f}), accuracy {row['accuracy']:.4f}, ECE {row['ece']:.4f} "
                     f"({row['n_test']} test fields, {row['train_seconds']:.0f} s training, best epoch "
-                    f"{row['best_epoch']} of {row['epochs_run']})")
+                    f"{row['best_epoch']} of {row['epochs_run']}, stopped by {row['stopped_by']}, "
+                    f"{'converged' if row['converged'] else 'NOT converged'})")
 
     common_test = seen.get("test", set())
     references = _score_references(reference_models or [], common_test, test_sets[runs[-1]["max_test_images"]], out,
@@ -200,7 +205,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         "data": str(Path(data).resolve()),
         "archs": archs, "strategies": strategies, "seeds": seed_list, "preset": preset,
         "settings": {k: settings[k] for k in ("image_size", "epochs", "batch_size", "lr", "optimizer", "schedule",
-                                              "augment", "balance", "label_smoothing", "normalization", "patience",
+                                              "augment", "balance", "label_smoothing", "normalization", "patience", "converge_patience",
                                               "max_train_images", "max_val_images", "max_test_images", "pretrained",
                                               "device")},
         "common_test": {"test_seed": test_seed, "n_fields": len(common_test),

@@ -1,7 +1,8 @@
-"""Contact sheets of the whole-cell / nucleus references (docs/results/cell-references/{taleqani,raabin,pbc}.jpg)
+"""Contact sheets of the whole-cell / nucleus references (docs/results/cell-references/{taleqani,raabin,pbc,chula}.jpg)
 and the splits of the new sources (benchmarks/splits/{raabin-fields,pbc}-seed0.csv).
 
-    python benchmarks/cell_references_sheet.py [--data /work/shared/data] [--n 24] [--seed 0] [--splits]
+    python benchmarks/cell_references_sheet.py [--data /work/shared/data] [--n 24] [--seed 0] [--splits] \
+        [--only taleqani,raabin,pbc,chula]
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def main() -> None:
         pick = [(p, c) for c in sources.PBC_CLASSES for p in rng.sample(by_class[c], a.n // len(sources.PBC_CLASSES))]
         refs = [sources.pbc_crop_reference(data / "pbc", p, c) for p, c in pick]
         Image.fromarray(contact_sheet([overlay(r, 200) for r in refs], columns=6)).save(out / "pbc.jpg", quality=80)
+    if "chula" in only:  # labelled training fields (the split by slide)
+        rows = [r for r in read_split(ROOT / "benchmarks/splits/chula-wbc-seed0.csv", part="train")
+                if (data / "chula-wbc" / "labels" / f"{Path(r['path']).stem}.txt").is_file()]
+        refs = [sources.chula_field_reference(data / "chula-wbc", r["path"]) for r in rng.sample(rows, a.n)]
+        Image.fromarray(contact_sheet([overlay(r, 240) for r in refs])).save(out / "chula.jpg", quality=80)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ EXAMPLE = (
 )
 
 # data flags of the one-output training on Taleqani fields alone (Segmented/ masks, its test split); the
-# two-output training (--raabin / --pbc) reads its own references
+# two-output training (--raabin / --pbc / --chula) reads its own references
 TALEQANI_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment",
                  "max_test_images", "shift_lab")
 
@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
                                            "boxes): trains the two-output segmenter (whole cell + nucleus)."),
         pbc: Path | None = typer.Option(None, "--pbc", help="PBC crops folder (<class>/*.jpg): trains the two-output "
                                         "segmenter (whole cell + nucleus)."),
+        chula: Path | None = typer.Option(None, "--chula", help="Chulalongkorn fields folder (images/, typed YOLO "
+                                          "boxes in labels/): trains the two-output segmenter."),
         synthetic: int | None = typer.Option(None, "--synthetic", help="Two-output training: also draw from N "
                                              "synthetic smears (weight 0.2). [default: 0]"),
         samples_per_epoch: int | None = typer.Option(None, "--samples-per-epoch", help="Two-output training: "
@@ -110,22 +112,22 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Two-output training: keep the made "
                                               "references here as .npz (reused by the next run)."),
     ) -> None:
-        two_output = raabin is not None or pbc is not None
+        two_output = raabin is not None or pbc is not None or chula is not None
         if two_output:
             given = [_flag(k) for k, v in locals().items() if k in TALEQANI_ONLY and v not in (None, False)]
             if given:
                 from leukodx.errors import LeukodxError
 
                 raise LeukodxError(f"{', '.join(given)} do(es) not apply to the two-output training (--raabin / "
-                                   "--pbc).", "Leave it out, or train the one-output segmenter without --raabin "
-                                   "and --pbc.")
+                                   "--pbc / --chula).", "Leave it out, or train the one-output segmenter without "
+                                   "--raabin, --pbc and --chula.")
         cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
                                             ("cache_dir", cache_dir)) if v is not None]
         if cell_given and not two_output:
             from leukodx.errors import LeukodxError
 
             raise LeukodxError(f"{', '.join(cell_given)} only apply to the two-output training.",
-                               "Add --raabin DIR and/or --pbc DIR, or leave them out.")
+                               "Add --raabin, --pbc and/or --chula DIR, or leave them out.")
         if threads:
             import torch
 
@@ -139,7 +141,7 @@ def register(app: typer.Typer) -> None:
             device=device, resume=True if resume else None, quiet=True if quiet else None,
             time_limit_s=60.0 * time_limit_min if time_limit_min is not None else None)
         if two_output:
-            _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, synthetic=synthetic, splits=splits,
+            _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, chula=chula, synthetic=synthetic, splits=splits,
                                samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
             return
         from leukodx.training.segment import fmt, resolve_segment_config, train_segmenter
@@ -160,15 +162,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _train_two_outputs(config: Path | None, flags: dict[str, Any], *, raabin: Path | None, pbc: Path | None,
-                       synthetic: int | None, splits: Path, samples_per_epoch: int | None, cache_dir: Path | None,
+                       chula: Path | None, synthetic: int | None, splits: Path, samples_per_epoch: int | None, cache_dir: Path | None,
                        quiet: bool) -> None:
-    """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC and synthetic smears."""
+    """The two-output segmenter (whole cell + nucleus) on Taleqani (--data), Raabin, PBC, Chula, synthetic smears."""
     from leukodx.training.cell_segment import train_cell_segmenter
     from leukodx.training.config import resolve_config
     from leukodx.training.segment import fmt, segment_overrides
 
     overrides = segment_overrides(**flags, raabin=str(raabin) if raabin else None, pbc=str(pbc) if pbc else None,
-                                  synthetic=synthetic, splits=str(splits), samples_per_epoch=samples_per_epoch,
+                                  chula=str(chula) if chula else None, synthetic=synthetic, splits=str(splits), samples_per_epoch=samples_per_epoch,
                                   cache_dir=str(cache_dir) if cache_dir else None)
     cfg = resolve_config("cell_segment", yaml_path=config, overrides=overrides)
     res = train_cell_segmenter(cfg, log_fn=None if quiet else (lambda m: err_console.print(m, highlight=False,

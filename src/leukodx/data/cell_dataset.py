@@ -1,6 +1,6 @@
 """Training data for the two-channel (whole leukocyte, nucleus) segmenter.
 
-A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops and synthetic smears (`source_items`,
+A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields and synthetic smears (`source_items`,
 `synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px across (the
 Taleqani fields' size, `sources.TALEQANI_RBC_DIAMETER`), the scale the analysis brings every field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
 ``cache_dir``, as .npz files keyed by source, path and rule version). Each draw then:
@@ -36,7 +36,7 @@ CROP = 224
 SCALE_JITTER = 0.2
 SYNTHETIC_RBC_DIAMETER = 19.0  # synthetic.py draws red-cell radii U(8, 11)
 RULES_VERSION = "cell-references-1"
-SOURCES = ("taleqani", "raabin", "pbc", "synthetic")
+SOURCES = ("taleqani", "raabin", "pbc", "chula", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def load_reference(item: CellItem) -> CellReference:
         return raabin_reference(rgb, boxes, sources.raabin_rbc_diameter(boxes, rgb.shape[:2]))
     if item.source == "pbc":
         return sources.pbc_crop_reference(item.root, item.path, item.label)
+    if item.source == "chula":
+        return sources.chula_field_reference(item.root, item.path)
     if item.source == "synthetic":
         from leukodx.data.synthetic import synthetic_instances
 
@@ -208,7 +210,7 @@ def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
 
 def source_items(source: str, root: str | Path, split_csv: str | Path | None, split: str | None) -> list[CellItem]:
     """The items of one source for one split (None: all), as its split CSV says (`data.split.read_split`);
-    without a CSV (Raabin and PBC only) the split is made by `sources.split_of`."""
+    without a CSV (Raabin, PBC and Chula) the split is made by `sources.split_of` (Chula: `sources.chula_split`)."""
     from leukodx.data.split import read_split
 
     root = str(root)
@@ -220,6 +222,8 @@ def source_items(source: str, root: str | Path, split_csv: str | Path | None, sp
         rows2 = sources.source_split(sources.raabin_rows(fields))
     elif source == "pbc":
         rows2 = sources.source_split(sources.read_pbc(root))
+    elif source == "chula":
+        rows2 = sources.chula_split(root)
     else:
         raise ValueError(f"{source} needs a split CSV")
     return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows2

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from leukodx.data.cell_references import CellReference
 from leukodx.data.images import is_image_name
@@ -46,6 +47,7 @@ PBC_RBC_DIAMETER = 68.0  # px, measured (module docstring); overwritten nowhere,
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
 TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+CHULA_MIN_NUCLEUS_FRACTION = 0.2  # of a cell's area: a smaller found nucleus is the rule missing it (pale fields)
 
 
 @dataclass(frozen=True)
@@ -309,6 +311,39 @@ def raabin_field_reference(root: str | Path, field: RaabinField) -> CellReferenc
     from leukodx.data.images import read_rgb
 
     return raabin_reference(read_rgb(Path(root) / field.path), field.boxes, field.rbc_diameter)
+
+
+def chula_boxes(label_path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """A Chula label file's typed boxes as leukocyte boxes (class 0, as Raabin's), N x 5 in px of ``size`` (H, W);
+    a box under 8 px a side (L-8_0730) is no cell and is dropped."""
+    b = read_yolo_labels(label_path, size, len(SOURCES["chula"].classes))
+    b = b[np.minimum(b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]) >= 8]
+    b[:, 0] = 0
+    return b
+
+
+def chula_field_reference(root: str | Path, path: str) -> CellReference:
+    """The references of one Chula field: Raabin's rule (`cell_references.raabin_reference`) on its leukocyte
+    boxes (`chula_boxes`; no red cells are boxed) at the source's red-cell diameter. On its pale fields the rule
+    often misses the nucleus: a cell whose found nucleus covers under CHULA_MIN_NUCLEUS_FRACTION of it has its
+    nucleus channel unknown (not "no nucleus"). A field without a label file is unknown everywhere (its
+    leukocytes are not boxed, not absent)."""
+    from leukodx.data.cell_references import raabin_reference
+    from leukodx.data.images import read_rgb
+
+    rgb, d = read_rgb(Path(root) / path), float(SOURCES["chula"].rbc_diameter or 40.0)
+    lp = Path(root) / "labels" / f"{Path(path).stem}.txt"
+    if not lp.is_file():
+        zero = np.zeros(rgb.shape[:2], np.uint8)
+        return CellReference(rgb, zero, zero, zero, zero, d)
+    ref = raabin_reference(rgb, chula_boxes(lp, rgb.shape[:2]), d)
+    lab, n = ndi.label(ref.cell)
+    if n:
+        idx = np.arange(1, n + 1)
+        frac = np.asarray(ndi.sum(ref.nucleus, lab, idx)) / np.maximum(np.asarray(ndi.sum(ref.cell, lab, idx)), 1)
+        weak = ndi.binary_dilation(np.isin(lab, idx[frac < CHULA_MIN_NUCLEUS_FRACTION]), iterations=2)
+        ref.nucleus_known = (ref.nucleus_known.astype(bool) & ~weak).astype(np.uint8)
+    return ref
 
 
 def pbc_crop_reference(root: str | Path, path: str, label: str, rbc_diameter: float = PBC_RBC_DIAMETER

@@ -2,7 +2,7 @@
 
 `train_cell_segmenter(cfg)` (a `TrainConfig` of task "cell_segment": `resolve_config("cell_segment", ...)`) draws
 224-px crops at the Taleqani red-cell scale from `leukodx.data.cell_dataset` (Taleqani fields, Raabin fields, PBC
-crops, synthetic smears; each source's references by its rule in `leukodx.data.cell_references`), resizes each
+crops, Chula fields, synthetic smears; each source's references by its rule in `leukodx.data.cell_references`), resizes each
 crop to the model input (image bilinear with antialiasing, targets and their known masks bilinear then > 0.5) as
 the analysis resizes its 224-px windows, and trains through the one engine (`training.engine.Trainer`) with the
 masked BCE + Dice loss (`losses.masked_bce_dice`: unknown pixels teach nothing).
@@ -45,8 +45,8 @@ from leukodx.training.config import TrainConfig
 from leukodx.training.losses import masked_bce_dice
 
 OUTPUTS = ["cell", "nucleus"]
-REAL_SOURCES = ("taleqani", "raabin", "pbc")
-DEFAULT_SOURCE_WEIGHTS = {"taleqani": 1.0, "raabin": 1.0, "pbc": 1.0, "synthetic": 0.2}
+REAL_SOURCES = ("taleqani", "raabin", "pbc", "chula")
+DEFAULT_SOURCE_WEIGHTS = {"taleqani": 1.0, "raabin": 1.0, "pbc": 1.0, "chula": 1.0, "synthetic": 0.2}
 LABEL_RULES = {
     "taleqani": "nucleus = the repaired reference of Segmented/ (reference_masks.repaired_reference), supervised "
                 "everywhere; cell = positive on the nucleus, unknown within 1.5 red-cell diameters of a nucleus, "
@@ -57,6 +57,9 @@ LABEL_RULES = {
     "pbc": "the centred cell by the stain rule (nucleus nearest the centre plus lobes within 0.6 d, cell within "
            "1.3 d); other nuclei and 0.8 d around them unknown; platelet and erythroblast crops: cell negative "
            "(erythroblast nucleus unknown)",
+    "chula": "Raabin's rule on every typed box (all leukocytes; no red cells boxed, so the stained matter outside "
+             "the boxes is the red-cell colour reference), red cells 40 px; a field without a label file unknown "
+             "everywhere (sources.chula_field_reference)",
     "synthetic": "leukodx.data.synthetic smears: the generator's exact whole cells; nucleus unknown",
 }
 
@@ -68,7 +71,7 @@ LABEL_RULES = {
 def source_split_items(name: str, root: str | Path, split: str, split_csv: str | Path | None,
                        splits_dir: str | Path | None) -> tuple[list[cell_data.CellItem], str]:
     """(items, where the split comes from) of one real source: ``split_csv``, else its registry split file in
-    ``splits_dir``; Raabin and PBC without one: their hash rule. Taleqani needs its file."""
+    ``splits_dir``; Raabin and PBC without one: their hash rule (Chula: by slide). Taleqani needs its file."""
     csv = Path(split_csv) if split_csv else sources.split_path(name, splits_dir) if splits_dir else None
     if csv is not None and csv.is_file():
         return cell_data.source_items(name, root, csv, split), str(csv)
@@ -198,7 +201,7 @@ def bundled_settings(encoder: str) -> tuple[dict, dict]:
 
 def _data(cfg: TrainConfig, log: Callable[[str], None]):
     """(train dataset, val datasets per source, items and counts per source, where each split comes from)."""
-    given = {"taleqani": cfg.data, "raabin": cfg.raabin, "pbc": cfg.pbc}
+    given = {"taleqani": cfg.data, "raabin": cfg.raabin, "pbc": cfg.pbc, "chula": cfg.chula}
     train_items: list[cell_data.CellItem] = []
     val_items: dict[str, list[cell_data.CellItem]] = {}
     split_used: dict[str, str] = {}
@@ -240,7 +243,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
                          log_fn: Callable[[str], None] | None = None) -> dict:
     """Train the two-output segmenter (module docstring) and write the model directory ``cfg.out``.
 
-    ``cfg.data`` / ``cfg.raabin`` / ``cfg.pbc``: the sources' folders (None leaves one out); ``cfg.split``:
+    ``cfg.data`` / ``cfg.raabin`` / ``cfg.pbc`` / ``cfg.chula``: the sources' folders (None leaves one out); ``cfg.split``:
     Taleqani's split CSV, else the registry's split files in ``cfg.splits`` (Raabin and PBC: their hash rule
     when absent); ``cfg.synthetic``: synthetic smears added. The architecture's settings: the bundled
     segmenter's for its encoder (`bundled_settings`), then ``cfg.arch_kwargs`` over them. ``min_nucleus_fraction``
@@ -261,9 +264,10 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     out = Path(cfg.out)
     if (out / "config.json").is_file():
         raise LeukodxError(f"{out} already holds a model directory.", "Choose another --out.")
-    if not any((cfg.data, cfg.raabin, cfg.pbc)) and not cfg.synthetic:
-        raise DatasetError("No training data given.", "Pass --data, --raabin, --pbc and/or --synthetic N.")
-    sources.check_all({"taleqani": cfg.data, "raabin": cfg.raabin, "pbc": cfg.pbc}, flags={"taleqani": "--data"})
+    if not any((cfg.data, cfg.raabin, cfg.pbc, cfg.chula)) and not cfg.synthetic:
+        raise DatasetError("No training data given.", "Pass --data, --raabin, --pbc, --chula and/or --synthetic N.")
+    sources.check_all({"taleqani": cfg.data, "raabin": cfg.raabin, "pbc": cfg.pbc, "chula": cfg.chula},
+                      flags={"taleqani": "--data"})
     samples = cfg.samples_per_epoch or 2000
     out.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, out / "run_config.yaml")

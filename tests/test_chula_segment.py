@@ -122,3 +122,28 @@ def test_real_chula_when_present():
         inside[int(y0 * 0.9):int(np.ceil(y1 * 1.1)), int(x0 * 0.9):int(np.ceil(x1 * 1.1))] = True
     assert ref.cell.any() and not (ref.cell.astype(bool) & ~inside).any()
     assert ref.cell_known[~inside].mean() > 0.95  # outside the boxes: known negatives
+
+
+def test_chula_parts_are_scored_as_boxed_fields(tmp_path):
+    from types import SimpleNamespace
+
+    from leukodx.evaluation.cells import headline, load_parts, score_parts
+
+    _chula_folder(tmp_path / "chula-wbc")
+    parts = load_parts(tmp_path, tmp_path / "chula-wbc" / "splits", "train")
+    assert parts.paths["chula"] == ["images/f0.png", "images/f3.png"]  # f2 has no label file: not scored
+    assert parts.describe()["n_chula"] == 2 and not parts.raabin
+
+    class OneCellPerBox:  # a segmenter that answers the reference, one centre in each box
+        def analyze_many(self, images, batch_size=16):
+            return [SimpleNamespace(cells=[SimpleNamespace(centroid=((y0 + y1) / 2, (x0 + x1) / 2))
+                                           for _, x0, y0, x1, y1 in b], cell_count=len(b), flag="ok",
+                                    mask=ref.cell, nucleus_mask=ref.nucleus) for _, b, ref in parts.chula]
+
+    per_image: dict = {}
+    scores = score_parts(OneCellPerBox(), parts, per_image=per_image)
+    c = scores["chula"]
+    assert c["n_boxes"] == 2 and c["one_centre_per_box"] == 1.0 and c["count_exact"] == 1.0
+    assert c["cell_dice_global"] == 1.0 and len(per_image["chula"]) == 2
+    h = headline(scores)
+    assert h["chula_one_centre"] == 1.0 and h["chula_cell_dice"] == 1.0 and "raabin_one_centre" in h

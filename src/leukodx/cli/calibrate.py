@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     def calibrate_cmd(
         model: Path = typer.Option(..., "--model", help="Model directory to (re)calibrate in place."),
         data: Path = typer.Option(..., "--data", help="DATA folder (public or flat layout); with "
-                                  "--post-processing the folder holding raabin-fields/, pbc/ and all-taleqani/."),
+                                  "--post-processing the folder holding raabin-fields/, pbc/, all-taleqani/ and chula-wbc/."),
         split: Path = typer.Option(None, "--split", help="Split CSV: train fits the OOD check, val the rest; with "
                                    "--post-processing the folder of the sources' split files."),
         max_images: int = typer.Option(2000, "--max-images", help="At most this many training fields for OOD."),

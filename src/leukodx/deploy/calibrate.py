@@ -246,7 +246,7 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
 def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir: str | Path, max_raabin: int = 0,
                         max_pbc: int = 240, max_taleqani: int = 120, write: bool = True, log=print) -> dict:
     """A two-output segmenter's post-processing (the mask threshold, the nucleus rule, the cell splitting of
-    POST_GRID), chosen on the val parts of Raabin, PBC and Taleqani under `data` only (leukodx.evaluation.cells;
+    POST_GRID), chosen on the val parts of Raabin, PBC, Taleqani and Chula (by slide) under `data` only (leukodx.evaluation.cells;
     test parts are never read): the network runs once per image (its outputs are cached) and each candidate
     re-runs only the steps after it; chosen by the mean of the rates (`headline`'s objective), written into the
     segmenter's config.json when `write`."""
@@ -273,7 +273,7 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
     assert stage is not None
     stage.engine = CachedEngine(stage.engine)
     t0 = time.perf_counter()
-    parts = load_parts(data, splits_dir, "val", max_raabin, max_pbc, max_taleqani)
+    parts = load_parts(data, splits_dir, "val", max_raabin, max_pbc, max_taleqani, max_chula=0)
     load_s = time.perf_counter() - t0
     base = dict(stage.instance_params)
     results = []
@@ -291,7 +291,7 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
         cfg["thresholds"]["mask"] = best["mask"]
         cfg["thresholds"]["instances"].update(min_nucleus_fraction=best["min_nucleus_fraction"],
                                               min_distance=best["min_distance"], h=best["h"])
-        cfg["thresholds"]["choice"] = (f"chosen on the val parts of Raabin, PBC and Taleqani by leukodx calibrate "
+        cfg["thresholds"]["choice"] = (f"chosen on the val parts of Raabin, PBC, Taleqani and Chula by leukodx calibrate "
                                        f"--post-processing (objective {best['objective']})")
         write_model_config(segmenter_dir, cfg)
     return report

@@ -1,5 +1,5 @@
-"""Scoring whole-leukocyte outlines on other labs' images: fields with boxed leukocytes (Raabin) and crops with
-one centred cell (PBC), against the rule-made references of leukodx.data.cell_references.
+"""Scoring whole-leukocyte outlines on other labs' images: fields with boxed leukocytes (Raabin, Chula) and crops
+with one centred cell (PBC), against the rule-made references of leukodx.data.cell_references.
 
     >>> s = score_boxed_field(result, boxes, reference)     # one field's counts, one-centre-per-box, Dice
     >>> s = score_centred_crop(result, reference, leukocyte=True)
@@ -132,16 +132,20 @@ def summarize_scores(scores: Sequence[dict]) -> dict:
 
 @dataclass
 class Parts:
-    """The held-out images of the three labs with their rule-made references, read once and scored many times:
-    Raabin fields (image, RaabinField, reference), PBC crops (image, class, reference) and Taleqani fields
-    (image, reference with the repaired nucleus reference)."""
+    """The held-out images of the four labs with their rule-made references, read once and scored many times:
+    Raabin fields (image, RaabinField, reference), PBC crops (image, class, reference), Taleqani fields
+    (image, reference with the repaired nucleus reference) and labelled Chula fields (image, leukocyte boxes N x 5,
+    reference)."""
 
     raabin: list = field(default_factory=list)
     pbc: list = field(default_factory=list)
     taleqani: list = field(default_factory=list)
+    chula: list = field(default_factory=list)
+    paths: dict = field(default_factory=dict)  # source -> its images' paths, in the order above
 
     def describe(self) -> dict:
-        return {"n_raabin": len(self.raabin), "n_pbc": len(self.pbc), "n_taleqani": len(self.taleqani)}
+        return {"n_raabin": len(self.raabin), "n_pbc": len(self.pbc), "n_taleqani": len(self.taleqani),
+                "n_chula": len(self.chula)}
 
 
 def _every(rows: list, n: int) -> list:
@@ -149,10 +153,11 @@ def _every(rows: list, n: int) -> list:
 
 
 def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_raabin: int = 0, max_pbc: int = 0,
-               max_taleqani: int = 0) -> Parts:
+               max_taleqani: int = 0, max_chula: int = 0) -> Parts:
     """The `split` part ("val" or "test") of each source under `data` (their registry folders: raabin-fields/,
-    pbc/, all-taleqani/), as their split files in `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder
-    is missing is left out."""
+    pbc/, all-taleqani/, chula-wbc/: its fields with a label file, split by slide), as their split files in
+    `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder is missing is left
+    out."""
     from leukodx.data import sources
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
@@ -162,7 +167,9 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
 
     def rows(name: str, n: int, check: bool = False) -> list[dict]:
         root = data / sources.SOURCES[name].folder
-        return _every(read_split(sources.split_path(name, splits), root if check else None, part=split), n)
+        out = _every(read_split(sources.split_path(name, splits), root if check else None, part=split), n)
+        parts.paths[name] = [r["path"] for r in out]
+        return out
 
     root = data / sources.SOURCES["raabin"].folder
     if root.is_dir():
@@ -177,23 +184,34 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
     if root.is_dir():
         parts.taleqani = [(read_rgb(root / r["path"]), sources.taleqani_field_reference(root, r["path"]))
                           for r in rows("taleqani", max_taleqani, check=True)]
+    root = data / sources.SOURCES["chula"].folder
+    if root.is_dir():
+        labels = {r["path"]: root / "labels" / f"{Path(r['path']).stem}.txt" for r in rows("chula", 0)}
+        parts.paths["chula"] = _every([p for p, lp in labels.items() if lp.is_file()], max_chula)
+        for p in parts.paths["chula"]:
+            rgb = read_rgb(root / p)
+            parts.chula.append((rgb, sources.chula_boxes(labels[p], rgb.shape[:2]),
+                                sources.chula_field_reference(root, p)))
     return parts
 
 
-def score_parts(analysis, parts: Parts, batch_size: int = 16) -> dict:
+def score_parts(analysis, parts: Parts, batch_size: int = 16, per_image: dict | None = None) -> dict:
     """The analysis (its segmenter part) on every image of `parts`: per source, summarize_scores of the boxed
-    fields and centred crops, and the Taleqani fields' nucleus Dice against the repaired references."""
+    fields and centred crops, and the Taleqani fields' nucleus Dice against the repaired references.
+    ``per_image``, when given, receives each source's list of per-image scores (in the order of `parts`)."""
     from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
 
     out: dict = {}
-    if parts.raabin:
-        rs = analysis.analyze_many([x[0] for x in parts.raabin], batch_size=batch_size)
-        out["raabin"] = summarize_scores([score_boxed_field(r, f.boxes, ref)
-                                          for r, (_, f, ref) in zip(rs, parts.raabin, strict=True)])
+    keep = per_image if per_image is not None else {}
+    for name, boxed in (("raabin", [(x[0], x[1].boxes, x[2]) for x in parts.raabin]), ("chula", parts.chula)):
+        if boxed:
+            rs = analysis.analyze_many([x[0] for x in boxed], batch_size=batch_size)
+            keep[name] = [score_boxed_field(r, b, ref) for r, (_, b, ref) in zip(rs, boxed, strict=True)]
+            out[name] = summarize_scores(keep[name])
     if parts.pbc:
         rs = analysis.analyze_many([x[0] for x in parts.pbc], batch_size=batch_size)
-        scores = [score_centred_crop(r, ref, leukocyte=lab not in NOT_LEUKOCYTE_CLASSES) | {"label": lab}
-                  for r, (_, lab, ref) in zip(rs, parts.pbc, strict=True)]
+        keep["pbc"] = scores = [score_centred_crop(r, ref, leukocyte=lab not in NOT_LEUKOCYTE_CLASSES) | {"label": lab}
+                                for r, (_, lab, ref) in zip(rs, parts.pbc, strict=True)]
         out["pbc"] = summarize_scores(scores)
         out["pbc"]["per_class_exactly_one"] = {
             c: round(float(np.mean([s["n_inside"] == 1 for s in scores if s["label"] == c])), 4)
@@ -202,6 +220,7 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16) -> dict:
         rs = analysis.analyze_many([x[0] for x in parts.taleqani], batch_size=batch_size)
         counts = [masked_counts(scored_nucleus(r), ref.nucleus, ref.nucleus_known)
                   for r, (_, ref) in zip(rs, parts.taleqani, strict=True)]
+        keep["taleqani"] = [{"nucleus": c} for c in counts]
         d = dice(*(int(sum(c[k] for c in counts)) for k in range(3)))
         out["taleqani"] = {"n": len(rs), "nucleus_dice_global_repaired": None if d is None else round(d, 4)}
     return out
@@ -209,7 +228,8 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16) -> dict:
 
 def headline(scores: dict) -> dict:
     """The rates of `score_parts` that a lab relies on, each 0..1 and higher-is-better, and their mean
-    (`objective`: what thresholds are chosen by on validation, and the study compares)."""
+    (`objective`: what thresholds are chosen by on validation, and the study compares). Chula's rates join when
+    it was scored."""
     r, p, t = scores.get("raabin", {}), scores.get("pbc", {}), scores.get("taleqani", {})
     parts = {"raabin_one_centre": r.get("one_centre_per_box"), "raabin_count_exact": r.get("count_exact"),
              "raabin_cell_dice": r.get("cell_dice_global"), "raabin_nucleus_dice": r.get("nucleus_dice_global"),
@@ -217,5 +237,9 @@ def headline(scores: dict) -> dict:
              "pbc_no_cell_on_non_leukocyte": None if p.get("non_leukocyte_called_cell") is None else round(
                  1.0 - p["non_leukocyte_called_cell"], 4),
              "pbc_cell_dice": p.get("cell_dice_global"), "taleqani_nucleus_dice": t.get("nucleus_dice_global_repaired")}
+    if "chula" in scores:
+        c = scores["chula"]
+        parts |= {"chula_one_centre": c.get("one_centre_per_box"), "chula_count_exact": c.get("count_exact"),
+                  "chula_cell_dice": c.get("cell_dice_global")}
     parts = {k: float(v or 0.0) for k, v in parts.items()}
     return parts | {"objective": round(float(np.mean(list(parts.values()))), 4)}

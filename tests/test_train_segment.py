@@ -186,6 +186,8 @@ def test_min_mask_fraction_and_pretrained(smears, tmp_path, capsys):
     assert masks["min_mask_fraction"] == 0.02 and masks["n_low_foreground"] == low
     run4 = tmp_path / "r4"
     assert cli("train", "segment", "--data", str(smears), "--out", str(run4), "--pretrained", str(run), *TINY) == 0
+    assert json.loads((run4 / "config.json").read_text())["training"]["pretrained"] == {
+        "file": str(run / "model.safetensors"), "fine_tuned": True}  # the start is recorded
     # --pretrained really loads the weights: a fresh model given them holds exactly the run's tensors
     from safetensors.torch import load_file
 

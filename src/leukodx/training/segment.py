@@ -124,7 +124,8 @@ ENCODER_UNUSED = ("conv_head.", "bn2.", "classifier.")  # a classifier's head: n
 def load_initial_weights(model, source, log) -> dict | None:
     """Start from the weights of a segmenter model directory (or its model.safetensors), or put ImageNet weights
     (a registered name such as efficientnet_lite0, leukodx.models.pretrained) into a timm encoder. Returns the
-    pretrained record for config.json when encoder weights were loaded (and logs it); None for no `source`."""
+    pretrained record for config.json (and logs it): the encoder weights' record, or {"file", "fine_tuned"} for a
+    model directory; None for no `source`."""
     from safetensors.torch import load_file
 
     from leukodx.errors import ModelError
@@ -146,7 +147,8 @@ def load_initial_weights(model, source, log) -> dict | None:
     except RuntimeError as exc:
         raise ModelError(f"--pretrained {source} does not fit this architecture ({str(exc).splitlines()[0]}).",
                          "Use the same --arch, --base-channels and --depth as the run it comes from.") from None
-    return None
+    log(f"every weight from {f} (fine-tuning)")
+    return {"file": str(f), "fine_tuned": True}
 
 
 def load_encoder_weights(model, name: str) -> dict:

@@ -138,9 +138,10 @@ def test_output_stems_unique():
 
 def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(tmp_path):
     """The bundled models (ONNX, as a clinic runs them) on synthetic smears whose leukocytes are known exactly:
-    the counts match the drawn cells on 7 of 8 fields (field 0 joins two touching cells), three fields are flagged
-    out of distribution (synthetic cells are unlike the training fields), and every other flag is the call rule's:
-    a leukaemic call whose cells show no blast is flagged low_confidence, with that reason."""
+    the counts match the drawn cells on 7 of 8 fields (field 0 joins two touching cells), and every flag has its
+    reason: a confidence under the calibrated threshold, or the call rule (a leukaemic call whose cells show no
+    blast is flagged low_confidence, with that reason). The classifier of issue 30 does not find these synthetic
+    fields unlike its training fields (no out_of_distribution flag; the one before it flagged 3 of 8)."""
     from leukodx.assets import default_model_dir
     from leukodx.data.synthetic import synthetic_instances
     from leukodx.inference.pipeline import cells_disagree
@@ -157,20 +158,22 @@ def test_bundled_models_on_synthetic_smears_give_the_observed_flags_and_counts(t
     rows = {os.path.basename(r["path"]): r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
     assert [truth[f"{i}.png"] for i in range(8)] == [2, 3, 1, 3, 1, 1, 3, 2]
     assert [int(rows[f"{i}.png"]["cell_count"]) for i in range(8)] == [1, 3, 1, 3, 1, 1, 3, 2]
-    ood = "out_of_distribution"
-    assert [i for i in range(8) if rows[f"{i}.png"]["flag"] == ood] == [1, 5, 6]
-    assert all("unlike anything the model was trained on" in rows[f"{i}.png"]["flag_reason"] for i in (1, 5, 6))
     cfg = read_model_config(default_model_dir("classify"))
     doc = json.loads((tmp_path / "out" / "predictions.json").read_text())
     fields = {os.path.basename(f["path"]): f for f in doc["fields"]}
-    for i in (0, 2, 3, 4, 7):
+    by_rule = []
+    for i in range(8):
         f = fields[f"{i}.png"]
+        if f["confidence"] < cfg.thresholds.low_confidence:
+            assert f["flag"] == "low_confidence" and "not sure" in f["flag_reason"], i
+            continue
         cells = [CellInstance(id=c["id"], area_px=c["area_px"], centroid=c["centroid"], bbox=c["bbox"],
                               ai_label=c["ai_label"], ai_confidence=c.get("ai_confidence"),
                               ai_probabilities=c.get("ai_probabilities")) for c in f["cells"]]
         why = cells_disagree(f["label"], cells, cfg.case_rule.benign, cfg.cell_agreement)
         assert f["flag"] == ("low_confidence" if why else "ok") and (not why or f["flag_reason"] == why), (i, why)
-    assert res["n_fields"] == 8 and res["case"]["flags"].get(ood) == 3
+        by_rule += [i] if why else []
+    assert by_rule == [2, 4] and res["n_fields"] == 8 and not res["case"]["flags"].get("out_of_distribution")
 
 
 def test_a_leukaemic_call_needs_a_blast_the_cell_model_trusts_and_unrecognised_cells_are_named():

@@ -114,6 +114,10 @@ def test_test_time_views_average_the_flipped_fields_logits(tiny_dirs):
     out = stage._run(b)
     assert np.allclose(out["logits"], 10) and out["logits"].shape == (2, 3)  # (4 + 8 + 12 + 16) / 4
     assert np.array_equal(out["features"][:, 0], [0, 1])  # the unflipped tiles' own features
+    b[1, 0, 0, 0] = 100  # tile 1 is sure (top two logits 96 apart): with tta_margin only tile 0 gets the views
+    stage.config.tta_margin = 2.0
+    out = stage._run(b)
+    assert np.allclose(out["logits"][0], 10) and np.allclose(out["logits"][1], [100, 4, 4])
 
 
 @pytest.mark.parametrize("shape", [(700, 1000), (1000, 700), (100, 100), (300, 120)])

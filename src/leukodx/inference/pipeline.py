@@ -114,16 +114,22 @@ class ClassifierStage:
         return np.stack([logits[owner == i].mean(0) for i in range(len(rgbs))])
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The engine's outputs; with test-time views (config `tta`), one call on the batch and its flipped copies,
-        the logits averaged over the views (features and heat map are the unflipped field's)."""
+        """The engine's outputs; with test-time views (config `tta`), the logits averaged over the tile and its
+        flipped copies (features and heat map are the unflipped tile's). With `tta_margin`, only the tiles whose
+        top two logits are closer than it get the views (the sure ones keep their one pass: speed)."""
+        out = self.engine.run(batch)
         if not self.config.tta:
-            return self.engine.run(batch)
-        flip = {"hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}
-        views = [batch] + [np.flip(batch, axis=flip[v]) for v in self.config.tta]
-        out = self.engine.run(np.ascontiguousarray(np.concatenate(views)))
-        n = len(batch)
-        logits = out["logits"].reshape(len(views), n, -1).mean(0)
-        return {k: v[:n] for k, v in out.items()} | {"logits": logits}
+            return out
+        top2 = np.sort(out["logits"], axis=1)[:, -2:]
+        sel = np.flatnonzero(top2[:, 1] - top2[:, 0] < (self.config.tta_margin or np.inf))
+        if len(sel):
+            flip = {"hflip": (-1,), "vflip": (-2,), "rot180": (-2, -1)}
+            views = np.concatenate([np.flip(batch[sel], axis=flip[v]) for v in self.config.tta])
+            more = self.engine.run(np.ascontiguousarray(views))["logits"].reshape(len(self.config.tta), len(sel), -1)
+            logits = out["logits"].astype(np.float64)
+            logits[sel] = (logits[sel] + more.sum(0)) / (1 + len(self.config.tta))
+            out = dict(out) | {"logits": logits}
+        return out
 
     def run(self, fields: Sequence[_Field]) -> None:
         t0 = time.perf_counter()

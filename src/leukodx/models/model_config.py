@@ -177,6 +177,7 @@ class ModelConfig(BaseModel):
     # classifiers: test-time views beside the field as it is ("hflip", "vflip", "rot180"); their logits are averaged
     # before the temperature (chosen on validation; `leukodx calibrate` refits the temperature over them)
     tta: list[Literal["hflip", "vflip", "rot180"]] = Field(default_factory=list)
+    tta_margin: float | None = None  # views only for tiles whose top two logits are closer than this (None: all)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     scale: ScaleRule = Field(default_factory=ScaleRule)
     case_rule: CaseRule = Field(default_factory=CaseRule)

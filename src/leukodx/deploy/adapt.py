@@ -242,7 +242,7 @@ def adapt_models(data: str | Path, out: str | Path, classifier_dir: str | Path |
                 "lab_flagged_normalised_trained_threshold": round(float((norm > trained).mean()), 4),
                 "lab_flagged_normalised_adapted_threshold": round(float((norm > new).mean()), 4),
             }
-            feats["threshold"] = round(new, 4)
+            feats["threshold"] = float(new)  # unrounded: a rounded copy could fall below the trained one
             feats["trained_threshold"] = trained
             ood["features"] = feats
     else:

@@ -189,9 +189,8 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
         labels = {r["path"]: root / "labels" / f"{Path(r['path']).stem}.txt" for r in rows("chula", 0)}
         parts.paths["chula"] = _every([p for p, lp in labels.items() if lp.is_file()], max_chula)
         for p in parts.paths["chula"]:
-            rgb = read_rgb(root / p)
-            parts.chula.append((rgb, sources.chula_boxes(labels[p], rgb.shape[:2]),
-                                sources.chula_field_reference(root, p)))
+            ref = sources.chula_field_reference(root, p)  # it read the field: ref.image
+            parts.chula.append((ref.image, sources.chula_boxes(labels[p], ref.image.shape[:2]), ref))
     return parts
 
 

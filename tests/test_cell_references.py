@@ -154,6 +154,33 @@ def test_dataset_shapes_and_masks_on_synthetic():
     assert int(st2[..., 2].sum()) == 50 * 60 and int(st2[..., 0].sum()) == 224 * 224
 
 
+def test_cut_cell_fills_its_window_and_is_padded_as_the_analysis_pads():
+    # one 40-px leukocyte (known) in a 200-px field, a 10-px speck too small to be chosen
+    img = np.full((200, 200, 3), 230, np.uint8)
+    stack = np.zeros((200, 200, 4), np.uint8)
+    stack[..., 2:] = 1
+    stack[100:140, 60:100, 0] = 1
+    stack[10:13, 10:13, 0] = 1
+    img[stack[..., 0] > 0] = (90, 40, 140)
+    for seed in range(20):
+        im2, st2, cut = cell_data._cut_cell(img, stack, np.random.default_rng(seed))
+        assert cut and im2.shape[0] == im2.shape[1] and 28 <= im2.shape[0] <= 56
+        assert st2[..., 0].mean() > 0.45  # the cell fills most of the window
+        pad_img, pad_st = cell_data._crop_or_pad(im2, st2, 224, np.random.default_rng(seed), as_analysis=True)
+        side = im2.shape[0]
+        assert int(pad_st[..., 2].sum()) == side * side and pad_st[:side, :side, 2].all()  # only the window known
+        from leukodx.inference.tiling import prepare
+        assert np.array_equal(pad_img, prepare(im2, 1.0, window=224).work[:224, :224])
+    # no cell of 30 px known: unchanged
+    none = stack.copy()
+    none[..., 0] = 0
+    assert cell_data._cut_cell(img, none, np.random.default_rng(0))[2] is False
+    # the dataset draws cut and low-magnification crops with targets in 0/1 and unknown padding
+    ds = cell_data.CellDataset(cell_data.synthetic_items(2), augment=True, cut_cells=1.0, low_magnification=1.0)
+    x, t, k = ds[0]
+    assert x.shape == (3, 224, 224) and 0 < float(k[0].mean()) < 0.2 and float(t[0][k[0] > 0].mean()) > 0.3
+
+
 def test_masked_loss_ignores_unknown_pixels():
     logits = torch.randn(2, 2, 16, 16)
     target = (torch.rand(2, 2, 16, 16) > 0.5).float()

@@ -53,3 +53,19 @@ def test_centred_crop_exactly_one_and_non_leukocyte():
     s3 = score_centred_crop(_result(np.zeros_like(lab)), empty, leukocyte=False)
     summ = summarize_scores([s, s2, s3])
     assert summ["exactly_one_centred_cell"] == 1.0 and summ["non_leukocyte_called_cell"] == 0.5
+
+
+def test_cut_crop_keeps_the_centre_third_with_its_reference_and_joins_the_headline():
+    from leukodx.evaluation.cells import cut_crop, headline
+
+    rgb = np.arange(360 * 363 * 3, dtype=np.int64).reshape(360, 363, 3).astype(np.uint8)
+    cell = _disc((360, 363), 180, 181, 90).astype(np.uint8)
+    ref = CellReference(rgb, cell, cell, np.ones_like(cell), np.ones_like(cell), 68.0)
+    img, lab, cut = cut_crop((rgb, "neutrophil", ref))
+    assert img.shape == (120, 120, 3) and lab == "neutrophil" and np.array_equal(img, rgb[120:240, 121:241])
+    assert cut.cell.shape == (120, 120) and cut.cell.all() and np.array_equal(cut.image, img)  # the cell fills it
+    assert cut.rbc_diameter_px == 68.0
+    base = {"raabin": {}, "pbc": {}, "taleqani": {}}
+    h = headline(base | {"pbc_cut": {"exactly_one_centred_cell": 0.5, "cell_dice_global": 0.7}})
+    assert h["pbc_cut_exactly_one"] == 0.5 and h["pbc_cut_cell_dice"] == 0.7
+    assert "pbc_cut_exactly_one" not in headline(base)

@@ -100,3 +100,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert code == 2 and "--preset" in msg
     code, msg = _cli(base + ["--synthetic", "5"])
     assert code == 2 and "--raabin" in msg
+    code, msg = _cli(base + ["--cut-cells", "0.3"])
+    assert code == 2 and "--cut-cells" in msg and "--raabin" in msg
+    code, msg = _cli(base + ["--pbc", str(tmp_path / "tal"), "--low-magnification", "1.5"])
+    assert code == 2 and "--low-magnification" in msg

@@ -111,6 +111,12 @@ def register(app: typer.Typer) -> None:
                                     "of the sources' split files (leukodx.data.sources names them)."),
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Two-output training: keep the made "
                                               "references here as .npz (reused by the next run)."),
+        cut_cells: float | None = typer.Option(None, "--cut-cells", min=0.0, max=1.0, help="Two-output training: "
+                                               "share of draws cut to one leukocyte's size, as single-cell crops "
+                                               "are exported. [default: 0]"),
+        low_magnification: float | None = typer.Option(None, "--low-magnification", min=0.0, max=1.0, help=
+                                                       "Two-output training: share of draws given a lower "
+                                                       "magnification's loss of detail. [default: 0]"),
     ) -> None:
         two_output = raabin is not None or pbc is not None or chula is not None
         if two_output:
@@ -122,7 +128,8 @@ def register(app: typer.Typer) -> None:
                                    "--pbc / --chula).", "Leave it out, or train the one-output segmenter without "
                                    "--raabin, --pbc and --chula.")
         cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
-                                            ("cache_dir", cache_dir)) if v is not None]
+                                            ("cache_dir", cache_dir), ("cut_cells", cut_cells),
+                                            ("low_magnification", low_magnification)) if v is not None]
         if cell_given and not two_output:
             from leukodx.errors import LeukodxError
 
@@ -141,7 +148,8 @@ def register(app: typer.Typer) -> None:
             device=device, resume=True if resume else None, quiet=True if quiet else None,
             time_limit_s=60.0 * time_limit_min if time_limit_min is not None else None)
         if two_output:
-            _train_two_outputs(config, flags, raabin=raabin, pbc=pbc, chula=chula, synthetic=synthetic, splits=splits,
+            _train_two_outputs(config, flags | {"cut_cells": cut_cells, "low_magnification": low_magnification},
+                               raabin=raabin, pbc=pbc, chula=chula, synthetic=synthetic, splits=splits,
                                samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
             return
         from leukodx.training.segment import fmt, resolve_segment_config, train_segmenter

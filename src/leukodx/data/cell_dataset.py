@@ -5,8 +5,14 @@ A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields an
 Taleqani fields' size, `sources.TALEQANI_RBC_DIAMETER`), the scale the analysis brings every field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
 ``cache_dir``, as .npz files keyed by source, path and rule version). Each draw then:
 
+- with probability ``low_magnification``, loses resolution as a lower magnification or a smaller camera gives it:
+  resampled by U(0.35, 0.9) and back (the analysis brings every field to the working scale, so another
+  magnification reaches the model as this loss of detail);
 - scales by U(0.8, 1.2) (the analysis' residual scale error), cuts a 224 x 224 window at a random place
   (mirror padding where the image is smaller; padded pixels are unknown in both channels);
+- with probability ``cut_cells``, first cuts a window of U(0.7, 1.4) times one leukocyte's size around it, so the
+  cell fills the window and its edges cut it: a single-cell crop as labs export it, mirror-padded at its bottom
+  and right as `inference.tiling.prepare` pads a small image (only the window is known);
 - flips and rotates by multiples of 90 degrees (image and targets together);
 - perturbs the image only: stain (HED), white balance, per-channel gamma, focus blur
   (`leukodx.data.transforms`).
@@ -100,9 +106,10 @@ class CellDataset(torch.utils.data.Dataset):
     ``cache_dir`` as .npz when given)."""
 
     def __init__(self, items: list[CellItem], augment: bool = True, cache_dir: str | Path | None = None,
-                 seed: int = 0):
+                 seed: int = 0, cut_cells: float = 0.0, low_magnification: float = 0.0):
         self.items = list(items)
         self.augment = augment
+        self.cut_cells, self.low_magnification = float(cut_cells), float(low_magnification)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self._mem: dict[int, dict[str, np.ndarray]] = {}
@@ -151,13 +158,20 @@ class CellDataset(torch.utils.data.Dataset):
         data = self.prepared(i)
         rng = np.random.default_rng() if self.augment else np.random.default_rng(self.seed + i)
         img, stack = data["image"], data["stack"]
+        cut = False
         if self.augment:
-            s = float(rng.uniform(1 - SCALE_JITTER, 1 + SCALE_JITTER))
             h, w = img.shape[:2]
+            if rng.random() < self.low_magnification:
+                m = float(rng.uniform(0.35, 0.9))
+                low = _resize(img, max(1, round(h * m)), max(1, round(w * m)), Image.Resampling.BOX)
+                img = _resize(low, h, w, Image.Resampling.BILINEAR)
+            s = float(rng.uniform(1 - SCALE_JITTER, 1 + SCALE_JITTER))
             nh, nw = max(1, round(h * s)), max(1, round(w * s))
             img = _resize(img, nh, nw, Image.Resampling.BILINEAR)
             stack = np.stack([_resize(stack[..., k], nh, nw, Image.Resampling.NEAREST) for k in range(4)], -1)
-        img, stack = _crop_or_pad(img, stack, CROP, rng, random=self.augment)
+            if rng.random() < self.cut_cells:
+                img, stack, cut = _cut_cell(img, stack, rng)
+        img, stack = _crop_or_pad(img, stack, CROP, rng, random=self.augment, as_analysis=cut)
         if self.augment:
             k = int(rng.integers(0, 4))
             img, stack = np.rot90(img, k), np.rot90(stack, k)
@@ -170,16 +184,41 @@ class CellDataset(torch.utils.data.Dataset):
         return (x * 255.0).clamp(0, 255), t[:2].clone(), t[2:].clone()
 
 
-def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.Generator, random: bool = True
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size window: mirror-padded where the image is smaller (padded pixels unknown: known = 0)."""
+def _cut_cell(img: np.ndarray, stack: np.ndarray, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A square window of U(0.7, 1.4) times one leukocyte's larger side around it (its centre moved by up to 15 %
+    of the window), so the cell fills it; (img, stack, False) unchanged where no whole-cell reference of 30 px or
+    more is known."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label((stack[..., 0] > 0) & (stack[..., 2] > 0))
+    if n == 0:
+        return img, stack, False
+    big = np.flatnonzero(np.bincount(lab.ravel())[1:] >= 30)
+    if not len(big):
+        return img, stack, False
+    ys, xs = ndi.find_objects(lab)[int(rng.choice(big))]
+    h, w = img.shape[:2]
+    side = min(h, w, max(12, round(max(ys.stop - ys.start, xs.stop - xs.start) * rng.uniform(0.7, 1.4))))
+    cy = (ys.start + ys.stop) / 2 + rng.uniform(-0.15, 0.15) * side
+    cx = (xs.start + xs.stop) / 2 + rng.uniform(-0.15, 0.15) * side
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    return img[y0:y0 + side, x0:x0 + side], stack[y0:y0 + side, x0:x0 + side], True
+
+
+def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.Generator, random: bool = True,
+                 as_analysis: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size window: mirror-padded where the image is smaller (padded pixels unknown: known = 0), at a
+    random place (``random``) or centred; ``as_analysis``: padded at its bottom and right with its edge pixels
+    repeated, as the analysis pads a small image (`inference.tiling.prepare`)."""
     h, w = img.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
-        top = int(rng.integers(0, ph + 1)) if random else ph // 2
-        left = int(rng.integers(0, pw + 1)) if random else pw // 2
+        top = 0 if as_analysis else int(rng.integers(0, ph + 1)) if random else ph // 2
+        left = 0 if as_analysis else int(rng.integers(0, pw + 1)) if random else pw // 2
         pad = ((top, ph - top), (left, pw - left), (0, 0))
-        mode = "reflect" if h > 1 and w > 1 else "edge"
+        mode = "symmetric" if as_analysis else "reflect" if h > 1 and w > 1 else "edge"
         img = _pad(img, pad, mode)
         stack = _pad(stack, pad, mode)
         stack[:top, :, 2:] = 0
@@ -193,6 +232,8 @@ def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.G
 
 
 def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
+    if mode == "symmetric":  # as tiling.prepare pads
+        return np.pad(a, pad, mode="symmetric")
     # np.pad's reflect needs pad < side; repeat it until the target is reached
     out = a
     (t, b), (lft, r), _ = pad

@@ -141,11 +141,25 @@ class Parts:
     pbc: list = field(default_factory=list)
     taleqani: list = field(default_factory=list)
     chula: list = field(default_factory=list)
+    pbc_cut: list = field(default_factory=list)  # the PBC leukocyte crops cut to their central third (cut_crop)
     paths: dict = field(default_factory=dict)  # source -> its images' paths, in the order above
 
     def describe(self) -> dict:
         return {"n_raabin": len(self.raabin), "n_pbc": len(self.pbc), "n_taleqani": len(self.taleqani),
-                "n_chula": len(self.chula)}
+                "n_chula": len(self.chula), "n_pbc_cut": len(self.pbc_cut)}
+
+
+def cut_crop(item: tuple, frac: float = 1 / 3) -> tuple:
+    """A PBC crop (image, class, reference) cut to its central ``frac`` (120 px of a 360-px crop) with its
+    reference: a leukocyte that fills the crop and is cut by its edges, as some labs export single cells."""
+    from dataclasses import replace
+
+    rgb, label, ref = item
+    h, w = rgb.shape[:2]
+    side = max(8, round(min(h, w) * frac))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    cut = {k: v[y0:y0 + side, x0:x0 + side] for k, v in ref.arrays().items()}
+    return rgb[y0:y0 + side, x0:x0 + side], label, replace(ref, image=rgb[y0:y0 + side, x0:x0 + side], **cut)
 
 
 def _every(rows: list, n: int) -> list:
@@ -159,6 +173,7 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
     `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder is missing is left
     out."""
     from leukodx.data import sources
+    from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
 
@@ -180,6 +195,9 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
     if root.is_dir():
         parts.pbc = [(read_rgb(root / r["path"]), r["label"], sources.pbc_crop_reference(root, r["path"], r["label"]))
                      for r in rows("pbc", max_pbc)]
+        leuk = [i for i, x in enumerate(parts.pbc) if x[1] not in NOT_LEUKOCYTE_CLASSES]
+        parts.pbc_cut = [cut_crop(parts.pbc[i]) for i in leuk]
+        parts.paths["pbc_cut"] = [parts.paths["pbc"][i] for i in leuk]
     root = data / sources.SOURCES["taleqani"].folder
     if root.is_dir():
         parts.taleqani = [(read_rgb(root / r["path"]), sources.taleqani_field_reference(root, r["path"]))
@@ -215,6 +233,11 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16, per_image: dict | 
         out["pbc"]["per_class_exactly_one"] = {
             c: round(float(np.mean([s["n_inside"] == 1 for s in scores if s["label"] == c])), 4)
             for c in sorted({s["label"] for s in scores}) if c not in NOT_LEUKOCYTE_CLASSES}
+    if parts.pbc_cut:
+        rs = analysis.analyze_many([x[0] for x in parts.pbc_cut], batch_size=batch_size)
+        keep["pbc_cut"] = [score_centred_crop(r, ref) | {"label": lab}
+                           for r, (_, lab, ref) in zip(rs, parts.pbc_cut, strict=True)]
+        out["pbc_cut"] = summarize_scores(keep["pbc_cut"])
     if parts.taleqani:
         rs = analysis.analyze_many([x[0] for x in parts.taleqani], batch_size=batch_size)
         counts = [masked_counts(scored_nucleus(r), ref.nucleus, ref.nucleus_known)
@@ -227,8 +250,8 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16, per_image: dict | 
 
 def headline(scores: dict) -> dict:
     """The rates of `score_parts` that a lab relies on, each 0..1 and higher-is-better, and their mean
-    (`objective`: what thresholds are chosen by on validation, and the study compares). Chula's rates join when
-    it was scored."""
+    (`objective`: what thresholds are chosen by on validation, and the study compares). Chula's and the cut PBC
+    crops' rates join when they were scored."""
     r, p, t = scores.get("raabin", {}), scores.get("pbc", {}), scores.get("taleqani", {})
     parts = {"raabin_one_centre": r.get("one_centre_per_box"), "raabin_count_exact": r.get("count_exact"),
              "raabin_cell_dice": r.get("cell_dice_global"), "raabin_nucleus_dice": r.get("nucleus_dice_global"),
@@ -236,6 +259,9 @@ def headline(scores: dict) -> dict:
              "pbc_no_cell_on_non_leukocyte": None if p.get("non_leukocyte_called_cell") is None else round(
                  1.0 - p["non_leukocyte_called_cell"], 4),
              "pbc_cell_dice": p.get("cell_dice_global"), "taleqani_nucleus_dice": t.get("nucleus_dice_global_repaired")}
+    if "pbc_cut" in scores:
+        parts |= {"pbc_cut_exactly_one": scores["pbc_cut"].get("exactly_one_centred_cell"),
+                  "pbc_cut_cell_dice": scores["pbc_cut"].get("cell_dice_global")}
     if "chula" in scores:
         c = scores["chula"]
         parts |= {"chula_one_centre": c.get("one_centre_per_box"), "chula_count_exact": c.get("count_exact"),

@@ -223,7 +223,8 @@ def _data(cfg: TrainConfig, log: Callable[[str], None]):
         val_items["synthetic"] = cell_data.synthetic_items(min(n_sv, cfg.max_val_images or n_sv), seed=seed + 10**6)
         split_used["synthetic"] = f"{n} generated (seeds {seed}..), val {len(val_items['synthetic'])} " \
                                   f"(seeds {seed + 10**6}..)"
-    train_ds = cell_data.CellDataset(train_items, augment=True, cache_dir=cfg.cache_dir, seed=seed)
+    train_ds = cell_data.CellDataset(train_items, augment=True, cache_dir=cfg.cache_dir, seed=seed,
+                                     cut_cells=cfg.cut_cells, low_magnification=cfg.low_magnification)
     val_ds = {s: cell_data.CellDataset(v, augment=False, cache_dir=cfg.cache_dir, seed=seed)
               for s, v in val_items.items() if v}
     counts = {s: {"train": sum(it.source == s for it in train_items), "val": len(val_items.get(s, []))}
@@ -344,6 +345,9 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
                 "scale": f"every image resampled so red cells are {cell_data.TARGET_RBC_DIAMETER:g} px, 224-px "
                          f"crops (scale jitter U(0.8, 1.2), flips, 90-degree turns, stain/colour/blur on the image) "
                          f"resized to {cfg.image_size} px",
+                "cut_cells": f"{cfg.cut_cells:g} of draws cut to U(0.7, 1.4) x one leukocyte's size, padded as the "
+                             "analysis pads a small image",
+                "low_magnification": f"{cfg.low_magnification:g} of draws resampled x U(0.35, 0.9) and back",
                 "references_version": cell_data.RULES_VERSION,
                 "pretrained": pretrained_record,
                 "loss": "masked BCE + soft Dice per channel on known pixels (losses.masked_bce_dice)",

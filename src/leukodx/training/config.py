@@ -37,6 +37,8 @@ class TrainConfig:
     splits: str | None = None  # cell models: the folder of the sources' split files (their registry names)
     synthetic: int = 0  # cell_segment: synthetic smears added to the training data
     cache_dir: str | None = None  # cell_segment: the references cached as .npz
+    cut_cells: float = 0.0  # cell_segment: share of draws cut to one leukocyte's size (data.cell_dataset)
+    low_magnification: float = 0.0  # cell_segment: share of draws with a lower magnification's loss of detail
     split_strategy: str = "sgdc"
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--worst", type=Path, default=None, help="folder for <source>-worst.png (see above)")
     ap.add_argument("--max", type=int, default=0, help="at most this many images per source (0: all)")
     ap.add_argument("--magnify", type=float, default=1.0, help="resample every image by this factor first")
+    ap.add_argument("--cut", type=float, default=1 / 3, help="pbc_cut: the central share of each crop's side kept")
+    ap.add_argument("--cut-side", type=int, default=0, help="pbc_cut: resize the cut crops to this side (0: as cut)")
     ap.add_argument("--mask-threshold", type=float, default=None, help="override thresholds.mask (validation only)")
     ap.add_argument("--min-nucleus-fraction", type=float, default=None,
                     help="override thresholds.instances.min_nucleus_fraction (validation only)")
@@ -161,9 +163,19 @@ def main() -> None:
                      ["python benchmarks/cell_segmentation.py", "--split", a.split, "--out", str(a.out)]
                      + (["--segmenter", str(a.segmenter)] if a.segmenter else [])
                      + (["--worst", str(a.worst)] if a.worst else []) + (["--max", str(a.max)] if a.max else [])
-                     + (["--magnify", f"{a.magnify:g}"] if a.magnify != 1.0 else []))}
+                     + (["--magnify", f"{a.magnify:g}"] if a.magnify != 1.0 else [])
+                     + (["--cut", f"{a.cut:g}"] if a.cut != 1 / 3 else [])
+                     + (["--cut-side", str(a.cut_side)] if a.cut_side else []))}
     t0 = time.perf_counter()
     parts = load_parts(a.data, ROOT / "benchmarks/splits", a.split, a.max, a.max, a.max, a.max)
+    if a.cut != 1 / 3 or a.cut_side:
+        from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
+        from leukodx.evaluation.cells import cut_crop
+
+        parts.pbc_cut = [cut_crop(x, a.cut) for x in parts.pbc if x[1] not in NOT_LEUKOCYTE_CLASSES]
+        if a.cut_side:
+            parts.pbc_cut = [(np.asarray(Image.fromarray(x).resize((a.cut_side, a.cut_side), Image.Resampling.BOX)),
+                              lab, ref) for x, lab, ref in parts.pbc_cut]
     if a.magnify != 1.0:
         parts = magnified(parts, a.magnify)
     res.update(parts.describe())

@@ -65,6 +65,9 @@ def test_cut_crop_keeps_the_centre_third_with_its_reference_and_joins_the_headli
     assert img.shape == (120, 120, 3) and lab == "neutrophil" and np.array_equal(img, rgb[120:240, 121:241])
     assert cut.cell.shape == (120, 120) and cut.cell.all() and np.array_equal(cut.image, img)  # the cell fills it
     assert cut.rbc_diameter_px == 68.0
+    half = CellReference(rgb[::3, ::3], cell[::3, ::3], cell[::3, ::3], np.ones_like(cell[::3, ::3]),
+                         np.ones_like(cell[::3, ::3]), 68.0)  # a reference at its own scale: cut alike
+    assert cut_crop((rgb, "neutrophil", half))[2].cell.shape == (40, 40)
     base = {"raabin": {}, "pbc": {}, "taleqani": {}}
     h = headline(base | {"pbc_cut": {"exactly_one_centred_cell": 0.5, "cell_dice_global": 0.7}})
     assert h["pbc_cut_exactly_one"] == 0.5 and h["pbc_cut_cell_dice"] == 0.7

@@ -151,15 +151,18 @@ class Parts:
 
 def cut_crop(item: tuple, frac: float = 1 / 3) -> tuple:
     """A PBC crop (image, class, reference) cut to its central ``frac`` (120 px of a 360-px crop) with its
-    reference: a leukocyte that fills the crop and is cut by its edges, as some labs export single cells."""
+    reference (which may be at its own, smaller scale): a leukocyte that fills the crop and is cut by its edges,
+    as some labs export single cells."""
     from dataclasses import replace
 
     rgb, label, ref = item
-    h, w = rgb.shape[:2]
-    side = max(8, round(min(h, w) * frac))
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    cut = {k: v[y0:y0 + side, x0:x0 + side] for k, v in ref.arrays().items()}
-    return rgb[y0:y0 + side, x0:x0 + side], label, replace(ref, image=rgb[y0:y0 + side, x0:x0 + side], **cut)
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        h, w = a.shape[:2]
+        side = max(8, round(min(h, w) * frac))
+        return a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+
+    return centre(rgb), label, replace(ref, image=centre(ref.image), **{k: centre(v) for k, v in ref.arrays().items()})
 
 
 def _every(rows: list, n: int) -> list:

@@ -10,8 +10,11 @@
 diameter), so a
 field photographed at another magnification gives the same crops once its red-cell diameter is known (the
 analysis measures it; unknown: `DEFAULT_RBC_DIAMETER`, the Taleqani fields' 17 px). Where the crop passes the
-field's edge the field is mirrored (never a cell dropped for being near the edge). The model standardises
-each crop itself (per-image normalisation inside the ONNX graph).
+field's edge the field is mirrored (never a cell dropped for being near the edge), except on an image narrower
+than 3/4 of a crop (3 red cells: a leukocyte all but fills it): mirrored, its cut cell would come back as a ring
+of copies, so it is framed by its own background's colour instead (chosen on PBC val crops: docs/results/
+issue28-cut-cells/). The model standardises each crop itself (per-image normalisation inside the
+ONNX graph).
 
 **Answer**: softmax(logits / temperature) over the model's classes (its config's `classes`); the top class, or `UNIDENTIFIED` when its probability is below `thresholds.low_confidence`
 of the model's config (chosen on validation cells). `ai_confidence` is the top class's calibrated probability
@@ -93,10 +96,12 @@ def _bundled_dir() -> Path:
 
 
 def crop_cells(rgb: np.ndarray, centres: Sequence[tuple[float, float]] | np.ndarray, rbc_diameter_px: float | None,
-               size: int = CROP_SIZE, width_rbc: float = CROP_RBC, pad: str = "symmetric") -> np.ndarray:
+               size: int = CROP_SIZE, width_rbc: float = CROP_RBC, pad: str = "auto") -> np.ndarray:
     """N x size x size x 3 uint8: one crop per centre (row, col) in `rgb`'s pixels, `width_rbc` red-cell
     diameters wide, resized (antialiased bilinear) to size x size. Beyond the image's edge the image is
-    mirrored (`pad` "symmetric", the default; "constant": black); a crop is never dropped."""
+    mirrored (`pad` "symmetric"; "constant": black; "background": the colour of its brightest quarter, the
+    plasma between cells; "auto", the default: "background" on an image narrower than 3/4 of a crop (3 red
+    cells: a leukocyte all but fills it), else "symmetric"); a crop is never dropped."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"rgb must be H x W x 3, got {rgb.shape}")
@@ -111,6 +116,8 @@ def crop_cells(rgb: np.ndarray, centres: Sequence[tuple[float, float]] | np.ndar
     side = width_rbc * d
     half = side / 2
     h, w = rgb.shape[:2]
+    if pad == "auto":
+        pad = "background" if min(h, w) < 0.75 * side else "symmetric"
     # one padded copy of the field, wide enough for every crop (the mirror repeats when a crop is wider than it)
     r0, c0 = float((c[:, 0] + 0.5 - half).min()), float((c[:, 1] + 0.5 - half).min())
     r1, c1 = float((c[:, 0] + 0.5 + half).max()), float((c[:, 1] + 0.5 + half).max())
@@ -118,7 +125,13 @@ def crop_cells(rgb: np.ndarray, centres: Sequence[tuple[float, float]] | np.ndar
     bottom, right = max(0, int(np.ceil(r1 - h)) + 1), max(0, int(np.ceil(c1 - w)) + 1)
     if top or left or bottom or right:
         widths = ((top, bottom), (left, right), (0, 0))
-        field = np.pad(rgb, widths, mode="constant") if pad == "constant" else np.pad(rgb, widths, mode="symmetric")
+        if pad == "background":
+            grey = rgb.mean(axis=2)
+            colour = np.median(rgb[grey >= np.percentile(grey, 75)], axis=0).astype(np.uint8)
+            field = np.stack([np.pad(rgb[..., k], widths[:2], mode="constant", constant_values=colour[k])
+                              for k in range(3)], axis=-1)
+        else:
+            field = np.pad(rgb, widths, mode="constant" if pad == "constant" else "symmetric")
     else:
         field = rgb
     for i, (r, col) in enumerate(c):

@@ -52,6 +52,21 @@ def test_crops_at_the_border_are_mirrored_not_dropped():
     assert (black[0, :7, :7] == 0).all() and black[0, 8:, 8:].any()
 
 
+def test_an_image_a_leukocyte_fills_is_framed_by_its_background_not_mirrored():
+    # a 40-px single-cell image: dark cell on a pale plasma corner; red cells 16 px -> crops 64 px wide (> 40 / 0.75)
+    rgb = np.full((40, 40, 3), (90, 40, 140), np.uint8)
+    rgb[:20, :] = (235, 225, 230)  # its upper half: plasma, the brightest quarter
+    out = crop_cells(rgb, [(20.0, 20.0)], 16.0, size=64)
+    assert (out[0, :8, :8] == (235, 225, 230)).all()  # the frame: the background's colour, not a mirrored cell
+    assert (out[0, -8:, -8:] == (235, 225, 230)).all()
+    assert np.array_equal(crop_cells(rgb, [(20.0, 20.0)], 16.0, size=64, pad="symmetric")[0, -8:, -8:],
+                          np.pad(rgb, ((12, 12), (12, 12), (0, 0)), mode="symmetric")[-8:, -8:])
+    # an image 3 red cells wide or more is mirrored as before
+    wide = np.tile(rgb, (2, 2, 1))  # 80 px >= 0.75 x 96 (red cells 24 px)
+    assert np.array_equal(crop_cells(wide, [(40.0, 40.0)], 24.0, size=96),
+                          crop_cells(wide, [(40.0, 40.0)], 24.0, size=96, pad="symmetric"))
+
+
 def test_a_crop_wider_than_the_field_still_comes_back():
     rgb = _ramp(20, 20)
     out = crop_cells(rgb, [(10.0, 10.0)], 30.0, size=64)  # 120 px wide, the field 20

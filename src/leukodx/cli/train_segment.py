@@ -117,6 +117,9 @@ def register(app: typer.Typer) -> None:
         low_magnification: float | None = typer.Option(None, "--low-magnification", min=0.0, max=1.0, help=
                                                        "Two-output training: share of draws given a lower "
                                                        "magnification's loss of detail. [default: 0]"),
+        cut_negatives: float | None = typer.Option(None, "--cut-negatives", min=0.0, max=1.0, help="Two-output "
+                                                   "training: share of the --cut-cells windows centred on what is "
+                                                   "no leukocyte (red cells, plasma). [default: 0]"),
     ) -> None:
         two_output = raabin is not None or pbc is not None or chula is not None
         if two_output:
@@ -129,7 +132,8 @@ def register(app: typer.Typer) -> None:
                                    "--raabin, --pbc and --chula.")
         cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
                                             ("cache_dir", cache_dir), ("cut_cells", cut_cells),
-                                            ("low_magnification", low_magnification)) if v is not None]
+                                            ("low_magnification", low_magnification),
+                                            ("cut_negatives", cut_negatives)) if v is not None]
         if cell_given and not two_output:
             from leukodx.errors import LeukodxError
 
@@ -148,7 +152,8 @@ def register(app: typer.Typer) -> None:
             device=device, resume=True if resume else None, quiet=True if quiet else None,
             time_limit_s=60.0 * time_limit_min if time_limit_min is not None else None)
         if two_output:
-            _train_two_outputs(config, flags | {"cut_cells": cut_cells, "low_magnification": low_magnification},
+            _train_two_outputs(config, flags | {"cut_cells": cut_cells, "low_magnification": low_magnification,
+                                                "cut_negatives": cut_negatives},
                                raabin=raabin, pbc=pbc, chula=chula, synthetic=synthetic, splits=splits,
                                samples_per_epoch=samples_per_epoch, cache_dir=cache_dir, quiet=quiet)
             return

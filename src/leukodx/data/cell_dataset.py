@@ -12,7 +12,8 @@ Taleqani fields' size, `sources.TALEQANI_RBC_DIAMETER`), the scale the analysis 
   (mirror padding where the image is smaller; padded pixels are unknown in both channels);
 - with probability ``cut_cells``, first cuts a window of U(0.7, 1.4) times one leukocyte's size around it, so the
   cell fills the window and its edges cut it: a single-cell crop as labs export it, mirror-padded at its bottom
-  and right as `inference.tiling.prepare` pads a small image (only the window is known);
+  and right as `inference.tiling.prepare` pads a small image (only the window is known); a share
+  ``cut_negatives`` of those windows is centred on what is no leukocyte (a red cell, plasma) instead;
 - flips and rotates by multiples of 90 degrees (image and targets together);
 - perturbs the image only: stain (HED), white balance, per-channel gamma, focus blur
   (`leukodx.data.transforms`).
@@ -106,10 +107,11 @@ class CellDataset(torch.utils.data.Dataset):
     ``cache_dir`` as .npz when given)."""
 
     def __init__(self, items: list[CellItem], augment: bool = True, cache_dir: str | Path | None = None,
-                 seed: int = 0, cut_cells: float = 0.0, low_magnification: float = 0.0):
+                 seed: int = 0, cut_cells: float = 0.0, low_magnification: float = 0.0, cut_negatives: float = 0.0):
         self.items = list(items)
         self.augment = augment
         self.cut_cells, self.low_magnification = float(cut_cells), float(low_magnification)
+        self.cut_negatives = float(cut_negatives)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.seed = seed
         self._mem: dict[int, dict[str, np.ndarray]] = {}
@@ -170,7 +172,7 @@ class CellDataset(torch.utils.data.Dataset):
             img = _resize(img, nh, nw, Image.Resampling.BILINEAR)
             stack = np.stack([_resize(stack[..., k], nh, nw, Image.Resampling.NEAREST) for k in range(4)], -1)
             if rng.random() < self.cut_cells:
-                img, stack, cut = _cut_cell(img, stack, rng)
+                img, stack, cut = _cut_cell(img, stack, rng, self.cut_negatives)
         img, stack = _crop_or_pad(img, stack, CROP, rng, random=self.augment, as_analysis=cut)
         if self.augment:
             k = int(rng.integers(0, 4))
@@ -184,13 +186,23 @@ class CellDataset(torch.utils.data.Dataset):
         return (x * 255.0).clamp(0, 255), t[:2].clone(), t[2:].clone()
 
 
-def _cut_cell(img: np.ndarray, stack: np.ndarray, rng: np.random.Generator
+def _cut_cell(img: np.ndarray, stack: np.ndarray, rng: np.random.Generator, negative: float = 0.0
               ) -> tuple[np.ndarray, np.ndarray, bool]:
     """A square window of U(0.7, 1.4) times one leukocyte's larger side around it (its centre moved by up to 15 %
     of the window), so the cell fills it; (img, stack, False) unchanged where no whole-cell reference of 30 px or
-    more is known."""
+    more is known. With probability `negative`, a window of U(1, 2.2) red cells centred on a pixel known to be no
+    leukocyte instead (a red cell, a platelet, plasma), so that what fills a crop is not always a cell."""
     from scipy import ndimage as ndi
 
+    h, w = img.shape[:2]
+    if rng.random() < negative:
+        ys0, xs0 = np.nonzero((stack[..., 0] == 0) & (stack[..., 2] > 0))
+        if len(ys0):
+            k = int(rng.integers(len(ys0)))
+            side = min(h, w, max(12, round(TARGET_RBC_DIAMETER * rng.uniform(1.0, 2.2))))
+            y0 = int(np.clip(ys0[k] - side // 2, 0, h - side))
+            x0 = int(np.clip(xs0[k] - side // 2, 0, w - side))
+            return img[y0:y0 + side, x0:x0 + side], stack[y0:y0 + side, x0:x0 + side], True
     lab, n = ndi.label((stack[..., 0] > 0) & (stack[..., 2] > 0))
     if n == 0:
         return img, stack, False
@@ -198,7 +210,6 @@ def _cut_cell(img: np.ndarray, stack: np.ndarray, rng: np.random.Generator
     if not len(big):
         return img, stack, False
     ys, xs = ndi.find_objects(lab)[int(rng.choice(big))]
-    h, w = img.shape[:2]
     side = min(h, w, max(12, round(max(ys.stop - ys.start, xs.stop - xs.start) * rng.uniform(0.7, 1.4))))
     cy = (ys.start + ys.stop) / 2 + rng.uniform(-0.15, 0.15) * side
     cx = (xs.start + xs.stop) / 2 + rng.uniform(-0.15, 0.15) * side

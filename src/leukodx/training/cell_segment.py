@@ -224,7 +224,8 @@ def _data(cfg: TrainConfig, log: Callable[[str], None]):
         split_used["synthetic"] = f"{n} generated (seeds {seed}..), val {len(val_items['synthetic'])} " \
                                   f"(seeds {seed + 10**6}..)"
     train_ds = cell_data.CellDataset(train_items, augment=True, cache_dir=cfg.cache_dir, seed=seed,
-                                     cut_cells=cfg.cut_cells, low_magnification=cfg.low_magnification)
+                                     cut_cells=cfg.cut_cells, low_magnification=cfg.low_magnification,
+                                     cut_negatives=cfg.cut_negatives)
     val_ds = {s: cell_data.CellDataset(v, augment=False, cache_dir=cfg.cache_dir, seed=seed)
               for s, v in val_items.items() if v}
     counts = {s: {"train": sum(it.source == s for it in train_items), "val": len(val_items.get(s, []))}
@@ -346,7 +347,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
                          f"crops (scale jitter U(0.8, 1.2), flips, 90-degree turns, stain/colour/blur on the image) "
                          f"resized to {cfg.image_size} px",
                 "cut_cells": f"{cfg.cut_cells:g} of draws cut to U(0.7, 1.4) x one leukocyte's size, padded as the "
-                             "analysis pads a small image",
+                             f"analysis pads a small image ({cfg.cut_negatives:g} of them centred on no leukocyte)",
                 "low_magnification": f"{cfg.low_magnification:g} of draws resampled x U(0.35, 0.9) and back",
                 "references_version": cell_data.RULES_VERSION,
                 "pretrained": pretrained_record,

@@ -39,6 +39,7 @@ class TrainConfig:
     cache_dir: str | None = None  # cell_segment: the references cached as .npz
     cut_cells: float = 0.0  # cell_segment: share of draws cut to one leukocyte's size (data.cell_dataset)
     low_magnification: float = 0.0  # cell_segment: share of draws with a lower magnification's loss of detail
+    cut_negatives: float = 0.0  # cell_segment: share of the cut windows centred on no leukocyte
     split_strategy: str = "sgdc"
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -143,3 +143,63 @@ def test_masks_overlay_and_predictions_json_describe_the_same_cells(tmp_path):
     assert [c.id for c in r.cells] == [c["id"] for c in field["cells"]]
     overlay = Image.open(tmp_path / "out" / row["overlay"])
     assert np.array_equal(np.asarray(overlay), np.asarray(Image.open(io.BytesIO(overlay_png(rgb, r)))))
+
+
+def _with_crop_segmenter(tmp_path, max_side_rbc: float):
+    """A copy of the bundled segmenter whose config sends images at most `max_side_rbc` red cells across to a crop
+    segmenter (here the bundled field segmenter itself, so only the routing differs)."""
+    import json
+    import shutil
+
+    from leukodx.assets import default_model_dir
+
+    src = default_model_dir("segment")
+    d = tmp_path / "seg"
+    d.mkdir()
+    for f in ("model.onnx", "model.safetensors"):
+        shutil.copy(src / f, d / f)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["crop_segmenter"] = {"dir": "small", "max_side_rbc": max_side_rbc}
+    (d / "config.json").write_text(json.dumps(cfg))
+    small = d / "small"
+    small.mkdir()
+    for f in ("model.onnx", "model.safetensors"):
+        shutil.copy(src / f, small / f)
+    cfg.pop("crop_segmenter")
+    (small / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_an_image_a_leukocyte_fills_goes_to_the_crop_segmenter(tmp_path):
+    """Images at most `crop_segmenter.max_side_rbc` red cells across (single-cell crops) are outlined by the crop
+    segmenter, fields by the field segmenter; the size note and describe() say so."""
+    from test_smear_check import _cell_crop
+
+    from leukodx.inference.pipeline import Analysis
+
+    a = Analysis(None, _with_crop_segmenter(tmp_path, 6.0), cell_classifier=False, threads=1)
+    assert a.describe()["crop_segmenter"]["max_side_rbc"] == 6.0
+    crop = _cell_crop(0)[0]  # 160 px, red cells 57 px: about 3 red cells across
+    field = synthetic_instances("Pro", 224, seed=3)[0]  # about 12 red cells across
+    r_crop, r_field = a.analyze_many([crop, field])
+    assert "outlined as a single-cell crop" in r_crop.size_note and r_crop.cells
+    assert "single-cell crop" not in r_field.size_note and r_field.cells
+    # the same image where the lab says its red cells are 19 px (0.4 um/px): 8 red cells across, a field
+    assert "single-cell crop" not in a.analyze(crop, um_per_px=0.4).size_note
+    seen = []
+    a.segmenter.crops.run = lambda fields: seen.extend(fields)  # the crop segmenter gets the crop alone
+    a.analyze_many([crop, field])
+    assert [f.result.path for f in seen] == [None] and len(seen) == 1
+
+
+def test_a_missing_crop_segmenter_is_refused_with_what_to_do(tmp_path):
+    import shutil
+
+    from leukodx.errors import ModelError
+    from leukodx.inference.pipeline import Analysis
+
+    d = _with_crop_segmenter(tmp_path, 4.0)
+    shutil.rmtree(d / "small")
+    with pytest.raises(ModelError) as exc:
+        Analysis(None, d, cell_classifier=False, threads=1)
+    assert "small" in str(exc.value.message) and exc.value.hint

@@ -172,6 +172,14 @@ class SegmenterStage:
         self.mask_threshold = float(self.config.thresholds.mask)
         self.instance_params = self.config.thresholds.instances.as_base()
         self.min_nucleus_fraction = float(self.config.thresholds.instances.min_nucleus_fraction)
+        crop = self.config.crop_segmenter  # the model for images a leukocyte fills, and up to which side
+        try:
+            self.crops = SegmenterStage(self.dir / crop.dir, engine, threads, eager) if crop else None
+        except ModelError as exc:
+            raise ModelError(f"{self.dir}'s crop segmenter (config.json crop_segmenter.dir) cannot be used: "
+                             f"{exc.problem}", "Copy the whole model directory with its subfolder, or remove "
+                             "crop_segmenter from its config.json.") from None
+        self.crop_side = crop.max_side_rbc * self.config.scale.rbc_diameter_224 if crop else 0.0
 
     @property
     def has_nucleus(self) -> bool:
@@ -203,6 +211,16 @@ class SegmenterStage:
     def run(self, fields: Sequence[_Field]) -> None:
         from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
+        if self.crops is not None:  # images at most `crop_side` working px across go to the crop segmenter
+            crops = [f for f in fields if max(f.prep.valid) <= self.crop_side]
+            if crops:
+                self.crops.run(crops)
+                for f in crops:
+                    f.result.size_note += (f"; outlined as a single-cell crop (at most "
+                                           f"{self.config.crop_segmenter.max_side_rbc:g} red cells across)")
+                fields = [f for f in fields if max(f.prep.valid) > self.crop_side]
+                if not fields:
+                    return
         t0 = time.perf_counter()
         same = all(f.tiles and len(f.tiles) == len(f.boxes) and f.tiles[0].shape[:2] == tuple(self.size)
                    for f in fields)  # the classifier's inputs are this model's inputs too
@@ -311,6 +329,9 @@ class Analysis:
             out["temperature"] = self.classifier.temperature
         if self.segmenter:
             out["mask_threshold"] = self.segmenter.mask_threshold
+            if self.segmenter.crops is not None:
+                out["crop_segmenter"] = {"dir": str(self.segmenter.crops.dir), "max_side_rbc":
+                                         self.segmenter.config.crop_segmenter.max_side_rbc}
         if self.cell_classifier is not None:
             out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
             out["cell_model"] = getattr(self.cell_classifier, "version", None)

@@ -156,6 +156,15 @@ class StainRule(BaseModel):
     strength: float = Field(1.0, ge=0.0, le=1.0)
 
 
+class CropSegmenter(BaseModel):
+    """A second segmenter, for images that a leukocyte fills (single-cell crops): an image at most `max_side_rbc`
+    red cells across at the working scale goes through the model in `dir` (relative to this model's directory)
+    instead. Its windows are mostly mirrored copies of one cut cell, which a model trained on fields misses."""
+
+    dir: str = "crops"
+    max_side_rbc: float = Field(4.0, gt=0)
+
+
 class ModelConfig(BaseModel):
     """config.json of a model directory."""
 
@@ -183,6 +192,7 @@ class ModelConfig(BaseModel):
     case_rule: CaseRule = Field(default_factory=CaseRule)
     cell_agreement: CellAgreement = Field(default_factory=CellAgreement)
     cells: CellRule | None = None  # cell-type models only
+    crop_segmenter: CropSegmenter | None = None  # segmenters only
     # the training fields' stain statistics (what `leukodx adapt` maps a lab onto), and the lab's stain rule
     # (None: fields are used as they are)
     stain_reference: StainStats | None = None

@@ -106,7 +106,8 @@ def lab_images(data: str | Path) -> list[Path]:
 
 
 def _copy_model(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) the model directory's files into `dst`; config.json is copied (it is rewritten)."""
+    """Hard-link (else copy) the model directory's files into `dst`; config.json is copied (it is rewritten). A
+    subfolder (a segmenter's crop segmenter) goes along whole, its own config unchanged."""
     if dst.resolve() == src.resolve():
         raise ModelError(f"{dst} is the source model directory itself.", "Give another --out folder.")
     if dst.exists() and any(dst.iterdir()):
@@ -120,6 +121,9 @@ def _copy_model(src: Path, dst: Path) -> None:
         shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
     for f in sorted(src.iterdir()):
+        if f.is_dir():
+            shutil.copytree(f, dst / f.name, copy_function=_link_or_copy)
+            continue
         if not f.is_file() or f.name.endswith(".tmp"):
             continue
         if f.stat().st_size > MAX_FILE_MB * 1024 * 1024:
@@ -127,10 +131,14 @@ def _copy_model(src: Path, dst: Path) -> None:
         if f.name == CONFIG:
             shutil.copyfile(f, dst / f.name)
             continue
-        try:
-            os.link(f, dst / f.name)
-        except OSError:
-            shutil.copy2(f, dst / f.name)
+        _link_or_copy(f, dst / f.name)
+
+
+def _link_or_copy(f: str | Path, to: str | Path) -> None:
+    try:
+        os.link(f, to)
+    except OSError:
+        shutil.copy2(f, to)
 
 
 def _target(cfg: ModelConfig, other: ModelConfig | None, model_dir: Path) -> StainStats:

@@ -35,6 +35,9 @@ def test_the_bundled_segmenter_has_two_outputs():
 
     cfg = read_model_config(default_model_dir("segment"))
     assert cfg.outputs == ["cell", "nucleus"] and cfg.arch_kwargs["out_channels"] == 2
+    # and a crop segmenter for images that a leukocyte fills (issue 28), of the same kind
+    crop = read_model_config(default_model_dir("segment") / cfg.crop_segmenter.dir)
+    assert crop.outputs == cfg.outputs and crop.crop_segmenter is None
 
 
 def test_cells_are_whole_leukocytes_with_their_nucleus(analysis):
@@ -145,7 +148,7 @@ def test_masks_overlay_and_predictions_json_describe_the_same_cells(tmp_path):
     assert np.array_equal(np.asarray(overlay), np.asarray(Image.open(io.BytesIO(overlay_png(rgb, r)))))
 
 
-def _with_crop_segmenter(tmp_path, max_side_rbc: float):
+def _with_crop_segmenter(tmp_path, max_side_rbc: float, max_side_px: int | None = None):
     """A copy of the bundled segmenter whose config sends images at most `max_side_rbc` red cells across to a crop
     segmenter (here the bundled field segmenter itself, so only the routing differs)."""
     import json
@@ -155,11 +158,11 @@ def _with_crop_segmenter(tmp_path, max_side_rbc: float):
 
     src = default_model_dir("segment")
     d = tmp_path / "seg"
-    d.mkdir()
+    d.mkdir(parents=True)
     for f in ("model.onnx", "model.safetensors"):
         shutil.copy(src / f, d / f)
     cfg = json.loads((src / "config.json").read_text())
-    cfg["crop_segmenter"] = {"dir": "small", "max_side_rbc": max_side_rbc}
+    cfg["crop_segmenter"] = {"dir": "small", "max_side_rbc": max_side_rbc, "max_side_px": max_side_px}
     (d / "config.json").write_text(json.dumps(cfg))
     small = d / "small"
     small.mkdir()
@@ -186,6 +189,10 @@ def test_an_image_a_leukocyte_fills_goes_to_the_crop_segmenter(tmp_path):
     assert "single-cell crop" not in r_field.size_note and r_field.cells
     # the same image where the lab says its red cells are 19 px (0.4 um/px): 8 red cells across, a field
     assert "single-cell crop" not in a.analyze(crop, um_per_px=0.4).size_note
+    # larger in pixels than max_side_px (a camera's field whose red cells were measured too large): a field
+    b = Analysis(None, _with_crop_segmenter(tmp_path / "px", 6.0, max_side_px=150), cell_classifier=False, threads=1)
+    assert "single-cell crop" not in b.analyze(crop).size_note
+    assert "single-cell crop" in b.analyze(crop[:150, :150]).size_note
     seen = []
     a.segmenter.crops.run = lambda fields: seen.extend(fields)  # the crop segmenter gets the crop alone
     a.analyze_many([crop, field])

@@ -180,6 +180,7 @@ class SegmenterStage:
                              f"{exc.problem}", "Copy the whole model directory with its subfolder, or remove "
                              "crop_segmenter from its config.json.") from None
         self.crop_side = crop.max_side_rbc * self.config.scale.rbc_diameter_224 if crop else 0.0
+        self.crop_side_px = (crop.max_side_px or float("inf")) if crop else 0.0
 
     @property
     def has_nucleus(self) -> bool:
@@ -211,14 +212,16 @@ class SegmenterStage:
     def run(self, fields: Sequence[_Field]) -> None:
         from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
-        if self.crops is not None:  # images at most `crop_side` working px across go to the crop segmenter
-            crops = [f for f in fields if max(f.prep.valid) <= self.crop_side]
+        if self.crops is not None:  # small images, few red cells across: the crop segmenter's
+            small = {id(f) for f in fields if max(f.prep.valid) <= self.crop_side
+                     and max(f.original.shape[:2]) <= self.crop_side_px}
+            crops = [f for f in fields if id(f) in small]
             if crops:
                 self.crops.run(crops)
                 for f in crops:
                     f.result.size_note += (f"; outlined as a single-cell crop (at most "
                                            f"{self.config.crop_segmenter.max_side_rbc:g} red cells across)")
-                fields = [f for f in fields if max(f.prep.valid) > self.crop_side]
+                fields = [f for f in fields if id(f) not in small]
                 if not fields:
                     return
         t0 = time.perf_counter()
@@ -330,8 +333,8 @@ class Analysis:
         if self.segmenter:
             out["mask_threshold"] = self.segmenter.mask_threshold
             if self.segmenter.crops is not None:
-                out["crop_segmenter"] = {"dir": str(self.segmenter.crops.dir), "max_side_rbc":
-                                         self.segmenter.config.crop_segmenter.max_side_rbc}
+                out["crop_segmenter"] = {"dir": str(self.segmenter.crops.dir)} | \
+                    self.segmenter.config.crop_segmenter.model_dump(exclude={"dir"})
         if self.cell_classifier is not None:
             out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
             out["cell_model"] = getattr(self.cell_classifier, "version", None)

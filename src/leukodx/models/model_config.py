@@ -158,11 +158,14 @@ class StainRule(BaseModel):
 
 class CropSegmenter(BaseModel):
     """A second segmenter, for images that a leukocyte fills (single-cell crops): an image at most `max_side_rbc`
-    red cells across at the working scale goes through the model in `dir` (relative to this model's directory)
-    instead. Its windows are mostly mirrored copies of one cut cell, which a model trained on fields misses."""
+    red cells across at the working scale, and at most `max_side_px` px across as sent, goes through the model in
+    `dir` (relative to this model's directory) instead. Its windows are mostly mirrored copies of one cut cell,
+    which a model trained on fields misses. The pixel limit keeps a camera's field whose red cells were measured
+    too large with the field segmenter (None: no limit)."""
 
     dir: str = "crops"
     max_side_rbc: float = Field(4.0, gt=0)
+    max_side_px: int | None = Field(None, gt=0)
 
 
 class ModelConfig(BaseModel):

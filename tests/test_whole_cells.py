@@ -176,9 +176,8 @@ def _with_crop_segmenter(tmp_path, max_side_rbc: float, max_side_px: int | None 
 def test_an_image_a_leukocyte_fills_goes_to_the_crop_segmenter(tmp_path):
     """Images at most `crop_segmenter.max_side_rbc` red cells across (single-cell crops) are outlined by the crop
     segmenter, fields by the field segmenter; the size note and describe() say so."""
-    from test_smear_check import _cell_crop
-
     from leukodx.inference.pipeline import Analysis
+    from test_smear_check import _cell_crop
 
     a = Analysis(None, _with_crop_segmenter(tmp_path, 6.0), cell_classifier=False, threads=1)
     assert a.describe()["crop_segmenter"]["max_side_rbc"] == 6.0

@@ -172,7 +172,7 @@ class SegmenterStage:
         self.mask_threshold = float(self.config.thresholds.mask)
         self.instance_params = self.config.thresholds.instances.as_base()
         self.min_nucleus_fraction = float(self.config.thresholds.instances.min_nucleus_fraction)
-        crop = self.config.crop_segmenter  # the model for images a leukocyte fills, and up to which side
+        self.crop_rule = crop = self.config.crop_segmenter  # the model for images a leukocyte fills, up to which side
         try:
             self.crops = SegmenterStage(self.dir / crop.dir, engine, threads, eager) if crop else None
         except ModelError as exc:
@@ -212,7 +212,7 @@ class SegmenterStage:
     def run(self, fields: Sequence[_Field]) -> None:
         from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
-        if self.crops is not None:  # small images, few red cells across: the crop segmenter's
+        if self.crops is not None and self.crop_rule is not None:  # small, few red cells across: the crop model's
             small = {id(f) for f in fields if max(f.prep.valid) <= self.crop_side
                      and max(f.original.shape[:2]) <= self.crop_side_px}
             crops = [f for f in fields if id(f) in small]
@@ -220,7 +220,7 @@ class SegmenterStage:
                 self.crops.run(crops)
                 for f in crops:
                     f.result.size_note += (f"; outlined as a single-cell crop (at most "
-                                           f"{self.config.crop_segmenter.max_side_rbc:g} red cells across)")
+                                           f"{self.crop_rule.max_side_rbc:g} red cells across)")
                 fields = [f for f in fields if id(f) not in small]
                 if not fields:
                     return
@@ -332,9 +332,9 @@ class Analysis:
             out["temperature"] = self.classifier.temperature
         if self.segmenter:
             out["mask_threshold"] = self.segmenter.mask_threshold
-            if self.segmenter.crops is not None:
-                out["crop_segmenter"] = {"dir": str(self.segmenter.crops.dir)} | \
-                    self.segmenter.config.crop_segmenter.model_dump(exclude={"dir"})
+            seg = self.segmenter
+            if seg.crops is not None and seg.crop_rule is not None:
+                out["crop_segmenter"] = {"dir": str(seg.crops.dir)} | seg.crop_rule.model_dump(exclude={"dir"})
         if self.cell_classifier is not None:
             out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
             out["cell_model"] = getattr(self.cell_classifier, "version", None)

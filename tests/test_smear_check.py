@@ -241,3 +241,23 @@ def test_other_labs_crops_and_fields_are_smears():
     chula = sorted((data / "chula-wbc" / "images").glob("*.jpg"))[::25]
     refused = [p.name for p in chula if check_smear(np.asarray(Image.open(p).convert("RGB"))).kind == "no_cells"]
     assert len(refused) <= 1, refused
+
+
+def test_few_red_cells_that_many_across_a_crop_are_granules_and_the_nucleus_gives_the_scale(monkeypatch):
+    """On a crop (at most CROP_SIDE px), "few or cut red cells" more than FEW_RBC_ACROSS across are a leukocyte's
+    granules or lobes: the scale comes from its nucleus instead; on a larger image they stay the estimate."""
+    from leukodx.inference import smear_check as sc
+
+    real = sc.smear_features
+
+    def granules(rgb):  # red cells measured small and unsure, as a basophil's granules are
+        f = real(rgb)
+        return f | {"rbc_diameter_px": 6.0, "rbc_confidence": 0.3}
+
+    monkeypatch.setattr(sc, "smear_features", granules)
+    crop = _cell_crop(0)[0]  # 160 px: 27 "red cells" of 6 px across
+    res = sc.check_smear(crop)
+    assert res.usable and res.scale.source == "estimated from the leukocyte's nucleus size", res.scale.source
+    assert 160 / res.scale.diameter_px < sc.FEW_RBC_ACROSS
+    big = np.asarray(Image.fromarray(crop).resize((sc.CROP_SIDE + 40,) * 2))  # not a crop: the estimate stands
+    assert sc.check_smear(big).scale.source == "estimated from few or cut red cells"

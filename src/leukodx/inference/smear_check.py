@@ -19,8 +19,9 @@ camera or white balance, and not at its colours themselves:
 |               | the stain's evidence (`stain_features`, `_stained`): optical density against the local       |
 |               | background in a stain's colours (blue absorbed least, not grey, brown or a single hue), a      |
 |               | sharp-edged stained nucleus, no pixel grain. Such a field's scale is then estimated: from the |
-|               | few or cut red cells (confidence at least RELAXED_RBC_CONFIDENCE), a known export size         |
-|               | (EXPORT_RBC_PX), else the nucleus (NUCLEUS_PER_RBC); FieldScale.source says which              |
+|               | few or cut red cells (confidence at least RELAXED_RBC_CONFIDENCE; on a crop, not more than     |
+|               | FEW_RBC_ACROSS across, else they are granules), a known export size (EXPORT_RBC_PX), else the |
+|               | nucleus (NUCLEUS_PER_RBC); FieldScale.source says which                                        |
 | magnification | the red cells are outside 0.25x-6x their size in the training fields (ScaleRule.resample): the  |
 |               | analysis resamples every field inside that range to the training size, and cannot outside it   |
 | blur          | the steepest edges spread over more than MAX_EDGE_WIDTH px at the training scale, or over more   |
@@ -91,6 +92,10 @@ NUCLEUS_AREA = (0.002, 0.7)  # of the image
 MAX_DARK_AREA = 0.9  # the largest dark blob's share of the image: a stained image has a lighter ground somewhere
 NUCLEUS_PER_RBC = 1.4  # the nucleus blob's diameter over the red cells' (PBC 1.22, Raabin 1.40, Taleqani 2.15)
 EXPORT_RBC_PX = {(363, 360): 72.0}  # known exports (H, W): red-cell diameter, px (CellaVision DM96 crops of PBC)
+# "few or cut red cells" so small that a small image (a crop, at most CROP_SIDE px) would be more of them across
+# than FEW_RBC_ACROSS are a leukocyte's granules or lobes: its nucleus says more (val: Chula fields estimated so are
+# 10-11 red cells across; PBC crops a leukocyte fills, 13-30, where they are 2-3)
+FEW_RBC_ACROSS, CROP_SIDE = 12.0, 400
 
 ADVICE = {
     "blank": "Check that the slide is in the light path and the camera is not covered, then capture again.",
@@ -288,7 +293,9 @@ def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float
         small = _work(rgb8)
         f.update(stain_features(small), grain=_grain(rgb8))
         native = min(shape) / min(small.shape[:2])
-        if d is not None and conf >= RELAXED_RBC_CONFIDENCE and _stained(f, nucleus=False):
+        granules = max(shape) <= CROP_SIDE and d is not None and min(shape) / d > FEW_RBC_ACROSS
+        if d is not None and conf >= RELAXED_RBC_CONFIDENCE and _stained(f, nucleus=False) and not (
+                granules and _stained(f, nucleus=True)):
             est, source = d, "estimated from few or cut red cells"
         elif _stained(f, nucleus=True) and (shape[0], shape[1]) in EXPORT_RBC_PX:
             est, source = EXPORT_RBC_PX[(shape[0], shape[1])], f"estimated from the export size ({shape[1]}x{shape[0]})"

@@ -24,20 +24,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leukodx.evaluation.cells import centre_square
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _centre(a: np.ndarray, side: int) -> np.ndarray:
-    h, w = a.shape[:2]
-    return a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
 
 
 def _resize(a: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(a).resize((side, side), Image.Resampling.BOX))
 
 
-VARIANTS = {"cut120": lambda a: _centre(a, 120), "cut180": lambda a: _centre(a, 180),
-            "cut240to120": lambda a: _resize(_centre(a, 240), 120), "to257": lambda a: _resize(a, 257)}
+VARIANTS = {"cut120": lambda a: centre_square(a, 120), "cut180": lambda a: centre_square(a, 180),
+            "cut240to120": lambda a: _resize(centre_square(a, 240), 120), "to257": lambda a: _resize(a, 257)}
 
 
 def main() -> None:

@@ -158,11 +158,16 @@ def cut_crop(item: tuple, frac: float = 1 / 3) -> tuple:
     rgb, label, ref = item
 
     def centre(a: np.ndarray) -> np.ndarray:
-        h, w = a.shape[:2]
-        side = max(8, round(min(h, w) * frac))
-        return a[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        return centre_square(a, max(8, round(min(a.shape[:2]) * frac)))
 
     return centre(rgb), label, replace(ref, image=centre(ref.image), **{k: centre(v) for k, v in ref.arrays().items()})
+
+
+def centre_square(a: np.ndarray, side: int) -> np.ndarray:
+    """The central `side` x `side` of an image (as much as there is where it is smaller)."""
+    h, w = a.shape[:2]
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return a[y:y + side, x:x + side]
 
 
 def _every(rows: list, n: int) -> list:

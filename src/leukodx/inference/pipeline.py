@@ -213,17 +213,17 @@ class SegmenterStage:
         from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
 
         if self.crops is not None and self.crop_rule is not None:  # small, few red cells across: the crop model's
-            small = {id(f) for f in fields if max(f.prep.valid) <= self.crop_side
-                     and max(f.original.shape[:2]) <= self.crop_side_px}
-            crops = [f for f in fields if id(f) in small]
+            small = [max(f.prep.valid) <= self.crop_side and max(f.original.shape[:2]) <= self.crop_side_px
+                     for f in fields]
+            crops = [f for f, s in zip(fields, small, strict=True) if s]
+            fields = [f for f, s in zip(fields, small, strict=True) if not s]
             if crops:
                 self.crops.run(crops)
                 for f in crops:
                     f.result.size_note += (f"; outlined as a single-cell crop (at most "
                                            f"{self.crop_rule.max_side_rbc:g} red cells across)")
-                fields = [f for f in fields if id(f) not in small]
-                if not fields:
-                    return
+            if not fields:
+                return
         t0 = time.perf_counter()
         same = all(f.tiles and len(f.tiles) == len(f.boxes) and f.tiles[0].shape[:2] == tuple(self.size)
                    for f in fields)  # the classifier's inputs are this model's inputs too

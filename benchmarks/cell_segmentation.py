@@ -8,7 +8,9 @@ segmenter part, ONNX Runtime), scored by `leukodx.evaluation.cells` against the 
 
 --magnify M resamples every image (and its boxes and references) by M first: a microscope of another
 magnification or a smaller camera (0.5: half the pixels per side), which the analysis brings back to its working
-scale by the red cells it measures. pbc_cut: the PBC leukocyte crops cut to their central third (120 of 360 px,
+scale by the red cells it measures. --shift S gives every image another lab's stain, camera colour, focus and JPEG
+(`leukodx.evaluation.shift.lab_shift` at severity S, its magnification left out so the references stay aligned;
+one draw per image, seeded by its index). pbc_cut: the PBC leukocyte crops cut to their central third (120 of 360 px,
 the cell filling the crop and cut by its edges; `evaluation.cells.cut_crop`).
 
 --worst writes <source>-worst.png: the 12 images of each source the segmenter gets most wrong (boxed fields: the
@@ -128,6 +130,19 @@ def magnified(parts, m: float):
     return parts
 
 
+def shifted(parts, severity: float):
+    """Every image of `parts` with a lab shift of `severity`, its geometry unchanged (see the module docstring)."""
+    from dataclasses import replace
+
+    from leukodx.evaluation.shift import apply_params, rng_for, sample_params
+
+    for name in ("raabin", "chula", "pbc", "pbc_cut", "taleqani"):
+        setattr(parts, name, [(apply_params(x[0], replace(sample_params(rng_for(0, f"{name}/{i}"), severity),
+                                                          scale=1.0)), *x[1:])
+                              for i, x in enumerate(getattr(parts, name))])
+    return parts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -138,6 +153,7 @@ def main() -> None:
     ap.add_argument("--worst", type=Path, default=None, help="folder for <source>-worst.png (see above)")
     ap.add_argument("--max", type=int, default=0, help="at most this many images per source (0: all)")
     ap.add_argument("--magnify", type=float, default=1.0, help="resample every image by this factor first")
+    ap.add_argument("--shift", type=float, default=0.0, help="a lab shift of this severity first (0: none)")
     ap.add_argument("--cut", type=float, default=1 / 3, help="pbc_cut: the central share of each crop's side kept")
     ap.add_argument("--cut-side", type=int, default=0, help="pbc_cut: resize the cut crops to this side (0: as cut)")
     ap.add_argument("--mask-threshold", type=float, default=None, help="override thresholds.mask (validation only)")
@@ -164,6 +180,7 @@ def main() -> None:
                      + (["--segmenter", str(a.segmenter)] if a.segmenter else [])
                      + (["--worst", str(a.worst)] if a.worst else []) + (["--max", str(a.max)] if a.max else [])
                      + (["--magnify", f"{a.magnify:g}"] if a.magnify != 1.0 else [])
+                     + (["--shift", f"{a.shift:g}"] if a.shift else [])
                      + (["--cut", f"{a.cut:g}"] if a.cut != 1 / 3 else [])
                      + (["--cut-side", str(a.cut_side)] if a.cut_side else []))}
     t0 = time.perf_counter()
@@ -178,6 +195,8 @@ def main() -> None:
                               lab, ref) for x, lab, ref in parts.pbc_cut]
     if a.magnify != 1.0:
         parts = magnified(parts, a.magnify)
+    if a.shift:
+        parts = shifted(parts, a.shift)
     res.update(parts.describe())
     per_image: dict = {}
     res.update(score_parts(analysis, parts, per_image=per_image))

@@ -10,6 +10,8 @@ The sets (read-only, from ../shared/data; each sample fixed: every k-th file of 
 - `pbc_cut120`: their central 120 x 120 px (a crop that the leukocyte fills, cut at the edges);
 - `pbc_cut240_to120`: their central 240 px resampled to 120 px (the whole cell in a small crop);
 - `pbc_to257`: the whole crop resampled to 257 x 257 px (the size of another hospital's ALL crops);
+- `<set>_shift1`, `<set>_shift2` for each PBC set above: the same crops as another lab stains, photographs and
+  saves them (`leukodx.evaluation.shift.lab_shift` at severity 1 and 2, one draw per crop);
 - `chula`: all 500 Chulalongkorn fields; `raabin`: 100 Raabin fields; `taleqani`: 100 Taleqani fields;
 - `non_smear_<kind>`: the 110 images of benchmarks/non_smear.py (70 generated, 40 made from smear fields);
   `non_smear_seen_<kind>`: 30 more of each generated kind (seeds 10-39), looked at when the stain rule's limits
@@ -64,6 +66,17 @@ def _read(p: Path) -> np.ndarray:
     return np.asarray(Image.open(p).convert("RGB"))
 
 
+def _shifted(out: dict, names: tuple[str, ...]) -> dict:
+    """Lab-shifted copies (severity 1 and 2) of the named sets, if the shift module is there (an old checkout may
+    lack it)."""
+    try:
+        from leukodx.evaluation.shift import lab_shift, rng_for
+    except ImportError:
+        return {}
+    return {f"{k}_shift{s}": [(n, lab_shift(a, rng_for(s, f"{k}/{n}"), severity=float(s))) for n, a in out[k]]
+            for s in (1, 2) for k in names}
+
+
 def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tuple[str, np.ndarray]]]:
     """{set name: [(name, rgb)]}; a set whose data is absent is left out."""
     out: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -74,6 +87,7 @@ def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tup
         out["pbc_cut120"] = [(n, _centre(a, 120)) for n, a in imgs]
         out["pbc_cut240_to120"] = [(n, _resize(_centre(a, 240), 120)) for n, a in imgs]
         out["pbc_to257"] = [(n, _resize(a, 257)) for n, a in imgs]
+        out.update(_shifted(out, ("pbc", "pbc_cut120", "pbc_cut240_to120", "pbc_to257")))
     for name, pattern, n in (("chula", "chula-wbc/images/*.jpg", 500), ("raabin", "raabin-fields/images/*.jpg", 100),
                              ("taleqani", "all-taleqani/Original/*/*.jpg", 100)):
         files = _every(list(data.glob(pattern)), n)

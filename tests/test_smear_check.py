@@ -261,3 +261,23 @@ def test_few_red_cells_that_many_across_a_crop_are_granules_and_the_nucleus_give
     assert 160 / res.scale.diameter_px < sc.FEW_RBC_ACROSS
     big = np.asarray(Image.fromarray(crop).resize((sc.CROP_SIDE + 40,) * 2))  # not a crop: the estimate stands
     assert sc.check_smear(big).scale.source == "estimated from few or cut red cells"
+
+
+def test_a_crop_whose_eosin_absorbs_blue_is_still_a_smear(monkeypatch):
+    """Another lab's stain batch can tilt eosin towards orange: the red cells then absorb blue most, and the nucleus
+    passes blue barely more than red and green. Such a crop is still a stained blood image (limits widened in
+    issue 28 for benchmarks/smear_acceptance.py's lab-shifted PBC crops); with the old limits it was refused."""
+    from leukodx.evaluation.shift import RGB_FROM_HED, restain
+    from leukodx.inference import smear_check as sc
+
+    vectors = RGB_FROM_HED.copy()
+    vectors[1] += np.array([0.0, -0.3, 0.6])  # eosin absorbs less green and more blue
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    crop = restain(_cell_crop(0)[0], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, vectors)))
+    f = sc.stain_features(sc._work(crop))
+    assert f["brown"] > 0.2 and f["nucleus_blue"] < 0.03  # what the old limits refused
+    res = sc.check_smear(crop)
+    assert res.usable and res.scale.source == "estimated from the leukocyte's nucleus size", (res.kind, f)
+    monkeypatch.setattr(sc, "MIN_NUCLEUS_BLUE", 0.03)
+    monkeypatch.setattr(sc, "MAX_NUCLEUS_BROWN", 0.2)
+    assert sc.check_smear(crop).kind == "no_cells"

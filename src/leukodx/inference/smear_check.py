@@ -87,8 +87,14 @@ MAX_CYAN = 0.97  # share of stained pixels that absorb red most: all blue (a sky
 MIN_GREY_SPREAD = 0.04  # the dark pixels' density, max - min over the channels (normalised): not grey or black
 MAX_HUE_MIX = 0.25  # the least common of the three most-absorbed channels: a stain has one or two, noise all three
 MIN_NUCLEUS_PURITY = 0.8  # the nucleus blob's share in its commonest most-absorbed channel: one stain, not a mosaic
-MIN_NUCLEUS_BLUE = 0.03  # a nucleus passes blue: min(red, green density) - blue density (normalised)
-NUCLEUS_AREA = (0.002, 0.7)  # of the image
+# a nucleus passes blue at least as well as red and green: min(red, green density) - blue density (normalised);
+# with MAX_NUCLEUS_BROWN (the share of stained pixels absorbing blue most) and the blob's largest share of the
+# image, the three limits were widened (0.03, 0.2, 0.7 before) for PBC crops as another lab stains them
+# (benchmarks/smear_acceptance.py's *_shift sets: eosin tilted towards orange absorbs blue); none of the generated
+# non-smear images looked at (seeds 0-39 of benchmarks/non_smear.py) passes more (the nearest fails blue at -0.22)
+MIN_NUCLEUS_BLUE = 0.0
+MAX_NUCLEUS_BROWN = 0.4
+NUCLEUS_AREA = (0.002, 0.8)  # of the image: a leukocyte may fill a crop
 MAX_DARK_AREA = 0.9  # the largest dark blob's share of the image: a stained image has a lighter ground somewhere
 NUCLEUS_PER_RBC = 1.4  # the nucleus blob's diameter over the red cells' (PBC 1.22, Raabin 1.40, Taleqani 2.15)
 EXPORT_RBC_PX = {(363, 360): 72.0}  # known exports (H, W): red-cell diameter, px (CellaVision DM96 crops of PBC)
@@ -172,7 +178,7 @@ def _stained(f: dict, nucleus: bool) -> bool:
     ok = (f["stain_od"] >= MIN_STAIN_OD and f["nucleus_edge"] >= MIN_NUCLEUS_EDGE and f["grain"] <= MAX_GRAIN
           and f["brown"] <= MAX_BROWN and f["cyan"] <= MAX_CYAN and f["grey_spread"] >= MIN_GREY_SPREAD
           and f["hue_mix"] <= MAX_HUE_MIX and f["nucleus_area"] <= MAX_DARK_AREA)
-    return ok and (not nucleus or (f["nucleus_blue"] >= MIN_NUCLEUS_BLUE and f["brown"] <= 0.2
+    return ok and (not nucleus or (f["nucleus_blue"] >= MIN_NUCLEUS_BLUE and f["brown"] <= MAX_NUCLEUS_BROWN
                                    and f["nucleus_purity"] >= MIN_NUCLEUS_PURITY
                                    and NUCLEUS_AREA[0] <= f["nucleus_area"] <= NUCLEUS_AREA[1]))
 

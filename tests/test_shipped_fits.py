@@ -120,3 +120,34 @@ def test_the_cell_models_int8_refuses_an_out_file_it_would_not_write(tmp_path):
     r = CliRunner().invoke(app, ["export", "onnx", "--model", str(run), "--int8", "--out", str(tmp_path / "x.onnx")])
     assert r.exit_code != 0 and "Leave out --out" in " ".join(r.output.split())
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cells", "config.json"]
+
+
+def test_the_crop_segmenters_post_processing_is_fitted_into_its_own_config(tmp_path, monkeypatch):
+    """`leukodx calibrate --post-processing --crop`: the crop model's mask threshold, nucleus rule and splitting
+    are chosen on val parts and written into its own config.json; the field segmenter's is untouched. A segmenter
+    without a crop model is refused in one message."""
+    from leukodx.deploy import calibrate as cal
+    from leukodx.errors import ModelError
+    from leukodx.evaluation import cells
+
+    data = ASSETS.parents[2].parent / "shared" / "data"
+    if not (data / "pbc").is_dir():
+        pytest.skip("shared data absent")
+    seg = tmp_path / "segmenter"
+    shutil.copytree(default_model_dir("segment"), seg)
+    field_before = (seg / "config.json").read_text()
+    real = cells.load_parts
+    monkeypatch.setattr(cells, "load_parts", lambda d, s, split, *a, **k: real(d, s, split, 2, 16, 2, 2))
+    rep = cal.fit_post_processing(seg, data, ASSETS.parents[2] / "benchmarks" / "splits", log=lambda _: None,
+                                  crop=True)
+    assert rep["model"] == str(seg / "crops") and len(rep["candidates"]) == 9 * len(cal.CROP_SPLITS)
+    assert rep["n_pbc_cut"] > 0 and all("pbc_cut_exactly_one" in c for c in rep["candidates"])
+    written = json.loads((seg / "crops" / "config.json").read_text())["thresholds"]
+    assert written["mask"] == rep["chosen"]["mask"] and written["instances"]["h"] == rep["chosen"]["h"]
+    assert "--post-processing --crop" in written["choice"]
+    assert (seg / "config.json").read_text() == field_before
+    cfg = json.loads(field_before)
+    del cfg["crop_segmenter"]
+    (seg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="no crop_segmenter"):
+        cal.fit_post_processing(seg, data, tmp_path, crop=True, log=lambda _: None)

@@ -4,7 +4,7 @@ ship, on validation data only, written into RUN/config.json.
     leukodx calibrate --model src/leukodx/assets/classifier --data ../shared/data/all-taleqani \\
         --split benchmarks/splits/taleqani-sgdc-seed0.csv --cell-agreement
     leukodx calibrate --model src/leukodx/assets/segmenter --data ../shared/data --split benchmarks/splits \\
-        --post-processing
+        --post-processing [--crop]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
         post_processing: bool = typer.Option(False, "--post-processing", help="Instead: choose a two-output "
                                              "segmenter's mask threshold, nucleus rule and cell splitting on the "
                                              "val parts of the sources under --data."),
+        crop: bool = typer.Option(False, "--crop", help="--post-processing: fit the crop segmenter's (the model "
+                                  "for images a leukocyte fills, in MODEL's crop_segmenter folder) instead."),
         max_raabin: int = typer.Option(0, "--max-raabin", help="--post-processing: Raabin val fields (0: all)."),
         max_pbc: int = typer.Option(240, "--max-pbc", help="--post-processing: PBC val crops (0: all)."),
         max_taleqani: int = typer.Option(120, "--max-taleqani", help="--post-processing: Taleqani val fields."),
@@ -55,11 +57,12 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("Give one of --cell-agreement and --post-processing, with --split.")
             with console.status(f"choosing on the validation parts of {data} ..."):
                 rep = (cal.fit_cell_agreement(model, data, split, segmenter, max_flagged, log=log) if cell_agreement
-                       else cal.fit_post_processing(model, data, split, max_raabin, max_pbc, max_taleqani, log=log))
+                       else cal.fit_post_processing(model, data, split, max_raabin, max_pbc, max_taleqani, log=log,
+                                                      crop=crop))
             if report:
                 report.parent.mkdir(parents=True, exist_ok=True)
                 report.write_text(json.dumps(rep, indent=2))
-            log(f"chosen: {json.dumps(rep['chosen'])}; written to {model / 'config.json'}")
+            log(f"chosen: {json.dumps(rep['chosen'])}; written to {Path(rep['model']) / 'config.json'}")
             return
         with console.status(f"calibrating {model} on {data} ..."):
             rep = cal.calibrate_model(model, data, split, max_images=max_images, ood_only=ood_only)

@@ -175,6 +175,10 @@ AGREEMENT_KEYS = ("min_blasts", "max_blast_share_benign", "min_blast_probability
 POST_GRID: tuple[tuple[float, ...], tuple[float, ...], tuple[dict[str, float], ...]] = (
     (0.4, 0.5, 0.6), (0.0, 0.05, 0.15),
     ({"min_distance": 7.0, "h": 2.0}, {"min_distance": 10.0, "h": 3.0}, {"min_distance": 13.0, "h": 4.0}))
+# the crop segmenter's: one leukocyte fills its images, so wider splitting is tried (an eosinophil's two lobes)
+CROP_SPLITS: tuple[dict[str, float], ...] = (
+    {"min_distance": 10.0, "h": 3.0}, {"min_distance": 13.0, "h": 4.0}, {"min_distance": 16.0, "h": 5.0},
+    {"min_distance": 20.0, "h": 6.0})
 
 
 def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: str | Path,
@@ -244,12 +248,14 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
 
 
 def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir: str | Path, max_raabin: int = 0,
-                        max_pbc: int = 240, max_taleqani: int = 120, write: bool = True, log=print) -> dict:
+                        max_pbc: int = 240, max_taleqani: int = 120, write: bool = True, log=print,
+                        crop: bool = False) -> dict:
     """A two-output segmenter's post-processing (the mask threshold, the nucleus rule, the cell splitting of
     POST_GRID), chosen on the val parts of Raabin, PBC, Taleqani and Chula (by slide) under `data` only (leukodx.evaluation.cells;
     test parts are never read): the network runs once per image (its outputs are cached) and each candidate
     re-runs only the steps after it; chosen by the mean of the rates (`headline`'s objective), written into the
-    segmenter's config.json when `write`."""
+    segmenter's config.json when `write`. `crop`: the crop segmenter's instead (its config's `crop_segmenter`;
+    splitting from CROP_SPLITS), scored on the same parts, of which it outlines the PBC crops whole and cut."""
     import hashlib
     import itertools
     import time
@@ -272,12 +278,18 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
     stage = analysis.segmenter
     assert stage is not None
     stage.engine = CachedEngine(stage.engine)
+    if crop:
+        if stage.crops is None:
+            raise ModelError(f"{segmenter_dir}/config.json names no crop_segmenter: there is no crop model to fit.",
+                             "Leave out --crop, or give the directory of a segmenter that has one.")
+        stage, segmenter_dir = stage.crops, stage.crops.dir
+        stage.engine = CachedEngine(stage.engine)
     t0 = time.perf_counter()
     parts = load_parts(data, splits_dir, "val", max_raabin, max_pbc, max_taleqani, max_chula=0)
     load_s = time.perf_counter() - t0
     base = dict(stage.instance_params)
     results = []
-    for mask, nuc, split in itertools.product(*POST_GRID):
+    for mask, nuc, split in itertools.product(*POST_GRID[:2], CROP_SPLITS if crop else POST_GRID[2]):
         stage.mask_threshold, stage.min_nucleus_fraction = mask, nuc
         stage.instance_params = {**base, **split}
         results.append({"mask": mask, "min_nucleus_fraction": nuc, **split,
@@ -292,6 +304,6 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
         cfg["thresholds"]["instances"].update(min_nucleus_fraction=best["min_nucleus_fraction"],
                                               min_distance=best["min_distance"], h=best["h"])
         cfg["thresholds"]["choice"] = (f"chosen on the val parts of Raabin, PBC, Taleqani and Chula by leukodx calibrate "
-                                       f"--post-processing (objective {best['objective']})")
+                                       f"--post-processing{' --crop' if crop else ''} (objective {best['objective']})")
         write_model_config(segmenter_dir, cfg)
     return report

@@ -279,10 +279,11 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
     assert stage is not None
     stage.engine = CachedEngine(stage.engine)
     if crop:
-        if stage.crops is None:
+        crops = stage.crops
+        if crops is None:
             raise ModelError(f"{segmenter_dir}/config.json names no crop_segmenter: there is no crop model to fit.",
                              "Leave out --crop, or give the directory of a segmenter that has one.")
-        stage, segmenter_dir = stage.crops, stage.crops.dir
+        stage, segmenter_dir = crops, crops.dir
         stage.engine = CachedEngine(stage.engine)
     t0 = time.perf_counter()
     parts = load_parts(data, splits_dir, "val", max_raabin, max_pbc, max_taleqani, max_chula=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import io
 import re
 import struct
@@ -469,6 +470,8 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
             self.scales.append(um_per_px)
             if name and name.startswith("empty"):
                 r.label, r.confidence, r.cells, r.cell_count, r.no_call_reason = None, 0.0, [], 0, NO_LEUKOCYTE
+            if name and name.startswith("crop"):
+                r.um_per_px, r.scale_source = 0.25, "estimated from the leukocyte's nucleus size"
             return r
 
     analyzer = NoLeukocyteIn()
@@ -498,5 +501,12 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
     assert "No leukocyte found: no call" in viewer and "No flags" not in viewer  # not an all-clear badge
     client.get(f["heatmap_on_demand_url"])  # drawn later: at the scale the upload gave
     assert analyzer.scales[-1] == 0.2
+    # the technical details say where the scale came from (they said "from the red cells" whatever its source)
+    assert "Scale given by the lab: 0.200 µm per pixel" in client.get(f"/cases/{cid}?field={f['id']}").text
+    crop = client.post(f"/api/v1/cases/{cid}/images", headers=clin,
+                       files=[("files", ("crop.jpg", field_bytes("Pre", 4), "image/jpeg"))]).json()["added"][0]
+    page = html.unescape(client.get(f"/cases/{cid}?field={crop['id']}").text)
+    assert "Scale estimated from the leukocyte's nucleus size (a red cell taken as 7.5 µm across)" in page
+    assert "Scale from the red cells" not in page and "given by the lab" not in page
     with pytest.raises(Exception, match="micrometres per image pixel"):
         make_app(tmp_path / "bad", analyzer, um_per_px="-1")

@@ -118,6 +118,11 @@ def test_flag_reasons_become_plain_words():
     assert w["problem"] == "The field is out of focus: the cell outlines are blurred." and w["action"].startswith("Refocus")
     w = flag_words("low_confidence", "The model is not sure (confidence 0.41 below 0.50); it is often wrong")
     assert "41 %" in w["problem"] and "0.50" not in w["problem"]
+    # a call its cells do not support: the page says why (it used to say only "the AI is unsure")
+    w = flag_words("low_confidence", "The field is called Early (leukaemic), but none of its 1 leukocytes is "
+                   "recognised as a blast: the call has no support in the cells. Look at the field yourself.")
+    assert w["problem"].startswith("The field is called Early (leukaemic), but none of its 1 leukocytes")
+    assert "Look at the field yourself" not in w["problem"] and w["action"]
     assert reason_words("2 of 5 fields flagged (1 low confidence, 1 out of distribution)").startswith(
         "2 of 5 fields are flagged")
     assert "leukemic" in reason_words("fields disagree: 2 malignant, 1 benign")

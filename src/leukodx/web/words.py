@@ -143,6 +143,8 @@ def flag_words(flag: str, reason: str = "") -> dict[str, str]:
             pct = v * 100 if v <= 1 else v
             problem = (f"The AI is unsure about this field (confidence {percent(pct / 100)}), and it is often wrong "
                        "on such fields.")
+        elif reason and not _TECHNICAL.search(reason):  # its cells do not support the call: say how
+            problem = _sentence(reason.removesuffix(" Look at the field yourself."))
     elif flag == "out_of_distribution" and reason:
         advice = next((a for a in SMEAR_ADVICE.values() if a in reason), None)
         if "unlike anything the model was trained on" in reason:

@@ -167,7 +167,7 @@ def case_page_response(request: Request, db, who, case_id: int, status_code: int
     cd = serialise.case_dict(case, service)
     gallery = _gallery(case)
     field_numbers = {f.id: i for i, f in enumerate(case.fields, start=1)}
-    field_um = {f.id: gallery_logic.um_per_px(f.cells) for f in case.fields}
+    field_um = {f.id: gallery_logic.um_per_px(f.cells, f.result) for f in case.fields}
     reviewed = rules.reviewed_summary(service, case) if case.fields else None
     withdrawn = request.query_params.get("withdrawn") == "1"
     bulk = rules.bulk_confirmable(case, service.benign)

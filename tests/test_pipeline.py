@@ -255,3 +255,19 @@ def test_non_smear_images_get_no_call_and_no_cells(analysis, kind):
             r = analysis.analyze(img, um_per_px=um)
             assert r.label is None and not r.cells and r.cell_count == 0 and r.flag == "out_of_distribution"
             assert r.no_call_reason and r.no_call_reason in r.flag_reason, (kind, i, r.no_call_reason)
+
+
+def test_a_lab_scale_at_odds_with_the_red_cells_measured_is_used_and_doubted_in_words(analysis):
+    """A lab's calibration wins over the estimate, but where the field's red cells are measured with confidence
+    and that scale makes them far from 7.5 um across, the size note says so (a typing error in the calibration
+    otherwise passes silently)."""
+    from leukodx.data.synthetic import synthetic_field
+
+    rgb = synthetic_field("Pre", 224, seed=5)[0]
+    measured = analysis.analyze(rgb)
+    assert measured.scale_source == "measured red cells" and "calibration" not in measured.size_note
+    wrong = analysis.analyze(rgb, um_per_px=0.1)  # red cells of about 19 px: 1.9 um at this scale
+    assert wrong.scale_source == "given by the lab" and wrong.um_per_px == pytest.approx(0.1)
+    assert "check the camera's calibration" in wrong.size_note and "not about 7.5" in wrong.size_note
+    right = analysis.analyze(rgb, um_per_px=measured.um_per_px)
+    assert right.scale_source == "given by the lab" and "calibration" not in right.size_note

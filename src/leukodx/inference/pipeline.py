@@ -35,7 +35,7 @@ from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE, UNIDENTIFIED
 from leukodx.inference.engines import softmax
-from leukodx.inference.scale import MEASURED
+from leukodx.inference.scale import MEASURED, calibration_doubt
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.stain import normalize
 from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
@@ -404,7 +404,8 @@ class Analysis:
         if not prep.known:
             r.size_note += " (scale unknown: the field was used at its own size)"
         elif r.scale_source and r.scale_source != MEASURED:
-            r.size_note += f" (scale {r.scale_source})"
+            r.size_note += f" (scale {r.scale_source}" + calibration_doubt(
+                um_per_px, smear.features.get("rbc_diameter_px"), smear.features.get("rbc_confidence") or 0.0) + ")"
         r.timings_ms["scale"] = (time.perf_counter() - t1) * 1000
         return _Field(result=r, original=rgb, prep=prep, smear=smear)
 

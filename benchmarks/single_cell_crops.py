@@ -8,7 +8,8 @@ is cut by the edges); `cut180`; `cut240to120`, its central 240 px resized to 120
 crop); `to257`, the whole crop resized to 257 px. `--pad mirror` frames every cell crop of the cell model by
 mirroring (the rule before issue 28's cut-cell work); `auto` is `inference.cell_classifier.crop_cells`' default.
 Scores: `counted` (at least one leukocyte counted), `right_type` (a cell typed as the crop's class), `called`
-(the field got a class call). The scale is the analysis' own estimate (no lab scale given).
+(the field got a class call), `called_leukaemic` (a leukaemic field call on these normal cells) and
+`called_leukaemic_unflagged` (such a call without a flag). The scale is the analysis' own estimate (no lab scale given).
 
 Source: PBC (Acevedo et al., Data in Brief 30, 105474, 2020; CC BY 4.0); split benchmarks/splits/pbc-seed0.csv.
 """
@@ -59,6 +60,8 @@ def main() -> None:
             if r["label"] not in NOT_LEUKOCYTE_CLASSES]
     rows = rows[::max(1, len(rows) // a.n)][:a.n]
     analysis = load_analyzer(segmenter_dir=a.segmenter)
+    assert analysis.classifier is not None
+    benign = analysis.classifier.config.case_rule.benign
     t0 = time.perf_counter()
     res: dict = {"split": a.split, "pad": a.pad, "segmenter": str(a.segmenter or "bundled"), "n": len(rows),
                  "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
@@ -67,7 +70,12 @@ def main() -> None:
         res[name] = {"counted": round(float(np.mean([r.cell_count > 0 for r in rs])), 4),
                      "right_type": round(float(np.mean([any(c.ai_label == r0["label"] for c in r.cells)
                                                         for r, r0 in zip(rs, rows, strict=True)])), 4),
-                     "called": round(float(np.mean([r.label is not None for r in rs])), 4)}
+                     "called": round(float(np.mean([r.label is not None for r in rs])), 4),
+                     # these are normal cells: a leukaemic field call on one is wrong, and should be flagged
+                     "called_leukaemic": round(float(np.mean([r.label is not None and r.label not in benign
+                                                              for r in rs])), 4),
+                     "called_leukaemic_unflagged": round(float(np.mean([
+                         r.label is not None and r.label not in benign and r.flag == "ok" for r in rs])), 4)}
         print(name, res[name], flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -269,5 +269,7 @@ def test_a_lab_scale_at_odds_with_the_red_cells_measured_is_used_and_doubted_in_
     wrong = analysis.analyze(rgb, um_per_px=0.1)  # red cells of about 19 px: 1.9 um at this scale
     assert wrong.scale_source == "given by the lab" and wrong.um_per_px == pytest.approx(0.1)
     assert "check the camera's calibration" in wrong.size_note and "not about 7.5" in wrong.size_note
+    assert wrong.scale_warning.startswith("At the given 0.1 um per pixel the red cells measure")
     right = analysis.analyze(rgb, um_per_px=measured.um_per_px)
     assert right.scale_source == "given by the lab" and "calibration" not in right.size_note
+    assert not right.scale_warning and not measured.scale_warning

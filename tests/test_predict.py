@@ -219,4 +219,5 @@ def test_predict_um_per_px_wins_and_a_bad_one_is_refused_in_one_line(models, tmp
                 heatmap=False, overlays=False, workers=1, eager=load_eager, um_per_px=0.3)
     row = next(csv.DictReader(open(tmp_path / "o" / "predictions.csv")))
     assert row["scale_source"] == "given by the lab" and float(row["um_per_px"]) == pytest.approx(0.3)
+    assert row["scale_warning"] == ""  # 0.3 um per pixel makes its red cells about 6 um: no doubt
     assert json.loads((tmp_path / "o" / "predictions.json").read_text())["um_per_px"] == 0.3

@@ -472,6 +472,8 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
                 r.label, r.confidence, r.cells, r.cell_count, r.no_call_reason = None, 0.0, [], 0, NO_LEUKOCYTE
             if name and name.startswith("crop"):
                 r.um_per_px, r.scale_source = 0.25, "estimated from the leukocyte's nucleus size"
+            if name and name.startswith("doubt"):
+                r.scale_warning = "At the given 0.2 um per pixel the red cells measure 3.0 um across, not about 7.5."
             return r
 
     analyzer = NoLeukocyteIn()
@@ -508,5 +510,10 @@ def test_the_labs_scale_reaches_the_analysis_and_a_field_without_leukocytes_says
     page = html.unescape(client.get(f"/cases/{cid}?field={crop['id']}").text)
     assert "Scale estimated from the leukocyte's nucleus size (a red cell taken as 7.5 µm across)" in page
     assert "Scale from the red cells" not in page and "given by the lab" not in page
+    assert 'id="scale-warning"' not in page
+    doubt = client.post(f"/api/v1/cases/{cid}/images", headers=clin,
+                        files=[("files", ("doubt.jpg", field_bytes("Pre", 5), "image/jpeg"))]).json()["added"][0]
+    page = html.unescape(client.get(f"/cases/{cid}?field={doubt['id']}").text)
+    assert 'id="scale-warning"' in page and "the red cells measure 3.0 um across, not about 7.5." in page
     with pytest.raises(Exception, match="micrometres per image pixel"):
         make_app(tmp_path / "bad", analyzer, um_per_px="-1")

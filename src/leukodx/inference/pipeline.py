@@ -404,8 +404,9 @@ class Analysis:
         if not prep.known:
             r.size_note += " (scale unknown: the field was used at its own size)"
         elif r.scale_source and r.scale_source != MEASURED:
-            r.size_note += f" (scale {r.scale_source}" + calibration_doubt(
-                um_per_px, smear.features.get("rbc_diameter_px"), smear.features.get("rbc_confidence") or 0.0) + ")"
+            r.scale_warning = calibration_doubt(um_per_px, smear.features.get("rbc_diameter_px"),
+                                                smear.features.get("rbc_confidence") or 0.0)
+            r.size_note += f" (scale {r.scale_source}" + (f"; {r.scale_warning}" if r.scale_warning else "") + ")"
         r.timings_ms["scale"] = (time.perf_counter() - t1) * 1000
         return _Field(result=r, original=rgb, prep=prep, smear=smear)
 

@@ -125,7 +125,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
     columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score", "cell_mask",
                                         "nucleus_mask"] + [
         f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px", "scale_source",
-                                         "no_call_reason", "cell_model"]
+                                         "no_call_reason", "cell_model", "scale_warning"]
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     results: list[dict] = []
     all_results: list[FieldResult] = []
@@ -172,7 +172,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                                           "scale_factor": "" if r.scale_factor is None else r.scale_factor,
                                           "um_per_px": "" if r.um_per_px is None else r.um_per_px,
                                           "scale_source": r.scale_source, "no_call_reason": r.no_call_reason,
-                                          "cell_model": r.cell_model or ""}
+                                          "cell_model": r.cell_model or "", "scale_warning": r.scale_warning}
                 if r.no_call_reason == NO_LEUKOCYTE:
                     row["cell_count"] = r.cell_count  # 0 leukocytes (cells called no leukocyte may be outlined)
                 if r.label is not None:

@@ -222,15 +222,15 @@ CALIBRATION_DOUBT = 1.5  # a lab's scale that makes confidently measured red cel
 
 def calibration_doubt(um_per_px: float | None, rbc_diameter_px: float | None, confidence: float) -> str:
     """"" when the lab's scale agrees with the red cells measured in the field (confidence at least
-    MIN_SCALE_CONFIDENCE) within CALIBRATION_DOUBT, or they were not measured; else a note that says so. The
-    lab's scale is still used: it may be right where the red cells are not normal."""
+    MIN_SCALE_CONFIDENCE) within CALIBRATION_DOUBT, or they were not measured; else a sentence that says so and
+    what to do. The lab's scale is still used: it may be right where the red cells are not normal."""
     if not um_per_px or not rbc_diameter_px or confidence < MIN_SCALE_CONFIDENCE:
         return ""
     um = float(um_per_px) * float(rbc_diameter_px)
     if 1 / CALIBRATION_DOUBT <= um / REFERENCE_RBC_UM <= CALIBRATION_DOUBT:
         return ""
-    return (f"; at the given {um_per_px:g} um per pixel the red cells measure {um:.1f} um across, not about "
-            f"{REFERENCE_RBC_UM:g}: check the camera's calibration")
+    return (f"At the given {um_per_px:g} um per pixel the red cells measure {um:.1f} um across, not about "
+            f"{REFERENCE_RBC_UM:g}: check the camera's calibration, or leave it out to use the red cells.")
 
 
 @dataclass

@@ -53,6 +53,7 @@ class FieldResult:
     scale_factor: float | None = None  # the image was resampled by this before the models (1.0: as is)
     um_per_px: float | None = None  # from the red cells (7.5 um across); None when the scale is unknown
     scale_source: str = ""  # how the scale is known: "measured red cells", "estimated from ...", "given by the lab"
+    scale_warning: str = ""  # a lab's scale at odds with the red cells measured: what to check (scale.calibration_doubt)
     no_call_reason: str = ""  # why label is None on a readable field: not a smear field, or no leukocyte found
     cell_model: str | None = None  # the version (CellClassifier.version) of the cell model that typed its cells
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -89,6 +89,8 @@ class AnalysisResult(BaseModel):
     scale_factor: float | None = Field(default=None, description="The image was resampled by this before the "
                                        "models (red cells to the training size); null when its scale is unknown.")
     um_per_px: float | None = Field(default=None, description="Micrometres per pixel, from red cells 7.5 um across.")
+    scale_warning: str = Field(default="", description="Where a given scale makes the red cells measured far from "
+                               "7.5 um: what to check; empty otherwise.")
     ood_score: float | None = None
     cell_model: str | None = Field(default=None, description="The cell model's version (a content hash).")
     cells: list[Cell] = []

@@ -65,7 +65,7 @@ def make_templates() -> Jinja2Templates:
     from leukodx.web import words
 
     t.env.globals.update(flag_words=words.flag_words, call_words=words.call_words, reason_words=words.reason_words,
-                         CLASS_NAMES=words.CLASS_NAMES, BASIS_WORDS=words.BASIS_WORDS, field_basis=field_basis)
+                         scale_words=words.scale_words, CLASS_NAMES=words.CLASS_NAMES, BASIS_WORDS=words.BASIS_WORDS, field_basis=field_basis)
     return t
 
 

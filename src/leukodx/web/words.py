@@ -128,6 +128,18 @@ def _sentence(text: str) -> str:
     return text if not text or text.endswith((".", "!", "?")) else text + "."
 
 
+def scale_words(source: str | None, um_per_px: float) -> str:
+    """How a field's scale is known, in words: "Scale from the red cells measured (7.5 µm across): 0.118 µm per
+    pixel.", "Scale given by the lab: …" or "Scale estimated from … (a red cell taken as 7.5 µm across): …"."""
+    from leukodx.inference.scale import GIVEN, MEASURED, REFERENCE_RBC_UM
+
+    how = source or MEASURED
+    head = (f"Scale from the red cells measured ({REFERENCE_RBC_UM:g} µm across)" if how == MEASURED else
+            "Scale given by the lab" if how == GIVEN else f"Scale {how} (a red cell taken as {REFERENCE_RBC_UM:g} µm "
+            "across)")
+    return f"{head}: {um_per_px:.3f} µm per pixel."
+
+
 def flag_words(flag: str, reason: str = "") -> dict[str, str]:
     """{"title", "problem", "action"} for a field's flag: a short title, what is wrong and what to do."""
     if flag == "ok" or not flag:  # with a reason only when no leukocyte was found: no call, no flag

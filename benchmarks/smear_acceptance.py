@@ -13,6 +13,9 @@ The sets (read-only, from ../shared/data; each sample fixed: every k-th file of 
 - `<set>_shift1`, `<set>_shift2` for each PBC set above: the same crops as another lab stains, photographs and
   saves them (`leukodx.evaluation.shift.lab_shift` at severity 1 and 2, one draw per crop);
 - `chula`: all 500 Chulalongkorn fields; `raabin`: 100 Raabin fields; `taleqani`: 100 Taleqani fields;
+- `taleqani_cells_to257`, `taleqani_cells_to120`: a cell-centred crop of every 10th Taleqani field (its first
+  reference cell, 3.5 red cells = 60 px wide), enlarged to 257 and 120 px: an ALL hospital's purple-stained
+  blasts and lymphocytes as a lab exporting single cells sends them (soft, as an enlarged crop is);
 - `non_smear_<kind>`: the 110 images of benchmarks/non_smear.py (70 generated, 40 made from smear fields);
   `non_smear_seen_<kind>`: 30 more of each generated kind (seeds 10-39), looked at when the stain rule's limits
   were set; `non_smear_unseen_<kind>`: 60 more (seeds 40-99), not looked at.
@@ -93,6 +96,7 @@ def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tup
         files = _every(list(data.glob(pattern)), n)
         if files:
             out[name] = [(str(p.relative_to(data)), _read(p)) for p in files]
+    out.update(taleqani_cells(data))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import non_smear
 
@@ -106,6 +110,31 @@ def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tup
             out[f"non_smear_seen_{kind}"] = [(p.name, _read(p)) for p in ps[non_smear.PER_KIND:SEEN]]
             out[f"non_smear_unseen_{kind}"] = [(p.name, _read(p)) for p in ps[SEEN:]]
     return out
+
+
+def taleqani_cells(data: Path, every: int = 10, side_rbc: float = 3.5) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Cell-centred crops of every `every`-th Taleqani field of the split file, enlarged to 257 and 120 px ({} when
+    the data or its split is absent)."""
+    from leukodx.data.cell_crops import TALEQANI_RBC, iter_taleqani
+
+    split = ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv"
+    if not (data / "all-taleqani" / "Segmented").is_dir() or not split.is_file():
+        return {}
+    import tempfile
+
+    from leukodx.data.split import read_split, write_split
+
+    half = int(side_rbc * TALEQANI_RBC / 2)
+    crops = []
+    with tempfile.TemporaryDirectory() as tmp:  # every k-th row only: each field costs its reference repair
+        write_split(read_split(split)[::every], None, Path(tmp) / "every.csv")
+        for s in iter_taleqani(data / "all-taleqani", Path(tmp) / "every.csv", negatives=False):
+            h, w = s.rgb.shape[:2]
+            inside = [(int(y), int(x)) for y, x in s.centres if half <= y <= h - half and half <= x <= w - half]
+            if inside:
+                y, x = inside[0]
+                crops.append((s.path, s.rgb[y - half:y + half, x - half:x + half]))
+    return {f"taleqani_cells_to{side}": [(n, _resize(a, side)) for n, a in crops] for side in (257, 120)}
 
 
 def smear_counts(images: list[tuple[str, np.ndarray]]) -> dict:

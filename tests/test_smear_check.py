@@ -281,3 +281,23 @@ def test_a_crop_whose_eosin_absorbs_blue_is_still_a_smear(monkeypatch):
     monkeypatch.setattr(sc, "MIN_NUCLEUS_BLUE", 0.03)
     monkeypatch.setattr(sc, "MAX_NUCLEUS_BROWN", 0.2)
     assert sc.check_smear(crop).kind == "no_cells"
+
+
+def test_a_crop_whose_purple_nucleus_absorbs_red_and_green_alike_is_still_a_smear(monkeypatch):
+    """A purple nucleus (Taleqani's stain, an ALL hospital's) absorbs red and green about equally, so the channel
+    absorbed most flips from pixel to pixel: its purity is low, but the pair of the two channels absorbed most is
+    the same everywhere. Refused for purity alone before (benchmarks/smear_acceptance.py's taleqani_cells sets)."""
+    from leukodx.evaluation.shift import RGB_FROM_HED, restain
+    from leukodx.inference import smear_check as sc
+
+    vectors = RGB_FROM_HED.copy()
+    vectors[0] = (0.95, 0.6, 0.27)  # haematoxylin tilted to purple: with eosin's green, red and green absorbed alike
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    crop = restain(_cell_crop(1)[0], (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(map(tuple, vectors)))
+    crop = np.clip(crop + np.random.default_rng(1).normal(0, 3, crop.shape), 0, 255).astype(np.uint8)
+    f = sc.stain_features(sc._work(crop))
+    assert f["nucleus_purity"] < sc.MIN_NUCLEUS_PURITY <= sc.MIN_NUCLEUS_PAIR_PURITY <= f["nucleus_pair_purity"], f
+    res = sc.check_smear(crop)
+    assert res.usable and res.scale.source == "estimated from the leukocyte's nucleus size", (res.kind, f)
+    monkeypatch.setattr(sc, "MIN_NUCLEUS_PAIR_PURITY", 1.01)  # the rule before: the most-absorbed channel only
+    assert sc.check_smear(crop).kind == "no_cells"

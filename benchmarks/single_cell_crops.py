@@ -1,7 +1,8 @@
 """Single-cell crops through the whole analysis (`leukodx predict`'s engine): PBC leukocyte crops of one split
 cut and resized as labs export single cells, scored on whether the leukocyte is counted and typed as its class.
 
-    python benchmarks/single_cell_crops.py --split val --out FILE [--segmenter DIR] [--pad mirror|auto] [--n 120]
+    python benchmarks/single_cell_crops.py --split val --out FILE [--segmenter DIR] [--pad mirror|auto] [--n 120] \
+        [--nucleus-per-rbc R]
 
 Variants of each crop (360 x 363 px, red cells 68 px): `cut120`, its central 120 px (the leukocyte fills it and
 is cut by the edges); `cut180`; `cut240to120`, its central 240 px resized to 120 px (the whole cell in a small
@@ -12,7 +13,15 @@ Scores: `counted` (at least one leukocyte counted), `right_type` (a cell typed a
 `called_leukaemic_unflagged` (such a call without a flag). Platelet and erythroblast crops (whole) are scored apart:
 `outlined`, `counted` (the field's count includes a cell) and `typed_as_its_kind`. The scale is the analysis' own estimate (no lab scale given).
 
-Source: PBC (Acevedo et al., Data in Brief 30, 105474, 2020; CC BY 4.0); split benchmarks/splits/pbc-seed0.csv.
+`taleqani_cells_to257`: a cell-centred crop of every other Taleqani field of the split's part (3.5 red cells, 60 px
+wide, enlarged to 257 px: `evaluation.cells.taleqani_cell_crops`), an ALL hospital's blasts and hematogones.
+`right_type`: a cell typed blast in a leukaemic field's crop, lymphocyte in a Benign one (the field's class is the
+label); also per group, on the crops whose scale came from the nucleus's size (`nucleus_estimate`), and how often
+the field call is leukaemic.
+
+Sources: PBC (Acevedo et al., Data in Brief 30, 105474, 2020; CC BY 4.0); split benchmarks/splits/pbc-seed0.csv.
+ALL Taleqani (Aria et al., Mendeley Data, doi:10.17632/htwtjjd8d4.1; CC BY 4.0); split
+benchmarks/splits/taleqani-sgdc-seed0.csv.
 """
 
 from __future__ import annotations
@@ -39,13 +48,36 @@ VARIANTS = {"cut120": lambda a: centre_square(a, 120), "cut180": lambda a: centr
             "cut240to120": lambda a: _resize(centre_square(a, 240), 120), "to257": lambda a: _resize(a, 257)}
 
 
+def taleqani_cells(analysis, root: Path, part: str, benign) -> dict:
+    from leukodx.evaluation.cells import taleqani_cell_crops
+
+    crops = taleqani_cell_crops(root, ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv", (part,), every=2)
+    rs = analysis.analyze_many([_resize(c, 257) for _, _, c in crops], batch_size=8)
+    rows = [("lymphocyte" if label in benign else "blast", r) for (_, label, _), r in zip(crops, rs, strict=True)]
+
+    def score(sel: list) -> dict:
+        return {"n": len(sel), "counted": round(float(np.mean([r.cell_count > 0 for _, r in sel])), 4) if sel else None,
+                "right_type": round(float(np.mean([any(c.ai_label == want for c in r.cells) for want, r in sel])), 4)
+                if sel else None,
+                "called_leukaemic": round(float(np.mean([r.label is not None and r.label not in benign
+                                                         for _, r in sel])), 4) if sel else None}
+
+    nucleus = [(w, r) for w, r in rows if r.scale_source.startswith("estimated from the leukocyte's nucleus")]
+    return {**score(rows), "blast": score([x for x in rows if x[0] == "blast"]),
+            "lymphocyte": score([x for x in rows if x[0] == "lymphocyte"]), "nucleus_estimate": score(nucleus),
+            "scale_sources": {k: sum(r.scale_source == k for _, r in rows) for k in sorted({r.scale_source for _, r in rows})}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pbc")
     ap.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ap.add_argument("--taleqani", type=Path, default=ROOT.parent / "shared" / "data" / "all-taleqani")
     ap.add_argument("--segmenter", type=Path, default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--pad", default="auto", choices=("auto", "mirror"))
     ap.add_argument("--n", type=int, default=120, help="crops, evenly spaced over the split's leukocyte rows")
+    ap.add_argument("--nucleus-per-rbc", type=float, default=None, help="try another smear_check.NUCLEUS_PER_RBC "
+                    "(the nucleus's diameter over the red cells', where the scale is estimated from the nucleus)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
@@ -54,6 +86,10 @@ def main() -> None:
     from leukodx.inference import cell_classifier
     from leukodx.inference.pipeline import load_analyzer
 
+    if a.nucleus_per_rbc is not None:
+        from leukodx.inference import smear_check
+
+        smear_check.NUCLEUS_PER_RBC = a.nucleus_per_rbc
     if a.pad == "mirror":
         crop = cell_classifier.crop_cells
         cell_classifier.crop_cells = lambda *x, **k: crop(*x, **{**k, "pad": "symmetric"})  # type: ignore[assignment]
@@ -64,7 +100,9 @@ def main() -> None:
     assert analysis.classifier is not None
     benign = analysis.classifier.config.case_rule.benign
     t0 = time.perf_counter()
-    res: dict = {"split": a.split, "pad": a.pad, "segmenter": str(a.segmenter or "bundled"), "n": len(rows),
+    from leukodx.inference.smear_check import NUCLEUS_PER_RBC
+
+    res: dict = {"split": a.split, "pad": a.pad, "nucleus_per_rbc": NUCLEUS_PER_RBC, "segmenter": str(a.segmenter or "bundled"), "n": len(rows),
                  "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
     for name, fn in VARIANTS.items():
         rs = analysis.analyze_many([fn(read_rgb(a.data / r["path"])) for r in rows], batch_size=8)
@@ -89,6 +127,9 @@ def main() -> None:
                      "typed_as_its_kind": round(float(np.mean([any(c.ai_label == kind for c in r.cells)
                                                                for r in rs])), 4)}
         print(kind, res[kind], flush=True)
+    if (a.taleqani / "Segmented").is_dir():
+        res["taleqani_cells_to257"] = taleqani_cells(analysis, a.taleqani, a.split, benign)
+        print("taleqani_cells_to257", res["taleqani_cells_to257"], flush=True)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2))

@@ -1,6 +1,6 @@
 """Leukocyte images refused as "no smear", per set: other labs' crops and fields vs the non-smear images.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --out /tmp/acc-after.json [--pipeline]
+    PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --out /tmp/acc-after.json [--pipeline] [--only PREFIX ...]
     PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --calibrate
     PYTHONPATH=src .venv/bin/python benchmarks/smear_acceptance.py --bench FIELDS   # analysis p50, ONNX
     .venv/bin/python benchmarks/smear_acceptance.py --report before.json after.json > docs/results/issue28/table.md
@@ -112,28 +112,15 @@ def sets(data: Path, non_smear_dir: Path, unseen: int = 0) -> dict[str, list[tup
     return out
 
 
-def taleqani_cells(data: Path, every: int = 10, side_rbc: float = 3.5) -> dict[str, list[tuple[str, np.ndarray]]]:
+def taleqani_cells(data: Path, every: int = 10) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Cell-centred crops of every `every`-th Taleqani field of the split file, enlarged to 257 and 120 px ({} when
     the data or its split is absent)."""
-    from leukodx.data.cell_crops import TALEQANI_RBC, iter_taleqani
+    from leukodx.evaluation.cells import taleqani_cell_crops
 
     split = ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv"
     if not (data / "all-taleqani" / "Segmented").is_dir() or not split.is_file():
         return {}
-    import tempfile
-
-    from leukodx.data.split import read_split, write_split
-
-    half = int(side_rbc * TALEQANI_RBC / 2)
-    crops = []
-    with tempfile.TemporaryDirectory() as tmp:  # every k-th row only: each field costs its reference repair
-        write_split(read_split(split)[::every], None, Path(tmp) / "every.csv")
-        for s in iter_taleqani(data / "all-taleqani", Path(tmp) / "every.csv", negatives=False):
-            h, w = s.rgb.shape[:2]
-            inside = [(int(y), int(x)) for y, x in s.centres if half <= y <= h - half and half <= x <= w - half]
-            if inside:
-                y, x = inside[0]
-                crops.append((s.path, s.rgb[y - half:y + half, x - half:x + half]))
+    crops = [(path, a) for path, _, a in taleqani_cell_crops(data / "all-taleqani", split, every=every)]
     return {f"taleqani_cells_to{side}": [(n, _resize(a, side)) for n, a in crops] for side in (257, 120)}
 
 
@@ -231,6 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--unseen", type=int, default=60, help="generated non-smear images per kind from seed 40 on "
                     "(not looked at when the limits were set), reported apart")
+    ap.add_argument("--only", nargs="+", metavar="PREFIX", help="only the sets whose names start so")
     ap.add_argument("--report", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
     ap.add_argument("--bench", type=Path, metavar="FIELDS", help="only time the analysis on these fields: "
                     "leukodx bench's measurement (deploy.bench.run_bench), ONNX engine, no heat maps")
@@ -256,6 +244,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     data = sets(args.data, args.non_smear_dir, args.unseen)
+    if args.only:
+        data = {k: v for k, v in data.items() if k.startswith(tuple(args.only))}
     doc: dict = {"leukodx": str(Path(leukodx.__file__).parent), "machine": platform.platform(),
                  "smear": {k: smear_counts(v) for k, v in data.items()}}
     if args.pipeline:

@@ -9,15 +9,16 @@ is cut by the edges); `cut180`; `cut240to120`, its central 240 px resized to 120
 crop); `to257`, the whole crop resized to 257 px. `--pad mirror` frames every cell crop of the cell model by
 mirroring (the rule before issue 28's cut-cell work); `auto` is `inference.cell_classifier.crop_cells`' default.
 Scores: `counted` (at least one leukocyte counted), `right_type` (a cell typed as the crop's class), `called`
-(the field got a class call), `called_leukaemic` (a leukaemic field call on these normal cells) and
-`called_leukaemic_unflagged` (such a call without a flag). Platelet and erythroblast crops (whole) are scored apart:
+(the field got a class call), `called_leukaemic` (a leukaemic field call on these normal cells),
+`called_leukaemic_unflagged` (such a call without a flag) and `flagged` (any flag). Platelet and erythroblast crops (whole) are scored apart:
 `outlined`, `counted` (the field's count includes a cell) and `typed_as_its_kind`. The scale is the analysis' own estimate (no lab scale given).
 
 `taleqani_cells_to257`: a cell-centred crop of every other Taleqani field of the split's part (3.5 red cells, 60 px
 wide, enlarged to 257 px: `evaluation.cells.taleqani_cell_crops`), an ALL hospital's blasts and hematogones.
 `right_type`: a cell typed blast in a leukaemic field's crop, lymphocyte in a Benign one (the field's class is the
-label); also per group, on the crops whose scale came from the nucleus's size (`nucleus_estimate`), and how often
-the field call is leukaemic.
+label); also per group, on the crops whose scale came from the nucleus's size (`nucleus_estimate`), how often
+the field call is leukaemic, is right (`call_right`: leukaemic on a blast's crop only), and is flagged when right
+and when wrong.
 
 Sources: PBC (Acevedo et al., Data in Brief 30, 105474, 2020; CC BY 4.0); split benchmarks/splits/pbc-seed0.csv.
 ALL Taleqani (Aria et al., Mendeley Data, doi:10.17632/htwtjjd8d4.1; CC BY 4.0); split
@@ -55,12 +56,22 @@ def taleqani_cells(analysis, root: Path, part: str, benign) -> dict:
     rs = analysis.analyze_many([_resize(c, 257) for _, _, c in crops], batch_size=8)
     rows = [("lymphocyte" if label in benign else "blast", r) for (_, label, _), r in zip(crops, rs, strict=True)]
 
+    def right(want: str, r) -> bool:
+        return r.label is not None and (r.label not in benign) == (want == "blast")
+
+    def share(xs: list) -> float | None:
+        return round(float(np.mean(xs)), 4) if xs else None
+
     def score(sel: list) -> dict:
         return {"n": len(sel), "counted": round(float(np.mean([r.cell_count > 0 for _, r in sel])), 4) if sel else None,
                 "right_type": round(float(np.mean([any(c.ai_label == want for c in r.cells) for want, r in sel])), 4)
                 if sel else None,
                 "called_leukaemic": round(float(np.mean([r.label is not None and r.label not in benign
-                                                         for _, r in sel])), 4) if sel else None}
+                                                         for _, r in sel])), 4) if sel else None,
+                # the call right (leukaemic on a blast's crop, not on a lymphocyte's), and flags on right / wrong calls
+                "call_right": round(float(np.mean([right(w, r) for w, r in sel])), 4) if sel else None,
+                "flagged_when_right": share([r.flag != "ok" for w, r in sel if right(w, r)]),
+                "flagged_when_wrong": share([r.flag != "ok" for w, r in sel if r.label is not None and not right(w, r)])}
 
     nucleus = [(w, r) for w, r in rows if r.scale_source.startswith("estimated from the leukocyte's nucleus")]
     return {**score(rows), "blast": score([x for x in rows if x[0] == "blast"]),
@@ -114,7 +125,8 @@ def main() -> None:
                      "called_leukaemic": round(float(np.mean([r.label is not None and r.label not in benign
                                                               for r in rs])), 4),
                      "called_leukaemic_unflagged": round(float(np.mean([
-                         r.label is not None and r.label not in benign and r.flag == "ok" for r in rs])), 4)}
+                         r.label is not None and r.label not in benign and r.flag == "ok" for r in rs])), 4),
+                     "flagged": round(float(np.mean([r.flag != "ok" for r in rs])), 4)}
         print(name, res[name], flush=True)
     # the crops of what is no leukocyte (whole, as exported): a platelet should get no leukocyte counted, and an
     # erythroblast (a nucleated red cell, which a differential reports apart) its own type

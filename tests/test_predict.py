@@ -203,6 +203,28 @@ def test_a_leukaemic_call_needs_a_blast_the_cell_model_trusts_and_unrecognised_c
     assert "none of" not in why
 
 
+def test_a_single_cell_crops_call_rests_on_its_cell():
+    """On a crop of one cell the field classifier follows the crop's look; the call's P(leukaemic) is the cell's
+    P(blast), the subtype shared as the field classifier shares it (issue 28)."""
+    from leukodx.inference.agreement import crop_call
+    from leukodx.inference.types import CellInstance
+
+    def cell(label, p_blast):
+        return CellInstance(id=1, area_px=900, centroid=(50.0, 50.0), bbox=(30, 30, 70, 70), ai_label=label,
+                            ai_confidence=0.9, ai_probabilities={label: 1.0 - p_blast, "blast": p_blast})
+
+    field = {"Benign": 0.1, "Early": 0.6, "Pre": 0.2, "Pro": 0.1}  # the field model calls a neutrophil's crop Early
+    p = crop_call(field, [cell("neutrophil", 0.02)], ["Benign"])
+    assert p is not None and p["Benign"] == pytest.approx(0.98) and sum(p.values()) == pytest.approx(1.0)
+    assert p["Early"] == pytest.approx(0.02 * 0.6 / 0.9) and p["Pre"] == pytest.approx(0.02 * 0.2 / 0.9)
+    p = crop_call(field, [cell("blast", 0.9), cell("not_leukocyte", 0.99)], ["Benign"])
+    assert p is not None and sum(v for k, v in p.items() if k != "Benign") == pytest.approx(0.9)
+    assert max(p, key=p.__getitem__) == "Early"
+    assert crop_call(field, [cell("not_leukocyte", 0.5)], ["Benign"]) is None  # no leukocyte typed: as it was
+    assert crop_call({"Benign": 0.0, "Early": 0.0, "Pre": 1.0, "Pro": 0.0}, [cell("lymphocyte", 0.0)],
+                     ["Benign"])["Benign"] == pytest.approx(1.0)
+
+
 def test_predict_um_per_px_wins_and_a_bad_one_is_refused_in_one_line(models, tmp_path):
     from clitools import run_cli
     from leukodx.inference.predict import run_predict

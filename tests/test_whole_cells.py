@@ -107,6 +107,21 @@ def test_a_single_cell_crop_is_analysed_and_its_cell_outlined(analysis):
         assert len(on_cell) == 1 and on_cell[0].ai_label is not None, [c.centroid for c in r.cells]
 
 
+def test_a_single_cell_crops_call_comes_from_its_cell(analysis):
+    """A single-cell crop is called from its cell: P(leukaemic) is its leukocyte's P(blast) from the cell model, and
+    a leukaemic call is supported by one blast (a crop holds one cell); the size note says so."""
+    from test_smear_check import _cell_crop
+
+    benign = analysis.classifier.config.case_rule.benign
+    for seed in (0, 1):
+        r = analysis.analyze(_cell_crop(seed)[0])
+        assert "outlined as a single-cell crop" in r.size_note and "called from its cell" in r.size_note
+        blast = max(c.ai_probabilities["blast"] for c in r.cells if c.ai_label not in (None, "not_leukocyte"))
+        assert r.malignant_probability == pytest.approx(blast, abs=1e-5)
+        assert (r.label in benign) == (blast < 0.5) and r.confidence == r.probabilities[r.label]
+        assert "the rule asks for at least" not in r.flag_reason
+
+
 def test_the_lab_scale_wins_through_the_analysis(analysis):
     from test_smear_check import _cell_crop
 

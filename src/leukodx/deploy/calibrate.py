@@ -184,7 +184,7 @@ CROP_SPLITS: tuple[dict[str, float], ...] = (
 def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: str | Path,
                        segmenter_dir: str | Path | None = None, max_flagged: float = 0.05, write: bool = True,
                        log=print) -> dict:
-    """The classifier's `cell_agreement` rule (leukodx.inference.pipeline.cells_disagree), chosen on the val rows of
+    """The classifier's `cell_agreement` rule (leukodx.inference.agreement.cells_disagree), chosen on the val rows of
     `split_csv` only: every val field goes through the analysis once (the rule off), and each candidate of
     AGREEMENT_GRID is applied to the results. Chosen: the candidate that leaves the fewest of the imitated other
     lab's healthy fields (`evaluation.shift.lab_shift` at severity 1.5 of the benign val rows, where the field
@@ -197,7 +197,8 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
     from leukodx.evaluation.shift import lab_shift, rng_for
-    from leukodx.inference.pipeline import Analysis, cells_disagree
+    from leukodx.inference.agreement import cells_disagree
+    from leukodx.inference.pipeline import Analysis
     from leukodx.models.model_config import CellAgreement, update_model_config
 
     t0 = time.perf_counter()

@@ -33,13 +33,14 @@ import numpy as np
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
-from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE, UNIDENTIFIED
+from leukodx.inference.agreement import cells_disagree, crop_call
+from leukodx.inference.cell_classes import NOT_LEUKOCYTE
 from leukodx.inference.engines import softmax
 from leukodx.inference.scale import MEASURED, calibration_doubt
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.stain import normalize
-from leukodx.inference.types import CaseSummary, CellInstance, FieldResult
-from leukodx.models.model_config import WEIGHTS, CellAgreement, ModelConfig, ScaleRule, read_model_config
+from leukodx.inference.types import CaseSummary, FieldResult
+from leukodx.models.model_config import WEIGHTS, ModelConfig, ScaleRule, read_model_config
 
 if TYPE_CHECKING:
     from leukodx.inference.cell_classifier import CellClassifier
@@ -84,6 +85,7 @@ class _Field:
     tiles: list[np.ndarray] = field(default_factory=list)  # classifier inputs
     features: np.ndarray | None = None  # classifier penultimate features, one row per tile
     cams: np.ndarray | None = None  # class activation maps, tiles x classes x h x w (when the model exports them)
+    crop: bool = False  # a single-cell crop, outlined by the crop segmenter: its call rests on its cell (crop_call)
 
 
 class ClassifierStage:
@@ -220,6 +222,7 @@ class SegmenterStage:
             if crops:
                 self.crops.run(crops)
                 for f in crops:
+                    f.crop = True
                     f.result.size_note += (f"; outlined as a single-cell crop (at most "
                                            f"{self.crop_rule.max_side_rbc:g} red cells across)")
             if not fields:
@@ -425,6 +428,8 @@ class Analysis:
                 self.segmenter.run(fields)
                 if self.cell_classifier is not None:
                     self._classify_cells(fields)
+                    if self.classifier:
+                        self._crop_calls([f for f in fields if f.crop])
             if self.classifier:
                 self._quality(fields)
                 if heatmap:
@@ -453,13 +458,31 @@ class Analysis:
             f.result.timings_ms["cells"] = dt
             f.result.cell_model = clf.version
 
+    def _crop_calls(self, crops: Sequence[_Field]) -> None:
+        """A single-cell crop's call from its cell (agreement.crop_call): the field classifier's subtype, the cell
+        model's P(blast)."""
+        assert self.classifier is not None
+        benign = self.classifier.config.case_rule.benign
+        for f in crops:
+            r = f.result
+            p = crop_call(r.probabilities, r.cells, benign)
+            if p is None:
+                continue
+            blast = sum(v for k, v in p.items() if k not in benign)
+            side = [k for k in p if (k in benign) == (blast < 0.5)]
+            r.label = max(side, key=lambda k: p[k])
+            r.probabilities = {k: round(v, 6) for k, v in p.items()}
+            r.confidence, r.malignant_probability = r.probabilities[r.label], round(blast, 6)
+            r.size_note += (f"; called from its cell (P(blast) {blast:.2f}" +
+                            (", the subtype from the field model)" if blast >= 0.5 else ")"))
+
     def _quality(self, fields: Sequence[_Field]) -> None:
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
             flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear)
             r.ood_score = None if score is None else round(float(score), 4)
-            disagree = self._cells_disagree(r) if not flagged else ""
+            disagree = self._cells_disagree(r, f.crop) if not flagged else ""
             if flagged:
                 r.flag, r.flag_reason = "out_of_distribution", reason
                 if f.smear.kind in NOT_A_SMEAR and f.smear.features.get("rbc_checked", True):
@@ -485,13 +508,15 @@ class Analysis:
                     r.flag, r.flag_reason = "ok", ""
             r.timings_ms["quality"] = (time.perf_counter() - t0) * 1000
 
-    def _cells_disagree(self, r: FieldResult) -> str:
-        """Why the field's call is not supported by its cells (config `cell_agreement`), or "" when it is."""
+    def _cells_disagree(self, r: FieldResult, crop: bool = False) -> str:
+        """Why the field's call is not supported by its cells (config `cell_agreement`; one blast is enough in a
+        single-cell crop), or "" when it is."""
         if self.cell_classifier is None or self.classifier is None or r.label is None or self.segmenter is None:
             return ""
         cfg = self.classifier.config
-        return cells_disagree(r.label, r.cells, cfg.case_rule.benign, cfg.cell_agreement,
-                              self.cell_classifier.blast_threshold)
+        rule = cfg.cell_agreement.model_copy(update={"min_blasts": min(cfg.cell_agreement.min_blasts, 1)}) if crop \
+            else cfg.cell_agreement
+        return cells_disagree(r.label, r.cells, cfg.case_rule.benign, rule, self.cell_classifier.blast_threshold)
 
     def _heatmap(self, fields: Sequence[_Field]) -> None:
         """The heat map of the called class: its class activation map from the classifier's own outputs (ONNX
@@ -512,41 +537,6 @@ class Analysis:
             heat = tiling.to_original(tiling.stitch(cams, f.boxes, *f.rgb.shape[:2]), f.prep)
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
-
-
-def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[str], rule: CellAgreement,
-                   blast_threshold: float | None = None) -> str:
-    """The rule that a field's call must agree with its cells, in a clinician's words ("" when they agree): a
-    leukaemic call needs at least `rule.min_blasts` leukocytes the cell model calls blast with P(blast) of at
-    least `blast_threshold` (None: `rule.min_blast_probability`); a benign call is questioned when more than
-    `rule.max_blast_share_benign` of its counted leukocytes are blasts; any call when at least
-    `rule.max_unidentified_share` of its leukocytes are unidentified."""
-    trust = rule.min_blast_probability if blast_threshold is None else blast_threshold
-    leukocytes = [c for c in cells if c.ai_label is not None and c.ai_label != NOT_LEUKOCYTE]
-    counted = [c for c in leukocytes if c.ai_label not in NOT_COUNTED]
-    blasts = sum(c.ai_label == BLAST and (c.ai_probabilities or {}).get(BLAST, c.ai_confidence or 0.0) >= trust
-                 for c in counted)
-    unknown = sum(c.ai_label == UNIDENTIFIED for c in leukocytes)
-    strange = (f"the cell model does not recognise {unknown} of its {len(leukocytes)} leukocytes (they may look "
-               "unlike the cells it learnt: another stain, camera or magnification)")
-    if leukocytes and unknown / len(leukocytes) >= rule.max_unidentified_share:
-        return (f"The field is called {label}, but {strange}, so its cells can neither support nor question the "
-                "call. Look at the field yourself.")
-    if label not in benign:
-        if blasts < rule.min_blasts:
-            sure = f" with a probability of {100 * trust:.0f} % or more" if trust > 0 else ""
-            seen = (f"none of its {len(counted)} leukocytes is recognised as a blast{sure}" if counted else
-                    "no leukocyte the cell model could identify was found in it")
-            if blasts:  # some, but fewer than the rule asks
-                seen = (f"only {blasts} of its {len(counted)} leukocytes {'is' if blasts == 1 else 'are'} recognised "
-                        f"as a blast{sure}, and the rule asks for at least {rule.min_blasts}")
-            support = "too little" if blasts else "no"
-            return (f"The field is called {label} (leukaemic), but {seen}: the call has {support} support in the "
-                    "cells. Look at the field yourself.")
-    elif counted and blasts >= max(rule.min_blasts, 1) and blasts / len(counted) > rule.max_blast_share_benign:
-        return (f"The field is called {label} (not leukaemic), but {blasts} of its {len(counted)} leukocytes look "
-                "like blasts. Look at the field yourself.")
-    return ""
 
 
 def prepare_field(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float | None = None

@@ -428,8 +428,8 @@ class Analysis:
                 self.segmenter.run(fields)
                 if self.cell_classifier is not None:
                     self._classify_cells(fields)
-                    if self.classifier:
-                        self._crop_calls([f for f in fields if f.crop])
+                    if self.classifier:  # at a known scale: an image too small to measure is no crop to type
+                        self._crop_calls([f for f in fields if f.crop and f.prep.known])
             if self.classifier:
                 self._quality(fields)
                 if heatmap:

@@ -122,6 +122,29 @@ def test_a_single_cell_crops_call_comes_from_its_cell(analysis):
         assert "the rule asks for at least" not in r.flag_reason
 
 
+def test_a_crop_called_leukaemic_from_its_blast_is_flagged_for_its_subtype(analysis, monkeypatch):
+    """A crop whose cell is a blast is called leukaemic, but its subtype is the field model's reading of one cell
+    (right on 71 % of Taleqani's val cell crops): flagged, in words, and the case needs review."""
+    from test_smear_check import _cell_crop
+
+    clf = analysis.cell_classifier
+    typed = clf.classify_many
+
+    def as_blasts(fields):  # the cell model sees a blast in every cell
+        typed(fields)
+        for _, _, cells, _ in fields:
+            for c in cells:
+                c.ai_label, c.ai_confidence, c.ai_probabilities = "blast", 0.97, {"blast": 0.97, "lymphocyte": 0.03}
+
+    monkeypatch.setattr(clf, "classify_many", as_blasts)
+    r = analysis.analyze(_cell_crop(0)[0])
+    benign = analysis.classifier.config.case_rule.benign
+    assert r.label not in benign and r.malignant_probability == pytest.approx(0.97, abs=1e-5)
+    assert r.flag == "low_confidence" and "subtype" in r.flag_reason and "one cell" in r.flag_reason, r.flag_reason
+    assert "P(blast) 0.97, the subtype from the field model" in r.size_note
+    assert analysis.summarize([r]).needs_review
+
+
 def test_the_lab_scale_wins_through_the_analysis(analysis):
     from test_smear_check import _cell_crop
 

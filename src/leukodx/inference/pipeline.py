@@ -86,6 +86,7 @@ class _Field:
     features: np.ndarray | None = None  # classifier penultimate features, one row per tile
     cams: np.ndarray | None = None  # class activation maps, tiles x classes x h x w (when the model exports them)
     crop: bool = False  # a single-cell crop, outlined by the crop segmenter: its call rests on its cell (crop_call)
+    called_from_cell: bool = False  # the crop's call was made from its cell
 
 
 class ClassifierStage:
@@ -473,10 +474,13 @@ class Analysis:
             r.label = max(side, key=lambda k: p[k])
             r.probabilities = {k: round(v, 6) for k, v in p.items()}
             r.confidence, r.malignant_probability = r.probabilities[r.label], round(blast, 6)
-            r.size_note += (f"; called from its cell (P(blast) {blast:.2f}" +
+            f.called_from_cell = True
+            shown = "< 0.01" if blast < 0.01 else "> 0.99" if blast > 0.99 else f"{blast:.2f}"
+            r.size_note += (f"; called from its cell (P(blast) {shown}" +
                             (", the subtype from the field model)" if blast >= 0.5 else ")"))
 
     def _quality(self, fields: Sequence[_Field]) -> None:
+        benign = self.classifier.config.case_rule.benign if self.classifier else ()
         for f in fields:
             r = f.result
             t0 = time.perf_counter()
@@ -499,6 +503,13 @@ class Analysis:
                                  "yourself.")
             elif disagree:
                 r.flag, r.flag_reason = "low_confidence", disagree
+            elif f.called_from_cell and r.label not in benign:
+                # the blast is the cell model's; the subtype is the field model's reading of one cell (right on 71 %
+                # of the Taleqani val cell crops called leukaemic: docs/results/issue28-purple-nuclei)
+                r.flag, r.flag_reason = "low_confidence", (
+                    f"This single-cell crop is called {r.label} from its one cell: the cell model sees a blast, but "
+                    "the subtype is the field model's reading of a single cell, which is often wrong. Read the "
+                    "subtype from whole smear fields.")
             else:
                 r.flag, r.flag_reason = "ok", ""
             if r.label is not None and self.segmenter is not None and r.cell_count == 0:

@@ -18,7 +18,7 @@ wide, enlarged to 257 px: `evaluation.cells.taleqani_cell_crops`), an ALL hospit
 `right_type`: a cell typed blast in a leukaemic field's crop, lymphocyte in a Benign one (the field's class is the
 label); also per group, on the crops whose scale came from the nucleus's size (`nucleus_estimate`), how often
 the field call is leukaemic, is right (`call_right`: leukaemic on a blast's crop only), and is flagged when right
-and when wrong.
+and when wrong; `subtype_right`: the field's class (Early, Pre, Pro) among its leukaemic crops called leukaemic.
 
 Sources: PBC (Acevedo et al., Data in Brief 30, 105474, 2020; CC BY 4.0); split benchmarks/splits/pbc-seed0.csv.
 ALL Taleqani (Aria et al., Mendeley Data, doi:10.17632/htwtjjd8d4.1; CC BY 4.0); split
@@ -55,6 +55,9 @@ def taleqani_cells(analysis, root: Path, part: str, benign) -> dict:
     crops = taleqani_cell_crops(root, ROOT / "benchmarks/splits/taleqani-sgdc-seed0.csv", (part,), every=2)
     rs = analysis.analyze_many([_resize(c, 257) for _, _, c in crops], batch_size=8)
     rows = [("lymphocyte" if label in benign else "blast", r) for (_, label, _), r in zip(crops, rs, strict=True)]
+    # the subtype of a leukaemic crop called leukaemic: the field model's reading of one cell
+    sub = [label == r.label for (_, label, _), r in zip(crops, rs, strict=True)
+           if label not in benign and r.label is not None and r.label not in benign]
 
     def right(want: str, r) -> bool:
         return r.label is not None and (r.label not in benign) == (want == "blast")
@@ -74,7 +77,8 @@ def taleqani_cells(analysis, root: Path, part: str, benign) -> dict:
                 "flagged_when_wrong": share([r.flag != "ok" for w, r in sel if r.label is not None and not right(w, r)])}
 
     nucleus = [(w, r) for w, r in rows if r.scale_source.startswith("estimated from the leukocyte's nucleus")]
-    return {**score(rows), "blast": score([x for x in rows if x[0] == "blast"]),
+    return {**score(rows), "subtype_right": share(sub), "n_subtype": len(sub),
+            "blast": score([x for x in rows if x[0] == "blast"]),
             "lymphocyte": score([x for x in rows if x[0] == "lymphocyte"]), "nucleus_estimate": score(nucleus),
             "scale_sources": {k: sum(r.scale_source == k for _, r in rows) for k in sorted({r.scale_source for _, r in rows})}}
 

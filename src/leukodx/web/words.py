@@ -18,7 +18,8 @@ from leukodx.inference.smear_check import ADVICE as SMEAR_ADVICE
 CLASS_NAMES = {"Benign": "Benign (no blasts)", "Early": "Early pre-B ALL", "Pre": "Pre-B ALL", "Pro": "Pro-B ALL"}
 # the call worded as a morphology finding, as a lab reports it (a subtype needs immunophenotyping to be a diagnosis)
 CALL_WORDS = {
-    "Benign": "No morphological features of ALL (benign lymphoid cells, e.g. hematogones)",
+    "Benign": "No morphological features of ALL (no blasts: benign lymphoid cells such as hematogones, or normal "
+              "leukocytes)",
     "Early": "Morphology consistent with early pre-B ALL; confirm by flow cytometry",
     "Pre": "Morphology consistent with pre-B ALL; confirm by flow cytometry",
     "Pro": "Morphology consistent with pro-B ALL; confirm by flow cytometry",

@@ -176,22 +176,16 @@ def taleqani_cell_crops(root: str | Path, split_csv: str | Path, parts: Sequence
     for every `every`-th field of `parts` in the split file, `side_rbc` red cells wide around its first reference
     cell wholly inside the field (fields without one are left out). Their cells are an ALL hospital's blasts (the
     leukaemic classes) and hematogones read as lymphocytes (Benign)."""
-    import tempfile
-
     from leukodx.data.cell_crops import TALEQANI_RBC, iter_taleqani
-    from leukodx.data.split import read_split, write_split
 
     half = int(side_rbc * TALEQANI_RBC / 2)
     out = []
-    with tempfile.TemporaryDirectory() as tmp:  # only the fields taken: each costs its reference's repair
-        rows = [r for r in read_split(split_csv) if r["split"] in parts][::every]
-        write_split(rows, None, Path(tmp) / "every.csv")
-        for s in iter_taleqani(root, Path(tmp) / "every.csv", parts=parts, negatives=False):
-            h, w = s.rgb.shape[:2]
-            inside = [(int(y), int(x)) for y, x in s.centres if half <= y <= h - half and half <= x <= w - half]
-            if inside:
-                y, x = inside[0]
-                out.append((s.path, s.field_label or "", s.rgb[y - half:y + half, x - half:x + half]))
+    for s in iter_taleqani(root, split_csv, parts=parts, negatives=False, every=every):
+        h, w = s.rgb.shape[:2]
+        inside = [(int(y), int(x)) for y, x in s.centres if half <= y <= h - half and half <= x <= w - half]
+        if inside:
+            y, x = inside[0]
+            out.append((s.path, s.field_label or "", s.rgb[y - half:y + half, x - half:x + half]))
     return out
 
 

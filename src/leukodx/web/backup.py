@@ -1,27 +1,13 @@
 """Backup and restore of a leukodx case store: the database and the stored images, in one archive.
 
-`backup()` is consistent while the server runs: SQLite's online backup API copies one snapshot of the
-database (readers never block writers in WAL mode); for PostgreSQL, `pg_dump` runs on a snapshot exported
-from a repeatable-read transaction, and the same transaction lists the images it refers to. Images are read
-after the snapshot (uploads store their files before committing their rows, so every image a snapshot
-refers to is on disk), and each is checked against its content-hash name. The archive is written under a
-temporary name beside ARCHIVE, read back and checked, and only then renamed to ARCHIVE.
-
-Archive (tar + gzip):
-    manifest.json        format, leukodx version, created, schema revision, row counts, every file's sha256
-    database.sqlite3     (SQLite) the snapshot, a standalone database file
-    database.sql         (PostgreSQL) pg_dump's plain SQL
-    files/<sha256>.<ext> the images, overlays and heat maps the database refers to
-
-`restore()` reads the whole archive into a staging folder first and checks it (manifest, every hash, the
-schema revision); only then does it touch the target: images are added to the store (content-addressed, so
-nothing is overwritten), and the database is replaced in one step (SQLite: the backup API into the target,
-one write transaction; PostgreSQL: psql --single-transaction). A check that fails leaves the database as it
-was.
+The archive's layout, and how a backup stays consistent while the server runs: docs/design.md, "web/backup".
+It is written under a temporary name beside ARCHIVE, read back and checked, and only then renamed. `restore()`
+checks the whole archive in a staging folder before it touches the target: a failed check changes nothing.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -31,7 +17,10 @@ import sqlite3
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
+import zlib
+from contextlib import closing, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,17 +61,11 @@ def _sqlite_path(url: URL) -> Path:
 def _snapshot_facts(conn) -> dict:
     """Schema revision, row counts and referenced file names, read through `conn` (a SQLAlchemy connection
     or a sqlite3 connection) inside the snapshot."""
-    def rows(sql: str) -> list:
-        if isinstance(conn, sqlite3.Connection):
-            return conn.execute(sql).fetchall()
-        from sqlalchemy import text
-
-        return conn.execute(text(sql)).fetchall()
-
-    counts = {t: rows(f"SELECT count(*) FROM {t}")[0][0] for t in COUNTED}
+    run = conn.execute if isinstance(conn, sqlite3.Connection) else conn.exec_driver_sql
+    counts = {t: run(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in COUNTED}
     names: set[str] = set()
     for col in FILE_COLUMNS:
-        names |= {r[0] for r in rows(f"SELECT DISTINCT {col} FROM fields WHERE {col} IS NOT NULL")}
+        names |= {r[0] for r in run(f"SELECT DISTINCT {col} FROM fields WHERE {col} IS NOT NULL")}
     return {"counts": counts, "files": sorted(names)}
 
 
@@ -172,8 +155,6 @@ def _last_line(text_: str) -> str:
 
 def _run_to_file(cmd: list[str], env: dict, target: Path) -> None:
     """Run pg_dump with its output written here (so that a full disk is an OSError of ours, with its reason)."""
-    import threading
-
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = proc.stdout, proc.stderr
     assert stdout is not None and stderr is not None  # both are pipes (PIPE above)
@@ -242,18 +223,13 @@ def _read_files(files_dir: Path, names: list[str]) -> tuple[dict[str, bytes], li
     return good, missing, damaged
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes | None = None, path: Path | None = None) -> None:
+def _add(tar: tarfile.TarFile, name: str, data: bytes | Path) -> None:
     info = tarfile.TarInfo(name)
     info.mtime = int(time.time())
     info.mode = 0o600
-    if path is not None:
-        info.size = path.stat().st_size
-        with open(path, "rb") as fh:
-            tar.addfile(info, fh)
-    else:
-        assert data is not None  # callers give a path or the bytes
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+    info.size = data.stat().st_size if isinstance(data, Path) else len(data)
+    with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as fh:
+        tar.addfile(info, fh)
 
 
 def backup(db_url: str, files_dir: Path, out: Path, allow_damaged: bool = False) -> dict:
@@ -326,7 +302,7 @@ def _write_archive(out: Path, manifest: dict, db_file: Path, files: dict[str, by
         with os.fdopen(fd, "wb") as raw:
             with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
                 _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode())
-                _add(tar, db_file.name, path=db_file)
+                _add(tar, db_file.name, db_file)
                 for name in sorted(files):
                     _add(tar, f"files/{name}", files[name])
             raw.flush()
@@ -352,9 +328,6 @@ def _damaged(archive: Path, why: str) -> BackupError:
 def read_archive(archive: Path, staging: Path | None) -> dict:
     """Read the whole archive, check every member against the manifest, and (with `staging`) write the
     database to staging/<member> and the files to staging/files/. Returns the manifest."""
-    import gzip
-    import zlib
-
     archive = Path(archive)
     if not archive.is_file():
         raise BackupError(f"There is no backup file {archive}.", "Check the path.")
@@ -378,17 +351,12 @@ def read_archive(archive: Path, staging: Path | None) -> dict:
                 if m.name != manifest["database"]["member"] and not (m.name.startswith("files/")
                                                                      and NAME_RE.match(m.name[6:])):
                     raise _damaged(archive, f"unexpected entry {m.name!r}")
-                dest = staging / m.name if staging is not None else None
                 h = hashlib.sha256()
-                out = open(dest, "wb") if dest is not None else None  # noqa: SIM115
-                try:
+                with open(staging / m.name, "wb") if staging is not None else nullcontext() as out:
                     while chunk := fh.read(1 << 20):
                         h.update(chunk)
                         if out is not None:
                             out.write(chunk)
-                finally:
-                    if out is not None:
-                        out.close()
                 seen[m.name] = h.hexdigest()
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise _damaged(archive, str(exc) or exc.__class__.__name__) from None
@@ -473,24 +441,19 @@ def _place_files(staging: Path, files_dir: Path, manifest: dict) -> int:
 
 def _restore_sqlite(staged: Path, url: URL) -> None:
     target = _sqlite_path(url)
-    con = sqlite3.connect(staged)
-    try:
-        check = con.execute("PRAGMA integrity_check").fetchone()[0]
-    except sqlite3.Error as exc:
-        check = str(exc)
-    finally:
-        con.close()
+    with closing(sqlite3.connect(staged)) as con:
+        try:
+            check = con.execute("PRAGMA integrity_check").fetchone()[0]
+        except sqlite3.Error as exc:
+            check = str(exc)
     if check != "ok":
         raise BackupError(f"The database in the backup is damaged ({check}).", "Nothing was changed; use another backup.")
     # an older backup: bring the staged copy to this leukodx's schema before it replaces anything
     engine = database.make_engine(f"sqlite:///{staged}")
     database.migrate(engine)
     engine.dispose()
-    con = sqlite3.connect(staged)
-    try:
+    with closing(sqlite3.connect(staged)) as con:
         con.execute("PRAGMA journal_mode=DELETE")  # everything in the one file (no -wal) before it moves
-    finally:
-        con.close()
     if not target.exists():
         for suffix in ("-wal", "-shm", "-journal"):  # left over from a database that is gone
             Path(f"{target}{suffix}").unlink(missing_ok=True)
@@ -499,16 +462,12 @@ def _restore_sqlite(staged: Path, url: URL) -> None:
         os.replace(staged, target)
         fsync_dir(target.parent)
         return
-    src = sqlite3.connect(staged)
-    dst = sqlite3.connect(target, timeout=60)
-    try:
-        src.backup(dst)  # one write transaction on the target: all of it or, on failure, none
-    except sqlite3.Error as exc:
-        raise BackupError(f"Could not write the database {target}: {exc}.",
-                          "Stop leukodx serve and try again; the database was left as it was.") from None
-    finally:
-        src.close()
-        dst.close()
+    with closing(sqlite3.connect(staged)) as src, closing(sqlite3.connect(target, timeout=60)) as dst:
+        try:
+            src.backup(dst)  # one write transaction on the target: all of it or, on failure, none
+        except sqlite3.Error as exc:
+            raise BackupError(f"Could not write the database {target}: {exc}.",
+                              "Stop leukodx serve and try again; the database was left as it was.") from None
 
 
 def _restore_postgres(staged: Path, url: URL) -> None:

@@ -3,50 +3,9 @@
 Channel 0 (``cell``) is the whole leukocyte (nucleus + cytoplasm; it defines instances), channel 1 (``nucleus``)
 its nucleus. Each source supervises what it can; ``cell_known`` / ``nucleus_known`` are the loss masks (1 =
 supervised, 0 = unknown). Pure numpy / scipy / scikit-image; every size is a multiple of the image's red-cell
-diameter ``d`` (its own pixels), so the rules hold at any magnification.
-
-**Colour measures (all sources).** Optical density per channel relative to the image's own background (the
-97th percentile per channel of a 3 x 3 mean, so white balance and lamp brightness cancel),
-``OD_c = -log((I_c + 1) / (bg_c + 1))``; stained matter ``tot = OD_r + OD_g + OD_b``; nuclear-stain score
-``s = OD_g - OD_b`` (the nuclear stain, purple, absorbs green strongly and blue little; measured on the data:
-nuclei s ~ 0.8-2.5, red cells 0.1-0.5, background ~ 0). Stained matter (``foreground``) is ``tot`` above the
-lower of two multi-Otsu thresholds (background / red cells and cytoplasm / nuclei), at least 0.12; holes smaller
-than 0.35 red-cell areas are filled (red-cell pallor, vacuoles). The nucleus is ``s`` above
-``max(Otsu(s) over the stained pixels of the cell's window, 90th percentile of s over the image's red-cell
-pixels + 0.15)``, so a pale stain's nucleus is still found and a pink red cell never is.
-
-**The whole cell (Raabin and PBC)**: a marker-controlled watershed of the stained matter within one red-cell
-diameter of the allowed region, flooding the (smoothed, negated) distance to unstained background, so touching discs part at their neck
-(flooding the colour gradient instead lets a touching red cell win a pale cytoplasm across the strong
-nucleus/cytoplasm edge). Markers: the
-cell's nucleus (all its lobes); the unstained background (eroded); and "other objects": red-cell cores (the
-centre of every red-cell box in Raabin; in PBC, stained pixels coloured like the image's red cells, at least
-0.22 d inside stained matter, and farther than 0.6 d from the nucleus) and other nuclei. The cell is the
-nucleus's basin inside the allowed region (Raabin: the box's inscribed ellipse grown 8 %; PBC: a disc of 1.3 d
-around the nucleus), holes filled, opened with a disc of 0.06 d (cuts thin bridges to touching red cells),
-the component(s) touching the nucleus kept, and the nucleus added. A band of 0.05 d on each side of the cell's
-outline is unknown in both channels (the outline is a rule's guess there, not a drawing).
-
-- **Raabin** (`raabin_reference`): every leukocyte is boxed, so outside every leukocyte box grown 15 %
-  is negative in both channels, red cells and platelets included (hard negatives). Inside a box the rule
-  above; a box cut at the field's edge is kept (its cell touches the border). The nucleus channel is supervised
-  wherever the cell channel is (nucleus inside the cell, negative outside). Between the box and the box grown
-  15 %, pixels outside the cell are unknown (the box may be drawn a little tight).
-- **PBC** (`pbc_reference`): the centred cell by the rule above, seeded at the nucleus component nearest the
-  crop's centre (plus lobes within 0.6 d of it). Other nuclei of at least 0.2 red-cell areas (other leukocytes
-  or erythroblasts) and 0.8 d around them are unknown in both channels; smaller stained blobs are platelets and
-  negative; the rest (background, red cells) is negative. For a ``platelet`` or ``erythroblast`` crop the
-  centred object is not a leukocyte: its cell channel is negative (erythroblasts are nucleated red cells);
-  its nucleus channel is negative for a platelet (none) and **unknown** for an erythroblast, whose nucleus is
-  a real nucleus but belongs to no leukocyte (the nucleus channel is only read inside cells, and nucleus is
-  inside cell on every other source: we neither teach "not a nucleus" on a nucleus nor break that rule).
-- **Taleqani** (`taleqani_reference`): the nucleus is the repaired reference
-  (`leukodx.data.reference_masks.repaired_reference`), supervised everywhere. The whole cell is positive on
-  nucleus pixels, unknown within ``NEAR_NUCLEUS_D`` (1.5) red-cell diameters of a nucleus (the cytoplasm is
-  not drawn), and negative farther away: every leukocyte has a nucleus, so far from every nucleus there is no
-  leukocyte (wherever the reference missed a pale cell, that cell is wrongly negative). Specks of the reference
-  under 40 px (at 17-px red cells; the stain rule's own minimum object) are unknown in both channels and do not
-  count as nuclei.
+diameter ``d`` (its own pixels), so the rules hold at any magnification. The rules in full (colour measures,
+the watershed, `raabin_reference`, `pbc_reference`, `taleqani_reference`) and how their constants were measured:
+docs/results/cell-references/README.md, "data/cell_references.py: the rules in full".
 """
 
 from __future__ import annotations
@@ -139,14 +98,6 @@ def foreground(od: np.ndarray, d: float) -> np.ndarray:
     return _fill_small_holes(fg, HOLE_AREA_D2 * np.pi * (d / 2) ** 2)
 
 
-def _otsu(v: np.ndarray, default: float) -> float:
-    from skimage.filters import threshold_otsu
-
-    if v.size < 10 or float(v.max() - v.min()) < 1e-6:
-        return default
-    return float(threshold_otsu(v))
-
-
 def _remove_small(m: np.ndarray, min_px: float) -> np.ndarray:
     lab, n = ndi.label(m)
     if n == 0:
@@ -167,9 +118,14 @@ def _clean_nucleus(m: np.ndarray, d: float) -> np.ndarray:
 
 
 def _nucleus_threshold(s: np.ndarray, window_fg: np.ndarray, rbc_px: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
     rbc_hi = float(np.percentile(s[rbc_px], 90)) if rbc_px.sum() >= 20 else 0.3
-    t_otsu = _otsu(s[window_fg], rbc_hi + NUCLEUS_MARGIN)
-    return max(t_otsu, rbc_hi + NUCLEUS_MARGIN, NUCLEUS_FLOOR)
+    t = max(rbc_hi + NUCLEUS_MARGIN, NUCLEUS_FLOOR)
+    v = s[window_fg]
+    if v.size < 10 or float(v.max() - v.min()) < 1e-6:  # no split to find
+        return t
+    return max(float(threshold_otsu(v)), t)
 
 
 def _grow_cell(fg: np.ndarray, seed: np.ndarray, others: np.ndarray, allowed: np.ndarray, d: float) -> np.ndarray:
@@ -336,7 +292,6 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
             reach = _near(first, PBC_LOBE_D * d)
             ids = np.unique(lab[reach & nuc_all])
             seed = np.isin(lab, ids[ids > 0])
-    not_leuko = label in NOT_LEUKOCYTE_CLASSES
     if not seed.any():
         seed = r_centre <= 0.12 * d
     other_nuc = nuc_all & ~seed
@@ -346,18 +301,14 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
     cell = _grow_cell(fg, seed, rbc_core | other_big, allowed, d)
     nucleus = seed & cell
     unknown_both = _near(other_big, PBC_OTHER_RING_D * d) & ~cell
-    band = _band(cell, d) | _band(nucleus, d)
-    cell_known = ~(unknown_both | band)
-    nucleus_known = cell_known.copy()
-    if not_leuko:
-        centred = cell.copy()
-        cell[:] = False
-        nucleus[:] = False
-        cell_known = ~unknown_both
-        nucleus_known = cell_known.copy()
+    if label in NOT_LEUKOCYTE_CLASSES:  # the centred object is negative, its outline unknown
+        cell_known = ~unknown_both & ~_band(cell, d)
+        nucleus_known = ~unknown_both
         if label == "erythroblast":
             nucleus_known &= ~_near(seed, BAND_D * d + 1)
-        cell_known &= ~_band(centred, d)
+        cell = nucleus = np.zeros((h, w), bool)
+    else:
+        cell_known = nucleus_known = ~(unknown_both | _band(cell, d) | _band(nucleus, d))
     return CellReference(rgb, cell.astype(np.uint8), nucleus.astype(np.uint8), cell_known.astype(np.uint8),
                          nucleus_known.astype(np.uint8), d)
 
@@ -372,9 +323,8 @@ def taleqani_reference(rgb: np.ndarray, nucleus_mask: np.ndarray, rbc_diameter: 
     min_px = TALEQANI_MIN_NUCLEUS_PX * (d / 17.0) ** 2
     big = _remove_small(nuc, min_px)
     speck = nuc & ~big
-    near = _near(big, NEAR_NUCLEUS_D * d) if big.any() else np.zeros(nuc.shape, bool)
-    cell_known = (big | ~near) & ~_near(speck, 1.5)
     nucleus_known = ~_near(speck, 1.5)
+    cell_known = (big | ~_near(big, NEAR_NUCLEUS_D * d)) & nucleus_known
     return CellReference(rgb, big.astype(np.uint8), nuc.astype(np.uint8), cell_known.astype(np.uint8),
                          nucleus_known.astype(np.uint8), d)
 

@@ -16,8 +16,6 @@ and one row of columns per crop.
 - Raabin fields: up to `RAABIN_RBC_PER_FIELD` red-cell boxes and every platelet box -> not_leukocyte; every
   leukocyte box -> `ANY_LEUKOCYTE` (the boxes have no types).
 - Chula fields: every typed leukocyte box -> its kind (only leukocytes are boxed: no negatives).
-
-Each source's folder is checked by `leukodx.data.sources.check`; its split file read by `data.split.read_split`.
 """
 
 from __future__ import annotations
@@ -67,7 +65,6 @@ class Sample:
     field_label: str = ""
 
 
-
 def _split_rows(split_csv: str | Path | None, rows: list[tuple[str, str]], what: str) -> dict[str, str]:
     """path -> split part: from the split file when given, else the sources' own rule (sources.source_split,
     which made the project's PBC and Raabin split files)."""
@@ -105,12 +102,6 @@ def iter_pbc(root: str | Path, split_csv: str | Path | None = None, parts: Itera
                      [label], [f"pbc:{cls}"], cls)
 
 
-def in_scale_bar(r: float, c: float, shape: tuple[int, ...]) -> bool:
-    """Whether (row, col) lies in the corner where every Taleqani field carries its scale bar (bottom right)."""
-    h, w = shape[:2]
-    return r >= h * SCALE_BAR[0] and c >= w * SCALE_BAR[1]
-
-
 def _stain(rgb: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray]:
     """(nuclear-stain score OD green - OD blue, stained matter) of a field (`cell_references`' measures)."""
     from leukodx.data.cell_references import foreground, optical_density
@@ -138,7 +129,8 @@ def taleqani_cells(rgb: np.ndarray, nucleus: np.ndarray, d: float = TALEQANI_RBC
     centre = ndi.center_of_mass(m, lab, idx)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     keep = (sizes >= TALEQANI_MIN_NUCLEUS_PX * (d / TALEQANI_RBC) ** 2) & (mean_s >= rbc_level + NUCLEUS_OVER_RBC)
-    keep[1:] &= np.array([not in_scale_bar(a, b, m.shape) for a, b in centre], bool)
+    h, w = m.shape
+    keep[1:] &= np.array([not (a >= h * SCALE_BAR[0] and b >= w * SCALE_BAR[1]) for a, b in centre], bool)
     keep[0] = False
     big = keep[lab]
     if not big.any():
@@ -169,18 +161,14 @@ def taleqani_negatives(rgb: np.ndarray, nucleus: np.ndarray, rng: np.random.Gene
     if not far.any():
         return out
     fg = (stain if stain is not None else _stain(rgb, d))[1]
-    depth = ndi.distance_transform_edt(fg)
-    cores = far & fg & (depth >= 0.3 * d)
-    if cores.any():
-        ys, xs = np.nonzero(cores)
-        i = int(rng.integers(len(ys)))
-        out.append(((float(ys[i]), float(xs[i])), "red_cell"))
+    places = [(far & fg & (ndi.distance_transform_edt(fg) >= 0.3 * d), "red_cell")]
     if background:
-        bg = far & ~ndi.binary_dilation(fg, iterations=2)
-        if bg.any():
-            ys, xs = np.nonzero(bg)
+        places.append((far & ~ndi.binary_dilation(fg, iterations=2), "background"))
+    for where, kind in places:
+        ys, xs = np.nonzero(where)
+        if len(ys):
             i = int(rng.integers(len(ys)))
-            out.append(((float(ys[i]), float(xs[i])), "background"))
+            out.append(((float(ys[i]), float(xs[i])), kind))
     return out
 
 
@@ -253,11 +241,10 @@ def iter_raabin(root: str | Path, split_csv: str | Path | None = None, parts: It
         h, w = f.size
         s = Sample("raabin", f.path, part, Path(f.path).stem, rgb, f.rbc_diameter)
         b = f.boxes
-        centre = np.stack([(b[:, 2] + b[:, 4]) / 2 - 0.5, (b[:, 1] + b[:, 3]) / 2 - 0.5], 1) if len(b) else b
-        whole = (b[:, 1] > 1) & (b[:, 2] > 1) & (b[:, 3] < w - 1) & (b[:, 4] < h - 1) if len(b) else np.zeros(0, bool)
+        centre = np.stack([(b[:, 2] + b[:, 4]) / 2 - 0.5, (b[:, 1] + b[:, 3]) / 2 - 0.5], 1)
+        whole = (b[:, 1] > 1) & (b[:, 2] > 1) & (b[:, 3] < w - 1) & (b[:, 4] < h - 1)
         rng = np.random.default_rng([seed, k])
-        rbc = np.flatnonzero((b[:, 0] == 1) & whole) if len(b) else np.zeros(0, int)
-        rbc = rng.permutation(rbc)[:rbc_per_field]
+        rbc = rng.permutation(np.flatnonzero((b[:, 0] == 1) & whole))[:rbc_per_field]
         for i in range(len(b)):
             cls = int(b[i, 0])
             if cls == 0:

@@ -3,26 +3,12 @@
 `SOURCES` holds, for every source, what the code needs to know about it in one place: its folder's name under
 the shared data root, the option that points a training command to it, what its folder holds (`check` tests
 that and says what is missing in one line), its classes, its red-cell diameter in px, its split file's name (in
-the folder the caller gives, e.g. ``benchmarks/splits``) and its citation.
+the folder the caller gives, e.g. ``benchmarks/splits``) and its citation. How the red-cell diameters were
+measured and how the splits were made: docs/results/cell-references/README.md ("Scale", "Splits").
 
-- **Raabin fields** (``raabin-fields``): ``images/<name>.jpg`` (575 x 575) and ``labels/<name>.txt``, one YOLO box
-  per line ``cls xc yc w h`` in 0..1 (0 = leukocyte, 1 = red cell, 2 = platelet). A field whose label file is
-  missing is an **error** naming it (`read_raabin_fields`), not a silent skip: every leukocyte of a field is
-  boxed, so a field read without its boxes would teach "no leukocyte here" on its leukocytes. ``missing="skip"``
-  skips such fields and returns their names for the caller to report. The red-cell diameter of a field is the
-  median of its red-cell boxes' sides ((w + h) / 2), boxes cut at the field's edge left out; without such
-  boxes, the source's median.
-- **PBC** (``pbc/<class>/<name>.jpg``, 8 classes, one centred cell per ~360 x 363 crop). All crops come from one
-  CellaVision DM96 at one magnification, so the red-cell diameter is one number for the source:
-  `PBC_RBC_DIAMETER`, the median over crops of `cell_references.measure_rbc_diameter` (isolated, round,
-  nucleus-free stained components), measured on 20 crops per class (160) with ``measure_pbc_rbc_diameter``
-  (see `docs/results/cell-references/README.md`).
-
-**Splits** (`source_split`): train/val/test 70/15/15 by a hash (sha256) of ``seed:<file name>``. The unit is
-the file: PBC crops are independent cells (one centred cell each; the public data set holds no patient ids),
-and Raabin fields are independent fields cropped around different leukocytes (no patient ids either); the
-group column is the file's own name. Taleqani keeps its existing split (its `split_file`). Split files are
-read with `leukodx.data.split.read_split`.
+A Raabin field whose label file is missing is an **error** naming it (`read_raabin_fields`), not a silent skip:
+every leukocyte of a field is boxed, so a field read without its boxes would teach "no leukocyte here" on its
+leukocytes.
 """
 
 from __future__ import annotations
@@ -43,7 +29,7 @@ from leukodx.errors import DatasetError
 
 RAABIN_CLASSES = {0: "leukocyte", 1: "rbc", 2: "platelet"}
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
-PBC_RBC_DIAMETER = 68.0  # px, measured (module docstring); overwritten nowhere, re-measure with measure_pbc_rbc_diameter
+PBC_RBC_DIAMETER = 68.0  # px: one camera, one magnification; measured with measure_pbc_rbc_diameter
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
 TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -251,13 +237,10 @@ def measure_pbc_rbc_diameter(root: str | Path, per_class: int = 20) -> tuple[flo
     from leukodx.data.cell_references import measure_rbc_diameter
     from leukodx.data.images import read_rgb
 
-    ds = []
-    by_class: dict[str, int] = {}
+    ds, taken = [], Counter[str]()
     for rel, c in read_pbc(root):
-        if by_class.get(c, 0) >= per_class:
-            continue
-        by_class[c] = by_class.get(c, 0) + 1
-        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER)
+        taken[c] += 1
+        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER) if taken[c] <= per_class else None
         if v is not None:
             ds.append(v)
     return (float(np.median(ds)) if ds else PBC_RBC_DIAMETER), len(ds)
@@ -271,7 +254,8 @@ def split_of(name: str, seed: int = 0) -> str:
 
 
 def source_split(rows: list[tuple[str, str]], seed: int = 0) -> list[dict[str, str]]:
-    """Split rows (path, label) by file: each row its own group (module docstring)."""
+    """Split rows (path, label) by file, each its own group: PBC crops are independent cells and Raabin fields
+    independent fields (neither publishes patient ids)."""
     return [{"path": p, "label": lab, "split": split_of(Path(p).name, seed), "group": Path(p).stem}
             for p, lab in rows]
 

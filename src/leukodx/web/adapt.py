@@ -1,9 +1,8 @@
-"""Adapt to this lab: the cells reviewers classed in signed-off cases are the lab's labelled cells
-(`leukodx adapt --from-db`, the admin page pages/adapt.py). The adaptation (leukodx.deploy.commission) runs in a
-background thread and writes into the data folder (`<files>/cell-models/<UTC time>/`). An admin activates an
-adapted cell model or rolls back to the bundled one with a reason: an audit entry, and the latest such entry is
-the active choice (it survives a restart, and every server process on the database follows it:
-AnalysisService.sync_cells)."""
+"""Adapt to this lab from the cells reviewers classed in signed-off cases (`leukodx adapt --from-db`, the
+admin page pages/adapt.py): the adaptation (leukodx.deploy.commission) runs in a background thread and writes
+`<files>/cell-models/<UTC time>/`. The active cell model is the latest activation or rollback in the audit
+log.
+"""
 
 from __future__ import annotations
 

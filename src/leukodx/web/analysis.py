@@ -1,9 +1,8 @@
-"""One shared analyzer behind a bounded queue.
+"""One shared analyzer behind a bounded queue; an upload end to end: check, analyse, draw, store, summarise.
 
-The models are loaded once (in the background at start-up, so /healthz answers at once and /readyz tells
-when they are ready). The service also runs an upload from end to end: check, analyse, draw, store, summarise. Analyses run on a fixed pool of `analysis_workers` threads sharing the one analyzer
-(one ONNX Runtime session); at most `analysis_queue` more may wait. Beyond that the server answers 503
-with Retry-After rather than piling up work it cannot finish.
+The models are loaded once, in the background at start-up (/healthz answers at once, /readyz says when they
+are ready). Analyses run on `analysis_workers` threads sharing the one analyzer (one ONNX Runtime session); at
+most `analysis_queue` more may wait: beyond that the server answers 503 with Retry-After at once.
 """
 
 from __future__ import annotations
@@ -84,7 +83,6 @@ class AnalysisService:
         self.analyzer = analyzer
         self.state = "ready" if analyzer is not None else "not started"
         self.error = ""
-        self.load_seconds: float | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.analysis_workers, thread_name_prefix="analysis")
         self._pending = 0
         self._lock = threading.Lock()
@@ -145,9 +143,8 @@ class AnalysisService:
             self.analyzer = load_analyzer(classifier_dir=s.classifier_dir, segmenter_dir=s.segmenter_dir,
                                           engine=s.engine, threads=threads, cell_classifier=cells)
             self._cells_entry = entry
-            self.load_seconds = time.perf_counter() - t0
             self.state = "ready"
-            log.info("models loaded in %.1f s", self.load_seconds)
+            log.info("models loaded in %.1f s", time.perf_counter() - t0)
         except Exception as exc:  # shown on /readyz and on every page
             self.state = "failed"
             self.error = getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"
@@ -187,10 +184,8 @@ class AnalysisService:
         limit = self.settings.analysis_workers + self.settings.analysis_queue
         with self._lock:
             if self._pending >= limit:
-                raise ServiceUnavailable(
-                    f"The server is busy ({self._pending} analyses running or waiting); try again shortly.",
-                    retry_after=2,
-                )
+                raise ServiceUnavailable(f"The server is busy ({self._pending} analyses running or waiting); "
+                                         "try again shortly.", retry_after=2)
             self._pending += 1
         analyzer = self.analyzer
 

@@ -103,11 +103,10 @@ def list_cases(
 ):
     """The cases, newest first. `format=csv` answers a CSV file, one row per case."""
     rows, total = store.list_cases(db, q, status, flagged, limit, offset)
+    threshold = rules.confidence_threshold(request.app.state.ctx.service)
     if format == "csv":
-        threshold = rules.confidence_threshold(request.app.state.ctx.service)
         return csv_answer(db, who, serialise.cases_csv(rows, threshold), "leukodx-cases", "cases.export", n=len(rows),
                           q=q, status=status, flagged=flagged)
-    threshold = rules.confidence_threshold(request.app.state.ctx.service)
     return {"total": total, "cases": [serialise.case_dict(c, threshold=threshold) for c in rows]}
 
 

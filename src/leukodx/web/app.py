@@ -25,9 +25,10 @@ from sqlalchemy.orm import sessionmaker
 
 from leukodx import __version__
 from leukodx.errors import LeukodxError
-from leukodx.web import api, pages
+from leukodx.web import api, pages, words
 from leukodx.web.adapt import Adaptation
 from leukodx.web.analysis import AnalysisError, AnalysisService
+from leukodx.web.auth import LoginThrottle
 from leukodx.web.cases.rules import field_basis
 from leukodx.web.db import Field, open_database
 from leukodx.web.deps import CsrfFailed, LoginRequired, session_principal
@@ -62,8 +63,6 @@ class AppContext:
 def make_templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.globals["version"] = __version__
-    from leukodx.web import words
-
     t.env.globals.update(flag_words=words.flag_words, call_words=words.call_words, reason_words=words.reason_words,
                          scale_words=words.scale_words, CLASS_NAMES=words.CLASS_NAMES, BASIS_WORDS=words.BASIS_WORDS, field_basis=field_basis)
     return t
@@ -145,9 +144,9 @@ class SecurityHeaders:
 
         async def add_headers(message):
             if message["type"] == "http.response.start":
-                names = {k.lower() for k, _ in message.get("headers", [])}
-                message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [h for h in extra if h[0] not in names]
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                message["headers"] = headers + [h for h in extra if h[0] not in names]
             await send(message)
 
         await self.app(scope, receive, add_headers)
@@ -190,8 +189,6 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
     app = FastAPI(title="leukodx", version=__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None,
                   redoc_url=None)
     app.state.ctx = ctx
-    from leukodx.web.auth import LoginThrottle
-
     app.state.login_failures = LoginThrottle()
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api.router)
@@ -209,7 +206,7 @@ def create_app(settings: Settings | None = None, analyzer: Any | None = None) ->
         analyzer = service.analyzer
         if service.ready and analyzer is not None and hasattr(analyzer, "describe"):
             body["models"] = analyzer.describe()
-        if getattr(service.analyzer, "is_fake", False):
+        if service.is_fake:
             body["warning"] = "a test analyzer is in use; results are not real"
         return JSONResponse(body, status_code=200 if service.ready else 503)
 

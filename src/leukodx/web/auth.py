@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select
@@ -117,9 +119,7 @@ def token_lookup(db: Session, secret: str) -> ApiToken | None:
     if not secret.startswith(TOKEN_PREFIX):
         return None
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == sha256_hex(secret)))
-    if row is None or row.revoked_at is not None:
-        return None
-    return row
+    return None if row is None or row.revoked_at is not None else row
 
 
 def start_session(db: Session, user: User, hours: float) -> tuple[str, LoginSession]:
@@ -149,15 +149,11 @@ class LoginThrottle:
     """At most `limit` failed log-ins per (address, user name) in `window_s`; then refuse for the window."""
 
     def __init__(self, limit: int = 5, window_s: float = 60.0):
-        import threading
-
         self.limit, self.window_s = limit, window_s
         self._fails: dict[tuple, list[float]] = {}
         self._lock = threading.Lock()
 
     def _recent(self, key) -> list[float]:
-        import time
-
         now = time.monotonic()
         times = [t for t in self._fails.get(key, []) if now - t < self.window_s]
         self._fails[key] = times
@@ -168,8 +164,6 @@ class LoginThrottle:
             return len(self._recent(key)) >= self.limit
 
     def fail(self, key) -> None:
-        import time
-
         with self._lock:
             self._recent(key).append(time.monotonic())
             if len(self._fails) > 10_000:  # bounded memory

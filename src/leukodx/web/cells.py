@@ -1,20 +1,7 @@
-"""The leukocytes of a case: what is stored per cell, the differential count and blast percentage (the gallery's
-crops are leukodx.web.gallery).
+"""The leukocytes of a case: what is stored per cell, the differential count and blast percentage.
 
-The vocabulary is the inference layer's (leukodx.inference.cell_classes). Per cell the web app keeps the AI's
-suggestion (`ai_label`, `ai_confidence`: None until a cell-level model gives one) and the reviewer's class
-(`label`, `reviewed_by`, `reviewed_at`: None until someone classifies the cell). The class a cell counts as::
-
-    reviewer's label  ->  else the AI's suggestion  ->  else "unclassified"   (never an invented class)
-
-A cell cut by the field's edge (`touches_border`) is only partly seen, so it is not classified from its
-crop alone: unless a reviewer gives it a class it counts as `EDGE`, which is shown but never counted (as an
-analyser counts only whole cells).
-
-Two differentials are kept: the AI's (its suggestions only) and the reviewer's (the rule above). The blast
-percentage is 100 * blasts / cells counted, where "counted" leaves out NOT_COUNTED (artefacts, cells that are
-not leukocytes, erythroblasts, cells the AI left unidentified, excluded cells) and unclassified cells; it is
-None when no cell is counted.
+The rules (what a cell counts as, EDGE, what is not counted): docs/review.md, "Cells, the differential and
+the blast percentage". The vocabulary is leukodx.inference.cell_classes; the gallery's crops, web.gallery.
 """
 
 from __future__ import annotations

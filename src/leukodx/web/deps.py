@@ -62,10 +62,9 @@ Db = Annotated[Session, Depends(get_db)]
 
 
 def release(db: Session) -> None:
-    """End the session's transaction after who-is-asking was looked up, so that its pooled connection goes back
-    to the pool at once instead of being held for the whole request. An upload holds no connection while its
-    fields are analysed (which takes the time); its one short transaction takes one when it stores them. The
-    looked-up rows stay readable (expire_on_commit=False), and a later use of `db` takes a connection again."""
+    """End the session's transaction after who-is-asking was looked up: its pooled connection goes back at
+    once instead of being held for the whole request (an upload's analysis takes the time). The looked-up
+    rows stay readable (expire_on_commit=False); a later use of `db` takes a connection again."""
     db.commit()
 
 

@@ -1,22 +1,7 @@
 """The case as a FHIR R4 DiagnosticReport (JSON built by hand: the clinic install needs no FHIR library; the
-tests validate it with `fhir.resources`).
-
-    DiagnosticReport  status: preliminary (not signed off) | final (signed off) | amended (changed after sign-off)
-      identifier: the case, the smear reference and the lab's accession number (type ACSN, system: the setting
-                  `accession_system`, LEUKODX_ACCESSION_SYSTEM)
-      subject:    the contained Patient "#patient" (its identifier: type MR, system `patient_id_system`), the
-                  Reference also carrying that identifier, so that a hospital system files the report to the
-                  patient it knows by that identifier (absent when the case has no patient identifier)
-      contained: Patient, Specimen, Observation "call" (the class call), "blasts" (blast %),
-                 "differential" (the differential count, one component per cell class)
-      result: the three Observations; conclusion: the call in a lab's words
-
-Automated or verified: until a reviewer verifies the differential (POST .../differential/verify) its counts are
-the AI's pre-classification with the reviewer's corrections so far, and the export says so: the differential
-is coded as the automated differential panel, and both count Observations carry a method and a note "AI
-pre-classification, not verified". Once verified they are coded as a manual (microscopist-verified)
-count, with "verified by X". Codes: LOINC where one fits; leukodx's own classes under `urn:leukodx:*` code
-systems (the lab maps them).
+tests validate it with `fhir.resources`). What it holds, and how an unverified differential is coded:
+docs/review.md, "Report and export"; leukodx's own classes are coded under `urn:leukodx:*` systems (the lab
+maps them).
 """
 
 from __future__ import annotations
@@ -78,7 +63,8 @@ def _method(case: Case) -> tuple[dict, str]:
 
 
 def _patient(case: Case, settings) -> tuple[dict, dict] | None:
-    """The contained Patient and the report's subject Reference (both with the patient identifier)."""
+    """The contained Patient and the report's subject Reference, both with the patient identifier (so that a
+    hospital system files the report to the patient it knows by it)."""
     if not case.patient_id:
         return None
     ident = {"type": {"coding": [{"system": ID_TYPES, "code": "MR", "display": "Medical record number"}]},

@@ -1,10 +1,6 @@
-"""The cell gallery's crops: every leukocyte centred on its whole-cell box, at ONE micrometre scale for all cells
-of all fields, with a scale bar, so that sizes compare at a glance (a blast beside a small lymphocyte).
-
-The scale of a field comes from its analysis: red cells are 7.5 um across, so each stored cell has `area_um2`
-beside `area_px` (um per pixel = sqrt(area_um2 / area_px)), and the stored result has `um_per_px`. When the
-scale is unknown (no red cells found, or an image that is no smear field) the crop falls back to one image pixel
-per crop pixel, without a scale bar, and the page says so under the crop.
+"""The cell gallery's crops: every leukocyte centred on its whole-cell box, at ONE micrometre scale for
+all cells of all fields, with a scale bar (docs/review.md, "The cell gallery"). When a field's scale is
+unknown the crop is one image pixel per crop pixel, without a scale bar.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from pathlib import Path
 CROP_UM = 24.0  # every crop shows 24 um x 24 um of the smear (a large blast is about 20 um across)
 CROP_PX = 120  # drawn at 120 x 120 pixels: 5 pixels per um
 BAR_UM = 5.0  # the scale bar drawn in every crop of known scale
-PX_PER_UM = CROP_PX / CROP_UM
 BACKGROUND = (200, 200, 200)  # outside the field's edge
 
 

@@ -8,6 +8,7 @@ and reports show them (`Settings.local_time`)."""
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -24,9 +25,7 @@ MB = 1024 * 1024
 def database_url_for(db: str | Path) -> str:
     """`--db` takes a SQLite file path or any SQLAlchemy URL (postgresql+psycopg://...)."""
     text = str(db)
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
 def data_dir() -> Path:
@@ -49,20 +48,13 @@ def _cores() -> int:
 def local_zone_name() -> str:
     """The server's own time zone as an IANA name (TZ, /etc/timezone, the /etc/localtime link), else UTC."""
     candidates = [os.environ.get("TZ", "").removeprefix(":")]
-    try:
+    with suppress(OSError):
         candidates.append(Path("/etc/timezone").read_text().strip())
-    except OSError:
-        pass
-    try:
+    with suppress(OSError):
         link = str(Path("/etc/localtime").resolve())
         if "zoneinfo/" in link:
             candidates.append(link.split("zoneinfo/", 1)[1])
-    except OSError:
-        pass
-    for name in candidates:
-        if name and _is_zone(name):
-            return name
-    return "UTC"
+    return next((name for name in candidates if name and _is_zone(name)), "UTC")
 
 
 def _is_zone(name: str) -> bool:
@@ -184,7 +176,7 @@ class Settings(BaseSettings):
         """Uploads live beside a SQLite file (`leukodx.db` -> `leukodx-files/`), else in data_dir()/leukodx-files."""
         if self.files_dir is not None:
             return self.files_dir
-        if self.is_sqlite and self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
+        if self.database_url.startswith("sqlite:///") and ":memory:" not in self.database_url:
             db = Path(self.database_url.removeprefix("sqlite:///"))
             return db.with_name(db.stem + "-files")
         return data_dir() / "leukodx-files"

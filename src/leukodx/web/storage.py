@@ -10,23 +10,18 @@ import hashlib
 import os
 import re
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 NAME_RE = re.compile(r"^[0-9a-f]{64}\.(jpg|png|tif|bmp)$")
 EXT_FOR_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp"}
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "tif": "image/tiff", "bmp": "image/bmp"}
 
-
-_FSYNC_POOL = None
-
-
-def _fsync_pool():
-    global _FSYNC_POOL
-    if _FSYNC_POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _FSYNC_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
-    return _FSYNC_POOL
+@cache
+def _fsync_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
 
 
 def fsync_dir(path: Path) -> None:
@@ -110,8 +105,6 @@ class FileStore:
     def sweep(self, referenced: set[str]) -> list[str]:
         """Remove leftovers of interrupted writes and files no database row refers to (older than
         `sweep_min_age_s`: a file another process is storing right now is not a leftover)."""
-        import time
-
         removed = []
         cutoff = time.time() - self.sweep_min_age_s
         for p in self.root.iterdir():

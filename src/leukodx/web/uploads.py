@@ -128,7 +128,7 @@ async def check_uploads(files: list, max_files: int, max_bytes: int) -> list[Goo
             hint = exc.hint
             if status_for(exc) == 413 and "bomb" in exc.reason:
                 hint = f"Images over {MAX_PIXELS / 1e6:.0f} megapixels are refused; downscale it first."
-            bad.append(Rejection(status_for(exc), name, exc.reason[:1].upper() + exc.reason[1:] + ".", hint))
+            bad.append(Rejection(status_for(exc), name, exc.reason + ".", hint))  # capitalised by Rejection
             continue
         good.append(GoodImage(name=name, data=data, rgb=rgb, ext=EXT_FOR_FORMAT.get(fmt, "png"),
                               width=rgb.shape[1], height=rgb.shape[0]))
@@ -144,13 +144,9 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, str]:
     return np.asarray(open_image(data, name=name)), _format_of(data)
 
 
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"BM": "BMP", b"II*\x00": "TIFF",
+          b"MM\x00*": "TIFF"}  # the file's first bytes -> its format
+
+
 def _format_of(data: bytes) -> str:
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "PNG"
-    if data[:2] == b"BM":
-        return "BMP"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "TIFF"
-    return "PNG"
+    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), "PNG")

@@ -190,9 +190,8 @@ def reason_words(reason: str, signed: bool = False) -> str:
         return head + (" by the AI; the reviewer read them." if signed else
                        f": read {'it' if n == 1 else 'them'} yourself (see each field).")
     if m := re.match(r"case confidence ([0-9.]+)", r):
-        return (f"The AI was unsure about the case as a whole (confidence {percent(float(m.group(1)))})."
-                if signed else
-                f"The AI is unsure about the case as a whole (confidence {percent(float(m.group(1)))}).")
+        verb = "was" if signed else "is"
+        return f"The AI {verb} unsure about the case as a whole (confidence {percent(float(m.group(1)))})."
     if m := re.match(r"malignant probability ([0-9.]+) is undecided", r):
         p = percent(float(m.group(1)))
         return (f"The AI could not tell benign from leukemic (probability of leukemia {p}); the reviewer decided "
@@ -247,8 +246,6 @@ def _value_words(v, cell_words: dict[str, str] | None = None) -> str:
         return cell_words[text]
     if cell_words and text.endswith(" (AI)") and text[:-5] in cell_words:  # "blast (AI)": the AI's class
         return f"{cell_words[text[:-5]]} (AI)"
-    if text == "unassessable":
-        return "unassessable"
     return CLASS_NAMES.get(text, text)
 
 

@@ -14,13 +14,9 @@ from leukodx.web import words
 from leukodx.web.db import Case, Field, utcnow
 
 CASE_DECISIONS = ("confirm", "override")
-# a field may also be declared unassessable (no smear, blank, out of focus...): it is left out of the reviewed
-# case call and of the differential; a field with no class call of the AI counts as unassessable until a
-# reviewer overrides it with a class
+# a field may also be declared unassessable (no smear, blank, out of focus...): see is_assessable
 DECISIONS = (*CASE_DECISIONS, "unassessable")
 UNASSESSABLE = "unassessable"
-# Who may amend a signed-off case: any clinician (or admin), their own case or another's, with a reason; every
-# amendment is recorded (who, when, reason, before, after) and shown on the case page, the report and in FHIR.
 AMENDMENT_RULE = ("Any clinician may amend a signed-off case, their own or another clinician's, by giving a "
                   "reason; the amendment is recorded (who, when, reason, before and after) and shown on the case "
                   "page and the report.")
@@ -35,10 +31,8 @@ class Invalid(LeukodxError):
 
 
 class Locked(LeukodxError):
-    """The case is signed off and the change came without an amendment reason (answered 409).
-
-    `message` is one short sentence for a page ("Case S-1 is signed off by alice: give a reason for the amendment
-    to change it."); `api_message` names the request field an API client sends."""
+    """The case is signed off and the change came without an amendment reason (answered 409). `message` is one
+    sentence for a page; `api_message` names the request field an API client sends."""
 
     status = 409
 
@@ -135,7 +129,7 @@ def field_number(case: Case, f: Field) -> int:
 
 def is_assessable(f: Field) -> bool:
     """Declared unassessable by a reviewer: no; confirmed or overridden: yes; not reviewed: when the AI made a
-    class call (a field without one, e.g. no smear or blank, counts as unassessable)."""
+    class call. An unassessable field is left out of the reviewed case call and of the differential."""
     if f.review_decision == UNASSESSABLE:
         return False
     if f.review_decision in CASE_DECISIONS:
@@ -148,9 +142,8 @@ def counts(f: Field) -> bool:
 
 
 def counted_cells(fields) -> list[list[dict]]:
-    """The cells that enter the case's differential and blast %: those of assessable fields only (not declared
-    unassessable; with a class call, or overridden with one), unflagged or decided by a reviewer (the gallery
-    still shows every cell)."""
+    """The cells that enter the case's differential and blast %: of assessable fields, unflagged or decided by a
+    reviewer (the gallery still shows every cell)."""
     return [f.cells or [] for f in fields if counts(f)]
 
 
@@ -292,11 +285,10 @@ def field_result(f: Field) -> FieldResult:
     )
 
 
-def summarize(analysis, case_or_results: Case | list[FieldResult]) -> CaseSummary | None:
-    """The case rule over a case's fields: `analysis.summarize` (the app's AnalysisService, or an analyser: its
-    classes, thresholds and case rule, as `predict` applies them); None while the models load."""
-    results = case_or_results if isinstance(case_or_results, list) else [field_result(f) for f in case_or_results.fields]
-    return analysis.summarize(results)
+def summarize(analysis, case: Case) -> CaseSummary | None:
+    """The case rule over a case's fields as the AI called them: `analysis.summarize` (the app's
+    AnalysisService, or an analyser: its case rule, as `predict` applies it); None while the models load."""
+    return analysis.summarize([field_result(f) for f in case.fields])
 
 
 def reviewed_results(case: Case, benign: Sequence[str]) -> list[FieldResult]:
@@ -319,14 +311,12 @@ def reviewed_results(case: Case, benign: Sequence[str]) -> list[FieldResult]:
 def reviewed_summary(analysis, case: Case) -> CaseSummary | None:
     """The case rule over the fields with the reviewer's field calls taken into account (`analysis`: the app's
     AnalysisService); None while the models load."""
-    return summarize(analysis, reviewed_results(case, analysis.benign))
+    return analysis.summarize(reviewed_results(case, analysis.benign))
 
 
 def confidence_threshold(analysis) -> float | None:
-    """The confidence at or above which the case call is a confident one: the analyser's `low_confidence`
-    (the classifier's `thresholds.low_confidence` in its model config, which the case rule,
-    leukodx.inference.summary.summarize_case, also uses: "case confidence below it" makes a case need review);
-    None while no analyser is loaded (the models are loading)."""
+    """The confidence at or above which the case call is a confident one: the analyser's `low_confidence` (the
+    classifier config's, as the case rule uses it); None while the models load."""
     from leukodx.models.model_config import DEFAULT_LOW_CONFIDENCE
 
     analyzer = getattr(analysis, "analyzer", analysis)

@@ -58,7 +58,7 @@ def case_dict(case: Case, analysis=None, *, threshold: float | None = None) -> d
     return d
 
 
-def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None) -> dict:
+def field_dict(f: Field, number: int | None = None) -> dict:
     """A field as the API answers it; `number` is its 1-based position in the case (looked up when not given)."""
     if number is None:
         number = rules.field_number(f.case, f) if f.case is not None else 0
@@ -80,9 +80,9 @@ def field_dict(f: Field, url_prefix: str = "/files/", number: int | None = None)
         "flag_words": words.flag_words(f.flag, f.flag_reason),
         "size_note": f.size_note,
         "cell_model": f.cell_model,
-        "image_url": url_prefix + f.image_file,
-        "overlay_url": url_prefix + f.overlay_file if f.overlay_file else None,
-        "heatmap_url": url_prefix + f.heatmap_file if f.heatmap_file else None,
+        "image_url": f"/files/{f.image_file}",
+        "overlay_url": f"/files/{f.overlay_file}" if f.overlay_file else None,
+        "heatmap_url": f"/files/{f.heatmap_file}" if f.heatmap_file else None,
         "heatmap_on_demand_url": f"/cases/{f.case_id}/fields/{f.id}/heatmap",
         "uploaded_by": f.uploaded_by,
         "uploaded_at": rules.iso(f.uploaded_at),

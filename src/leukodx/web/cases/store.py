@@ -40,9 +40,8 @@ def create_case(db: Session, reference: str, note: str, actor: str, specimen: st
                 form_token: str = "", *, accession: str = "", patient_id: str = "",
                 differential_target: int = 100) -> Case:
     """A new case. With `form_token` (a one-time token of the page's form) a second submission of the same
-    form makes no second case: FormSubmission's primary key refuses it (see `already_submitted`).
-    `accession` and `patient_id` are optional ("" when not given); a duplicate accession is allowed (the API
-    warns about it: `duplicate_accession_warning`). `differential_target`: Settings.differential_target."""
+    form makes no second case: FormSubmission's primary key refuses it (see `already_submitted`). A duplicate
+    accession is allowed (the API warns: `duplicate_accession_warning`)."""
     ref = rules.clean_reference(reference)
     acc = rules.clean_identifier(accession, "accession number", "A24-001234")
     pid = rules.clean_identifier(patient_id, "patient identifier", "MRN 00123456")
@@ -51,14 +50,13 @@ def create_case(db: Session, reference: str, note: str, actor: str, specimen: st
                 stain=" ".join((stain or "").split())[:100], accession=acc, patient_id=pid,
                 differential_target=max(1, int(differential_target)), differential_verified=False)
     if form_token:
-        db.add(FormSubmission(token=form_token[:64], actor=actor))
+        submission = FormSubmission(token=form_token[:64], actor=actor)
+        db.add(submission)
         db.flush()  # the token first: a concurrent double submit waits here, then fails on the primary key
     db.add(case)
     db.flush()
     if form_token:
-        row = db.get(FormSubmission, form_token[:64])
-        if row is not None:
-            row.result_url = f"/cases/{case.id}"
+        submission.result_url = f"/cases/{case.id}"
     others = same_reference(db, ref, but=case.id)
     audit(db, actor, "case.create", f"case:{case.id}", reference=case.reference, accession=case.accession,
           patient_id=case.patient_id, duplicate_of=[c.id for c in others],
@@ -138,16 +136,17 @@ def duplicate_skip(case: Case, sha256: str, name: str) -> dict | None:
     return None
 
 
-def unverify(db: Session, case: Case, actor: str, why: str) -> dict | None:
-    """A change of the counted cells takes the differential's verification back (audited); returns the change."""
+def unverify(db: Session, case: Case, actor: str, why: str) -> list[dict]:
+    """A change of the counted cells takes the differential's verification back (audited); returns the change
+    ([] when it was not verified)."""
     if not case.differential_verified:
-        return None
+        return []
     before = rules.verification_words(case)
     audit(db, actor, "differential.unverify", f"case:{case.id}", why=why, was_verified_by=case.differential_verified_by,
           was_verified_at=rules.iso(case.differential_verified_at))
     case.differential_verified = False
     case.differential_verified_by, case.differential_verified_at = None, None
-    return rules.change("differential", before, f"not verified ({why})")
+    return [rules.change("differential", before, f"not verified ({why})")]
 
 
 def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
@@ -180,15 +179,13 @@ def add_fields(db: Session, case: Case, items: list[dict], analysis, actor: str,
               confidence=round(f.confidence, 4), cell_count=f.cell_count, flag=f.flag)
     for sk in skipped:
         audit(db, actor, "field.skip_duplicate", f"case:{case.id}/field:{sk['field_id']}", file=sk["file"])
-    unverified = unverify(db, case, actor, "fields added") if any(f.cells for f in new) else None
+    unverified = unverify(db, case, actor, "fields added") if any(f.cells for f in new) else []
     if reason and new:
         n_before = before["n_fields"]
         added = ", ".join(f"field {rules.field_number(case, f)}" + (f" ({f.display_name})" if f.display_name else "")
                           for f in new)
         changes = [rules.change("fields", f"{n_before} field{'s' if n_before != 1 else ''}",
-                                f"{len(case.fields)} fields (added {added})")]
-        if unverified:
-            changes.append(unverified)
+                                f"{len(case.fields)} fields (added {added})"), *unverified]
         rules.add_amendment(case, actor, reason, rules.changes_words(changes), before,
                             {"n_fields": len(case.fields), "added": [f.display_name for f in new],
                              "differential": case.cell_summary.get("differential")}, changes)
@@ -205,11 +202,10 @@ def _same_decision(obj, decision: str, label: str | None, note: str, actor: str)
 def review(db: Session, case: Case, actor: str, case_review: dict | None, field_reviews: list[dict],
            amendment_reason: str | None = None, *, classes: Sequence[str]) -> Case:
     """Apply the reviewer's decisions (case and/or fields) in one transaction; an override names one of `classes`
-    (the analyser's, AnalysisService.classes); a field may also be declared `unassessable` (with the reason in
-    its note). The AI's output is untouched.
-    A signed-off case changes only with an amendment reason (else Locked); sending the very decisions it already
-    holds, by the same reviewer (a double submit), changes nothing and needs none. A field decision that changes
-    which cells are counted takes the differential's verification back."""
+    (AnalysisService.classes); a field may also be declared `unassessable` (its note says why). The AI's output
+    is untouched. A signed-off case changes only with an amendment reason (else Locked), but the very decisions
+    it holds, sent again by the same reviewer (a double submit), change nothing and need none. A change of the
+    fields counted takes the differential's verification back."""
     if not case_review and not field_reviews:
         raise rules.Invalid("The review is empty.", "Give a case decision, field decisions, or both.")
     now = utcnow()
@@ -224,8 +220,8 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
     case_label = None
     if case_review:
         case_label = rules.decide(case_review["decision"], case_review.get("label"), case.ai_label, "the case", classes)
-    signed = rules.is_signed_off(case)
-    if signed:
+    reason = what = ""
+    if rules.is_signed_off(case):
         unchanged = all(_same_decision(f, fr["decision"], lab, fr.get("note") or "", actor)
                         for f, fr, lab in decided_fields)
         if case_review:
@@ -241,13 +237,9 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         what = ("the sign-off" if case_review else "") + (" and " if case_review and n else "") + (
             f"the call of {n} field{'s' if n != 1 else ''}" if n else "")
         reason = rules.require_unlocked(case, amendment_reason, f"changing {what}")
-        before = {"case": rules.review_of(case), "fields": {str(f.id): rules.review_of(f) for f, _, _ in decided_fields}}
-        words_before = {f.id: rules.field_call_words(f) for f, _, _ in decided_fields}
-        case_before = rules.case_call_words(case)
-    else:
-        reason = ""
-        before = None
-        words_before, case_before = {}, ""
+    before = {"case": rules.review_of(case), "fields": {str(f.id): rules.review_of(f) for f, _, _ in decided_fields}}
+    words_before = {f.id: rules.field_call_words(f) for f, _, _ in decided_fields}
+    case_before = rules.case_call_words(case)
     counted_before = [f.id for f in case.fields if rules.counts(f)]
     for f, fr, label in decided_fields:
         audit(db, actor, "field.review", f"case:{case.id}/field:{f.id}", decision=fr["decision"], label=label,
@@ -263,22 +255,20 @@ def review(db: Session, case: Case, actor: str, case_review: dict | None, field_
         case.review_decision, case.review_label = case_review["decision"], label
         case.review_note = (case_review.get("note") or "").strip()[:2000]
         case.reviewed_by, case.reviewed_at = actor, now
-    unverified = None
+    unverified: list[dict] = []
     if [f.id for f in case.fields if rules.counts(f)] != counted_before:
         refresh_cells(case)
         if any(f.cells for f, _, _ in decided_fields):
             unverified = unverify(db, case, actor, "fields counted changed")
     if reason:
         after = {"case": rules.review_of(case), "fields": {str(f.id): rules.review_of(f) for f, _, _ in decided_fields}}
-        changes = []
-        if case_review:
-            changes.append(rules.change("case", case_before, rules.case_call_words(case)))
-        for f, _, _ in decided_fields:
-            changes.append(rules.change("field", words_before[f.id], rules.field_call_words(f), f, rules.field_number(case, f)))
-        if unverified:
-            changes.append(unverified)
-        rules.add_amendment(case, actor, reason, rules.changes_words(changes) or what, before, after, changes)
-        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=rules.changes_words(changes) or what)
+        changes = [rules.change("case", case_before, rules.case_call_words(case))] if case_review else []
+        changes += [rules.change("field", words_before[f.id], rules.field_call_words(f), f, rules.field_number(case, f))
+                    for f, _, _ in decided_fields]
+        changes += unverified
+        what = rules.changes_words(changes) or what
+        rules.add_amendment(case, actor, reason, what, before, after, changes)
+        audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=what)
     case.updated_at = now
     db.commit()
     return case
@@ -292,13 +282,11 @@ def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,
     if not changes:
         raise rules.Invalid("No cells were given.", "Send a list of {field_id, id, label} for the cells to reclassify.")
     by_field = {f.id: f for f in case.fields}
-    cells_of: dict[int, dict[int, dict]] = {}
+    cells_of = {f.id: {c["id"]: dict(c) for c in (f.cells or [])} for f in case.fields}  # copies, changed below
     for ch in changes:
         f = by_field.get(ch["field_id"])
         if f is None:
             raise rules.NotFound(f"Case {case.id} has no field {ch['field_id']}.", "Reload the case page.")
-        if f.id not in cells_of:
-            cells_of[f.id] = {c["id"]: dict(c) for c in (f.cells or [])}
         if ch["id"] not in cells_of[f.id]:
             raise rules.NotFound(f"Field {rules.field_number(case, f)} has no cell {ch['id']}.",
                                  "Reload the case page to see its cells.")
@@ -323,9 +311,7 @@ def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,
         c["reviewed_by"], c["reviewed_at"] = (actor, now) if label is not None else (None, None)
         cell_changes.append(rules.change("cell", was, rules.cell_class_words(c), by_field[fid], rules.field_number(case, by_field[fid]), cid))
     for fid in fields_touched:
-        f = by_field[fid]
-        order = [c["id"] for c in (f.cells or [])]
-        f.cells = [cells_of[fid][i] for i in order]  # a new list: the JSON column sees the change
+        by_field[fid].cells = list(cells_of[fid].values())  # a new list: the JSON column sees the change
     refresh_cells(case)
     for fid in fields_touched:
         audit(db, actor, "cells.review", f"case:{case.id}/field:{fid}",
@@ -340,8 +326,7 @@ def review_case_cells(db: Session, case: Case, changes: list[dict], actor: str,
                                   for fid, cid, label in real],
                  "differential": case.cell_summary.get("differential"),
                  "blast_percent": case.cell_summary.get("blast_percent")}
-        if unverified:
-            cell_changes.append(unverified)
+        cell_changes += unverified
         rules.add_amendment(case, actor, reason, rules.changes_words(cell_changes), before, after, cell_changes)
         audit(db, actor, "case.amend", f"case:{case.id}", reason=reason, what=rules.changes_words(cell_changes))
     case.updated_at = utcnow()
@@ -429,9 +414,8 @@ def list_cases(db: Session, q: str = "", status: str = "all", flagged: bool | No
     stmt = select(Case)
     if q:
         like = f"%{q.strip().lower()}%"
-        stmt = stmt.where(or_(func.lower(Case.reference).like(like), func.lower(Case.note).like(like),
-                              func.lower(Case.created_by).like(like), func.lower(Case.accession).like(like),
-                              func.lower(Case.patient_id).like(like)))
+        stmt = stmt.where(or_(*(func.lower(col).like(like) for col in (
+            Case.reference, Case.note, Case.created_by, Case.accession, Case.patient_id))))
     if status == "unreviewed":
         stmt = stmt.where(Case.review_decision.is_(None))
     elif status == "reviewed":

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.exc import IntegrityError
 
 from leukodx.errors import LeukodxError
 from leukodx.web import cells as cell_logic
@@ -89,11 +90,7 @@ def new_case(
     except LeukodxError as exc:
         db.rollback()
         return _list_page(request, who, db, 422, error=exc.message, **form)
-    except Exception as exc:  # the same token committed by a concurrent submit of this form
-        from sqlalchemy.exc import IntegrityError
-
-        if not isinstance(exc, IntegrityError):
-            raise
+    except IntegrityError:  # the same token committed by a concurrent submit of this form
         db.rollback()
         return RedirectResponse(store.already_submitted(db, form_token) or "/cases", status_code=303)
     return RedirectResponse(f"/cases/{case.id}?done=created", status_code=303)
@@ -102,12 +99,9 @@ def new_case(
 # --- the case page -----------------------------------------------------------------------------------------
 
 def _current_index(case: Case, field_id: int | None) -> int:
-    if not case.fields:
-        return 0
-    if field_id is not None:
-        for i, f in enumerate(case.fields):
-            if f.id == field_id:
-                return i
+    ids = [f.id for f in case.fields]
+    if field_id in ids:
+        return ids.index(field_id)
     return next((i for i, f in enumerate(case.fields) if not f.review_decision), 0)
 
 
@@ -364,8 +358,6 @@ async def cell_crop(request: Request, case_id: CaseId, field_id: CaseId, cell_id
     path = request.app.state.ctx.store.path(f.image_file)
     if cell is None or path is None:
         return Response("No such cell.", status_code=404, media_type="text/plain")
-    scale = gallery_logic.um_per_px(f.cells)
-    if scale is None:
-        scale = gallery_logic.um_per_px(None, f.result)
+    scale = gallery_logic.um_per_px(f.cells, f.result)
     png = await run_in_threadpool(gallery_logic.crop_png, path, cell["bbox"], scale)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -1,11 +1,11 @@
 """Whole-leukocyte and nucleus references for the two-channel segmenter, one rule per source.
 
-Channel 0 (``cell``) is the whole leukocyte (nucleus + cytoplasm; it defines instances), channel 1 (``nucleus``)
-its nucleus. Each source supervises what it can; ``cell_known`` / ``nucleus_known`` are the loss masks (1 =
-supervised, 0 = unknown). Pure numpy / scipy / scikit-image; every size is a multiple of the image's red-cell
-diameter ``d`` (its own pixels), so the rules hold at any magnification. The rules in full (colour measures,
-the watershed, `raabin_reference`, `pbc_reference`, `taleqani_reference`) and how their constants were measured:
-docs/results/cell-references/README.md, "data/cell_references.py: the rules in full".
+Channel 0 (``cell``) is the whole leukocyte (nucleus + cytoplasm; it defines instances), channel 1
+(``nucleus``) its nucleus. Each source supervises what it can; ``cell_known`` / ``nucleus_known`` are the loss
+masks (1 = supervised, 0 = unknown). Pure numpy / scipy / scikit-image; every size is a multiple of the
+image's red-cell diameter ``d`` (its own pixels), so the rules hold at any magnification. The rules in full
+(colour measures, the watershed, `raabin_reference`, `pbc_reference`, `taleqani_reference`) and how their
+constants were measured: docs/results/cell-references/README.md, "data/cell_references.py: the rules in full".
 """
 
 from __future__ import annotations

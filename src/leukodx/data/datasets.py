@@ -265,14 +265,10 @@ class EpochSampler(torch.utils.data.Sampler[int]):
                  num_replicas: int = 1, rank: int = 0):
         self.n, self.labels, self.seed, self.shuffle = n, labels, seed, shuffle
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
-        self.total = self._epoch_length()
-        self.per_rank = -(-self.total // num_replicas)
-
-    def _epoch_length(self) -> int:
-        if self.labels is None:
-            return self.n
-        counts = Counter(self.labels)
-        return max(counts.values()) * len(counts) if counts else 0
+        counts = Counter(labels or ())
+        # oversampling draws every class as often as the largest
+        total = n if labels is None else max(counts.values(), default=0) * len(counts)
+        self.per_rank = -(-total // num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -6,9 +6,9 @@ that and says what is missing in one line), its classes, its red-cell diameter i
 the folder the caller gives, e.g. ``benchmarks/splits``) and its citation. How the red-cell diameters were
 measured and how the splits were made: docs/results/cell-references/README.md ("Scale", "Splits").
 
-A Raabin field whose label file is missing is an **error** naming it (`read_raabin_fields`), not a silent skip:
-every leukocyte of a field is boxed, so a field read without its boxes would teach "no leukocyte here" on its
-leukocytes.
+A Raabin field whose label file is missing is an **error** naming it (`read_raabin_fields`), not a silent
+skip: every leukocyte of a field is boxed, so a field read without its boxes would teach "no leukocyte here"
+on its leukocytes.
 """
 
 from __future__ import annotations
@@ -240,7 +240,9 @@ def measure_pbc_rbc_diameter(root: str | Path, per_class: int = 20) -> tuple[flo
     ds, taken = [], Counter[str]()
     for rel, c in read_pbc(root):
         taken[c] += 1
-        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER) if taken[c] <= per_class else None
+        if taken[c] > per_class:
+            continue
+        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER)
         if v is not None:
             ds.append(v)
     return (float(np.median(ds)) if ds else PBC_RBC_DIAMETER), len(ds)

@@ -273,8 +273,6 @@ def noise(seed: int, size: int = 224) -> np.ndarray:
     elif kind == 1:
         img = rng.normal(rng.uniform(60, 200), rng.uniform(20, 60), (size, size, 3))
     else:  # smoothed colour noise (blobs of one size: the hardest for a blob detector)
-        from scipy import ndimage as ndi
-
         img = ndi.gaussian_filter(rng.normal(0, 1, (size, size, 3)), (rng.uniform(1, 4),) * 2 + (0,))
         img = 128 + 60 * img / (img.std() + 1e-6)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -292,8 +290,6 @@ def _fractal(rng, size: int, beta: float) -> np.ndarray:
 
 def natural(seed: int, size: int = 224) -> np.ndarray:
     """Natural-like pictures: clouds, a landscape, wood grain, foliage, pebbles (no microscope)."""
-    from scipy import ndimage as ndi
-
     rng = np.random.default_rng(seed)
     kind = seed % 5
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size

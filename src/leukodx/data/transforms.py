@@ -1,22 +1,15 @@
 """Training augmentation and evaluation transforms (torchvision.transforms.v2).
 
-Images come in as HxWx3 uint8 arrays and leave as float32 3xHxW tensors in 0..255: normalisation lives inside
-the model. For segmentation, image and mask move together (tv_tensors), and the mask leaves as float 1xHxW in
-{0, 1}.
+Images come in as HxWx3 uint8 arrays and leave as float32 3xHxW tensors in 0..255 (normalisation lives inside
+the model); for segmentation, image and mask move together and the mask leaves as float 1xHxW in {0, 1}.
 
-The augmentation targets what changes from one laboratory to another, because on the Taleqani data colour alone
-separates the classes (a colour shortcut that collapses on another lab's smears):
-
-- magnification +-20 % (random resized crop / zoom-out), flips and 90 degree rotations;
-- stain: hue and strength of haematoxylin and eosin, perturbed in optical-density (HED) space;
-- white balance (per-channel gains), brightness, contrast, saturation, hue;
-- focus blur and random greyscale.
-
-Strengths: ``none`` (resize only), ``light``, ``strong``, ``robust``, ``moderate`` (robust at half its ranges).
-
-``robust`` (the bundled classifier's recipe, `_robust_list`) covers a broader family of lab-to-lab changes than
-the evaluation's synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one simulator
-can still fail on another lab's real smears. Beyond the above it adds per-channel gamma (camera response curves,
+The augmentation targets what changes from one laboratory to another, because on the Taleqani data colour
+alone separates the classes (a colour shortcut that collapses on another lab's smears): magnification +-20 %,
+flips and 90 degree rotations; stain hue and strength (HED optical density); white balance, brightness,
+contrast, saturation, hue; focus blur and greyscale. Strengths: `AUGMENTATIONS` (``none`` only resizes).
+``robust`` (the bundled classifier's recipe, `_robust_list`) covers a broader family of lab-to-lab changes
+than the evaluation's synthetic ``--shift lab`` (leukodx.evaluation.shift), on purpose: a model tuned to one
+simulator can still fail on another lab's real smears. It adds per-channel gamma (camera response curves,
 which per-image standardisation does not remove), sharpening (camera firmware), sensor noise and JPEG
 re-encoding, with wider ranges; zooming out mirror-pads, as a wider field of view looks.
 """
@@ -32,13 +25,10 @@ from torchvision.transforms import v2
 
 AUGMENTATIONS = ("none", "light", "strong", "robust", "moderate")
 
-# Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as skimage's rgb2hed
+# Ruifrok & Johnston H&E-DAB stain vectors (rows: haematoxylin, eosin, DAB) in optical density, as skimage's
+# rgb2hed, each of unit length
 _HED_FROM_RGB_INV = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-
-
-def _stain_matrix() -> torch.Tensor:
-    m = _HED_FROM_RGB_INV.clone()
-    return m / m.norm(dim=1, keepdim=True)
+_STAIN_MATRIX = _HED_FROM_RGB_INV / _HED_FROM_RGB_INV.norm(dim=1, keepdim=True)
 
 
 class _ImageOnly(v2.Transform):
@@ -80,11 +70,10 @@ class StainJitter(_ImageOnly):
         }
 
     def apply_image(self, img, params):
-        m = _stain_matrix()
-        m2 = (m + params["noise"]).clamp_min(1e-3)
+        m2 = (_STAIN_MATRIX + params["noise"]).clamp_min(1e-3)
         m2 = m2 / m2.norm(dim=1, keepdim=True)
         od = -torch.log(img.clamp(1 / 255, 1.0))  # 3 x H x W
-        conc = torch.einsum("chw,cs->shw", od, torch.linalg.inv(m))
+        conc = torch.einsum("chw,cs->shw", od, torch.linalg.inv(_STAIN_MATRIX))
         conc = conc * params["alpha"].view(3, 1, 1) + params["beta"].view(3, 1, 1)
         od2 = torch.einsum("shw,sc->chw", conc, m2)
         return torch.exp(-od2).clamp(0, 1)
@@ -203,7 +192,6 @@ class RandomZoom(v2.Transform):
             return inpt
         x = inpt.as_subclass(torch.Tensor)
         h, w, ch, cw = params["h"], params["w"], params["ch"], params["cw"]
-        is_mask = isinstance(inpt, tv_tensors.Mask)
         xf = x.float()
         pad_y, pad_x = max(0, ch - h), max(0, cw - w)
         while pad_y or pad_x:  # zoom out: mirror-pad (reflect needs pad < size: repeat if it is larger)
@@ -215,10 +203,10 @@ class RandomZoom(v2.Transform):
         y0 = int(params["ty"] * (hh - ch + 1)) if hh > ch else 0
         x0 = int(params["tx"] * (ww - cw + 1)) if ww > cw else 0
         crop = xf[..., y0:y0 + min(ch, hh), x0:x0 + min(cw, ww)]
-        if is_mask:
+        if isinstance(inpt, tv_tensors.Mask):
             out = torch.nn.functional.interpolate(crop[None], size=(self.size, self.size), mode="nearest")[0]
-            return tv_tensors.wrap(out.to(x.dtype), like=inpt)
-        out = v2.functional.resize(crop, [self.size, self.size], antialias=True)
+        else:
+            out = v2.functional.resize(crop, [self.size, self.size], antialias=True)
         return tv_tensors.wrap(out.to(x.dtype), like=inpt)
 
 

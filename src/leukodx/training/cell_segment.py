@@ -1,26 +1,17 @@
 """Training of the two-output segmenter (channel 0 = whole leukocyte, channel 1 = nucleus) on several labs.
 
-`train_cell_segmenter(cfg)` (a `TrainConfig` of task "cell_segment": `resolve_config("cell_segment", ...)`) draws
-224-px crops at the Taleqani red-cell scale from `leukodx.data.cell_dataset` (Taleqani fields, Raabin fields, PBC
-crops, Chula fields, synthetic smears; each source's references by its rule in `leukodx.data.cell_references`), resizes each
-crop to the model input (image bilinear with antialiasing, targets and their known masks bilinear then > 0.5) as
-the analysis resizes its 224-px windows, and trains through the one engine (`training.engine.Trainer`) with the
-masked BCE + Dice loss (`losses.masked_bce_dice`: unknown pixels teach nothing).
-
-A weighted sampler draws each source with its weight (`DEFAULT_SOURCE_WEIGHTS`) whatever its size; the epoch
-with the best `selection_score` is kept, its weights written as soon as it is reached, so a run cut short (by
-`cfg.time_limit_s`, counted from the start, references included) still leaves a model directory: RUN/train.log,
-history.json, run_config.yaml, config.json + model.safetensors (`outputs: ["cell", "nucleus"]`), model.onnx.
-
-Every reference is made once (and cached as .npz in ``cfg.cache_dir`` when given) before training starts, in this
-process, so the data loader does no reference work and does not contend with training for the cores.
-
-Example::
-
     cfg = resolve_config("cell_segment", overrides={"out": "runs/cellseg", "data": "DATA/all-taleqani",
                          "raabin": "DATA/raabin-fields", "pbc": "DATA/pbc", "splits": "benchmarks/splits",
                          "synthetic": 200, "pretrained": "efficientnet_lite0", "time_limit_s": 38 * 60})
     res = train_cell_segmenter(cfg)
+
+224-px crops at the Taleqani red-cell scale come from `leukodx.data.cell_dataset` (each source's references by
+its rule in `leukodx.data.cell_references`, all made before training starts, and cached in ``cfg.cache_dir`` when
+given, so the loader does no reference work), are resized to the model input as the analysis resizes its windows
+(`to_input`) and train through the one engine with the masked BCE + Dice loss (unknown pixels teach nothing).
+A weighted sampler draws each source with its weight (`DEFAULT_SOURCE_WEIGHTS`) whatever its size. The epoch with
+the best `selection_score` is written as soon as it is reached, so a run cut short by `cfg.time_limit_s` (counted
+from the start, references included) still leaves a model directory.
 """
 
 from __future__ import annotations
@@ -120,10 +111,7 @@ def to_input(x: torch.Tensor, target: torch.Tensor, known: torch.Tensor, size: i
 def validate(model, loader, size: int, device: torch.device, threshold: float = 0.5) -> dict[str, Any]:
     """Global Dice per channel on known pixels (sigmoid > threshold), the masked loss, and the counts."""
     model.eval()
-    inter = torch.zeros(2, dtype=torch.float64)
-    psum = torch.zeros(2, dtype=torch.float64)
-    tsum = torch.zeros(2, dtype=torch.float64)
-    nknown = torch.zeros(2, dtype=torch.float64)
+    sums = torch.zeros(4, 2, dtype=torch.float64)  # per channel: overlap, predicted, reference, known pixels
     loss, n = 0.0, 0
     for x, t, k in loader:
         x, t, k = to_input(x.to(device), t.to(device), k.to(device), size)
@@ -132,10 +120,9 @@ def validate(model, loader, size: int, device: torch.device, threshold: float = 
         n += len(x)
         p = (torch.sigmoid(logits) > threshold).float() * k
         tt = t * k
-        inter += (p * tt).sum((0, 2, 3)).double().cpu()
-        psum += p.sum((0, 2, 3)).double().cpu()
-        tsum += tt.sum((0, 2, 3)).double().cpu()
-        nknown += k.sum((0, 2, 3)).double().cpu()
+        sums += torch.stack([(p * tt).sum((0, 2, 3)), p.sum((0, 2, 3)), tt.sum((0, 2, 3)),
+                             k.sum((0, 2, 3))]).double().cpu()
+    inter, psum, tsum, nknown = sums
     out: dict[str, Any] = {"n": n, "loss": loss / max(n, 1)}
     for c, name in enumerate(OUTPUTS):
         den = float(psum[c] + tsum[c])
@@ -173,10 +160,6 @@ def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA), {cpu}"
     return f"{cpu}, {usable_cores()} CPU cores, {torch.get_num_threads()} torch threads, {platform.system()}"
-
-
-def _folder(root: str | Path | None) -> str | None:
-    return str(Path(root).resolve()) if root else None
 
 
 def bundled_settings(encoder: str) -> tuple[dict, dict]:
@@ -240,18 +223,15 @@ def _data(cfg: TrainConfig, log: Callable[[str], None]):
     return train_ds, val_ds, train_items, counts, split_used, given
 
 
-def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] | None = None,
-                         min_nucleus_fraction: float | None = None, export: bool = True,
+def train_cell_segmenter(cfg: TrainConfig, *, export: bool = True,
                          log_fn: Callable[[str], None] | None = None) -> dict:
     """Train the two-output segmenter (module docstring) and write the model directory ``cfg.out``.
 
-    ``cfg.data`` / ``cfg.raabin`` / ``cfg.pbc`` / ``cfg.chula``: the sources' folders (None leaves one out); ``cfg.split``:
+    ``cfg.data`` / ``raabin`` / ``pbc`` / ``chula``: the sources' folders (None leaves one out); ``cfg.split``:
     Taleqani's split CSV, else the registry's split files in ``cfg.splits`` (Raabin and PBC: their hash rule
-    when absent); ``cfg.synthetic``: synthetic smears added. The architecture's settings: the bundled
-    segmenter's for its encoder (`bundled_settings`), then ``cfg.arch_kwargs`` over them. ``min_nucleus_fraction``
-    None: the bundled segmenter's. ``cfg.max_train_images`` / ``cfg.max_val_images``: a fixed random subset of
-    each source (smoke runs; the validation's cost).
-    Returns {"out", "history", "best_epoch", "val", "wall_seconds", "config", "stopped_by"}.
+    when absent). The architecture's settings: the bundled segmenter's for its encoder (`bundled_settings`), then
+    ``cfg.arch_kwargs`` over them. ``cfg.max_train_images`` / ``max_val_images``: a fixed random subset of each
+    source. Returns {"out", "history", "best_epoch", "val", "wall_seconds", "config", "stopped_by"}.
     """
     from leukodx.models.checkpoint import save_model
     from leukodx.models.registry import create_model
@@ -293,7 +273,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
     log(f"{arch_name} {kwargs}: {n_params / 1e6:.2f} M parameters ({n_train / 1e6:.2f} M trained), "
         f"{cfg.image_size} px, device {dev}, {torch.get_num_threads()} threads")
 
-    weights = source_weights or DEFAULT_SOURCE_WEIGHTS
+    weights = DEFAULT_SOURCE_WEIGHTS
     sampler = torch.utils.data.WeightedRandomSampler(train_ds.sample_weights(weights), samples, replacement=True,
                                                      generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -319,9 +299,6 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
         return sum(v["loss"] * v["n"] for v in val.values()) / max(n, 1), score, {"val": val, "score": score}
 
     def build_config(tr, final: bool) -> dict:
-        inst = dict(instances)
-        if min_nucleus_fraction is not None:
-            inst["min_nucleus_fraction"] = float(min_nucleus_fraction)
         best = tr.history[tr.best_epoch - 1] if tr.best_epoch else {}
         return {
             "task": "segment", "arch": arch_name, "arch_kwargs": kwargs,
@@ -332,11 +309,11 @@ def train_cell_segmenter(cfg: TrainConfig, *, source_weights: dict[str, float] |
                      "N x 2 x H x W",
             "output": "logits; channel 0 = whole leukocyte (defines the cells), channel 1 = its nucleus; "
                       "sigmoid > thresholds.mask is the mask",
-            "thresholds": {"mask": 0.5, "instances": inst},
+            "thresholds": {"mask": 0.5, "instances": instances},
             "n_parameters": n_params,
             "training": {
                 "trainer": "leukodx.training.cell_segment.train_cell_segmenter (leukodx.training.engine.Trainer)",
-                "sources": {s: {"folder": _folder(given.get(s)), "counts": counts[s],
+                "sources": {s: {"folder": str(Path(given[s]).resolve()) if given.get(s) else None, "counts": counts[s],
                                 "classes": dict(Counter(it.label for it in train_items if it.source == s))
                                 if s in ("taleqani", "pbc") else None,
                                 "split": split_used.get(s), "label_rule": LABEL_RULES[s],

@@ -1,34 +1,19 @@
-"""Train the cell-type classifier (leukodx.inference.cell_classifier): crops at the red-cell scale from three
-labs, weak labels cleaned by a first model, an EfficientNet-Lite0 fine-tuned on CPU through the one engine
-(`training.engine.Trainer`), exported to ONNX.
+"""Train the cell-type classifier (leukodx.inference.cell_classifier) through the one engine: crops at the
+red-cell scale from several labs, weak labels cleaned by a first model, exported to ONNX.
 
     cfg = resolve_config("cells", overrides={"pbc": "PBC", "data": "TALEQANI", "raabin": "RAABIN", "out": "RUN"})
     result = train_cells(cfg, taleqani_split="benchmarks/splits/taleqani-sgdc-seed0.csv")
 
-**Crops**: centred on a cell, `CROP_RBC` (4) red-cell diameters wide at 16 px per diameter (64 x 64 px, the
-clinic's crop, `inference.cell_classifier.crop_cells`). They are stored 5 diameters wide (80 x 80 px) so that
-scale (+-15 %), rotation and translation augmentation cut the 4-diameter crop from real pixels; validation
-and test read the exact centre.
-
-**Sources**: the readers of `leukodx.data.cell_crops` (PBC's centred cells, Taleqani's reference cells with
-their weak labels and negatives, Raabin's boxes), each folder checked by `leukodx.data.sources.check`; the split
-parts are the project's group-aware split files.
-
-**Label cleaning** (`clean_labels`): a first model is trained on every crop except Taleqani's leukocytes (PBC,
-Raabin, Taleqani negatives); it then reads every Taleqani leukocyte crop. A crop it calls neutrophil /
-eosinophil / basophil / monocyte with a summed probability >= `MYELOID_P` is no blast nor hematogone: its label
-becomes the set "one of neutrophil, eosinophil, basophil, monocyte". A crop it calls not_leukocyte with
-probability >= `NOT_LEUKOCYTE_P` (a reference component that is no cell) is dropped. A first model whose
-validation balanced accuracy is under `MIN_STAGE1_BALANCED_ACCURACY` cleans nothing (its calls on another lab's
-cells would be noise); ``clean=False`` skips the first stage.
-
-**Model and training** (the "cells" preset of `training.config`): `tf_efficientnet_lite0` (timm) with the
-package ImageNet weights, per-image standardisation inside the model, 64 px; AdamW, the learning rate annealed
-(schedule "cosine_time") over the epochs or the time limit, whichever ends first; class-balanced sampling
-(`_sampling_weights`); batch augmentation (`training.cell_augment`); the loss `losses.set_loss` (-log P(label
-set)). The second model continues from the first on all crops with the cleaned labels. Temperature scaling and
-the "unidentified" threshold are fitted on the validation crops, the field threshold on the Taleqani validation
-fields; the scores are `leukodx.evaluation.cell_types`.
+Crops (the readers of `leukodx.data.cell_crops`, parted by the project's split files) are stored `STORE_RBC` (5)
+red-cell diameters wide, so that scale, rotation and translation augmentation (`training.cell_augment`) cut the
+model's `CROP_RBC` (4) diameters from real pixels; validation and test read the exact centre.
+Label cleaning (`clean_labels`, `CLEANING_RULE`): a first model, trained without Taleqani's leukocytes, relabels
+the Taleqani cells it calls myeloid and drops those it calls no cell, unless its validation balanced accuracy is
+under `MIN_STAGE1_BALANCED_ACCURACY` (its calls on another lab's cells would be noise). The second model continues
+from it on all crops, with the label-set loss (`losses.set_loss`: -log P(label set)) and class-balanced sampling
+(`_sampling_weights`). The recipe is the "cells" preset of `training.config`; temperature and the "unidentified"
+threshold are fitted on the validation crops, the field threshold on the Taleqani validation fields; the scores
+are `leukodx.evaluation.cell_types`.
 """
 
 from __future__ import annotations
@@ -86,8 +71,6 @@ CLEANING_RULE = (f"A first model, trained without Taleqani's leukocytes (PBC, Ra
                  f"monocyte with a summed probability >= {MYELOID_P} were relabelled 'one of those four' (not a "
                  f"blast, not a hematogone); cells it called not_leukocyte with probability >= {NOT_LEUKOCYTE_P} "
                  "were dropped (a reference component that is no cell).")
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,7 +228,7 @@ def _taleqani_cells(data: CropData) -> np.ndarray:
 
 
 def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.3, sources_used: dict | None = None,
-                   export: bool = True, clean: bool = True, log: Callable[[str], None] = print) -> dict:
+                   clean: bool = True, log: Callable[[str], None] = print) -> dict:
     """Stage 1 (without Taleqani's leukocytes) -> label cleaning -> stage 2 (all crops, half the learning rate)
     -> temperature, unidentified threshold and field threshold on validation -> held-out scores -> model
     directory ``cfg.out`` (+ ONNX). ``cfg``: a "cells" config (`resolve_config("cells", ...)`)."""
@@ -368,12 +351,10 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
                                                   "temperature": temperature, "low_confidence": low,
                                                   "field_fit": field_fit, "cleaning": cleaning},
                                                  indent=2, default=float))
-    onnx_report = None
-    if export:
-        from leukodx.deploy.export import export_onnx
+    from leukodx.deploy.export import export_onnx
 
-        onnx_report = export_onnx(out, out / "model.onnx")
-        log(f"ONNX: {onnx_report['path']} ({onnx_report['size_mb']} MB, max diff {onnx_report['max_abs_diff']:.2g})")
+    onnx_report = export_onnx(out, out / "model.onnx")
+    log(f"ONNX: {onnx_report['path']} ({onnx_report['size_mb']} MB, max diff {onnx_report['max_abs_diff']:.2g})")
     log(f"model directory: {out} (wall time {time.perf_counter() - t_start:.0f} s)")
     return {"out": str(out), "config": config, "val": val_scores, "test": test_scores, "history": history,
             "temperature": temperature, "low_confidence": low, "field_fit": field_fit, "onnx": onnx_report,

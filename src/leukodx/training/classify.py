@@ -4,10 +4,8 @@
     cfg = resolve_config("classify", overrides={"data": "DATA", "out": "RUN", "epochs": 2})
     result = train_classifier(cfg)   # RUN/config.json, RUN/model.safetensors, RUN/metrics.json, RUN/run_config.yaml
 
-The model directory (RUN) holds: config.json (arch and its arguments, classes, input size, normalisation,
-temperature, thresholds.low_confidence, training data summary, validation and test metrics, wall time, and an
-"ood" entry when the OOD module is present), model.safetensors, metrics.json (the contract keys, on the
-run's test split), history.json, split.csv (the split used), run_config.yaml and checkpoints/.
+RUN also holds history.json, split.csv, test_predictions.csv, checkpoints/ and ood_features.npz (the OOD
+statistics; see the model directory in docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -23,13 +21,6 @@ import torch
 
 from leukodx.errors import LeukodxError, ModelError
 from leukodx.training.config import TrainConfig, save_run_config
-
-
-def _classification_metrics():
-    """The project's metrics (leukodx.evaluation.metrics: contract keys, ECE, ...)."""
-    from leukodx.evaluation.metrics import classification_metrics
-
-    return classification_metrics
 
 
 def build_classifier(cfg: TrainConfig, num_classes: int, record: dict | None = None):
@@ -73,14 +64,12 @@ def _loader(ds, batch_size, sampler=None, shuffle=False, workers=0, seed=0, drop
 def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: bool = True,
                      fit_ood: bool = True) -> dict:
     """Train, calibrate and score a classifier as `cfg` says. Returns a summary (paths, metrics, wall time).
-
-    `split` may be a leukodx.data.datasets.SplitInfo (the study passes one); otherwise cfg.split or a fresh
-    group-aware split (cfg.split_strategy, cfg.seed) is used.
-    """
+    `split`: a SplitInfo (the study passes one), else cfg.split or a fresh group-aware split."""
     from leukodx.data.datasets import ClassificationDataset, EpochSampler, class_weights
     from leukodx.data.layout import load_dataset
     from leukodx.data.transforms import classification_transforms
     from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
+    from leukodx.evaluation.metrics import classification_metrics as metrics_fn
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
     from leukodx.training.engine import Trainer, accuracy_metric, run_split, split_record, start_run
@@ -127,13 +116,10 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
                            drop_last=len(sampler) > per_rank_batch, pin=pin)
     val_loader = _loader(val_ds, max(cfg.batch_size, 32), workers=min(cfg.workers, 2), seed=cfg.seed, pin=pin)
     weight = class_weights(labels, len(classes)).to(device) if cfg.balance == "weights" else None
-    ce = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
-    def loss_fn(outputs, targets):
-        if weight is not None and outputs.device != weight.device:
-            return torch.nn.functional.cross_entropy(outputs, targets, weight=weight.to(outputs.device),
-                                                     label_smoothing=cfg.label_smoothing)
-        return ce(outputs, targets)
+    def loss_fn(outputs, targets):  # validation outputs are on the CPU
+        w = weight.to(outputs.device) if weight is not None else None
+        return torch.nn.functional.cross_entropy(outputs, targets, weight=w, label_smoothing=cfg.label_smoothing)
 
     def val_metric(outputs, targets):  # balanced accuracy: the classes are unequal in size
         pred = outputs.argmax(1)
@@ -159,7 +145,6 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     if not info.is_main:
         dist_utils.cleanup()
         return result
-    metrics_fn = _classification_metrics()
     val_logits, val_y = trainer.predict(val_loader)
     temperature = fit_temperature(val_logits.numpy(), val_y.numpy()) if len(val_y) else 1.0
     val_probs = torch.softmax(val_logits / temperature, 1).numpy() if len(val_y) else np.zeros((0, len(classes)))

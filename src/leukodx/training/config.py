@@ -188,10 +188,6 @@ def loss_flat(history: list[dict[str, Any]], patience: int, tolerance: float = 0
     return min(losses[-patience:]) > best_before * (1 - tolerance)
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
-
-
 def _coerce(name: str, value: Any) -> Any:
     """YAML gives ints for floats and strings for paths; make them the dataclass's types."""
     default = getattr(TrainConfig(), name)
@@ -247,10 +243,11 @@ def resolve_config(task: str = "classify", preset: str | None = None, yaml_path:
         arch = default_arch(str(merged["pretrained"]))
         if arch:
             merged["arch"] = arch
-    unknown = sorted(set(merged) - set(field_names()))
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(merged) - set(names))
     if unknown:
         raise LeukodxError(f"Unknown setting(s) {', '.join(unknown)}" + (f" in {yaml_path}" if yaml_path else "") + ".",
-                           f"Valid settings: {', '.join(field_names())}.")
+                           f"Valid settings: {', '.join(names)}.")
     return TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()}).validate()
 
 

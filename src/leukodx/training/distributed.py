@@ -43,14 +43,6 @@ def setup_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank, world, local)
 
 
-def current() -> DistInfo:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
-    return DistInfo()
-
-
 def all_reduce_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when it is true on any rank."""
     if not info.enabled:

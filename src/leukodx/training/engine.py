@@ -8,22 +8,19 @@ A loader's batch is ``(x, *targets)``: one target (class indices, masks) or seve
 targets and the mask of known pixels; the cell model's allowed classes);
 - `loss_fn(outputs, *targets) -> scalar tensor` (a masked loss takes its mask as a target);
 - `metric_fn(outputs, *targets) -> float` on the concatenated validation outputs (CPU, float32): the selection
-  and early-stopping metric (higher is better unless `mode="min"`); for segmentation e.g. global Dice;
+  and early-stopping metric, higher is better; for segmentation e.g. global Dice;
 - `batch_metric_fn(outputs, *targets) -> float` (optional): shown in the progress bar while training;
 - `prepare(batch, training) -> (x, *targets)` (optional): runs on the device on every batch, e.g. the cell
   model's batch augmentation or a resize to the model's input;
 - `validate_fn(trainer) -> (loss, metric, extra record fields)` (optional) replaces the validation over
   `val_loader`, e.g. per source; `on_best(trainer)` runs whenever the metric improves (write the model early).
-Sampling is the loader's: a `WeightedRandomSampler` with a fixed number of samples per epoch for the cell models.
 
-Features: AdamW/Adam; cosine (with linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then
-annealed over the epochs or the time limit, whichever ends first) schedule; early stopping (`cfg.patience`) and a convergence stop (`cfg.converge_patience`);
-a time limit (`cfg.time_limit_s`: no epoch is started that would end past it; with "cosine_time" an epoch also
-stops once it is spent); a checkpoint every epoch (RUN/checkpoints/last.ckpt: weights, optimizer, scheduler,
-scaler, epoch, RNG states) that `cfg.resume` continues; the best weights kept (RUN/checkpoints/best.pt); mixed precision on CUDA only
-(bf16, or fp16 with a gradient scaler); DistributedDataParallel under torchrun (only rank 0 writes or prints);
-a non-finite loss stops training with a clear error and keeps the last good checkpoint; Ctrl-C saves a
-checkpoint that `--resume` continues.
+Schedules: cosine (linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then annealed over the
+epochs or the time limit, whichever ends first). Stops: early stopping (`cfg.patience`), convergence
+(`cfg.converge_patience`) and `cfg.time_limit_s` (no epoch is started that would end past it). Every epoch writes
+RUN/checkpoints/last.ckpt (weights, optimizer, scheduler, scaler, RNG states), which `cfg.resume` continues; Ctrl-C
+saves one too, a non-finite loss keeps the last good one. Mixed precision on CUDA only; DDP under torchrun (only
+rank 0 writes or prints).
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -116,6 +112,7 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
@@ -193,7 +190,6 @@ class Trainer:
         *,
         metric_fn: Callable | None = accuracy_metric,
         metric_name: str = "accuracy",
-        mode: Literal["min", "max"] = "max",
         batch_metric_fn: Callable | None = None,
         batch_metric_name: str = "acc",
         device: torch.device | None = None,
@@ -220,7 +216,7 @@ class Trainer:
             self.net = DDP(self.model, device_ids=ids)
         self.loss_fn, self.prepare, self.validate_fn, self.on_best = loss_fn, prepare, validate_fn, on_best
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.metric_fn, self.metric_name, self.mode = metric_fn, metric_name, mode
+        self.metric_fn, self.metric_name = metric_fn, metric_name
         self.batch_metric_fn, self.batch_metric_name = batch_metric_fn, batch_metric_name
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -263,7 +259,7 @@ class Trainer:
     def _make_scheduler(self):
         cfg = self.cfg
         if cfg.schedule == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=self.mode, factor=0.5,
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.5,
                                                               patience=max(1, cfg.patience // 3 if cfg.patience else 2))
         if cfg.schedule == "cosine_time":
             def annealed(step: int) -> float:
@@ -284,8 +280,11 @@ class Trainer:
         return None
 
     # --- checkpoints -------------------------------------------------------------------------------------------
-    def _checkpoint(self, interrupted: bool = False) -> dict:
-        return {
+    def save_checkpoint(self, interrupted: bool = False) -> Path | None:
+        if not (self.checkpoints and self.is_main):
+            return None
+        path = self.ckpt_dir / LAST
+        _atomic_save({
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -299,19 +298,11 @@ class Trainer:
             "interrupted": interrupted,
             "arch": self.cfg.arch,
             "config": self.cfg.to_dict(),
-        }
-
-    def save_checkpoint(self, interrupted: bool = False) -> Path | None:
-        if not (self.checkpoints and self.is_main):
-            return None
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        path = self.ckpt_dir / LAST
-        _atomic_save(self._checkpoint(interrupted), path)
+        }, path)
         return path
 
     def _save_best(self) -> None:
         if self.checkpoints and self.is_main and self.best_state is not None:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             _atomic_save({"epoch": self.best_epoch, "metric": self.best_metric, "model": self.best_state},
                          self.ckpt_dir / BEST)
 
@@ -351,9 +342,7 @@ class Trainer:
 
     # --- steps -------------------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.amp is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast("cuda", dtype=self.amp)
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def progress(self, step: int) -> float:
         """How much of the run is done after `step` steps: of the steps, or of the time limit when further."""
@@ -462,16 +451,12 @@ class Trainer:
         return loss, metric, {}
 
     def _improved(self, metric: float) -> bool:
-        if math.isnan(metric):  # no validation data: keep the latest weights
-            return True
-        if self.best_metric is None or math.isnan(self.best_metric):
-            return True
-        return metric > self.best_metric if self.mode == "max" else metric < self.best_metric
+        # no validation data (nan): keep the latest weights
+        return math.isnan(metric) or self.best_metric is None or math.isnan(self.best_metric) \
+            or metric > self.best_metric
 
     def _log(self, msg: str) -> None:
-        if self.quiet:
-            return
-        if self.log_fn is not None:
+        if not self.quiet and self.log_fn is not None:
             self.log_fn(msg)
 
     def run_record(self, train_seconds: float, wall_seconds: float) -> dict:

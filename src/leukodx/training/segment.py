@@ -1,7 +1,5 @@
-"""Segmentation training glue: reference masks, Dice + BCE loss, Dice for early stopping, test-split metrics.
-
-The optimisation loop itself is the project's one engine (leukodx.training.engine); this module supplies what is
-particular to segmentation and writes the model directory:
+"""Training of the one-output segmenter through the one engine: what is particular to segmentation, and the model
+directory.
 
 - reference masks are `grayscale(Segmented/<class>/<name>) > mask_threshold` (128, as in the study);
 - fields whose reference mask is near-empty (< 0.1 % foreground: the colour thresholding failed, 154 of the
@@ -49,15 +47,8 @@ BASE_CHANNELS = {"cpu": 16, "paper": 64}
 
 def segment_overrides(**kw) -> dict:
     """Flag values -> TrainConfig overrides (None = not given); --base-channels/--encoder go to arch_kwargs."""
-    base, encoder, depth = kw.pop("base_channels"), kw.pop("encoder"), kw.pop("depth")
-    arch_kwargs = {}
-    if base is not None:
-        arch_kwargs["base_channels"] = base
-    if depth is not None:
-        arch_kwargs["depth"] = depth
-    if encoder:
-        arch_kwargs["encoder"] = encoder
-    kw["arch_kwargs"] = arch_kwargs or None
+    arch_kwargs = {k: kw.pop(k) for k in ("base_channels", "depth", "encoder")}
+    kw["arch_kwargs"] = {k: v for k, v in arch_kwargs.items() if v not in (None, "")} or None
     return kw
 
 
@@ -87,17 +78,6 @@ def score_test_split(model_dir, test_samples, evaluate_shift: bool, batch_size: 
     res = evaluate_segmenter(models[0], list(test_samples), batch_size, _shift_fn("lab", 0, 1.0) if evaluate_shift
                              else None)
     return res["metrics"], res["metrics_shift"]
-
-
-def build_segmenter_model(cfg):
-    """(model, arch_kwargs) from cfg.arch ("unet", "unet-fpn-gelu", or "<name>:<timm encoder>") and cfg.arch_kwargs."""
-    from leukodx.models.registry import create_model
-    from leukodx.models.segmenters import parse_arch
-
-    arch, extra = parse_arch(cfg.arch)
-    arch_kwargs = {"normalization": cfg.normalization, **extra, **cfg.arch_kwargs}
-    model = create_model("segment", arch, **arch_kwargs)
-    return arch, model, arch_kwargs
 
 
 _BRIEF_KEYS = ("n_images", "n_scored", "n_reference_failed", "dice_global", "dice_global_all", "dice_mean",
@@ -186,6 +166,8 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     from leukodx.data.split import write_split
     from leukodx.data.transforms import segmentation_transforms
     from leukodx.models.checkpoint import save_model
+    from leukodx.models.registry import create_model
+    from leukodx.models.segmenters import parse_arch
     from leukodx.training import distributed as dist_utils
     from leukodx.training.config import save_run_config
     from leukodx.training.engine import Trainer, run_split, split_record, start_run
@@ -198,7 +180,9 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     require_masks(ds, cfg.data)
     split, train_s, val_s, test_s = run_split(cfg, ds, split)
 
-    arch, model, arch_kwargs = build_segmenter_model(cfg)
+    arch, extra = parse_arch(cfg.arch)  # "unet", "unet-fpn-gelu", or "<name>:<timm encoder>"
+    arch_kwargs = {"normalization": cfg.normalization, **extra, **cfg.arch_kwargs}
+    model = create_model("segment", arch, **arch_kwargs)
     pretrained_record = load_initial_weights(model, cfg.pretrained, log)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"{cfg.arch} {arch_kwargs}: {n_params / 1e6:.2f} M parameters, {cfg.image_size} px, device {device}")
@@ -329,9 +313,7 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     per_image = seg.pop("per_image", None)
     metrics = {"segmentation": seg, "model": str(out), "split": "test", "training_data": config["training"]["counts"]}
     if shift_metrics is not None:
-        sm = dict(shift_metrics)
-        sm.pop("per_image", None)
-        metrics["segmentation_lab_shift"] = sm
+        metrics["segmentation_lab_shift"] = {k: v for k, v in shift_metrics.items() if k != "per_image"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     if per_image is not None:
         (out / "test_fields.json").write_text(json.dumps(per_image, indent=1, default=float))
@@ -358,5 +340,3 @@ def summary_line(name: str, m: dict) -> str:
             f"pixel accuracy {fmt(m['pixel_accuracy'], True)}, count MAE {fmt(m['count_mae'])} "
             f"({m['n_images']} fields, {m['n_reference_failed']} with a failed reference mask, "
             f"{m.get('n_missing_masks', 0)} without a mask)")
-
-

@@ -1,17 +1,11 @@
 """The reference study's comparisons: classifiers (architectures x split strategies x seeds) and segmenters.
 
-Every run is scored on ONE common, group-aware test set (make_split(..., common_test=True): the test part is drawn
-first with test_seed alone, so SGDC and per-class splits of every seed share it); the split strategy and seed are
-recorded per run; mean ± std over seeds of every metric; DIR/results.json, DIR/table.md and plots.
-Each run is then scored the way `leukodx evaluate --shift lab` scores it: through the analysis pipeline that
-`predict` and the web app use, on the common test fields as they are and on their lab-shifted copies (the same
-seeded variation per field as `evaluate --shift lab --seed 0`); RUN/scores.json. Metrics under lab shift carry the
-prefix "lab_". Reference models (e.g. the bundled classifier) are scored the same way beside the runs, and the
-levels of each factor with two or more levels are compared pairwise over seeds (paired t-test).
-The segmentation comparison (`run_segmentation_study`: U-Net vs U-Net-FPN-GELU) trains every (architecture,
-seed) with `train_segmenter` on sgdc splits around the same kind of common test set, scored as `train segment`
-scores it. A run directory that already holds metrics.json (and scores.json) is reused, so an interrupted study
-continues where it stopped.
+Every run is scored on one common, group-aware test set (make_split(..., common_test=True)), the way `leukodx
+evaluate --shift lab --seed 0` scores it: through the analysis pipeline, on those fields as they are and
+lab-shifted (metrics prefixed "lab_"). Mean ± std over seeds, paired t-tests between the levels of each factor,
+reference models scored beside the runs: DIR/results.json, DIR/table.md and plots. The segmentation comparison
+(`run_segmentation_study`) trains every (architecture, seed) with `train_segmenter` on sgdc splits around the same
+kind of test set. A run directory that already holds metrics.json is reused, so an interrupted study continues.
 """
 
 from __future__ import annotations
@@ -134,7 +128,7 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
         raise LeukodxError(f"Unknown split strategy {', '.join(bad)}.", f"Use: {', '.join(STRATEGIES)}.")
     if not seed_list:
         raise LeukodxError("--seeds must be at least 1.", "For example --seeds 3.")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    overrides = overrides or {}
 
     # fail early: every reference model, every arch and the image size, before any hour of training
     from leukodx.models.model_config import read_model_config
@@ -286,6 +280,7 @@ def _reference_table(references: list[dict]) -> str:
 # segmentation
 
 SEG_METRICS = ("dice_global", "dice_global_all", "dice_mean", "iou_global", "pixel_accuracy", "count_mae")
+COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
 
 
 def _cells(records: list[dict], metrics) -> dict:
@@ -329,8 +324,7 @@ def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
                                        ("count_mae", "count MAE (cells/field)", 1)], strict=True):
         means = [(summary[a]["test"][m]["mean"] or 0) * k for a in archs]
         stds = [(summary[a]["test"][m]["std"] or 0) * k for a in archs]
-        ax.bar(range(len(archs)), means, yerr=stds, capsize=4, color=["#4c72b0", "#dd8452", "#55a868", "#c44e52"][
-            : len(archs)])
+        ax.bar(range(len(archs)), means, yerr=stds, capsize=4, color=COLOURS[: len(archs)])
         for i, a in enumerate(archs):
             vals = [v * k for v in summary[a]["test"][m]["values"]]
             ax.scatter([i] * len(vals), vals, color="k", s=10, zorder=3)
@@ -346,7 +340,7 @@ def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
     files.append("metrics.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    colours = {a: c for a, c in zip(archs, ["#4c72b0", "#dd8452", "#55a868", "#c44e52"], strict=False)}
+    colours = dict(zip(archs, COLOURS, strict=False))
     for r in runs:
         hist = r.get("history") or []
         ax.plot([h["epoch"] for h in hist], [h.get("val_dice") for h in hist], color=colours.get(r["arch"], "k"),
@@ -363,14 +357,9 @@ def _study_plots(out: Path, runs: list[dict], summary: dict) -> list[str]:
 
 def run_segmentation_study(data, archs: list[str], seeds: int, out, *, base_flags: dict, evaluate_shift: bool = False,
                            log_fn=None, test_seed: int = 0, config=None) -> dict:
-    """Train every (arch, seed) on one common group-aware test set; DIR/results.json, DIR/table.md, plots.
-
-    `base_flags` are train-segment settings (as for resolve_segment_config) shared by every run, over the YAML
-    file `config` (a recipe such as benchmarks/configs/segment-lite0-unet.yaml) when given; `archs` override its
-    arch. Each seed draws its
-    own train/val split of the remaining fields (make_split(common_test=True)). Runs already finished in
-    DIR/runs/ (their metrics.json exists) are read back, not retrained.
-    """
+    """Train every (arch, seed) around one common group-aware test set, each seed its own train/val split;
+    DIR/results.json, DIR/table.md, plots. `base_flags`: resolve_segment_config's flags for every run, over the
+    YAML recipe `config` when given; `archs` override its arch."""
     from leukodx.data.layout import load_dataset
     from leukodx.training.segment import require_masks, resolve_segment_config, summary_line, train_segmenter
 

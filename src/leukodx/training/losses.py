@@ -12,20 +12,16 @@ PROBABILITY_THRESHOLD = 0.5
 
 
 class DiceBCELoss(nn.Module):
-    """BCE-with-logits + (1 - soft Dice), the Dice computed over the whole batch (stable on empty masks)."""
-
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
-        super().__init__()
-        self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+    """BCE-with-logits + (1 - soft Dice, smoothed by 1), the Dice computed over the whole batch (stable on empty
+    masks)."""
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         target = target.float()
         bce = F.binary_cross_entropy_with_logits(logits, target)
         p = torch.sigmoid(logits)
-        inter = (p * target).sum()
-        dice = (2 * inter + self.smooth) / (p.sum() + target.sum() + self.smooth)
-        return self.bce_weight * bce + self.dice_weight * (1 - dice)
+        dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+        return bce + (1 - dice)
 
 
 class DiceScore:
@@ -50,10 +46,9 @@ class DiceScore:
         return 1.0 if den == 0 else 2 * self.inter / den
 
 
-def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor, smooth: float = 1.0,
-                    bce_weight: float = 1.0, dice_weight: float = 1.0) -> torch.Tensor:
-    """BCE + (1 - soft Dice) per channel on known pixels only (N x C x H x W each), summed over channels; a
-    channel with no known pixel in the batch adds nothing. The Dice is batch-global per channel."""
+def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """BCE + (1 - soft Dice, smoothed by 1) per channel on known pixels only (N x C x H x W each), summed over
+    channels; a channel with no known pixel in the batch adds nothing. The Dice is batch-global per channel."""
     logits, target, known = logits.float(), target.float(), known.float()
     total = logits.new_zeros(())
     for c in range(logits.shape[1]):
@@ -65,8 +60,8 @@ def masked_bce_dice(logits: torch.Tensor, target: torch.Tensor, known: torch.Ten
         bce = (F.binary_cross_entropy_with_logits(lg, t, reduction="none") * k).sum() / n
         p = torch.sigmoid(lg) * k
         tt = t * k
-        dice = (2 * (p * tt).sum() + smooth) / (p.sum() + tt.sum() + smooth)
-        total = total + bce_weight * bce + dice_weight * (1 - dice)
+        dice = (2 * (p * tt).sum() + 1.0) / (p.sum() + tt.sum() + 1.0)
+        total = total + bce + (1 - dice)
     return total
 
 

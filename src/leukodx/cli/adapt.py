@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from leukodx.cli._common import console, err_console
+from leukodx.errors import LeukodxError
 
 
 def register(app: typer.Typer) -> None:
@@ -39,8 +40,6 @@ def register(app: typer.Typer) -> None:
         raised (never lowered) so far that the lab's ordinary fields are not flagged: OUT/classifier, OUT/segmenter.
         --cells and/or --from-db: a head on the cell model's features, OUT/cells, and a commissioning report
         (cross-validated blast sensitivity and specificity beside the bundled model's): `serve --cells OUT/cells`."""
-        from leukodx.errors import LeukodxError
-
         if (data is None) == (cells is None and from_db is None):
             raise LeukodxError("Give either --data (unlabelled fields) or --cells and/or --from-db (labelled cells).",
                                "See `leukodx adapt --help`.")
@@ -78,7 +77,6 @@ def register(app: typer.Typer) -> None:
 def _commission(cells: Path | None, from_db: str | None, out: Path, um_per_px: str | None, min_sens: float,
                 min_spec: float, kinds_only: bool) -> None:
     from leukodx.deploy.commission import commission_cells
-    from leukodx.errors import LeukodxError
     from leukodx.inference.scale import check_um_per_px
 
     um = None if um_per_px is None else check_um_per_px(um_per_px)

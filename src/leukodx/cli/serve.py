@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from leukodx.cli._common import console, err_console
+from leukodx.errors import LeukodxError, ModelError
 
 DB_HELP = ("SQLite database file (created if missing), or a database URL such as postgresql+psycopg://... "
            "[default: $LEUKODX_DB, else ~/.local/share/leukodx/leukodx.db ($XDG_DATA_HOME/leukodx when set)]")
@@ -46,8 +47,6 @@ def describe_db(db: str) -> str:
 def _load_factory(spec: str):
     """`module:attr` -> the object (called when callable), for a test or demo analyzer."""
     import importlib
-
-    from leukodx.errors import LeukodxError
 
     module, _, attr = spec.partition(":")
     if not module or not attr:
@@ -88,13 +87,11 @@ def _first_admin(sessions, demo: bool) -> None:
                               "switched off because this server runs without --demo.")
         if db.scalar(select(func.count(User.id)).where(User.role == "admin")):
             return
-        password = os.environ.get("LEUKODX_ADMIN_PASSWORD") or ""
-        printed = not password
-        if printed:
-            password = secrets.token_urlsafe(12)
+        given = os.environ.get("LEUKODX_ADMIN_PASSWORD")
+        password = given or secrets.token_urlsafe(12)
         add_user(db, "admin", password, "admin", actor="serve")
         db.commit()
-    if printed:
+    if not given:
         console.print(
             "\n[bold]First start: an administrator was created.[/]\n"
             f"  user name: [bold]admin[/]\n  password:  [bold]{password}[/]\n"
@@ -141,7 +138,6 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from leukodx.errors import LeukodxError
     from leukodx.web.app import create_app
     from leukodx.web.settings import Settings
 
@@ -174,7 +170,6 @@ def serve(
     fake = _load_factory(analyzer) if analyzer else None
     if fake is None:
         from leukodx.assets import default_model_dir
-        from leukodx.errors import ModelError
 
         try:
             if classifier is None:

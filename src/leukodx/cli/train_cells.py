@@ -1,5 +1,5 @@
 """`leukodx train cells`: train the cell-type classifier (blast, lymphocyte, ..., not_leukocyte) on crops from
-PBC, Taleqani and Raabin; writes a model directory with its ONNX export. Heavy imports inside the command."""
+PBC, Taleqani and Raabin; writes a model directory with its ONNX export."""
 
 from __future__ import annotations
 

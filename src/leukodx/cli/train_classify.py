@@ -1,7 +1,5 @@
 """`leukodx train classify`: train a smear-field classifier; writes a model directory and its metrics.
-
-Settings resolve as: defaults -> --preset -> --config YAML -> flags. Heavy imports happen inside the command.
-"""
+Settings resolve as: defaults -> --preset -> --config YAML -> flags."""
 
 from __future__ import annotations
 

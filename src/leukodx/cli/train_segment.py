@@ -1,7 +1,5 @@
 """`leukodx train segment`: train a leukocyte segmenter (U-Net or U-Net-FPN-GELU); writes a model directory.
-
-Settings resolve as: defaults -> --preset -> --config YAML -> flags. Heavy imports happen inside the command.
-"""
+Settings resolve as: defaults -> --preset -> --config YAML -> flags."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ from typing import Any
 import typer
 
 from leukodx.cli._common import console, err_console
+from leukodx.errors import LeukodxError
 
 EXAMPLE = (
     "Examples:\n\n"
@@ -27,6 +26,7 @@ EXAMPLE = (
 # two-output training (--raabin / --pbc / --chula) reads its own references
 TALEQANI_ONLY = ("mask_threshold", "include_near_empty", "min_mask_fraction", "references", "augment",
                  "max_test_images", "shift_lab")
+TWO_OUTPUT_ONLY = ("synthetic", "samples_per_epoch", "cache_dir", "cut_cells", "low_magnification", "cut_negatives")
 
 
 def _flag(name: str) -> str:
@@ -121,22 +121,15 @@ def register(app: typer.Typer) -> None:
                                                    "training: share of the --cut-cells windows centred on what is "
                                                    "no leukocyte (red cells, plasma). [default: 0]"),
     ) -> None:
+        params = locals()
         two_output = raabin is not None or pbc is not None or chula is not None
-        if two_output:
-            given = [_flag(k) for k, v in locals().items() if k in TALEQANI_ONLY and v not in (None, False)]
-            if given:
-                from leukodx.errors import LeukodxError
-
-                raise LeukodxError(f"{', '.join(given)} do(es) not apply to the two-output training (--raabin / "
-                                   "--pbc / --chula).", "Leave it out, or train the one-output segmenter without "
-                                   "--raabin, --pbc and --chula.")
-        cell_given = [_flag(k) for k, v in (("synthetic", synthetic), ("samples_per_epoch", samples_per_epoch),
-                                            ("cache_dir", cache_dir), ("cut_cells", cut_cells),
-                                            ("low_magnification", low_magnification),
-                                            ("cut_negatives", cut_negatives)) if v is not None]
+        given = [_flag(k) for k in TALEQANI_ONLY if params[k] not in (None, False)]
+        if two_output and given:
+            raise LeukodxError(f"{', '.join(given)} do(es) not apply to the two-output training (--raabin / "
+                               "--pbc / --chula).", "Leave it out, or train the one-output segmenter without "
+                               "--raabin, --pbc and --chula.")
+        cell_given = [_flag(k) for k in TWO_OUTPUT_ONLY if params[k] is not None]
         if cell_given and not two_output:
-            from leukodx.errors import LeukodxError
-
             raise LeukodxError(f"{', '.join(cell_given)} only apply to the two-output training.",
                                "Add --raabin, --pbc and/or --chula DIR, or leave them out.")
         if threads:

@@ -4,20 +4,19 @@
     >>> m = evaluate("data/all-taleqani", "runs/eval", ["runs/clf"], split_csv="split.csv", shift="lab")
     >>> m["classification"]["accuracy"], m["classification_lab_shift"]["coverage"]
 
-**What is evaluated is what runs.** Every field goes through the analysis pipeline
-(leukodx.inference.pipeline.Analysis) on the engine `predict` uses (ONNX Runtime, `--engine` to choose): the
-same reading, tiling, resizing, calibrated probabilities, flags, mask threshold and cell splitting. With no
-model directories, the bundled classifier and segmenter are evaluated. Classification also reports how the
-flags work as a reject option (coverage, accuracy over unflagged fields, risk-coverage). Segmentation scores
-only fields with a reference mask (grayscale(Segmented) > mask_threshold); cells are the pipeline's, compared
-with the reference mask's connected components after the same speck rule.
+Every field goes through the analysis pipeline on the engine `predict` uses (docs/architecture.md), so what
+is evaluated is what runs. Segmentation scores only fields with a reference mask (grayscale(Segmented) >
+mask_threshold); its cells are compared with the reference mask's connected components after the same speck
+rule.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import itertools
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +62,6 @@ class EvaluatedModel:
                     "classifier" if self.task == "classify" else "segmenter"]["engine"]}
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# inputs
-
-
 def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
                 threads: int | None = None) -> tuple[list[EvaluatedModel], list[str]]:
     """The given model directories, or the bundled defaults, each behind the analysis pipeline."""
@@ -80,7 +75,6 @@ def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
     notes: list[str] = []
     if model_dirs:
         dirs = [Path(d) for d in model_dirs]
-        configs = [read_model_config(d) for d in dirs]  # a clear error for a foreign folder, before anything slow
     else:
         dirs, missing = [], []
         for task in ("classify", "segment"):
@@ -92,7 +86,7 @@ def load_models(model_dirs: list[str | Path] | None, engine: str = "onnx",
             raise ModelError("No --model was given and no bundled models are installed.",
                              "Pass --model RUN with a model directory written by `leukodx train`.")
         notes += [f"No bundled {t} model is installed; its part was skipped (pass --model RUN)." for t in missing]
-        configs = [read_model_config(d) for d in dirs]
+    configs = [read_model_config(d) for d in dirs]  # a clear error for a foreign folder, before anything slow
     loaded: list[EvaluatedModel] = []
     used: set[str] = set()
     try:
@@ -121,6 +115,12 @@ def _read(sample: Sample, unreadable: list[dict]) -> np.ndarray | None:
         return None
 
 
+def _readable(batch: list[Sample], read: Callable) -> tuple[list[Sample], list]:
+    """The samples of `batch` that `read` could read (it returns None for the others), and what it read."""
+    got = [(s, x) for s in batch if (x := read(s)) is not None]
+    return [s for s, _ in got], [x for _, x in got]
+
+
 def _batches(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
@@ -137,10 +137,6 @@ def _shift_fn(shift: str | None, seed: int, severity: float):
         return lab_shift(rgb, rng_for(seed, key), mask=mask, severity=severity)
 
     return fn
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# classification
 
 
 def _class_rows(em: EvaluatedModel, rgbs: list[np.ndarray], paths: list[str], batch_size: int):
@@ -169,12 +165,7 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
     calls: list[str] = []
     done = 0
     for batch in _batches(samples, batch_size):
-        rgbs, kept = [], []
-        for s in batch:
-            rgb = _read(s, unreadable)
-            if rgb is not None:
-                rgbs.append(rgb)
-                kept.append(s)
+        kept, rgbs = _readable(batch, lambda s: _read(s, unreadable))
         if rgbs:
             names = [s.path for s in kept]
             p, f, c = _class_rows(em, rgbs, names, batch_size)
@@ -195,10 +186,6 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
         raise DatasetError("None of the selected images could be read.",
                            f"Check the files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']}.")
     y = np.asarray(ys)
-    out: dict = {"y": y, "probs": np.concatenate(probs), "paths": paths, "classes": classes, "flags": flags, "calls": calls,
-                 "probs_shift": None, "flags_shift": None, "metrics_shift": None}
-    if shift_fn is not None:
-        out["probs_shift"], out["flags_shift"] = np.concatenate(probs_s), flags_s
 
     def finish(p: np.ndarray, f: list[str]) -> dict:
         m = M.classification_metrics(y, p, classes, (em.config.get("case_rule") or {}).get("benign"))
@@ -209,8 +196,11 @@ def evaluate_classifier(em: EvaluatedModel, samples: list[Sample], batch_size: i
             m["unreadable_note"] = f"{len(unreadable)} image(s) could not be read and were left out."
         return m
 
+    out: dict = {"y": y, "probs": np.concatenate(probs), "paths": paths, "classes": classes, "flags": flags,
+                 "calls": calls, "probs_shift": None, "flags_shift": None, "metrics_shift": None}
     out["metrics"] = finish(out["probs"], flags)
     if shift_fn is not None:
+        out["probs_shift"], out["flags_shift"] = np.concatenate(probs_s), flags_s
         out["metrics_shift"] = finish(out["probs_shift"], flags_s)
     return out
 
@@ -248,10 +238,6 @@ def write_classification_predictions(res: dict, path: Path) -> Path:
                 row += [classes[int(ps.argmax())], f"{ps.max():.6f}", res["flags_shift"][i]]
             w.writerow(row)
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# segmentation
 
 
 def _reference_counter(config: dict):
@@ -303,15 +289,12 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             "(DATA/Segmented/<class>/<same name>)", em), "metrics_shift": None, "examples": {}}
     thr_mask = int(em.config.get("reference_mask_level", 128))
     count_ref = _reference_counter(em.config)
-    acc = M.SegmentationAccumulator()
-    acc_s = M.SegmentationAccumulator() if shift_fn is not None else None
-    # the same predictions against the repaired references (leukodx.data.reference_masks): HSV masks under 1 %
-    # foreground rebuilt by the stain rule, so the pale Pro blasts count
-    acc_r = M.SegmentationAccumulator()
-    acc_rs = M.SegmentationAccumulator() if shift_fn is not None else None
-    sources: dict[str, int] = {}
-    per_class: dict[str, M.SegmentationAccumulator] = {}
-    per_class_s: dict[str, M.SegmentationAccumulator] = {}
+    # per condition (as is; lab-shifted): the fields against their references, per class, and the same
+    # predictions against the repaired references (leukodx.data.reference_masks: HSV masks under 1 %
+    # foreground rebuilt by the stain rule, so the pale Pro blasts count)
+    accs = [(M.SegmentationAccumulator(), dict[str, M.SegmentationAccumulator](), M.SegmentationAccumulator())
+            for _ in range(2 if shift_fn is not None else 1)]
+    sources: Counter[str] = Counter()
     unreadable: list[dict] = []
     resized: list[str] = []
 
@@ -327,31 +310,24 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
 
     done = 0
     for batch in _batches(with_mask, batch_size):
-        pairs, kept = [], []
-        for s in batch:
-            pair = _read_pair(s, thr_mask, unreadable, resized)
-            if pair is not None:
-                pairs.append(pair)
-                kept.append(s)
+        kept, pairs = _readable(batch, lambda s: _read_pair(s, thr_mask, unreadable, resized))
         if pairs:
-            repaired = []
-            for rgb, ref in pairs:
-                rep, source = repaired_reference(rgb, ref)
-                repaired.append(rep)
-                sources[source] = sources.get(source, 0) + 1
-            score(kept, pairs, repaired, acc, per_class, acc_r)
-            if acc_s is not None and acc_rs is not None:
+            repaired, found = zip(*(repaired_reference(rgb, ref) for rgb, ref in pairs), strict=True)
+            sources.update(found)
+            score(kept, pairs, repaired, *accs[0])
+            if shift_fn is not None:
                 shifted = [shift_fn(rgb, s.path, ref) for (rgb, ref), s in zip(pairs, kept, strict=True)]
                 rep_s = [shift_fn(rgb, s.path, rep)[1] for (rgb, _), rep, s in zip(pairs, repaired, kept, strict=True)]
-                score(kept, shifted, rep_s, acc_s, per_class_s, acc_rs)
+                score(kept, shifted, rep_s, *accs[1])
         done += len(batch)
         if progress:
             progress(f"segment {em.name}", done, len(with_mask))
-    if not acc.per_image:
+    if not accs[0][0].per_image:
         raise DatasetError("None of the fields with masks could be read.",
                            f"Check the files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']}.")
 
-    def finish(a: M.SegmentationAccumulator, classes: dict[str, M.SegmentationAccumulator]) -> dict:
+    def finish(a: M.SegmentationAccumulator, classes: dict[str, M.SegmentationAccumulator],
+               a_rep: M.SegmentationAccumulator) -> dict:
         m = a.result()
         m["per_class"] = {c: {k: v for k, v in pc.result().items() if k != "per_image"}
                           for c, pc in sorted(classes.items())}
@@ -367,13 +343,17 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
                                    f"resized (nearest), e.g. {resized[0]}.")
         if unreadable:
             m["unreadable_note"] = f"{len(unreadable)} image(s) or mask(s) could not be read and were left out."
+        m["repaired_references"] = {k: v for k, v in a_rep.result().items() if k != "per_image"} | {
+            "reference_sources": dict(sources),
+            "note": ("the same predictions against the repaired references: HSV masks under 1 % foreground "
+                     "rebuilt by the stain rule (leukodx.data.reference_masks); the others kept")}
         return m
 
     # pictures of the best and worst fields (re-run on those few), and the worst under the lab shift
-    best, worst = acc.best_worst(n_examples)
+    best, worst = accs[0][0].best_worst(n_examples)
     groups = [("best", best, False), ("worst", worst, False)]
-    if acc_s is not None:
-        groups.append(("worst, lab-shifted", acc_s.best_worst(n_examples)[1], True))
+    if shift_fn is not None:
+        groups.append(("worst, lab-shifted", accs[1][0].best_worst(n_examples)[1], True))
     by_path = {s.path: s for s in with_mask}
     examples: dict[str, list[dict]] = {}
     for group, recs, shifted_group in groups:
@@ -389,19 +369,9 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             r = em.analysis.analyze_many([rgb], names=[s.path], batch_size=1)[0]
             items.append({"rgb": rgb, "pred": r.mask, "ref": ref, "title": f"Dice {rec['dice']:.3f}\n{Path(s.path).name}"})
         examples[group] = items
-    def repaired_section(a: M.SegmentationAccumulator) -> dict:
-        m = {k: v for k, v in a.result().items() if k != "per_image"}
-        m["reference_sources"] = dict(sources)
-        m["note"] = ("the same predictions against the repaired references: HSV masks under 1 % foreground "
-                     "rebuilt by the stain rule (leukodx.data.reference_masks); the others kept")
-        return m
-
-    metrics = finish(acc, per_class)
-    metrics["repaired_references"] = repaired_section(acc_r)
-    metrics_shift = finish(acc_s, per_class_s) if acc_s is not None else None
-    if metrics_shift is not None and acc_rs is not None:
-        metrics_shift["repaired_references"] = repaired_section(acc_rs)
-    return {"metrics": metrics, "metrics_shift": metrics_shift, "examples": examples}
+    metrics = [finish(*a) for a in accs]
+    return {"metrics": metrics[0], "metrics_shift": metrics[1] if shift_fn is not None else None,
+            "examples": examples}
 
 
 def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> Path | None:
@@ -411,11 +381,8 @@ def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> 
     by_class: dict[str, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
-    picked: list[Sample] = []
-    while len(picked) < n and any(by_class.values()):
-        for label in list(by_class):
-            if by_class[label] and len(picked) < n:
-                picked.append(by_class[label].pop(0))
+    rounds = itertools.zip_longest(*by_class.values())  # one field of each class in turn
+    picked = [s for one_each in rounds for s in one_each if s is not None][:n]
     pairs = []
     for s in picked:
         rgb = _read(s, [])
@@ -468,10 +435,6 @@ def _segmentation_figures(res: dict, plot_dir: Path, tag: str) -> dict[str, Path
         series["lab-shifted"] = [r["dice"] for r in ms["per_image"] if not r["reference_failed"]]
     return {"best and worst fields": R.plot_overlays(list(res["examples"].items()), plot_dir / f"{tag}_overlays.png"),
             "Dice per field": R.plot_dice_histogram(series, plot_dir / f"{tag}_dice.png")}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the whole evaluation
 
 
 def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path] | None = None,
@@ -533,22 +496,17 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         if res["metrics_shift"] is not None:
             per_task_shift[section][em.name] = res["metrics_shift"]
 
-    for section in ("classification", "segmentation"):
-        found = per_task[section]
-        if found:
-            result[section] = next(iter(found.values()))
-            if len(found) > 1:
-                result[f"{section}_models"] = found
-        else:
-            task = "classify" if section == "classification" else "segment"
-            result[section] = _skipped_section(section, f"no {task} model was evaluated")
-        if shift and per_task_shift[section]:
-            result[f"{section}_lab_shift"] = next(iter(per_task_shift[section].values()))
-            if len(per_task_shift[section]) > 1:
-                result[f"{section}_lab_shift_models"] = per_task_shift[section]
-        elif shift:
-            result[f"{section}_lab_shift"] = _skipped_section(
-                section, result[section].get("skipped") or "nothing to shift")
+    def put(section: str, key: str, found: dict[str, dict], skipped: str) -> None:
+        """The first model's metrics under `key`, every model's under `key`_models when there are several."""
+        result[key] = next(iter(found.values())) if found else _skipped_section(section, skipped)
+        if len(found) > 1:
+            result[f"{key}_models"] = found
+
+    for task, section in TASK_SECTION.items():
+        put(section, section, per_task[section], f"no {task} model was evaluated")
+        if shift:
+            put(section, f"{section}_lab_shift", per_task_shift[section],
+                result[section].get("skipped") or "nothing to shift")
     if shift and plots:
         examples = _shift_examples(samples, shift_fn, plot_dir / "lab_shift_examples.png")
         if examples is not None:

@@ -11,6 +11,7 @@ the result can be written with `json.dumps` as it is.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -32,10 +33,6 @@ def _f(x) -> float | None:
 
 def _ratio(num: float, den: float) -> float | None:
     return float(num) / float(den) if den > 0 else None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# classification
 
 
 def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> dict:
@@ -65,11 +62,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
     if n == 0:
         raise ValueError("ECE of no predictions")
     bins = reliability_bins(confidence, correct, n_bins)
-    total = 0.0
-    for c, a, k in zip(bins["confidence"], bins["accuracy"], bins["count"], strict=True):
-        if k:
-            total += k / n * abs(a - c)
-    return float(total)
+    per_bin = zip(bins["confidence"], bins["accuracy"], bins["count"], strict=True)
+    return float(sum(k / n * abs(a - c) for c, a, k in per_bin if k))
 
 
 def _check_inputs(y_true, probs, classes) -> tuple[np.ndarray, np.ndarray]:
@@ -126,17 +120,10 @@ def classification_metrics(
         fp = predicted[k] - tp[k]
         fn = support[k] - tp[k]
         tn = n - tp[k] - fp - fn
-        precision = _ratio(tp[k], predicted[k])
         recall = _ratio(tp[k], support[k])
-        specificity = _ratio(tn, tn + fp)
         f1 = _ratio(2 * tp[k], 2 * tp[k] + fp + fn)
-        per_class[name] = {
-            "precision": precision,
-            "recall": recall,
-            "specificity": specificity,
-            "f1": f1,
-            "support": int(support[k]),
-        }
+        per_class[name] = {"precision": _ratio(tp[k], predicted[k]), "recall": recall,
+                           "specificity": _ratio(tn, tn + fp), "f1": f1, "support": int(support[k])}
         if recall is not None:  # the class is present in y_true (support > 0)
             recalls_present.append(recall)
         if support[k] > 0 or predicted[k] > 0:
@@ -221,10 +208,6 @@ def roc_curves(y_true, probs, classes: Sequence[str]) -> dict[str, tuple[np.ndar
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# segmentation
-
-
 class SegmentationAccumulator:
     """Streaming segmentation metrics: `add` one field at a time (any size), `result()` at the end.
 
@@ -258,18 +241,13 @@ class SegmentationAccumulator:
         n_ref = int(np.count_nonzero(ref))
         union = n_pred + n_ref - inter
         pixels = int(ref.size)
-        correct = pixels - (union - inter)
         frac = n_ref / pixels if pixels else 0.0
         failed = frac < self.min_fg
-        groups = ("all",) if failed else ("ok", "all")
-        for g in groups:
-            s = self._sums[g]
-            s["inter"] += inter
-            s["pred"] += n_pred
-            s["ref"] += n_ref
-            s["union"] += union
-            s["correct"] += correct
-            s["pixels"] += pixels
+        sums = {"inter": inter, "pred": n_pred, "ref": n_ref, "union": union,
+                "correct": pixels - (union - inter), "pixels": pixels}
+        for g in ("all",) if failed else ("ok", "all"):
+            for k, v in sums.items():
+                self._sums[g][k] += v
         dice = 1.0 if n_pred + n_ref == 0 else 2 * inter / (n_pred + n_ref)
         iou = 1.0 if union == 0 else inter / union
         rec = {
@@ -330,18 +308,15 @@ def segmentation_metrics(
 ) -> dict:
     """Segmentation metrics over paired binary masks (each pair the same size; pairs may differ in size).
 
-    See `SegmentationAccumulator` for the definitions; `count_mae` needs both count lists.
+    See `SegmentationAccumulator` for the definitions; `count_mae` needs both count lists. ValueError when the
+    lists differ in length.
     """
     acc = SegmentationAccumulator(min_reference_foreground)
-    preds, refs = list(pred_masks), list(ref_masks)
-    if len(preds) != len(refs):
-        raise ValueError(f"{len(preds)} predicted masks but {len(refs)} reference masks")
-    pc = list(pred_counts) if pred_counts is not None else [None] * len(preds)
-    rc = list(ref_counts) if ref_counts is not None else [None] * len(preds)
-    nm = list(names) if names is not None else [None] * len(preds)
-    if not (len(pc) == len(rc) == len(nm) == len(preds)):
-        raise ValueError("counts and names must have one entry per mask")
-    for p, r, a, b, n in zip(preds, refs, pc, rc, nm, strict=True):
+    preds = list(pred_masks)
+    absent = [None] * len(preds)
+    for p, r, a, b, n in zip(preds, ref_masks, absent if pred_counts is None else pred_counts,
+                             absent if ref_counts is None else ref_counts, absent if names is None else names,
+                             strict=True):
         acc.add(p, r, a, b, n)
     return acc.result()
 
@@ -357,13 +332,10 @@ def selective_metrics(y_true, probs, flags: Sequence[str]) -> dict:
     cum_err = np.cumsum(~correct[order])
     n = len(y)
     points = sorted({max(1, round(n * c / 20)) for c in range(1, 21)})
-    counts: dict[str, int] = {}
-    for f in flags:
-        counts[f] = counts.get(f, 0) + 1
     return {
         "coverage": _f(ok.mean()) if n else None,
         "flag_rate": _f(1 - ok.mean()) if n else None,
-        "flags": counts,
+        "flags": dict(Counter(flags)),
         "accuracy_all": _f(correct.mean()) if n else None,
         "accuracy_unflagged": _f(correct[ok].mean()) if ok.any() else None,
         "accuracy_flagged": _f(correct[~ok].mean()) if (~ok).any() else None,

@@ -33,8 +33,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# plots
+def _pictures(nrow: int, ncol: int, figsize: tuple[float, float]):
+    """A figure of nrow x ncol axes for pictures (no axis lines or ticks)."""
+    fig, axes = _plt().subplots(nrow, ncol, figsize=figsize, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    return fig, axes
 
 
 def plot_confusion(cm, classes, path: Path, title: str = "Confusion matrix") -> Path:
@@ -77,8 +81,8 @@ def plot_reliability(bins: dict, path: Path, ece: float | None = None, title: st
     edges = np.asarray(bins["edges"])
     centres = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
-    acc = np.array([np.nan if a is None else a for a in bins["accuracy"]], dtype=float)
-    conf = np.array([np.nan if c is None else c for c in bins["confidence"]], dtype=float)
+    acc = np.array(bins["accuracy"], dtype=float)  # None (an empty bin) -> NaN
+    conf = np.array(bins["confidence"], dtype=float)
     count = np.asarray(bins["count"], dtype=float)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ok = count > 0
@@ -123,11 +127,8 @@ def plot_dice_histogram(series: dict[str, list[float]], path: Path, title: str =
 
 def plot_shift_examples(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> Path:
     """`pairs`: [(title, original, shifted), ...] shown as two rows."""
-    plt = _plt()
     n = max(len(pairs), 1)
-    fig, axes = plt.subplots(2, n, figsize=(2.6 * n, 5.4), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _pictures(2, n, (2.6 * n, 5.4))
     for k, (title, a, b) in enumerate(pairs):
         axes[0][k].imshow(a)
         axes[0][k].set_title(title, fontsize=8)
@@ -139,12 +140,9 @@ def plot_shift_examples(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: P
 
 def plot_fields(items: list[tuple[str, np.ndarray]], path: Path, ncol: int = 6) -> Path:
     """A row (or rows) of captioned fields."""
-    plt = _plt()
     ncol = max(1, min(ncol, len(items)))
     nrow = max(1, -(-len(items) // ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 2.9 * nrow), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _pictures(nrow, ncol, (2.6 * ncol, 2.9 * nrow))
     for ax, (caption, rgb) in zip(axes.ravel(), items, strict=False):
         ax.imshow(rgb)
         ax.set_title(caption, fontsize=7)
@@ -161,21 +159,14 @@ def overlay(rgb: np.ndarray, pred: np.ndarray, ref: np.ndarray, alpha: float = 0
 
 def plot_overlays(rows: list[tuple[str, list[dict]]], path: Path) -> Path:
     """`rows`: [(row title, [{"rgb", "pred", "ref", "title"}, ...]), ...], one row per group (best, worst)."""
-    plt = _plt()
     ncol = max((len(items) for _, items in rows), default=1) or 1
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.0 * ncol, 3.3 * len(rows)), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
+    fig, axes = _pictures(len(rows), ncol, (3.0 * ncol, 3.3 * len(rows)))
     for r, (row_title, items) in enumerate(rows):
         for ax, it in zip(axes[r], items, strict=False):
             ax.imshow(overlay(it["rgb"], it["pred"], it["ref"]))
             ax.set_title(f"{row_title}, {it['title']}", fontsize=7)
     fig.suptitle("green: both   red: predicted only   blue: reference only", fontsize=9)
     return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# HTML
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -268,8 +259,8 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
 
     shift = "lab_shift" in metrics
-    for _task, key, rows, title in (("classify", "classification", CLASSIFICATION_ROWS, "Classification"),
-                                   ("segment", "segmentation", SEGMENTATION_ROWS, "Segmentation")):
+    for key, rows, title in (("classification", CLASSIFICATION_ROWS, "Classification"),
+                             ("segmentation", SEGMENTATION_ROWS, "Segmentation")):
         models = metrics.get(f"{key}_models") or ({"": metrics[key]} if key in metrics else {})
         shifted_models = metrics.get(f"{key}_lab_shift_models") or (
             {"": metrics[f"{key}_lab_shift"]} if f"{key}_lab_shift" in metrics else {})

@@ -1,19 +1,11 @@
 """Synthetic lab-to-lab variation: what changes when the same kind of smear is stained, photographed and saved
 in another laboratory.
 
-`lab_shift(rgb, rng)` draws one random variation and applies it, in this order:
-
-| part           | what it does                                                        | range at severity 1          |
-|----------------|---------------------------------------------------------------------|------------------------------|
-| magnification  | rescale, then centre-crop or mirror-pad back to the original size    | x0.80 .. x1.20               |
-| stain strength | scale each stain's amount in optical-density (HED) space             | x0.70 .. x1.30 per stain     |
-| stain offset   | add to each stain's amount (OD units)                                | -0.03 .. +0.03               |
-| stain hue      | tilt each stain's colour vector (then renormalise)                   | +-0.10 per OD component      |
-| white balance  | per-channel gains                                                   | x0.90 .. x1.10               |
-| brightness     | add to every channel                                                | -20 .. +20 (of 255)          |
-| contrast       | scale around the image mean                                         | x0.80 .. x1.20               |
-| focus blur     | Gaussian blur                                                        | sigma 0 .. 1.5 px            |
-| JPEG           | re-encode                                                            | quality 40 .. 90             |
+`lab_shift(rgb, rng)` draws one random variation and applies it, in this order: magnification (rescale, then
+centre-crop or mirror-pad back to the original size), stain strength, offset and hue (each stain's amount
+scaled and shifted, its colour vector tilted, in optical-density (HED) space), white balance (per-channel
+gains), brightness and contrast, focus blur (Gaussian) and JPEG re-encoding. RANGES holds the ranges at
+severity 1; `describe(severity)` gives those used, as reports show them.
 
 `severity` scales every range linearly (0 = no change; 2 = twice as wide; JPEG quality never below 10,
 magnification never below x0.5). The stain decomposition uses the haematoxylin / eosin / residual optical-density
@@ -47,7 +39,7 @@ RGB_FROM_HED = RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True
 
 @dataclass(frozen=True)
 class _Ranges:
-    """The ranges at severity 1; see the module docstring."""
+    """The ranges at severity 1, as `describe(1.0)` reports them."""
 
     magnification: float = 0.20
     stain_strength: float = 0.30
@@ -143,10 +135,6 @@ def sample_params(rng: np.random.Generator, severity: float = 1.0) -> LabShiftPa
         blur_sigma=float(RANGES.blur_sigma * s * (rng.uniform(0.0, 1.0))),
         jpeg_quality=quality,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the parts
 
 
 def _fit_axis(arr: np.ndarray, axis: int, size: int) -> np.ndarray:
@@ -245,16 +233,9 @@ def other_camera(rgb: np.ndarray, rng: np.random.Generator | None = None, size: 
 
 
 def lab_shift(rgb: np.ndarray, rng: np.random.Generator | int, mask: np.ndarray | None = None,
-              severity: float = 1.0, return_params: bool = False):
-    """One random lab-to-lab variation of an HxWx3 uint8 field (see the module docstring for the ranges).
-
-    `rng` is a numpy Generator (see `rng_for`) or an int seed. Returns the shifted image, or (image, mask) when a
-    mask is given; with `return_params`, the drawn `LabShiftParams` are appended to the returned tuple.
-    """
+              severity: float = 1.0):
+    """One random lab-to-lab variation of an HxWx3 uint8 field; `rng` is a numpy Generator (see `rng_for`) or
+    an int seed. Returns the shifted image, or (image, mask) when a mask is given."""
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(int(rng))
-    params = sample_params(rng, severity)
-    result = apply_params(rgb, params, mask)
-    if return_params:
-        return (*result, params) if mask is not None else (result, params)
-    return result
+    return apply_params(rgb, sample_params(rng, severity), mask)

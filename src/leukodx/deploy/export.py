@@ -3,10 +3,8 @@
     >>> report = export_onnx("runs/cls", "runs/cls/model.onnx")          # fp32, checked against PyTorch
     >>> report = export_onnx("runs/cls", "runs/cls/model.onnx", int8=True, calibration="data/")
 
-The file takes one input ``image`` (float32 N x 3 x H x W, RGB 0..255, dynamic batch) and returns ``logits``
-(classifiers: N x C, plus ``features`` N x D, the penultimate features used by the out-of-distribution score;
-segmenters: N x 1 x H x W). When the file is written inside the model directory, the export is recorded in its
-config.json under ``onnx`` (file, opset, checksums, max_abs_diff, int8).
+Inputs and outputs are those of RUN/model.onnx in docs/architecture.md (dynamic batch). When the file is
+written inside the model directory, the export is recorded in its config.json under ``onnx``.
 """
 
 from __future__ import annotations
@@ -52,19 +50,15 @@ def stamp_metadata(path: Path, model_dir: Path, config: dict) -> None:
     import onnx
 
     m = onnx.load(str(path))
-    props = {
+    stamp = {
         "leukodx_weights_sha256": file_sha256(model_dir / "model.safetensors"),
         "leukodx_task": str(config.get("task")),
         "leukodx_arch": str(config.get("arch")),
         "leukodx_input_size": json.dumps(config.get("input_size")),
         "leukodx_classes": json.dumps(config.get("classes") or []),
     }
-    keep = [p for p in m.metadata_props if p.key not in props]
-    del m.metadata_props[:]
-    m.metadata_props.extend(keep)
-    for k, v in props.items():
-        entry = m.metadata_props.add()
-        entry.key, entry.value = k, v
+    others = {p.key: p.value for p in m.metadata_props if p.key not in stamp}
+    onnx.helper.set_model_props(m, others | stamp)
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(m, str(tmp))
     tmp.replace(path)
@@ -79,17 +73,13 @@ def _ort_session(path: Path, threads: int | None = None):
 def _sample_inputs(config: dict, data: str | Path | None, n: int = 4, seed: int = 0) -> np.ndarray:
     """A verification batch: real fields from `data` when given, else synthetic smear fields."""
     h, w = config["input_size"]
-    imgs = []
     if data is not None:
-        items = _dataset_items(data)
-        for it in items[:n]:
-            imgs.append(_prep(it.image, h, w))
-    if not imgs:
-        from leukodx.data.synthetic import MORPHOLOGY, synthetic_field
+        return np.stack([_prep(it.image, h, w) for it in _dataset_items(data)[:n]])
+    from leukodx.data.synthetic import MORPHOLOGY, synthetic_field
 
-        classes = tuple(MORPHOLOGY)
-        imgs = [_prep(synthetic_field(classes[i % 4], max(h, w), seed=seed + i)[0], h, w) for i in range(n)]
-    return np.stack(imgs)
+    classes = tuple(MORPHOLOGY)
+    fields = (synthetic_field(classes[i % 4], max(h, w), seed=seed + i)[0] for i in range(n))
+    return np.stack([_prep(rgb, h, w) for rgb in fields])
 
 
 def _prep(image, h: int, w: int) -> np.ndarray:
@@ -104,13 +94,10 @@ def _dataset_items(data: str | Path) -> list:
     """The data folder's samples (leukodx.data.layout.Sample) in a fixed shuffled order."""
     from leukodx.data.layout import load_dataset
 
-    ds = load_dataset(data)
-    items = list(ds.samples)
+    items = list(load_dataset(data).samples)
     if not items:
         raise DatasetError(f"{data} holds no images.", "Give the data folder the model was trained on.")
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(items))
-    return [items[i] for i in order]
+    return [items[i] for i in np.random.default_rng(0).permutation(len(items))]
 
 
 def verify_against_torch(net, path: Path, example: np.ndarray, output_names: list[str]) -> float:
@@ -158,9 +145,8 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
     net.eval()
     max_diff = verify_against_torch(net, out, example, output_names)
     with torch.inference_mode():
-        scale = float(net(torch.from_numpy(example))[0].abs().max()) if task == "classify" else float(
-            net(torch.from_numpy(example)).abs().max())
-    allowed = tolerance * max(1.0, scale)
+        logits = net(torch.from_numpy(example))
+    allowed = tolerance * max(1.0, float((logits[0] if task == "classify" else logits).abs().max()))
     report = {
         "file": out.name, "path": str(out), "task": task, "opset": opset, "inputs": [INPUT_NAME],
         "outputs": output_names, "dynamic_batch": True, "input_size": config["input_size"],
@@ -186,10 +172,6 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
     return report
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# int8
-
-
 def _score_onnx(path: Path, samples, config: dict) -> float:
     """Accuracy (classification) or global Dice (segmentation) in %, of one ONNX file on `samples`, scored the
     way `leukodx evaluate` scores (the analysis pipeline, fields at their own size)."""
@@ -203,9 +185,8 @@ def _score_onnx(path: Path, samples, config: dict) -> float:
         d = Path(tmp)
         shutil.copyfile(path, d / "model.onnx")
         write_model_config(d, {k: v for k, v in config.items() if k != "onnx"})
-        for extra in ("ood_features.npz",):  # arrays config.json names (the OOD statistics of a classifier)
-            if (path.parent / extra).is_file():
-                shutil.copyfile(path.parent / extra, d / extra)
+        if (path.parent / "ood_features.npz").is_file():  # the OOD statistics config.json names (classifiers)
+            shutil.copyfile(path.parent / "ood_features.npz", d / "ood_features.npz")
         em = load_models([d], engine="onnx")[0][0]
         if config["task"] == "classify":
             return 100.0 * evaluate_classifier(em, list(samples))["metrics"]["accuracy"]
@@ -413,17 +394,15 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     task = config["task"]
     h, w = config["input_size"]
     items = _dataset_items(calibration)
-    split_rows = None
-    if split_csv is not None:
-        from leukodx.data.split import read_split
-
-        split_rows = {r["path"]: r["split"] for r in read_split(split_csv, calibration)}
     if task == "segment":
         items = [it for it in items if it.mask is not None]
         if not items:
             raise DatasetError(f"{calibration} has no reference masks (Segmented/) to check the int8 Dice.",
                                "Give a data folder in the public layout with Segmented/.")
-    if split_rows is not None:  # calibrate on training fields, judge on validation fields (else test)
+    if split_csv is not None:  # calibrate on training fields, judge on validation fields (else test)
+        from leukodx.data.split import read_split
+
+        split_rows = {r["path"]: r["split"] for r in read_split(split_csv, calibration)}
         # keeping or dropping int8 is a model choice: it must not look at the test set when val exists
         part = "val" if "val" in split_rows.values() else "test"
         calib_items = [it for it in items if split_rows.get(it.path) == "train"][:n_calibration]
@@ -446,21 +425,19 @@ def quantize_int8(fp32_path: Path, config: dict, calibration: str | Path, eval_d
     metric = "accuracy" if task == "classify" else "dice"
     fp32 = _score_onnx(fp32_path, eval_items, config)
     q = _score_onnx(out, eval_items, config)
-    drop = fp32 - q
     speed = int8_speed(fp32_path, out, (h, w))
     kept = accept_int8({metric: fp32}, {metric: q}, speed)
     rec = {
         "file": out.name, "kept": kept, "metric": metric, f"{metric}_fp32": round(fp32, 3),
-        f"{metric}_int8": round(q, 3), "drop_points": round(drop, 3), "max_drop_points": INT8_MAX_DROP_POINTS,
+        f"{metric}_int8": round(q, 3), "drop_points": round(fp32 - q, 3),
+        "max_drop_points": INT8_MAX_DROP_POINTS,
         "n_calibration": len(calib_items), "n_eval": len(eval_items), "eval_data": eval_source,
         "calibration_data": str(calibration), "quant_format": "QDQ", "per_channel": True,
         "seconds": round(time.perf_counter() - t0, 1), **speed,
     }
     if kept:
-        rec["sha256"] = file_sha256(out)
-        rec["size_mb"] = round(out.stat().st_size / 1e6, 2)
+        rec |= {"sha256": file_sha256(out), "size_mb": round(out.stat().st_size / 1e6, 2)}
     else:
         out.unlink(missing_ok=True)
-        rec["file"] = None
-        rec["rejected_file"] = out.name
+        rec |= {"file": None, "rejected_file": out.name}
     return rec

@@ -1,11 +1,8 @@
 """Speed of the analysis on this machine: PyTorch eager vs ONNX Runtime fp32 vs ONNX int8, per stage.
 
-All engines are measured in the same run on the same fields (encoded JPEG bytes, so decoding is measured),
-interleaved field by field so that load from other processes affects them alike:
-one field at a time for latency (p50/p95 of the full analysis without heat map: decode, classify, segment,
-cell instances, quality checks), a few fields with the class activation map for the heat-map stage, and the batch API
-(`analyze_many`) for throughput. The reference study's pipeline (`seed_n` fields) is interleaved with them too,
-and each result reports the numpy stages and the model stages summed per field (issue 23's targets).
+All engines, and the reference study's pipeline on its first `seed_n` fields, run on the same encoded fields
+(decoding is measured), interleaved field by field so that load from other processes affects them alike: one
+field at a time for latency, a few with the heat map, and the batch API (`analyze_many`) for throughput.
 
     >>> res = run_bench(n=50, batch_size=16)     # synthetic 224 x 224 fields when no images are given
 """
@@ -20,7 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,17 +26,6 @@ if TYPE_CHECKING:
     from leukodx.inference.types import FieldResult
 
 ENGINE_KEYS = {"eager": "torch", "onnx": "onnx", "onnx_int8": "onnx-int8"}
-# the reference study's pipeline, as a baseline: InceptionResNetV2 classifier + the classic U-Net (64 -> 1024
-# filters), both at 224 px, PyTorch eager (random weights: the speed does not depend on them)
-
-
-class _SeedPipeline(TypedDict):
-    classifier: tuple[str, dict[str, Any]]  # (architecture, its arguments)
-    segmenter: tuple[str, dict[str, Any]]
-    size: int
-
-
-SEED_PIPELINE: _SeedPipeline = {"classifier": ("inception_resnet_v2", {"num_classes": 4}), "segmenter": ("unet", {}), "size": 224}
 STAGES = ("decode", "scale", "classify", "segment", "instances", "cells", "quality", "heatmap")
 # issue 23: a field in 20 ms on a clinic's 2 cores, >= 20x the reference study's pipeline in the same run
 TARGETS = {"analysis_p50_ms_max": 20.0, "onnx_speedup_min": 2.0, "throughput_fields_per_s_min": 50.0,
@@ -178,20 +164,19 @@ def bench_engines(analyses: dict[str, Analysis], fields: list[bytes], batch_size
 
 
 def _seed_pipeline_dirs(tmp: Path) -> tuple[Path, Path]:
+    """The reference study's pipeline, as a baseline: InceptionResNetV2 classifier + the classic U-Net (64 ->
+    1024 filters), both at 224 px, PyTorch eager (random weights: the speed does not depend on them)."""
     import torch
 
     from leukodx.data.synthetic import MORPHOLOGY
     from leukodx.models import create_model, save_model
 
     torch.manual_seed(0)
-    size = [SEED_PIPELINE["size"]] * 2
-    arch, kw = SEED_PIPELINE["classifier"]
-    c = save_model(tmp / "seed-classifier", create_model("classify", arch, **kw),
-                   {"task": "classify", "arch": arch, "arch_kwargs": kw, "classes": list(MORPHOLOGY),
-                    "input_size": size})
-    arch, kw = SEED_PIPELINE["segmenter"]
-    s = save_model(tmp / "seed-segmenter", create_model("segment", arch, **kw),
-                   {"task": "segment", "arch": arch, "arch_kwargs": kw, "input_size": size})
+    c = save_model(tmp / "seed-classifier", create_model("classify", "inception_resnet_v2", num_classes=4),
+                   {"task": "classify", "arch": "inception_resnet_v2", "arch_kwargs": {"num_classes": 4},
+                    "classes": list(MORPHOLOGY), "input_size": [224, 224]})
+    s = save_model(tmp / "seed-segmenter", create_model("segment", "unet"),
+                   {"task": "segment", "arch": "unet", "arch_kwargs": {}, "input_size": [224, 224]})
     return c, s
 
 
@@ -214,7 +199,6 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
     size = int(read_config(cdir)["input_size"][0])
     fields, source = bench_fields(images, n, size=224 if images is None else size)
     machine = machine_info(threads)  # before measuring: the load average at the start
-    out: dict = {}
     with tempfile.TemporaryDirectory(prefix="leukodx-bench-") as tmp:
         notes = {}
         analyses = {}
@@ -248,7 +232,7 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
         if log:
             log(f"measuring {', '.join(analyses)} (interleaved; the reference study's pipeline on the first "
                 f"{min(seed_n, len(fields))} fields) ...")
-        out.update(bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats, limits=limits))
+        out = bench_engines(analyses, fields, batch_size, heatmap_n, repeats=repeats, limits=limits)
         analyses.clear()
         if "seed_pipeline" in out:
             out["seed_pipeline"].update({"classifier_engine": "inception_resnet_v2 224 px (PyTorch eager)",

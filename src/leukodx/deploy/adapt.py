@@ -1,27 +1,18 @@
-"""`leukodx adapt`: model directories adapted to a lab's own stain, camera and white balance, learnt from the lab's
-UNLABELLED smear fields. What needs no labels is refitted; nothing else is touched.
+"""`leukodx adapt`: model directories adapted to a lab's own stain, camera and white balance, learnt from the
+lab's UNLABELLED smear fields (README, "Adapting to your lab"). What needs no labels is refitted; nothing else
+is touched.
 
     >>> report = adapt_models("lab_fields/", "adapted/")      # bundled models by default
     >>> # then: leukodx predict FIELDS --classifier adapted/classifier --segmenter adapted/segmenter --out OUT
 
-What is refitted (recorded in each adapted config's ``adaptation`` block):
-1. **stain** (both models): the lab's stain statistics (leukodx.inference.stain.measure, on the working image at
-   the training scale) become the `source` of a `StainRule` whose `target` is the training fields' statistics,
-   stored in the bundled configs as ``stain_reference`` (`reference_stain`, measured once on the Taleqani
-   training rows), so a clinic never needs the training data. The analysis maps every field with it before the
-   models see it.
-2. **out-of-distribution threshold** (classifier): the feature distance (leukodx.inference.ood) of the lab's
-   normalised fields; the new ``ood.features.threshold`` is
-   ``min(max(trained, P99.5 of the lab's scores), MAX_RAISE x trained)``: it is never lowered, it rises just so
-   far that the lab's ordinary look is not flagged (about 0.5 % of its own fields still are, as on the training
-   lab), and never past MAX_RAISE x the trained value. **Risk**: a raised threshold lets through fields as far
-   from the training fields as the lab's most unusual ordinary ones; if the folder holds bad images (blurred,
-   wrong magnification, another tissue) they raise it. Fields the smear check rejects are left out of the fit, and
-   the cap keeps a polluted folder from switching the check off (heavily blurred smears score ~1.35 x the trained
-   threshold, benchmarks/non_smear.md, so a raise near the cap may let such fields through: the report says how
-   far it rose).
-Not refitted: the temperature and the low-confidence threshold (they need labels), the red-cell scale (measured
-on every field anyway), the weights (no labels; batch-norm statistics would need a re-export).
+Refitted, and recorded in each adapted config's ``adaptation`` block: the **stain** rule of both models (the
+lab's statistics as `source`, the training fields' ``stain_reference`` of the bundled configs as `target`),
+and the classifier's **out-of-distribution threshold** by RULE: never lowered, raised just so far that the
+lab's ordinary look is not flagged, never past MAX_RAISE x the trained value. **Risk**: a raised threshold
+lets through fields as far from the training fields as the lab's most unusual ordinary ones, and bad images in
+the folder raise it; fields the smear check rejects are left out, and the cap keeps a polluted folder from
+switching the check off (heavily blurred smears score ~1.35 x the trained threshold, benchmarks/non_smear.md:
+the report says how far it rose).
 """
 
 from __future__ import annotations
@@ -80,8 +71,7 @@ def reference_stain(data: str | Path, split_csv: str | Path | None = None, split
         paths = lab_images(data)
     if max_images and len(paths) > max_images:
         paths = paths[:: int(np.ceil(len(paths) / max_images))]
-    rule = scale or ScaleRule()
-    return measure(_work(read_field(p), rule)[0] for p in paths)
+    return measure(_work(read_field(p), scale or ScaleRule())[0] for p in paths)
 
 
 def write_stain_reference(model_dirs: Sequence[str | Path], stats: StainStats) -> None:

@@ -1,22 +1,9 @@
-"""Calibration of a classifier on validation data, one rule for training and `leukodx calibrate`.
+"""Calibration of a classifier on validation data, one rule for training and `leukodx calibrate`, and the fits
+of the analysis' rules (cell agreement, a segmenter's post-processing) on validation parts only.
 
     >>> t = fit_temperature(val_logits, val_labels)
     >>> rec = fit_low_confidence(softmax(val_logits / t), val_labels)     # rec["threshold"]
     >>> report = calibrate_model("runs/cls", "data/", split_csv="split.csv")   # refits and writes config.json
-
-- **temperature**: the T > 0 minimising the negative log-likelihood of softmax(logits / T), on the validation
-  fields' logits from the model's own engine (the analysis pipeline's tiling and resizing).
-- **low confidence** (``thresholds.low_confidence``): the lowest calibrated confidence t (never under `floor`) at
-  which the validation fields with confidence >= t are at least `target_accuracy` right, capped so that at most
-  `max_flagged` of the validation fields fall below it: a flag must stay rare enough to be read, in distribution.
-- **ood** (`calibrate_model` only): `leukodx.deploy.ood_fit.fit_ood`: the feature-distance model on the
-  training fields, its threshold on the validation fields together with their lab-shifted copies (so another
-  lab's stain is not flagged), and the training fields' red-cell diameter (the config's ``scale``). Any
-  classifier: features are the input of its last linear layer.
-`calibrate_model` writes everything back into RUN/config.json (the previous values under ``calibration.previous``).
-- **cell agreement** (`fit_cell_agreement`, a classifier's `cell_agreement`) and a segmenter's **post-processing**
-  (`fit_post_processing`: `thresholds.mask` and `thresholds.instances`): grids of candidates scored through the
-  analysis on validation parts only, the choice written into the model's config.json.
 """
 
 from __future__ import annotations
@@ -34,7 +21,7 @@ MIN_THRESHOLD = 0.5
 
 
 def fit_temperature(logits, labels) -> float:
-    """1.0 when there is nothing to fit on."""
+    """The T > 0 minimising the negative log-likelihood of softmax(logits / T); 1.0 with nothing to fit on."""
     from scipy.optimize import minimize_scalar
 
     z = np.asarray(logits, dtype=np.float64)
@@ -54,9 +41,11 @@ def fit_temperature(logits, labels) -> float:
 
 def fit_low_confidence(probs, labels, target_accuracy: float = TARGET_ACCURACY, max_flagged: float = MAX_FLAGGED,
                        floor: float = MIN_THRESHOLD) -> dict:
-    """The threshold and what it does on the validation fields (JSON-ready, stored as config
-    ``low_confidence_fit``): threshold, reached (the target accuracy was met below the cap), coverage and
-    accuracy above it."""
+    """``thresholds.low_confidence``: the lowest calibrated confidence t (never under `floor`) at which the
+    validation fields with confidence >= t are at least `target_accuracy` right, capped so that at most
+    `max_flagged` of them fall below it (a flag must stay rare enough to be read). Returns the threshold and
+    what it does on these fields (JSON-ready, stored as config ``low_confidence_fit``): reached (the target
+    accuracy was met below the cap), coverage and accuracy above it."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     rec = {"target_accuracy": target_accuracy, "max_flagged": max_flagged, "floor": floor, "n_val": int(len(y))}
@@ -71,7 +60,6 @@ def fit_low_confidence(probs, labels, target_accuracy: float = TARGET_ACCURACY, 
     return {**rec, "threshold": round(float(t), 6), "reached": chosen is not None and chosen <= cap,
             "val_coverage": float(kept.mean()), "val_accuracy_above": float(correct[kept].mean()) if kept.any() else None,
             "val_accuracy_all": float(correct.mean())}
-
 
 
 def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
@@ -101,7 +89,10 @@ def _split_items(data: Path, split_csv: Path | None, seed: int = 0):
 
 def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Path | None = None,
                     max_images: int = 2000, seed: int = 0, ood_only: bool = False) -> dict:
-
+    """Refit the temperature and low-confidence threshold (not with `ood_only`) on the validation fields'
+    logits from the model's own engine, and the OOD checks (leukodx.deploy.ood_fit.fit_ood: its threshold on
+    the validation fields and their lab-shifted copies); all written into RUN/config.json, the previous values
+    under ``calibration.previous``. Returns the report."""
     from leukodx.deploy.ood_fit import apply_ood, fit_ood
     from leukodx.models.checkpoint import load_model
     from leukodx.models.eager import load_eager
@@ -165,7 +156,6 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     return report
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # fits of the analysis' rules on validation data only (`leukodx calibrate --cell-agreement | --post-processing`)
 # min_blasts x max_blast_share_benign x min_blast_probability x max_unidentified_share (1.01: off)
 AGREEMENT_GRID: tuple[tuple[float, ...], ...] = ((0, 1, 2, 3), (0.3, 0.5, 0.7, 1.01), (0.0, 0.6, 0.75, 0.9),

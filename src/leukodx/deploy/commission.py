@@ -1,16 +1,15 @@
-"""`leukodx adapt --cells DIR --out A`: a lab's commissioning of the cell-type model on its OWN labelled cells.
+"""`leukodx adapt --cells DIR --out A`: a lab's commissioning of the cell-type model on its OWN labelled cells
+(README, "Commissioning the cell model on your own labelled cells").
 
     >>> report = commission_cells("lab_cells/", "adapted/")   # DIR/<class>/*.jpg, optional DIR/cases.csv (file,case)
     >>> # then: leukodx predict FIELDS --out OUT --cells adapted/cells
 
-Each image is centred on the cell it labels (class folders: the model's classes or `non_blast`). The bundled model's
-ONNX gives every crop (cut as the pipeline cuts it, at the image's red-cell scale) its `features` and its own
-probabilities; a multinomial logistic regression (L2, class-balanced, L-BFGS on standardised features; numpy and
-scipy only, runs in the clinic install) is fitted on them: the head (leukodx.inference.cell_classifier.CellHead).
-Cross-validation (stratified, grouped by case when cases.csv is given) gives out-of-fold P(blast): sensitivity and
-specificity at 0.5 with Wilson 95 % intervals, AUC, per-class recall, beside the bundled model's figures on the same
-cells, and a plain recommendation. With no blast folder (`kinds_only`) the head leaves P(blast) to the bundled model
-and the blast figures are "not measured". Everything is written into a temporary folder beside `out`, then renamed.
+The head (leukodx.inference.cell_classifier.CellHead) is a multinomial logistic regression (L2,
+class-balanced, L-BFGS on standardised features; numpy and scipy only, so it runs in the clinic install) on
+the bundled model's ONNX `features` of each crop, cut as the pipeline cuts it. Its figures are cross-validated
+(stratified, grouped by case when cases.csv is given), beside the bundled model's on the same cells. With no
+blast folder (`kinds_only`) the head leaves P(blast) to the bundled model. `out` is written in a temporary
+folder beside it, then renamed.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """Fitting the out-of-distribution checks of a classifier (training install; the clinic runtime only scores them,
-leukodx.inference.ood.OODScorer).
-
-- **Feature distance**: class means and a shared probabilistic-PCA covariance of the classifier's penultimate
-  features on the training fields; the threshold is a high percentile (FEATURE_PERCENTILE) of the scores of
-  held-out fields **and of their lab-shifted copies** (``lab_shift`` at SHIFT_SEVERITIES), so that it fires on
-  images the model has never seen anything like, not on a stain, white balance or magnification it handles.
-- **Red-cell reference**: the training fields' red-cell diameter (`reference_rbc_diameter`), the scale the
-  analysis resamples every field to (written to the model config's ``scale`` section).
+leukodx.inference.ood.OODScorer). The feature distance's threshold is set on held-out fields **and their
+lab-shifted copies**, so that it fires on images the model has never seen anything like, not on a stain, white
+balance or magnification it handles.
 
     >>> ood = fit_ood(model, config, train_images, val_images)   # -> dict, stored as config["ood"]
 """
@@ -42,10 +37,6 @@ def _fit_features(feats: np.ndarray, labels: np.ndarray, n_classes: int) -> dict
     shrink = 0.1  # shrink the principal variances towards the residual one (stabilises small data)
     lam = (1 - shrink) * lam + shrink * resid + resid
     return {"means": means, "components": comps, "variances": lam, "residual_variance": resid, "dim": d}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fitting
 
 
 def _native_images(images) -> Iterable[tuple[np.ndarray, str]]:
@@ -97,13 +88,16 @@ def reference_rbc_diameter(natives: Sequence[np.ndarray], max_images: int = MAX_
 
 def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, max_images: int = 2000,
             batch_size: int = 32, seed: int = 0, shift_severities: Sequence[float] = SHIFT_SEVERITIES) -> dict:
-    """Fit the checks. `train_images` / `val_images`: paths, bytes or HxWx3 uint8 arrays; `model`: any classifier module taking N x 3 x H x W RGB 0..255 at config["input_size"].
+    """Fit the checks. `train_images` / `val_images`: paths, bytes or HxWx3 uint8 arrays; `model`: any
+    classifier module taking N x 3 x H x W RGB 0..255 at config["input_size"] (features: the input of its last
+    linear layer).
 
-    - feature distance: class means and covariance on `train_images` (class-conditional on `labels` when given,
-      else on the classifier's predictions); threshold = FEATURE_PERCENTILE of the scores of the held-out fields
-      (`val_images`, else a fixed 20 % of `train_images` kept out of the fit) together with their lab-shifted
-      copies at `shift_severities`;
-    - smear check: the red-cell diameter of the training fields (the magnification the model was trained at).
+    - feature distance: class means and a shared probabilistic-PCA covariance on `train_images`
+      (class-conditional on `labels` when given, else on the classifier's predictions); threshold =
+      FEATURE_PERCENTILE of the scores of the held-out fields (`val_images`, else a fixed 20 % of
+      `train_images` kept out of the fit) together with their lab-shifted copies at `shift_severities`;
+    - smear check: the red-cell diameter of the training fields (`reference_rbc_diameter`: the magnification
+      the model was trained at, which the analysis resamples every field to).
     Returns a JSON-ready dict, stored as config["ood"].
     """
     import torch

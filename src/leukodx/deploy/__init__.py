@@ -1,6 +1,2 @@
-"""Making a trained model ready for the clinic, and measuring it: ONNX export and its int8 check, calibration
-(temperature, low-confidence threshold), the out-of-distribution and red-cell reference fits, and the speed bench.
-
-These are training-time operations (they need `leukodx[train]`); the clinic runtime in `leukodx.inference` only
-reads what they write into a model directory.
-"""
+"""Making a trained model ready for the clinic, and measuring it: export, calibration and the other fits that
+write into a model directory, the speed bench, a lab's commissioning (docs/architecture.md, "Layers")."""

@@ -23,7 +23,6 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(rec)) if rec else float("nan")
 
 
-
 def field_shares(answers: list[str], paths: np.ndarray) -> dict[str, float | None]:
     """Share of blasts among counted leukocytes per image path (the runtime's field_score)."""
     from leukodx.inference.cell_classes import NOT_COUNTED

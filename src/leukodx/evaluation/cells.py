@@ -110,10 +110,10 @@ def summarize_scores(scores: Sequence[dict]) -> dict:
             out[f"{part}_dice_global"] = None if d is None else round(d, 4)
     if "n_boxes" in scores[0]:
         n_boxes = sum(s["n_boxes"] for s in scores)
-        err = [s["n_cells"] - s["n_boxes"] for s in scores]
-        out.update({"n_boxes": n_boxes, "one_centre_per_box": round(sum(s["one_centre"] for s in scores) /
-                                                                    max(n_boxes, 1), 4),
-                    "count_exact": round(float(np.mean([e == 0 for e in err])), 4),
+        err = np.array([s["n_cells"] - s["n_boxes"] for s in scores])
+        out.update({"n_boxes": n_boxes,
+                    "one_centre_per_box": round(sum(s["one_centre"] for s in scores) / max(n_boxes, 1), 4),
+                    "count_exact": round(float(np.mean(err == 0)), 4),
                     "count_mae": round(float(np.mean(np.abs(err))), 4),
                     "count_bias": round(float(np.mean(err)), 4),
                     "centres_outside_boxes_per_field": round(float(np.mean([s["outside_boxes"] for s in scores])),

@@ -1,9 +1,10 @@
 """Training data for the two-channel (whole leukocyte, nucleus) segmenter.
 
-A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields and synthetic smears (`source_items`,
-`synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px across (the
-Taleqani fields' size, `sources.TALEQANI_RBC_DIAMETER`), the scale the analysis brings every field to, and its references (`leukodx.data.cell_references`) are made once and cached in memory (and, with
-``cache_dir``, as .npz files keyed by source, path and rule version). Each draw then:
+A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields and synthetic smears
+(`source_items`, `synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px
+across (the Taleqani fields' size), the scale the analysis brings every field to, and its references
+(`leukodx.data.cell_references`) are made once and cached in memory (and, with ``cache_dir``, as .npz files keyed
+by source, path and rule version). Each draw then:
 
 - with probability ``low_magnification``, loses resolution as a lower magnification or a smaller camera gives it:
   resampled by U(0.35, 0.9) and back (the analysis brings every field to the working scale, so another
@@ -25,6 +26,7 @@ Items: (image float32 3 x 224 x 224 RGB 0..255, target float32 2 x 224 x 224 {0,
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +63,11 @@ def load_reference(item: CellItem) -> CellReference:
     if item.source == "taleqani":
         return sources.taleqani_field_reference(item.root, item.path)
     if item.source == "raabin":
+        from leukodx.data.cell_references import raabin_reference
         from leukodx.data.images import read_rgb
 
-        lp = Path(item.root) / "labels" / f"{Path(item.path).stem}.txt"
         rgb = read_rgb(Path(item.root) / item.path)
-        boxes = sources.read_yolo_labels(lp, rgb.shape[:2])
-        from leukodx.data.cell_references import raabin_reference
-
+        boxes = sources.read_yolo_labels(Path(item.root) / "labels" / f"{Path(item.path).stem}.txt", rgb.shape[:2])
         return raabin_reference(rgb, boxes, sources.raabin_rbc_diameter(boxes, rgb.shape[:2]))
     if item.source == "pbc":
         return sources.pbc_crop_reference(item.root, item.path, item.label)
@@ -151,9 +151,7 @@ class CellDataset(torch.utils.data.Dataset):
         """Per-item weights for a WeightedRandomSampler that draws each source with ``source_weights`` (default
         equal per source), whatever its size."""
         sw = source_weights or dict.fromkeys(SOURCES, 1.0)
-        counts: dict[str, int] = {}
-        for it in self.items:
-            counts[it.source] = counts.get(it.source, 0) + 1
+        counts = Counter(it.source for it in self.items)
         return [sw.get(it.source, 0.0) / counts[it.source] for it in self.items]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,9 +201,7 @@ def _cut_cell(img: np.ndarray, stack: np.ndarray, rng: np.random.Generator, nega
             y0 = int(np.clip(ys0[k] - side // 2, 0, h - side))
             x0 = int(np.clip(xs0[k] - side // 2, 0, w - side))
             return img[y0:y0 + side, x0:x0 + side], stack[y0:y0 + side, x0:x0 + side], True
-    lab, n = ndi.label((stack[..., 0] > 0) & (stack[..., 2] > 0))
-    if n == 0:
-        return img, stack, False
+    lab, _ = ndi.label((stack[..., 0] > 0) & (stack[..., 2] > 0))
     big = np.flatnonzero(np.bincount(lab.ravel())[1:] >= 30)
     if not len(big):
         return img, stack, False
@@ -243,21 +239,16 @@ def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.G
 
 
 def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
-    if mode == "symmetric":  # as tiling.prepare pads
-        return np.pad(a, pad, mode="symmetric")
+    if mode != "reflect":  # symmetric: as tiling.prepare pads; edge: an image one pixel high or wide
+        return np.pad(a, pad, mode=mode)
     # np.pad's reflect needs pad < side; repeat it until the target is reached
-    out = a
     (t, b), (lft, r), _ = pad
     while t or b or lft or r:
-        h, w = out.shape[:2]
+        h, w = a.shape[:2]
         st, sb, sl, sr = min(t, h - 1), min(b, h - 1), min(lft, w - 1), min(r, w - 1)
-        if mode == "edge" or h < 2 or w < 2:
-            st, sb, sl, sr = t, b, lft, r
-            out = np.pad(out, ((st, sb), (sl, sr), (0, 0)), mode="edge")
-        else:
-            out = np.pad(out, ((st, sb), (sl, sr), (0, 0)), mode="reflect")
+        a = np.pad(a, ((st, sb), (sl, sr), (0, 0)), mode="reflect")
         t, b, lft, r = t - st, b - sb, lft - sl, r - sr
-    return out
+    return a
 
 
 def source_items(source: str, root: str | Path, split_csv: str | Path | None, split: str | None) -> list[CellItem]:
@@ -267,18 +258,16 @@ def source_items(source: str, root: str | Path, split_csv: str | Path | None, sp
 
     root = str(root)
     if split_csv is not None:
-        rows = read_split(split_csv, part=split)
-        return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows]
-    if source == "raabin":
-        fields, _ = sources.read_raabin_fields(root)
-        rows2 = sources.source_split(sources.raabin_rows(fields))
+        rows = read_split(split_csv)
+    elif source == "raabin":
+        rows = sources.source_split(sources.raabin_rows(sources.read_raabin_fields(root)[0]))
     elif source == "pbc":
-        rows2 = sources.source_split(sources.read_pbc(root))
+        rows = sources.source_split(sources.read_pbc(root))
     elif source == "chula":
-        rows2 = sources.chula_split(root)
+        rows = sources.chula_split(root)
     else:
         raise ValueError(f"{source} needs a split CSV")
-    return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows2
+    return [CellItem(source, root, r["path"], r["label"] if source == "pbc" else "") for r in rows
             if split is None or r["split"] == split]
 
 

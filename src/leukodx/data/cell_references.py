@@ -53,7 +53,8 @@ class CellReference:
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """OD per channel (float32 HxWx3) relative to the image's own background (see the module docstring)."""
+    """OD per channel (float32 HxWx3), ``-log((I + 1) / (bg + 1))`` with the background ``bg`` the 97th percentile
+    per channel of a 3 x 3 mean (white balance and lamp brightness cancel)."""
     x = ndi.uniform_filter(np.asarray(rgb)[..., :3].astype(np.float32), (3, 3, 1))
     bg = np.percentile(x.reshape(-1, 3), BACKGROUND_PERCENTILE, axis=0)
     return (-np.log(np.clip((x + 1.0) / (bg + 1.0), 1e-3, 1.0))).astype(np.float32)
@@ -241,14 +242,11 @@ def raabin_reference(rgb: np.ndarray, boxes: np.ndarray, rbc_diameter: float) ->
     for b in wbc:
         allowed = _ellipse((h, w), b, RAABIN_ELLIPSE_GROW)
         t = _nucleus_threshold(s, fg & allowed, rbc_px)
-        nuc = _remove_small((s > t) & allowed & fg, min_nuc)
-        nuc = _clean_nucleus(nuc, d)
+        nuc = nuc_seed = _clean_nucleus(_remove_small((s > t) & allowed & fg, min_nuc), d)
         if not nuc.any():  # no nucleus found: seed at the box centre
             x0, y0, x1, y1 = b
             r = 0.15 * min(x1 - x0, y1 - y0)
             nuc_seed = (yy + 0.5 - (y0 + y1) / 2) ** 2 + (xx + 0.5 - (x0 + x1) / 2) ** 2 <= r**2
-        else:
-            nuc_seed = nuc
         # red cells whose centre lies well inside the box are overlapped by the cell: no marker there
         others = rbc_core & ~_near(nuc_seed, NEAR_NUCLEUS_RBC_D * d) & ~_ellipse((h, w), b, 0.8)
         c = _grow_cell(fg, nuc_seed, others, allowed, d)
@@ -262,7 +260,7 @@ def raabin_reference(rgb: np.ndarray, boxes: np.ndarray, rbc_diameter: float) ->
 
 
 def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellReference:
-    """References of a PBC crop of class ``label`` (its centred cell; module docstring)."""
+    """References of a PBC crop of class ``label``: its centred cell (the rule: the module docstring's page)."""
     rgb, f = to_work_scale(np.asarray(rgb), rbc_diameter)
     h, w = rgb.shape[:2]
     d = float(rbc_diameter) * f
@@ -288,14 +286,11 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
         ok = (np.asarray(near) < 0.7 * d) & (sizes >= 0.03 * rbc_area)
         if ok.any():
             k = int(np.argmin(np.where(ok, near, np.inf))) + 1
-            first = lab == k
-            reach = _near(first, PBC_LOBE_D * d)
-            ids = np.unique(lab[reach & nuc_all])
+            ids = np.unique(lab[_near(lab == k, PBC_LOBE_D * d) & nuc_all])
             seed = np.isin(lab, ids[ids > 0])
     if not seed.any():
         seed = r_centre <= 0.12 * d
-    other_nuc = nuc_all & ~seed
-    other_big = _remove_small(other_nuc, PBC_OTHER_NUCLEUS_AREA * rbc_area)
+    other_big = _remove_small(nuc_all & ~seed, PBC_OTHER_NUCLEUS_AREA * rbc_area)
     rbc_core = _rbc_colour_core(od, fg, rbc_px, nuc_all, d) & ~_near(seed, NEAR_NUCLEUS_RBC_D * d)
     allowed = ndi.distance_transform_edt(~seed) <= PBC_RADIUS_D * d
     cell = _grow_cell(fg, seed, rbc_core | other_big, allowed, d)
@@ -314,7 +309,8 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
 
 
 def taleqani_reference(rgb: np.ndarray, nucleus_mask: np.ndarray, rbc_diameter: float = 17.0) -> CellReference:
-    """References of a Taleqani field from its (repaired) nucleus reference mask (module docstring)."""
+    """References of a Taleqani field from its (repaired) nucleus reference mask (the rule: the module
+    docstring's page)."""
     rgb = np.asarray(rgb)[..., :3]
     nuc = np.asarray(nucleus_mask, bool)
     d = float(rbc_diameter)
@@ -364,16 +360,14 @@ def overlay(ref: CellReference, side: int = 224) -> np.ndarray:
     hatched (diagonal dark lines); the whole-cell outline green, the nucleus outline magenta."""
     from PIL import Image
 
-    img = ref.image.astype(np.float32)
-    h, w = img.shape[:2]
+    h, w = ref.image.shape[:2]
     f = side / max(h, w)
     nh, nw = max(1, round(h * f)), max(1, round(w * f))
 
     def rs(a: np.ndarray) -> np.ndarray:
         return np.asarray(Image.fromarray(a.astype(np.uint8) * 255).resize((nw, nh), Image.Resampling.NEAREST)) > 0
 
-    im = np.asarray(Image.fromarray(img.astype(np.uint8)).resize((nw, nh), Image.Resampling.BILINEAR)).astype(
-        np.float32)
+    im = np.asarray(Image.fromarray(ref.image).resize((nw, nh), Image.Resampling.BILINEAR)).astype(np.float32)
     unk = ~rs(ref.cell_known)
     yy, xx = np.mgrid[:nh, :nw]
     hatch = ((yy + xx) % 8) < 2

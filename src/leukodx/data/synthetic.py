@@ -1,15 +1,8 @@
 """Synthetic smear fields with exact masks, for tests and the first-run demo (no download needed).
 
 A field shows pale red-cell discs and one to four stained leukocytes, sometimes touching. The four classes
-differ in morphology, as a hematologist tells them apart, and not in colour: every class draws its stain
-from the same distribution.
-
-| class  | cell radius | nucleus / cell | chromatin      | nucleoli | outline          |
-|--------|-------------|----------------|----------------|----------|------------------|
-| Benign | 10-13 px    | 0.90           | dense, smooth  | none     | round            |
-| Early  | 14-17 px    | 0.80           | fine           | 0-1 small| round            |
-| Pre    | 16-20 px    | 0.65           | coarse clumps  | none     | indented nucleus |
-| Pro    | 19-24 px    | 0.85           | very fine      | 2-3 large| irregular        |
+differ in morphology (`MORPHOLOGY`), as a hematologist tells them apart, and not in colour: every class draws
+its stain from the same distribution.
 
 Images that are no usable smear field, deterministic in `seed` (the smear check's tests and
 benchmarks/non_smear.py): `NON_SMEAR` {kind: picture(seed)} (screenshots of a login page and of other app pages,
@@ -30,8 +23,8 @@ from leukodx.data.images import font
 
 @dataclass(frozen=True)
 class Morphology:
-    radius: tuple[float, float]
-    nc_ratio: float
+    radius: tuple[float, float]  # the cell's, px
+    nc_ratio: float  # nucleus radius / cell radius
     chromatin_scale: float  # sigma of the texture noise, px
     chromatin_contrast: float
     nucleoli: tuple[int, int]
@@ -41,10 +34,10 @@ class Morphology:
 
 
 MORPHOLOGY = {
-    "Benign": Morphology((10, 13), 0.90, 0.8, 0.10, (0, 0), 0.0, 0.0, 0.02),
-    "Early": Morphology((14, 17), 0.80, 0.7, 0.22, (0, 1), 1.6, 0.0, 0.04),
-    "Pre": Morphology((16, 20), 0.65, 2.2, 0.45, (0, 0), 0.0, 0.45, 0.05),
-    "Pro": Morphology((19, 24), 0.85, 0.5, 0.15, (2, 3), 3.0, 0.0, 0.12),
+    "Benign": Morphology((10, 13), 0.90, 0.8, 0.10, (0, 0), 0.0, 0.0, 0.02),  # dense, smooth chromatin
+    "Early": Morphology((14, 17), 0.80, 0.7, 0.22, (0, 1), 1.6, 0.0, 0.04),  # fine chromatin
+    "Pre": Morphology((16, 20), 0.65, 2.2, 0.45, (0, 0), 0.0, 0.45, 0.05),  # coarse clumps, indented nucleus
+    "Pro": Morphology((19, 24), 0.85, 0.5, 0.15, (2, 3), 3.0, 0.0, 0.12),  # very fine chromatin, irregular
 }
 
 

@@ -1,7 +1,5 @@
-"""The analysis pipeline: one smear field in, classification + segmentation + cells + flags out.
-
-It is the only route from an image to a result. `leukodx predict`, `leukodx evaluate`, `leukodx bench`,
-`leukodx calibrate` and the web application all call it::
+"""The analysis pipeline, the only route from an image to a result (its steps: docs/architecture.md, "The one
+path an image takes"). `predict`, `evaluate`, `bench`, `calibrate` and the web application all call it::
 
     >>> from leukodx.inference.pipeline import load_analyzer
     >>> analysis = load_analyzer()                       # bundled models, ONNX Runtime, all CPU threads
@@ -9,15 +7,9 @@ It is the only route from an image to a result. `leukodx predict`, `leukodx eval
     >>> r.label, r.confidence, r.malignant_probability, r.cell_count, r.flag
     >>> case = analysis.summarize([r, ...])              # CaseSummary
 
-The steps and the module of each are drawn in docs/architecture.md ("The one path an image takes"). Either model
-may be left out (``Analysis(classifier_dir, None)``), which `evaluate` uses to score one model; the steps that run
-are the same.
-
-**Flags** (one per field, the first that applies): ``unreadable`` (the image could not be read; the reason is
-kept and a batch goes on), ``out_of_distribution`` (not a usable smear field, or unlike anything the
-classifier was trained on, see leukodx.inference.ood), ``low_confidence`` (calibrated confidence below the
-model's ``thresholds.low_confidence``), else ``ok``. A field call rests on cells: a smear field in which no
-leukocyte is found gets no class call (``no_call_reason``; a low_confidence flag about the call goes with it).
+Either model may be left out (``Analysis(classifier_dir, None)``): `evaluate` scores one model that way. One
+flag per field, the first that applies: ``unreadable`` (a batch goes on), ``out_of_distribution``,
+``low_confidence``, else ``ok``.
 """
 
 from __future__ import annotations
@@ -26,25 +18,26 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukodx.assets import default_model_dir
+from leukodx.cpus import usable_cores
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, LeukodxError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.agreement import cells_disagree, crop_call
 from leukodx.inference.cell_classes import NOT_LEUKOCYTE
-from leukodx.inference.engines import softmax
+from leukodx.inference.cell_classifier import CellClassifier
+from leukodx.inference.engines import EagerLoader, load_engine, softmax
+from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
+from leukodx.inference.ood import OODScorer
 from leukodx.inference.scale import MEASURED, calibration_doubt
 from leukodx.inference.smear_check import SmearCheck, check_smear
 from leukodx.inference.stain import normalize
+from leukodx.inference.summary import malignant_probability, summarize_case
 from leukodx.inference.types import CaseSummary, FieldResult
 from leukodx.models.model_config import WEIGHTS, ModelConfig, ScaleRule, read_model_config
-
-if TYPE_CHECKING:
-    from leukodx.inference.cell_classifier import CellClassifier
-    from leukodx.inference.engines import EagerLoader
 
 # smear-check kinds that get no class call: not a smear field (a thumbnail too small to judge keeps its call, flagged)
 NOT_A_SMEAR = ("blank", "greyscale", "screenshot", "no_cells")
@@ -71,17 +64,8 @@ class _Field:
 
     result: FieldResult
     original: np.ndarray  # the field as read
-    prep: tiling.Prepared  # resampled to the training scale, padded, windows planned
+    prep: tiling.Prepared  # resampled to the training scale (`work`: what the models see), windows planned
     smear: SmearCheck
-
-    @property
-    def rgb(self) -> np.ndarray:
-        """The working image the models see."""
-        return self.prep.work
-
-    @property
-    def boxes(self) -> list[tiling.Box]:
-        return self.prep.boxes
     tiles: list[np.ndarray] = field(default_factory=list)  # classifier inputs
     features: np.ndarray | None = None  # classifier penultimate features, one row per tile
     cams: np.ndarray | None = None  # class activation maps, tiles x classes x h x w (when the model exports them)
@@ -94,19 +78,12 @@ class ClassifierStage:
 
     def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None,
                  eager: EagerLoader | None = None):
-        from leukodx.inference.engines import load_engine
-
         self.dir, self.config = _open_model(model_dir, "classify")
         self.classes = list(self.config.classes)
         self.engine = load_engine(self.dir, self.config, engine, threads, eager)
         self.temperature = float(self.config.temperature)
         self.low_confidence = float(self.config.thresholds.low_confidence)
         self.size = self.config.input_size
-
-    def malignant_probability(self, p: np.ndarray) -> float:
-        from leukodx.inference.summary import malignant_probability
-
-        return malignant_probability(dict(zip(self.classes, p, strict=True)), self.config.case_rule.benign)
 
     def field_logits(self, rgbs: Sequence[np.ndarray]) -> np.ndarray:
         """Uncalibrated logits per field (the mean over a tiled field's tiles), for fitting the temperature; each
@@ -136,7 +113,8 @@ class ClassifierStage:
 
     def run(self, fields: Sequence[_Field]) -> None:
         t0 = time.perf_counter()
-        tiles, owner, _ = tiling.cut_tiles([f.rgb for f in fields], self.size, [f.boxes for f in fields])
+        preps = [f.prep for f in fields]
+        tiles, owner, _ = tiling.cut_tiles([p.work for p in preps], self.size, [p.boxes for p in preps])
         out = self._run(tiling.to_batch(tiles))
         probs = softmax(out["logits"].astype(np.float64) / self.temperature)
         feats = out.get("features")
@@ -150,7 +128,8 @@ class ClassifierStage:
             r.probabilities = {c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)}
             r.label = self.classes[k]
             r.confidence = round(float(p[k]), 6)
-            r.malignant_probability = round(self.malignant_probability(p), 6)
+            r.malignant_probability = round(malignant_probability(dict(zip(self.classes, p, strict=True)),
+                                                                  self.config.case_rule.benign), 6)
             f.tiles = [tiles[i] for i in np.flatnonzero(sel)]
             f.features = feats[sel] if feats is not None else None
             f.cams = cams[sel] if cams is not None else None
@@ -166,8 +145,6 @@ class SegmenterStage:
 
     def __init__(self, model_dir: str | Path, engine: str = "onnx", threads: int | None = None,
                  eager: EagerLoader | None = None):
-        from leukodx.inference.engines import load_engine
-
         self.dir, self.config = _open_model(model_dir, "segment")
         self.engine = load_engine(self.dir, self.config, engine, threads, eager)
         self.size = self.config.input_size
@@ -185,17 +162,11 @@ class SegmenterStage:
         self.crop_side = crop.max_side_rbc * self.config.scale.rbc_diameter_224 if crop else 0.0
         self.crop_side_px = (crop.max_side_px or float("inf")) if crop else 0.0
 
-    @property
-    def has_nucleus(self) -> bool:
-        return "nucleus" in self.outputs
-
     def maps(self, rgbs: Sequence[np.ndarray], boxes: Sequence[list[tiling.Box]] | None = None,
              tiles: Sequence[Sequence[np.ndarray]] | None = None) -> list[np.ndarray]:
-        """Probabilities C x H x W per image (channels as `outputs`), at the image's own size (tiles stitched
-        back, overlaps averaged). `boxes`: the windows per image (the pipeline passes its working images'
-        windows); by default tiles of each image's short side, the images taken as they are (no red-cell scale).
-        `tiles`: those windows already cut and resized to this model's input (the classifier's, when its input
-        size is the same), per image."""
+        """Probabilities C x H x W per image (channels as `outputs`) at its own size, overlaps averaged.
+        `boxes`: the windows per image (default: tiles of each image's short side, no red-cell scale);
+        `tiles`: those windows already cut and resized to this model's input (the classifier's)."""
         if tiles is not None and boxes is not None:
             flat = [t for ts in tiles for t in ts]
             owner = np.repeat(np.arange(len(tiles)), [len(ts) for ts in tiles])
@@ -213,8 +184,6 @@ class SegmenterStage:
         return [m[0] for m in self.maps(rgbs, boxes)]
 
     def run(self, fields: Sequence[_Field]) -> None:
-        from leukodx.inference.instances import cells_from_labels, field_cells, keep_nucleated
-
         if self.crops is not None and self.crop_rule is not None:  # small, few red cells across: the crop model's
             small = [max(f.prep.valid) <= self.crop_side and max(f.original.shape[:2]) <= self.crop_side_px
                      for f in fields]
@@ -229,9 +198,9 @@ class SegmenterStage:
             if not fields:
                 return
         t0 = time.perf_counter()
-        same = all(f.tiles and len(f.tiles) == len(f.boxes) and f.tiles[0].shape[:2] == tuple(self.size)
+        same = all(f.tiles and len(f.tiles) == len(f.prep.boxes) and f.tiles[0].shape[:2] == tuple(self.size)
                    for f in fields)  # the classifier's inputs are this model's inputs too
-        maps = self.maps([f.rgb for f in fields], [f.boxes for f in fields],
+        maps = self.maps([f.prep.work for f in fields], [f.prep.boxes for f in fields],
                          [f.tiles for f in fields] if same else None)
         dt = (time.perf_counter() - t0) * 1000 / len(fields)
         for f, m in zip(fields, maps, strict=True):
@@ -243,9 +212,9 @@ class SegmenterStage:
             work_mask = p[:vh, :vw] > self.mask_threshold
             # cells are found at the training scale, where the instance parameters hold as they are
             work_labels, work_cells = field_cells(work_mask, self.instance_params, at_reference=f.prep.known)
-            work_nucleus = None
-            if self.has_nucleus:
-                work_nucleus = m[self.outputs.index("nucleus")][:vh, :vw] > self.mask_threshold
+            nucleus = m[self.outputs.index("nucleus")] if "nucleus" in self.outputs else None
+            work_nucleus = None if nucleus is None else nucleus[:vh, :vw] > self.mask_threshold
+            if work_nucleus is not None:
                 work_labels, work_cells = keep_nucleated(work_labels, work_nucleus, self.min_nucleus_fraction,
                                                          work_cells)
                 work_mask = work_labels > 0
@@ -254,17 +223,17 @@ class SegmenterStage:
                 if work_nucleus is not None:
                     r.nucleus_mask = work_nucleus & work_mask
             else:
-                r.mask = (tiling.to_original(p, f.prep) > self.mask_threshold) if work_nucleus is None else (
-                    tiling.labels_to_original(work_labels, f.prep) > 0)
-                lab = tiling.labels_to_original(work_labels, f.prep) * r.mask
-                r.instances = lab.astype(np.int32)
+                labels = tiling.labels_to_original(work_labels, f.prep)
+                r.mask = (labels > 0) if nucleus is not None else (
+                    tiling.to_original(p, f.prep) > self.mask_threshold)
+                r.instances = labels * r.mask
                 r.cells = cells_from_labels(r.instances)
                 if len(r.cells) != len(work_cells):  # a cell lost to rounding at the original size: keep its count
-                    r.instances = tiling.labels_to_original(work_labels, f.prep)
-                    r.cells = cells_from_labels(r.instances)
-                if work_nucleus is not None:
-                    pn = m[self.outputs.index("nucleus")]
-                    r.nucleus_mask = (tiling.to_original(pn, f.prep) > self.mask_threshold) & (r.instances > 0)
+                    r.instances = labels
+                    r.cells = cells_from_labels(labels)
+                if nucleus is not None:
+                    nucleus_mask = tiling.to_original(nucleus, f.prep) > self.mask_threshold
+                    r.nucleus_mask = nucleus_mask & (r.instances > 0)
             um = r.um_per_px
             h, w = r.instances.shape
             nuc_area = (np.bincount(r.instances[r.nucleus_mask], minlength=len(r.cells) + 1)
@@ -288,9 +257,6 @@ class Analysis:
                  eager: EagerLoader | None = None):
         """engine: "onnx", "onnx-int8" or "torch" (leukodx.inference.engines.load_engine); `eager` runs PyTorch
         (leukodx.models.eager.load_eager; the training install passes it, the clinic runtime has no torch)."""
-        from leukodx.cpus import usable_cores
-        from leukodx.inference.ood import OODScorer
-
         if classifier_dir is None and segmenter_dir is None:
             raise ModelError("The analysis needs a classifier, a segmenter or both.", "Give a model directory.")
         self.threads = threads or usable_cores()
@@ -299,8 +265,6 @@ class Analysis:
         self.segmenter = SegmenterStage(segmenter_dir, engine, self.threads, eager) if segmenter_dir else None
         self.cell_classifier: CellClassifier | None = None
         if self.segmenter is not None and cell_classifier is not False:
-            from leukodx.inference.cell_classifier import CellClassifier
-
             self.cell_classifier = CellClassifier.load(
                 cell_classifier if isinstance(cell_classifier, str | Path) else None, self.threads, engine)
         self.classes = self.classifier.classes if self.classifier else []
@@ -334,16 +298,16 @@ class Analysis:
                             "input_size": list(stage.size)}
         if self.classifier:
             out["temperature"] = self.classifier.temperature
-        if self.segmenter:
-            out["mask_threshold"] = self.segmenter.mask_threshold
-            seg = self.segmenter
+        seg = self.segmenter
+        if seg:
+            out["mask_threshold"] = seg.mask_threshold
             if seg.crops is not None and seg.crop_rule is not None:
                 out["crop_segmenter"] = {"dir": str(seg.crops.dir)} | seg.crop_rule.model_dump(exclude={"dir"})
-        if self.cell_classifier is not None:
-            out["cell_classifier"] = str(getattr(self.cell_classifier, "source", "bundled"))
-            out["cell_model"] = getattr(self.cell_classifier, "version", None)
-            if getattr(self.cell_classifier, "head", None) is not None:
-                out["cell_commissioning"] = (self.cell_classifier.config.model_extra or {}).get("commissioning")
+        clf = self.cell_classifier
+        if clf is not None:
+            out["cell_classifier"], out["cell_model"] = clf.source, clf.version
+            if clf.head is not None:
+                out["cell_commissioning"] = (clf.config.model_extra or {}).get("commissioning")
         return out
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -370,8 +334,6 @@ class Analysis:
 
     def summarize(self, results: list[FieldResult]) -> CaseSummary:
         """One smear's fields summarised (leukodx.inference.summary.summarize_case)."""
-        from leukodx.inference.summary import summarize_case
-
         rule = self.classifier.config.case_rule if self.classifier else None
         return summarize_case(results, self.classes, self.low_confidence, rule)
 
@@ -545,7 +507,7 @@ class Analysis:
                                      f"{self.classifier.dir / 'model.onnx'}) for heat maps.")
                 continue
             cams = [_unit(np.maximum(c[k], 0.0)) for c in f.cams]
-            heat = tiling.to_original(tiling.stitch(cams, f.boxes, *f.rgb.shape[:2]), f.prep)
+            heat = tiling.to_original(tiling.stitch(cams, f.prep.boxes, *f.prep.work.shape[:2]), f.prep)
             r.heatmap = np.clip(heat / max(float(heat.max()), 1e-6), 0, 1)
             r.timings_ms["heatmap"] = (time.perf_counter() - t0) * 1000
 
@@ -567,14 +529,9 @@ def _unit(a: np.ndarray) -> np.ndarray:
 def load_analyzer(classifier_dir: str | Path | None = None, segmenter_dir: str | Path | None = None,
                   engine: str = "onnx", threads: int | None = None, eager: EagerLoader | None = None,
                   cell_classifier: str | Path | None = None) -> Analysis:
-    """The analysis pipeline over two model directories (default: the bundled models).
-
-    engine: "onnx" (ONNX Runtime, the model directory's model.onnx; PyTorch through `eager` when a directory has
-    none), "onnx-int8" (model.int8.onnx where it exists) or "torch" (PyTorch eager). threads: CPU threads per
-    inference (default: all this process may use). cell_classifier: a cell-type model directory (default: bundled;
-    `leukodx adapt --cells` writes one with a lab's head)."""
-    from leukodx.assets import default_model_dir
-
+    """The analysis pipeline over two model directories (default: the bundled models). engine and eager: as
+    `Analysis`; threads: CPU threads per inference (default: all this process may use); cell_classifier: a
+    cell-type model directory (default: bundled; `leukodx adapt --cells` writes one with a lab's head)."""
     cdir = Path(classifier_dir) if classifier_dir else default_model_dir("classify")
     sdir = Path(segmenter_dir) if segmenter_dir else default_model_dir("segment")
     return Analysis(cdir, sdir, engine=engine, threads=threads, eager=eager, cell_classifier=cell_classifier)

@@ -1,16 +1,10 @@
-"""Single cells from a leukocyte mask: touching and overlapping cells are split, specks removed, cells counted.
+"""Single cells from a leukocyte mask: touching and overlapping cells split, specks removed, cells counted.
 
-The mask is cleaned first (holes smaller than `max_hole` filled, which the stain thresholding of the reference
-masks leaves inside nuclei; objects under `min_area` pixels removed). Cells are then separated by a marker
-watershed on the distance transform: a marker is a maximum of the (lightly smoothed) distance transform that
-stands at least `h` pixels above the saddle to any higher maximum (an h-maximum), and markers closer than
-`min_distance` pixels are merged, so a rough outline does not turn one cell into several. Watershed pieces
-under `min_area` are merged into the neighbour they share most border with.
-
-The defaults are in pixels of a 224 x 224 Taleqani field (100x objective, leukocytes 150-1,500 px);
-`scaled_params(shape)` rescales them for other field sizes.
-
-Example::
+The mask is cleaned (holes up to `max_hole` px filled: the reference masks' stain thresholding leaves them in
+nuclei; objects under `min_area` px removed), then split by a marker watershed on the lightly smoothed
+distance transform: a marker is an h-maximum (a peak at least `h` px above the saddle to any higher one),
+markers closer than `min_distance` px merge, and pieces under `min_area` px join the neighbour they share most
+border with. Defaults: pixels of a 224 x 224 Taleqani field (100x objective, leukocytes 150-1,500 px)::
 
     labels, cells = split_instances(mask)          # labels: int32 HxW, 0 = background
     print(len(cells), cells[0].area_px, cells[0].centroid)
@@ -23,32 +17,28 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage as ndi
 
+from leukodx.inference.tiling import resize_float, resize_labels
 from leukodx.inference.types import CellInstance
 
 MIN_AREA = 40  # px: specks below this are not cells (a leukocyte at 224 px is >= ~150 px)
 MIN_DISTANCE = 7  # px: two cell centres are at least this far apart
 H = 2.0  # px: how far a distance-transform peak must rise above its saddle to mark a cell of its own
 MAX_HOLE = 150  # px: holes up to this size inside an object are filled (thresholding gaps in a nucleus)
-REFERENCE_SIDE = 224  # the field side the defaults are tuned for
-
-_EIGHT = np.ones((3, 3), bool)
-
-
 CLOSE_RADIUS = 0.0  # px: a binary closing with a disc of this radius first joins pieces of one cell
-
+REFERENCE_SIDE = 224  # the field side the defaults are tuned for
 DEFAULT_PARAMS = {"min_area": MIN_AREA, "min_distance": MIN_DISTANCE, "h": H, "max_hole": MAX_HOLE,
                   "reference_side": REFERENCE_SIDE, "close_radius": CLOSE_RADIUS}
 MAX_INSTANCE_SIDE = 1024  # px: larger fields are counted on a downscaled mask, labels mapped back
+_EIGHT = np.ones((3, 3), bool)
 
 
-def scaled_params(shape: tuple[int, int], reference_side: int = REFERENCE_SIDE, base: dict | None = None) -> dict:
+def scaled_params(shape: tuple[int, int], base: dict | None = None) -> dict:
     """The instance parameters (`base`, default the module's, in pixels of a `reference_side` field) rescaled
     to a field of `shape` (H, W)."""
     b = {**DEFAULT_PARAMS, **(base or {})}
-    s = min(shape[:2]) / float(b.get("reference_side", reference_side))
+    s = min(shape[:2]) / float(b["reference_side"])
     return {"min_area": max(1, round(b["min_area"] * s * s)), "min_distance": max(1, round(b["min_distance"] * s)),
-            "h": b["h"] * s, "max_hole": round(b["max_hole"] * s * s),
-            "close_radius": float(b.get("close_radius", 0.0)) * s}
+            "h": b["h"] * s, "max_hole": round(b["max_hole"] * s * s), "close_radius": b["close_radius"] * s}
 
 
 def _as_mask(mask) -> np.ndarray:
@@ -153,20 +143,16 @@ def _disc(r: float) -> np.ndarray:
 def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DISTANCE, h: float = H,
                     max_hole: int = MAX_HOLE, close_radius: float = CLOSE_RADIUS) -> tuple[np.ndarray,
                                                                                              list[CellInstance]]:
-    """Label single cells in a leukocyte mask (bool HxW).
-
-    With `close_radius` > 0 the mask is first closed with a disc of that radius (pieces of one cell a few px
-    apart, such as the lobes of a neutrophil's nucleus, joined); the watershed then splits what is two cells.
-    Returns (labels int32 HxW with 0 = background and 1..n the cells, [CellInstance]), cells numbered in
-    raster order of their first pixel. Areas are in pixels of the cleaned mask (small holes filled).
-    """
+    """(labels int32 HxW, 0 = background, 1..n in raster order of their first pixel; [CellInstance]) of a
+    leukocyte mask. `close_radius` > 0 first closes the mask (a neutrophil's lobes a few px apart joined).
+    Areas are in pixels of the cleaned mask (small holes filled)."""
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     full = clean_mask(close_gaps(mask, close_radius), min_area, max_hole)
-    labels_full = np.zeros(full.shape, np.int32)
+    labels = np.zeros(full.shape, np.int32)
     if not full.any():
-        return labels_full, []
+        return labels, []
     # work inside the mask's bounding box (+ a margin for the smoothing), then place the labels back
     rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
     r0, r1 = max(0, rows[0] - 3), min(full.shape[0], rows[-1] + 4)
@@ -187,8 +173,7 @@ def split_instances(mask, min_area: int = MIN_AREA, min_distance: float = MIN_DI
         offset = int(markers.max())
         markers[missing] = comps[missing] + offset
     ws = watershed(-smooth, markers, mask=m, connectivity=2)
-    labels_full[r0:r1, c0:c1] = _raster_order(_merge_small_pieces(ws.astype(np.int64), min_area))
-    labels = labels_full
+    labels[r0:r1, c0:c1] = _raster_order(_merge_small_pieces(ws.astype(np.int64), min_area))
     cells = []
     objects = ndi.find_objects(labels)
     for k, sl in enumerate(objects, start=1):
@@ -261,15 +246,12 @@ def _renumber(lab: np.ndarray) -> np.ndarray:
 
 
 def _split_per_component(mask: np.ndarray, base: dict | None, at_reference: bool = False) -> np.ndarray:
-    """`split_instances` with its parameters scaled to the mask (as they are with `at_reference`), run on each
-    connected component's padded bounding box: the same cells (the split is local to a component), faster.
-
-    The components are split together (`_split_crops`: one canvas, one call per operation), with the result of
-    one `split_instances` call per component, bit for bit (tests/test_instances_batched.py checks it)."""
-    b = {**DEFAULT_PARAMS, **(base or {})}
-    params = scaled_params((b["reference_side"],) * 2, base=base) if at_reference else scaled_params(mask.shape,
-                                                                                                       base=base)
-    mask = close_gaps(mask, params.pop("close_radius", 0.0))  # before the components: it joins separate pieces
+    """`split_instances` with its parameters scaled to the mask (as they are with `at_reference`) on each
+    connected component's padded bounding box, all components split together on one canvas (`_split_crops`):
+    bit for bit one `split_instances` call per component (tests/test_instances_batched.py checks it)."""
+    side = {**DEFAULT_PARAMS, **(base or {})}["reference_side"]
+    params = scaled_params((side, side) if at_reference else mask.shape, base)
+    mask = close_gaps(mask, params.pop("close_radius"))  # before the components: it joins separate pieces
     comp, n = ndi.label(mask, structure=_EIGHT)
     out = np.zeros(mask.shape, np.int32)
     h, w = mask.shape
@@ -297,23 +279,10 @@ GAP = 2  # px of background between the crops on the canvas, beyond their own 2-
 
 
 def _split_crops(comp: np.ndarray, crops: list[tuple[int, int, int, int, int]], params: dict) -> list[np.ndarray]:
-    """`split_instances(comp[y0:y1, x0:x1] == k, **params)[0]` for every crop (k, y0, y1, x0, x1), computed on one
-    canvas that holds all crops apart from each other.
-
-    Why the canvas gives the same numbers as one crop at a time:
-    - every crop side inside the field has a 2-px frame of background, and the canvas adds GAP more: hole
-      filling, speck removal and labels see the same objects; the distance transform finds the same nearest
-      background; the Gaussian (radius 4 px), which reflects at a crop's border, reads the frame's zeros there
-      and reads zeros on the canvas;
-    - a crop side on the field's edge has no frame: there the crop is mirrored MIRROR px onto the canvas (the
-      Gaussian's reflection; a mirrored background pixel is never nearer than its original), and a crop whose
-      distances reach MIRROR - 4 px, where the mirror could end too soon, is split on its own instead;
-    - the h-maxima reconstruction: from another crop a value can only arrive through background (0), and a crop
-      whose peak stands more than `h` above 0 has no reconstruction value below 0; a lower crop is split on
-      its own;
-    - a crop with one marker (or none, when the whole crop becomes the marker) is one cell: the watershed
-      floods its one connected object; crops with several markers run the rest of `split_instances` (marker
-      merging, watershed, small-piece merging, numbering) on their own pixels, as before."""
+    """`split_instances(comp[y0:y1, x0:x1] == k, **params)[0]` for every crop (k, y0, y1, x0, x1), computed on
+    one canvas that holds all crops apart from each other; a crop where the canvas could differ (a peak under
+    `h`, distances near MIRROR on the field's edge) is split on its own. Why it gives the same numbers:
+    docs/inference.md ("instances")."""
     if not crops:
         return []
     min_area, min_distance, hh, max_hole = (params["min_area"], params["min_distance"], params["h"],
@@ -476,13 +445,9 @@ def h_maxima_fast(image: np.ndarray, h: float) -> np.ndarray:
 
 def field_cells(mask: np.ndarray, base: dict | None = None, at_reference: bool = False
                 ) -> tuple[np.ndarray, list[CellInstance]]:
-    """The cells of a whole field's leukocyte mask, as the analysis pipeline counts them (`base`: a segmenter's
-    ``thresholds.instances``). `at_reference`: the mask is at the training scale (red cells resampled to the
-    training fields' size), so the parameters hold as they are; else they are scaled to the field's short side
-    (a field of unknown scale). Fields with a short side over MAX_INSTANCE_SIDE are split on a downscaled mask
-    and the labels mapped back. Returns (labels, cells)."""
-    from leukodx.inference.tiling import resize_float, resize_labels
-
+    """(labels, cells) of a whole field's leukocyte mask as the analysis counts them (`base`: a segmenter's
+    ``thresholds.instances``). `at_reference`: the mask is at the training scale and the parameters hold as
+    they are; else they are scaled to its short side (split downscaled over MAX_INSTANCE_SIDE)."""
     mask = _as_mask(mask)
     h, w = mask.shape
     scale = min(1.0, MAX_INSTANCE_SIDE / min(h, w))

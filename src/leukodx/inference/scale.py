@@ -1,24 +1,9 @@
-"""Red-cell diameter in pixels: how large the smear is magnified in an image, whatever its stain or colour.
+"""Red-cell diameter in pixels: how large the smear is magnified in an image, whatever its stain or colour, by
+a radial-symmetry vote (after Loy & Zelinsky's fast radial symmetry transform; how: docs/inference.md,
+"scale"), and the scale decision that brings a field's red cells to the training fields' size (`field_scale`;
+its ranges and the training size are the model config's ``scale``, leukodx.models.model_config.ScaleRule).
 
     >>> d, conf = estimate_rbc_diameter(rgb)     # e.g. (16.2, 0.9) for a Taleqani field at 224 px
-
-Method: a radial-symmetry vote (after Loy & Zelinsky's fast radial symmetry transform). Every strong edge pixel
-votes, for each trial radius r, for the point r pixels against its intensity gradient (towards the darker
-side: red cells are darker than the background). When r equals a round cell's radius, the votes of its whole
-outline land on its centre. The vote concentration is measured with bins of size proportional to r (so the
-measure is scale-free) and divided by a null: the same votes displaced along the edge instead of across it,
-which keeps every straight line and texture as concentrated as before but no circle. The radius with the
-highest ratio is the typical radius of round dark objects, which in a blood smear are overwhelmingly red
-cells (leukocytes are larger but few). It works through touching cells, central pallor and stain or white
-balance changes, since only the direction of the gradient counts.
-
-The confidence (0..1) grows with the peak ratio: 1 when the outlines of many round cells agree, near 0 on
-noise, gradients, text or pictures without round objects. No estimate (None) is returned when no peak stands
-out or it lies at the edge of the searched range.
-
-The training fields' red-cell diameter (in pixels of a 224-px field, the data's native size: the magnification
-a model was trained at) and the ranges of `field_scale` are the model config's ``scale`` section
-(leukodx.models.model_config.ScaleRule).
 """
 
 from __future__ import annotations
@@ -27,8 +12,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
+from leukodx.errors import LeukodxError
 from leukodx.models.model_config import ScaleRule
 
 WORK_SIDE = 128  # the estimate is computed on the image resized so that its short side is at most this
@@ -45,8 +32,6 @@ FULL_CONFIDENCE_RATIO = 2.5  # at and above this, confidence 1
 
 def _grey_work(rgb: np.ndarray, work_side: int) -> tuple[np.ndarray, float]:
     """The image as float grey at working resolution, and the factor from working to original pixels."""
-    from PIL import Image
-
     rgb = np.asarray(rgb)
     img = Image.fromarray(np.ascontiguousarray(rgb if rgb.ndim == 2 else rgb[..., :3]).astype(np.uint8, copy=False))
     img = img.convert("L")
@@ -203,8 +188,6 @@ UM_PER_PX_RANGE = (0.02, 5.0)  # a camera calibration outside this is a typing e
 def check_um_per_px(value: object) -> float:
     """A lab's calibration in micrometres per image pixel (`predict --um-per-px`, the web setting), checked: a
     number within UM_PER_PX_RANGE, else a LeukodxError that says what to give."""
-    from leukodx.errors import LeukodxError
-
     try:
         um = float(str(value).strip())
     except ValueError:
@@ -235,11 +218,9 @@ def calibration_doubt(um_per_px: float | None, rbc_diameter_px: float | None, co
 
 @dataclass
 class FieldScale:
-    """How large a field's red cells are, and the resampling factor that brings them to the training size.
-
-    factor: working pixels per image pixel (1.0: used as is). known: the red-cell estimate was trusted and within
-    the rule's `resample` range; when not, `factor` maps the short side to FALLBACK_SIDE (the old rule) and `reason` says why.
-    """
+    """A field's red-cell size and the resampling `factor` (working px per image px; 1.0: as is) that brings
+    its red cells to the training size. Not `known` (the estimate untrusted, or outside the rule's `resample`
+    range): `factor` maps the short side to FALLBACK_SIDE and `reason` says why."""
 
     diameter_px: float | None
     confidence: float
@@ -263,8 +244,7 @@ def field_scale(diameter_px: float | None, confidence: float, shape: tuple[int, 
     only a measured one must reach MIN_SCALE_CONFIDENCE."""
     rule = rule or ScaleRule()
     reference, lo_hi, as_is = rule.rbc_diameter_224, rule.resample, rule.as_is
-    h, w = int(shape[0]), int(shape[1])
-    fallback = FALLBACK_SIDE / max(1, min(h, w))
+    fallback = FALLBACK_SIDE / max(1, min(int(shape[0]), int(shape[1])))
     if diameter_px is None or (source == MEASURED and confidence < MIN_SCALE_CONFIDENCE):
         return FieldScale(diameter_px, confidence, fallback, False, None,
                           "No red cells could be measured, so the field's magnification (its scale) could not be "

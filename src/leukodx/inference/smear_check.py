@@ -4,44 +4,20 @@
     >>> res.usable, res.kind, res.reason, res.advice
     (False, "screenshot", "This looks like a screenshot or a document, not a microscope photograph.", "Upload ...")
 
-The check looks at what every stained smear photographed through a microscope has, whatever the stain batch,
-camera or white balance, and not at its colours themselves:
-
-| kind          | rule (on the image resized to a short side of 128 px unless said)                             |
-|---------------|-----------------------------------------------------------------------------------------------|
-| blank         | almost no contrast: grey 1st-99th percentile range under BLANK_RANGE levels                   |
-| greyscale     | no colour anywhere: 99th percentile of (max - min channel) under GREY_CHROMA levels            |
-| screenshot    | a few exact colours cover most of the image, or many one-pixel steps of over STEP_LEVELS grey  |
-|               | levels (drawn text and UI edges), at the original resolution (a lens makes neither), or rows  |
-|               | of darkness alternating with empty rows (lines of text)                                        |
-| no_cells      | no stained blood cells: neither red cells (leukodx.inference.scale, confidence at least         |
-|               | MIN_RBC_CONFIDENCE) nor, where they cannot be measured (cut, few, too large for the search),  |
-|               | the stain's evidence (`stain_features`, `_stained`): optical density against the local       |
-|               | background in a stain's colours (blue absorbed least, not grey, brown or a single hue), a      |
-|               | sharp-edged stained nucleus, no pixel grain. Such a field's scale is then estimated: from the |
-|               | few or cut red cells (confidence at least RELAXED_RBC_CONFIDENCE; on a crop, not more than     |
-|               | FEW_RBC_ACROSS across, else they are granules), a known export size (EXPORT_RBC_PX), else the |
-|               | nucleus (NUCLEUS_PER_RBC); FieldScale.source says which                                        |
-| magnification | the red cells are outside 0.25x-6x their size in the training fields (ScaleRule.resample): the  |
-|               | analysis resamples every field inside that range to the training size, and cannot outside it   |
-| blur          | the steepest edges spread over more than MAX_EDGE_WIDTH px at the training scale, or over more   |
-|               | than MAX_EDGE_RATIO of a red cell's diameter (out of focus)                                    |
-
-A lab's own calibration (`um_per_px`) replaces every estimate of the scale; it does not make an image a smear.
-The last three rules need a few pixels per red cell: on images with a short side under MIN_CHECK_SIDE they are
-skipped (features["rbc_checked"] is False); the model-space check in leukodx.inference.ood still applies.
-
-The red-cell size is measured in the image's own pixels (``rbc_diameter_px``) and in pixels of the image resized to a
-short side of 224 px (``rbc_diameter_224``), and compared with the training fields' median (the model config's
-``scale.rbc_diameter_224``, leukodx.models.model_config.ScaleRule). The limits were set on the Taleqani training and val rows
-and their lab-shifted copies at severity 1 and 1.5 (benchmarks/non_smear.py), never on test rows.
+It looks at what every stained smear photographed through a microscope has, whatever the stain batch, camera
+or white balance, and not at its colours themselves. Its rules (kinds blank, greyscale, screenshot, no_cells,
+magnification, blur) and their constants: docs/inference.md ("smear_check"). A lab's own calibration
+(`um_per_px`) replaces every estimate of the scale; it does not make an image a smear. The limits were set on
+the Taleqani training and val rows and their lab-shifted copies at severity 1 and 1.5
+(benchmarks/non_smear.py), never on test rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
 from leukodx.inference.scale import (
@@ -133,11 +109,6 @@ class SmearCheck:
     features: dict = field(default_factory=dict)
     scale: FieldScale | None = None  # the red-cell scale and the resampling factor the analysis uses
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["scale"] = None if self.scale is None else asdict(self.scale)
-        return d
-
 
 def stain_features(rgb: np.ndarray) -> dict:
     """The stain's evidence on an image (the working image of `smear_features`): optical density against the
@@ -197,8 +168,6 @@ def _stained(f: dict, nucleus: bool) -> bool:
 
 
 def _work(rgb: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
     h, w = rgb.shape[:2]
     if min(h, w) == WORK_SIDE:
         return rgb
@@ -214,13 +183,11 @@ def _centre_crop(rgb: np.ndarray, side: int) -> np.ndarray:
 
 
 def _q(a: np.ndarray, q: float) -> float:
-    flat = a.ravel()
-    k = int(round(q / 100 * (flat.size - 1)))
-    return float(np.partition(flat, k)[k])
+    return _qs(a, q)[0]
 
 
 def _qs(a: np.ndarray, *qs: float) -> list[float]:
-    """`_q(a, q)` for several q with one partition."""
+    """The q-th percentiles of `a` (the nearest rank), with one partition."""
     flat = a.ravel()
     ks = [int(round(q / 100 * (flat.size - 1))) for q in qs]
     part = np.partition(flat, ks)
@@ -266,9 +233,7 @@ def smear_features(rgb: np.ndarray) -> dict:
     keep = (lo8 < 250) & (hi8 > 5)
     if keep.any():
         packed = ((sub[..., 0].astype(np.int32) << 16) | (sub[..., 1].astype(np.int32) << 8) | sub[..., 2])[keep]
-        packed.sort()
-        edges = np.flatnonzero(np.diff(packed)) + 1
-        counts = np.diff(np.concatenate([[0], edges, [len(packed)]]))
+        counts = np.unique(packed, return_counts=True)[1]
         top = float(np.sort(counts)[-TOP_COLOURS:].sum()) / len(packed)
     else:
         top = 0.0

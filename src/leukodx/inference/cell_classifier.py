@@ -5,26 +5,12 @@
     >>> score = clf.field_score(cells)                    # the share of blasts among the counted leukocytes
     >>> blast_field = score is not None and score >= clf.field_threshold
 
-**Crops at the red-cell scale** (`crop_cells`): each cell is cut centred on its centroid, config
-`cells.crop_rbc` (4) red-cell diameters wide, and resized to `cells.crop_size` (64 px: 16 px per red-cell
-diameter), so a
-field photographed at another magnification gives the same crops once its red-cell diameter is known (the
-analysis measures it; unknown: `DEFAULT_RBC_DIAMETER`, the Taleqani fields' 17 px). Where the crop passes the
-field's edge the field is mirrored (never a cell dropped for being near the edge), except on an image narrower
-than 3/4 of a crop (3 red cells: a leukocyte all but fills it): mirrored, its cut cell would come back as a ring
-of copies, so it is framed by its own background's colour instead (chosen on PBC val crops: docs/results/
-issue28-cut-cells/). The model standardises each crop itself (per-image normalisation inside the
-ONNX graph).
-
-**Answer**: softmax(logits / temperature) over the model's classes (its config's `classes`); the top class, or `UNIDENTIFIED` when its probability is below `thresholds.low_confidence`
-of the model's config (chosen on validation cells). `ai_confidence` is the top class's calibrated probability
-(for an unidentified cell: that of its best guess). All cells of a field go through the model in one batch.
-
-**Field aggregate**: `field_score` is the share of blasts among the field's counted leukocytes (cells the
-model calls a leukocyte type; not_leukocyte, erythroblasts and unidentified cells left out, as in the
-differential); `field_threshold` (chosen on validation fields, config `cells.field_threshold`) turns it into
-"blasts seen". How the model was trained and how well it does: src/leukodx/assets/cells/MODEL_CARD.md and
-docs/results/cell-types/ (rebuilt by `leukodx train cells` and `benchmarks/cell_types.py`).
+Each cell is cut at the red-cell scale (`crop_cells`: config `cells.crop_rbc` red-cell diameters wide, resized
+to `cells.crop_size`), so a field at another magnification gives the same crops once its red-cell diameter is
+known. The answer is softmax(logits / temperature) over the config's `classes`: the top class, or
+`UNIDENTIFIED` below `thresholds.low_confidence` (chosen on validation cells); config `cells.field_threshold`
+(chosen on validation fields) turns `field_score` into "blasts seen". How the model was trained and how well
+it does: src/leukodx/assets/cells/MODEL_CARD.md and docs/results/cell-types/.
 """
 
 from __future__ import annotations
@@ -36,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from leukodx.assets import ASSETS
 from leukodx.errors import ModelError
 from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, UNIDENTIFIED
 from leukodx.inference.engines import load_engine, softmax
@@ -67,13 +54,10 @@ class CellHead:
         with np.load(model_dir / str(head.get("file", HEAD_FILE))) as z:
             return cls(head["classes"], z["mean"], z["std"], z["weights"], z["bias"])
 
-    def head_probs(self, features: np.ndarray) -> np.ndarray:
-        x = (np.asarray(features, np.float64) - self.mean) / self.std
-        return softmax(x @ self.weights + self.bias)
-
     def apply(self, features: np.ndarray, bundled: np.ndarray, vocab: Sequence[str]) -> np.ndarray:
         """Adapted probabilities (N x len(vocab)) from the features and the bundled model's probabilities."""
-        q, b = self.head_probs(features), np.asarray(bundled, np.float64)
+        q = softmax(((np.asarray(features, np.float64) - self.mean) / self.std) @ self.weights + self.bias)
+        b = np.asarray(bundled, np.float64)
         out = np.zeros_like(b)
         col = {k: i for i, k in enumerate(vocab)}
         for j, k in enumerate(self.classes):
@@ -90,8 +74,6 @@ class CellHead:
 
 
 def _bundled_dir() -> Path:
-    from leukodx.assets import ASSETS
-
     return ASSETS / "cells"
 
 
@@ -101,7 +83,8 @@ def crop_cells(rgb: np.ndarray, centres: Sequence[tuple[float, float]] | np.ndar
     diameters wide, resized (antialiased bilinear) to size x size. Beyond the image's edge the image is
     mirrored (`pad` "symmetric"; "constant": black; "background": the colour of its brightest quarter, the
     plasma between cells; "auto", the default: "background" on an image narrower than 3/4 of a crop (3 red
-    cells: a leukocyte all but fills it), else "symmetric"); a crop is never dropped."""
+    cells: a leukocyte all but fills it: mirrored, its cut cell would come back as a ring of copies; chosen on
+    PBC val crops, docs/results/issue28-cut-cells/), else "symmetric"); a crop is never dropped."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"rgb must be H x W x 3, got {rgb.shape}")
@@ -146,7 +129,7 @@ def crop_cells(rgb: np.ndarray, centres: Sequence[tuple[float, float]] | np.ndar
 
 
 def to_input(crops: np.ndarray) -> np.ndarray:
-    """N x H x W x 3 uint8 crops -> the model's input, float32 N x 3 x H x W in 0..255."""
+    """N x H x W x 3 uint8 crops -> the model's input, float32 N x 3 x H x W in 0..255 (normalised inside)."""
     return np.ascontiguousarray(np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2))
 
 
@@ -177,7 +160,6 @@ class CellClassifier:
         for p in sorted(p for p in self.dir.iterdir() if p.name == "config.json" or p.suffix in (".onnx", ".npz")):
             digest.update(p.name.encode() + hashlib.sha256(p.read_bytes()).digest())
         self.version = ("adapted-" if self.head else "") + digest.hexdigest()[:12]
-        self.n_runs = 0  # engine calls so far (one per batch of fields with cells)
 
     @classmethod
     def load(cls, path: str | Path | None = None, threads: int | None = None, engine: str = "onnx"
@@ -203,7 +185,6 @@ class CellClassifier:
         if len(crops) == 0:
             return np.zeros((0, 0)), np.zeros((0, len(self.classes)))
         out = self.engine.run(to_input(crops))
-        self.n_runs += 1
         feats = np.asarray(out.get("features", np.zeros((len(crops), 0))), dtype=np.float64)
         return feats, softmax(np.asarray(out["logits"], dtype=np.float64) / self.temperature)
 
@@ -237,11 +218,9 @@ class CellClassifier:
 
     def classify(self, rgb: np.ndarray, labels: np.ndarray | None, cells: list[CellInstance],
                  rbc_diameter_px: float | None) -> np.ndarray:
-        """Fill cells[i].ai_label (one of the model's classes, or UNIDENTIFIED), cells[i].ai_confidence (the
-        calibrated probability of the top class) and cells[i].ai_probabilities ({class: probability}) in place; returns the probabilities (n_cells x classes). rgb:
-        HxWx3 uint8 field; labels: its HxW instance image (only checked for its size; the crops are centred on
-        each cell's centroid); rbc_diameter_px: the red-cell diameter in those pixels (None: 17 px, the Taleqani
-        training fields at 224 px)."""
+        """Fill each cell's ai_label (a class or UNIDENTIFIED), ai_confidence (the top class's calibrated
+        probability) and ai_probabilities in place; returns the probabilities (n_cells x classes). labels: the
+        field's instance image (only its size is checked); rbc_diameter_px: None for DEFAULT_RBC_DIAMETER."""
         return self.classify_many([(rgb, labels, cells, rbc_diameter_px)])[0]
 
     def classify_many(self, fields: Sequence[tuple[np.ndarray, np.ndarray | None, list[CellInstance], float | None]]

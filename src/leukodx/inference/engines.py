@@ -11,6 +11,7 @@ An engine takes a float32 batch N x 3 x H x W with RGB values in 0..255 and retu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,15 +89,13 @@ class OnnxEngine:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, config: ModelConfig, threads: int | None = None,
-                 verify_weights: bool = True):
+    def __init__(self, path: str | Path, config: ModelConfig, threads: int | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
         self.threads = threads or usable_cores()
         self.task = config.task
-        if verify_weights:
-            check_onnx_record(self.path, config)
+        check_onnx_record(self.path, config)
         try:
             self.sess = ort.InferenceSession(str(self.path), sess_options=session_options(self.threads),
                                              providers=["CPUExecutionProvider"])
@@ -105,8 +104,7 @@ class OnnxEngine:
                              f"{str(exc).splitlines()[0][:200]}).",
                              f"Re-export it: leukodx export onnx --model {self.path.parent} --out {self.path}") from None
         check_onnx_session(self.sess, self.path, config)
-        if verify_weights:
-            check_onnx_metadata(self.sess, self.path, config)
+        check_onnx_metadata(self.sess, self.path, config)
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.source = self.path.name + " (ONNX Runtime)"
 
@@ -117,8 +115,6 @@ class OnnxEngine:
 
 def check_onnx_metadata(sess, path: Path, config: ModelConfig) -> None:
     """The ONNX file names the weights it was exported from: they must be the model directory's weights."""
-    import json
-
     meta = sess.get_modelmeta().custom_metadata_map or {}
     redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path.parent / ONNX_FILE}"
     _check_weights(path, meta.get("leukodx_weights_sha256"), redo)
@@ -135,11 +131,7 @@ def check_onnx_record(path: Path, config: ModelConfig) -> None:
     """When config.json recorded the export, the ONNX file and the weights must be the ones exported."""
     rec = config.onnx or {}
     redo = f"Re-export it: leukodx export onnx --model {path.parent} --out {path.parent / ONNX_FILE}"
-    entry = None
-    if rec.get("file") == path.name:
-        entry = rec
-    elif (rec.get("int8") or {}).get("file") == path.name:
-        entry = rec["int8"]
+    entry = next((e for e in (rec, rec.get("int8") or {}) if e.get("file") == path.name), None)
     if entry is None:
         return
     want = entry.get("sha256")

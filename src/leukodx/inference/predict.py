@@ -14,59 +14,48 @@ import hashlib
 import json
 import os
 import re
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from leukodx.data.images import is_image_name
 from leukodx.errors import LeukodxError
+from leukodx.inference.pipeline import NO_LEUKOCYTE, load_analyzer
+from leukodx.inference.render import heatmap_png, overlay_png
+from leukodx.inference.types import FieldResult
 
 CONTRACT_COLUMNS = ("path", "label", "confidence", "malignant_probability", "cell_count", "flag", "overlay")
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[str], list[str]]:
     """(files to analyse, files skipped for their name). Order: as given, folders sorted."""
-    from leukodx.data.images import is_image_name
-
     files: list[str] = []
     skipped: list[str] = []
-    seen: set[str] = set()
-
-    def add(p: str) -> None:
-        if p not in seen:
-            seen.add(p)
-            files.append(p)
-
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
             for root, dirs, names in os.walk(p, followlinks=False):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for n in sorted(names):
-                    full = os.path.join(root, n)
-                    if n.startswith("."):
-                        continue
-                    if is_image_name(n):
-                        add(full)
-                    else:
-                        skipped.append(full)
+                for n in sorted(name for name in names if not name.startswith(".")):
+                    (files if is_image_name(n) else skipped).append(os.path.join(root, n))
         elif p.exists() or p.is_symlink():
-            add(str(p))
+            files.append(str(p))
         elif glob.has_magic(raw):
             for m in sorted(glob.glob(raw, recursive=True)):
                 if os.path.isdir(m):
-                    f2, s2 = collect_inputs([m])
-                    for f in f2:
-                        add(f)
-                    skipped += s2
-                elif is_image_name(m):
-                    add(m)
+                    found, not_images = collect_inputs([m])
+                    files += found
+                    skipped += not_images
                 else:
-                    skipped.append(m)
+                    (files if is_image_name(m) else skipped).append(m)
         else:
-            add(raw)  # becomes an `unreadable` row: no such file
-    return files, skipped
+            files.append(raw)  # becomes an `unreadable` row: no such file
+    return list(dict.fromkeys(files)), skipped  # each file once, in the order first given
 
 
 def output_stem(path: str) -> str:
@@ -78,8 +67,6 @@ def output_stem(path: str) -> str:
 
 def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """An instance image as a 16-bit PNG (labels 0..65535), a boolean mask as an 8-bit one (0/255)."""
-    from PIL import Image
-
     if mask.dtype == bool:
         Image.fromarray(mask.astype(np.uint8) * 255).save(path)
     else:
@@ -98,14 +85,6 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
     `save_masks`: also masks/<stem>_cells.png (16-bit instance labels, 0 = background, k = cell id k) and
     masks/<stem>_nucleus.png (0/255, with a two-output segmenter), in the field's own pixels. `um_per_px`: the
     lab's calibration for every field (replaces the estimated scale; leukodx.inference.scale.check_um_per_px)."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from leukodx.inference.pipeline import NO_LEUKOCYTE, load_analyzer
-    from leukodx.inference.render import heatmap_png, overlay_png
-    from leukodx.inference.types import FieldResult
-
     files, skipped = collect_inputs(paths)
     if not files:
         raise LeukodxError(f"No images found in {', '.join(paths)}" + (
@@ -115,17 +94,13 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                              cell_classifier=cells_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if overlays:
-        (out / "overlays").mkdir(exist_ok=True)
-    if heatmap:
-        (out / "heatmaps").mkdir(exist_ok=True)
-    if save_masks:
-        (out / "masks").mkdir(exist_ok=True)
+    for sub, wanted in (("overlays", overlays), ("heatmaps", heatmap), ("masks", save_masks)):
+        if wanted:
+            (out / sub).mkdir(exist_ok=True)
     classes = analysis.classes
-    columns = list(CONTRACT_COLUMNS) + ["flag_reason", "size_note", "heatmap", "ood_score", "cell_mask",
-                                        "nucleus_mask"] + [
-        f"prob_{c}" for c in classes] + ["analysis_ms", "rbc_diameter_px", "scale_factor", "um_per_px", "scale_source",
-                                         "no_call_reason", "cell_model", "scale_warning"]
+    columns = [*CONTRACT_COLUMNS, "flag_reason", "size_note", "heatmap", "ood_score", "cell_mask",
+               "nucleus_mask", *(f"prob_{c}" for c in classes), "analysis_ms", "rbc_diameter_px",
+               "scale_factor", "um_per_px", "scale_source", "no_call_reason", "cell_model", "scale_warning"]
     csv_path, json_path = out / "predictions.csv", out / "predictions.json"
     results: list[dict] = []
     all_results: list[FieldResult] = []
@@ -164,8 +139,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                 rgb, r.image = r.image, None
                 rows_futs.append((r, None if rgb is None else pool.submit(write_pngs, r, rgb, output_stem(p))))
             for r, fut in rows_futs:
-                saved = fut.result() if fut is not None else {}
-                ov, hm = saved.get("overlay", ""), saved.get("heatmap", "")
+                saved = fut.result() if fut is not None else {"overlay": "", "heatmap": ""}
                 row: dict[str, object] = {"path": r.path, "flag": r.flag, "flag_reason": r.flag_reason,
                                           "size_note": r.size_note, **saved,
                                           "rbc_diameter_px": "" if r.rbc_diameter_px is None else r.rbc_diameter_px,
@@ -183,9 +157,7 @@ def run_predict(paths: list[str], out: str | Path, *, classifier_dir=None, segme
                                 "analysis_ms": f"{r.timings_ms.get('total', 0):.1f}"})
                     row.update({f"prob_{c}": f"{r.probabilities.get(c, 0.0):.4f}" for c in classes})
                 writer.writerow(row)
-                rec = r.to_dict()
-                rec.update({"overlay": ov, "heatmap": hm, **saved})
-                results.append(rec)
+                results.append(r.to_dict() | saved)
                 r.mask = r.nucleus_mask = r.instances = r.heatmap = None  # keep memory flat on big folders
                 all_results.append(r)
                 progress.update(task, advance=1, last=Path(r.path or "").name[:40])

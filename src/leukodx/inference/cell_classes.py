@@ -1,16 +1,11 @@
 """The classes a leukocyte can be given in review, the classes known by name, and the words shown.
 
 The cell-level model (leukodx.inference.cell_classifier) answers one of its config's `classes`, or
-`UNIDENTIFIED` when its calibrated top probability is below the threshold chosen on validation cells (as
-commercial analysers do: such a cell is for the reviewer to classify). A reviewer may give any of
-`CELL_CLASSES`, or exclude the cell (`EXCLUDED`: it is then left out of the differential count). A class outside
-`KNOWN_CLASSES` has no words here; the web app then keeps no suggestion. `BLAST` cells make the blast
-percentage::
-
-    blast % = 100 * blasts / (cells counted in the differential)
-
-"smudge" is in the model's vocabulary for reviewers, but no training source has smudge cells: the model never
-suggests it (its model card says so).
+`UNIDENTIFIED` below the confidence threshold chosen on validation cells (as commercial analysers do: the
+reviewer classifies it). A reviewer may give any of `CELL_CLASSES`, or exclude the cell (`EXCLUDED`: left out
+of the differential). A class outside `KNOWN_CLASSES` has no words here; the web app then keeps no suggestion.
+`BLAST` cells make the blast percentage (docs/review.md). "smudge" is in the reviewers' vocabulary, but no
+training source has smudge cells: the model never suggests it (its model card says so).
 """
 
 from __future__ import annotations

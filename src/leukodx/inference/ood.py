@@ -1,21 +1,12 @@
 """Out-of-distribution checks: is this a usable smear field, and does the model see it like its training fields?
 
 A flag must mean "the model is likely wrong here, or this is not a usable smear field", never just "another
-lab". Two checks (fitted by leukodx.deploy.ood_fit; scored here):
-
-1. **Smear check** (``leukodx.inference.smear_check``, model-free): blank, greyscale, screenshot or document,
-   no red cells, magnification far from the training fields', heavy blur. It never looks at absolute colour or
-   white balance. Its one fitted number is the training fields' red-cell diameter (the model config's
-   ``scale.rbc_diameter_224``).
-2. **Feature distance** (``features``): a class-conditional Mahalanobis distance in the classifier's
-   penultimate feature space (any classifier: the input of its last linear layer). The covariance is shared
-   between classes and modelled as probabilistic PCA (top-k principal directions + isotropic residual variance,
-   shrunk). Score = min over classes of the squared distance / feature dimension; its threshold, and why it
-   is fitted on lab-shifted copies too: leukodx.deploy.ood_fit.
-
-The former image-statistics check (background brightness, white balance, stain colour, texture scale ranges)
-is gone: it flagged exactly the variation a robust model must tolerate, and its flags did not predict errors.
-"Model likely wrong" on a usable field is ``low_confidence`` (calibrated confidence, in the pipeline).
+lab". Two checks (fitted by leukodx.deploy.ood_fit; scored here): the model-free **smear check**
+(leukodx.inference.smear_check), and the **feature distance** (``features``): a class-conditional Mahalanobis
+distance in the classifier's penultimate feature space, its covariance shared between classes and modelled as
+probabilistic PCA (top-k principal directions + isotropic residual variance, shrunk); score = min over classes
+of the squared distance / feature dimension. Colour and texture statistics are not checked (the former image
+check): they flagged exactly the variation a robust model must tolerate, and did not predict errors.
 
     >>> scorer = OODScorer(config.ood, model_dir)
     >>> flagged, reason, score = scorer.check(features, tiles_rgb, rgb=field)
@@ -28,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leukodx.inference.smear_check import check_smear
 from leukodx.models.model_config import OOD_ARRAYS
 
 IMAGE_CHECK_VERSION = 4  # 4: the smear check; 1-3 were colour/texture statistics (ignored now)
@@ -36,11 +28,8 @@ FEATURE_REASON = ("The image is unlike anything the model was trained on (its fe
 FEATURE_ADVICE = "Read the field yourself; check that it is a stained peripheral blood smear at 100x."
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# feature distance (probabilistic-PCA Mahalanobis, shared covariance)
-
-
 def feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
+    """The feature distance of each row of `feats` (probabilistic-PCA Mahalanobis, shared covariance)."""
     feats = np.asarray(feats, dtype=np.float64)
     means = np.asarray(m["means"], dtype=np.float64)
     comps = np.asarray(m["components"], dtype=np.float64)
@@ -54,10 +43,6 @@ def feature_scores(feats: np.ndarray, m: dict) -> np.ndarray:
         res = np.maximum((diff**2).sum(1) - (proj**2).sum(1), 0.0) / resid
         best = np.minimum(best, (in_sub + res) / m["dim"])
     return best
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# scoring
 
 
 class OODScorer:
@@ -91,8 +76,6 @@ class OODScorer:
         `smear` the field's smear check (leukodx.inference.smear_check; else it is run on `rgb`, the whole field
         at its own size, or the first tile). The reason says what is wrong and what to do. Score: the larger of
         the smear check's and the feature distance over its threshold (> 1 means flagged)."""
-        from leukodx.inference.smear_check import check_smear
-
         field = rgb if rgb is not None else (tiles[0] if len(tiles) else None)
         score = None
         if smear is not None or field is not None:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
 
 from leukodx.data.images import font
 
@@ -61,8 +62,6 @@ def outline(labels: np.ndarray, width: int = 1) -> np.ndarray:
     edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
     edge &= lab > 0
     if width > 1:
-        from scipy import ndimage as ndi
-
         edge = ndi.binary_dilation(edge, iterations=width - 1) & (lab > 0)
     return edge
 
@@ -93,8 +92,6 @@ def _label_positions(result, shape) -> list[tuple[int, tuple[float, float]]]:
     result still gets its numbers in the right place), else from the cells' centroids."""
     lab = result.instances
     if lab is not None and lab.shape == tuple(shape) and lab.max() > 0:
-        from scipy import ndimage as ndi
-
         ids = [int(i) for i in np.unique(lab) if i > 0]
         return list(zip(ids, ndi.center_of_mass(np.ones(lab.shape, np.uint8), lab, ids), strict=True))
     return [(c.id, c.centroid) for c in (result.cells or [])]

@@ -1,22 +1,12 @@
 """Stain normalisation: a lab's smear fields brought to the colours of the fields the models were trained on.
 
 A lab's stain batch, staining time, lamp and camera white balance change every field's colours the same way.
-`leukodx adapt` measures the lab's statistics on its own unlabelled fields (`measure`) and stores a
-`StainRule` (source = the lab's, target = the training fields', leukodx.models.model_config) in the adapted
-model directories; the analysis applies `normalize` to the working image before the models see it.
-
-**Space and mapping** (Reinhard-style, per channel in optical density): each channel's optical density
-``od = -ln((v + 1) / 256)`` (Beer-Lambert: a stain's amount scales it, a white-balance gain adds to it) is mapped
-``od' = (od - source.mean) / source.std * target.std + target.mean``, blended with the original by `strength`.
-Because the map works on each channel alone it is a 256-entry lookup table per channel: ~0.3 ms on a 224 x 224
-field, numpy only.
-
-**Statistics** (`field_stats`): over smear pixels only (the bright background is left out: pixels within
-BACKGROUND_MARGIN of the field's brightest percentile, in summed optical density), split into dark (nuclei) and
-light (red cells, cytoplasm) pixels by Otsu's threshold on the summed density; both halves weigh the same, so a
-field with one leukocyte and a field with five give the same statistics for the same stain. A field without a
-separate dark part (no leukocyte: its darkest pixels less than DARK_RATIO x the light ones) is left out of a
-lab's statistics when other fields have one. A lab's statistics (`measure`) are the median over fields.
+`leukodx adapt` measures them on the lab's own unlabelled fields (`measure`) and stores a `StainRule` (source
+= the lab's, target = the training fields', leukodx.models.model_config) in the adapted model directories; the
+analysis applies `normalize` to the working image. The map is Reinhard-style, per channel in optical density
+``od = -ln((v + 1) / 256)`` (Beer-Lambert: a stain's amount scales it, a white-balance gain adds to it): ``od'
+= (od - source.mean) / source.std * target.std + target.mean``, blended with the original by `strength`.
+Channel by channel, it is a 256-entry lookup table per channel: ~0.3 ms on a 224 x 224 field, numpy only.
 
     >>> rule = StainRule(source=measure(lab_fields), target=config.stain_reference)
     >>> work = normalize(work, rule)           # uint8 H x W x 3 in and out
@@ -55,8 +45,10 @@ def _otsu(x: np.ndarray, bins: int = 128) -> float:
 
 
 def field_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | None:
-    """(mean, std, has_dark_part) of one field's smear pixels per channel in optical density (see the module
-    docstring), or None when the field has too few smear pixels (blank)."""
+    """(mean, std, has_dark_part) per channel in optical density of one field's smear pixels (summed density
+    over BACKGROUND_MARGIN above its brightest percentile), or None when it has too few (blank). Dark (nuclei)
+    and light pixels, split by Otsu's threshold, weigh the same (one leukocyte or five: the same statistics
+    for the same stain) unless the dark part is not separate (under DARK_RATIO x the light)."""
     x = np.asarray(rgb).reshape(-1, 3)
     if len(x) > MAX_PIXELS:
         x = x[:: int(np.ceil(len(x) / MAX_PIXELS))]
@@ -71,10 +63,7 @@ def field_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool] | None:
     n = len(total)
     separate = bool(n_dark >= MIN_PART * n and n - n_dark >= MIN_PART * n
                     and total[dark].mean() >= DARK_RATIO * total[~dark].mean())
-    if separate:
-        w = np.where(dark, 0.5 / n_dark, 0.5 / (n - n_dark))
-    else:
-        w = np.full(n, 1.0 / n)
+    w = np.where(dark, 0.5 / n_dark, 0.5 / (n - n_dark)) if separate else np.full(n, 1.0 / n)
     mean = (w[:, None] * od).sum(0)
     std = np.sqrt((w[:, None] * (od - mean) ** 2).sum(0))
     return mean, std, separate

@@ -4,8 +4,7 @@ the web application and its tests alike.
     >>> case = summarize_case(results, classes=["Benign", "Early", "Pre", "Pro"], low_confidence=0.7)
     >>> case.label, case.malignant_probability, case.needs_review, case.reasons
 
-The malignant-probability rule is written once, here (`malignant_probability`): 1 - the probability of the
-model's benign classes (`ModelConfig.case_rule.benign`).
+The malignant-probability rule is written once, here (`malignant_probability`).
 """
 
 from __future__ import annotations

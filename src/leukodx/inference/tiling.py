@@ -1,19 +1,10 @@
 """How a field of any size and magnification becomes model inputs, and how model outputs go back to its pixels.
 
-1. **Scale** (`prepare`): the field is resampled by its scale factor (leukodx.inference.scale.field_scale: red
-   cells brought to the training fields' 17 px; 1.0 for a field already at about that size) into the *working
-   image*. A working image with a side under the window (config `scale.window`: 224 px, the training fields'
-   side) is mirror-padded to it.
-2. **Windows** (`plan_tiles`): along each axis, a working image up to window x SQUARE_ASPECT (280 px) long is one
-   span; a longer one is cut into the fewest window-px spans that cover it, overlapping evenly. Each window is
-   resized to the model input (a 224-px training field at 160 px, for instance), as the training fields were.
-3. **Back** (`stitch`, `to_original`): per-pixel outputs are stitched at the working resolution, averaged where
-   windows overlap, the padding cut off, and resized to the field's own pixels.
-
-A 224 x 224 field at the training magnification is one window, exactly as before scale handling; a 640 x 480
-field of another camera whose red cells are 4.5x larger becomes a 142 x 107 working image, padded to 224 x 224.
-Resizing is PIL bilinear (antialiased when shrinking) everywhere: in `predict`, `evaluate`, `bench` and the web app
-alike.
+`prepare` resamples the field by its scale factor (leukodx.inference.scale.field_scale) into the *working
+image*, mirror-pads it to the window (config `scale.window`) and plans its windows (`plan_tiles`); each window
+is resized to the model input, as the training fields were. `stitch` and `to_original` bring per-pixel outputs
+back: averaged where windows overlap, the padding cut off, resized to the field's own pixels. Resizing is PIL
+bilinear (antialiased when shrinking) everywhere: in `predict`, `evaluate`, `bench` and the web app alike.
 """
 
 from __future__ import annotations
@@ -138,16 +129,11 @@ def cut_tiles(rgbs: Sequence[np.ndarray], size: Sequence[int], boxes: Sequence[l
     """Every field's tiles resized to the model input: (tiles, owner field of each tile, boxes per field).
     `boxes`: the windows per field (a `Prepared`'s); by default tiles of each image's short side."""
     mh, mw = int(size[0]), int(size[1])
-    tiles: list[np.ndarray] = []
-    owner: list[int] = []
-    boxes_per_field: list[list[Box]] = []
-    for fi, rgb in enumerate(rgbs):
-        boxes_i = boxes[fi] if boxes is not None else plan_tiles(rgb.shape[0], rgb.shape[1], min(rgb.shape[:2]))
-        boxes_per_field.append(boxes_i)
-        for (y0, x0, y1, x1) in boxes_i:
-            tiles.append(resize_rgb(rgb[y0:y1, x0:x1], mh, mw))
-            owner.append(fi)
-    return tiles, np.asarray(owner, dtype=np.int64), boxes_per_field
+    if boxes is None:
+        boxes = [plan_tiles(rgb.shape[0], rgb.shape[1], min(rgb.shape[:2])) for rgb in rgbs]
+    tiles = [resize_rgb(rgb[y0:y1, x0:x1], mh, mw) for rgb, field_boxes in zip(rgbs, boxes, strict=True)
+             for y0, x0, y1, x1 in field_boxes]
+    return tiles, np.repeat(np.arange(len(boxes), dtype=np.int64), [len(b) for b in boxes]), list(boxes)
 
 
 def stitch(maps: Sequence[np.ndarray], boxes: Sequence[Box], h: int, w: int) -> np.ndarray:

@@ -1,8 +1,5 @@
-"""The `leukodx` command. Thin commands over importable functions; torch is imported inside commands.
-
-Every error a user can cause ends in one line saying what is wrong and what to do, with a non-zero exit
-status and no traceback unless --debug is given.
-"""
+"""The `leukodx` command. Every error a user can cause ends in one line saying what is wrong and what to do,
+with a non-zero exit status and no traceback unless --debug is given."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Time the analysis: PyTorch eager vs ONNX Runtime fp32 vs ONNX int8 (where an int8 model exists),
         per stage, on the same fields in the same run."""
-        from rich.table import Table
+        from rich.table import Column, Table
 
         from leukodx.deploy.bench import ENGINE_KEYS, ROWS, bench_markdown, run_bench
 
@@ -36,10 +36,8 @@ def register(app: typer.Typer) -> None:
                         segmenter_dir=segmenter, heatmap_n=heatmap_n, repeats=repeats, seed_n=seed_n,
                         log=lambda s: err_console.print(s, highlight=False))
         keys = [k for k in (*ENGINE_KEYS, "seed_pipeline") if k in res]
-        table = Table(title=f"analysis speed ({res['setup']['fields']}, {res['machine']['threads']} threads)")
-        table.add_column("")
-        for k in keys:
-            table.add_column(k, justify="right")
+        table = Table("", *(Column(k, justify="right") for k in keys),
+                      title=f"analysis speed ({res['setup']['fields']}, {res['machine']['threads']} threads)")
         for label, key in ROWS:
             table.add_row(label, *[f"{res[k][key]:.1f}" if res[k].get(key) is not None else "-" for k in keys])
         console.print(table)

@@ -1,8 +1,5 @@
-"""`leukodx demo`: the whole pipeline end to end on synthetic smears, with no download.
-
-inspect -> split -> train classify -> train segment -> evaluate -> export onnx -> predict, at a tiny scale that
-runs in a few minutes on a laptop CPU. The models it trains are for showing the pipeline, not for diagnosis.
-"""
+"""`leukodx demo`: inspect -> split -> train -> evaluate -> export -> predict on synthetic smears, with no
+download, in a few minutes on a laptop CPU. The models it trains show the pipeline; they are not for diagnosis."""
 
 from __future__ import annotations
 

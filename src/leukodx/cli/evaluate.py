@@ -10,13 +10,10 @@ from leukodx.cli._common import console
 
 
 def _summary_table(metrics: dict):
-    from rich.table import Table
+    from rich.table import Column, Table
 
     shift = "lab_shift" in metrics
-    table = Table(title="leukodx evaluate", show_lines=False)
-    table.add_column("model")
-    table.add_column("metric")
-    table.add_column("in distribution", justify="right")
+    table = Table("model", "metric", Column("in distribution", justify="right"), title="leukodx evaluate")
     if shift:
         table.add_column("lab-shifted", justify="right")
 

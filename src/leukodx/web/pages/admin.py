@@ -23,10 +23,8 @@ def _admin_page(request: Request, who, db, status_code: int = 200, **extra):
     users = db.scalars(select(User).order_by(User.username)).all()
     tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     log = db.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(50)).all()
-    extra.setdefault("error", "")
-    extra.setdefault("new_token", "")
     return render(request, "admin.html", status_code, who=who, users=users, tokens=tokens, log=log,
-                  roles=auth.ROLES, **extra)
+                  roles=auth.ROLES, **{"error": "", "new_token": "", **extra})
 
 
 @router.get("/admin")

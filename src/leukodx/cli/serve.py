@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -30,18 +31,17 @@ token_app = typer.Typer(help="API tokens for the HTTP API.", no_args_is_help=Tru
 user_app = typer.Typer(help="Users of the web application.", no_args_is_help=True)
 
 
-def _open(db: str):
-    from leukodx.web.db import open_database
+@contextmanager
+def _session(db: str | None):
+    """(a session, the database in words) of --db (resolve_db), committed when the block ends without error."""
+    from leukodx.web.db import describe_url, open_database
     from leukodx.web.settings import database_url_for
 
-    return open_database(database_url_for(db))
-
-
-def describe_db(db: str) -> str:
-    from leukodx.web.db import describe_url
-    from leukodx.web.settings import database_url_for
-
-    return describe_url(database_url_for(db))
+    url = database_url_for(resolve_db(db))
+    _, sessions = open_database(url)
+    with sessions() as s:
+        yield s, describe_url(url)
+        s.commit()
 
 
 def _load_factory(spec: str):
@@ -241,12 +241,9 @@ def token_create(
     """Create an API token. It is printed once, on the last line; only its hash is stored."""
     from leukodx.web.auth import create_token
 
-    db = resolve_db(db)
-    _, sessions = _open(db)
-    with sessions() as s:
+    with _session(db) as (s, where):
         _, secret = create_token(s, name, role, actor="cli")
-        s.commit()
-    err_console.print(f"Token {name!r} ({role}) created in {describe_db(db)}. It is shown only once; keep it secret. "
+    err_console.print(f"Token {name!r} ({role}) created in {where}. It is shown only once; keep it secret. "
                       "Send it as 'Authorization: Bearer <token>'.", highlight=False, soft_wrap=True)
     typer.echo(secret)
 
@@ -268,13 +265,9 @@ def user_add(
     from leukodx.web.auth import add_user, check_role
 
     check_role(role)
-    db = resolve_db(db)
-    _, sessions = _open(db)
-    password = _read_password(password_stdin)
-    with sessions() as s:
-        add_user(s, name, password, role, actor="cli")
-        s.commit()
-    console.print(f"User [bold]{name}[/] ({role}) added to {describe_db(db)}.", highlight=False, soft_wrap=True)
+    with _session(db) as (s, where):
+        add_user(s, name, _read_password(password_stdin), role, actor="cli")
+    console.print(f"User [bold]{name}[/] ({role}) added to {where}.", highlight=False, soft_wrap=True)
 
 
 @user_app.command("passwd")
@@ -286,13 +279,9 @@ def user_passwd(
     """Set a user's password (their login sessions end)."""
     from leukodx.web.auth import set_password
 
-    db = resolve_db(db)
-    _, sessions = _open(db)
-    password = _read_password(password_stdin)
-    with sessions() as s:
-        set_password(s, name, password, actor="cli")
-        s.commit()
-    console.print(f"Password of [bold]{name}[/] changed in {describe_db(db)}.", highlight=False, soft_wrap=True)
+    with _session(db) as (s, where):
+        set_password(s, name, _read_password(password_stdin), actor="cli")
+    console.print(f"Password of [bold]{name}[/] changed in {where}.", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

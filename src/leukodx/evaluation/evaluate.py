@@ -393,12 +393,8 @@ def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> 
 
 def _skipped_section(section: str, reason: str, em: EvaluatedModel | None = None) -> dict:
     keys = CLASSIFICATION_KEYS if section == "classification" else SEGMENTATION_KEYS
-    out: dict = dict.fromkeys(keys)
-    out["n_images"] = 0
-    out["skipped"] = reason
-    if em is not None:
-        out.update(em.info())
-    return out
+    out: dict = dict.fromkeys(keys) | {"n_images": 0, "skipped": reason}
+    return out | (em.info() if em is not None else {})
 
 
 def _classification_figures(res: dict, samples: list[Sample], plot_dir: Path, tag: str) -> dict[str, Path]:

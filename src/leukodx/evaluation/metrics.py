@@ -92,12 +92,11 @@ def classification_metrics(
 ) -> dict:
     """Metrics of a classifier's probabilities `probs` (N x C, rows summing to 1) against class indices `y_true`.
 
-    Contract keys: n_images, accuracy, balanced_accuracy, macro_f1, roc_auc_macro, ece, confusion_matrix (rows
-    true, columns predicted), classes, per_class {class: precision, recall, specificity, f1, support}.
-    Extras: roc_auc_note (why the AUC is None, when it is), per-class roc_auc, nll, brier, reliability (bins for a
-    reliability diagram) and, when a `benign` class (the model's `case_rule.benign`; default CaseRule's) is one of
-    the classes, malignant_vs_benign (sensitivity and
-    specificity of "not benign", with the predicted class as the call, and its AUC on 1 - p(benign)).
+    The contract keys of docs/design.md (confusion_matrix: rows true, columns predicted), and: roc_auc_note
+    (why the AUC is None, when it is), per-class roc_auc, nll, brier, reliability (bins for a reliability
+    diagram) and, when a `benign` class (the model's `case_rule.benign`; default CaseRule's) is one of the
+    classes, malignant_vs_benign (sensitivity and specificity of "not benign", with the predicted class as the
+    call, and its AUC on 1 - p(benign)).
     Balanced accuracy averages the recall over the classes present in `y_true`; macro F1 averages F1 over the
     classes present in `y_true` or in the predictions.
     """
@@ -219,8 +218,7 @@ class SegmentationAccumulator:
     - n_reference_failed: fields whose reference has < 0.1 % foreground (the reference thresholding failed).
     """
 
-    def __init__(self, min_reference_foreground: float = MIN_REFERENCE_FOREGROUND):
-        self.min_fg = min_reference_foreground
+    def __init__(self) -> None:
         self.per_image: list[dict] = []
         # sums over the fields with a usable reference ("ok") and over all fields ("all")
         self._sums = {k: dict.fromkeys(("inter", "pred", "ref", "union", "correct", "pixels"), 0)
@@ -242,7 +240,7 @@ class SegmentationAccumulator:
         union = n_pred + n_ref - inter
         pixels = int(ref.size)
         frac = n_ref / pixels if pixels else 0.0
-        failed = frac < self.min_fg
+        failed = frac < MIN_REFERENCE_FOREGROUND
         sums = {"inter": inter, "pred": n_pred, "ref": n_ref, "union": union,
                 "correct": pixels - (union - inter), "pixels": pixels}
         for g in ("all",) if failed else ("ok", "all"):
@@ -275,7 +273,7 @@ class SegmentationAccumulator:
             "n_images": len(self.per_image),
             "n_scored": len(scored),
             "n_reference_failed": len(self.per_image) - len(scored),
-            "min_reference_foreground": self.min_fg,
+            "min_reference_foreground": MIN_REFERENCE_FOREGROUND,
             "dice_global": _ratio(2 * ok["inter"], ok["pred"] + ok["ref"]),
             "dice_global_all": _ratio(2 * all_["inter"], all_["pred"] + all_["ref"]),
             "dice_mean": float(np.mean([r["dice"] for r in scored])) if scored else None,
@@ -304,14 +302,13 @@ def segmentation_metrics(
     pred_counts: Iterable[int] | None = None,
     ref_counts: Iterable[int] | None = None,
     names: Iterable[str] | None = None,
-    min_reference_foreground: float = MIN_REFERENCE_FOREGROUND,
 ) -> dict:
     """Segmentation metrics over paired binary masks (each pair the same size; pairs may differ in size).
 
     See `SegmentationAccumulator` for the definitions; `count_mae` needs both count lists. ValueError when the
     lists differ in length.
     """
-    acc = SegmentationAccumulator(min_reference_foreground)
+    acc = SegmentationAccumulator()
     preds = list(pred_masks)
     absent = [None] * len(preds)
     for p, r, a, b, n in zip(preds, ref_masks, absent if pred_counts is None else pred_counts,

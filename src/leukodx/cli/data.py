@@ -39,10 +39,9 @@ def _print_report(r: dict) -> None:
                   str(masks["median_foreground"].get(c, "-")) if masks["present"] else "-")
     console.print(t)
     console.print("Image sizes: " + ", ".join(f"{k} ({v})" for k, v in r["image_sizes"].items()))
-    n_ex, n_near = len(r["exact_duplicate_groups"]), len(r["near_duplicate_groups"])
-    console.print(f"Exact-duplicate groups (same pixels): {n_ex}, "
+    console.print(f"Exact-duplicate groups (same pixels): {len(r['exact_duplicate_groups'])}, "
                   f"{sum(len(g) for g in r['exact_duplicate_groups'])} files")
-    console.print(f"Near-duplicate groups ({r['near_duplicate_rule']}): {n_near}, "
+    console.print(f"Near-duplicate groups ({r['near_duplicate_rule']}): {len(r['near_duplicate_groups'])}, "
                   f"{sum(len(g) for g in r['near_duplicate_groups'])} files")
     if r["empty_classes"]:
         console.print(f"[yellow]Empty class folders:[/] {', '.join(r['empty_classes'])}")

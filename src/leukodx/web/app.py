@@ -1,8 +1,4 @@
-"""The application factory: `create_app(settings, analyzer=None)`.
-
-With `analyzer=None` the bundled (or configured) models are loaded once, in the background, at start-up;
-tests and demos pass an analyzer of their own.
-"""
+"""The application factory `create_app(settings, analyzer=None)`: its middlewares and error answers."""
 
 from __future__ import annotations
 

@@ -127,12 +127,10 @@ def libpq_args(url: URL) -> tuple[list[str], dict]:
     """`--dbname=<conninfo>` for pg_dump / psql, and the environment with the password (never on the
     command line, where other users could read it)."""
     def quote(v) -> str:
-        v = str(v)
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     parts = {"dbname": url.database, "user": url.username, "host": url.host, "port": url.port}
-    for k, v in url.query.items():
-        parts[k] = ",".join(v) if isinstance(v, tuple) else v
+    parts |= {k: ",".join(v) if isinstance(v, tuple) else v for k, v in url.query.items()}
     conninfo = " ".join(f"{k}={quote(v)}" for k, v in parts.items() if v not in (None, ""))
     env = {**os.environ}
     if url.password:
@@ -182,15 +180,13 @@ def _run_to_file(cmd: list[str], env: dict, target: Path) -> None:
 
 
 def _snapshot_postgres(url: URL, staging: Path) -> tuple[Path, dict]:
-    from sqlalchemy import text
-
     pg_dump = _tool("pg_dump")
     target = staging / PG_MEMBER
     engine = database.make_engine(url)
     try:
         with database._connect_errors(engine), engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-            conn.execute(text("SET TRANSACTION READ ONLY"))
-            snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar()
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
             facts = {"schema_revision": _check_revision(_revision_of(conn), _upper(database.describe_url(url)))}
             facts.update(_snapshot_facts(conn))
             args, env = libpq_args(url)
@@ -515,11 +511,8 @@ def restore(archive: Path, db_url: str, files_dir: Path, force: bool = False) ->
                 f"The backup holds a {manifest['database']['dialect']} database; --db is {dialect}.",
                 "Restore it into the same kind of database it came from.")
         added = _place_files(staging, files_dir, manifest)
-        staged = staging / manifest["database"]["member"]
-        if dialect == "sqlite":
-            _restore_sqlite(staged, url)
-        else:
-            _restore_postgres(staged, url)
+        load = _restore_sqlite if dialect == "sqlite" else _restore_postgres
+        load(staging / manifest["database"]["member"], url)
         engine = database.make_engine(url)
         try:
             with engine.connect() as conn:

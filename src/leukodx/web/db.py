@@ -268,8 +268,7 @@ def migrate(engine: Engine) -> list[str]:
         if before == "0001" and "alembic_version" not in inspect(conn).get_table_names():
             command.stamp(cfg, "0001")  # made by the pre-Alembic migration 1: the same schema
         command.upgrade(cfg, "head")
-        scripts = _scripts()
-        applied = [s.revision for s in scripts.iterate_revisions("head", before or "base")
+        applied = [s.revision for s in _scripts().iterate_revisions("head", before or "base")
                    if s.revision != before]
     return list(reversed(applied))
 

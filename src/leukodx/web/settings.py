@@ -1,9 +1,6 @@
-"""Typed settings of the web application: defaults -> environment (LEUKODX_<FIELD>, e.g. LEUKODX_MAX_FILES,
-LEUKODX_MAX_FILE_MB, LEUKODX_FILES_DIR, LEUKODX_LAB_NAME, LEUKODX_TIMEZONE, LEUKODX_DIFFERENTIAL_TARGET; the
-database: LEUKODX_DB) -> command-line flags.
-
-Times are stored and sent by the API in UTC; `timezone` (the lab's, default the server's own) is only how pages
-and reports show them (`Settings.local_time`)."""
+"""Typed settings of the web application: defaults -> environment (LEUKODX_<FIELD>, e.g. LEUKODX_MAX_FILES;
+the database: LEUKODX_DB) -> command-line flags. Times are stored and sent by the API in UTC; `timezone` (the
+lab's, default the server's own) is only how pages and reports show them (`Settings.local_time`)."""
 
 from __future__ import annotations
 

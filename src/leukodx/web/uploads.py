@@ -63,10 +63,8 @@ class UploadRejected(Exception):
 
 
 def display_name(raw: str | None, index: int) -> str:
-    """A client file name made safe to show: no folders, no control characters, at most 120 characters.
-
-    It is only ever displayed (escaped); files are stored under their content hash.
-    """
+    """A client file name made safe to show (escaped; files are stored under their content hash): no folders,
+    no control characters, at most 120 characters."""
     text = (raw or "").replace("\\", "/").split("/")[-1]
     text = "".join(ch for ch in unicodedata.normalize("NFC", text) if unicodedata.category(ch)[0] != "C")
     text = re.sub(r"\s+", " ", text).strip().lstrip(".")

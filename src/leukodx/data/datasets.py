@@ -8,6 +8,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import json
 import random
 import warnings
 from collections import Counter
@@ -183,13 +185,9 @@ def load_split(data: str | Path, split_csv: str | Path | None = None, *, strateg
         summary = {"split_file": str(split_csv), "strategy": None, "seed": None}
         meta = Path(split_csv).with_suffix(".json")
         if meta.is_file():
-            import json
-
-            try:
-                summary.update({k: v for k, v in json.loads(meta.read_text()).items() if k != "counts"})
-                summary["split_file"] = str(split_csv)
-            except json.JSONDecodeError:
-                pass
+            with contextlib.suppress(json.JSONDecodeError):
+                meta_summary = json.loads(meta.read_text())
+                summary.update({k: v for k, v in meta_summary.items() if k not in ("counts", "split_file")})
         return SplitInfo(rows, summary)
     rows, summary = make_split(data, strategy=strategy, val=val, test=test, seed=seed, common_test=common_test,
                                test_seed=test_seed)

@@ -107,12 +107,11 @@ def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int,
     thread-safe).
     """
     img = open_image(path).convert("L")
-    target = None if size is None else (size[0], size[1])
-    if target is not None and img.size != target:
+    if size is not None and img.size != size:
         if warn:
-            warnings.warn(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {target[0]}x{target[1]}; "
+            warnings.warn(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}; "
                           "the mask was resized (nearest neighbour) to match.", MaskSizeWarning, stacklevel=2)
-        img = img.resize(target, Image.Resampling.NEAREST)
+        img = img.resize(size, Image.Resampling.NEAREST)
     return np.asarray(img) > threshold
 
 

@@ -98,6 +98,12 @@ def make_split(
     sizes = _class_sizes(groups)
     classes = ds.classes
 
+    def targets(fraction: float, stratified: bool) -> dict[str, int]:
+        """Images per class: `fraction` of each class (stratified), else of the smallest class, for every class."""
+        if stratified:
+            return {c: round(fraction * sizes[c]) for c in classes}
+        return dict.fromkeys(classes, round(fraction * min(sizes[c] for c in classes)))
+
     if fixed_test is not None:
         fixed = {r["path"] for r in read_split(fixed_test) if r["split"] == "test"}
         missing = fixed - {s.path for s in ds.samples}
@@ -105,20 +111,12 @@ def make_split(
             raise DatasetError(f"--fixed-test {fixed_test} names {len(missing)} test file(s) not in {data}, "
                                f"e.g. {sorted(missing)[:3]}.", "Use a split made from the same data folder.")
         test_ids = {g.gid for g in groups if any(ds.samples[m].path in fixed for m in g.members)}
-    elif common_test or strategy == "sgdc":
-        rng = random.Random(test_seed if common_test else seed)
-        test_ids = _take(groups, {c: round(test * sizes[c]) for c in classes}, rng)
     else:
-        per = round(test * min(sizes[c] for c in classes))
-        test_ids = _take(groups, dict.fromkeys(classes, per), random.Random(seed))
+        test_ids = _take(groups, targets(test, common_test or strategy == "sgdc"),
+                         random.Random(test_seed if common_test else seed))
 
     rest = [g for g in groups if g.gid not in test_ids]
-    rng = random.Random(seed * 7919 + 1)
-    if strategy == "sgdc":
-        val_ids = _take(rest, {c: round(val * sizes[c]) for c in classes}, rng)
-    else:
-        per = round(val * min(sizes[c] for c in classes))
-        val_ids = _take(rest, dict.fromkeys(classes, per), rng)
+    val_ids = _take(rest, targets(val, strategy == "sgdc"), random.Random(seed * 7919 + 1))
 
     rows = []
     for g in groups:

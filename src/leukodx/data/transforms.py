@@ -16,12 +16,16 @@ re-encoding, with wider ranges; zooming out mirror-pads, as a wider field of vie
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from leukodx.errors import LeukodxError
 
 AUGMENTATIONS = ("none", "light", "strong", "robust", "moderate")
 
@@ -157,10 +161,6 @@ class JpegReencode(_ImageOnly):
             "quality": int(torch.randint(self.quality[0], self.quality[1] + 1, ()))}
 
     def apply_image(self, img, params):
-        import io
-
-        from PIL import Image
-
         u8 = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         buf = io.BytesIO()
         Image.fromarray(u8).save(buf, format="JPEG", quality=params["quality"])
@@ -290,8 +290,6 @@ def _augment_list(size: int, strength: str) -> list[v2.Transform]:
 def build_transform(size: int | tuple[int, int], augment: str = "none") -> v2.Compose:
     """The v2 pipeline on tv_tensors (Image uint8 [+ Mask]) -> float 0..255 image [+ {0,1} mask]."""
     if augment not in AUGMENTATIONS:
-        from leukodx.errors import LeukodxError
-
         raise LeukodxError(f"Unknown augmentation strength {augment!r}.", f"Use one of: {', '.join(AUGMENTATIONS)}.")
     side = size if isinstance(size, int) else size[0]
     ops: list[v2.Transform] = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)]

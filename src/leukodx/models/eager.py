@@ -184,7 +184,7 @@ class TorchEngine:
         return {"logits": out.detach().float().numpy()}
 
 
-def load_eager(model_dir: Path, config: ModelConfig, threads: int | None = None, torch_model=None) -> TorchEngine:
+def load_eager(model_dir: Path, config: ModelConfig, threads: int | None = None) -> TorchEngine:
     """The PyTorch engine of a model directory (leukodx.inference.engines.load_engine's `eager`)."""
     try:
         import torch  # noqa: F401
@@ -194,8 +194,6 @@ def load_eager(model_dir: Path, config: ModelConfig, threads: int | None = None,
         raise ModelError(f"{model_dir} needs PyTorch (no model.onnx, or --engine torch), which this install lacks.",
                          "pip install 'leukodx[train]', or export the model: leukodx export onnx --model "
                          f"{model_dir} --out {Path(model_dir) / 'model.onnx'}") from None
-    if torch_model is None:
-        from leukodx.models.checkpoint import load_model
+    from leukodx.models.checkpoint import load_model
 
-        torch_model, _ = load_model(model_dir)
-    return TorchEngine(torch_model, config.task, threads, config.input_size)
+    return TorchEngine(load_model(model_dir)[0], config.task, threads, config.input_size)

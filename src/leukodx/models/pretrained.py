@@ -81,10 +81,6 @@ class PackagedWeights:
     source: str = SOURCE
     preprocessing: str = "TF-Lite: (x/255 - 0.5) / 0.5 per channel"
 
-    @property
-    def homepage(self) -> str:
-        return f"https://github.com/ml-illustrated/{self.module}"
-
     def file(self) -> Path:
         """The .pth file inside the installed package; a missing package says which pip install brings it."""
         try:
@@ -279,7 +275,8 @@ def apply_pretrained(backbone: nn.Module, spec: str, arch: str) -> dict:
         except importlib.metadata.PackageNotFoundError:
             version = None
         record.update({"name": target.name, "file": str(path), "sha256": file_sha256(path),
-                       "package": target.package, "package_version": version, "homepage": target.homepage,
+                       "package": target.package, "package_version": version,
+                       "homepage": f"https://github.com/ml-illustrated/{target.module}",
                        "source": target.source, "licence": target.licence, "weights_arch": target.arch,
                        "native_size": target.native_size, "original_preprocessing": target.preprocessing,
                        "key_mapping": KEY_MAPPING})

@@ -190,8 +190,8 @@ class FPNGelu(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Upsample x2 (transposed conv; `up=False`: none, between two encoder features of the same stride, which some
-    timm encoders have), concatenate the skip, double conv."""
+    """Upsample x2 (transposed conv; `up=False`: none, between two encoder features of the same stride, as
+    some timm encoders have), concatenate the skip, double conv."""
 
     def __init__(self, cin: int, skip: int, cout: int, up: bool = True):
         super().__init__()

@@ -12,8 +12,7 @@ PROBABILITY_THRESHOLD = 0.5
 
 
 class DiceBCELoss(nn.Module):
-    """BCE-with-logits + (1 - soft Dice, smoothed by 1), the Dice computed over the whole batch (stable on empty
-    masks)."""
+    """BCE-with-logits + (1 - soft Dice, smoothed by 1) over the whole batch (stable on empty masks)."""
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

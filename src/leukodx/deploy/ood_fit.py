@@ -61,13 +61,6 @@ def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def _shifted_inputs(natives: list[tuple[np.ndarray, str]], size, severity: float, seed: int) -> list[np.ndarray]:
-    """Lab-shifted copies (leukodx.evaluation.shift.lab_shift, one draw per image key) at model resolution."""
-    from leukodx.evaluation.shift import lab_shift, rng_for
-
-    return [_to_size(lab_shift(rgb, rng_for(seed, key), severity=severity), size) for rgb, key in natives]
-
-
 def reference_rbc_diameter(natives: Sequence[np.ndarray], max_images: int = MAX_REFERENCE_IMAGES) -> dict | None:
     """The training fields' red-cell diameter in px of a 224-px field (median, 5th and 95th percentile)."""
     from leukodx.inference.scale import estimate_rbc_diameter
@@ -102,6 +95,7 @@ def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, 
     """
     import torch
 
+    from leukodx.evaluation.shift import lab_shift, rng_for
     from leukodx.inference.smear_check import VERSION as SMEAR_VERSION
     from leukodx.models.eager import with_features
 
@@ -146,8 +140,10 @@ def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, 
     if val_nat:
         val = [_to_size(rgb, size) for rgb, _ in val_nat]
         per_set["held_out"] = feature_scores(features(val)[0], fm)
-        for sev in shift_severities:
-            per_set[f"lab_shift_{sev:g}"] = feature_scores(features(_shifted_inputs(val_nat, size, sev, seed))[0], fm)
+        for sev in shift_severities:  # one draw per image key
+            shifted = [_to_size(lab_shift(rgb, rng_for(seed, key), severity=sev), size)
+                       for rgb, key in val_nat]
+            per_set[f"lab_shift_{sev:g}"] = feature_scores(features(shifted)[0], fm)
     else:  # too few images to hold any out: score the fit images themselves
         per_set["fit"] = feature_scores(f_fit, fm)
     pooled = np.concatenate(list(per_set.values()))

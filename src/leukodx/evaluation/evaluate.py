@@ -240,20 +240,6 @@ def write_classification_predictions(res: dict, path: Path) -> Path:
     return path
 
 
-def _reference_counter(config: dict):
-    """Cells of a reference mask: its connected components after the pipeline's speck rule, with the segmenter's
-    instance parameters scaled to the field."""
-    from leukodx.inference.instances import reference_components, scaled_params
-
-    base = (config.get("thresholds") or {}).get("instances")
-
-    def count(mask: np.ndarray) -> int:
-        sp = scaled_params(mask.shape, base=base)
-        return int(reference_components(mask, min_area=sp["min_area"], max_hole=sp["max_hole"]))
-
-    return count
-
-
 def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[str]):
     from PIL import Image
 
@@ -280,6 +266,7 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
     """Returns {"metrics", "metrics_shift" (or None), "examples": {"best": [...], "worst": [...]}}."""
     from leukodx.data.reference_masks import repaired_reference
     from leukodx.evaluation.cells import scored_nucleus
+    from leukodx.inference.instances import reference_components, scaled_params
 
     with_mask = [s for s in samples if s.mask is not None]
     n_missing = len(samples) - len(with_mask)
@@ -288,7 +275,14 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             "segmentation", f"none of the {len(samples)} evaluated fields has a reference mask "
             "(DATA/Segmented/<class>/<same name>)", em), "metrics_shift": None, "examples": {}}
     thr_mask = int(em.config.get("reference_mask_level", 128))
-    count_ref = _reference_counter(em.config)
+    instances = (em.config.get("thresholds") or {}).get("instances")
+
+    def count_ref(mask: np.ndarray) -> int:
+        """Cells of a reference mask: its connected components after the pipeline's speck rule, with the
+        segmenter's instance parameters scaled to the field."""
+        sp = scaled_params(mask.shape, base=instances)
+        return int(reference_components(mask, min_area=sp["min_area"], max_hole=sp["max_hole"]))
+
     # per condition (as is; lab-shifted): the fields against their references, per class, and the same
     # predictions against the repaired references (leukodx.data.reference_masks: HSV masks under 1 %
     # foreground rebuilt by the stain rule, so the pale Pro blasts count)

@@ -307,9 +307,7 @@ class VerifyIn(BaseModel):
     amendment_reason: str | None = Field(default=None, max_length=1000, description=AMENDMENT)
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem},
-    503: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": Problem} for status in (401, 403, 404, 422, 503)}
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 413: {"model": Problem}, 415: {"model": Problem}, 504: {"model": Problem}}
 LOCK_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS, 409: {"model": Problem, "description": "Signed off: send amendment_reason to amend it."}}

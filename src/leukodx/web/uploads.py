@@ -123,9 +123,8 @@ async def check_uploads(files: list, max_files: int, max_bytes: int) -> list[Goo
         try:  # decoding (a big TIFF takes a while) runs on a worker thread, never on the event loop
             rgb, fmt = await run_in_threadpool(_decode, data, name)
         except ImageError as exc:
-            hint = exc.hint
-            if status_for(exc) == 413 and "bomb" in exc.reason:
-                hint = f"Images over {MAX_PIXELS / 1e6:.0f} megapixels are refused; downscale it first."
+            hint = (f"Images over {MAX_PIXELS / 1e6:.0f} megapixels are refused; downscale it first."
+                    if "bomb" in exc.reason else exc.hint)  # a bomb is a 413 (status_for)
             bad.append(Rejection(status_for(exc), name, exc.reason + ".", hint))  # capitalised by Rejection
             continue
         good.append(GoodImage(name=name, data=data, rgb=rgb, ext=EXT_FOR_FORMAT.get(fmt, "png"),

@@ -5,17 +5,8 @@
 A `Sample` holds an image's cell centres, one label per centre (a cell class, `NOT_LEUKOCYTE`, or a key of the
 trainer's label sets such as `ANY_LEUKOCYTE`) and what each crop is (``kind``). `CropData` is the store: the
 crops cut at `STORE_RBC` red-cell diameters (`STORE_SIZE` px; the trainer cuts them with the clinic's crop rule)
-and one row of columns per crop.
-
-- PBC: the centred cell, class from its folder, ``platelet`` -> not_leukocyte.
-- Taleqani: one crop per component of the field's repaired nucleus reference (`reference_masks.repaired_reference`;
-  components under 40 px are specks, lobes within 0.3 red-cell diameters are one cell). Weak labels: a Benign
-  field's cells 'lymphocyte' (hematogones), another field's 'blast'. Negatives (not_leukocyte): one crop centred
-  on a red cell farther than 1.5 red-cell diameters from every nucleus and, on every third field, one on the
-  background that far away.
-- Raabin fields: up to `RAABIN_RBC_PER_FIELD` red-cell boxes and every platelet box -> not_leukocyte; every
-  leukocyte box -> `ANY_LEUKOCYTE` (the boxes have no types).
-- Chula fields: every typed leukocyte box -> its kind (only leukocytes are boxed: no negatives).
+and one row of columns per crop. Each reader (`iter_pbc`, `iter_taleqani`, `iter_raabin`, `iter_chula`) says
+which cells of its source it yields and how they are labelled.
 """
 
 from __future__ import annotations
@@ -175,7 +166,9 @@ def taleqani_negatives(rgb: np.ndarray, nucleus: np.ndarray, rng: np.random.Gene
 def iter_taleqani(root: str | Path, split_csv: str | Path, parts: Iterable[str] = ("train", "val", "test"),
                   negatives: bool = True, seed: int = 0, limit_per_class: int | None = None, every: int = 1
                   ) -> Iterator[Sample]:
-    """Each Taleqani field's reference cells (weak labels from the field) and its negatives; `every`: only every
+    """Each Taleqani field's cells (`taleqani_cells` of its repaired nucleus reference) with weak labels from
+    the field: a Benign field's cells 'lymphocyte' (hematogones), another field's 'blast'; and its negatives
+    (`taleqani_negatives`, not_leukocyte; the background one on every third field). `every`: only every
     `every`-th row of `parts` (the others cost nothing)."""
     from leukodx.data.images import read_reference_mask, read_rgb
     from leukodx.data.reference_masks import repaired_reference
@@ -222,7 +215,7 @@ def iter_taleqani(root: str | Path, split_csv: str | Path, parts: Iterable[str] 
 def iter_raabin(root: str | Path, split_csv: str | Path | None = None, parts: Iterable[str] = ("train", "val", "test"),
                 rbc_per_field: int = RAABIN_RBC_PER_FIELD, seed: int = 0, limit: int | None = None) -> Iterator[Sample]:
     """Each Raabin field's boxes: red cells (up to `rbc_per_field`, whole ones) and platelets -> not_leukocyte,
-    leukocytes -> the set label "one of the leukocyte types"."""
+    leukocytes -> `ANY_LEUKOCYTE`, "one of the leukocyte types" (the boxes have no types)."""
     from leukodx.data.images import read_rgb
 
     root = sources.check("raabin", root)
@@ -263,7 +256,8 @@ def iter_raabin(root: str | Path, split_csv: str | Path | None = None, parts: It
 
 def iter_chula(root: str | Path, split_csv: str | Path | None = None, parts: Iterable[str] = ("train", "val", "test"),
                limit_per_class: int | None = None) -> Iterator[Sample]:
-    """Each labelled Chula field's typed leukocyte boxes (split: the file, else `sources.chula_split`)."""
+    """Each labelled Chula field's typed leukocyte boxes, labelled with their type (only leukocytes are boxed:
+    no negatives; split: the file, else `sources.chula_split`)."""
     from leukodx.data.images import read_rgb
 
     root, src = sources.check("chula", root), sources.SOURCES["chula"]

@@ -58,10 +58,8 @@ def _decode_all(samples: list[Sample], max_side: int | None, skipped: list[str],
 
 
 class ClassificationDataset(torch.utils.data.Dataset):
-    """Smear fields and class indices. Items: (float 3xHxW in 0..255, int class index).
-
-    Unreadable images are left out, named in `skipped`, with a warning.
-    """
+    """Smear fields and class indices. Items: (float 3xHxW in 0..255, int class index). Unreadable images are
+    left out, named in `skipped`, with a warning."""
 
     def __init__(self, samples: list[Sample], classes: list[str], transform=None, max_side: int | None = None):
         self.classes = list(classes)
@@ -90,11 +88,9 @@ class ClassificationDataset(torch.utils.data.Dataset):
 
 class SegmentationDataset(torch.utils.data.Dataset):
     """Smear fields and reference masks (grayscale(Segmented) > threshold). Items: (float 3xHxW, float 1xHxW).
-
     Left out and counted: fields without a mask (`missing_masks`), near-empty masks (< 0.1 % foreground; the
     colour thresholding failed) unless `skip_near_empty=False`, unreadable files. Masks of another size than
-    their image are resized (nearest) with a warning and counted in `resized_masks`.
-    """
+    their image are resized (nearest) with a warning and counted in `resized_masks`."""
 
     def __init__(self, samples: list[Sample], transform=None, mask_threshold: int = 128, skip_near_empty: bool = True,
                  max_side: int | None = None, references: str = "original"):

@@ -53,12 +53,10 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 def find_duplicate_groups(
     digests: list[str], hashes: list[int], max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE
 ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-    """Indices grouped three ways.
-
-    Returns (exact_groups, near_groups, all_groups): exact groups share decoded pixels; near groups are
-    connected by pHash distance <= max_distance and hold at least two different pixel contents; all_groups
-    partitions every index (singletons included) by exact-or-near links, which is what a split must respect.
-    """
+    """Indices grouped three ways, (exact_groups, near_groups, all_groups): exact groups share decoded pixels;
+    near groups are connected by pHash distance <= max_distance and hold at least two different pixel
+    contents; all_groups partitions every index (singletons included) by exact-or-near links, what a split
+    must respect."""
     n = len(digests)
     by_digest: dict[str, list[int]] = {}
     for i, d in enumerate(digests):

@@ -43,10 +43,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(source: str | Path | bytes, name: str | None = None, *, min_side: int = MIN_SIDE) -> Image.Image:
-    """Open an image as 8-bit RGB, or raise ImageError naming the file and the reason.
-
-    `source` is a path or the raw bytes of an upload (then `name` is used in messages).
-    """
+    """Open an image (a path, or the raw bytes of an upload: then `name` is used in messages) as 8-bit RGB, or
+    raise ImageError naming the file and the reason."""
     label = name or (str(source) if not isinstance(source, bytes) else "upload")
     try:
         if isinstance(source, bytes):
@@ -100,12 +98,10 @@ def read_rgb(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
 
 def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int, int] | None = None,
                         warn: bool = True) -> np.ndarray:
-    """The study's reference mask: grayscale(Segmented image) > threshold, as a bool HxW array.
-
-    When `size` (W, H) is given and differs, the mask is resized (nearest) and, with `warn`, a MaskSizeWarning
-    is issued (callers in worker threads pass warn=False and compare sizes themselves: warning capture is not
-    thread-safe).
-    """
+    """The study's reference mask: grayscale(Segmented image) > threshold, as a bool HxW array. When `size`
+    (W, H) is given and differs, the mask is resized (nearest) and, with `warn`, a MaskSizeWarning is issued
+    (callers in worker threads pass warn=False and compare sizes themselves: warning capture is not
+    thread-safe)."""
     img = open_image(path).convert("L")
     if size is not None and img.size != size:
         if warn:

@@ -1,22 +1,18 @@
 """Reference leukocyte masks: the study's HSV masks, and the rule that repairs them where the thresholding failed.
 
 The public `Segmented/` images were made by colour thresholding in HSV space. The reference study binarised them
-as ``grayscale(Segmented) > 128`` (`hsv_reference`). On the pale Pro stain that thresholding failed: 522 of the
+as ``grayscale(Segmented) > 128``. On the pale Pro stain that thresholding failed: 522 of the
 562 Pro masks cover under 1 % of the field (a leukocyte alone covers about 0.5-1 %; a Pro field holds 2-6), and
 the fields' pale blasts are missing from them.
 
 **The repair rule** (`repaired_reference`): a reference mask that covers at least `MIN_VALID_FRACTION` (1 %) of
-its field is kept as it is; a mask under it is rebuilt from the field by `stain_mask`:
-
-1. a 3 x 3 mean filter, then optical density per channel relative to the field's own background (its 97th
-   percentile per channel, so white balance and lamp brightness cancel): ``OD_c = -log((I_c + 1) / (bg_c + 1))``;
-2. the nuclear-stain score ``s = OD_green - OD_blue``: the leukocyte stain (azure/methylene blue and eosin
-   forming purple) absorbs green strongly and blue hardly, red cells and background absorb both about alike
-   (measured on the valid masks of the development data: nuclei s ~ 0.6, background and red cells ~ 0.07);
-3. threshold ``max(Otsu(s), median(s) + STAIN_MARGIN)``: Otsu finds the field's own nucleus/rest split, and the
-   margin over the field's typical pixel (red cells and background dominate every field) keeps faint red cells
-   out on pale stains where Otsu falls between red cells and background;
-4. one binary opening (3 x 3), holes filled, objects under `MIN_OBJECT_PX` (40 px at 224 px) removed.
+its field is kept as it is; a mask under it is rebuilt from the field by `stain_mask`: the nuclear-stain score
+``s = OD_green - OD_blue`` (`stain_score`) above ``max(Otsu(s), median(s) + STAIN_MARGIN)``, opened (3 x 3),
+holes filled, objects under `MIN_OBJECT_PX` removed. The leukocyte stain (azure/methylene blue and eosin
+forming purple) absorbs green strongly and blue hardly, red cells and background both about alike (on the
+valid masks of the development data: nuclei s ~ 0.6, background and red cells ~ 0.07). Otsu finds the field's
+own nucleus/rest split; the margin over the field's typical pixel (red cells and background dominate every
+field) keeps faint red cells out on pale stains where Otsu falls between red cells and background.
 
 Checked against the HSV masks where those are valid (a sample of 40 valid fields per class, Dice of the rule
 against the HSV mask): median 0.77 Benign, 0.90 Early, 0.82 Pre; on valid fields the two disagree mostly at cell
@@ -39,7 +35,7 @@ SOURCES = ("hsv", "stain_rule")
 
 def stain_score(rgb: np.ndarray) -> np.ndarray:
     """The nuclear-stain score s = OD_green - OD_blue per pixel (float32 HxW), OD relative to the field's own
-    background."""
+    background (`cell_references.optical_density`)."""
     from leukodx.data.cell_references import optical_density
 
     od = optical_density(rgb)

@@ -55,12 +55,10 @@ class _ImageOnly(v2.Transform):
 
 
 class StainJitter(_ImageOnly):
-    """Perturb stain strength and hue in optical-density (HED) space.
-
-    RGB -> OD = -log(I) -> stain concentrations via the H&E(-DAB) matrix; each concentration is scaled by
-    U(1 - strength, 1 + strength) and shifted by U(-shift, shift); the stain vectors themselves are rotated a
-    little (hue: `hue` is the std of the noise added to each unit stain vector); then back to RGB.
-    """
+    """Perturb stain strength and hue in optical-density (HED) space: RGB -> OD = -log(I) -> stain
+    concentrations via the H&E(-DAB) matrix; each concentration is scaled by U(1 - strength, 1 + strength) and
+    shifted by U(-shift, shift); the stain vectors themselves are rotated a little (`hue`: the std of the
+    noise added to each unit stain vector); then back to RGB."""
 
     def __init__(self, strength: float = 0.2, shift: float = 0.03, hue: float = 0.05, p: float = 0.8):
         super().__init__(p)

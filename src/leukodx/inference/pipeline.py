@@ -24,7 +24,7 @@ import numpy as np
 from leukodx.assets import default_model_dir
 from leukodx.cpus import usable_cores
 from leukodx.data.images import ImageInput, image_reason, read_field
-from leukodx.errors import ImageError, LeukodxError, ModelError
+from leukodx.errors import ImageError, ModelError
 from leukodx.inference import tiling
 from leukodx.inference.agreement import cells_disagree, crop_call
 from leukodx.inference.cell_classes import NOT_LEUKOCYTE
@@ -343,15 +343,10 @@ class Analysis:
         t0 = time.perf_counter()
         try:
             rgb = read_field(image, label)
-        except ImageError as exc:
+        except ImageError as exc:  # the only error read_field raises (an OSError becomes one there)
             r = FieldResult(path=label, label=None, flag="unreadable", flag_reason=image_reason(exc))
             r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
             return r
-        except LeukodxError as exc:
-            return FieldResult(path=label, label=None, flag="unreadable", flag_reason=exc.message)
-        except OSError as exc:  # e.g. a symlink loop, permission denied
-            return FieldResult(path=label, label=None, flag="unreadable",
-                               flag_reason=image_reason(ImageError(label or "image", f"cannot be read ({exc.strerror or exc})")))
         r = FieldResult(path=label, label=None)
         r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
         t1 = time.perf_counter()

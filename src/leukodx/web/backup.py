@@ -59,8 +59,8 @@ def _sqlite_path(url: URL) -> Path:
 # --- reading a consistent snapshot -------------------------------------------------------------------------
 
 def _snapshot_facts(conn) -> dict:
-    """Schema revision, row counts and referenced file names, read through `conn` (a SQLAlchemy connection
-    or a sqlite3 connection) inside the snapshot."""
+    """Row counts and referenced file names, read through `conn` (a SQLAlchemy connection or a sqlite3
+    connection) inside the snapshot."""
     run = conn.execute if isinstance(conn, sqlite3.Connection) else conn.exec_driver_sql
     counts = {t: run(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in COUNTED}
     names: set[str] = set()
@@ -69,16 +69,14 @@ def _snapshot_facts(conn) -> dict:
     return {"counts": counts, "files": sorted(names)}
 
 
-def _revision_of(conn) -> str | None:
-    if isinstance(conn, sqlite3.Connection):
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "alembic_version" in tables:
-            return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-        if "schema_migrations" in tables:  # not opened by a leukodx with Alembic yet: version 1 is 0001
-            legacy = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
-            return "0001" if legacy == 1 else f"legacy-{legacy}" if legacy else None
-        return None
-    return database.current_revision(conn)
+def _sqlite_revision(conn: sqlite3.Connection) -> str | None:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "alembic_version" in tables:
+        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    if "schema_migrations" in tables:  # not opened by a leukodx with Alembic yet: version 1 is 0001
+        legacy = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        return "0001" if legacy == 1 else f"legacy-{legacy}" if legacy else None
+    return None
 
 
 def _check_revision(rev: str | None, what: str) -> str:
@@ -99,27 +97,24 @@ def _snapshot_sqlite(url: URL, staging: Path) -> tuple[Path, dict]:
         src = sqlite3.connect(src_path, timeout=30)  # only read from: the backup API takes a read snapshot
     except sqlite3.Error as exc:
         raise BackupError(f"Cannot open the database {src_path}: {exc}.", "Check the path and its permissions.") from None
-    dst = sqlite3.connect(target)
-    try:
-        src.backup(dst)  # all pages in one step: one consistent snapshot, writers are not blocked (WAL)
-    except sqlite3.Error as exc:
-        name = getattr(exc, "sqlite_errorname", "")
-        if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and "READ" not in name):
-            raise OSError(0, f"the disk refused the write ({name}: {exc})") from None  # the copy beside --out
-        raise BackupError(f"Could not copy the database {src_path}: {exc}.",
-                          "Check that it is a leukodx database and that the disk of --out has space.") from None
-    finally:
-        src.close()
-    try:
+    with closing(sqlite3.connect(target)) as dst:
+        try:
+            src.backup(dst)  # all pages in one step: one consistent snapshot, writers are not blocked (WAL)
+        except sqlite3.Error as exc:
+            name = getattr(exc, "sqlite_errorname", "")
+            if name == "SQLITE_FULL" or (name.startswith("SQLITE_IOERR") and "READ" not in name):
+                raise OSError(0, f"the disk refused the write ({name}: {exc})") from None  # beside --out
+            raise BackupError(f"Could not copy the database {src_path}: {exc}.", "Check that it is a leukodx "
+                              "database and that the disk of --out has space.") from None
+        finally:
+            src.close()
         dst.execute("PRAGMA journal_mode=DELETE")  # a standalone file, no -wal beside it
         check = dst.execute("PRAGMA integrity_check").fetchone()[0]
         if check != "ok":
             raise BackupError(f"The database {src_path} is damaged ({check}).",
                               "Do not overwrite older backups; restore the newest good one.")
-        facts = {"schema_revision": _check_revision(_revision_of(dst), f"The database {src_path}"),
+        facts = {"schema_revision": _check_revision(_sqlite_revision(dst), f"The database {src_path}"),
                  **_snapshot_facts(dst)}
-    finally:
-        dst.close()
     return target, facts
 
 
@@ -187,7 +182,8 @@ def _snapshot_postgres(url: URL, staging: Path) -> tuple[Path, dict]:
         with database._connect_errors(engine), engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar()
-            facts = {"schema_revision": _check_revision(_revision_of(conn), _upper(database.describe_url(url)))}
+            rev = database.current_revision(conn)
+            facts = {"schema_revision": _check_revision(rev, _upper(database.describe_url(url)))}
             facts.update(_snapshot_facts(conn))
             args, env = libpq_args(url)
             _run_to_file([pg_dump, *args, f"--snapshot={snapshot}", "--no-owner", "--no-privileges",

@@ -228,10 +228,9 @@ def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.G
         mode = "symmetric" if as_analysis else "reflect" if h > 1 and w > 1 else "edge"
         img = _pad(img, pad, mode)
         stack = _pad(stack, pad, mode)
-        stack[:top, :, 2:] = 0
-        stack[top + h:, :, 2:] = 0
-        stack[:, :left, 2:] = 0
-        stack[:, left + w:, 2:] = 0
+        padded = np.ones(stack.shape[:2], bool)
+        padded[top:top + h, left:left + w] = False
+        stack[padded, 2:] = 0
         h, w = img.shape[:2]
     y = int(rng.integers(0, h - size + 1)) if random else (h - size) // 2
     x = int(rng.integers(0, w - size + 1)) if random else (w - size) // 2

@@ -87,13 +87,11 @@ def foreground(od: np.ndarray, d: float) -> np.ndarray:
         t0 = float(threshold_multiotsu(tot, 3)[0])
     except ValueError:  # a flat image
         t0 = MIN_FOREGROUND_OD
-    low = tot[tot < t0]
+    t, low = t0, tot[tot < t0]
     if low.size > 100:
         mode = float(np.median(low))
         spread = 1.4826 * float(np.median(np.abs(low - mode)))
         t = min(t0, mode + max(MIN_FOREGROUND_OD, 3 * spread))
-    else:
-        t = t0
     fg = tot > max(t, MIN_FOREGROUND_OD)
     fg = ndi.binary_opening(fg, _disk(1.0))
     return _fill_small_holes(fg, HOLE_AREA_D2 * np.pi * (d / 2) ** 2)

@@ -180,16 +180,11 @@ def raabin_rbc_diameter(boxes: np.ndarray, size: tuple[int, int]) -> float:
     return float(np.median(((b[:, 3] - b[:, 1]) + (b[:, 4] - b[:, 2])) / 2))
 
 
-def _jpeg_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
-
-
 def read_raabin_fields(root: str | Path, missing: str = "error") -> tuple[list[RaabinField], list[str]]:
     """(fields, skipped names) of a Raabin folder. ``missing``: "error" (default) raises a DatasetError naming
     the fields whose label file is missing; "skip" leaves them out and returns their image paths."""
+    from PIL import Image
+
     root = Path(root)
     images = root / "images"
     if not images.is_dir():
@@ -206,11 +201,10 @@ def read_raabin_fields(root: str | Path, missing: str = "error") -> tuple[list[R
             f"{', '.join(str(root / 'labels' / (p.stem + '.txt')) for p in lost[:5])}{more}.",
             "Restore labels/<name>.txt for each (every leukocyte must be boxed), or pass missing='skip'.")
     fields = []
-    for p in names:
-        if p in lost:
-            continue
+    for p in sorted(set(names) - set(lost)):
         lp = root / "labels" / f"{p.stem}.txt"
-        size = _jpeg_size(p)
+        with Image.open(p) as im:
+            size = im.size[1], im.size[0]  # (H, W) from the header
         fields.append(RaabinField(str(p.relative_to(root)), str(lp.relative_to(root)), read_yolo_labels(lp, size),
                                   size))
     return fields, [str(p.relative_to(root)) for p in lost]

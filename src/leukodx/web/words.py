@@ -118,7 +118,6 @@ def local_time(x: datetime | str | None, tz: tzinfo | None = None, seconds: bool
             x = datetime.fromisoformat(x)
         except ValueError:
             return str(x)
-    assert isinstance(x, datetime)
     tz = tz or zone(None)
     when = (x if x.tzinfo else x.replace(tzinfo=UTC)).astimezone(tz)
     return when.strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else "")) + f" ({zone_name(tz)})"

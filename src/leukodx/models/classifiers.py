@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from leukodx.errors import ModelError
-from leukodx.models.registry import register, register_fallback
+from leukodx.models.registry import create_model, register, register_fallback
 
 NORMALIZATIONS = ("per_image", "imagenet", "tflite")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -247,8 +247,6 @@ def _forward_ok(model: nn.Module, size: int) -> bool:
 
 def check_image_size(arch: str, size: int, model: nn.Module | None = None) -> None:
     """Raise ModelError, listing the sizes that work, when `arch` cannot take `size` x `size` inputs."""
-    from leukodx.models.registry import create_model
-
     if not isinstance(size, int) or size < 16 or size > 1024:
         raise ModelError(f"Image size {size!r} is out of range.", "Give an --image-size between 16 and 1024 px.")
     if _size_cache.get((arch, size)):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from leukodx.cpus import usable_cores
+from leukodx.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -189,8 +190,6 @@ def load_eager(model_dir: Path, config: ModelConfig, threads: int | None = None)
     try:
         import torch  # noqa: F401
     except ModuleNotFoundError:
-        from leukodx.errors import ModelError
-
         raise ModelError(f"{model_dir} needs PyTorch (no model.onnx, or --engine torch), which this install lacks.",
                          "pip install 'leukodx[train]', or export the model: leukodx export onnx --model "
                          f"{model_dir} --out {Path(model_dir) / 'model.onnx'}") from None

@@ -234,6 +234,7 @@ def train_cell_segmenter(cfg: TrainConfig, *, export: bool = True,
     source. Returns {"out", "history", "best_epoch", "val", "wall_seconds", "config", "stopped_by"}.
     """
     from leukodx.models.checkpoint import save_model
+    from leukodx.models.model_config import update_model_config
     from leukodx.models.registry import create_model
     from leukodx.models.segmenters import parse_arch
     from leukodx.training.config import save_run_config
@@ -364,8 +365,6 @@ def train_cell_segmenter(cfg: TrainConfig, *, export: bool = True,
         rep = export_onnx(out, out / "model.onnx")
         log(f"ONNX: {rep['file']} ({rep['size_mb']} MB, max |diff| {rep['max_abs_diff']:.2g})")
     wall = time.perf_counter() - t_start
-    from leukodx.models.model_config import update_model_config
-
     config = update_model_config(out, training={**config["training"], "wall_seconds": round(wall, 1)}).to_json()
     log(f"model directory: {out} (wall time {wall:.0f} s)")
     return {"out": str(out), "history": history, "best_epoch": trainer.best_epoch or 0,

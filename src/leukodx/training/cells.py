@@ -233,6 +233,7 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
     -> temperature, unidentified threshold and field threshold on validation -> held-out scores -> model
     directory ``cfg.out`` (+ ONNX). ``cfg``: a "cells" config (`resolve_config("cells", ...)`)."""
     from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
+    from leukodx.inference.cell_classes import UNIDENTIFIED
     from leukodx.models.checkpoint import save_model
     from leukodx.models.model_config import CellRule
     from leukodx.training.config import save_run_config
@@ -301,8 +302,6 @@ def train_on_crops(data: CropData, cfg: TrainConfig, *, stage1_share: float = 0.
     tal_val = _taleqani_cells(val_data)
     field_fit: dict = {"threshold": 0.5, "note": "no Taleqani validation cells"}
     if tal_val.any():
-        from leukodx.inference.cell_classes import UNIDENTIFIED
-
         pv = val_probs[tal_val]
         ans = [MODEL_CLASSES[k] if q >= low["threshold"] else UNIDENTIFIED for k, q in zip(pv.argmax(1), pv.max(1),
                                                                                          strict=True)]

@@ -67,8 +67,10 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     `split`: a SplitInfo (the study passes one), else cfg.split or a fresh group-aware split."""
     from leukodx.data.datasets import ClassificationDataset, EpochSampler, class_weights
     from leukodx.data.layout import load_dataset
+    from leukodx.data.split import write_split
     from leukodx.data.transforms import classification_transforms
     from leukodx.deploy.calibrate import fit_low_confidence, fit_temperature
+    from leukodx.deploy.ood_fit import apply_ood
     from leukodx.evaluation.metrics import classification_metrics as metrics_fn
     from leukodx.models.checkpoint import save_model
     from leukodx.training import distributed as dist_utils
@@ -129,8 +131,6 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         save_run_config(cfg, out / "run_config.yaml")
-        from leukodx.data.split import write_split
-
         write_split(split.rows, {**split.summary, "counts": split.counts()}, out / "split.csv")
     trainer = Trainer(model, loss_fn, train_loader, val_loader, cfg, out, metric_fn=val_metric,
                       metric_name="balanced_accuracy", batch_metric_fn=accuracy_metric, batch_metric_name="acc",
@@ -188,8 +188,6 @@ def train_classifier(cfg: TrainConfig, *, split=None, log_fn=None, checkpoints: 
     }
     ood = _fit_ood(model, config, train_ds, val_ds, log) if fit_ood else None
     if ood is not None:
-        from leukodx.deploy.ood_fit import apply_ood
-
         config = apply_ood(config, ood)
     save_model(out, model, config)
     metrics = {"classification": test_metrics if test_metrics is not None else {"n_images": 0},

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from leukodx.errors import DatasetError
+from leukodx.errors import DatasetError, ModelError
 from leukodx.training.losses import PROBABILITY_THRESHOLD, DiceBCELoss, DiceScore
 
 
@@ -108,7 +108,6 @@ def load_initial_weights(model, source, log) -> dict | None:
     model directory; None for no `source`."""
     from safetensors.torch import load_file
 
-    from leukodx.errors import ModelError
     from leukodx.models.pretrained import PRETRAINED
 
     if not source:
@@ -134,7 +133,6 @@ def load_initial_weights(model, source, log) -> dict | None:
 def load_encoder_weights(model, name: str) -> dict:
     """The packaged ImageNet weights `name` into the segmenter's timm encoder, strictly (every encoder tensor from
     the weights, shapes checked); the classifier head of the weights (conv_head, bn2, classifier) is not used."""
-    from leukodx.errors import ModelError
     from leukodx.models.pretrained import PRETRAINED, load_strict, map_package_state, read_state_dict
 
     target = PRETRAINED[name]
@@ -161,14 +159,17 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     split), RUN/history.json, RUN/split.csv, RUN/run_config.yaml, RUN/checkpoints/. `split` may be a
     leukodx.data.datasets.SplitInfo (the study passes one). Returns a summary (config, metrics, wall time).
     """
-    from leukodx.data.datasets import SegmentationDataset
+    from leukodx.data.datasets import EpochSampler, SegmentationDataset
     from leukodx.data.layout import load_dataset
     from leukodx.data.split import write_split
     from leukodx.data.transforms import segmentation_transforms
+    from leukodx.inference.instances import DEFAULT_PARAMS
     from leukodx.models.checkpoint import save_model
+    from leukodx.models.model_config import update_model_config
     from leukodx.models.registry import create_model
     from leukodx.models.segmenters import parse_arch
     from leukodx.training import distributed as dist_utils
+    from leukodx.training.classify import _loader
     from leukodx.training.config import save_run_config
     from leukodx.training.engine import Trainer, run_split, split_record, start_run
 
@@ -235,13 +236,9 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
         if notes:
             log(f"{name}: " + "; ".join(notes))
 
-    from leukodx.training.classify import _loader
-
     pin = device.type == "cuda"
     sampler = None
     if info.enabled:
-        from leukodx.data.datasets import EpochSampler
-
         sampler = EpochSampler(len(train_ds), seed=cfg.seed, num_replicas=info.world_size, rank=info.rank)
     per_rank_batch = max(1, cfg.batch_size // info.world_size) if info.enabled else cfg.batch_size
     train_loader = _loader(train_ds, per_rank_batch, sampler=sampler, shuffle=sampler is None, workers=cfg.workers,
@@ -269,8 +266,6 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     if not info.is_main:
         dist_utils.cleanup()
         return result
-
-    from leukodx.inference.instances import DEFAULT_PARAMS
 
     wall = time.perf_counter() - t_start
     config = {
@@ -305,8 +300,6 @@ def train_segmenter(cfg, *, split=None, log_fn=None, checkpoints: bool = True, e
     }
     save_model(out, model, config)
     test_metrics, shift_metrics = score_test_split(out, test_s, evaluate_shift, max(cfg.batch_size, 16))
-    from leukodx.models.model_config import update_model_config
-
     config = update_model_config(out, metrics={**config["metrics"], "test": brief(test_metrics),
                                                "test_lab_shift": brief(shift_metrics)}).to_json()
     seg = dict(test_metrics) if test_metrics is not None else {"n_images": 0}

@@ -114,7 +114,8 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     from leukodx.data.datasets import samples_for_split, subset
     from leukodx.data.split import STRATEGIES
     from leukodx.evaluation.study import bar_plot, paired_comparison, paired_table
-    from leukodx.training.classify import build_classifier
+    from leukodx.models.model_config import read_model_config
+    from leukodx.training.classify import build_classifier, train_classifier
     from leukodx.training.config import resolve_config
     from leukodx.training.engine import TrainingInterrupted
 
@@ -131,8 +132,6 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
     overrides = overrides or {}
 
     # fail early: every reference model, every arch and the image size, before any hour of training
-    from leukodx.models.model_config import read_model_config
-
     for ref in reference_models or []:
         if read_model_config(ref).task != "classify":
             raise LeukodxError(f"--reference-model {ref} is not a classifier.",
@@ -167,8 +166,6 @@ def run_classification_study(data: str | Path, archs: list[str], strategies: lis
                     log(f"[{name}] training on {sum(counts.get('train', {}).values())} train fields "
                         f"(max {cfg.max_train_images or 'all'}), {cfg.image_size} px, {cfg.epochs} epoch(s)...")
                     try:
-                        from leukodx.training.classify import train_classifier
-
                         train_classifier(cfg, split=split, checkpoints=False, fit_ood=False)
                     except TrainingInterrupted:
                         raise LeukodxError(f"Study interrupted during {name}; finished runs are kept in {out}/runs.",

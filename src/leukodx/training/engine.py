@@ -19,8 +19,8 @@ Schedules: cosine (linear warm-up), plateau, or "cosine_time" (warm-up over `war
 epochs or the time limit, whichever ends first). Stops: early stopping (`cfg.patience`), convergence
 (`cfg.converge_patience`) and `cfg.time_limit_s` (no epoch is started that would end past it). Every epoch writes
 RUN/checkpoints/last.ckpt (weights, optimizer, scheduler, scaler, RNG states), which `cfg.resume` continues; Ctrl-C
-saves one too, a non-finite loss keeps the last good one. Mixed precision on CUDA only; DDP under torchrun (only
-rank 0 writes or prints).
+saves one too, a non-finite loss keeps the last good one; the best weights go to best.pt. Mixed precision on CUDA
+only; DDP under torchrun (only rank 0 writes or prints).
 """
 
 from __future__ import annotations

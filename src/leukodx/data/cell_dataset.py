@@ -76,8 +76,7 @@ def load_reference(item: CellItem) -> CellReference:
     if item.source == "synthetic":
         from leukodx.data.synthetic import synthetic_instances
 
-        label, seed = item.label, int(item.path)
-        img, lab = synthetic_instances(label, 224, seed)
+        img, lab = synthetic_instances(item.label, 224, int(item.path))  # path: the seed
         cell = (lab > 0).astype(np.uint8)
         zeros = np.zeros_like(cell)
         # exact whole cells; synthetic_instances returns no nucleus mask, so the nucleus channel is unknown
@@ -238,8 +237,10 @@ def _crop_or_pad(img: np.ndarray, stack: np.ndarray, size: int, rng: np.random.G
 
 
 def _pad(a: np.ndarray, pad: tuple, mode: str) -> np.ndarray:
-    if mode != "reflect":  # symmetric: as tiling.prepare pads; edge: an image one pixel high or wide
-        return np.pad(a, pad, mode=mode)
+    if mode == "symmetric":  # as tiling.prepare pads
+        return np.pad(a, pad, mode="symmetric")
+    if mode == "edge":  # an image one pixel high or wide
+        return np.pad(a, pad, mode="edge")
     # np.pad's reflect needs pad < side; repeat it until the target is reached
     (t, b), (lft, r), _ = pad
     while t or b or lft or r:

@@ -187,9 +187,7 @@ def load_split(data: str | Path, split_csv: str | Path | None = None, *, strateg
         return SplitInfo(rows, summary)
     rows, summary = make_split(data, strategy=strategy, val=val, test=test, seed=seed, common_test=common_test,
                                test_seed=test_seed)
-    summary = {k: v for k, v in summary.items() if k != "counts"}
-    summary["split_file"] = None
-    return SplitInfo(rows, summary)
+    return SplitInfo(rows, {**{k: v for k, v in summary.items() if k != "counts"}, "split_file": None})
 
 
 def samples_for_split(data: str | Path, split: SplitInfo | str | Path | None, split_name: str,

@@ -323,32 +323,6 @@ def taleqani_reference(rgb: np.ndarray, nucleus_mask: np.ndarray, rbc_diameter: 
                          nucleus_known.astype(np.uint8), d)
 
 
-def measure_rbc_diameter(rgb: np.ndarray, guess: float) -> float | None:
-    """Red-cell diameter (pixels) from the image's red-cell components: stained, no nucleus, round and isolated
-    (solidity >= 0.9, eccentricity <= 0.6, area 0.3-3 x that of a ``guess``-px disc, not touching the border);
-    the median equivalent diameter, or None with fewer than 3 such components."""
-    from skimage.measure import regionprops
-
-    od = optical_density(rgb)
-    s = od[..., 1] - od[..., 2]
-    fg = foreground(od, guess)
-    nuc = s > max(NUCLEUS_FLOOR, float(np.percentile(s[fg], 90)) if fg.any() else 1.0)
-    lab, n = ndi.label(fg)
-    a0 = np.pi * (guess / 2) ** 2
-    ds = []
-    h, w = fg.shape
-    for p in regionprops(lab):
-        y0, x0, y1, x1 = p.bbox
-        if y0 == 0 or x0 == 0 or y1 == h or x1 == w:
-            continue
-        if not 0.3 * a0 <= p.area <= 3 * a0 or p.solidity < 0.9 or p.eccentricity > 0.6:
-            continue
-        if nuc[lab == p.label].mean() > 0.05:
-            continue
-        ds.append(p.equivalent_diameter_area)
-    return float(np.median(ds)) if len(ds) >= 3 else None
-
-
 CELL_COLOUR = (0, 220, 0)  # whole-cell outline: green
 NUCLEUS_COLOUR = (255, 40, 200)  # nucleus outline: magenta
 

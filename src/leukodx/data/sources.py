@@ -29,7 +29,7 @@ from leukodx.errors import DatasetError
 
 RAABIN_CLASSES = {0: "leukocyte", 1: "rbc", 2: "platelet"}
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
-PBC_RBC_DIAMETER = 68.0  # px: one camera, one magnification; measured with measure_pbc_rbc_diameter
+PBC_RBC_DIAMETER = 68.0  # px: one camera, one magnification; measured (docs/results/cell-references)
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
 TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -224,22 +224,6 @@ def read_pbc(root: str | Path) -> list[tuple[str, str]]:
         raise DatasetError(f"{root} holds no PBC crops (expected <class>/*.jpg for {', '.join(PBC_CLASSES)}).",
                            "Point to the pbc folder.")
     return out
-
-
-def measure_pbc_rbc_diameter(root: str | Path, per_class: int = 20) -> tuple[float, int]:
-    """(median red-cell diameter px, crops measured) over the first ``per_class`` crops of each PBC class."""
-    from leukodx.data.cell_references import measure_rbc_diameter
-    from leukodx.data.images import read_rgb
-
-    ds, taken = [], Counter[str]()
-    for rel, c in read_pbc(root):
-        taken[c] += 1
-        if taken[c] > per_class:
-            continue
-        v = measure_rbc_diameter(read_rgb(Path(root) / rel), PBC_RBC_DIAMETER)
-        if v is not None:
-            ds.append(v)
-    return (float(np.median(ds)) if ds else PBC_RBC_DIAMETER), len(ds)
 
 
 def split_of(name: str, seed: int = 0) -> str:

@@ -4,20 +4,8 @@ A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields an
 (`source_items`, `synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px
 across (the Taleqani fields' size), the scale the analysis brings every field to, and its references
 (`leukodx.data.cell_references`) are made once and cached in memory (and, with ``cache_dir``, as .npz files keyed
-by source, path and rule version). Each draw then:
-
-- with probability ``low_magnification``, loses resolution as a lower magnification or a smaller camera gives it:
-  resampled by U(0.35, 0.9) and back (the analysis brings every field to the working scale, so another
-  magnification reaches the model as this loss of detail);
-- scales by U(0.8, 1.2) (the analysis' residual scale error), cuts a 224 x 224 window at a random place
-  (mirror padding where the image is smaller; padded pixels are unknown in both channels);
-- with probability ``cut_cells``, first cuts a window of U(0.7, 1.4) times one leukocyte's size around it, so the
-  cell fills the window and its edges cut it: a single-cell crop as labs export it, mirror-padded at its bottom
-  and right as `inference.tiling.prepare` pads a small image (only the window is known); a share
-  ``cut_negatives`` of those windows is centred on what is no leukocyte (a red cell, plasma) instead;
-- flips and rotates by multiples of 90 degrees (image and targets together);
-- perturbs the image only: stain (HED), white balance, per-channel gamma, focus blur
-  (`leukodx.data.transforms`).
+by source, path and rule version). What each draw does to it, and why: docs/results/cell-segmentation/README.md,
+"data/cell_dataset.py: a training draw".
 
 Items: (image float32 3 x 224 x 224 RGB 0..255, target float32 2 x 224 x 224 {0, 1}, known float32 2 x 224 x 224
 {0, 1}); channel 0 = whole cell, 1 = nucleus. The loss on known pixels is `training.losses.masked_bce_dice`.
@@ -101,9 +89,9 @@ def working_scale(ref: CellReference) -> dict[str, np.ndarray]:
 
 
 class CellDataset(torch.utils.data.Dataset):
-    """Random 224-px training crops of `items` at 17-px red cells (module docstring). ``augment=False`` gives
-    the centre crop, no augmentation (validation). References are made on first use and kept in memory (and in
-    ``cache_dir`` as .npz when given)."""
+    """Random 224-px training crops of `items` at 17-px red cells (each draw: the page the module docstring
+    names). ``augment=False`` gives the centre crop, no augmentation (validation). References are made on
+    first use and kept in memory (and in ``cache_dir`` as .npz when given)."""
 
     def __init__(self, items: list[CellItem], augment: bool = True, cache_dir: str | Path | None = None,
                  seed: int = 0, cut_cells: float = 0.0, low_magnification: float = 0.0, cut_negatives: float = 0.0):

@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukodx.cpus import logical_cores, usable_cores
+from leukodx.errors import DatasetError
+
 if TYPE_CHECKING:
     from leukodx.inference.pipeline import Analysis
     from leukodx.inference.types import FieldResult
@@ -53,8 +56,6 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    from leukodx.cpus import logical_cores, usable_cores
-
     return {"cpu": cpu, "cores_logical": logical_cores(), "cores_usable": usable_cores(), "threads": threads,
             "torch": _torch_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
@@ -71,8 +72,6 @@ def bench_fields(images: str | Path | None, n: int, size: int = 224, seed: int =
         files = sorted(p for p in Path(images).rglob("*") if p.is_file() and is_image_name(p)
                        and "Segmented" not in p.parts)
         if not files:
-            from leukodx.errors import DatasetError
-
             raise DatasetError(f"No images found under {images}.", "Give a folder of smear fields.")
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(files), min(n, len(files)), replace=False))
@@ -187,7 +186,6 @@ def run_bench(images: str | Path | None = None, n: int = 50, batch_size: int = 1
     """Time the engines on the same fields; with `seed_n` > 0 (and torch), also the reference study's pipeline
     (top-level key "seed_pipeline", the same fields as "eager") on the first `seed_n` of them."""
     from leukodx.assets import default_model_dir
-    from leukodx.cpus import usable_cores
     from leukodx.inference.engines import INT8_FILE
     from leukodx.inference.pipeline import Analysis
     from leukodx.models.checkpoint import read_config

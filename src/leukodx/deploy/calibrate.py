@@ -8,7 +8,10 @@ of the analysis' rules (cell agreement, a segmenter's post-processing) on valida
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +96,10 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     logits from the model's own engine, and the OOD checks (leukodx.deploy.ood_fit.fit_ood: its threshold on
     the validation fields and their lab-shifted copies); all written into RUN/config.json, the previous values
     under ``calibration.previous``. Returns the report."""
+    from leukodx.data.images import read_field
     from leukodx.deploy.ood_fit import apply_ood, fit_ood
+    from leukodx.inference.engines import softmax
+    from leukodx.inference.pipeline import ClassifierStage
     from leukodx.models.checkpoint import load_model
     from leukodx.models.eager import load_eager
     from leukodx.models.model_config import write_model_config
@@ -112,10 +118,6 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     rng = np.random.default_rng(seed)
     if len(train) > max_images:
         train = [train[i] for i in sorted(rng.choice(len(train), max_images, replace=False))]
-    from leukodx.data.images import read_field
-    from leukodx.inference.engines import softmax
-    from leukodx.inference.pipeline import ClassifierStage
-
     stage = ClassifierStage(d, engine="onnx", eager=load_eager)
     logits = np.concatenate([stage.field_logits([read_field(p) for p, _ in val[i:i + 32]])
                              for i in range(0, len(val), 32)])
@@ -180,9 +182,6 @@ def fit_cell_agreement(classifier_dir: str | Path, data: str | Path, split_csv: 
     lab's healthy fields (`evaluation.shift.lab_shift` at severity 1.5 of the benign val rows, where the field
     classifier errs most) called malignant unflagged, while at most `max_flagged` of the val fields are flagged;
     written into the classifier's config.json when `write`."""
-    import itertools
-    import time
-
     from leukodx.assets import default_model_dir
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
@@ -247,10 +246,6 @@ def fit_post_processing(segmenter_dir: str | Path, data: str | Path, splits_dir:
     re-runs only the steps after it; chosen by the mean of the rates (`headline`'s objective), written into the
     segmenter's config.json when `write`. `crop`: the crop segmenter's instead (its config's `crop_segmenter`;
     splitting from CROP_SPLITS), scored on the same parts, of which it outlines the PBC crops whole and cut."""
-    import hashlib
-    import itertools
-    import time
-
     from leukodx.evaluation.cells import headline, load_parts, score_parts
     from leukodx.inference.pipeline import Analysis
     from leukodx.models.model_config import read_model_config, write_model_config

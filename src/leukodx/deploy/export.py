@@ -9,7 +9,11 @@ written inside the model directory, the export is recorded in its config.json un
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -175,9 +179,6 @@ def export_onnx(model_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_
 def _score_onnx(path: Path, samples, config: dict) -> float:
     """Accuracy (classification) or global Dice (segmentation) in %, of one ONNX file on `samples`, scored the
     way `leukodx evaluate` scores (the analysis pipeline, fields at their own size)."""
-    import shutil
-    import tempfile
-
     from leukodx.evaluation.evaluate import evaluate_classifier, evaluate_segmenter, load_models
     from leukodx.models.model_config import write_model_config
 
@@ -233,8 +234,6 @@ def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax", f
     ranges over `batches`, each an N x 3 x H x W float32 input; method "percentile": the 0.01-99.99th
     percentiles instead), the per-image normalisation and the shape arithmetic left in float (`float_nodes`);
     `float_convs` (first, last): that many convolutions at the start and the end of the graph left float too."""
-    import logging
-
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -260,9 +259,6 @@ def quantize_file(fp32_path: Path, out: Path, batches, method: str = "minmax", f
             warnings.simplefilter("ignore")
             source = fp32_path
             try:  # shape inference + graph optimisation, as ONNX Runtime recommends before quantising
-                import contextlib
-                import tempfile
-
                 from onnxruntime.quantization.shape_inference import quant_pre_process
 
                 # where symbolic shape inference gives up it leaves debug files in the working directory
@@ -342,9 +338,6 @@ def add_int8_crops(model_dir: str | Path, calib: np.ndarray, x_val: np.ndarray, 
     takes them): calibrated on `calib` (training crops), judged by accuracy and balanced accuracy on `x_val`,
     `y_val` (validation crops, class indices) and by speed, kept by `accept_int8`; when kept and `record`,
     written as model.int8.onnx and recorded in config.json under onnx.int8."""
-    import shutil
-    import tempfile
-
     from leukodx.evaluation.cell_types import balanced_accuracy
     from leukodx.models.checkpoint import read_config
 

@@ -13,7 +13,7 @@ most 40 px across): predictions are resampled (nearest) to the reference's size 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +153,6 @@ def cut_crop(item: tuple, frac: float = 1 / 3) -> tuple:
     """A PBC crop (image, class, reference) cut to its central ``frac`` (120 px of a 360-px crop) with its
     reference (which may be at its own, smaller scale): a leukocyte that fills the crop and is cut by its edges,
     as some labs export single cells."""
-    from dataclasses import replace
-
     rgb, label, ref = item
 
     def centre(a: np.ndarray) -> np.ndarray:

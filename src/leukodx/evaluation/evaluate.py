@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from leukodx import __version__
-from leukodx.data.images import read_field
+from leukodx.data.images import read_field, read_reference_mask
 from leukodx.data.layout import Sample
 from leukodx.errors import DatasetError, ImageError, LeukodxError, ModelError
 from leukodx.evaluation import metrics as M
-from leukodx.evaluation.report import SPLIT_NOTE
+from leukodx.evaluation import report as R
+from leukodx.evaluation.cells import scored_nucleus
 from leukodx.evaluation.samples import leakage_notes, select_samples
 from leukodx.inference.engines import ENGINES
 from leukodx.io import write_json
@@ -243,8 +244,6 @@ def write_classification_predictions(res: dict, path: Path) -> Path:
 def _read_pair(s: Sample, thr_mask: int, unreadable: list[dict], resized: list[str]):
     from PIL import Image
 
-    from leukodx.data.images import read_reference_mask
-
     rgb = _read(s, unreadable)
     if rgb is None:
         return None
@@ -265,7 +264,6 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
                        progress: Progress | None = None, n_examples: int = 3) -> dict:
     """Returns {"metrics", "metrics_shift" (or None), "examples": {"best": [...], "worst": [...]}}."""
     from leukodx.data.reference_masks import repaired_reference
-    from leukodx.evaluation.cells import scored_nucleus
     from leukodx.inference.instances import reference_components, scaled_params
 
     with_mask = [s for s in samples if s.mask is not None]
@@ -370,8 +368,6 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
 
 def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> Path | None:
     """Up to `n` fields, spread over the classes, before and after their lab shift."""
-    from leukodx.evaluation.report import plot_shift_examples
-
     by_class: dict[str, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
@@ -382,7 +378,7 @@ def _shift_examples(samples: list[Sample], shift_fn, path: Path, n: int = 6) -> 
         rgb = _read(s, [])
         if rgb is not None:
             pairs.append((f"{s.label}: {Path(s.path).name}", rgb, shift_fn(rgb, s.path)))
-    return plot_shift_examples(pairs, path) if pairs else None
+    return R.plot_shift_examples(pairs, path) if pairs else None
 
 
 def _skipped_section(section: str, reason: str, em: EvaluatedModel | None = None) -> dict:
@@ -392,8 +388,6 @@ def _skipped_section(section: str, reason: str, em: EvaluatedModel | None = None
 
 
 def _classification_figures(res: dict, samples: list[Sample], plot_dir: Path, tag: str) -> dict[str, Path]:
-    from leukodx.evaluation import report as R
-
     m, ms = res["metrics"], res["metrics_shift"]
     figs = {"confusion matrix": R.plot_confusion(m["confusion_matrix"], m["classes"], plot_dir / f"{tag}_confusion.png"),
             "ROC curves": R.plot_roc(M.roc_curves(res["y"], res["probs"], m["classes"]), plot_dir / f"{tag}_roc.png"),
@@ -415,8 +409,6 @@ def _classification_figures(res: dict, samples: list[Sample], plot_dir: Path, ta
 
 
 def _segmentation_figures(res: dict, plot_dir: Path, tag: str) -> dict[str, Path]:
-    from leukodx.evaluation import report as R
-
     m, ms = res["metrics"], res["metrics_shift"]
     if m.get("skipped"):
         return {}
@@ -439,8 +431,6 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
     with shift="lab", "<section>_lab_shift" (and "<section>_lab_shift_models") hold the same metrics on the
     lab-shifted fields, and "lab_shift" describes the variation and its seed.
     """
-    from leukodx.evaluation import report as R
-
     if batch_size < 1:
         raise LeukodxError(f"--batch-size {batch_size} must be at least 1.", "Give a positive number.")
     shift_fn = _shift_fn(shift, seed, severity)
@@ -460,7 +450,7 @@ def evaluate(data: str | Path, out_dir: str | Path, model_dirs: list[str | Path]
         "engine": engine,
         "leukodx_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "note": SPLIT_NOTE,
+        "note": R.SPLIT_NOTE,
     }
     if shift:
         from leukodx.evaluation.shift import describe

@@ -44,9 +44,8 @@ def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     count = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=confidence, minlength=n_bins)
     corr_sum = np.bincount(idx, weights=correct, minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
-        acc = np.where(count > 0, corr_sum / np.maximum(count, 1), np.nan)
+    mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
+    acc = np.where(count > 0, corr_sum / np.maximum(count, 1), np.nan)
     return {
         "edges": [k / n_bins for k in range(n_bins + 1)],
         "confidence": [_f(v) for v in mean_conf],

@@ -128,8 +128,8 @@ def _nucleus_threshold(s: np.ndarray, window_fg: np.ndarray, rbc_px: np.ndarray)
 
 
 def _grow_cell(fg: np.ndarray, seed: np.ndarray, others: np.ndarray, allowed: np.ndarray, d: float) -> np.ndarray:
-    """The seed's whole cell: marker-controlled watershed of the stained matter near the allowed region (module
-    docstring)."""
+    """The seed's whole cell: marker-controlled watershed of the stained matter near the allowed region (the
+    rule: docs/results/cell-references)."""
     from skimage.segmentation import watershed
 
     # flood a wider region than the allowed one, so that red cells crossing its edge compete with their markers
@@ -258,7 +258,7 @@ def raabin_reference(rgb: np.ndarray, boxes: np.ndarray, rbc_diameter: float) ->
 
 
 def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellReference:
-    """References of a PBC crop of class ``label``: its centred cell (the rule: the module docstring's page)."""
+    """References of a PBC crop of class ``label``: its centred cell (the rule: docs/results/cell-references)."""
     rgb, f = to_work_scale(np.asarray(rgb), rbc_diameter)
     h, w = rgb.shape[:2]
     d = float(rbc_diameter) * f
@@ -307,8 +307,8 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
 
 
 def taleqani_reference(rgb: np.ndarray, nucleus_mask: np.ndarray, rbc_diameter: float = 17.0) -> CellReference:
-    """References of a Taleqani field from its (repaired) nucleus reference mask (the rule: the module
-    docstring's page)."""
+    """References of a Taleqani field from its (repaired) nucleus reference mask (the rule:
+    docs/results/cell-references)."""
     rgb = np.asarray(rgb)[..., :3]
     nuc = np.asarray(nucleus_mask, bool)
     d = float(rbc_diameter)

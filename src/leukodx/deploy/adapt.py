@@ -27,6 +27,8 @@ import numpy as np
 
 from leukodx.data.images import IMAGE_SUFFIXES, image_reason, read_field
 from leukodx.errors import DatasetError, ImageError, ModelError
+from leukodx.inference import tiling
+from leukodx.inference.stain import measure, normalize
 from leukodx.models.model_config import (
     CONFIG,
     ModelConfig,
@@ -61,8 +63,6 @@ def reference_stain(data: str | Path, split_csv: str | Path | None = None, split
                     scale: ScaleRule | None = None, max_images: int | None = None) -> StainStats:
     """The training fields' stain statistics (the target a lab is mapped onto): `split` rows of `split_csv` (every
     image under `data` without one), each measured on its working image at the training scale."""
-    from leukodx.inference.stain import measure
-
     if split_csv is not None:
         from leukodx.data.split import read_split
 
@@ -143,9 +143,6 @@ def _target(cfg: ModelConfig, other: ModelConfig | None, model_dir: Path) -> Sta
 
 def _feature_scores(stage, scorer, preps: list, rule: StainRule | None, batch: int = 16) -> np.ndarray:
     """Each field's feature distance (max over its windows) as the analysis scores it, fields normalised by `rule`."""
-    from leukodx.inference import tiling
-    from leukodx.inference.stain import normalize
-
     out = []
     for i in range(0, len(preps), batch):
         ps = preps[i:i + batch]
@@ -167,7 +164,6 @@ def adapt_models(data: str | Path, out: str | Path, classifier_dir: str | Path |
     from leukodx.assets import default_model_dir
     from leukodx.inference.ood import OODScorer
     from leukodx.inference.pipeline import ClassifierStage
-    from leukodx.inference.stain import measure
 
     say = progress or (lambda _msg: None)
     if not 0.0 <= strength <= 1.0:

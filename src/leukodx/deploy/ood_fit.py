@@ -12,8 +12,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from leukodx.data.images import open_image
+from leukodx.evaluation.shift import lab_shift, rng_for
 from leukodx.inference.ood import IMAGE_CHECK_VERSION, feature_scores
+from leukodx.inference.scale import estimate_rbc_diameter
+from leukodx.inference.smear_check import VERSION as SMEAR_VERSION
 
 FEATURE_PERCENTILE = 99.5  # of held-out fields and their lab-shifted copies together
 SHIFT_SEVERITIES = (1.0, 1.5)
@@ -41,8 +46,6 @@ def _fit_features(feats: np.ndarray, labels: np.ndarray, n_classes: int) -> dict
 
 def _native_images(images) -> Iterable[tuple[np.ndarray, str]]:
     """Yield (HxWx3 uint8 at the image's own size, key) from HxWx3 uint8 arrays, paths or bytes."""
-    from leukodx.data.images import open_image
-
     for i, item in enumerate(images):
         if isinstance(item, np.ndarray):
             yield np.ascontiguousarray(np.clip(item, 0, 255).astype(np.uint8)[..., :3]), str(i)
@@ -53,8 +56,6 @@ def _native_images(images) -> Iterable[tuple[np.ndarray, str]]:
 
 
 def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    from PIL import Image
-
     h, w = int(size[0]), int(size[1])
     if rgb.shape[:2] == (h, w):
         return rgb
@@ -63,8 +64,6 @@ def _to_size(rgb: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def reference_rbc_diameter(natives: Sequence[np.ndarray], max_images: int = MAX_REFERENCE_IMAGES) -> dict | None:
     """The training fields' red-cell diameter in px of a 224-px field (median, 5th and 95th percentile)."""
-    from leukodx.inference.scale import estimate_rbc_diameter
-
     ds = []
     step = max(1, len(natives) // max_images)
     for rgb in list(natives)[::step][:max_images]:
@@ -95,8 +94,6 @@ def fit_ood(model, config: dict, train_images, val_images=None, *, labels=None, 
     """
     import torch
 
-    from leukodx.evaluation.shift import lab_shift, rng_for
-    from leukodx.inference.smear_check import VERSION as SMEAR_VERSION
     from leukodx.models.eager import with_features
 
     size = config["input_size"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from leukodx.data.cell_crops import MODEL_CLASSES, NOT_LEUKOCYTE, CropData
 from leukodx.data.sources import SOURCES
+from leukodx.inference.cell_classes import NOT_COUNTED, UNIDENTIFIED
 
 TALEQANI = SOURCES["taleqani"]
 TALEQANI_MALIGNANT = tuple(c for c in TALEQANI.classes if c != TALEQANI.benign)
@@ -25,8 +26,6 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
 
 def field_shares(answers: list[str], paths: np.ndarray) -> dict[str, float | None]:
     """Share of blasts among counted leukocytes per image path (the runtime's field_score)."""
-    from leukodx.inference.cell_classes import NOT_COUNTED
-
     per: dict[str, list[str]] = {}
     for a, p in zip(answers, paths.tolist(), strict=True):
         per.setdefault(p, []).append(a)
@@ -71,8 +70,6 @@ def score_crops(probs: np.ndarray, data: CropData, low: float, field_threshold: 
     """Held-out scores of calibrated probabilities for `data`'s crops: PBC per-class accuracy, Taleqani blast vs
     non-blast per cell (weak labels) and per field (the blast share), Raabin leukocytes called not_leukocyte,
     negatives called not_leukocyte, the unidentified share."""
-    from leukodx.inference.cell_classes import UNIDENTIFIED
-
     top = probs.argmax(1)
     conf = probs.max(1) if len(probs) else np.zeros(0)
     answers = [MODEL_CLASSES[k] if q >= low else UNIDENTIFIED for k, q in zip(top, conf, strict=True)]

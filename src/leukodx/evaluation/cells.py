@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
+
 
 def masked_counts(pred: np.ndarray | None, ref: np.ndarray, known: np.ndarray) -> tuple[int, int, int]:
     """(intersection, predicted, reference) pixel counts over the known pixels (pred None: nothing predicted)."""
@@ -198,7 +200,6 @@ def load_parts(data: str | Path, splits: str | Path, split: str = "test", max_ra
     `splits` divide them; `max_*` keeps an evenly spaced subset (0: all). A source whose folder is missing is left
     out."""
     from leukodx.data import sources
-    from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
     from leukodx.data.images import read_rgb
     from leukodx.data.split import read_split
 
@@ -241,8 +242,6 @@ def score_parts(analysis, parts: Parts, batch_size: int = 16, per_image: dict | 
     """The analysis (its segmenter part) on every image of `parts`: per source, summarize_scores of the boxed
     fields and centred crops, and the Taleqani fields' nucleus Dice against the repaired references.
     ``per_image``, when given, receives each source's list of per-image scores (in the order of `parts`)."""
-    from leukodx.data.cell_references import NOT_LEUKOCYTE_CLASSES
-
     out: dict = {}
     keep = per_image if per_image is not None else {}
     for name, boxed in (("raabin", [(x[0], x[1].boxes, x[2]) for x in parts.raabin]), ("chula", parts.chula)):

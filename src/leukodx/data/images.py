@@ -74,8 +74,6 @@ def open_image(source: str | Path | bytes, name: str | None = None, *, min_side:
                                      "Use the full microscope field, not a thumbnail.")
                 img.load()
                 return _to_rgb(img)
-    except ImageError:
-        raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(label, f"looks like a decompression bomb ({exc.__class__.__name__})",
                          f"Images over {MAX_PIXELS / 1e6:.0f} MP are refused; downscale it first.") from None
@@ -163,8 +161,5 @@ def read_field(image: ImageInput, name: str | None = None) -> np.ndarray:
 
 
 def font(size: int):
-    """Pillow's default font at `size` px (the fixed bitmap font where Pillow has no FreeType)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # pragma: no cover - Pillow without FreeType
-        return ImageFont.load_default()
+    """Pillow's default font (Aileron Regular) at `size` px."""
+    return ImageFont.load_default(size=size)

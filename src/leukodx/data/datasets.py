@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from leukodx.data.images import MaskSizeWarning, read_reference_mask, read_rgb
 from leukodx.data.inspect import NEAR_EMPTY_FRACTION
@@ -29,21 +28,12 @@ from leukodx.errors import DatasetError, ImageError
 BALANCING = ("oversample", "weights", "none")
 
 
-def _decode(path: Path, max_side: int | None) -> np.ndarray:
-    rgb = read_rgb(path)
-    if max_side and min(rgb.shape[:2]) > max_side:
-        h, w = rgb.shape[:2]
-        s = max_side / min(h, w)
-        rgb = np.asarray(Image.fromarray(rgb).resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR))
-    return rgb
-
-
-def _decode_all(samples: list[Sample], max_side: int | None, skipped: list[str],
+def _decode_all(samples: list[Sample], skipped: list[str],
                 workers: int = 4) -> list[tuple[Sample, np.ndarray]]:
     """(sample, pixels) of the readable samples, in order; each unreadable one is named in `skipped`."""
     def one(p):
         try:
-            return _decode(p, max_side)
+            return read_rgb(p)
         except ImageError as exc:
             return exc
 
@@ -61,7 +51,7 @@ class ClassificationDataset(torch.utils.data.Dataset):
     """Smear fields and class indices. Items: (float 3xHxW in 0..255, int class index). Unreadable images are
     left out, named in `skipped`, with a warning."""
 
-    def __init__(self, samples: list[Sample], classes: list[str], transform=None, max_side: int | None = None):
+    def __init__(self, samples: list[Sample], classes: list[str], transform=None):
         self.classes = list(classes)
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({s.label for s in samples} - set(index))
@@ -69,7 +59,7 @@ class ClassificationDataset(torch.utils.data.Dataset):
             raise DatasetError(f"Samples carry class(es) {unknown} that the model does not know ({self.classes}).",
                                "Use a split made from this data folder.")
         self.skipped: list[str] = []
-        decoded = _decode_all(samples, max_side, self.skipped)
+        decoded = _decode_all(samples, self.skipped)
         self.samples = [s for s, _ in decoded]
         self.images = [img for _, img in decoded]
         if self.skipped:
@@ -93,7 +83,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     their image are resized (nearest) with a warning and counted in `resized_masks`."""
 
     def __init__(self, samples: list[Sample], transform=None, mask_threshold: int = 128, skip_near_empty: bool = True,
-                 max_side: int | None = None, references: str = "original"):
+                 references: str = "original"):
         from leukodx.data.reference_masks import repaired_reference
 
         self.transform = transform
@@ -107,7 +97,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.skipped: list[str] = []
         self.resized_masks: list[str] = []
         self.missing_masks = [s.path for s in samples if s.mask is None]
-        for s, img in _decode_all([s for s in samples if s.mask is not None], max_side, self.skipped):
+        for s, img in _decode_all([s for s in samples if s.mask is not None], self.skipped):
             mask_path = s.mask
             assert mask_path is not None  # only samples with a mask were decoded
             h, w = img.shape[:2]

@@ -101,32 +101,32 @@ def _stain(rgb: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray]:
     return od[..., 1] - od[..., 2], foreground(od, d)
 
 
-def taleqani_cells(rgb: np.ndarray, nucleus: np.ndarray, d: float = TALEQANI_RBC,
-                   stain: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[float, float]]:
-    """Centres (row, col) of the cells of a nucleus reference: components of at least 40 px (at 17-px red
-    cells) whose nuclear-stain score (OD green - OD blue) is at least `NUCLEUS_OVER_RBC` above the field's red
-    cells' (the median over its stained pixels; some HSV references took the red cells too), not in the scale
-    bar's corner; lobes within 0.3 red-cell diameters grouped as one cell; the centroid of each group."""
+def taleqani_cells(nucleus: np.ndarray, stain: tuple[np.ndarray, np.ndarray]) -> list[tuple[float, float]]:
+    """Centres (row, col) of the cells of a nucleus reference (`stain`: the field's `_stain`, red cells 17 px
+    across): components of at least 40 px whose nuclear-stain score (OD green - OD blue) is at least
+    `NUCLEUS_OVER_RBC` above the field's red cells' (the median over its stained pixels; some HSV references
+    took the red cells too), not in the scale bar's corner; lobes within 0.3 red-cell diameters grouped as one
+    cell; the centroid of each group."""
     from scipy import ndimage as ndi
 
     m = np.asarray(nucleus, bool)
     lab, n = ndi.label(m, structure=np.ones((3, 3), bool))
     if n == 0:
         return []
-    s, fg = stain if stain is not None else _stain(rgb, d)
+    s, fg = stain
     rbc_level = float(np.median(s[fg])) if fg.sum() > 100 else float(np.median(s))
     idx = np.arange(1, n + 1)
     mean_s = np.concatenate([[0.0], ndi.mean(s, lab, idx)])
     centre = ndi.center_of_mass(m, lab, idx)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    keep = (sizes >= TALEQANI_MIN_NUCLEUS_PX * (d / TALEQANI_RBC) ** 2) & (mean_s >= rbc_level + NUCLEUS_OVER_RBC)
+    keep = (sizes >= TALEQANI_MIN_NUCLEUS_PX) & (mean_s >= rbc_level + NUCLEUS_OVER_RBC)
     h, w = m.shape
     keep[1:] &= np.array([not (a >= h * SCALE_BAR[0] and b >= w * SCALE_BAR[1]) for a, b in centre], bool)
     keep[0] = False
     big = keep[lab]
     if not big.any():
         return []
-    r = max(1, round(0.15 * d))
+    r = max(1, round(0.15 * TALEQANI_RBC))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     grouped, k = ndi.label(ndi.binary_dilation(big, yy**2 + xx**2 <= r * r))
     idx = np.arange(1, k + 1)
@@ -134,25 +134,24 @@ def taleqani_cells(rgb: np.ndarray, nucleus: np.ndarray, d: float = TALEQANI_RBC
     return [(float(a), float(b)) for a, b in cm if np.isfinite(a)]
 
 
-def taleqani_negatives(rgb: np.ndarray, nucleus: np.ndarray, rng: np.random.Generator, background: bool,
-                       d: float = TALEQANI_RBC, stain: tuple[np.ndarray, np.ndarray] | None = None
-                       ) -> list[tuple[tuple[float, float], str]]:
+def taleqani_negatives(nucleus: np.ndarray, stain: tuple[np.ndarray, np.ndarray], rng: np.random.Generator,
+                       background: bool) -> list[tuple[tuple[float, float], str]]:
     """Up to two centres far (> 1.5 red-cell diameters) from every nucleus: one on a red cell (the most interior
     pixel of a stained blob there) and, when `background`, one on unstained background; with their kind."""
     from scipy import ndimage as ndi
 
-    far = ndi.distance_transform_edt(~np.asarray(nucleus, bool)) > NEGATIVE_DISTANCE_RBC * d
+    far = ndi.distance_transform_edt(~np.asarray(nucleus, bool)) > NEGATIVE_DISTANCE_RBC * TALEQANI_RBC
     h, w = far.shape
     inner = np.zeros_like(far)
-    m = int(0.5 * d)
+    m = int(0.5 * TALEQANI_RBC)
     inner[m:h - m, m:w - m] = True
     far &= inner
     far[int(h * SCALE_BAR[0]) - m:, int(w * SCALE_BAR[1]) - m:] = False
     out: list[tuple[tuple[float, float], str]] = []
     if not far.any():
         return out
-    fg = (stain if stain is not None else _stain(rgb, d))[1]
-    places = [(far & fg & (ndi.distance_transform_edt(fg) >= 0.3 * d), "red_cell")]
+    fg = stain[1]
+    places = [(far & fg & (ndi.distance_transform_edt(fg) >= 0.3 * TALEQANI_RBC), "red_cell")]
     if background:
         places.append((far & ~ndi.binary_dilation(fg, iterations=2), "background"))
     for where, kind in places:
@@ -199,13 +198,13 @@ def iter_taleqani(root: str | Path, split_csv: str | Path, parts: Iterable[str] 
                    field_label=r["label"])
         label = "lymphocyte" if r["label"] == sources.SOURCES["taleqani"].benign else "blast"
         stain = _stain(rgb, TALEQANI_RBC)
-        for c in taleqani_cells(rgb, nucleus, stain=stain):
+        for c in taleqani_cells(nucleus, stain):
             s.centres.append(c)
             s.labels.append(label)
             s.kinds.append(f"taleqani:{r['label']}:cell")
         if negatives:
             rng = np.random.default_rng([seed, k])
-            for c, kind in taleqani_negatives(rgb, nucleus, rng, background=k % 3 == 0, stain=stain):
+            for c, kind in taleqani_negatives(nucleus, stain, rng, background=k % 3 == 0):
                 s.centres.append(c)
                 s.labels.append(NOT_LEUKOCYTE)
                 s.kinds.append(f"taleqani:{r['label']}:{kind}")

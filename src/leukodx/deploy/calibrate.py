@@ -158,7 +158,6 @@ def calibrate_model(model_dir: str | Path, data: str | Path, split_csv: str | Pa
     return report
 
 
-# fits of the analysis' rules on validation data only (`leukodx calibrate --cell-agreement | --post-processing`)
 # min_blasts x max_blast_share_benign x min_blast_probability x max_unidentified_share (1.01: off)
 AGREEMENT_GRID: tuple[tuple[float, ...], ...] = ((0, 1, 2, 3), (0.3, 0.5, 0.7, 1.01), (0.0, 0.6, 0.75, 0.9),
                                                  (0.5, 0.75, 1.01))

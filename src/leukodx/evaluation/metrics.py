@@ -302,11 +302,8 @@ def segmentation_metrics(
     ref_counts: Iterable[int] | None = None,
     names: Iterable[str] | None = None,
 ) -> dict:
-    """Segmentation metrics over paired binary masks (each pair the same size; pairs may differ in size).
-
-    See `SegmentationAccumulator` for the definitions; `count_mae` needs both count lists. ValueError when the
-    lists differ in length.
-    """
+    """`SegmentationAccumulator`'s metrics over paired binary masks (each pair the same size; pairs may differ
+    in size); `count_mae` needs both count lists. ValueError when the lists differ in length."""
     acc = SegmentationAccumulator()
     preds = list(pred_masks)
     absent = [None] * len(preds)

@@ -51,12 +51,12 @@ def _components(n: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def find_duplicate_groups(
-    digests: list[str], hashes: list[int], max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE
+    digests: list[str], hashes: list[int]
 ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
     """Indices grouped three ways, (exact_groups, near_groups, all_groups): exact groups share decoded pixels;
-    near groups are connected by pHash distance <= max_distance and hold at least two different pixel
-    contents; all_groups partitions every index (singletons included) by exact-or-near links, what a split
-    must respect."""
+    near groups are connected by pHash distance <= NEAR_DUPLICATE_MAX_DISTANCE and hold at least two different
+    pixel contents; all_groups partitions every index (singletons included) by exact-or-near links, what a
+    split must respect."""
     n = len(digests)
     by_digest: dict[str, list[int]] = {}
     for i, d in enumerate(digests):
@@ -66,7 +66,7 @@ def find_duplicate_groups(
     near_pairs: list[tuple[int, int]] = []
     if n > 1:
         dist = hamming_matrix(hashes)
-        ii, jj = np.nonzero(np.triu(dist <= max_distance, k=1))
+        ii, jj = np.nonzero(np.triu(dist <= NEAR_DUPLICATE_MAX_DISTANCE, k=1))
         near_pairs = list(zip(ii.tolist(), jj.tolist(), strict=True))
     all_groups = _components(n, exact_pairs + near_pairs)
     near = [g for g in all_groups if len(g) > 1 and len({digests[i] for i in g}) > 1]

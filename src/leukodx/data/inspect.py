@@ -67,9 +67,7 @@ def scan_dataset(ds: Dataset, mask_threshold: int = 128, workers: int = 4) -> li
         return list(pool.map(lambda s: _scan(s, mask_threshold), ds.samples))
 
 
-def inspect_dataset(
-    data: str, mask_threshold: int = 128, near_distance: int = NEAR_DUPLICATE_MAX_DISTANCE
-) -> dict:
+def inspect_dataset(data: str, mask_threshold: int = 128) -> dict:
     """Counts, sizes, unreadable files, duplicate groups and mask problems, as the JSON contract says."""
     ds = load_dataset(data)
     scans = scan_dataset(ds, mask_threshold)
@@ -77,7 +75,7 @@ def inspect_dataset(
     ok = [s for s, _ in read]
     pixels = [px for _, px in read]
     sizes = Counter(f"{px.size[0]}x{px.size[1]}" for px in pixels)
-    exact, near, _ = find_duplicate_groups([px.digest for px in pixels], [px.phash for px in pixels], near_distance)
+    exact, near, _ = find_duplicate_groups([px.digest for px in pixels], [px.phash for px in pixels])
     paths = [s.sample.path for s in ok]
     near_empty = {c: 0 for c in ds.classes}
     mask_fraction_median = {}
@@ -98,7 +96,7 @@ def inspect_dataset(
         "ignored_files": ds.ignored,
         "exact_duplicate_groups": [sorted(paths[i] for i in g) for g in exact],
         "near_duplicate_groups": [sorted(paths[i] for i in g) for g in near],
-        "near_duplicate_rule": f"64-bit DCT perceptual hash, Hamming distance <= {near_distance}",
+        "near_duplicate_rule": f"64-bit DCT perceptual hash, Hamming distance <= {NEAR_DUPLICATE_MAX_DISTANCE}",
         "masks": {
             "present": ds.has_masks,
             "missing": sum(1 for s in ds.samples if s.mask is None) if ds.has_masks else len(ds.samples),

@@ -30,12 +30,12 @@ class Group:
     label: str
 
 
-def _make_groups(ds: Dataset, near_distance: int) -> tuple[list[Group], list[str]]:
+def _make_groups(ds: Dataset) -> tuple[list[Group], list[str]]:
     scans = scan_dataset(ds)
     read = [(i, s.pixels) for i, s in enumerate(scans) if s.pixels is not None]
     ok = [i for i, _ in read]
     bad = [s.sample.path for s in scans if s.pixels is None]
-    _, _, comps = find_duplicate_groups([px.digest for _, px in read], [px.phash for _, px in read], near_distance)
+    _, _, comps = find_duplicate_groups([px.digest for _, px in read], [px.phash for _, px in read])
     groups = []
     # stable ids: order groups by their first path
     comps = sorted(comps, key=lambda g: min(ds.samples[ok[i]].path for i in g))
@@ -76,7 +76,6 @@ def make_split(
     common_test: bool = False,
     test_seed: int = 0,
     fixed_test: str | Path | None = None,
-    near_distance: int = NEAR_DUPLICATE_MAX_DISTANCE,
 ) -> tuple[list[dict], dict]:
     """Split a data folder. Returns (rows of path,label,split,group; a summary with the parameters).
 
@@ -94,7 +93,7 @@ def make_split(
                            "For example --val 0.15 --test 0.15.")
     ds = load_dataset(data)
     ds.require_nonempty()
-    groups, bad = _make_groups(ds, near_distance)
+    groups, bad = _make_groups(ds)
     sizes = _class_sizes(groups)
     classes = ds.classes
 
@@ -137,7 +136,7 @@ def make_split(
         "common_test": common_test,
         "test_seed": test_seed if common_test else None,
         "fixed_test": str(fixed_test) if fixed_test else None,
-        "near_duplicate_max_distance": near_distance,
+        "near_duplicate_max_distance": NEAR_DUPLICATE_MAX_DISTANCE,
         "n_images": len(rows),
         "n_groups": len(groups),
         "n_multi_member_groups": sum(len(g.members) > 1 for g in groups),

@@ -310,13 +310,12 @@ def chula_field_reference(root: str | Path, path: str) -> CellReference:
     return ref
 
 
-def pbc_crop_reference(root: str | Path, path: str, label: str, rbc_diameter: float = PBC_RBC_DIAMETER
-                       ) -> CellReference:
-    """The PBC rule's references for one crop (`cell_references.pbc_reference`)."""
+def pbc_crop_reference(root: str | Path, path: str, label: str) -> CellReference:
+    """The PBC rule's references for one crop (`cell_references.pbc_reference`) at `PBC_RBC_DIAMETER`."""
     from leukodx.data.cell_references import pbc_reference
     from leukodx.data.images import read_rgb
 
-    return pbc_reference(read_rgb(Path(root) / path), label, rbc_diameter)
+    return pbc_reference(read_rgb(Path(root) / path), label, PBC_RBC_DIAMETER)
 
 
 def taleqani_field_reference(root: str | Path, path: str) -> CellReference:

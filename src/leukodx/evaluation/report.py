@@ -255,8 +255,7 @@ def write_report(metrics: dict, out_dir: Path, figures: dict[str, dict[str, Path
         ls = metrics["lab_shift"]
         info.append(["lab shift", f"severity {ls.get('severity')}, seed {ls.get('seed')}"])
     parts.append(_table(None, info))
-    for note in metrics.get("notes", []):
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts += [f"<p class='note'>{html.escape(note)}</p>" for note in metrics.get("notes", [])]
 
     shift = "lab_shift" in metrics
     for key, rows, title in (("classification", CLASSIFICATION_ROWS, "Classification"),

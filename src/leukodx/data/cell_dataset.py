@@ -1,11 +1,11 @@
 """Training data for the two-channel (whole leukocyte, nucleus) segmenter.
 
 A `CellDataset` mixes Taleqani fields, Raabin fields, PBC crops, Chula fields and synthetic smears
-(`source_items`, `synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER` px
-across (the Taleqani fields' size), the scale the analysis brings every field to, and its references
-(`leukodx.data.cell_references`) are made once and cached in memory (and, with ``cache_dir``, as .npz files keyed
-by source, path and rule version). What each draw does to it, and why: docs/results/cell-segmentation/README.md,
-"data/cell_dataset.py: a training draw".
+(`source_items`, `synthetic_items`). Every image is resampled once so its red cells are `TARGET_RBC_DIAMETER`
+px across (the Taleqani fields' size), the scale the analysis brings every field to, and its references
+(`leukodx.data.cell_references`) are made once and cached in memory (and, with ``cache_dir``, as .npz files
+keyed by source, path and rule version). What each draw does to it, and why:
+docs/results/cell-segmentation/README.md, "data/cell_dataset.py: a training draw".
 
 Items: (image float32 3 x 224 x 224 RGB 0..255, target float32 2 x 224 x 224 {0, 1}, known float32 2 x 224 x 224
 {0, 1}); channel 0 = whole cell, 1 = nucleus. The loss on known pixels is `training.losses.masked_bce_dice`.
@@ -55,7 +55,8 @@ def load_reference(item: CellItem) -> CellReference:
         from leukodx.data.images import read_rgb
 
         rgb = read_rgb(Path(item.root) / item.path)
-        boxes = sources.read_yolo_labels(Path(item.root) / "labels" / f"{Path(item.path).stem}.txt", rgb.shape[:2])
+        lp = Path(item.root) / "labels" / f"{Path(item.path).stem}.txt"
+        boxes = sources.read_yolo_labels(lp, rgb.shape[:2])
         return raabin_reference(rgb, boxes, sources.raabin_rbc_diameter(boxes, rgb.shape[:2]))
     if item.source == "pbc":
         return sources.pbc_crop_reference(item.root, item.path, item.label)

@@ -53,8 +53,8 @@ class CellReference:
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """OD per channel (float32 HxWx3), ``-log((I + 1) / (bg + 1))`` with the background ``bg`` the 97th percentile
-    per channel of a 3 x 3 mean (white balance and lamp brightness cancel)."""
+    """OD per channel (float32 HxWx3), ``-log((I + 1) / (bg + 1))`` with the background ``bg`` the 97th
+    percentile per channel of a 3 x 3 mean (white balance and lamp brightness cancel)."""
     x = ndi.uniform_filter(np.asarray(rgb)[..., :3].astype(np.float32), (3, 3, 1))
     bg = np.percentile(x.reshape(-1, 3), BACKGROUND_PERCENTILE, axis=0)
     return (-np.log(np.clip((x + 1.0) / (bg + 1.0), 1e-3, 1.0))).astype(np.float32)
@@ -128,8 +128,8 @@ def _nucleus_threshold(s: np.ndarray, window_fg: np.ndarray, rbc_px: np.ndarray)
 
 
 def _grow_cell(fg: np.ndarray, seed: np.ndarray, others: np.ndarray, allowed: np.ndarray, d: float) -> np.ndarray:
-    """The seed's whole cell: marker-controlled watershed of the stained matter near the allowed region (the
-    rule: docs/results/cell-references)."""
+    """The seed's whole cell: marker-controlled watershed of the stained matter near the allowed region (rule:
+    docs/results/cell-references)."""
     from skimage.segmentation import watershed
 
     # flood a wider region than the allowed one, so that red cells crossing its edge compete with their markers
@@ -258,7 +258,7 @@ def raabin_reference(rgb: np.ndarray, boxes: np.ndarray, rbc_diameter: float) ->
 
 
 def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellReference:
-    """References of a PBC crop of class ``label``: its centred cell (the rule: docs/results/cell-references)."""
+    """References of a PBC crop of class ``label``: its centred cell (rule: docs/results/cell-references)."""
     rgb, f = to_work_scale(np.asarray(rgb), rbc_diameter)
     h, w = rgb.shape[:2]
     d = float(rbc_diameter) * f
@@ -307,7 +307,7 @@ def pbc_reference(rgb: np.ndarray, label: str, rbc_diameter: float) -> CellRefer
 
 
 def taleqani_reference(rgb: np.ndarray, nucleus_mask: np.ndarray, rbc_diameter: float = 17.0) -> CellReference:
-    """References of a Taleqani field from its (repaired) nucleus reference mask (the rule:
+    """References of a Taleqani field from its (repaired) nucleus reference mask (rule:
     docs/results/cell-references)."""
     rgb = np.asarray(rgb)[..., :3]
     nuc = np.asarray(nucleus_mask, bool)

@@ -103,8 +103,9 @@ def read_reference_mask(path: str | Path, threshold: int = 128, size: tuple[int,
     img = open_image(path).convert("L")
     if size is not None and img.size != size:
         if warn:
-            warnings.warn(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is {size[0]}x{size[1]}; "
-                          "the mask was resized (nearest neighbour) to match.", MaskSizeWarning, stacklevel=2)
+            warnings.warn(f"{path}: mask is {img.size[0]}x{img.size[1]} but its image is "
+                          f"{size[0]}x{size[1]}; the mask was resized (nearest neighbour) to match.",
+                          MaskSizeWarning, stacklevel=2)
         img = img.resize(size, Image.Resampling.NEAREST)
     return np.asarray(img) > threshold
 

@@ -96,7 +96,8 @@ def inspect_dataset(data: str, mask_threshold: int = 128) -> dict:
         "ignored_files": ds.ignored,
         "exact_duplicate_groups": [sorted(paths[i] for i in g) for g in exact],
         "near_duplicate_groups": [sorted(paths[i] for i in g) for g in near],
-        "near_duplicate_rule": f"64-bit DCT perceptual hash, Hamming distance <= {NEAR_DUPLICATE_MAX_DISTANCE}",
+        "near_duplicate_rule": "64-bit DCT perceptual hash, Hamming distance <= "
+                               f"{NEAR_DUPLICATE_MAX_DISTANCE}",
         "masks": {
             "present": ds.has_masks,
             "missing": sum(1 for s in ds.samples if s.mask is None) if ds.has_masks else len(ds.samples),

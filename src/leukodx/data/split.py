@@ -98,7 +98,7 @@ def make_split(
     classes = ds.classes
 
     def targets(fraction: float, stratified: bool) -> dict[str, int]:
-        """Images per class: `fraction` of each class (stratified), else of the smallest class, for every class."""
+        """Images per class: `fraction` of each class (stratified), else of the smallest class for each."""
         if stratified:
             return {c: round(fraction * sizes[c]) for c in classes}
         return dict.fromkeys(classes, round(fraction * min(sizes[c] for c in classes)))

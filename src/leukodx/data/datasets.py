@@ -28,8 +28,7 @@ from leukodx.errors import DatasetError, ImageError
 BALANCING = ("oversample", "weights", "none")
 
 
-def _decode_all(samples: list[Sample], skipped: list[str],
-                workers: int = 4) -> list[tuple[Sample, np.ndarray]]:
+def _decode_all(samples: list[Sample], skipped: list[str]) -> list[tuple[Sample, np.ndarray]]:
     """(sample, pixels) of the readable samples, in order; each unreadable one is named in `skipped`."""
     def one(p):
         try:
@@ -40,7 +39,7 @@ def _decode_all(samples: list[Sample], skipped: list[str],
     if len(samples) < 32:
         decoded = [one(s.image) for s in samples]
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             decoded = list(pool.map(one, [s.image for s in samples]))
     skipped += [f"{s.path} ({img.reason})" for s, img in zip(samples, decoded, strict=True)
                 if isinstance(img, ImageError)]
@@ -205,8 +204,7 @@ def subset(samples: list[Sample], n: int | None, seed: int = 0) -> list[Sample]:
     by_class: dict[str, list[Sample]] = {}
     for s in samples:
         by_class.setdefault(s.label, []).append(s)
-    total = len(samples)
-    quota = {c: n * len(v) / total for c, v in by_class.items()}
+    quota = {c: n * len(v) / len(samples) for c, v in by_class.items()}
     take: dict[str, int] = {c: max(1, int(q)) for c, q in quota.items()}
     for c in sorted(quota, key=lambda c: quota[c] - int(quota[c]), reverse=True):  # largest remainders first
         if sum(take.values()) >= n:

@@ -171,8 +171,7 @@ def read_split(path: str | Path, data: str | Path | None = None, part: str | Non
         raise LeukodxError(f"Split file {path} does not exist.", "Make one with: leukodx data split DATA --out SPLIT.csv")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        need = {"path", "label", "split"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+        if reader.fieldnames is None or not {"path", "label", "split"} <= set(reader.fieldnames):
             raise LeukodxError(f"{path} is not a split CSV (columns {reader.fieldnames}).",
                                "It needs the columns path,label,split,group.")
         rows = list(reader)

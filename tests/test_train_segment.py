@@ -198,3 +198,14 @@ def test_min_mask_fraction_and_pretrained(smears, tmp_path, capsys):
     load_initial_weights(fresh, run, print)
     want = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
+
+
+def test_help_shows_the_defaults_written_in_brackets():
+    """`[default: 128]` in a help text is rich markup unless escaped: it vanished from `--help`."""
+    from clitools import run_cli
+
+    for args, shown in ((["train", "segment", "--help"], "Input size in px. [default: 128]"),
+                        (["serve", "--help"], "Segmenter model directory [default: bundled]")):
+        code, out = run_cli(args)
+        assert code == 0
+        assert shown in " ".join(out.replace("│", " ").split())

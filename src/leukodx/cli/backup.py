@@ -10,7 +10,7 @@ import typer
 from leukodx.cli._common import console, err_console
 from leukodx.cli.serve import DB_HELP, resolve_db
 
-FILES_HELP = "Where the images are kept [default: as `leukodx serve` has it: beside a SQLite file, or $LEUKODX_FILES_DIR]."
+FILES_HELP = "Where the images are kept \\[default: as `leukodx serve` has it: beside a SQLite file, or $LEUKODX_FILES_DIR]."
 
 
 def _files_dir(db: str, files_dir: Path | None) -> Path:

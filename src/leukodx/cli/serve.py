@@ -13,7 +13,7 @@ from leukodx.cli._common import console, err_console
 from leukodx.errors import LeukodxError, ModelError
 
 DB_HELP = ("SQLite database file (created if missing), or a database URL such as postgresql+psycopg://... "
-           "[default: $LEUKODX_DB, else ~/.local/share/leukodx/leukodx.db ($XDG_DATA_HOME/leukodx when set)]")
+           "\\[default: $LEUKODX_DB, else ~/.local/share/leukodx/leukodx.db ($XDG_DATA_HOME/leukodx when set)]")
 
 
 def resolve_db(db: str | None) -> str:
@@ -107,11 +107,11 @@ def serve(
                              "you give 0.0.0.0 (then put it behind HTTPS)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port."),
     db: str = typer.Option(None, "--db", help=DB_HELP),
-    files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept [default: beside the database]."),
-    classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory [default: bundled]."),
-    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory [default: bundled]."),
+    files_dir: Path = typer.Option(None, "--files-dir", help="Where images are kept \\[default: beside the database]."),
+    classifier: Path = typer.Option(None, "--classifier", help="Classifier model directory \\[default: bundled]."),
+    segmenter: Path = typer.Option(None, "--segmenter", help="Segmenter model directory \\[default: bundled]."),
     cells: Path = typer.Option(None, "--cells", help="Cell model directory to start with, e.g. A/cells of `leukodx "
-                               "adapt` (an admin may activate another on the Adapt page) [default: bundled]."),
+                               "adapt` (an admin may activate another on the Adapt page) \\[default: bundled]."),
     engine: str = typer.Option(None, help="Inference engine: onnx or onnx-int8 (default: onnx)."),
     max_file_mb: float = typer.Option(None, "--max-file-mb", min=0.01,
                                       help="Largest accepted image, MB (default: $LEUKODX_MAX_FILE_MB, else 20)."),
@@ -120,10 +120,10 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, max=64,
                                 help="Server processes (uvicorn workers). More than 1 needs a PostgreSQL --db."),
     analysis_workers: int = typer.Option(None, "--analysis-workers", min=1,
-                                         help="Analyses run at once per process [default: CPU cores / --workers, "
+                                         help="Analyses run at once per process \\[default: CPU cores / --workers, "
                                          "max 4]."),
     threads: int = typer.Option(None, "--threads", min=1,
-                                help="CPU threads per analysis [default: cores / (workers x analysis workers)]."),
+                                help="CPU threads per analysis \\[default: cores / (workers x analysis workers)]."),
     queue: int = typer.Option(None, "--queue", min=0, help="Analyses allowed to wait; more are answered 503 "
                               "(default: 32)."),
     heatmap_on_upload: bool = typer.Option(False, "--heatmap-on-upload",

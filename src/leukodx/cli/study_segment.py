@@ -30,8 +30,8 @@ def register(app: typer.Typer) -> None:
         preset: str | None = typer.Option(None, "--preset", help="cpu (default) or paper (224 px, batch 32, "
                                           "35 epochs, lr 1e-3, base 64)."),
         base_channels: int | None = typer.Option(None, "--base-channels", help="First-level filters. "
-                                                 "[default: 16 cpu, 64 paper]"),
-        depth: int | None = typer.Option(None, "--depth", help="U-Net levels. [default: 4]"),
+                                                 "\\[default: 16 cpu, 64 paper]"),
+        depth: int | None = typer.Option(None, "--depth", help="U-Net levels. \\[default: 4]"),
         encoder: str | None = typer.Option(None, "--encoder", help="A timm encoder for every arch."),
         image_size: int | None = typer.Option(None, "--image-size", help="Input size in px."),
         epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs per run."),
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         shift_lab: bool = typer.Option(False, "--eval-lab-shift", help="Also score each run under lab shift."),
         workers: int | None = typer.Option(None, "--workers", help="Data loader processes."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is faster when "
-                                           "other jobs share the cores). [default: PyTorch's]"),
+                                           "other jobs share the cores). \\[default: PyTorch's]"),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda."),
         config: Path | None = typer.Option(None, "--config", help="YAML recipe shared by every run (e.g. "
                                            "benchmarks/configs/segment-lite0-unet.yaml); --archs and the flags "

@@ -37,25 +37,25 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Run / model directory to write."),
         raabin: Path | None = typer.Option(None, "--raabin", help="Raabin fields folder (images/, labels/): red "
                                            "cells and platelets as not_leukocyte, leukocyte boxes."),
-        pbc_split: Path | None = typer.Option(None, "--pbc-split", help="PBC split CSV. [default: "
+        pbc_split: Path | None = typer.Option(None, "--pbc-split", help="PBC split CSV. \\[default: "
                                               "benchmarks/splits/pbc-seed0.csv when present, else the same rule]"),
         taleqani_split: Path | None = typer.Option(None, "--taleqani-split", help="Taleqani split CSV (by field). "
-                                                   "[default: benchmarks/splits/taleqani-sgdc-seed0.csv]"),
-        raabin_split: Path | None = typer.Option(None, "--raabin-split", help="Raabin split CSV. [default: "
+                                                   "\\[default: benchmarks/splits/taleqani-sgdc-seed0.csv]"),
+        raabin_split: Path | None = typer.Option(None, "--raabin-split", help="Raabin split CSV. \\[default: "
                                                  "benchmarks/splits/raabin-fields-seed0.csv when present]"),
         chula: Path | None = typer.Option(None, "--chula", help="Chulalongkorn fields folder (images/, typed YOLO "
                                           "boxes in labels/, fields.csv): its leukocytes by kind."),
-        chula_split: Path | None = typer.Option(None, "--chula-split", help="Chula split CSV (by slide). [default: "
+        chula_split: Path | None = typer.Option(None, "--chula-split", help="Chula split CSV (by slide). \\[default: "
                                                 "benchmarks/splits/chula-wbc-seed0.csv when present]"),
         pretrained: str | None = typer.Option(None, "--pretrained", help="Initial weights: a package's name, or a "
-                                              "cell model's model.safetensors to continue it. [default: "
+                                              "cell model's model.safetensors to continue it. \\[default: "
                                               "efficientnet_lite0]"),
         epochs: int = typer.Option(12, "--epochs", help="Maximum epochs of the second stage (4096 crops each; the "
                                    "first stage runs a third as many)."),
         time_limit_min: float = typer.Option(16.0, "--time-limit-min", help="Wall-clock budget in minutes, "
                                              "reading the crops included (export comes on top)."),
         samples_per_epoch: int = typer.Option(4096, "--samples-per-epoch", help="Crops drawn per epoch."),
-        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads. [default: all cores]"),
+        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads. \\[default: all cores]"),
         seed: int = typer.Option(0, "--seed", help="Random seed."),
         limit_per_class: int | None = typer.Option(None, "--limit-per-class", help="At most N images per class "
                                                    "and split part (a quick trial)."),

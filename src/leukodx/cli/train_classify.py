@@ -26,11 +26,11 @@ def register(app: typer.Typer) -> None:
         split: Path | None = typer.Option(None, "--split", help="Split CSV (leukodx data split); "
                                           "default: a fresh group-aware split."),
         strategy: str | None = typer.Option(None, "--strategy", help="Split strategy when no --split: sgdc or "
-                                            "per-class. [default: sgdc]"),
+                                            "per-class. \\[default: sgdc]"),
         arch: str | None = typer.Option(None, "--arch", help="Architecture: smearnet, smearnet-wide or any timm "
-                                        "name (inception_resnet_v2, nasnetalarge, ...). [default: smearnet]"),
-        image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. [default: 128]"),
-        epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. [default: 20]"),
+                                        "name (inception_resnet_v2, nasnetalarge, ...). \\[default: smearnet]"),
+        image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. \\[default: 128]"),
+        epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. \\[default: 20]"),
         pretrained: str | None = typer.Option(None, "--pretrained", help="ImageNet weights for the backbone: "
                                               "NAME of a package-shipped set (efficientnet_lite0, efficientnet_lite1, "
                                               "efficientnet_lite2; implies its --arch tf_efficientnet_liteN) or a "
@@ -39,23 +39,23 @@ def register(app: typer.Typer) -> None:
                                            "run_config.yaml)."),
         preset: str | None = typer.Option(None, "--preset", help="cpu (fast, default) or paper (the study: "
                                           "224 px, Adam 1e-4, batch 32, up to 60 epochs)."),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size. [default: 32]"),
-        lr: float | None = typer.Option(None, "--lr", help="Learning rate. [default: 2e-3]"),
-        weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay. [default: 0.02]"),
-        optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or adam. [default: adamw]"),
-        schedule: str | None = typer.Option(None, "--schedule", help="cosine, plateau or none. [default: cosine]"),
-        label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="[default: 0.1]"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size. \\[default: 32]"),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate. \\[default: 2e-3]"),
+        weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay. \\[default: 0.02]"),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="adamw or adam. \\[default: adamw]"),
+        schedule: str | None = typer.Option(None, "--schedule", help="cosine, plateau or none. \\[default: cosine]"),
+        label_smoothing: float | None = typer.Option(None, "--label-smoothing", help="\\[default: 0.1]"),
         balance: str | None = typer.Option(None, "--balance", help="oversample, weights or none. "
-                                           "[default: oversample]"),
+                                           "\\[default: oversample]"),
         augment: str | None = typer.Option(None, "--augment", help="none, light or strong (includes stain and "
-                                           "colour augmentation). [default: strong]"),
+                                           "colour augmentation). \\[default: strong]"),
         normalization: str | None = typer.Option(None, "--normalization", help="per_image (default: removes "
                                                  "white balance/brightness) or imagenet."),
         patience: int | None = typer.Option(None, "--patience", help="Early stopping: epochs without a better "
-                                            "validation score; 0 = off. [default: 6]"),
-        seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). [default: 0]"),
-        workers: int | None = typer.Option(None, "--workers", help="Data loader processes (augmentation runs there). [default: 1; paper preset 4]"),
-        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads. [default: the cores "
+                                            "validation score; 0 = off. \\[default: 6]"),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). \\[default: 0]"),
+        workers: int | None = typer.Option(None, "--workers", help="Data loader processes (augmentation runs there). \\[default: 1; paper preset 4]"),
+        threads: int | None = typer.Option(None, "--threads", help="PyTorch CPU threads. \\[default: the cores "
                                            "left after the --workers processes]"),
         max_train_images: int | None = typer.Option(None, "--max-train-images", help="Train on a stratified "
                                                     "subset of at most N images."),
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         time_limit_s: float | None = typer.Option(None, "--time-limit-s", help="Wall-clock budget in seconds: no "
                                                   "epoch is started that would end past it."),
         resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in OUT/checkpoints."),
-        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. \\[default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         from leukodx.training.classify import train_classifier

@@ -42,18 +42,18 @@ def register(app: typer.Typer) -> None:
         split: Path | None = typer.Option(None, "--split", help="Split CSV (leukodx data split); default: a fresh "
                                           "group-aware split."),
         arch: str | None = typer.Option(None, "--arch", help="unet, unet-fpn-gelu, or unet:<timm encoder> / "
-                                        "unet-fpn-gelu:<timm encoder> (e.g. unet:resnet18). [default: unet]"),
+                                        "unet-fpn-gelu:<timm encoder> (e.g. unet:resnet18). \\[default: unet]"),
         base_channels: int | None = typer.Option(None, "--base-channels", help="Filters of the first U-Net level "
-                                                 "(the study: 64). [default: 16 with --preset cpu, 64 with paper]"),
-        depth: int | None = typer.Option(None, "--depth", help="U-Net levels. [default: 4]"),
+                                                 "(the study: 64). \\[default: 16 with --preset cpu, 64 with paper]"),
+        depth: int | None = typer.Option(None, "--depth", help="U-Net levels. \\[default: 4]"),
         encoder: str | None = typer.Option(None, "--encoder", help="A timm features_only encoder instead of the "
                                            "classic one (random init; nothing is downloaded)."),
-        image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. [default: 128]"),
-        epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. [default: 15]"),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
-        lr: float | None = typer.Option(None, "--lr", help="Learning rate. [default: 1e-3]"),
+        image_size: int | None = typer.Option(None, "--image-size", help="Input size in px. \\[default: 128]"),
+        epochs: int | None = typer.Option(None, "--epochs", help="Maximum epochs. \\[default: 15]"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="Batch size. \\[default: 16]"),
+        lr: float | None = typer.Option(None, "--lr", help="Learning rate. \\[default: 1e-3]"),
         mask_threshold: int | None = typer.Option(None, "--mask-threshold", help="Reference mask = grayscale("
-                                                  "Segmented) > this. [default: 128]"),
+                                                  "Segmented) > this. \\[default: 128]"),
         include_near_empty: bool = typer.Option(False, "--include-near-empty", help="Also train on reference "
                                                 "masks under 0.1 % foreground (left out by default: the "
                                                 "thresholding failed on them)."),
@@ -68,9 +68,9 @@ def register(app: typer.Typer) -> None:
         references: str | None = typer.Option(None, "--references", help="original (the HSV masks, the study's "
                                               "metric) or repaired (rebuilt by an optical-density rule where the "
                                               "HSV thresholding failed; leukodx.data.reference_masks). "
-                                              "[default: original]"),
+                                              "\\[default: original]"),
         augment: str | None = typer.Option(None, "--augment", help="none, light or strong (stain and colour "
-                                           "changes on the image only). [default: light]"),
+                                           "changes on the image only). \\[default: light]"),
         preset: str | None = typer.Option(None, "--preset", help="cpu (default) or paper (the study: 224 px, "
                                           "batch 32, 35 epochs, lr 1e-3, base 64)."),
         config: Path | None = typer.Option(None, "--config", help="YAML file of settings (e.g. a run's "
@@ -80,9 +80,9 @@ def register(app: typer.Typer) -> None:
         weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay."),
         normalization: str | None = typer.Option(None, "--normalization", help="per_image (default) or imagenet."),
         patience: int | None = typer.Option(None, "--patience", help="Early stopping on validation Dice: epochs "
-                                            "without improvement; 0 = off. [default: 5]"),
-        seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). [default: 0]"),
-        workers: int | None = typer.Option(None, "--workers", help="Data loader processes. [default: 0]"),
+                                            "without improvement; 0 = off. \\[default: 5]"),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed (split, init, order). \\[default: 0]"),
+        workers: int | None = typer.Option(None, "--workers", help="Data loader processes. \\[default: 0]"),
         max_train_images: int | None = typer.Option(None, "--max-train-images", help="Train on a stratified "
                                                     "subset of at most N fields."),
         max_val_images: int | None = typer.Option(None, "--max-val-images", help="Validate on at most N fields."),
@@ -92,8 +92,8 @@ def register(app: typer.Typer) -> None:
         amp: str | None = typer.Option(None, "--amp", help="Mixed precision on CUDA: auto, bf16, fp16 or off."),
         resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in OUT/checkpoints."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads for PyTorch (1 is faster when "
-                                           "other jobs share the cores). [default: PyTorch's]"),
-        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. [default: auto]"),
+                                           "other jobs share the cores). \\[default: PyTorch's]"),
+        device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda. \\[default: auto]"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
         raabin: Path | None = typer.Option(None, "--raabin", help="Raabin fields folder (images/, labels/ YOLO "
                                            "boxes): trains the two-output segmenter (whole cell + nucleus)."),
@@ -102,9 +102,9 @@ def register(app: typer.Typer) -> None:
         chula: Path | None = typer.Option(None, "--chula", help="Chulalongkorn fields folder (images/, typed YOLO "
                                           "boxes in labels/): trains the two-output segmenter."),
         synthetic: int | None = typer.Option(None, "--synthetic", help="Two-output training: also draw from N "
-                                             "synthetic smears (weight 0.2). [default: 0]"),
+                                             "synthetic smears (weight 0.2). \\[default: 0]"),
         samples_per_epoch: int | None = typer.Option(None, "--samples-per-epoch", help="Two-output training: "
-                                                     "crops drawn per epoch (weighted by source). [default: 2000]"),
+                                                     "crops drawn per epoch (weighted by source). \\[default: 2000]"),
         time_limit_min: float | None = typer.Option(None, "--time-limit-min", help="Wall-clock limit in minutes: "
                                                     "no epoch is started that would end past it."),
         splits: Path = typer.Option(Path("benchmarks/splits"), "--splits", help="Two-output training: the folder "
@@ -113,13 +113,13 @@ def register(app: typer.Typer) -> None:
                                               "references here as .npz (reused by the next run)."),
         cut_cells: float | None = typer.Option(None, "--cut-cells", min=0.0, max=1.0, help="Two-output training: "
                                                "share of draws cut to one leukocyte's size, as single-cell crops "
-                                               "are exported. [default: 0]"),
+                                               "are exported. \\[default: 0]"),
         low_magnification: float | None = typer.Option(None, "--low-magnification", min=0.0, max=1.0, help=
                                                        "Two-output training: share of draws given a lower "
-                                                       "magnification's loss of detail. [default: 0]"),
+                                                       "magnification's loss of detail. \\[default: 0]"),
         cut_negatives: float | None = typer.Option(None, "--cut-negatives", min=0.0, max=1.0, help="Two-output "
                                                    "training: share of the --cut-cells windows centred on what is "
-                                                   "no leukocyte (red cells, plasma). [default: 0]"),
+                                                   "no leukocyte (red cells, plasma). \\[default: 0]"),
     ) -> None:
         params = locals()
         two_output = raabin is not None or pbc is not None or chula is not None

@@ -237,7 +237,7 @@ class Trainer:
         self.best_state: dict | None = None
         self.bad_epochs = 0
         self.stopped_early = False
-        self.stopped_by = "epochs"  # or "early stopping" or "time limit"
+        self.stopped_by = "epochs"  # or "early stopping", "converged" or "time limit"
         self.resumed_from: int | None = None
         self.batch_losses: list[float] = []
         self.epoch_samples = 0

@@ -6,8 +6,8 @@ directory.
   562 Pro fields) are left out of training and validation by default, and the run says how many;
 - fields without a mask are left out and counted; a data set with no usable mask is one clear error;
 - image and mask are augmented together (leukodx.data.transforms), colour/stain changes on the image only;
-- the test split is scored at the field's own resolution with the segmentation contract of DESIGN.md
-  (leukodx.evaluation.metrics), cell counts from leukodx.inference.instances.
+- the test split is scored as `leukodx evaluate` scores it (`score_test_split`: the analysis pipeline at the
+  field's own resolution, the segmentation contract of DESIGN.md).
 
 Example::
 

@@ -378,3 +378,22 @@ def test_fhir_carries_accession_and_patient_and_says_automated_or_verified(web):
     other = case_with_fields(client, clin, [jpg("Pre", 13)], ref="S-22-2")
     body = client.get(f"/api/v1/cases/{other['id']}/fhir", headers=clin).json()
     assert "subject" not in body and "patient" not in {r["id"] for r in body["contained"]}
+
+
+def test_many_blasts_under_a_benign_call_are_said_before_sign_off_and_on_the_printed_report(web):
+    from webtools import login
+
+    client, clin, _, _ = web
+    login(client)
+    for call, said in (("Benign", True), ("Pre", False)):
+        case = case_with_fields(client, clin, [jpg("Pre", 1), jpg("Pre", 2)], ref=f"S-22-{call}")
+        blasts = case["blast_percent"]
+        assert blasts is not None and blasts >= 20  # the fake cell model calls every fourth cell a blast
+        r = client.patch(f"/api/v1/cases/{case['id']}/review", headers=clin,
+                         json={"case": {"decision": "override", "label": call}})
+        assert r.status_code == 200, r.text
+        warned = [w for w in r.json()["warnings"] if "but the call is Benign" in w]
+        assert len(warned) == (1 if said else 0) and all(f"{blasts:.1f} % blasts" in w for w in warned)
+        report = client.get(f"/cases/{case['id']}/report").text
+        assert ('id="report-discord"' in report) is said  # the reviewer's call once signed off
+        assert ("but the call is Benign" in report) is said

@@ -329,6 +329,15 @@ def confidence_threshold(analysis) -> float | None:
 BLAST_ALERT_PERCENT = 20.0  # blasts >= 20 % of leukocytes: acute leukaemia by the WHO's criterion
 
 
+def blasts_under_benign_call(blast_percent: float | None, call: str | None) -> str | None:
+    """The words when the differential counts 20 % blasts or more but `call` is a benign class (None: no call, or
+    not a benign one); else None. The sign-off box and the printed report say it."""
+    if blast_percent is None or blast_percent < BLAST_ALERT_PERCENT or not call:
+        return None
+    return (f"The differential counts {blast_percent:.1f} % blasts ({BLAST_ALERT_PERCENT:.0f} % or more: the "
+            f"threshold for acute leukaemia) but the call is {call}.")
+
+
 def sign_off_warnings(case: Case, benign: Sequence[str]) -> list[str]:
     """What a clinician should know before signing off: unreviewed fields, and which of them are flagged; a
     differential that is not verified; many blasts under a benign call (`benign`: the case rule's benign
@@ -348,12 +357,9 @@ def sign_off_warnings(case: Case, benign: Sequence[str]) -> list[str]:
             out.append("The differential is not verified: its counts are the AI pre-classification"
                        + (f" with {cs['n_cells_reviewed']} reviewer correction(s)" if cs["n_cells_reviewed"] else "")
                        + ". Check the cells in the gallery and verify the differential.")
-        blasts = cs["blast_percent"]
         call = next((c for c in (case.ai_label, case.review_label) if c in benign), None)
-        if blasts is not None and blasts >= BLAST_ALERT_PERCENT and call:
-            out.append(f"The differential counts {blasts:.1f} % blasts ({BLAST_ALERT_PERCENT:.0f} % or more: the "
-                       f"threshold for acute leukaemia) but the call is {call}. Check the blasts in the gallery and "
-                       "the fields before signing off.")
+        if discord := blasts_under_benign_call(cs["blast_percent"], call):
+            out.append(f"{discord} Check the blasts in the gallery and the fields before signing off.")
         target = case.differential_target or 100
         if cs["n_counted"] < target:
             out.append(f"Fewer than {target} leukocytes counted ({cs['n_counted']} of {target}): add fields, or say "

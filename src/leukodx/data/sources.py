@@ -29,7 +29,7 @@ from leukodx.errors import DatasetError
 
 RAABIN_CLASSES = {0: "leukocyte", 1: "rbc", 2: "platelet"}
 PBC_CLASSES = ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet")
-PBC_RBC_DIAMETER = 68.0  # px: one camera, one magnification; measured (docs/results/cell-references)
+PBC_RBC_DIAMETER = 68.0  # px: one camera, one magnification (benchmarks/pbc_rbc_diameter.py measures it)
 RAABIN_FALLBACK_RBC_DIAMETER = 78.0  # px, only for a field with no whole red-cell box
 TALEQANI_RBC_DIAMETER = 17.0  # px: the training fields' red cells, the scale the analysis brings every field to
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)

@@ -191,3 +191,11 @@ def test_agrees_with_scikit_learn_on_random_predictions():
     assert m["nll"] == pytest.approx(skm.log_loss(y, p, labels=range(4)))
     precision = skm.precision_score(y, pred, average=None)
     assert [m["per_class"][c]["precision"] for c in CLASSES] == pytest.approx(list(precision))
+
+
+def test_segmentation_metrics_says_when_masks_and_references_differ_in_number():
+    from leukodx.evaluation.metrics import segmentation_metrics
+
+    m = np.ones((4, 4), bool)
+    with pytest.raises(ValueError, match="2 predicted masks but 1 reference masks"):
+        segmentation_metrics([m, m], [m])

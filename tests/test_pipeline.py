@@ -273,3 +273,15 @@ def test_a_lab_scale_at_odds_with_the_red_cells_measured_is_used_and_doubted_in_
     right = analysis.analyze(rgb, um_per_px=measured.um_per_px)
     assert right.scale_source == "given by the lab" and "calibration" not in right.size_note
     assert not right.scale_warning and not measured.scale_warning
+
+
+def test_a_truncated_pil_image_is_unreadable_and_the_batch_goes_on(analysis, tmp_path):
+    """A PIL image is decoded lazily: a truncated file fails only when its pixels are read."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_field("Pre", 96, seed=1)[0]).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[:-200])
+    rs = analysis.analyze_many([Image.open(tmp_path / "cut.jpg"), synthetic_field("Benign", 64, seed=4)[0]])
+    assert rs[0].flag == "unreadable" and "cannot be read" in rs[0].flag_reason
+    assert rs[1].flag != "unreadable"

@@ -155,7 +155,12 @@ def read_field(image: ImageInput, name: str | None = None) -> np.ndarray:
     if isinstance(image, np.ndarray):
         return np.asarray(array_to_rgb(image, name or "array"))
     if isinstance(image, Image.Image):
-        return np.asarray(array_to_rgb(np.asarray(image), name or "image"))
+        try:
+            pixels = np.asarray(image)  # an image opened lazily is decoded here
+        except OSError as exc:  # e.g. a truncated file
+            raise ImageError(name or "image", f"cannot be read ({exc.strerror or exc})",
+                             "Check the file, or export it again.") from None
+        return np.asarray(array_to_rgb(pixels, name or "image"))
     if isinstance(image, bytes | bytearray):
         return np.asarray(open_image(bytes(image), name or "upload"))
     return np.asarray(open_image(Path(image), name))

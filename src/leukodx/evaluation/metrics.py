@@ -305,9 +305,11 @@ def segmentation_metrics(
     """`SegmentationAccumulator`'s metrics over paired binary masks (each pair the same size; pairs may differ
     in size); `count_mae` needs both count lists. ValueError when the lists differ in length."""
     acc = SegmentationAccumulator()
-    preds = list(pred_masks)
+    preds, refs = list(pred_masks), list(ref_masks)
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predicted masks but {len(refs)} reference masks")
     absent = [None] * len(preds)
-    for p, r, a, b, n in zip(preds, ref_masks, absent if pred_counts is None else pred_counts,
+    for p, r, a, b, n in zip(preds, refs, absent if pred_counts is None else pred_counts,
                              absent if ref_counts is None else ref_counts, absent if names is None else names,
                              strict=True):
         acc.add(p, r, a, b, n)

@@ -214,7 +214,7 @@ def _step_share(crop: np.ndarray) -> float:
 
 
 def smear_features(rgb: np.ndarray) -> dict:
-    """The numbers the check decides on (see the module docstring)."""
+    """The numbers the check decides on (the rules: docs/inference.md, "smear_check")."""
     rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3], dtype=np.uint8)
     small = _work(rgb)
     # channel by channel (the same numbers as a mean and max - min over the channel axis, in a fraction of the
@@ -260,9 +260,9 @@ def smear_features(rgb: np.ndarray) -> dict:
 
 def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float | None = None) -> SmearCheck:
     """Decide whether `rgb` (HxWx3 uint8) is a usable smear field, and measure its scale (`.scale`: the factor the
-    analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); see the
-    module docstring. `um_per_px`: the lab's calibration (checked by scale.check_um_per_px), used instead of any
-    estimate of the scale."""
+    analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); the rules:
+    docs/inference.md ("smear_check"). `um_per_px`: the lab's calibration (checked by scale.check_um_per_px), used
+    instead of any estimate of the scale."""
     rule = rule or ScaleRule()
     f = smear_features(rgb)
     shape = np.asarray(rgb).shape[:2]

@@ -202,7 +202,7 @@ def fit(model, data: CropData, train_idx: np.ndarray, val_idx: np.ndarray, cfg: 
 
 
 def clean_labels(data: CropData, probs: np.ndarray, idx: np.ndarray) -> tuple[CropData, dict]:
-    """Relabel / drop Taleqani leukocyte crops `idx` by the first model's probabilities (module docstring).
+    """Relabel / drop Taleqani leukocyte crops `idx` by the first model's probabilities (`CLEANING_RULE`).
     Returns the cleaned data (dropped crops removed) and what was done, per field class and split part."""
     myeloid = probs[:, [MODEL_CLASSES.index(c) for c in MYELOID]].sum(1)
     notl = probs[:, MODEL_CLASSES.index(NOT_LEUKOCYTE)]

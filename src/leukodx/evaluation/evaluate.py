@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -284,21 +284,27 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
     # per condition (as is; lab-shifted): the fields against their references, per class, and the same
     # predictions against the repaired references (leukodx.data.reference_masks: HSV masks under 1 %
     # foreground rebuilt by the stain rule, so the pale Pro blasts count)
-    accs = [(M.SegmentationAccumulator(), dict[str, M.SegmentationAccumulator](), M.SegmentationAccumulator())
+    class Scores(NamedTuple):
+        fields: M.SegmentationAccumulator
+        per_class: dict[str, M.SegmentationAccumulator]
+        repaired: M.SegmentationAccumulator
+
+    accs = [Scores(M.SegmentationAccumulator(), {}, M.SegmentationAccumulator())
             for _ in range(2 if shift_fn is not None else 1)]
     sources: Counter[str] = Counter()
     unreadable: list[dict] = []
     resized: list[str] = []
 
-    def score(kept, pairs, repaired, a, classes, a_rep):
+    def score(kept, pairs, repaired, acc: Scores):
         """The fields' (rgb, reference) `pairs` analysed; each scored against its reference and repaired one."""
         results = em.analysis.analyze_many([rgb for rgb, _ in pairs], names=[s.path for s in kept],
                                            batch_size=batch_size)
         for s, (_, ref), rep, r in zip(kept, pairs, repaired, results, strict=True):
             n_ref, pm = count_ref(ref), scored_nucleus(r)
-            a.add(pm, ref, r.cell_count, n_ref, name=s.path)
-            classes.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref, r.cell_count, n_ref)
-            a_rep.add(pm, rep, r.cell_count, count_ref(rep), name=s.path)
+            assert pm is not None  # a field read and segmented has a mask
+            acc.fields.add(pm, ref, r.cell_count, n_ref, name=s.path)
+            acc.per_class.setdefault(s.label, M.SegmentationAccumulator()).add(pm, ref, r.cell_count, n_ref)
+            acc.repaired.add(pm, rep, r.cell_count, count_ref(rep), name=s.path)
 
     done = 0
     for batch in _batches(with_mask, batch_size):
@@ -306,23 +312,22 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
         if pairs:
             repaired, found = zip(*(repaired_reference(rgb, ref) for rgb, ref in pairs), strict=True)
             sources.update(found)
-            score(kept, pairs, repaired, *accs[0])
+            score(kept, pairs, repaired, accs[0])
             if shift_fn is not None:
                 shifted = [shift_fn(rgb, s.path, ref) for (rgb, ref), s in zip(pairs, kept, strict=True)]
                 rep_s = [shift_fn(rgb, s.path, rep)[1] for (rgb, _), rep, s in zip(pairs, repaired, kept, strict=True)]
-                score(kept, shifted, rep_s, *accs[1])
+                score(kept, shifted, rep_s, accs[1])
         done += len(batch)
         if progress:
             progress(f"segment {em.name}", done, len(with_mask))
-    if not accs[0][0].per_image:
+    if not accs[0].fields.per_image:
         raise DatasetError("None of the fields with masks could be read.",
                            f"Check the files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']}.")
 
-    def finish(a: M.SegmentationAccumulator, classes: dict[str, M.SegmentationAccumulator],
-               a_rep: M.SegmentationAccumulator) -> dict:
-        m = a.result()
+    def finish(acc: Scores) -> dict:
+        m = acc.fields.result()
         m["per_class"] = {c: {k: v for k, v in pc.result().items() if k != "per_image"}
-                          for c, pc in sorted(classes.items())}
+                          for c, pc in sorted(acc.per_class.items())}
         m.update(em.info())
         m.update({"probability_threshold": float((em.config.get("thresholds") or {}).get("mask", 0.5)),
                   "mask_threshold": thr_mask, "n_missing_masks": n_missing, "n_masks_resized": len(resized),
@@ -335,17 +340,17 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
                                    f"resized (nearest), e.g. {resized[0]}.")
         if unreadable:
             m["unreadable_note"] = f"{len(unreadable)} image(s) or mask(s) could not be read and were left out."
-        m["repaired_references"] = {k: v for k, v in a_rep.result().items() if k != "per_image"} | {
+        m["repaired_references"] = {k: v for k, v in acc.repaired.result().items() if k != "per_image"} | {
             "reference_sources": dict(sources),
             "note": ("the same predictions against the repaired references: HSV masks under 1 % foreground "
                      "rebuilt by the stain rule (leukodx.data.reference_masks); the others kept")}
         return m
 
     # pictures of the best and worst fields (re-run on those few), and the worst under the lab shift
-    best, worst = accs[0][0].best_worst(n_examples)
+    best, worst = accs[0].fields.best_worst(n_examples)
     groups = [("best", best, False), ("worst", worst, False)]
     if shift_fn is not None:
-        groups.append(("worst, lab-shifted", accs[1][0].best_worst(n_examples)[1], True))
+        groups.append(("worst, lab-shifted", accs[1].fields.best_worst(n_examples)[1], True))
     by_path = {s.path: s for s in with_mask}
     examples: dict[str, list[dict]] = {}
     for group, recs, shifted_group in groups:
@@ -361,7 +366,7 @@ def evaluate_segmenter(em: EvaluatedModel, samples: list[Sample], batch_size: in
             r = em.analysis.analyze_many([rgb], names=[s.path], batch_size=1)[0]
             items.append({"rgb": rgb, "pred": r.mask, "ref": ref, "title": f"Dice {rec['dice']:.3f}\n{Path(s.path).name}"})
         examples[group] = items
-    metrics = [finish(*a) for a in accs]
+    metrics = [finish(a) for a in accs]
     return {"metrics": metrics[0], "metrics_shift": metrics[1] if shift_fn is not None else None,
             "examples": examples}
 

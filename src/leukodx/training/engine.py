@@ -453,8 +453,8 @@ class Trainer:
 
     def _improved(self, metric: float) -> bool:
         # no validation data (nan): keep the latest weights
-        return math.isnan(metric) or self.best_metric is None or math.isnan(self.best_metric) \
-            or metric > self.best_metric
+        return (math.isnan(metric) or self.best_metric is None or math.isnan(self.best_metric)
+                or metric > self.best_metric)
 
     def _log(self, msg: str) -> None:
         if not self.quiet and self.log_fn is not None:

@@ -19,6 +19,7 @@ NAME_RE = re.compile(r"^[0-9a-f]{64}\.(jpg|png|tif|bmp)$")
 EXT_FOR_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "TIFF": "tif", "BMP": "bmp"}
 MEDIA_TYPES = {"jpg": "image/jpeg", "png": "image/png", "tif": "image/tiff", "bmp": "image/bmp"}
 
+
 @cache
 def _fsync_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")

@@ -6,15 +6,16 @@ is touched.
     >>> # then: leukodx predict FIELDS --classifier adapted/classifier --segmenter adapted/segmenter --out OUT
 
 Refitted, and recorded in each adapted config's ``adaptation`` block: the **stain** rule of both models (the
-lab's statistics as `source`, the training fields' ``stain_reference`` of the bundled configs as `target`: `reference_stain`, measured once on
-the Taleqani training rows, so a clinic never needs the training data),
+lab's statistics as `source`, the training fields' ``stain_reference`` of the bundled configs as `target`:
+`reference_stain`, measured once on the Taleqani training rows, so a clinic never needs the training data),
 and the classifier's **out-of-distribution threshold** by RULE: never lowered, raised just so far that the
 lab's ordinary look is not flagged, never past MAX_RAISE x the trained value. **Risk**: a raised threshold
 lets through fields as far from the training fields as the lab's most unusual ordinary ones, and bad images in
 the folder raise it; fields the smear check rejects are left out, and the cap keeps a polluted folder from
 switching the check off (heavily blurred smears score ~1.35 x the trained threshold, benchmarks/non_smear.md:
-the report says how far it rose). Not refitted: the temperature and low-confidence threshold (they need labels),
-the red-cell scale (measured on every field anyway), the weights (batch-norm statistics would need a re-export).
+the report says how far it rose). Not refitted: the temperature and low-confidence threshold (they need
+labels), the red-cell scale (measured on every field anyway), the weights (batch-norm statistics would need a
+re-export).
 """
 
 from __future__ import annotations

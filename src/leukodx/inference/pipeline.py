@@ -343,8 +343,8 @@ class Analysis:
         t0 = time.perf_counter()
         try:
             rgb = read_field(image, label)
-        except ImageError as exc:  # the only error read_field raises (an OSError becomes one there, also from a
-            # lazily loaded PIL image)
+        except ImageError as exc:  # the only error read_field raises (an OSError, even a lazy PIL image's, becomes
+            # one there)
             r = FieldResult(path=label, label=None, flag="unreadable", flag_reason=image_reason(exc))
             r.timings_ms["decode"] = (time.perf_counter() - t0) * 1000
             return r

@@ -259,10 +259,10 @@ def smear_features(rgb: np.ndarray) -> dict:
 
 
 def check_smear(rgb: np.ndarray, rule: ScaleRule | None = None, um_per_px: float | None = None) -> SmearCheck:
-    """Decide whether `rgb` (HxWx3 uint8) is a usable smear field, and measure its scale (`.scale`: the factor the
-    analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); the rules:
-    docs/inference.md ("smear_check"). `um_per_px`: the lab's calibration (checked by scale.check_um_per_px), used
-    instead of any estimate of the scale."""
+    """Decide whether `rgb` (HxWx3 uint8) is a usable smear field, and measure its scale (`.scale`: the factor
+    the analysis resamples it by) against the model's scale rule (default: the Taleqani training fields); the
+    rules: docs/inference.md ("smear_check"). `um_per_px`: the lab's calibration (checked by
+    scale.check_um_per_px), used instead of any estimate of the scale."""
     rule = rule or ScaleRule()
     f = smear_features(rgb)
     shape = np.asarray(rgb).shape[:2]

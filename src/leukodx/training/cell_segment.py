@@ -6,12 +6,12 @@
     res = train_cell_segmenter(cfg)
 
 224-px crops at the Taleqani red-cell scale come from `leukodx.data.cell_dataset` (each source's references by
-its rule in `leukodx.data.cell_references`, all made before training starts, and cached in ``cfg.cache_dir`` when
-given, so the loader does no reference work), are resized to the model input as the analysis resizes its windows
-(`to_input`) and train through the one engine with the masked BCE + Dice loss (unknown pixels teach nothing).
-A weighted sampler draws each source with its weight (`DEFAULT_SOURCE_WEIGHTS`) whatever its size. The epoch with
-the best `selection_score` is written as soon as it is reached, so a run cut short by `cfg.time_limit_s` (counted
-from the start, references included) still leaves a model directory.
+its rule in `leukodx.data.cell_references`, all made before training starts, and cached in ``cfg.cache_dir``
+when given, so the loader does no reference work), are resized to the model input as the analysis resizes its
+windows (`to_input`) and train through the one engine with the masked BCE + Dice loss (unknown pixels teach
+nothing). A weighted sampler draws each source with its weight (`DEFAULT_SOURCE_WEIGHTS`) whatever its size.
+The epoch with the best `selection_score` is written as soon as it is reached, so a run cut short by
+`cfg.time_limit_s` (counted from the start, references included) still leaves a model directory.
 """
 
 from __future__ import annotations

@@ -4,16 +4,16 @@ red-cell scale from several labs, weak labels cleaned by a first model, exported
     cfg = resolve_config("cells", overrides={"pbc": "PBC", "data": "TALEQANI", "raabin": "RAABIN", "out": "RUN"})
     result = train_cells(cfg, taleqani_split="benchmarks/splits/taleqani-sgdc-seed0.csv")
 
-Crops (the readers of `leukodx.data.cell_crops`, parted by the project's split files) are stored `STORE_RBC` (5)
-red-cell diameters wide, so that scale, rotation and translation augmentation (`training.cell_augment`) cut the
-model's `CROP_RBC` (4) diameters from real pixels; validation and test read the exact centre.
-Label cleaning (`clean_labels`, `CLEANING_RULE`): a first model, trained without Taleqani's leukocytes, relabels
-the Taleqani cells it calls myeloid and drops those it calls no cell, unless its validation balanced accuracy is
-under `MIN_STAGE1_BALANCED_ACCURACY` (its calls on another lab's cells would be noise). The second model continues
-from it on all crops, with the label-set loss (`losses.set_loss`: -log P(label set)) and class-balanced sampling
-(`_sampling_weights`). The recipe is the "cells" preset of `training.config`; temperature and the "unidentified"
-threshold are fitted on the validation crops, the field threshold on the Taleqani validation fields; the scores
-are `leukodx.evaluation.cell_types`.
+Crops (the readers of `leukodx.data.cell_crops`, parted by the project's split files) are stored `STORE_RBC`
+(5) red-cell diameters wide, so that scale, rotation and translation augmentation (`training.cell_augment`)
+cut the model's `CROP_RBC` (4) diameters from real pixels; validation and test read the exact centre. Label
+cleaning (`clean_labels`, `CLEANING_RULE`): a first model, trained without Taleqani's leukocytes, relabels the
+Taleqani cells it calls myeloid and drops those it calls no cell, unless its validation balanced accuracy is
+under `MIN_STAGE1_BALANCED_ACCURACY` (its calls on another lab's cells would be noise). The second model
+continues from it on all crops, with the label-set loss (`losses.set_loss`: -log P(label set)) and
+class-balanced sampling (`_sampling_weights`). The recipe is the "cells" preset of `training.config`;
+temperature and the "unidentified" threshold are fitted on the validation crops, the field threshold on the
+Taleqani validation fields; the scores are `leukodx.evaluation.cell_types`.
 """
 
 from __future__ import annotations

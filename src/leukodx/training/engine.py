@@ -15,13 +15,14 @@ targets and the mask of known pixels; the cell model's allowed classes);
 - `validate_fn(trainer) -> (loss, metric, extra record fields)` (optional) replaces the validation over
   `val_loader`, e.g. per source; `on_best(trainer)` runs whenever the metric improves (write the model early).
 
-Schedules: cosine (linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then annealed over the
-epochs or the time limit, whichever ends first). Stops: early stopping (`cfg.patience`), convergence
-(`cfg.converge_patience`) and `cfg.time_limit_s` (no epoch is started that would end past it; with "cosine_time"
-an epoch also stops once it is spent). Every epoch writes RUN/checkpoints/last.ckpt (weights, optimizer, scheduler,
-scaler, RNG states), which `cfg.resume` continues; Ctrl-C saves one too; a non-finite loss stops training with a
-clear error and keeps the last good checkpoint; the best weights go to best.pt. Mixed precision (bf16, or fp16
-with a gradient scaler) on CUDA only; DDP under torchrun (only rank 0 writes or prints).
+Schedules: cosine (linear warm-up), plateau, or "cosine_time" (warm-up over `warmup_steps`, then annealed over
+the epochs or the time limit, whichever ends first). Stops: early stopping (`cfg.patience`), convergence
+(`cfg.converge_patience`) and `cfg.time_limit_s` (no epoch is started that would end past it; with
+"cosine_time" an epoch also stops once it is spent). Every epoch writes RUN/checkpoints/last.ckpt (weights,
+optimizer, scheduler, scaler, RNG states), which `cfg.resume` continues; Ctrl-C saves one too; a non-finite
+loss stops training with a clear error and keeps the last good checkpoint; the best weights go to best.pt.
+Mixed precision (bf16, or fp16 with a gradient scaler) on CUDA only; DDP under torchrun (only rank 0 writes or
+prints).
 """
 
 from __future__ import annotations

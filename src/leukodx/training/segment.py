@@ -1,5 +1,5 @@
-"""Training of the one-output segmenter through the one engine: what is particular to segmentation, and the model
-directory.
+"""Training of the one-output segmenter through the one engine: what is particular to segmentation, and the
+model directory.
 
 - reference masks are `grayscale(Segmented/<class>/<name>) > mask_threshold` (128, as in the study);
 - fields whose reference mask is near-empty (< 0.1 % foreground: the colour thresholding failed, 154 of the

@@ -2,10 +2,11 @@
 
 Every run is scored on one common, group-aware test set (make_split(..., common_test=True)), the way `leukodx
 evaluate --shift lab --seed 0` scores it: through the analysis pipeline, on those fields as they are and
-lab-shifted (metrics prefixed "lab_"). Mean ± std over seeds, paired t-tests between the levels of each factor,
-reference models scored beside the runs: DIR/results.json, DIR/table.md and plots. The segmentation comparison
-(`run_segmentation_study`) trains every (architecture, seed) with `train_segmenter` on sgdc splits around the same
-kind of test set. A run directory that already holds metrics.json is reused, so an interrupted study continues.
+lab-shifted (metrics prefixed "lab_"). Mean ± std over seeds, paired t-tests between the levels of each
+factor, reference models scored beside the runs: DIR/results.json, DIR/table.md and plots. The segmentation
+comparison (`run_segmentation_study`) trains every (architecture, seed) with `train_segmenter` on sgdc splits
+around the same kind of test set. A run directory that already holds metrics.json is reused, so an interrupted
+study continues.
 """
 
 from __future__ import annotations

@@ -330,8 +330,8 @@ BLAST_ALERT_PERCENT = 20.0  # blasts >= 20 % of leukocytes: acute leukaemia by t
 
 
 def blasts_under_benign_call(blast_percent: float | None, call: str | None) -> str | None:
-    """The words when the differential counts 20 % blasts or more but `call` is a benign class (None: no call, or
-    not a benign one); else None. The sign-off box and the printed report say it."""
+    """The words when the differential counts 20 % blasts or more but `call` is a benign class (None: no call,
+    or not a benign one); else None. The sign-off box and the printed report say it."""
     if blast_percent is None or blast_percent < BLAST_ALERT_PERCENT or not call:
         return None
     return (f"The differential counts {blast_percent:.1f} % blasts ({BLAST_ALERT_PERCENT:.0f} % or more: the "

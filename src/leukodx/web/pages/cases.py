@@ -341,13 +341,13 @@ def report_page(request: Request, case_id: CaseId, who: PageUser, db: Db):
     tally, decisive = _field_calls(case, reviewed)
     cs = cell_logic.cell_summary(rules.counted_cells(case.fields))
     call = case.review_label or case.ai_label  # the reviewer's once signed off, else the AI's
-    benign = request.app.state.ctx.service.benign
+    benign_call = call if call in request.app.state.ctx.service.benign else None
     return render(request, "report.html", who=who, case=case, printed_at=utcnow(),
                   field_tally=_tally_words(tally), fields_decisive=decisive,
                   cd=serialise.case_dict(case, request.app.state.ctx.service),
                   field_numbers={f.id: i for i, f in enumerate(case.fields, start=1)},
                   reviewed=reviewed, cs=cs, cell_words=cell_logic.WORDS,
-                  discord=rules.blasts_under_benign_call(cs["blast_percent"], call if call in benign else None))
+                  discord=rules.blasts_under_benign_call(cs["blast_percent"], benign_call))
 
 
 @router.get("/cases/{case_id}/fields/{field_id}/cells/{cell_id}.png")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from leukodx.data.synthetic import synthetic_instances
+from leukodx.data.synthetic import synthetic_field, synthetic_instances
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,23 @@ def test_a_crop_called_leukaemic_from_its_blast_is_flagged_for_its_subtype(analy
     assert r.flag == "low_confidence" and "subtype" in r.flag_reason and "one cell" in r.flag_reason, r.flag_reason
     assert "P(blast) 0.97, the subtype from the field model" in r.size_note
     assert analysis.summarize([r]).needs_review
+
+
+def test_a_crop_called_from_its_cell_is_not_flagged_for_looking_unlike_a_field(analysis, monkeypatch):
+    """One cell is no field: the field model's features are far from its training fields on a crop. A crop called
+    from its cell is not flagged out of distribution for that (a field still is); its score is kept."""
+    from leukodx.inference.smear_check import check_smear
+    from test_smear_check import _cell_crop
+
+    crop = _cell_crop(0)[0]
+    assert check_smear(crop).usable
+    features = {**analysis.ood.features, "threshold": 1e-9}  # every field's features are "far"
+    monkeypatch.setattr(analysis.ood, "features", features)
+    r = analysis.analyze(crop)
+    assert "called from its cell" in r.size_note and r.ood_score is not None and r.ood_score > 1
+    assert r.flag != "out_of_distribution", r.flag_reason
+    field = analysis.analyze(synthetic_field("Pre", 224, seed=3)[0])
+    assert "called from its cell" not in field.size_note and field.flag == "out_of_distribution"
 
 
 def test_the_lab_scale_wins_through_the_analysis(analysis):

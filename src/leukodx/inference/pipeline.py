@@ -444,6 +444,10 @@ class Analysis:
             t0 = time.perf_counter()
             flagged, reason, score = self.ood.check(f.features, f.tiles, smear=f.smear)
             r.ood_score = None if score is None else round(float(score), 4)
+            if flagged and f.called_from_cell and f.smear.usable:
+                # the field model's features are far from its training fields because one cell is no field: a
+                # crop called from its cell is flagged by the rules below (docs/results/crop-flags)
+                flagged = False
             disagree = self._cells_disagree(r, f.crop) if not flagged else ""
             if flagged:
                 r.flag, r.flag_reason = "out_of_distribution", reason

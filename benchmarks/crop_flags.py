@@ -8,7 +8,7 @@ is right when it is benign; on a Taleqani crop when it is leukaemic exactly when
 Per set: `flags` counts each flag, split by whether the call was made from the crop's cell ("flag|True") or not;
 `calls` counts the calls by flag and by right ("flag|True") or wrong; `reasons` the out-of-distribution reasons.
 
-    python benchmarks/crop_flags.py --split val --out FILE [--pbc ../shared/data/pbc]
+    python benchmarks/crop_flags.py --split val --out FILE [--blast-doubt T] [--pbc ../shared/data/pbc]
         [--taleqani ../shared/data/all-taleqani]
 """
 
@@ -44,15 +44,23 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=("val", "test"))
     ap.add_argument("--pbc", type=Path, default=ROOT.parent / "shared" / "data" / "pbc")
     ap.add_argument("--taleqani", type=Path, default=ROOT.parent / "shared" / "data" / "all-taleqani")
+    ap.add_argument("--blast-doubt", type=float, default=None, help="try another CROP_BLAST_DOUBT (a crop called "
+                    "not leukaemic from its cell is flagged when its P(blast) is at least this; 1.01: never)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    if a.blast_doubt is not None:
+        from leukodx.inference import pipeline
+
+        pipeline.CROP_BLAST_DOUBT = a.blast_doubt
     analysis = load_analyzer()
     assert analysis.classifier is not None
     benign = analysis.classifier.config.case_rule.benign
     rows = [r for r in read_split(ROOT / "benchmarks/splits/pbc-seed0.csv", part=a.split)
             if r["label"] not in NOT_LEUKOCYTE_CLASSES]
     rows = rows[::max(1, len(rows) // 120)][:120]
-    out = {"split": a.split}
+    from leukodx.inference import pipeline
+
+    out: dict = {"split": a.split, "blast_doubt": pipeline.CROP_BLAST_DOUBT}
     for name in ("to257", "cut240to120"):
         rs = analysis.analyze_many([VARIANTS[name](read_rgb(a.pbc / r["path"])) for r in rows], batch_size=8)
         out[f"pbc_{name}"] = tally([(r.label in benign if r.label else None, r) for r in rs])

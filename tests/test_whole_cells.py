@@ -145,6 +145,31 @@ def test_a_crop_called_leukaemic_from_its_blast_is_flagged_for_its_subtype(analy
     assert analysis.summarize([r]).needs_review
 
 
+def test_a_crop_called_benign_while_its_cell_may_be_a_blast_is_flagged(analysis, monkeypatch):
+    """A crop called not leukaemic from its cell is flagged when the cell model still gives a blast a fair chance
+    (P(blast) >= CROP_BLAST_DOUBT); a cell it is sure of is not."""
+    from leukodx.inference.agreement import CROP_BLAST_DOUBT
+    from test_smear_check import _cell_crop
+
+    clf = analysis.cell_classifier
+    typed = clf.classify_many
+    benign = analysis.classifier.config.case_rule.benign
+    for p_blast, flagged in ((0.25, True), (CROP_BLAST_DOUBT / 5, False)):
+        def as_lymphocytes(fields, p=p_blast):
+            typed(fields)
+            for _, _, cells, _ in fields:
+                for c in cells:
+                    c.ai_label, c.ai_confidence = "lymphocyte", 1 - p
+                    c.ai_probabilities = {"blast": p, "lymphocyte": 1 - p}
+
+        monkeypatch.setattr(clf, "classify_many", as_lymphocytes)
+        r = analysis.analyze(_cell_crop(0)[0])
+        assert r.label in benign and r.malignant_probability == pytest.approx(p_blast, abs=1e-5)
+        assert (r.flag == "low_confidence") is flagged, (r.flag, r.flag_reason)
+        if flagged:
+            assert "probability of 0.25" in r.flag_reason and "Read the cell yourself" in r.flag_reason
+
+
 def test_a_crop_called_from_its_cell_is_not_flagged_for_looking_unlike_a_field(analysis, monkeypatch):
     """One cell is no field: the field model's features are far from its training fields on a crop. A crop called
     from its cell is not flagged out of distribution for that (a field still is); its score is kept."""

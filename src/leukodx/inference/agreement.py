@@ -10,6 +10,11 @@ from leukodx.inference.cell_classes import BLAST, NOT_COUNTED, NOT_LEUKOCYTE, UN
 from leukodx.inference.types import CellInstance
 from leukodx.models.model_config import CellAgreement
 
+# a crop called not leukaemic from its cell is still flagged when its P(blast) is at least this (chosen on val with
+# benchmarks/crop_flags.py --blast-doubt: of 0.05-0.3, the highest that flags the most blasts called Benign while
+# PBC's normal cells stay unflagged; docs/results/crop-flags)
+CROP_BLAST_DOUBT = 0.1
+
 
 def cells_disagree(label: str, cells: Sequence[CellInstance], benign: Sequence[str], rule: CellAgreement,
                    blast_threshold: float | None = None) -> str:

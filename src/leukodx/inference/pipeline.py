@@ -26,7 +26,7 @@ from leukodx.cpus import usable_cores
 from leukodx.data.images import ImageInput, image_reason, read_field
 from leukodx.errors import ImageError, ModelError
 from leukodx.inference import tiling
-from leukodx.inference.agreement import cells_disagree, crop_call
+from leukodx.inference.agreement import CROP_BLAST_DOUBT, cells_disagree, crop_call
 from leukodx.inference.cell_classes import NOT_LEUKOCYTE
 from leukodx.inference.cell_classifier import CellClassifier
 from leukodx.inference.engines import EagerLoader, load_engine, softmax
@@ -472,6 +472,10 @@ class Analysis:
                     f"This single-cell crop is called {r.label} from its one cell: the cell model sees a blast, but "
                     "the subtype is the field model's reading of a single cell, which is often wrong. Read the "
                     "subtype from whole smear fields.")
+            elif f.called_from_cell and r.malignant_probability >= CROP_BLAST_DOUBT:
+                r.flag, r.flag_reason = "low_confidence", (
+                    f"This single-cell crop is called {r.label} from its one cell, but the cell model still gives a "
+                    f"blast a probability of {r.malignant_probability:.2f}. Read the cell yourself.")
             else:
                 r.flag, r.flag_reason = "ok", ""
             if r.label is not None and self.segmenter is not None and r.cell_count == 0:
